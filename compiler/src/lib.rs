@@ -1,1 +1,17 @@
+//! `compile(&Snapshot) -> (GatewayConfig, Vec<ObjectStatus>)`: the pure, deterministic
+//! translation of Portcullis objects into the config the proxy enforces.
+//!
+//! No I/O happens here. Every invalid object becomes a condition on that object while every
+//! valid object still compiles, so one bad object never takes the others down.
 
+pub mod config;
+pub mod units;
+
+pub mod manifests;
+
+mod compile;
+mod status;
+
+pub use compile::{compile, Snapshot};
+pub use config::GatewayConfig;
+pub use status::{ConditionOut, ObjectStatus, Reason};

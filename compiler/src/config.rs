@@ -1,0 +1,244 @@
+//! The compiled gateway config: what the proxy enforces.
+//!
+//! This is the wire format between operator and proxies (JSON in a ConfigMap plus a Secret),
+//! so every type here is plain data with stable field names. Everything is already validated:
+//! the proxy may rely on regexes compiling, CIDRs parsing and durations being positive.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// One complete, self-consistent config snapshot.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayConfig {
+    /// Content hash of everything below; both delivery halves carry it.
+    pub generation: String,
+    /// Routes in a deterministic order (namespace, name, path index); the proxy derives
+    /// precedence from the match itself, not from this order.
+    pub routes: Vec<RouteConfig>,
+    /// Consumers that are enabled and accepted, by id (`namespace/consumer`).
+    pub consumers: Vec<ConsumerConfig>,
+    /// Which object generations this config contains, for the `Programmed` condition.
+    pub objects: Vec<ObjectRef>,
+    /// The half delivered through a Secret.
+    pub secrets: SecretConfig,
+}
+
+/// Material that must never be written to a ConfigMap or logged.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretConfig {
+    /// SHA-256 (hex) of each API key with the consumer it identifies.
+    pub api_keys: Vec<ApiKeyEntry>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyEntry {
+    pub sha256: String,
+    /// Consumer id, `namespace/consumer`.
+    pub consumer: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    pub kind: ObjectKind,
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    ApiRoute,
+    ConsumerCredential,
+    RateLimitPolicy,
+    WafPolicy,
+    Secret,
+}
+
+impl ObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::ApiRoute => "ApiRoute",
+            ObjectKind::ConsumerCredential => "ConsumerCredential",
+            ObjectKind::RateLimitPolicy => "RateLimitPolicy",
+            ObjectKind::WafPolicy => "WafPolicy",
+            ObjectKind::Secret => "Secret",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerConfig {
+    /// `namespace/consumer`.
+    pub id: String,
+    pub namespace: String,
+    /// The consumer name sent upstream as `X-Consumer-Username`.
+    pub username: String,
+    pub groups: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteConfig {
+    /// `namespace/name`; the label used in metrics and the audit log.
+    pub id: String,
+    pub namespace: String,
+    pub name: String,
+    /// Lowercased; `*.example.com` matches exactly one extra label. Empty = any host.
+    pub hosts: Vec<String>,
+    pub paths: Vec<PathRule>,
+    /// Uppercase; empty = all.
+    pub methods: Vec<String>,
+    /// Header names lowercased; values compared exactly.
+    pub headers: Vec<HeaderMatch>,
+    pub query_params: Vec<HeaderMatch>,
+    pub strip_path: bool,
+    pub rewrite_prefix: Option<String>,
+    pub upstream: UpstreamConfig,
+    pub authentication: Option<AuthenticationConfig>,
+    pub authorization: Option<AuthorizationConfig>,
+    pub ip_restriction: Option<IpRestrictionConfig>,
+    pub request_validation: Option<ValidationConfig>,
+    pub response_headers: ResponseHeadersConfig,
+    pub security_headers: bool,
+    pub cors: Option<CorsConfig>,
+    pub sanitize_upstream_errors: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PathKind {
+    Exact,
+    Prefix,
+    Regex,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PathRule {
+    pub kind: PathKind,
+    /// For Prefix: normalized without a trailing slash (except `/`). For Regex: anchored
+    /// by the proxy (`^(?:value)$`), validated here.
+    pub value: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderMatch {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadBalancing {
+    RoundRobin,
+    LeastRequest,
+    ConsistentHash,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamConfig {
+    pub targets: Vec<TargetConfig>,
+    pub load_balancing: LoadBalancing,
+    pub connect_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+    pub send_timeout_ms: u64,
+    /// Extra attempts for idempotent methods.
+    pub retries: u32,
+    pub direct_response: Option<DirectResponseConfig>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetConfig {
+    /// `http://host:port` (no path); the scheme is `http` until upstream TLS lands.
+    pub url: String,
+    pub weight: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectResponseConfig {
+    pub status: u16,
+    pub body: String,
+    pub content_type: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AuthMethodConfig {
+    ApiKey,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthenticationConfig {
+    pub methods: Vec<AuthMethodConfig>,
+    pub optional: bool,
+    pub hide_credentials: bool,
+    /// Header carrying the API key (lowercased).
+    pub api_key_header: Option<String>,
+    pub api_key_query_param: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationConfig {
+    pub allow_groups: Vec<String>,
+    pub deny_groups: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IpRestrictionConfig {
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidationConfig {
+    pub max_body_bytes: Option<u64>,
+    /// Lowercased media types without parameters (`application/json`); `type/*` allowed.
+    pub allowed_content_types: Vec<String>,
+    /// Validated to compile at compile time.
+    pub json_schema: Option<serde_json::Value>,
+    pub max_json_depth: Option<u32>,
+    /// Lowercased header names.
+    pub required_headers: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ResponseHeadersConfig {
+    pub add: BTreeMap<String, String>,
+    /// Lowercased header names.
+    pub remove: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsConfig {
+    pub allow_origins: Vec<String>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub allow_credentials: bool,
+    pub max_age_secs: Option<u64>,
+}
+
+impl GatewayConfig {
+    /// An empty config: serves nothing but 404s. Used before the first load.
+    pub fn empty() -> Self {
+        Self {
+            generation: "empty".into(),
+            ..Self::default()
+        }
+    }
+}
