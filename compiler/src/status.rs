@@ -60,6 +60,11 @@ impl ObjectStatus {
         self.condition("Accepted").is_some_and(|c| c.status)
     }
 
+    /// Accepted with every reference resolved: what standalone mode requires of every object.
+    pub fn is_healthy(&self) -> bool {
+        self.conditions.iter().all(|c| c.status)
+    }
+
     pub fn condition(&self, type_: &str) -> Option<&ConditionOut> {
         self.conditions.iter().find(|c| c.type_ == type_)
     }

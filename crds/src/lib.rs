@@ -4,6 +4,9 @@
 //! validation and translation live in `portcullis-compiler`, so that the same checks run in
 //! the operator, its admission webhook and the standalone proxy.
 
+// kube's derive repeats `type_ = ...` inside each `printcolumn(...)`, which clippy misreads.
+#![allow(clippy::duplicated_attributes)]
+
 mod common;
 mod consumer;
 mod rate_limit;

@@ -1,0 +1,202 @@
+//! ConsumerCredential: identity, groups and hashed API keys.
+
+use std::collections::BTreeMap;
+
+use portcullis_crds::ConsumerCredential;
+use sha2::{Digest, Sha256};
+
+use super::kube_meta::Meta;
+use super::secrets::{SecretIndex, SecretLookup};
+use super::Issues;
+use crate::config::{ApiKeyEntry, ConsumerConfig, GatewayConfig, ObjectKind};
+use crate::ObjectStatus;
+
+const DEFAULT_API_KEY_KEY: &str = "api-key";
+const MIN_API_KEY_LEN: usize = 8;
+const JWT_ALGORITHMS: [&str; 13] = [
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA", "ES512",
+];
+
+/// SHA-256 (hex) of an API key: what the config stores and the proxy compares.
+pub fn hash_api_key(key: &[u8]) -> String {
+    hex::encode(Sha256::digest(key))
+}
+
+pub(crate) fn compile_consumers(
+    consumers: &[&ConsumerCredential],
+    secrets: &SecretIndex<'_>,
+    config: &mut GatewayConfig,
+    statuses: &mut Vec<ObjectStatus>,
+) {
+    // Which consumer first claimed a name or key; later claimants are the conflicting ones.
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let mut key_owner: BTreeMap<String, String> = BTreeMap::new();
+    let mut ordered: Vec<&&ConsumerCredential> = consumers.iter().collect();
+    ordered.sort_by_key(|c| {
+        let meta = Meta::of(&c.metadata);
+        (
+            meta.created.is_empty(),
+            meta.created,
+            meta.namespace,
+            meta.name,
+        )
+    });
+
+    for consumer in ordered {
+        let meta = Meta::of(&consumer.metadata);
+        let spec = &consumer.spec;
+        let mut issues = Issues::default();
+        let username = spec.consumer.clone().unwrap_or_else(|| meta.name.clone());
+        let id = format!("{}/{}", meta.namespace, username);
+        if username.is_empty() || username.len() > 253 || username.chars().any(char::is_control) {
+            issues.invalid("spec.consumer", "must be 1-253 printable characters");
+        }
+        if let Some(owner) = names.get(&id) {
+            issues.conflicted(
+                "spec.consumer",
+                format!("consumer {username:?} is already defined by ConsumerCredential {owner}"),
+            );
+        }
+        for (i, group) in spec.groups.iter().enumerate() {
+            if group.is_empty() || group.contains(',') {
+                issues.invalid(
+                    &format!("spec.groups[{i}]"),
+                    "must be non-empty without commas",
+                );
+            }
+        }
+        validate_jwt(consumer, secrets, &meta, &mut issues);
+
+        let mut keys = Vec::new();
+        for (i, key_ref) in spec.api_keys.iter().enumerate() {
+            let field = format!("spec.apiKeys[{i}].secretRef");
+            let key_name = key_ref
+                .secret_ref
+                .key
+                .as_deref()
+                .unwrap_or(DEFAULT_API_KEY_KEY);
+            match secrets.get(&meta.namespace, &key_ref.secret_ref.name, key_name) {
+                SecretLookup::SecretMissing => issues.unresolved(
+                    &field,
+                    format!(
+                        "Secret {}/{} not found",
+                        meta.namespace, key_ref.secret_ref.name
+                    ),
+                    false,
+                ),
+                SecretLookup::KeyMissing => issues.unresolved(
+                    &field,
+                    format!(
+                        "Secret {}/{} has no key {key_name:?}",
+                        meta.namespace, key_ref.secret_ref.name
+                    ),
+                    false,
+                ),
+                SecretLookup::Found(value) => {
+                    let trimmed = value.trim_ascii();
+                    if trimmed.len() < MIN_API_KEY_LEN {
+                        issues.invalid_ref(
+                            &field,
+                            format!(
+                                "the key is shorter than {MIN_API_KEY_LEN} bytes and is ignored"
+                            ),
+                        );
+                    } else {
+                        let hash = hash_api_key(trimmed);
+                        match key_owner.get(&hash) {
+                            Some(owner) if owner != &id => issues.conflicted(
+                                &field,
+                                format!("this API key is already used by consumer {owner}"),
+                            ),
+                            _ => keys.push(hash),
+                        }
+                    }
+                }
+            }
+        }
+
+        let accepted = issues.is_accepted();
+        statuses.push(issues.into_status(ObjectKind::ConsumerCredential, &meta));
+        if !accepted {
+            continue;
+        }
+        names.insert(id.clone(), meta.id());
+        config
+            .objects
+            .push(meta.object_ref(ObjectKind::ConsumerCredential));
+        if spec.disabled == Some(true) {
+            continue; // accepted, but its credentials stop working
+        }
+        for hash in keys {
+            key_owner.insert(hash.clone(), id.clone());
+            config.secrets.api_keys.push(ApiKeyEntry {
+                sha256: hash,
+                consumer: id.clone(),
+            });
+        }
+        let mut groups = spec.groups.clone();
+        groups.sort();
+        groups.dedup();
+        config.consumers.push(ConsumerConfig {
+            id,
+            namespace: meta.namespace.clone(),
+            username,
+            groups,
+        });
+    }
+    config.consumers.sort_by(|a, b| a.id.cmp(&b.id));
+    config.secrets.api_keys.sort();
+    config.secrets.api_keys.dedup();
+}
+
+fn validate_jwt(
+    consumer: &ConsumerCredential,
+    secrets: &SecretIndex<'_>,
+    meta: &Meta,
+    issues: &mut Issues,
+) {
+    for (i, jwt) in consumer.spec.jwt.iter().enumerate() {
+        let field = format!("spec.jwt[{i}]");
+        if jwt.key_id.is_empty() {
+            issues.invalid(&format!("{field}.keyId"), "must not be empty");
+        }
+        if !JWT_ALGORITHMS.contains(&jwt.algorithm.as_str()) {
+            issues.invalid(
+                &format!("{field}.algorithm"),
+                format!(
+                    "{:?} is not one of {}",
+                    jwt.algorithm,
+                    JWT_ALGORITHMS.join(", ")
+                ),
+            );
+            continue;
+        }
+        if jwt.algorithm.starts_with("HS") {
+            match &jwt.secret_ref {
+                None => {
+                    issues.invalid(&format!("{field}.secretRef"), "required for HS* algorithms")
+                }
+                Some(r) => {
+                    let key = r.key.as_deref().unwrap_or("secret");
+                    if secrets.get(&meta.namespace, &r.name, key) == SecretLookup::SecretMissing {
+                        issues.unresolved(
+                            &format!("{field}.secretRef"),
+                            format!("Secret {}/{} not found", meta.namespace, r.name),
+                            false,
+                        );
+                    }
+                }
+            }
+        } else if jwt
+            .public_key
+            .as_deref()
+            .is_none_or(|k| !k.contains("-----BEGIN PUBLIC KEY-----"))
+        {
+            issues.invalid(
+                &format!("{field}.publicKey"),
+                "a PEM public key (-----BEGIN PUBLIC KEY-----) is required",
+            );
+        }
+    }
+}

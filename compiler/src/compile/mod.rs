@@ -1,0 +1,150 @@
+//! Orchestrates one compilation: policies first (routes reference them), then consumers,
+//! then routes, then cross-route conflicts, then the generation hash.
+
+mod conflicts;
+mod consumer;
+mod issues;
+mod policy;
+mod route;
+mod secrets;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube_meta::Meta;
+use portcullis_crds::{ApiRoute, ConsumerCredential, RateLimitPolicy, WafPolicy};
+use sha2::{Digest, Sha256};
+
+use crate::config::{GatewayConfig, ObjectKind};
+use crate::ObjectStatus;
+pub(crate) use issues::Issues;
+
+/// Everything the compiler reads: the four kinds plus the Secrets they reference.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub routes: Vec<ApiRoute>,
+    pub consumers: Vec<ConsumerCredential>,
+    pub rate_limit_policies: Vec<RateLimitPolicy>,
+    pub waf_policies: Vec<WafPolicy>,
+    pub secrets: Vec<Secret>,
+}
+
+/// Compiles a snapshot. Pure and deterministic: the same objects in any order give the same
+/// config, statuses and generation id.
+pub fn compile(snapshot: &Snapshot) -> (GatewayConfig, Vec<ObjectStatus>) {
+    let secrets = secrets::SecretIndex::new(&snapshot.secrets);
+    let mut statuses = Vec::new();
+    let mut config = GatewayConfig::default();
+
+    let policies = policy::compile_policies(snapshot, &mut statuses);
+    consumer::compile_consumers(
+        &sorted(&snapshot.consumers),
+        &secrets,
+        &mut config,
+        &mut statuses,
+    );
+
+    let mut compiled_routes = Vec::new();
+    for route in sorted(&snapshot.routes) {
+        let meta = Meta::of(&route.metadata);
+        let mut issues = Issues::default();
+        let compiled = route::compile_route(route, &meta, &policies, &mut issues);
+        compiled_routes.push((meta, compiled, issues));
+    }
+    conflicts::mark_conflicts(&mut compiled_routes);
+    for (meta, compiled, issues) in compiled_routes {
+        let accepted = issues.is_accepted();
+        statuses.push(issues.into_status(ObjectKind::ApiRoute, &meta));
+        if let (true, Some(route)) = (accepted, compiled) {
+            config.objects.push(meta.object_ref(ObjectKind::ApiRoute));
+            config.routes.push(route);
+        }
+    }
+
+    config.objects.sort();
+    statuses.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
+    config.generation = generation_of(&config);
+    (config, statuses)
+}
+
+/// Objects sorted by namespace and name, so that input order never changes the output.
+fn sorted<K: kube_meta::HasMeta>(objects: &[K]) -> Vec<&K> {
+    let mut refs: Vec<&K> = objects.iter().collect();
+    refs.sort_by(|a, b| {
+        let (ma, mb) = (a.meta(), b.meta());
+        (ma.namespace.as_deref(), ma.name.as_deref())
+            .cmp(&(mb.namespace.as_deref(), mb.name.as_deref()))
+    });
+    refs
+}
+
+/// The first 16 hex digits of the SHA-256 of the canonical JSON of the config.
+fn generation_of(config: &GatewayConfig) -> String {
+    let mut hasher = Sha256::new();
+    // Serializing plain data cannot fail; fall back to an empty hash input rather than panic.
+    hasher.update(serde_json::to_vec(&config.routes).unwrap_or_default());
+    hasher.update(serde_json::to_vec(&config.consumers).unwrap_or_default());
+    hasher.update(serde_json::to_vec(&config.objects).unwrap_or_default());
+    hasher.update(serde_json::to_vec(&config.secrets).unwrap_or_default());
+    let digest = hasher.finalize();
+    hex::encode(&digest[..8])
+}
+
+/// Object metadata helpers shared by the compile steps.
+mod kube_meta {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use crate::config::{ObjectKind, ObjectRef};
+
+    pub trait HasMeta {
+        fn meta(&self) -> &ObjectMeta;
+    }
+
+    macro_rules! has_meta {
+        ($($t:ty),*) => {$(impl HasMeta for $t {
+            fn meta(&self) -> &ObjectMeta { &self.metadata }
+        })*};
+    }
+    has_meta!(
+        portcullis_crds::ApiRoute,
+        portcullis_crds::ConsumerCredential,
+        portcullis_crds::RateLimitPolicy,
+        portcullis_crds::WafPolicy
+    );
+
+    /// Namespace, name, generation and creation time of one object.
+    #[derive(Debug, Clone)]
+    pub struct Meta {
+        pub namespace: String,
+        pub name: String,
+        pub generation: Option<i64>,
+        /// RFC 3339; empty in standalone mode. Older objects win conflicts.
+        pub created: String,
+    }
+
+    impl Meta {
+        pub fn of(meta: &ObjectMeta) -> Self {
+            Meta {
+                namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+                name: meta.name.clone().unwrap_or_default(),
+                generation: meta.generation,
+                created: meta
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default(),
+            }
+        }
+
+        pub fn id(&self) -> String {
+            format!("{}/{}", self.namespace, self.name)
+        }
+
+        pub fn object_ref(&self, kind: ObjectKind) -> ObjectRef {
+            ObjectRef {
+                kind,
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+                generation: self.generation,
+            }
+        }
+    }
+}

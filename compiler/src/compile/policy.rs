@@ -1,0 +1,240 @@
+//! RateLimitPolicy and WafPolicy: validated in full so users learn about mistakes now, and
+//! refused as not yet enforceable, so no route runs believing it is protected.
+
+use std::collections::BTreeSet;
+
+use portcullis_crds::{BackendType, RateLimitKey, RateLimitPolicy, WafPolicy};
+
+use super::kube_meta::Meta;
+use super::route::one_line_regex_error;
+use super::{sorted, Issues};
+use crate::config::ObjectKind;
+use crate::units::{parse_duration_ms, parse_size_bytes};
+use crate::ObjectStatus;
+
+/// Which policies exist, by `(namespace, name)`.
+#[derive(Debug, Default)]
+pub(crate) struct PolicyIndex {
+    pub rate_limits: BTreeSet<(String, String)>,
+    pub wafs: BTreeSet<(String, String)>,
+}
+
+const NOT_ENFORCED_RATE: &str =
+    "valid, but rate limiting is not enforced by this version of Portcullis; routes that \
+     reference this policy are refused rather than served unprotected";
+const NOT_ENFORCED_WAF: &str =
+    "valid, but the WAF is not enforced by this version of Portcullis; routes that reference \
+     this policy are refused rather than served unprotected";
+
+pub(crate) fn compile_policies(
+    snapshot: &super::Snapshot,
+    statuses: &mut Vec<ObjectStatus>,
+) -> PolicyIndex {
+    let mut index = PolicyIndex::default();
+    for policy in sorted(&snapshot.rate_limit_policies) {
+        let meta = Meta::of(&policy.metadata);
+        let mut issues = Issues::default();
+        validate_rate_limit(policy, &mut issues);
+        if issues.is_accepted() {
+            issues.unsupported("spec", NOT_ENFORCED_RATE);
+        }
+        index
+            .rate_limits
+            .insert((meta.namespace.clone(), meta.name.clone()));
+        statuses.push(issues.into_status(ObjectKind::RateLimitPolicy, &meta));
+    }
+    for policy in sorted(&snapshot.waf_policies) {
+        let meta = Meta::of(&policy.metadata);
+        let mut issues = Issues::default();
+        validate_waf(policy, &mut issues);
+        if issues.is_accepted() {
+            issues.unsupported("spec", NOT_ENFORCED_WAF);
+        }
+        index
+            .wafs
+            .insert((meta.namespace.clone(), meta.name.clone()));
+        statuses.push(issues.into_status(ObjectKind::WafPolicy, &meta));
+    }
+    index
+}
+
+fn validate_limits(field: &str, limits: &[portcullis_crds::Limit], issues: &mut Issues) {
+    for (i, limit) in limits.iter().enumerate() {
+        if limit.requests == 0 {
+            issues.invalid(&format!("{field}[{i}].requests"), "must be at least 1");
+        }
+        match parse_duration_ms(&limit.period) {
+            Ok(0) => issues.invalid(&format!("{field}[{i}].period"), "must be positive"),
+            Ok(_) => {}
+            Err(e) => issues.invalid(&format!("{field}[{i}].period"), e),
+        }
+    }
+}
+
+fn validate_rate_limit(policy: &RateLimitPolicy, issues: &mut Issues) {
+    let spec = &policy.spec;
+    if spec.limits.is_empty() && spec.quota.is_none() && spec.tiers.is_empty() {
+        issues.invalid(
+            "spec.limits",
+            "at least one limit, tier or quota is required",
+        );
+    }
+    validate_limits("spec.limits", &spec.limits, issues);
+    for (i, tier) in spec.tiers.iter().enumerate() {
+        if tier.group.is_empty() {
+            issues.invalid(&format!("spec.tiers[{i}].group"), "must not be empty");
+        }
+        validate_limits(&format!("spec.tiers[{i}].limits"), &tier.limits, issues);
+    }
+    if let Some(quota) = &spec.quota {
+        if quota.requests == 0 {
+            issues.invalid("spec.quota.requests", "must be at least 1");
+        }
+    }
+    if spec.key == Some(RateLimitKey::Header)
+        && spec
+            .header
+            .as_deref()
+            .is_none_or(|h| !super::route::is_token(h))
+    {
+        issues.invalid(
+            "spec.header",
+            "a valid header name is required with key: Header",
+        );
+    }
+    if let Some(backend) = &spec.backend {
+        if backend.type_ == BackendType::Redis {
+            match &backend.redis {
+                None => issues.invalid("spec.backend.redis", "required with type: Redis"),
+                Some(redis) => {
+                    if redis.url.is_none() && redis.cluster_urls.is_empty() {
+                        issues.invalid("spec.backend.redis", "set url or clusterUrls");
+                    }
+                    for url in redis.url.iter().chain(redis.cluster_urls.iter()) {
+                        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                            issues.invalid(
+                                "spec.backend.redis.url",
+                                format!("{url:?} must start with redis:// or rediss://"),
+                            );
+                        }
+                    }
+                    if let Some(timeout) = &redis.timeout {
+                        if let Err(e) = parse_duration_ms(timeout) {
+                            issues.invalid("spec.backend.redis.timeout", e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn validate_waf(policy: &WafPolicy, issues: &mut Issues) {
+    let spec = &policy.spec;
+    if let Some(level) = spec.paranoia_level {
+        if !(1..=4).contains(&level) {
+            issues.invalid(
+                "spec.paranoiaLevel",
+                format!("{level} is not between 1 and 4"),
+            );
+        }
+    }
+    if spec.anomaly_threshold == Some(0) {
+        issues.invalid("spec.anomalyThreshold", "must be at least 1");
+    }
+    for (i, method) in spec.allowed_methods.iter().enumerate() {
+        if !super::route::is_token(method) {
+            issues.invalid(
+                &format!("spec.allowedMethods[{i}]"),
+                format!("{method:?} is not a method"),
+            );
+        }
+    }
+    if let Some(size) = spec
+        .limits
+        .as_ref()
+        .and_then(|l| l.inspect_body_bytes.as_ref())
+    {
+        if let Err(e) = parse_size_bytes(size) {
+            issues.invalid("spec.limits.inspectBodyBytes", e);
+        }
+    }
+    let mut ids = BTreeSet::new();
+    for (i, rule) in spec.custom_rules.iter().enumerate() {
+        let field = format!("spec.customRules[{i}]");
+        if !ids.insert(rule.id) {
+            issues.invalid(&format!("{field}.id"), format!("{} is used twice", rule.id));
+        }
+        if rule.targets.is_empty() {
+            issues.invalid(
+                &format!("{field}.targets"),
+                "at least one target is required",
+            );
+        }
+        for target in &rule.targets {
+            if !valid_waf_target(target) {
+                issues.invalid(
+                    &format!("{field}.targets"),
+                    format!(
+                        "{target:?} is not one of Path, Query, Args, ArgNames, Headers, \
+                         Header:NAME, Cookies, Body, JsonValues"
+                    ),
+                );
+            }
+        }
+        match rule.operator {
+            portcullis_crds::RuleOperator::Regex => {
+                if let Err(e) = regex::RegexBuilder::new(&rule.value)
+                    .size_limit(1 << 20)
+                    .build()
+                {
+                    issues.invalid(
+                        &format!("{field}.value"),
+                        format!("invalid regex: {}", one_line_regex_error(&e)),
+                    );
+                }
+            }
+            portcullis_crds::RuleOperator::IpMatch => {
+                for part in rule.value.split(',').map(str::trim) {
+                    if super::route::parse_cidr(part).is_none() {
+                        issues.invalid(
+                            &format!("{field}.value"),
+                            format!("{part:?} is not an IP or CIDR"),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for (i, exclusion) in spec.exclusions.iter().enumerate() {
+        if exclusion.rule_ids.is_empty() {
+            issues.invalid(
+                &format!("spec.exclusions[{i}].ruleIds"),
+                "at least one rule id is required",
+            );
+        }
+    }
+}
+
+fn valid_waf_target(target: &str) -> bool {
+    const PLAIN: [&str; 9] = [
+        "Path",
+        "Query",
+        "Args",
+        "ArgNames",
+        "Headers",
+        "Cookies",
+        "Body",
+        "JsonValues",
+        "Method",
+    ];
+    if PLAIN.contains(&target) {
+        return true;
+    }
+    match target.split_once(':') {
+        Some(("Header", name)) => super::route::is_token(name),
+        Some(("Query" | "Args" | "Cookie" | "Json", name)) => !name.is_empty(),
+        _ => false,
+    }
+}

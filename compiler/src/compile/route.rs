@@ -1,0 +1,715 @@
+//! ApiRoute → one `RouteConfig`, or the reasons it cannot be served.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use portcullis_crds::{ApiRoute, AuthMethod, PathMatchType};
+
+use super::kube_meta::Meta;
+use super::policy::PolicyIndex;
+use super::Issues;
+use crate::config::{
+    AuthMethodConfig, AuthenticationConfig, AuthorizationConfig, CorsConfig, DirectResponseConfig,
+    HeaderMatch, IpRestrictionConfig, LoadBalancing, PathKind, PathRule, ResponseHeadersConfig,
+    RouteConfig, TargetConfig, UpstreamConfig, ValidationConfig,
+};
+use crate::units::{parse_duration_ms, parse_size_bytes};
+
+pub(crate) const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+pub(crate) const DEFAULT_READ_TIMEOUT_MS: u64 = 30_000;
+pub(crate) const DEFAULT_SEND_TIMEOUT_MS: u64 = 30_000;
+const MAX_RETRIES: u32 = 10;
+const MAX_WEIGHT: u32 = 10_000;
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// RFC 9110 token characters: header names and methods.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// An IP address or CIDR; a bare address becomes a /32 or /128.
+pub(crate) fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+        .map(|net| net.trunc())
+}
+
+/// The regex crate's errors draw a caret diagram over several lines; conditions are one line.
+pub(crate) fn one_line_regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("error: "))
+        .unwrap_or(text.as_str())
+        .to_string()
+}
+
+fn valid_header_value(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// A DNS host name, optionally `*.` + a name with at least two labels.
+fn valid_host(host: &str) -> bool {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if host.starts_with("*.") && !name.contains('.') {
+        return false;
+    }
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn normalize_prefix(value: &str) -> String {
+    let trimmed = value.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+fn valid_path(value: &str) -> bool {
+    value.starts_with('/')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#'))
+}
+
+pub(crate) fn compile_route(
+    route: &ApiRoute,
+    meta: &Meta,
+    policies: &PolicyIndex,
+    issues: &mut Issues,
+) -> Option<RouteConfig> {
+    let spec = &route.spec;
+
+    let mut hosts = Vec::new();
+    for (i, host) in spec.hosts.iter().enumerate() {
+        let host = host.to_ascii_lowercase();
+        if valid_host(&host) {
+            hosts.push(host);
+        } else {
+            issues.invalid(
+                &format!("spec.hosts[{i}]"),
+                format!("{host:?} is not a host name or *.wildcard"),
+            );
+        }
+    }
+    hosts.sort();
+    hosts.dedup();
+
+    if spec.paths.is_empty() {
+        issues.invalid("spec.paths", "at least one path is required");
+    }
+    let mut paths = Vec::new();
+    for (i, path) in spec.paths.iter().enumerate() {
+        let field = format!("spec.paths[{i}].value");
+        match path.type_ {
+            PathMatchType::Exact | PathMatchType::Prefix if !valid_path(&path.value) => {
+                issues.invalid(
+                    &field,
+                    format!(
+                        "{:?} must start with / and contain no spaces, ? or #",
+                        path.value
+                    ),
+                );
+            }
+            PathMatchType::Exact => paths.push(PathRule {
+                kind: PathKind::Exact,
+                value: path.value.clone(),
+            }),
+            PathMatchType::Prefix => paths.push(PathRule {
+                kind: PathKind::Prefix,
+                value: normalize_prefix(&path.value),
+            }),
+            PathMatchType::Regex => {
+                match regex::RegexBuilder::new(&format!("^(?:{})$", path.value))
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                {
+                    Ok(_) => paths.push(PathRule {
+                        kind: PathKind::Regex,
+                        value: path.value.clone(),
+                    }),
+                    Err(e) => issues.invalid(
+                        &field,
+                        format!("invalid regex: {}", one_line_regex_error(&e)),
+                    ),
+                }
+            }
+        }
+    }
+
+    let mut methods = Vec::new();
+    for (i, method) in spec.methods.iter().enumerate() {
+        if is_token(method) {
+            methods.push(method.to_ascii_uppercase());
+        } else {
+            issues.invalid(
+                &format!("spec.methods[{i}]"),
+                format!("{method:?} is not an HTTP method"),
+            );
+        }
+    }
+    methods.sort();
+    methods.dedup();
+
+    let headers = name_values(&spec.headers, "spec.headers", true, issues);
+    let query_params = name_values(&spec.query_params, "spec.queryParams", false, issues);
+
+    if let Some(prefix) = &spec.rewrite_prefix {
+        if !valid_path(prefix) {
+            issues.invalid(
+                "spec.rewritePrefix",
+                format!("{prefix:?} must start with /"),
+            );
+        }
+    }
+    let rewrites = spec.strip_path == Some(true) || spec.rewrite_prefix.is_some();
+    if rewrites && paths.iter().any(|p| p.kind == PathKind::Regex) {
+        issues.invalid(
+            "spec.stripPath",
+            "stripPath and rewritePrefix need Prefix or Exact paths, not Regex",
+        );
+    }
+
+    let upstream = compile_upstream(route, meta, issues);
+    let authentication = compile_authentication(route, issues);
+    let authorization = compile_authorization(route, issues);
+    let ip_restriction = compile_ip_restriction(route, issues);
+    let request_validation = compile_validation(route, issues);
+    let response_headers = compile_response_headers(route, issues);
+    let cors = compile_cors(route, issues);
+
+    if spec.tls.is_some() {
+        issues.unsupported(
+            "spec.tls",
+            "TLS termination is not implemented by this version of Portcullis",
+        );
+    }
+    for (i, name) in spec.rate_limit_policies.iter().enumerate() {
+        let field = format!("spec.rateLimitPolicies[{i}]");
+        if policies
+            .rate_limits
+            .contains(&(meta.namespace.clone(), name.clone()))
+        {
+            issues.unsupported(&field, format!("RateLimitPolicy {name}: rate limiting is not enforced by this version; the route is refused rather than served without its limits"));
+        } else {
+            issues.unresolved(
+                &field,
+                format!(
+                    "RateLimitPolicy {}/{name} not found; the route is not served without it",
+                    meta.namespace
+                ),
+                true,
+            );
+        }
+    }
+    if let Some(name) = &spec.waf_policy {
+        if policies
+            .wafs
+            .contains(&(meta.namespace.clone(), name.clone()))
+        {
+            issues.unsupported("spec.wafPolicy", format!("WafPolicy {name}: the WAF is not enforced by this version; the route is refused rather than served unprotected"));
+        } else {
+            issues.unresolved(
+                "spec.wafPolicy",
+                format!(
+                    "WafPolicy {}/{name} not found; the route is not served without it",
+                    meta.namespace
+                ),
+                true,
+            );
+        }
+    }
+
+    let upstream = upstream?;
+    if !issues.is_accepted() {
+        return None;
+    }
+    Some(RouteConfig {
+        id: meta.id(),
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone(),
+        hosts,
+        paths,
+        methods,
+        headers,
+        query_params,
+        strip_path: spec.strip_path.unwrap_or(false),
+        rewrite_prefix: spec.rewrite_prefix.clone(),
+        upstream,
+        authentication,
+        authorization,
+        ip_restriction,
+        request_validation,
+        response_headers,
+        security_headers: spec.security_headers.unwrap_or(true),
+        cors,
+        sanitize_upstream_errors: spec.sanitize_upstream_errors.unwrap_or(false),
+    })
+}
+
+fn name_values(
+    items: &[portcullis_crds::NameValue],
+    field: &str,
+    lowercase: bool,
+    issues: &mut Issues,
+) -> Vec<HeaderMatch> {
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let valid_name = if lowercase {
+            is_token(&item.name)
+        } else {
+            !item.name.is_empty()
+        };
+        if !valid_name {
+            issues.invalid(
+                &format!("{field}[{i}].name"),
+                format!("{:?} is not a valid name", item.name),
+            );
+        } else if !valid_header_value(&item.value) {
+            issues.invalid(
+                &format!("{field}[{i}].value"),
+                "contains control characters",
+            );
+        } else {
+            out.push(HeaderMatch {
+                name: if lowercase {
+                    item.name.to_ascii_lowercase()
+                } else {
+                    item.name.clone()
+                },
+                value: item.value.clone(),
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.name, &a.value).cmp(&(&b.name, &b.value)));
+    out
+}
+
+fn duration_field(value: &Option<String>, field: &str, default: u64, issues: &mut Issues) -> u64 {
+    match value.as_deref().map(parse_duration_ms) {
+        None => default,
+        Some(Ok(0)) => {
+            issues.invalid(field, "must be positive");
+            default
+        }
+        Some(Ok(ms)) => ms,
+        Some(Err(e)) => {
+            issues.invalid(field, e);
+            default
+        }
+    }
+}
+
+/// `http://host[:port][/]` → `http://host:port`.
+fn normalize_target_url(url: &str) -> Result<String, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "{url:?}: https upstreams are not implemented by this version of Portcullis"
+            ))
+        }
+        _ => return Err(format!("{url:?} must start with http://")),
+    }
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("{url:?} has no host"))?;
+    if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+        return Err(format!(
+            "{url:?} must not carry a path or query; use rewritePrefix"
+        ));
+    }
+    let port = uri.port_u16().unwrap_or(80);
+    Ok(format!("http://{host}:{port}"))
+}
+
+fn compile_upstream(route: &ApiRoute, meta: &Meta, issues: &mut Issues) -> Option<UpstreamConfig> {
+    let upstream = &route.spec.upstream;
+    let timeouts = upstream.timeouts.clone().unwrap_or_default();
+    let connect = duration_field(
+        &timeouts.connect,
+        "spec.upstream.timeouts.connect",
+        DEFAULT_CONNECT_TIMEOUT_MS,
+        issues,
+    );
+    let read = duration_field(
+        &timeouts.read,
+        "spec.upstream.timeouts.read",
+        DEFAULT_READ_TIMEOUT_MS,
+        issues,
+    );
+    let send = duration_field(
+        &timeouts.send,
+        "spec.upstream.timeouts.send",
+        DEFAULT_SEND_TIMEOUT_MS,
+        issues,
+    );
+    let retries = upstream.retries.as_ref().map_or(0, |r| r.attempts);
+    if retries > MAX_RETRIES {
+        issues.invalid(
+            "spec.upstream.retries.attempts",
+            format!("{retries} is more than {MAX_RETRIES}"),
+        );
+    }
+    if upstream.tls.is_some() {
+        issues.unsupported(
+            "spec.upstream.tls",
+            "upstream TLS is not implemented by this version of Portcullis",
+        );
+    }
+
+    let direct_response = match &upstream.direct_response {
+        None => None,
+        Some(direct) => {
+            if !(200..=599).contains(&direct.status) {
+                issues.invalid(
+                    "spec.upstream.directResponse.status",
+                    format!("{} is not between 200 and 599", direct.status),
+                );
+            }
+            if let Some(ct) = &direct.content_type {
+                if !valid_header_value(ct) || ct.is_empty() {
+                    issues.invalid(
+                        "spec.upstream.directResponse.contentType",
+                        "is not a valid header value",
+                    );
+                }
+            }
+            Some(DirectResponseConfig {
+                status: direct.status,
+                body: direct.body.clone().unwrap_or_default(),
+                content_type: direct.content_type.clone(),
+            })
+        }
+    };
+
+    let mut targets = Vec::new();
+    for (i, target) in upstream.targets.iter().enumerate() {
+        let field = format!("spec.upstream.targets[{i}]");
+        let weight = target.weight.unwrap_or(1);
+        if weight > MAX_WEIGHT {
+            issues.invalid(
+                &format!("{field}.weight"),
+                format!("{weight} is more than {MAX_WEIGHT}"),
+            );
+        }
+        let url = match (&target.url, &target.service) {
+            (Some(url), None) => normalize_target_url(url),
+            (None, Some(service)) => {
+                if valid_host(&service.name) && !service.name.contains('.') && service.port > 0 {
+                    Ok(format!(
+                        "http://{}.{}.svc:{}",
+                        service.name, meta.namespace, service.port
+                    ))
+                } else {
+                    Err(format!(
+                        "service {:?} port {} is not a valid Service reference",
+                        service.name, service.port
+                    ))
+                }
+            }
+            _ => Err("set exactly one of url and service".to_string()),
+        };
+        match url {
+            Ok(url) => targets.push(TargetConfig { url, weight }),
+            Err(e) => issues.invalid(&field, e),
+        }
+    }
+    match (&direct_response, upstream.targets.is_empty()) {
+        (Some(_), false) => issues.invalid(
+            "spec.upstream",
+            "set either targets or directResponse, not both",
+        ),
+        (None, true) => issues.invalid(
+            "spec.upstream.targets",
+            "at least one target (or a directResponse) is required",
+        ),
+        (None, false) if targets.iter().all(|t| t.weight == 0) && !targets.is_empty() => issues
+            .invalid(
+                "spec.upstream.targets",
+                "at least one target needs a weight above 0",
+            ),
+        _ => {}
+    }
+    let load_balancing = match upstream.load_balancing.unwrap_or_default() {
+        portcullis_crds::LoadBalancing::RoundRobin => LoadBalancing::RoundRobin,
+        portcullis_crds::LoadBalancing::LeastRequest => LoadBalancing::LeastRequest,
+        portcullis_crds::LoadBalancing::ConsistentHash => LoadBalancing::ConsistentHash,
+    };
+    Some(UpstreamConfig {
+        targets,
+        load_balancing,
+        connect_timeout_ms: connect,
+        read_timeout_ms: read,
+        send_timeout_ms: send,
+        retries: retries.min(MAX_RETRIES),
+        direct_response,
+    })
+}
+
+fn compile_authentication(route: &ApiRoute, issues: &mut Issues) -> Option<AuthenticationConfig> {
+    let auth = route.spec.authentication.as_ref()?;
+    if auth.methods.is_empty() {
+        issues.invalid(
+            "spec.authentication.methods",
+            "at least one method is required",
+        );
+    }
+    let mut methods = Vec::new();
+    for (i, method) in auth.methods.iter().enumerate() {
+        match method {
+            AuthMethod::ApiKey => methods.push(AuthMethodConfig::ApiKey),
+            other => issues.unsupported(
+                &format!("spec.authentication.methods[{i}]"),
+                format!("{other:?} is not implemented by this version of Portcullis; the route is refused rather than served without it"),
+            ),
+        }
+    }
+    methods.sort();
+    methods.dedup();
+    let api_key = auth.api_key.clone().unwrap_or_default();
+    let header = api_key.header.unwrap_or_else(|| "X-API-Key".to_string());
+    if !is_token(&header) {
+        issues.invalid(
+            "spec.authentication.apiKey.header",
+            format!("{header:?} is not a header name"),
+        );
+    }
+    if let Some(param) = &api_key.query_param {
+        if param.is_empty() {
+            issues.invalid("spec.authentication.apiKey.queryParam", "must not be empty");
+        }
+    }
+    Some(AuthenticationConfig {
+        methods,
+        optional: auth.optional.unwrap_or(false),
+        hide_credentials: auth.hide_credentials.unwrap_or(true),
+        api_key_header: Some(header.to_ascii_lowercase()),
+        api_key_query_param: api_key.query_param,
+    })
+}
+
+fn compile_authorization(route: &ApiRoute, issues: &mut Issues) -> Option<AuthorizationConfig> {
+    let authz = route.spec.authorization.as_ref()?;
+    if route.spec.authentication.is_none() {
+        issues.invalid("spec.authorization", "requires spec.authentication");
+    }
+    if !authz.required_scopes.is_empty() {
+        issues.unsupported(
+            "spec.authorization.requiredScopes",
+            "scopes need JWT or OAuth2, which this version does not implement",
+        );
+    }
+    if !authz.required_roles.is_empty() || authz.roles_claim.is_some() {
+        issues.unsupported(
+            "spec.authorization.requiredRoles",
+            "roles need JWT, which this version does not implement",
+        );
+    }
+    Some(AuthorizationConfig {
+        allow_groups: authz.allow_groups.clone(),
+        deny_groups: authz.deny_groups.clone(),
+    })
+}
+
+fn cidr_list(items: &[String], field: &str, issues: &mut Issues) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match parse_cidr(item.trim()) {
+            Some(net) => out.push(net),
+            None => issues.invalid(
+                &format!("{field}[{i}]"),
+                format!("{item:?} is not an IP address or CIDR"),
+            ),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn compile_ip_restriction(route: &ApiRoute, issues: &mut Issues) -> Option<IpRestrictionConfig> {
+    let ip = route.spec.ip_restriction.as_ref()?;
+    Some(IpRestrictionConfig {
+        allow: cidr_list(&ip.allow, "spec.ipRestriction.allow", issues),
+        deny: cidr_list(&ip.deny, "spec.ipRestriction.deny", issues),
+    })
+}
+
+fn compile_validation(route: &ApiRoute, issues: &mut Issues) -> Option<ValidationConfig> {
+    let v = route.spec.request_validation.as_ref()?;
+    let max_body_bytes = match v.max_body_size.as_deref().map(parse_size_bytes) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            issues.invalid("spec.requestValidation.maxBodySize", e);
+            None
+        }
+    };
+    let mut content_types = Vec::new();
+    for (i, ct) in v.allowed_content_types.iter().enumerate() {
+        let media = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match media.split_once('/') {
+            Some((t, s)) if is_token(t) && (is_token(s) || s == "*") => content_types.push(media),
+            _ => issues.invalid(
+                &format!("spec.requestValidation.allowedContentTypes[{i}]"),
+                format!("{ct:?} is not a media type like application/json"),
+            ),
+        }
+    }
+    if let Some(schema) = &v.json_schema {
+        if let Err(e) = jsonschema::validator_for(schema) {
+            issues.invalid(
+                "spec.requestValidation.jsonSchema",
+                format!("does not compile: {e}"),
+            );
+        }
+    }
+    if v.max_json_depth == Some(0) {
+        issues.invalid("spec.requestValidation.maxJsonDepth", "must be at least 1");
+    }
+    let mut required = Vec::new();
+    for (i, h) in v.required_headers.iter().enumerate() {
+        if is_token(h) {
+            required.push(h.to_ascii_lowercase());
+        } else {
+            issues.invalid(
+                &format!("spec.requestValidation.requiredHeaders[{i}]"),
+                format!("{h:?} is not a header name"),
+            );
+        }
+    }
+    Some(ValidationConfig {
+        max_body_bytes,
+        allowed_content_types: content_types,
+        json_schema: v.json_schema.clone(),
+        max_json_depth: v.max_json_depth,
+        required_headers: required,
+    })
+}
+
+fn compile_response_headers(route: &ApiRoute, issues: &mut Issues) -> ResponseHeadersConfig {
+    let Some(rh) = route.spec.response_headers.as_ref() else {
+        return ResponseHeadersConfig::default();
+    };
+    let mut add = BTreeMap::new();
+    for (name, value) in &rh.add {
+        if !is_token(name) {
+            issues.invalid(
+                "spec.responseHeaders.add",
+                format!("{name:?} is not a header name"),
+            );
+        } else if !valid_header_value(value) {
+            issues.invalid(
+                &format!("spec.responseHeaders.add.{name}"),
+                "contains control characters",
+            );
+        } else {
+            add.insert(name.clone(), value.clone());
+        }
+    }
+    let mut remove = Vec::new();
+    for (i, name) in rh.remove.iter().enumerate() {
+        if is_token(name) {
+            remove.push(name.to_ascii_lowercase());
+        } else {
+            issues.invalid(
+                &format!("spec.responseHeaders.remove[{i}]"),
+                format!("{name:?} is not a header name"),
+            );
+        }
+    }
+    remove.sort();
+    remove.dedup();
+    ResponseHeadersConfig { add, remove }
+}
+
+fn compile_cors(route: &ApiRoute, issues: &mut Issues) -> Option<CorsConfig> {
+    let cors = route.spec.cors.as_ref()?;
+    for (i, origin) in cors.allow_origins.iter().enumerate() {
+        let ok = origin == "*"
+            || origin.parse::<http::Uri>().ok().is_some_and(|u| {
+                u.scheme().is_some()
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && !origin.ends_with('/')
+            });
+        if !ok {
+            issues.invalid(
+                &format!("spec.cors.allowOrigins[{i}]"),
+                format!("{origin:?} is not an origin like https://app.example.com or *"),
+            );
+        }
+    }
+    if cors.allow_credentials == Some(true) && cors.allow_origins.iter().any(|o| o == "*") {
+        issues.invalid(
+            "spec.cors.allowCredentials",
+            "cannot be combined with allowOrigins: [\"*\"]",
+        );
+    }
+    for (i, m) in cors.allow_methods.iter().enumerate() {
+        if !is_token(m) {
+            issues.invalid(
+                &format!("spec.cors.allowMethods[{i}]"),
+                format!("{m:?} is not a method"),
+            );
+        }
+    }
+    for (field, list) in [
+        ("allowHeaders", &cors.allow_headers),
+        ("exposeHeaders", &cors.expose_headers),
+    ] {
+        for (i, h) in list.iter().enumerate() {
+            if !(is_token(h) || h == "*") {
+                issues.invalid(
+                    &format!("spec.cors.{field}[{i}]"),
+                    format!("{h:?} is not a header name"),
+                );
+            }
+        }
+    }
+    let max_age_secs = match cors.max_age.as_deref().map(parse_duration_ms) {
+        None => None,
+        Some(Ok(ms)) => Some(ms / 1000),
+        Some(Err(e)) => {
+            issues.invalid("spec.cors.maxAge", e);
+            None
+        }
+    };
+    Some(CorsConfig {
+        allow_origins: cors.allow_origins.clone(),
+        allow_methods: cors
+            .allow_methods
+            .iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect(),
+        allow_headers: cors.allow_headers.clone(),
+        expose_headers: cors.expose_headers.clone(),
+        allow_credentials: cors.allow_credentials.unwrap_or(false),
+        max_age_secs,
+    })
+}

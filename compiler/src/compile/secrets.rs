@@ -1,0 +1,43 @@
+//! Lookup of Secret values by namespace, name and key (`data` or `stringData`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+
+pub(crate) struct SecretIndex<'a> {
+    by_name: BTreeMap<(&'a str, &'a str), &'a Secret>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SecretLookup {
+    SecretMissing,
+    KeyMissing,
+    Found(Vec<u8>),
+}
+
+impl<'a> SecretIndex<'a> {
+    pub fn new(secrets: &'a [Secret]) -> Self {
+        let by_name = secrets
+            .iter()
+            .map(|s| {
+                let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+                let name = s.metadata.name.as_deref().unwrap_or("");
+                ((ns, name), s)
+            })
+            .collect();
+        Self { by_name }
+    }
+
+    pub fn get(&self, namespace: &str, name: &str, key: &str) -> SecretLookup {
+        let Some(secret) = self.by_name.get(&(namespace, name)) else {
+            return SecretLookup::SecretMissing;
+        };
+        if let Some(value) = secret.data.as_ref().and_then(|d| d.get(key)) {
+            return SecretLookup::Found(value.0.clone());
+        }
+        if let Some(value) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
+            return SecretLookup::Found(value.as_bytes().to_vec());
+        }
+        SecretLookup::KeyMissing
+    }
+}
