@@ -1,1 +1,29 @@
+//! Portcullis proxy: the data plane that enforces a compiled [`GatewayConfig`].
+//!
+//! Start it with [`ProxyServer::start`]; the request path is [`pipeline`].
+//!
+//! [`GatewayConfig`]: portcullis_compiler::GatewayConfig
 
+pub mod admin;
+pub mod audit;
+pub mod auth;
+pub mod body;
+pub mod check;
+pub mod client_ip;
+pub mod config_store;
+pub mod cors;
+pub mod errors;
+pub mod forward_headers;
+pub mod ip_filter;
+pub mod metrics;
+pub mod pipeline;
+pub mod request_id;
+pub mod response_headers;
+pub mod router;
+pub mod server;
+pub mod standalone;
+pub mod upstream;
+pub mod validate;
+
+pub use audit::AuditSink;
+pub use server::{ConfigHandle, ProxyOptions, ProxyServer, RunningProxy, StartError};

@@ -1,0 +1,143 @@
+//! The live config: a [`GatewayConfig`] compiled into what the hot path needs (router index,
+//! regexes, key digests, balancers, response header values), published through `ArcSwap`.
+//! A request loads the current `Arc` once and keeps it, so a swap never changes the config
+//! under an in-flight request, and readers never take a lock.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use portcullis_compiler::config::RouteConfig;
+use portcullis_compiler::GatewayConfig;
+
+use crate::auth::{CompiledAuth, KeyStore, KeyStoreError};
+use crate::cors::{CompiledCors, CorsConfigError};
+use crate::metrics::RouteMetrics;
+use crate::response_headers::{CompiledResponseHeaders, ResponseHeaderError};
+use crate::router::{Router, RouterError};
+use crate::upstream::{ClientPool, TargetError, Upstream};
+use crate::validate::{CompiledValidation, SchemaError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    #[error(transparent)]
+    Keys(#[from] KeyStoreError),
+    #[error("route {route}: {source}")]
+    Target { route: String, source: TargetError },
+    #[error("route {route}: {source}")]
+    Schema { route: String, source: SchemaError },
+    #[error("route {route}: {source}")]
+    Cors {
+        route: String,
+        source: CorsConfigError,
+    },
+    #[error("route {route}: {source}")]
+    ResponseHeaders {
+        route: String,
+        source: ResponseHeaderError,
+    },
+}
+
+pub struct CompiledRoute {
+    pub config: RouteConfig,
+    pub upstream: Upstream,
+    pub auth: Option<CompiledAuth>,
+    pub validation: Option<CompiledValidation>,
+    pub cors: Option<CompiledCors>,
+    pub response_headers: CompiledResponseHeaders,
+    pub metrics: RouteMetrics,
+}
+
+impl CompiledRoute {
+    fn build(config: &RouteConfig, pool: &ClientPool) -> Result<Self, ConfigError> {
+        let route = || config.id.clone();
+        Ok(CompiledRoute {
+            upstream: Upstream::new(&config.upstream, pool).map_err(|source| {
+                ConfigError::Target {
+                    route: route(),
+                    source,
+                }
+            })?,
+            auth: config.authentication.as_ref().map(CompiledAuth::new),
+            validation: config
+                .request_validation
+                .as_ref()
+                .map(CompiledValidation::new)
+                .transpose()
+                .map_err(|source| ConfigError::Schema {
+                    route: route(),
+                    source,
+                })?,
+            cors: config
+                .cors
+                .as_ref()
+                .map(CompiledCors::new)
+                .transpose()
+                .map_err(|source| ConfigError::Cors {
+                    route: route(),
+                    source,
+                })?,
+            response_headers: CompiledResponseHeaders::new(
+                &config.response_headers,
+                config.security_headers,
+            )
+            .map_err(|source| ConfigError::ResponseHeaders {
+                route: route(),
+                source,
+            })?,
+            metrics: RouteMetrics::new(&config.id),
+            config: config.clone(),
+        })
+    }
+}
+
+pub struct RuntimeConfig {
+    pub generation: String,
+    pub router: Router,
+    pub routes: Vec<CompiledRoute>,
+    pub keys: KeyStore,
+}
+
+impl RuntimeConfig {
+    pub fn build(config: &GatewayConfig, pool: &ClientPool) -> Result<Self, ConfigError> {
+        Ok(RuntimeConfig {
+            generation: config.generation.clone(),
+            router: Router::build(&config.routes)?,
+            routes: config
+                .routes
+                .iter()
+                .map(|r| CompiledRoute::build(r, pool))
+                .collect::<Result<_, _>>()?,
+            keys: KeyStore::build(&config.consumers, &config.secrets)?,
+        })
+    }
+}
+
+pub struct ConfigStore {
+    current: ArcSwap<RuntimeConfig>,
+    loaded: AtomicBool,
+}
+
+impl ConfigStore {
+    pub fn new(initial: RuntimeConfig, loaded: bool) -> Self {
+        ConfigStore {
+            current: ArcSwap::from_pointee(initial),
+            loaded: AtomicBool::new(loaded),
+        }
+    }
+
+    pub fn load(&self) -> Arc<RuntimeConfig> {
+        self.current.load_full()
+    }
+
+    pub fn store(&self, config: RuntimeConfig) {
+        self.current.store(Arc::new(config));
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+}

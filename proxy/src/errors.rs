@@ -1,0 +1,132 @@
+//! The one place that turns a denial or a failure into an HTTP response.
+//!
+//! Every gateway-generated response is `{"error": "<message>", "request_id": "<id>"}` with
+//! `content-type: application/json`. Messages are fixed strings chosen here, so internal
+//! details (addresses, OS errors, regexes) never reach a client.
+
+use http::{header, HeaderValue, Response, StatusCode};
+use serde::Serialize;
+
+use crate::auth::AuthError;
+use crate::body::{full, ProxyBody};
+use crate::cors::CorsError;
+use crate::ip_filter::IpDenied;
+use crate::upstream::UpstreamError;
+use crate::validate::ValidationError;
+
+/// Everything that stops a request inside the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route matched")]
+    NoRoute,
+    #[error(transparent)]
+    Ip(#[from] IpDenied),
+    #[error(transparent)]
+    Cors(#[from] CorsError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NoRoute => StatusCode::NOT_FOUND,
+            GatewayError::Ip(_) | GatewayError::Cors(_) => StatusCode::FORBIDDEN,
+            GatewayError::Auth(e) => match e {
+                AuthError::MissingCredentials | AuthError::InvalidCredentials => {
+                    StatusCode::UNAUTHORIZED
+                }
+                AuthError::GroupNotAllowed | AuthError::GroupDenied => StatusCode::FORBIDDEN,
+            },
+            GatewayError::Validation(e) => match e {
+                ValidationError::MissingHeader(_)
+                | ValidationError::InvalidJson
+                | ValidationError::JsonTooDeep
+                | ValidationError::Schema(_)
+                | ValidationError::UnreadableBody => StatusCode::BAD_REQUEST,
+                ValidationError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ValidationError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            },
+            GatewayError::Upstream(e) => match e {
+                UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                UpstreamError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                UpstreamError::Connect | UpstreamError::Failed | UpstreamError::NoTargets => {
+                    StatusCode::BAD_GATEWAY
+                }
+            },
+        }
+    }
+
+    /// Short machine-readable reason for the audit log and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GatewayError::NoRoute => "no_route",
+            GatewayError::Ip(_) => "ip_denied",
+            GatewayError::Cors(e) => e.reason(),
+            GatewayError::Auth(e) => e.reason(),
+            GatewayError::Validation(e) => e.reason(),
+            GatewayError::Upstream(e) => e.reason(),
+        }
+    }
+
+    /// The pipeline step that stopped the request (audit log).
+    pub fn step(&self) -> &'static str {
+        match self {
+            GatewayError::NoRoute => "route",
+            GatewayError::Ip(_) => "ip_restriction",
+            GatewayError::Cors(_) => "cors",
+            GatewayError::Auth(_) => "authentication",
+            GatewayError::Validation(_) => "validation",
+            GatewayError::Upstream(_) => "upstream",
+        }
+    }
+
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
+        let status = self.status();
+        let details = match &self {
+            GatewayError::Validation(ValidationError::Schema(pointers)) => {
+                Some(pointers.as_slice())
+            }
+            _ => None,
+        };
+        json_error(status, &self.to_string(), details, request_id)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a [String]>,
+}
+
+/// Builds the gateway's JSON error response.
+pub fn json_error(
+    status: StatusCode,
+    message: &str,
+    details: Option<&[String]>,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    let body = ErrorBody {
+        error: message,
+        request_id: request_id.to_str().unwrap_or(""),
+        details,
+    };
+    // Serializing plain strings cannot fail; fall back to a fixed body rather than panic.
+    let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":\"internal\"}".to_vec());
+    let mut response = Response::new(full(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Message used when `sanitize_upstream_errors` replaces an upstream 5xx body.
+pub const UPSTREAM_ERROR_MESSAGE: &str = "upstream error";

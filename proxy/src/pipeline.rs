@@ -1,0 +1,315 @@
+//! The request pipeline: the one function that fixes the order of the policy steps.
+//!
+//! Order (DESIGN §2; steps not implemented yet are marked and simply absent):
+//!  1. connection: HTTP/1.1 + HTTP/2, header-read and idle timeouts (in `server`);
+//!     connection limits and TLS: not yet.
+//!  2. request id (`request_id`); W3C trace context: not yet.
+//!  3. route match (`router`); for CORS preflights by the requested method.
+//!  4. client IP (`client_ip`) and IP allow/deny (`ip_filter`).
+//!  5. pre-authentication rate limits: not yet.
+//!  6. WAF on request line and headers: not yet.
+//!     CORS preflight answered here (`cors`): after the IP filter, before authentication,
+//!     because browsers never send credentials on a preflight.
+//!  7. authentication (API key) and authorization (consumer groups) (`auth`).
+//!  8. per-consumer rate limits and quotas: not yet.
+//!  9. request validation (`validate`); WAF on the body: not yet.
+//! 10. upstream (`forward_headers`, `upstream`), or the route's direct response.
+//! 11. response: upstream 5xx sanitizing, header add/remove, security headers, CORS,
+//!     `X-Request-ID` (`response_headers`, `cors`); gateway errors as JSON (`errors`).
+//! 12. audit line (`audit`) and metrics (`metrics`) for every request.
+//!
+//! Every step fails closed: an error returns a [`GatewayError`] and nothing is forwarded.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::request::Parts;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use ipnet::IpNet;
+
+use crate::audit::{timestamp, Audit, AuditRecord};
+use crate::auth::{self, Identity};
+use crate::body::{full, ProxyBody};
+use crate::config_store::{CompiledRoute, ConfigStore, RuntimeConfig};
+use crate::errors::{json_error, GatewayError, UPSTREAM_ERROR_MESSAGE};
+use crate::metrics::Metrics;
+use crate::router::{request_host, RequestView};
+use crate::upstream::UpstreamError;
+use crate::{client_ip, cors, forward_headers, ip_filter, request_id, response_headers, validate};
+
+/// Process-wide state shared by every connection.
+pub struct Shared {
+    pub store: ConfigStore,
+    pub metrics: Metrics,
+    pub audit: Audit,
+    pub trusted_proxies: Vec<IpNet>,
+    pub clients: crate::upstream::ClientPool,
+}
+
+/// What the audit line and metrics need to know about a request once it is answered.
+struct Outcome {
+    route: Option<usize>,
+    identity: Identity,
+    upstream_started: Option<Instant>,
+    upstream_latency_ms: Option<f64>,
+}
+
+pub async fn handle(
+    shared: &Shared,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let runtime = shared.store.load();
+    let (parts, body) = request.into_parts();
+    let method = parts.method.clone();
+    let uri = parts.uri.clone();
+    let origin = parts.headers.get(header::ORIGIN).cloned();
+    // 2. request id
+    let request_id = request_id::assign(&parts.headers);
+    let peer_ip = peer.ip().to_canonical();
+    let client_ip = client_ip::resolve(peer_ip, &parts.headers, &shared.trusted_proxies);
+
+    let mut outcome = Outcome {
+        route: None,
+        identity: Identity::Unauthenticated,
+        upstream_started: None,
+        upstream_latency_ms: None,
+    };
+    let result = run(
+        shared,
+        &runtime,
+        parts,
+        body,
+        peer_ip,
+        client_ip,
+        &request_id,
+        &mut outcome,
+    )
+    .await;
+    let route = outcome.route.and_then(|i| runtime.routes.get(i));
+    let (mut response, denial) = match result {
+        Ok(response) => (response, None),
+        Err(error) => {
+            if let (GatewayError::Auth(e), Some(route)) = (&error, route) {
+                shared.metrics.auth_failure(&route.config.id, e.reason());
+            }
+            let denial = (error.step(), error.reason());
+            let unauthorized = matches!(&error, GatewayError::Auth(e) if e.is_authentication());
+            let mut response = error.into_response(&request_id);
+            if unauthorized {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("ApiKey realm=\"portcullis\""),
+                );
+            }
+            (response, Some(denial))
+        }
+    };
+
+    // 11. response policy applies to upstream answers and gateway errors alike.
+    if let Some(route) = route {
+        route.response_headers.apply(response.headers_mut(), false);
+        if let Some(cors) = &route.cors {
+            cors.apply_actual(origin.as_ref(), response.headers_mut());
+        }
+    }
+    response_headers::set_request_id(response.headers_mut(), &request_id);
+
+    // 12. metrics and audit.
+    let status = response.status();
+    let elapsed = started.elapsed();
+    let route_metrics = route.map_or(&shared.metrics.unmatched, |r| &r.metrics);
+    shared
+        .metrics
+        .record(route_metrics, &method, status, elapsed);
+    if shared.audit.enabled() {
+        let consumer = match outcome.identity {
+            Identity::Consumer(i) => runtime.keys.consumer(i).map(|c| c.id.as_str()),
+            Identity::Anonymous => Some(auth::ANONYMOUS),
+            Identity::Unauthenticated => None,
+        };
+        shared.audit.write(&AuditRecord {
+            timestamp: timestamp(),
+            request_id: request_id.to_str().unwrap_or(""),
+            client_ip,
+            consumer,
+            route: route.map(|r| r.config.id.as_str()),
+            method: method.as_str(),
+            path: uri.path(),
+            status: status.as_u16(),
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_latency_ms: outcome.upstream_latency_ms,
+            decision: if denial.is_some() { "deny" } else { "allow" },
+            step: denial.map(|d| d.0),
+            reason: denial.map(|d| d.1),
+        });
+    }
+    response
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    shared: &Shared,
+    runtime: &Arc<RuntimeConfig>,
+    mut parts: Parts,
+    body: Incoming,
+    peer_ip: IpAddr,
+    client_ip: IpAddr,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome,
+) -> Result<Response<ProxyBody>, GatewayError> {
+    // 3. route match
+    let host = request_host(&parts.uri, &parts.headers);
+    let preflight_method = if cors::is_preflight(&parts.method, &parts.headers) {
+        cors::requested_method(&parts.headers)
+    } else {
+        None
+    };
+    let view = |method: &'_ Method| -> Option<crate::router::RouteMatch> {
+        runtime.router.find(&RequestView {
+            host: &host,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            method,
+            headers: &parts.headers,
+        })
+    };
+    let preflight_match = preflight_method
+        .as_ref()
+        .and_then(&view)
+        .filter(|m| runtime.routes[m.route].cors.is_some());
+    let found = match preflight_match {
+        Some(found) => Some(found),
+        None => view(&parts.method),
+    };
+    let found = found.ok_or(GatewayError::NoRoute)?;
+    drop(host);
+    outcome.route = Some(found.route);
+    let route: &CompiledRoute = &runtime.routes[found.route];
+    let config = &route.config;
+
+    // 4. client IP filter
+    if let Some(restriction) = &config.ip_restriction {
+        ip_filter::check(restriction, client_ip)?;
+    }
+
+    // CORS preflight: answered by the gateway, before authentication.
+    if preflight_match.is_some() {
+        if let Some(cors) = &route.cors {
+            return Ok(cors.preflight(&parts.headers)?);
+        }
+    }
+
+    // 7. authentication and authorization
+    if let Some(auth) = &route.auth {
+        outcome.identity = auth.authenticate(&runtime.keys, &mut parts)?;
+    }
+    if let Some(authorization) = &config.authorization {
+        auth::authorize(authorization, &runtime.keys, outcome.identity)?;
+    }
+
+    // 9. request validation
+    let has_body = validate::has_body(&parts, &body);
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let body = match &route.validation {
+        Some(validation) => {
+            validation.check_head(&parts, has_body)?;
+            validation.check_body(body, has_body, &exceeded).await?
+        }
+        None => body.map_err(Into::into).boxed(),
+    };
+
+    // 10. upstream
+    if let Some(direct) = &route.upstream.direct {
+        let mut response = Response::new(full(direct.body.clone()));
+        *response.status_mut() = direct.status;
+        if let Some(content_type) = &direct.content_type {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, content_type.clone());
+        }
+        return Ok(response);
+    }
+    let original_host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(header::HOST).cloned());
+    forward_headers::prepare(
+        &mut parts.headers,
+        &forward_headers::ForwardContext {
+            peer: peer_ip,
+            peer_trusted: client_ip::is_trusted(peer_ip, &shared.trusted_proxies),
+            client_ip,
+            request_id,
+            original_host,
+            identity: outcome.identity,
+            keys: &runtime.keys,
+        },
+    );
+    let rewritten = forward_headers::rewrite_path(
+        &parts.uri,
+        found.matched_prefix,
+        config.strip_path,
+        config.rewrite_prefix.as_deref(),
+    );
+    let path_and_query = rewritten.or_else(|| parts.uri.path_and_query().cloned());
+    let mut uri_parts = http::uri::Parts::default();
+    uri_parts.path_and_query = path_and_query;
+    parts.uri = Uri::from_parts(uri_parts).unwrap_or_default();
+    let replayable = !has_body && is_idempotent(&parts.method);
+
+    outcome.upstream_started = Some(Instant::now());
+    let result = route
+        .upstream
+        .forward(parts, body, client_ip, replayable)
+        .await;
+    outcome.upstream_latency_ms = outcome
+        .upstream_started
+        .map(|s| s.elapsed().as_secs_f64() * 1000.0);
+    let response = match result {
+        Ok(response) => response,
+        Err(_) if exceeded.load(Ordering::Relaxed) => {
+            return Err(UpstreamError::BodyTooLarge.into())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if exceeded.load(Ordering::Relaxed) {
+        // The upstream answered before reading the whole body; the client still sent too much.
+        return Err(UpstreamError::BodyTooLarge.into());
+    }
+
+    // 11. upstream response
+    let (mut head, body) = response.into_parts();
+    response_headers::strip_upstream_hop_by_hop(&mut head.headers);
+    if config.sanitize_upstream_errors && head.status.is_server_error() {
+        let mut sanitized = json_error(head.status, UPSTREAM_ERROR_MESSAGE, None, request_id);
+        for name in ["content-length", "content-type", "content-encoding"] {
+            head.headers.remove(name);
+        }
+        let (sanitized_head, sanitized_body) = {
+            let headers = std::mem::take(sanitized.headers_mut());
+            (headers, sanitized.into_body())
+        };
+        head.headers.extend(sanitized_head);
+        return Ok(Response::from_parts(head, sanitized_body));
+    }
+    Ok(Response::from_parts(head, body.map_err(Into::into).boxed()))
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
+}
+
+/// 404 for requests that cannot even be parsed into a route lookup.
+pub fn not_found(request_id: &HeaderValue) -> Response<ProxyBody> {
+    json_error(StatusCode::NOT_FOUND, "no route matched", None, request_id)
+}

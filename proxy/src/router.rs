@@ -1,0 +1,377 @@
+//! Route selection.
+//!
+//! # Precedence
+//! 1. **Host class.** Routes listing the request's exact host are tried first, then routes
+//!    with a wildcard (`*.example.com`, exactly one extra label) matching it, then routes
+//!    with no hosts (any host). A class is only left when none of its routes matches.
+//! 2. Within a class, each (route, path rule) pair is ranked:
+//!    - path `Exact` before `Prefix` before `Regex`;
+//!    - among prefixes, the longer prefix first;
+//!    - then a route with a method constraint before one without;
+//!    - then more header matches before fewer, then more query matches before fewer;
+//!    - finally the route id (`namespace/name`) alphabetically.
+//!
+//!    The first pair whose route fully matches (path rule, methods, every header, every query
+//!    parameter) wins.
+//!
+//! The host is the URI authority (HTTP/2 `:authority`, absolute-form) or else the `Host`
+//! header, without port, lowercased. Paths are matched as received (not percent-decoded),
+//! so the upstream sees exactly what was matched. Prefix matching is segment-aware (`/api`
+//! matches `/api`, `/api/` and `/api/x`, not `/apix`); regexes are anchored `^(?:re)$`.
+//!
+//! A request whose path matches but whose method does not is answered 404 like any other
+//! unmatched request (no 405), so route layout is not disclosed.
+//!
+//! The index is built once per config, so a request only looks at routes of its own host.
+
+use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::HashMap;
+
+use http::{HeaderMap, HeaderName, Method};
+use portcullis_compiler::config::{PathKind, RouteConfig};
+use regex::Regex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("route {route}: invalid path regex: {source}")]
+    Regex {
+        route: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("route {route}: invalid header name {name:?}")]
+    HeaderName { route: String, name: String },
+    #[error("route {route}: invalid method {method:?}")]
+    Method { route: String, method: String },
+}
+
+enum PathMatcher {
+    Exact(Box<str>),
+    Prefix(Box<str>),
+    Regex(Regex),
+}
+
+impl PathMatcher {
+    /// Returns the length of the matched prefix (for strip/rewrite), `None` when no match.
+    /// Regex matches report `Some(None)`: they have no prefix to replace.
+    fn matches(&self, path: &str) -> Option<Option<usize>> {
+        match self {
+            PathMatcher::Exact(p) => (path == &**p).then_some(Some(path.len())),
+            PathMatcher::Prefix(p) => {
+                if &**p == "/" {
+                    return Some(Some(0));
+                }
+                let ok = path.starts_with(&**p)
+                    && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/');
+                ok.then_some(Some(p.len()))
+            }
+            PathMatcher::Regex(re) => re.is_match(path).then_some(None),
+        }
+    }
+}
+
+struct Entry {
+    route: usize,
+    matcher: PathMatcher,
+}
+
+struct Criteria {
+    methods: Vec<Method>,
+    headers: Vec<(HeaderName, Box<[u8]>)>,
+    query: Vec<(Box<str>, Box<str>)>,
+}
+
+/// The request attributes routing looks at.
+pub struct RequestView<'a> {
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteMatch {
+    /// Index into the config's routes.
+    pub route: usize,
+    /// Bytes of the path covered by the matched Exact/Prefix rule; `None` for Regex.
+    pub matched_prefix: Option<usize>,
+}
+
+pub struct Router {
+    exact: HashMap<Box<str>, Vec<Entry>>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: HashMap<Box<str>, Vec<Entry>>,
+    any: Vec<Entry>,
+    criteria: Vec<Criteria>,
+}
+
+type Rank = (
+    u8,
+    Reverse<usize>,
+    bool,
+    Reverse<usize>,
+    Reverse<usize>,
+    String,
+);
+
+impl Router {
+    pub fn build(routes: &[RouteConfig]) -> Result<Router, RouterError> {
+        let mut criteria = Vec::with_capacity(routes.len());
+        let mut exact: HashMap<Box<str>, Vec<(Rank, Entry)>> = HashMap::new();
+        let mut wildcard: HashMap<Box<str>, Vec<(Rank, Entry)>> = HashMap::new();
+        let mut any: Vec<(Rank, Entry)> = Vec::new();
+
+        for (index, route) in routes.iter().enumerate() {
+            criteria.push(Criteria::build(route)?);
+            for rule in &route.paths {
+                let rank = || -> Rank {
+                    let (kind, len) = match rule.kind {
+                        PathKind::Exact => (0, rule.value.len()),
+                        PathKind::Prefix => (1, rule.value.len()),
+                        PathKind::Regex => (2, 0),
+                    };
+                    (
+                        kind,
+                        Reverse(len),
+                        route.methods.is_empty(),
+                        Reverse(route.headers.len()),
+                        Reverse(route.query_params.len()),
+                        route.id.clone(),
+                    )
+                };
+                let matcher = || -> Result<PathMatcher, RouterError> {
+                    Ok(match rule.kind {
+                        PathKind::Exact => PathMatcher::Exact(rule.value.as_str().into()),
+                        PathKind::Prefix => PathMatcher::Prefix(rule.value.as_str().into()),
+                        PathKind::Regex => PathMatcher::Regex(
+                            Regex::new(&format!("^(?:{})$", rule.value)).map_err(|source| {
+                                RouterError::Regex {
+                                    route: route.id.clone(),
+                                    source,
+                                }
+                            })?,
+                        ),
+                    })
+                };
+                if route.hosts.is_empty() {
+                    any.push((
+                        rank(),
+                        Entry {
+                            route: index,
+                            matcher: matcher()?,
+                        },
+                    ));
+                }
+                for host in &route.hosts {
+                    let entry = Entry {
+                        route: index,
+                        matcher: matcher()?,
+                    };
+                    match host.strip_prefix("*.") {
+                        Some(suffix) => wildcard
+                            .entry(suffix.into())
+                            .or_default()
+                            .push((rank(), entry)),
+                        None => exact
+                            .entry(host.as_str().into())
+                            .or_default()
+                            .push((rank(), entry)),
+                    }
+                }
+            }
+        }
+        fn sorted(mut v: Vec<(Rank, Entry)>) -> Vec<Entry> {
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v.into_iter().map(|(_, e)| e).collect()
+        }
+        Ok(Router {
+            exact: exact.into_iter().map(|(k, v)| (k, sorted(v))).collect(),
+            wildcard: wildcard.into_iter().map(|(k, v)| (k, sorted(v))).collect(),
+            any: sorted(any),
+            criteria,
+        })
+    }
+
+    pub fn find(&self, req: &RequestView<'_>) -> Option<RouteMatch> {
+        if let Some(entries) = self.exact.get(req.host) {
+            if let Some(found) = self.first_match(entries, req) {
+                return Some(found);
+            }
+        }
+        if let Some((_, suffix)) = req.host.split_once('.') {
+            if let Some(entries) = self.wildcard.get(suffix) {
+                if let Some(found) = self.first_match(entries, req) {
+                    return Some(found);
+                }
+            }
+        }
+        self.first_match(&self.any, req)
+    }
+
+    fn first_match(&self, entries: &[Entry], req: &RequestView<'_>) -> Option<RouteMatch> {
+        entries.iter().find_map(|entry| {
+            let matched_prefix = entry.matcher.matches(req.path)?;
+            self.criteria[entry.route]
+                .matches(req)
+                .then_some(RouteMatch {
+                    route: entry.route,
+                    matched_prefix,
+                })
+        })
+    }
+}
+
+impl Criteria {
+    fn build(route: &RouteConfig) -> Result<Criteria, RouterError> {
+        let methods = route
+            .methods
+            .iter()
+            .map(|m| {
+                Method::from_bytes(m.as_bytes()).map_err(|_| RouterError::Method {
+                    route: route.id.clone(),
+                    method: m.clone(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let headers = route
+            .headers
+            .iter()
+            .map(|h| {
+                HeaderName::from_bytes(h.name.as_bytes())
+                    .map(|name| (name, h.value.as_bytes().into()))
+                    .map_err(|_| RouterError::HeaderName {
+                        route: route.id.clone(),
+                        name: h.name.clone(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let query = route
+            .query_params
+            .iter()
+            .map(|q| (q.name.as_str().into(), q.value.as_str().into()))
+            .collect();
+        Ok(Criteria {
+            methods,
+            headers,
+            query,
+        })
+    }
+
+    fn matches(&self, req: &RequestView<'_>) -> bool {
+        if !self.methods.is_empty() && !self.methods.contains(req.method) {
+            return false;
+        }
+        let headers_ok = self.headers.iter().all(|(name, value)| {
+            req.headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.as_bytes() == &**value)
+        });
+        headers_ok
+            && self.query.iter().all(|(name, value)| {
+                query_pairs(req.query).any(|(n, v)| n == **name && v == **value)
+            })
+    }
+}
+
+/// Decoded `name=value` pairs of a query string (`+` is a space, `%XX` decoded).
+pub fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(name), percent_decode(value))
+        })
+}
+
+pub fn percent_decode(input: &str) -> Cow<'_, str> {
+    if !input.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(input);
+    }
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex_val(bytes[i + 1]), hex_val(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The routing host: authority (HTTP/2, absolute-form) or `Host`, without port, lowercased.
+pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Cow<'a, str> {
+    let raw = match uri.host() {
+        Some(host) => host,
+        None => headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(strip_port)
+            .unwrap_or(""),
+    };
+    if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(raw.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(raw)
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // IPv6 literal: keep the brackets, drop ":port" after them.
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn decodes_query_values() {
+        let pairs: Vec<_> = query_pairs(Some("a=1&b=x%20y+z&c&bad=%zz"))
+            .map(|(n, v)| (n.into_owned(), v.into_owned()))
+            .collect();
+        assert_eq!(pairs[1], ("b".into(), "x y z".into()));
+        assert_eq!(pairs[2], ("c".into(), "".into()));
+        assert_eq!(pairs[3], ("bad".into(), "%zz".into()));
+        assert_eq!(percent_decode("%4"), "%4");
+    }
+
+    #[test]
+    fn strips_ports() {
+        assert_eq!(strip_port("a.example.com:8080"), "a.example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("host"), "host");
+    }
+}

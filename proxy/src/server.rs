@@ -1,0 +1,393 @@
+//! Listeners and connections: HTTP/1.1 and HTTP/2 (prior knowledge) on one port, header-read
+//! and idle timeouts, a header size limit (431 on HTTP/1), and graceful shutdown: stop
+//! accepting, let in-flight requests finish (bounded by the drain timeout), then return.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use ipnet::IpNet;
+use portcullis_compiler::GatewayConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::admin;
+use crate::audit::{Audit, AuditSink};
+use crate::config_store::{ConfigError, ConfigStore, RuntimeConfig};
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Shared};
+use crate::upstream::ClientPool;
+
+#[derive(Clone)]
+pub struct ProxyOptions {
+    pub listen: SocketAddr,
+    /// `None` disables the admin listener.
+    pub admin_listen: Option<SocketAddr>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Upper bound on the request head (HTTP/1: read buffer; HTTP/2: header list size).
+    pub max_header_bytes: usize,
+    pub drain_timeout: Duration,
+    pub audit: AuditSink,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            trusted_proxies: Vec::new(),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 * 1024,
+            drain_timeout: Duration::from_secs(30),
+            audit: AuditSink::Stdout,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Config(#[from] ConfigError),
+}
+
+pub struct ProxyServer;
+
+impl ProxyServer {
+    /// Binds the listeners and serves `initial`. Must run inside a tokio runtime.
+    pub async fn start(
+        options: ProxyOptions,
+        initial: GatewayConfig,
+    ) -> Result<RunningProxy, StartError> {
+        Self::start_inner(options, Some(initial)).await
+    }
+
+    /// Serves 404s and reports not ready until the first [`RunningProxy::swap_config`].
+    pub async fn start_unloaded(options: ProxyOptions) -> Result<RunningProxy, StartError> {
+        Self::start_inner(options, None).await
+    }
+
+    async fn start_inner(
+        options: ProxyOptions,
+        initial: Option<GatewayConfig>,
+    ) -> Result<RunningProxy, StartError> {
+        let clients = ClientPool::default();
+        let loaded = initial.is_some();
+        let runtime =
+            RuntimeConfig::build(&initial.unwrap_or_else(GatewayConfig::empty), &clients)?;
+        let shared = Arc::new(Shared {
+            store: ConfigStore::new(runtime, loaded),
+            metrics: Metrics::new(),
+            audit: Audit::new(options.audit.clone()),
+            trusted_proxies: options.trusted_proxies.clone(),
+            clients,
+        });
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let listener = bind(options.listen).await?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: options.listen,
+            source,
+        })?;
+        let admin = match options.admin_listen {
+            Some(addr) => {
+                let l = bind(addr).await?;
+                let a = l
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                Some((l, a))
+            }
+            None => None,
+        };
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let tracker = Arc::new(ConnTracker::default());
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            shared.clone(),
+            Arc::new(options.clone()),
+            shutdown_rx.clone(),
+            tracker.clone(),
+        )));
+        let admin_addr = match admin {
+            Some((listener, addr)) => {
+                tasks.push(tokio::spawn(admin::serve(
+                    listener,
+                    shared.clone(),
+                    shutdown_rx,
+                )));
+                Some(addr)
+            }
+            None => None,
+        };
+        tracing::info!(listen = %local_addr, admin = ?admin_addr, "proxy listening");
+        Ok(RunningProxy {
+            local_addr,
+            admin_addr,
+            shared,
+            shutdown_tx,
+            tasks,
+            tracker,
+            drain_timeout: options.drain_timeout,
+        })
+    }
+}
+
+pub struct RunningProxy {
+    local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    tracker: Arc<ConnTracker>,
+    drain_timeout: Duration,
+}
+
+impl RunningProxy {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Compiles and atomically publishes a new config; on error the current one stays.
+    pub fn swap_config(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
+        let runtime = RuntimeConfig::build(config, &self.shared.clients)?;
+        self.shared.store.store(runtime);
+        tracing::info!(generation = %config.generation, routes = config.routes.len(), "config loaded");
+        Ok(())
+    }
+
+    pub fn generation(&self) -> String {
+        self.shared.store.load().generation.clone()
+    }
+
+    /// A cheap handle that can swap configs from another task (the file watcher).
+    pub fn config_handle(&self) -> ConfigHandle {
+        ConfigHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Stops accepting, waits for open connections to finish their in-flight requests
+    /// (at most the drain timeout). Returns whether everything drained in time.
+    pub async fn shutdown(self) -> bool {
+        let _ = self.shutdown_tx.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let drained = tokio::time::timeout(self.drain_timeout, self.tracker.wait_idle())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(
+                open = self.tracker.count.load(Ordering::Relaxed),
+                "drain timeout passed with connections still open"
+            );
+        }
+        drained
+    }
+}
+
+#[derive(Clone)]
+pub struct ConfigHandle {
+    shared: Arc<Shared>,
+}
+
+impl ConfigHandle {
+    pub fn swap_config(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
+        let runtime = RuntimeConfig::build(config, &self.shared.clients)?;
+        self.shared.store.store(runtime);
+        Ok(())
+    }
+
+    pub fn generation(&self) -> String {
+        self.shared.store.load().generation.clone()
+    }
+}
+
+/// Counts open connections so shutdown can wait for them.
+#[derive(Default)]
+struct ConnTracker {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+struct ConnGuard(Arc<ConnTracker>);
+
+impl ConnTracker {
+    fn enter(self: &Arc<Self>) -> ConnGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        ConnGuard(self.clone())
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+fn builder(options: &ProxyOptions) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        // hyper answers 431 when the head does not fit this buffer (minimum 8 KiB).
+        .max_buf_size(options.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    options: Arc<ProxyOptions>,
+    mut shutdown: watch::Receiver<bool>,
+    tracker: Arc<ConnTracker>,
+) {
+    let builder = Arc::new(builder(&options));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Usually EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let guard = tracker.enter();
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            shared.clone(),
+            builder.clone(),
+            options.idle_timeout,
+            shutdown.clone(),
+            guard,
+        ));
+    }
+}
+
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Per-connection activity, for the idle timeout.
+#[derive(Default)]
+struct Activity {
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+struct ActiveRequest(Arc<Activity>);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.last_ms.store(now_ms(), Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    idle_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    _guard: ConnGuard,
+) {
+    let activity = Arc::new(Activity {
+        in_flight: AtomicUsize::new(0),
+        last_ms: AtomicU64::new(now_ms()),
+    });
+    let service_activity = activity.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let shared = shared.clone();
+        service_activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        let active = ActiveRequest(service_activity.clone());
+        async move {
+            let response = pipeline::handle(&shared, peer, request).await;
+            drop(active);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let tick = (idle_timeout / 2).max(Duration::from_millis(50));
+    let idle_ms = idle_timeout.as_millis() as u64;
+    let mut closing = false;
+    if *shutdown.borrow() {
+        connection.as_mut().graceful_shutdown();
+        closing = true;
+    }
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep(tick), if !closing => {
+                let idle = activity.in_flight.load(Ordering::Relaxed) == 0
+                    && now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed)) >= idle_ms;
+                if idle {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
