@@ -15,7 +15,7 @@ pub fn run(paths: &[PathBuf], out: &mut dyn Write) -> Result<bool, LoadError> {
         let _ = writeln!(out, "error: {error}");
     }
     for status in &compiled.statuses {
-        ok &= status.accepted();
+        ok &= status.is_healthy();
         let _ = writeln!(out, "{}", describe_status(status));
     }
     let _ = writeln!(

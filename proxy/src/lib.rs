@@ -23,6 +23,7 @@ pub mod router;
 pub mod server;
 pub mod standalone;
 pub mod upstream;
+pub mod upstream_timeouts;
 pub mod validate;
 
 pub use audit::AuditSink;

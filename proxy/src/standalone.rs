@@ -121,7 +121,7 @@ pub fn load(paths: &[PathBuf]) -> Result<GatewayConfig, LoadError> {
         compiled
             .statuses
             .iter()
-            .filter(|s| !s.accepted())
+            .filter(|s| !s.is_healthy())
             .map(describe_status),
     );
     if problems.is_empty() {

@@ -11,8 +11,7 @@
 //! - **Retries** happen only when the caller says the request is replayable (idempotent
 //!   method and no body), on connect failure or a 502/503 answer, preferring untried targets.
 //! - **Timeouts**: connect (in the connector) and read (until response headers arrive).
-//!   The send timeout is not enforced separately yet: sending the request is covered by the
-//!   read timeout, which starts when the request starts.
+//!   Send and read timeouts follow nginx: see [`crate::upstream_timeouts`].
 //!
 //! Health and balancer state live with the compiled config, so a config swap starts fresh.
 
@@ -28,13 +27,13 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis_compiler::config::{DirectResponseConfig, LoadBalancing, UpstreamConfig};
 
 use crate::body::{empty, ProxyBody};
+use crate::upstream_timeouts::{self, ReadTimeoutBody};
 
 pub const EJECT_AFTER_FAILURES: u32 = 5;
 pub const EJECT_FOR: Duration = Duration::from_secs(10);
@@ -163,6 +162,7 @@ pub struct Upstream {
     load_balancing: LoadBalancing,
     schedule: Vec<u32>,
     cursor: AtomicUsize,
+    send_timeout: Duration,
     read_timeout: Duration,
     retries: u32,
     pub direct: Option<DirectResponse>,
@@ -200,6 +200,7 @@ impl Upstream {
             targets,
             load_balancing: config.load_balancing,
             cursor: AtomicUsize::new(0),
+            send_timeout: Duration::from_millis(config.send_timeout_ms.max(1)),
             read_timeout: Duration::from_millis(config.read_timeout_ms.max(1)),
             retries: config.retries,
             direct,
@@ -219,7 +220,7 @@ impl Upstream {
         body: ProxyBody,
         client_ip: IpAddr,
         replayable: bool,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<ReadTimeoutBody>, UpstreamError> {
         if self.targets.is_empty() {
             return Err(UpstreamError::NoTargets);
         }
@@ -258,7 +259,11 @@ impl Upstream {
             };
             target.in_flight.fetch_add(1, Ordering::Relaxed);
             let _guard = InFlight(&target.in_flight);
-            match tokio::time::timeout(self.read_timeout, self.client.request(request)).await {
+            let sent =
+                upstream_timeouts::exchange(request, self.send_timeout, self.read_timeout, |r| {
+                    self.client.request(r)
+                });
+            match sent.await {
                 Err(_) => {
                     target.record_failure();
                     // A timed-out request may have had effects upstream: never retried.

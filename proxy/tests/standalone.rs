@@ -88,3 +88,66 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test]
+async fn manifest_route_changes_under_load_fail_no_request() {
+    let dir = tempdir("load");
+    let write = |body: &str| {
+        let tmp = dir.join(".hello.tmp");
+        std::fs::write(&tmp, HELLO.replace("BODY", body)).unwrap();
+        std::fs::rename(&tmp, dir.join("hello.yaml")).unwrap();
+    };
+    write("v0");
+    let proxy = start(standalone::load(std::slice::from_ref(&dir)).unwrap()).await;
+    let _watcher = standalone::watch(vec![dir.clone()], proxy.config_handle()).unwrap();
+    let addr = proxy.local_addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..6 {
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            let (mut ok, mut failed, mut seen) =
+                (0usize, 0usize, std::collections::BTreeSet::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let reply = send(&c, addr, get("/hello")).await;
+                if reply.status == 200 {
+                    ok += 1;
+                    seen.insert(String::from_utf8_lossy(&reply.body).into_owned());
+                } else {
+                    failed += 1;
+                }
+            }
+            (ok, failed, seen)
+        }));
+    }
+    let c = client();
+    for version in 1..=5 {
+        let body = format!("v{version}");
+        write(&body);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while send(&c, addr, get("/hello")).await.body != body.as_bytes() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reload to {body} not seen"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed, mut seen) = (0, 0, std::collections::BTreeSet::new());
+    for worker in workers {
+        let (o, f, s) = worker.await.unwrap();
+        ok += o;
+        failed += f;
+        seen.extend(s);
+    }
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during reloads",
+        ok + failed
+    );
+    assert!(ok > 100, "too little load to mean anything: {ok}");
+    assert!(seen.len() >= 3, "the load saw too few versions: {seen:?}");
+}

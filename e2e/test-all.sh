@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the whole Portcullis test suite: unit, golden and proxy integration tests over real
+# sockets. This is the README's test command, and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is required: install Rust from https://rustup.rs" >&2
+  exit 1
+fi
+
+echo "== cargo test --workspace"
+cargo test --workspace --all-targets --locked

@@ -1,0 +1,180 @@
+//! Send and read timeouts for one upstream exchange, with nginx semantics:
+//! - **send**: the longest pause while the request body is being transmitted (between two
+//!   frames the upstream connection takes from us);
+//! - **read**: the longest wait for the response head once the request is sent, and the
+//!   longest pause between two frames of the response body.
+//!
+//! The connect timeout lives in the connector. A slow-but-moving transfer never times out;
+//! a stalled one does, whichever side stalls.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::Sleep;
+
+use crate::body::{BoxError, ProxyBody};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TimeoutKind {
+    #[error("upstream send timeout")]
+    Send,
+    #[error("upstream read timeout")]
+    Read,
+}
+
+fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Progress of the request body as the upstream connection pulls it.
+#[derive(Default)]
+struct SendProgress {
+    last_activity_ms: AtomicU64,
+    finished: AtomicBool,
+}
+
+/// Wraps the request body to record each frame handed to the connection.
+struct ProgressBody {
+    inner: ProxyBody,
+    progress: Arc<SendProgress>,
+}
+
+impl Body for ProgressBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => {
+                self.progress
+                    .last_activity_ms
+                    .store(now_ms(), Ordering::Relaxed);
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                self.progress
+                    .last_activity_ms
+                    .store(now_ms(), Ordering::Relaxed);
+                self.progress.finished.store(true, Ordering::Relaxed);
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Runs `send` (the client call) under the send and read timeouts. Returns the response
+/// head with its body wrapped in the between-frames read timeout.
+pub async fn exchange<F, Fut, E>(
+    request: Request<ProxyBody>,
+    send_timeout: Duration,
+    read_timeout: Duration,
+    send: F,
+) -> Result<Result<Response<ReadTimeoutBody>, E>, TimeoutKind>
+where
+    F: FnOnce(Request<ProxyBody>) -> Fut,
+    Fut: Future<Output = Result<Response<Incoming>, E>>,
+{
+    let progress = Arc::new(SendProgress::default());
+    progress.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+    let (parts, body) = request.into_parts();
+    if body.is_end_stream() {
+        progress.finished.store(true, Ordering::Relaxed);
+    }
+    let body = http_body_util::BodyExt::boxed(ProgressBody {
+        inner: body,
+        progress: progress.clone(),
+    });
+    let response = send(Request::from_parts(parts, body));
+    tokio::pin!(response);
+    loop {
+        let finished = progress.finished.load(Ordering::Relaxed);
+        let (limit, kind) = if finished {
+            (read_timeout, TimeoutKind::Read)
+        } else {
+            (send_timeout, TimeoutKind::Send)
+        };
+        let last = progress.last_activity_ms.load(Ordering::Relaxed);
+        let deadline_ms = last.saturating_add(limit.as_millis() as u64);
+        let now = now_ms();
+        if now >= deadline_ms {
+            return Err(kind);
+        }
+        // Wake at the deadline, or sooner to notice the switch from sending to reading.
+        let wait = Duration::from_millis(deadline_ms - now);
+        tokio::select! {
+            result = &mut response => {
+                return Ok(result.map(|r| r.map(|b| ReadTimeoutBody::new(b, read_timeout))));
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The upstream response body with a read timeout between frames.
+pub struct ReadTimeoutBody {
+    inner: Incoming,
+    timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl ReadTimeoutBody {
+    fn new(inner: Incoming, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl Body for ReadTimeoutBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = tokio::time::Instant::now() + self.timeout;
+                self.timer.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TimeoutKind::Read)))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
