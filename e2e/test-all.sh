@@ -9,5 +9,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+./e2e/install-deps.sh
+
 echo "== cargo test --workspace"
 cargo test --workspace --all-targets --locked

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the system packages the test suite uses (Debian/Ubuntu). Idempotent and quiet
+# when everything is present. Each line of PACKAGES is "command-to-check debian-package".
+set -euo pipefail
+
+PACKAGES=(
+  "curl curl"
+  "jq jq"
+  "openssl openssl"
+)
+
+missing=()
+for entry in "${PACKAGES[@]}"; do
+  read -r cmd pkg <<<"$entry"
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "== installing: ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
