@@ -5,6 +5,8 @@
 //! valid object still compiles, so one bad object never takes the others down.
 
 pub mod config;
+pub mod delivery;
+pub mod report;
 pub mod units;
 
 pub mod manifests;
@@ -12,6 +14,6 @@ pub mod manifests;
 mod compile;
 mod status;
 
-pub use compile::{compile, Snapshot};
+pub use compile::{compile, hash_api_key, Snapshot};
 pub use config::GatewayConfig;
 pub use status::{ConditionOut, ObjectStatus, Reason};

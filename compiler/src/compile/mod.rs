@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{GatewayConfig, ObjectKind};
 use crate::ObjectStatus;
+pub use consumer::hash_api_key;
 pub(crate) use issues::Issues;
 
 /// Everything the compiler reads: the four kinds plus the Secrets they reference.
