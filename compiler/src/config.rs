@@ -42,7 +42,7 @@ pub struct ApiKeyEntry {
     pub consumer: String,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectRef {
     pub kind: ObjectKind,

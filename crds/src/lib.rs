@@ -30,12 +30,38 @@ pub const API_VERSION: &str = "portcullis.dev/v1alpha1";
 
 /// Every CRD of the project, in the order the manifests are written.
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    [
         ApiRoute::crd(),
         ConsumerCredential::crd(),
         RateLimitPolicy::crd(),
         WafPolicy::crd(),
     ]
+    .into_iter()
+    .map(without_null_enum_values)
+    .collect()
+}
+
+/// schemars lists `null` among the values of an optional enum. Kubernetes 1.20 rejects a
+/// CRD with a `null` enum value (with a misleading "per-version schemas" error); the field's
+/// `nullable: true` already allows null, so the entry is only dropped.
+fn without_null_enum_values(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Array(values)) = map.get_mut("enum") {
+                    values.retain(|v| !v.is_null());
+                }
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    strip(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
 }
 
 /// Renders one CRD as the YAML document we commit under `crds/manifests/`.

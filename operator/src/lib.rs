@@ -1,5 +1,12 @@
-//! The Portcullis operator: watches the four CRDs, compiles them with
-//! `portcullis-compiler`, publishes the config and writes status.
-//!
-//! Not built yet: it arrives with the operator issue (#3). The crate exists so the workspace
-//! has its final shape; it deliberately ships no binary until it does something.
+//! The Portcullis operator: watches the four CRDs and the Secrets they reference, compiles
+//! them with `portcullis-compiler`, publishes the config (ConfigMap + Secret shards), and
+//! writes each object's status from the compiler's verdict and the proxies' reports.
+
+pub mod leader;
+pub mod metrics;
+pub mod publish;
+pub mod reconcile;
+pub mod server;
+pub mod status;
+pub mod watch;
+pub mod webhook;

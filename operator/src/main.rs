@@ -1,0 +1,231 @@
+//! `portcullis-operator`: the control plane. See the crate docs of `portcullis_operator`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::Client;
+use portcullis_operator::leader::{Elector, LeaderConfig};
+use portcullis_operator::metrics::{ErrorLabels, Metrics};
+use portcullis_operator::reconcile::Reconciler;
+use portcullis_operator::server::{self, AdminState};
+use portcullis_operator::watch;
+use portcullis_operator::webhook::{self, Endpoint, WebhookState};
+use tokio::sync::Notify;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "portcullis-operator",
+    version,
+    about = "Portcullis operator: compiles the CRDs into the proxies' config and reports status"
+)]
+struct Args {
+    /// Namespace of the compiled config, the proxies' reports and the leader lease.
+    #[arg(long, default_value = "portcullis-system")]
+    namespace: String,
+    /// Admin listener: /healthz, /readyz, /metrics.
+    #[arg(long, default_value = "0.0.0.0:9902")]
+    admin_listen: SocketAddr,
+    /// Name of this replica in the leader lease and in Events (default: $POD_NAME or host-pid).
+    #[arg(long)]
+    identity: Option<String>,
+    /// Act without leader election (only for a single replica).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// Quiet period that batches bursts of changes into one compile.
+    #[arg(long, default_value_t = 100)]
+    debounce_ms: u64,
+    /// Full reconcile at least this often, to notice proxies whose reports stopped.
+    #[arg(long, default_value_t = 5)]
+    resync_seconds: u64,
+    /// Serve the validating admission webhook (TLS) on this address.
+    #[arg(long)]
+    webhook_listen: Option<SocketAddr>,
+    /// Host names and IPs for the webhook certificate.
+    #[arg(long = "webhook-host", default_values_t = vec!["localhost".to_string(), "127.0.0.1".to_string()])]
+    webhook_hosts: Vec<String>,
+    /// Register the webhook with this base URL (e.g. https://127.0.0.1:9443).
+    #[arg(long, conflicts_with = "webhook_service")]
+    webhook_url: Option<String>,
+    /// Register the webhook through a Service: NAMESPACE/NAME:PORT.
+    #[arg(long)]
+    webhook_service: Option<String>,
+    /// Refuse objects when the webhook is unreachable (default: admit; the compiler still
+    /// marks invalid objects Accepted=False).
+    #[arg(long)]
+    webhook_fail_closed: bool,
+}
+
+fn identity(args: &Args) -> String {
+    args.identity.clone().unwrap_or_else(|| {
+        std::env::var("POD_NAME").unwrap_or_else(|_| {
+            let host =
+                std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "operator".into());
+            format!("{}-{}", host.trim(), std::process::id())
+        })
+    })
+}
+
+fn parse_service(text: &str) -> anyhow::Result<Endpoint> {
+    let (namespace, rest) = text
+        .split_once('/')
+        .context("--webhook-service is NAMESPACE/NAME:PORT")?;
+    let (name, port) = rest
+        .split_once(':')
+        .context("--webhook-service is NAMESPACE/NAME:PORT")?;
+    Ok(Endpoint::Service {
+        namespace: namespace.into(),
+        name: name.into(),
+        port: port.parse().context("webhook service port")?,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Exactly one rustls provider in the process; a second install attempt is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    let identity = identity(&args);
+
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let metrics = Arc::new(Metrics::new());
+    let trigger = Arc::new(Notify::new());
+    let stores = watch::start(&client, &args.namespace, trigger.clone());
+
+    let admin = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        ready: Default::default(),
+    });
+    let admin_addr = server::serve_admin(args.admin_listen, admin.clone()).await?;
+    tracing::info!(admin = %admin_addr, identity = %identity, "operator starting");
+
+    if let Some(addr) = args.webhook_listen {
+        let cert = webhook::serving_cert(&client, &args.namespace, &args.webhook_hosts).await?;
+        let state = Arc::new(WebhookState {
+            stores: stores.clone(),
+        });
+        let bound = server::serve_webhook(addr, &cert, state).await?;
+        tracing::info!(webhook = %bound, "admission webhook listening");
+        let endpoint = match (&args.webhook_url, &args.webhook_service) {
+            (Some(url), _) => Some(Endpoint::Url(url.trim_end_matches('/').to_string())),
+            (None, Some(service)) => Some(parse_service(service)?),
+            (None, None) => None,
+        };
+        if let Some(endpoint) = endpoint {
+            webhook::register(&client, &endpoint, &cert.cert_pem, args.webhook_fail_closed).await?;
+        }
+    }
+
+    let elector = Arc::new(Elector::new(
+        client.clone(),
+        LeaderConfig::new(&args.namespace, &identity),
+    ));
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+
+    if !args.no_leader_election {
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+    metrics.leader.set(1);
+
+    stores.wait_ready().await;
+    admin.ready.store(true, Ordering::Relaxed);
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "portcullis-operator".into(),
+            instance: Some(identity.clone()),
+        },
+    );
+    let mut reconciler = Reconciler::new(
+        client.clone(),
+        &args.namespace,
+        stores,
+        metrics.clone(),
+        recorder,
+    );
+    let lost = {
+        let elector = elector.clone();
+        let enabled = !args.no_leader_election;
+        async move {
+            if enabled {
+                elector.hold().await
+            } else {
+                std::future::pending().await
+            }
+        }
+    };
+    tokio::pin!(lost);
+
+    let debounce = Duration::from_millis(args.debounce_ms);
+    let resync = Duration::from_secs(args.resync_seconds.max(1));
+    loop {
+        tokio::select! {
+            () = trigger.notified() => {
+                // Batch the burst that usually follows one change.
+                tokio::time::sleep(debounce).await;
+            }
+            () = tokio::time::sleep(resync) => {}
+            error = &mut lost => {
+                metrics.leader.set(0);
+                anyhow::bail!("{error}; exiting so that a follower takes over");
+            }
+            () = &mut shutdown => {
+                tracing::info!("shutting down");
+                if !args.no_leader_election {
+                    elector.release().await;
+                }
+                return Ok(());
+            }
+        }
+        metrics.reconciles.inc();
+        if let Err(e) = reconciler.reconcile().await {
+            metrics
+                .errors
+                .get_or_create(&ErrorLabels {
+                    reason: e.reason().into(),
+                })
+                .inc();
+            tracing::warn!(error = %e, "reconcile failed; retrying");
+            // Level-triggered: the next pass redoes everything, so retry soon.
+            let trigger = trigger.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                trigger.notify_one();
+            });
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,313 @@
+//! The status each object should have: the compiler's conditions, `Programmed` from the
+//! proxies' reports, and the proxies/enforcement summaries. Pure functions, unit-tested; the
+//! reconciler compares the result with the live status and writes only differences.
+
+use std::collections::{HashSet, VecDeque};
+
+use portcullis_compiler::config::ObjectRef;
+use portcullis_compiler::report::{ProxyReport, RouteCounters};
+use portcullis_compiler::ObjectStatus;
+use portcullis_crds::{Condition, EnforcementStatus, ObjectStatusFields, ProxiesStatus};
+
+/// How many recently published generations we remember the contents of. A replica still
+/// running an older one that contains the same object generation counts as programmed.
+const REMEMBERED_GENERATIONS: usize = 32;
+
+/// Which objects (with their generations) each recently published config contains.
+#[derive(Default)]
+pub struct Published {
+    generations: VecDeque<(String, HashSet<ObjectRef>)>,
+}
+
+impl Published {
+    pub fn record(&mut self, generation: &str, objects: &[ObjectRef]) {
+        if self.generations.iter().any(|(g, _)| g == generation) {
+            return;
+        }
+        self.generations
+            .push_back((generation.to_string(), objects.iter().cloned().collect()));
+        while self.generations.len() > REMEMBERED_GENERATIONS {
+            self.generations.pop_front();
+        }
+    }
+
+    pub fn contains(&self, generation: &str, object: &ObjectRef) -> bool {
+        self.generations
+            .iter()
+            .any(|(g, objects)| g == generation && objects.contains(object))
+    }
+}
+
+/// The verdict on `Programmed` for one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Programmed {
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+    pub ready: u32,
+    pub total: u32,
+}
+
+pub fn programmed(
+    object: &ObjectRef,
+    accepted: bool,
+    replicas: &[ProxyReport],
+    published: &Published,
+    publish_error: Option<&str>,
+) -> Programmed {
+    let total = replicas.len() as u32;
+    let ready = replicas
+        .iter()
+        .filter(|r| {
+            r.generation
+                .as_deref()
+                .is_some_and(|g| published.contains(g, object))
+        })
+        .count() as u32;
+    let (status, reason, message) = if !accepted {
+        (
+            false,
+            "Invalid",
+            "not accepted: see the Accepted condition".to_string(),
+        )
+    } else if let Some(error) = publish_error {
+        (false, "ConfigTooLarge", error.to_string())
+    } else if total == 0 {
+        (
+            false,
+            "NoProxies",
+            "no live proxy replica reports a loaded config".to_string(),
+        )
+    } else if ready == total {
+        (
+            true,
+            "Programmed",
+            format!("enforced by {ready}/{total} proxy replicas"),
+        )
+    } else {
+        (
+            false,
+            "Pending",
+            format!("enforced by {ready}/{total} proxy replicas; waiting for the rest to load it"),
+        )
+    };
+    Programmed {
+        status,
+        reason,
+        message,
+        ready,
+        total,
+    }
+}
+
+/// Sums the counters of one route over the live replicas.
+pub fn enforcement(route_id: &str, replicas: &[ProxyReport]) -> EnforcementStatus {
+    let mut sum = RouteCounters::default();
+    for replica in replicas {
+        if let Some(counters) = replica.routes.get(route_id) {
+            sum.add(counters);
+        }
+    }
+    EnforcementStatus {
+        requests: sum.requests,
+        auth_failures: sum.auth_failures,
+        rate_limited: sum.rate_limited,
+        waf_blocked: sum.waf_blocked,
+        validation_failed: sum.validation_failed,
+        blocked: sum.blocked(),
+        since: replicas.iter().map(|r| r.started_at.clone()).min(),
+    }
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    current: &[Condition],
+    now: &str,
+) -> Condition {
+    let status_text = if status { "True" } else { "False" };
+    // The transition time moves only when the status does.
+    let last_transition_time = current
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status_text)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_string());
+    Condition {
+        type_: type_.to_string(),
+        status: status_text.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: generation,
+        last_transition_time: Some(last_transition_time),
+    }
+}
+
+/// The full status an object should carry.
+pub fn desired(
+    compiled: &ObjectStatus,
+    programmed: &Programmed,
+    config_generation: Option<&str>,
+    enforcement: Option<EnforcementStatus>,
+    current: Option<&ObjectStatusFields>,
+    now: &str,
+) -> ObjectStatusFields {
+    let existing: &[Condition] = current.map_or(&[], |s| s.conditions.as_slice());
+    let mut conditions: Vec<Condition> = compiled
+        .conditions
+        .iter()
+        .map(|c| {
+            condition(
+                &c.type_,
+                c.status,
+                c.reason.as_str(),
+                &c.message,
+                compiled.generation,
+                existing,
+                now,
+            )
+        })
+        .collect();
+    conditions.push(condition(
+        "Programmed",
+        programmed.status,
+        programmed.reason,
+        &programmed.message,
+        compiled.generation,
+        existing,
+        now,
+    ));
+    ObjectStatusFields {
+        observed_generation: compiled.generation,
+        conditions,
+        proxies: Some(ProxiesStatus {
+            ready: programmed.ready,
+            total: programmed.total,
+            summary: format!("{}/{}", programmed.ready, programmed.total),
+            config_generation: config_generation.map(str::to_string),
+        }),
+        enforcement,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::BTreeMap;
+
+    use portcullis_compiler::config::ObjectKind;
+    use portcullis_compiler::{ConditionOut, Reason};
+
+    use super::*;
+
+    fn object(generation: i64) -> ObjectRef {
+        ObjectRef {
+            kind: ObjectKind::ApiRoute,
+            namespace: "shop".into(),
+            name: "users".into(),
+            generation: Some(generation),
+        }
+    }
+
+    fn replica(name: &str, generation: &str) -> ProxyReport {
+        ProxyReport {
+            replica: name.into(),
+            generation: Some(generation.into()),
+            started_at: format!("2026-01-01T00:00:0{}Z", name.len()),
+            routes: BTreeMap::from([(
+                "shop/users".to_string(),
+                RouteCounters {
+                    requests: 10,
+                    auth_failures: 2,
+                    ..RouteCounters::default()
+                },
+            )]),
+        }
+    }
+
+    #[test]
+    fn programmed_needs_every_live_replica_on_a_config_with_this_generation() {
+        let mut published = Published::default();
+        published.record("g1", &[object(1)]);
+        published.record("g2", &[object(2)]);
+        let both_new = [replica("a", "g2"), replica("b", "g2")];
+        let one_old = [replica("a", "g2"), replica("b", "g1")];
+        let p = programmed(&object(2), true, &both_new, &published, None);
+        assert!(p.status && p.ready == 2 && p.total == 2, "{p:?}");
+        let p = programmed(&object(2), true, &one_old, &published, None);
+        assert!(!p.status && p.ready == 1 && p.reason == "Pending", "{p:?}");
+        let p = programmed(&object(2), true, &[], &published, None);
+        assert_eq!(p.reason, "NoProxies");
+        let p = programmed(&object(2), false, &both_new, &published, None);
+        assert_eq!(p.reason, "Invalid");
+        let p = programmed(&object(2), true, &both_new, &published, Some("too big"));
+        assert_eq!(p.reason, "ConfigTooLarge");
+        // An unknown generation (e.g. from before an operator restart) is not assumed to match.
+        let p = programmed(&object(2), true, &[replica("a", "g0")], &published, None);
+        assert!(!p.status);
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_the_status_changes() {
+        let compiled = ObjectStatus {
+            kind: ObjectKind::ApiRoute,
+            namespace: "shop".into(),
+            name: "users".into(),
+            generation: Some(3),
+            conditions: vec![ConditionOut {
+                type_: "Accepted".into(),
+                status: true,
+                reason: Reason::Accepted,
+                message: "valid".into(),
+            }],
+        };
+        let p = Programmed {
+            status: true,
+            reason: "Programmed",
+            message: "ok".into(),
+            ready: 1,
+            total: 1,
+        };
+        let first = desired(&compiled, &p, Some("g"), None, None, "T1");
+        let second = desired(&compiled, &p, Some("g"), None, Some(&first), "T2");
+        assert_eq!(first, second, "nothing changed, so nothing to write");
+        let not_programmed = Programmed {
+            status: false,
+            reason: "Pending",
+            ..p
+        };
+        let third = desired(
+            &compiled,
+            &not_programmed,
+            Some("g"),
+            None,
+            Some(&second),
+            "T3",
+        );
+        let programmed_condition = third
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Programmed")
+            .unwrap();
+        assert_eq!(
+            programmed_condition.last_transition_time.as_deref(),
+            Some("T3")
+        );
+        let accepted = third
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Accepted")
+            .unwrap();
+        assert_eq!(accepted.last_transition_time.as_deref(), Some("T1"));
+        assert_eq!(accepted.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn enforcement_sums_live_replicas() {
+        let e = enforcement("shop/users", &[replica("a", "g"), replica("bb", "g")]);
+        assert_eq!((e.requests, e.auth_failures, e.blocked), (20, 4, 4));
+        assert_eq!(e.since.as_deref(), Some("2026-01-01T00:00:01Z"));
+    }
+}

@@ -1,0 +1,158 @@
+//! Reflectors for everything the operator reads, and the trigger that wakes the reconciler.
+//!
+//! Each watched kind keeps a local store (the reconciler reads only from stores, never from
+//! the API server directly) and wakes the reconciler only when something that matters
+//! changed: a spec (the generation), a Secret's data, a proxy report. Our own status writes
+//! bump neither generation nor anything else we fingerprint, so they never retrigger.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Resource, ResourceExt};
+use portcullis_crds::{ApiRoute, ConsumerCredential, RateLimitPolicy, WafPolicy};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use portcullis_compiler::delivery::CONFIG_LABEL;
+use portcullis_compiler::report::REPORT_LABEL;
+
+/// The local view of the cluster.
+#[derive(Clone)]
+pub struct Stores {
+    pub routes: Store<ApiRoute>,
+    pub consumers: Store<ConsumerCredential>,
+    pub rate_limits: Store<RateLimitPolicy>,
+    pub wafs: Store<WafPolicy>,
+    pub secrets: Store<Secret>,
+    pub reports: Store<Lease>,
+}
+
+impl Stores {
+    /// True once every reflector has listed its objects at least once.
+    pub async fn wait_ready(&self) {
+        let _ = self.routes.wait_until_ready().await;
+        let _ = self.consumers.wait_until_ready().await;
+        let _ = self.rate_limits.wait_until_ready().await;
+        let _ = self.wafs.wait_until_ready().await;
+        let _ = self.secrets.wait_until_ready().await;
+        let _ = self.reports.wait_until_ready().await;
+    }
+}
+
+fn spec_fingerprint<K: Resource>(object: &K) -> String {
+    let meta = object.meta();
+    format!(
+        "{:?}/{}",
+        meta.generation,
+        meta.deletion_timestamp.is_some()
+    )
+}
+
+fn data_fingerprint(object: &Secret) -> String {
+    object.metadata.resource_version.clone().unwrap_or_default()
+}
+
+fn report_fingerprint(object: &Lease) -> String {
+    // Renewals matter too: they keep a replica alive in the PROXIES column.
+    object.metadata.resource_version.clone().unwrap_or_default()
+}
+
+fn spawn_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trigger: Arc<Notify>,
+    fingerprint: fn(&K) -> String,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
+    tokio::spawn(async move {
+        let mut seen: HashMap<String, String> = HashMap::new();
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(Event::Apply(object) | Event::InitApply(object)) => {
+                    let key = format!(
+                        "{}/{}",
+                        object.namespace().unwrap_or_default(),
+                        object.name_any()
+                    );
+                    let print = fingerprint(&object);
+                    if seen.insert(key, print.clone()).as_ref() != Some(&print) {
+                        trigger.notify_one();
+                    }
+                }
+                Ok(Event::Delete(object)) => {
+                    let key = format!(
+                        "{}/{}",
+                        object.namespace().unwrap_or_default(),
+                        object.name_any()
+                    );
+                    seen.remove(&key);
+                    trigger.notify_one();
+                }
+                Ok(Event::InitDone) => trigger.notify_one(),
+                Ok(Event::Init) => {}
+                Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
+            }
+        }
+    });
+    reader
+}
+
+/// Starts every reflector. CRDs and Secrets are watched in all namespaces (routes reference
+/// Secrets in their own namespace); proxy reports only in the operator's namespace.
+pub fn start(client: &Client, namespace: &str, trigger: Arc<Notify>) -> Stores {
+    let all = watcher::Config::default();
+    Stores {
+        routes: spawn_reflector(
+            Api::all(client.clone()),
+            all.clone(),
+            trigger.clone(),
+            spec_fingerprint,
+        ),
+        consumers: spawn_reflector(
+            Api::all(client.clone()),
+            all.clone(),
+            trigger.clone(),
+            spec_fingerprint,
+        ),
+        rate_limits: spawn_reflector(
+            Api::all(client.clone()),
+            all.clone(),
+            trigger.clone(),
+            spec_fingerprint,
+        ),
+        wafs: spawn_reflector(
+            Api::all(client.clone()),
+            all.clone(),
+            trigger.clone(),
+            spec_fingerprint,
+        ),
+        // Only Secrets that can be referenced matter; skip service-account and Helm noise.
+        secrets: spawn_reflector(
+            Api::all(client.clone()),
+            watcher::Config::default()
+                .fields("type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1")
+                .labels(&format!("!{CONFIG_LABEL}")),
+            trigger.clone(),
+            data_fingerprint,
+        ),
+        reports: spawn_reflector(
+            Api::namespaced(client.clone(), namespace),
+            watcher::Config::default().labels(&format!("{REPORT_LABEL}=true")),
+            trigger,
+            report_fingerprint,
+        ),
+    }
+}
