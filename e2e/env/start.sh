@@ -164,23 +164,33 @@ if [[ -z $minor || $minor -lt 24 ]]; then version_args+=(--insecure-port=0); fi
 APISERVER_URL="https://127.0.0.1:$API_PORT"
 # ServiceAccount admission is off as in envtest: no controller-manager creates the `default`
 # ServiceAccount, so pods would be rejected.
+# The launch command is kept as a script so that restart-apiserver.sh can bring the same
+# server (same port, certs and etcd data) back after a test stops it.
+{
+  echo '#!/usr/bin/env bash'
+  printf 'exec bash -c %q %q %q' 'echo $$ > "$0"; exec "$@"' "$STATE/apiserver.pid" "$APISERVER"
+  for arg in \
+    --etcd-servers="$ETCD_URL" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
+    --secure-port="$API_PORT" "${version_args[@]}" \
+    --cert-dir="$STATE/certs" \
+    --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+    --token-auth-file="$STATE/tokens.csv" \
+    --authorization-mode=RBAC \
+    --service-account-key-file="$PKI/sa.pub" \
+    --service-account-signing-key-file="$PKI/sa.key" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --disable-admission-plugins=ServiceAccount \
+    --allow-privileged=true \
+    ${PORTCULLIS_APISERVER_ARGS:-}; do
+    printf ' %q' "$arg"
+  done
+  echo
+} > "$STATE/run-apiserver.sh"
+chmod +x "$STATE/run-apiserver.sh"
 # shellcheck disable=SC2086
-bash -c 'echo $$ > "$0"; exec "$@"' "$STATE/apiserver.pid" "$APISERVER" \
-  --etcd-servers="$ETCD_URL" \
-  --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
-  --secure-port="$API_PORT" "${version_args[@]}" \
-  --cert-dir="$STATE/certs" \
-  --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
-  --token-auth-file="$STATE/tokens.csv" \
-  --authorization-mode=RBAC \
-  --service-account-key-file="$PKI/sa.pub" \
-  --service-account-signing-key-file="$PKI/sa.key" \
-  --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-  --service-cluster-ip-range=10.0.0.0/24 \
-  --disable-admission-plugins=ServiceAccount \
-  --allow-privileged=true \
-  ${PORTCULLIS_APISERVER_ARGS:-} \
-  </dev/null >"$STATE/apiserver.log" 2>&1 &
+"$STATE/run-apiserver.sh" </dev/null >"$STATE/apiserver.log" 2>&1 &
 wait_pidfile "$STATE/apiserver.pid"; APISERVER_PID=$(<"$STATE/apiserver.pid")
 log "kube-apiserver pid $APISERVER_PID on $APISERVER_URL ($APISERVER)"
 

@@ -39,5 +39,6 @@ stop_one() { # name
 }
 
 stop_one apiserver
-stop_one etcd
+# restart-apiserver.sh stops only the API server and keeps etcd (and its data) running.
+[[ ${PORTCULLIS_STOP_ONLY:-} == apiserver ]] || stop_one etcd
 exit 0

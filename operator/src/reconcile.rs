@@ -56,31 +56,50 @@ pub struct Reconciler {
     publish_error: Option<String>,
 }
 
-/// Live replicas: those whose report Lease was renewed within its duration.
-pub fn live_reports(leases: &[Arc<Lease>], now: Timestamp) -> Vec<ProxyReport> {
-    let mut reports: Vec<ProxyReport> = leases
-        .iter()
-        .filter(|lease| {
-            let Some(spec) = &lease.spec else {
-                return false;
-            };
-            let (Some(renewed), Some(duration)) = (&spec.renew_time, spec.lease_duration_seconds)
-            else {
-                return false;
-            };
-            renewed.0.as_second() + i64::from(duration) >= now.as_second()
-        })
-        .filter_map(|lease| {
-            let text = lease
-                .metadata
-                .annotations
-                .as_ref()?
-                .get(REPORT_ANNOTATION)?;
-            serde_json::from_str::<ProxyReport>(text).ok()
-        })
-        .collect();
-    reports.sort_by(|a, b| a.replica.cmp(&b.replica));
-    reports
+/// A replica that stopped reporting is still counted (as not ready) for this long, then its
+/// Lease is deleted: long enough to see a crash in `kubectl get`, short enough that a scaled
+/// down Deployment stops showing ghosts.
+pub const FORGET_AFTER_SECONDS: i64 = 300;
+
+/// Proxy reports by freshness.
+#[derive(Debug, Default)]
+pub struct Replicas {
+    /// Renewed within their lease duration.
+    pub live: Vec<ProxyReport>,
+    /// Every replica still counted: live plus recently expired.
+    pub known: Vec<ProxyReport>,
+    /// Lease names expired for longer than [`FORGET_AFTER_SECONDS`].
+    pub forgotten: Vec<String>,
+}
+
+pub fn classify_reports(leases: &[Arc<Lease>], now: Timestamp) -> Replicas {
+    let mut replicas = Replicas::default();
+    for lease in leases {
+        let Some(spec) = &lease.spec else { continue };
+        let renewed = spec.renew_time.as_ref().map_or(0, |t| t.0.as_second());
+        let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
+        let age = now.as_second() - renewed;
+        if age > duration + FORGET_AFTER_SECONDS {
+            replicas.forgotten.push(lease.name_any());
+            continue;
+        }
+        let Some(report) = lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(REPORT_ANNOTATION))
+            .and_then(|text| serde_json::from_str::<ProxyReport>(text).ok())
+        else {
+            continue;
+        };
+        if age <= duration {
+            replicas.live.push(report.clone());
+        }
+        replicas.known.push(report);
+    }
+    replicas.live.sort_by(|a, b| a.replica.cmp(&b.replica));
+    replicas.known.sort_by(|a, b| a.replica.cmp(&b.replica));
+    replicas
 }
 
 fn owned<K: Clone + Resource>(objects: Vec<Arc<K>>) -> Vec<K> {
@@ -155,8 +174,9 @@ impl Reconciler {
             }
         }
 
-        let replicas = live_reports(&self.stores.reports.state(), Timestamp::now());
-        self.metrics.proxies_live.set(replicas.len() as i64);
+        let replicas = classify_reports(&self.stores.reports.state(), Timestamp::now());
+        self.metrics.proxies_live.set(replicas.live.len() as i64);
+        self.forget(&replicas.forgotten).await;
         let now = Timestamp::now().to_string();
         for compiled in &statuses {
             self.update_status(compiled, &config.objects, &replicas, &now)
@@ -169,7 +189,7 @@ impl Reconciler {
         &self,
         compiled: &ObjectStatus,
         objects: &[ObjectRef],
-        replicas: &[ProxyReport],
+        replicas: &Replicas,
         now: &str,
     ) -> Result<(), ReconcileError> {
         let object = ObjectRef {
@@ -182,7 +202,8 @@ impl Reconciler {
         let programmed = status::programmed(
             &object,
             compiled.accepted() && in_config,
-            replicas,
+            &replicas.live,
+            replicas.known.len() as u32,
             &self.published,
             self.publish_error.as_deref(),
         );
@@ -196,7 +217,7 @@ impl Reconciler {
                 let current = live.status.clone();
                 let enforcement = Some(status::enforcement(
                     &format!("{}/{}", compiled.namespace, compiled.name),
-                    replicas,
+                    &replicas.known,
                 ));
                 let desired = status::desired(
                     compiled,
@@ -255,6 +276,21 @@ impl Reconciler {
                 self.write(&*live, current, desired, None).await
             }
             ObjectKind::Secret => Ok(()),
+        }
+    }
+
+    /// Deletes the report Leases of replicas gone for good.
+    async fn forget(&self, leases: &[String]) {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+        for name in leases {
+            match api.delete(name, &Default::default()).await {
+                Ok(_) => {
+                    tracing::info!(lease = %name, "forgot a proxy replica that stopped reporting")
+                }
+                Err(e) => {
+                    tracing::debug!(lease = %name, error = %e, "cannot delete a stale report")
+                }
+            }
         }
     }
 

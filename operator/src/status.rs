@@ -48,15 +48,18 @@ pub struct Programmed {
     pub total: u32,
 }
 
+/// `live` are the replicas whose reports are fresh; `known` counts those plus replicas that
+/// stopped reporting recently (a crashed pod), so `kubectl get` shows `1/2`, not `1/1`.
 pub fn programmed(
     object: &ObjectRef,
     accepted: bool,
-    replicas: &[ProxyReport],
+    live: &[ProxyReport],
+    known: u32,
     published: &Published,
     publish_error: Option<&str>,
 ) -> Programmed {
-    let total = replicas.len() as u32;
-    let ready = replicas
+    let total = known.max(live.len() as u32);
+    let ready = live
         .iter()
         .filter(|r| {
             r.generation
@@ -234,19 +237,22 @@ mod tests {
         published.record("g2", &[object(2)]);
         let both_new = [replica("a", "g2"), replica("b", "g2")];
         let one_old = [replica("a", "g2"), replica("b", "g1")];
-        let p = programmed(&object(2), true, &both_new, &published, None);
+        let p = programmed(&object(2), true, &both_new, 2, &published, None);
         assert!(p.status && p.ready == 2 && p.total == 2, "{p:?}");
-        let p = programmed(&object(2), true, &one_old, &published, None);
+        let p = programmed(&object(2), true, &one_old, 2, &published, None);
         assert!(!p.status && p.ready == 1 && p.reason == "Pending", "{p:?}");
-        let p = programmed(&object(2), true, &[], &published, None);
+        let p = programmed(&object(2), true, &[], 0, &published, None);
         assert_eq!(p.reason, "NoProxies");
-        let p = programmed(&object(2), false, &both_new, &published, None);
+        let p = programmed(&object(2), false, &both_new, 2, &published, None);
         assert_eq!(p.reason, "Invalid");
-        let p = programmed(&object(2), true, &both_new, &published, Some("too big"));
+        let p = programmed(&object(2), true, &both_new, 2, &published, Some("too big"));
         assert_eq!(p.reason, "ConfigTooLarge");
         // An unknown generation (e.g. from before an operator restart) is not assumed to match.
-        let p = programmed(&object(2), true, &[replica("a", "g0")], &published, None);
+        let p = programmed(&object(2), true, &[replica("a", "g0")], 1, &published, None);
         assert!(!p.status);
+        // A crashed replica still counts in the total, but does not hold Programmed back.
+        let p = programmed(&object(2), true, &both_new[..1], 2, &published, None);
+        assert!(p.status && p.ready == 1 && p.total == 2, "{p:?}");
     }
 
     #[test]
