@@ -75,13 +75,14 @@ pub fn programmed(
         )
     } else if let Some(error) = publish_error {
         (false, "ConfigTooLarge", error.to_string())
-    } else if total == 0 {
+    } else if live.is_empty() {
         (
             false,
             "NoProxies",
             "no live proxy replica reports a loaded config".to_string(),
         )
-    } else if ready == total {
+    } else if ready == live.len() as u32 {
+        // Every *live* replica enforces it; crashed ones only show in the total.
         (
             true,
             "Programmed",
