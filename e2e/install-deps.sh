@@ -7,6 +7,7 @@ PACKAGES=(
   "curl curl"
   "jq jq"
   "openssl openssl"
+  "redis-server redis-server"
 )
 
 missing=()

@@ -24,6 +24,9 @@ pub struct GatewayConfig {
     pub objects: Vec<ObjectRef>,
     /// The half delivered through a Secret.
     pub secrets: SecretConfig,
+    /// Accepted RateLimitPolicies by id; routes name the ones that apply to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limit_policies: Vec<RateLimitPolicyConfig>,
 }
 
 /// Material that must never be written to a ConfigMap or logged.
@@ -32,6 +35,9 @@ pub struct GatewayConfig {
 pub struct SecretConfig {
     /// SHA-256 (hex) of each API key with the consumer it identifies.
     pub api_keys: Vec<ApiKeyEntry>,
+    /// Redis passwords of rate-limit backends, by policy id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redis_passwords: Vec<RedisPasswordEntry>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -110,6 +116,10 @@ pub struct RouteConfig {
     pub security_headers: bool,
     pub cors: Option<CorsConfig>,
     pub sanitize_upstream_errors: bool,
+    /// Ids of the RateLimitPolicies that apply: the route's own, then its namespace's
+    /// global ones, without duplicates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limit_policies: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -231,6 +241,117 @@ pub struct CorsConfig {
     pub expose_headers: Vec<String>,
     pub allow_credentials: bool,
     pub max_age_secs: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisPasswordEntry {
+    /// `namespace/name` of the RateLimitPolicy.
+    pub policy: String,
+    pub password: String,
+}
+
+/// One accepted RateLimitPolicy, durations in milliseconds.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitPolicyConfig {
+    /// `namespace/name`; the `policy` label of `api_rate_limit_exceeded_total`.
+    pub id: String,
+    pub namespace: String,
+    pub global: bool,
+    pub key: RateLimitKeyConfig,
+    /// Lowercased header name, with `key: Header`.
+    pub header: Option<String>,
+    pub algorithm: RateLimitAlgorithmConfig,
+    pub limits: Vec<LimitConfig>,
+    /// Only with Consumer and ApiKey keys: the first tier whose group the consumer is in
+    /// replaces `limits`.
+    pub tiers: Vec<TierConfig>,
+    pub quota: Option<QuotaConfig>,
+    pub backend: RateLimitBackendConfig,
+    pub on_backend_failure: OnBackendFailureConfig,
+    pub response_headers: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateLimitKeyConfig {
+    Consumer,
+    ClientIp,
+    ApiKey,
+    Header,
+    Route,
+    Global,
+}
+
+impl RateLimitKeyConfig {
+    /// Keys that need no identity are checked before authentication (DESIGN §2 step 5).
+    pub fn is_pre_auth(self) -> bool {
+        matches!(
+            self,
+            RateLimitKeyConfig::ClientIp
+                | RateLimitKeyConfig::Header
+                | RateLimitKeyConfig::Route
+                | RateLimitKeyConfig::Global
+        )
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateLimitAlgorithmConfig {
+    SlidingWindow,
+    FixedWindow,
+    TokenBucket,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitConfig {
+    pub requests: u64,
+    pub period_ms: u64,
+    /// TokenBucket only: bucket size; defaults to `requests`.
+    pub burst: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TierConfig {
+    pub group: String,
+    pub limits: Vec<LimitConfig>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuotaPeriodConfig {
+    Day,
+    Month,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaConfig {
+    pub requests: u64,
+    pub period: QuotaPeriodConfig,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "type")]
+pub enum RateLimitBackendConfig {
+    Local,
+    #[serde(rename_all = "camelCase")]
+    Redis {
+        /// One `redis://` URL, or the seed nodes of a cluster.
+        urls: Vec<String>,
+        cluster: bool,
+        timeout_ms: u64,
+        /// The password is in `SecretConfig::redis_passwords` under this policy's id.
+        has_password: bool,
+    },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBackendFailureConfig {
+    Deny,
+    Allow,
+    LocalFallback,
 }
 
 impl GatewayConfig {

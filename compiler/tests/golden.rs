@@ -55,7 +55,7 @@ fn golden_files_match() {
 
 #[test]
 fn output_does_not_depend_on_input_order() {
-    for name in ["basic", "conflicts", "invalid", "policies"] {
+    for name in ["basic", "conflicts", "invalid", "policies", "ratelimit"] {
         let text = std::fs::read_to_string(testdata().join(format!("{name}.in.yaml"))).unwrap();
         let mut docs: Vec<&str> = text.split("\n---\n").collect();
         docs.reverse();
@@ -81,4 +81,18 @@ fn plaintext_keys_never_reach_the_config() {
             "{secret} leaked into the compiled config"
         );
     }
+}
+
+#[test]
+fn redis_password_only_in_the_secret_half() {
+    let text = std::fs::read_to_string(testdata().join("ratelimit.in.yaml")).unwrap();
+    let out = compile_text(&text);
+    let mut public = out["config"].clone();
+    public.as_object_mut().unwrap().remove("secrets");
+    assert!(!public.to_string().contains("s3cret-redis-pw"));
+    assert!(!out["statuses"].to_string().contains("s3cret-redis-pw"));
+    assert_eq!(
+        out["config"]["secrets"]["redisPasswords"][0]["password"],
+        "s3cret-redis-pw"
+    );
 }

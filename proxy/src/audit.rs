@@ -31,6 +31,11 @@ pub struct AuditRecord<'a> {
     pub decision: &'static str,
     pub step: Option<&'static str>,
     pub reason: Option<&'static str>,
+    /// The RateLimitPolicy and limit that denied the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<&'a str>,
 }
 
 /// Where audit lines go.

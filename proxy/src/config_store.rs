@@ -13,6 +13,7 @@ use portcullis_compiler::GatewayConfig;
 use crate::auth::{CompiledAuth, KeyStore, KeyStoreError};
 use crate::cors::{CompiledCors, CorsConfigError};
 use crate::metrics::RouteMetrics;
+use crate::ratelimit::{Backends, RateLimitConfigError, RateLimits};
 use crate::response_headers::{CompiledResponseHeaders, ResponseHeaderError};
 use crate::router::{Router, RouterError};
 use crate::upstream::{ClientPool, TargetError, Upstream};
@@ -24,6 +25,8 @@ pub enum ConfigError {
     Router(#[from] RouterError),
     #[error(transparent)]
     Keys(#[from] KeyStoreError),
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitConfigError),
     #[error("route {route}: {source}")]
     Target { route: String, source: TargetError },
     #[error("route {route}: {source}")]
@@ -98,10 +101,15 @@ pub struct RuntimeConfig {
     pub router: Router,
     pub routes: Vec<CompiledRoute>,
     pub keys: KeyStore,
+    pub rate_limits: RateLimits,
 }
 
 impl RuntimeConfig {
-    pub fn build(config: &GatewayConfig, pool: &ClientPool) -> Result<Self, ConfigError> {
+    pub fn build(
+        config: &GatewayConfig,
+        pool: &ClientPool,
+        limiter: &Backends,
+    ) -> Result<Self, ConfigError> {
         Ok(RuntimeConfig {
             generation: config.generation.clone(),
             router: Router::build(&config.routes)?,
@@ -111,6 +119,7 @@ impl RuntimeConfig {
                 .map(|r| CompiledRoute::build(r, pool))
                 .collect::<Result<_, _>>()?,
             keys: KeyStore::build(&config.consumers, &config.secrets)?,
+            rate_limits: RateLimits::build(config, limiter)?,
         })
     }
 }

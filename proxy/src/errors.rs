@@ -11,6 +11,7 @@ use crate::auth::AuthError;
 use crate::body::{full, ProxyBody};
 use crate::cors::CorsError;
 use crate::ip_filter::IpDenied;
+use crate::ratelimit::RateLimitError;
 use crate::upstream::UpstreamError;
 use crate::validate::ValidationError;
 
@@ -29,6 +30,8 @@ pub enum GatewayError {
     Validation(#[from] ValidationError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitError),
 }
 
 impl GatewayError {
@@ -58,6 +61,11 @@ impl GatewayError {
                     StatusCode::BAD_GATEWAY
                 }
             },
+            GatewayError::RateLimit(e) => match e {
+                RateLimitError::Exceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+                // Fail closed: the shared counters cannot be consulted.
+                RateLimitError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            },
         }
     }
 
@@ -70,6 +78,7 @@ impl GatewayError {
             GatewayError::Auth(e) => e.reason(),
             GatewayError::Validation(e) => e.reason(),
             GatewayError::Upstream(e) => e.reason(),
+            GatewayError::RateLimit(e) => e.reason(),
         }
     }
 
@@ -82,6 +91,7 @@ impl GatewayError {
             GatewayError::Auth(_) => "authentication",
             GatewayError::Validation(_) => "validation",
             GatewayError::Upstream(_) => "upstream",
+            GatewayError::RateLimit(_) => "rate_limit",
         }
     }
 
@@ -93,7 +103,11 @@ impl GatewayError {
             }
             _ => None,
         };
-        json_error(status, &self.to_string(), details, request_id)
+        let mut response = json_error(status, &self.to_string(), details, request_id);
+        if let GatewayError::RateLimit(e) = &self {
+            e.apply_headers(response.headers_mut());
+        }
+        response
     }
 }
 

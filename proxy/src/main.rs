@@ -46,6 +46,12 @@ struct Args {
     /// Disable the audit log on stdout.
     #[arg(long)]
     no_audit: bool,
+    /// Cap on concurrent client connections (NGINX limit_conn); excess ones get a 503.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Cap on concurrent connections from one client IP; excess ones get a 503.
+    #[arg(long, value_name = "N")]
+    max_connections_per_ip: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -101,6 +107,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             admin_listen: Some(args.admin_listen),
             trusted_proxies: args.trusted_proxies,
             drain_timeout: std::time::Duration::from_secs(args.drain_timeout_secs),
+            max_connections: args.max_connections,
+            max_connections_per_ip: args.max_connections_per_ip,
             audit: if args.no_audit {
                 AuditSink::Disabled
             } else {

@@ -56,9 +56,6 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     durations: HistogramFamily,
     auth_failures: Family<AuthFailureLabels, Counter>,
-    // Registered now so dashboards and alerts can be written; incremented once the rate
-    // limiting and WAF steps land.
-    #[allow(dead_code)]
     rate_limited: Family<RateLimitLabels, Counter>,
     #[allow(dead_code)]
     waf_blocked: Family<WafLabels, Counter>,
@@ -153,6 +150,16 @@ impl Metrics {
             .get_or_create(&AuthFailureLabels {
                 route: route.to_string(),
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Denials only, so building the label set here costs nothing on admitted requests.
+    pub fn rate_limited(&self, route: &str, policy: &str) {
+        self.rate_limited
+            .get_or_create(&RateLimitLabels {
+                route: route.to_string(),
+                policy: policy.to_string(),
             })
             .inc();
     }

@@ -1,17 +1,17 @@
 //! The request pipeline: the one function that fixes the order of the policy steps.
 //!
 //! Order (DESIGN §2; steps not implemented yet are marked and simply absent):
-//!  1. connection: HTTP/1.1 + HTTP/2, header-read and idle timeouts (in `server`);
-//!     connection limits and TLS: not yet.
+//!  1. connection: global and per-IP connection limits (`connection_limits`), HTTP/1.1 +
+//!     HTTP/2, header-read and idle timeouts (in `server`); TLS: not yet.
 //!  2. request id (`request_id`); W3C trace context: not yet.
 //!  3. route match (`router`); for CORS preflights by the requested method.
 //!  4. client IP (`client_ip`) and IP allow/deny (`ip_filter`).
-//!  5. pre-authentication rate limits: not yet.
+//!  5. pre-authentication rate limits: ClientIp, Global, Route, Header keys (`ratelimit`).
 //!  6. WAF on request line and headers: not yet.
 //!     CORS preflight answered here (`cors`): after the IP filter, before authentication,
 //!     because browsers never send credentials on a preflight.
 //!  7. authentication (API key) and authorization (consumer groups) (`auth`).
-//!  8. per-consumer rate limits and quotas: not yet.
+//!  8. per-consumer rate limits, tiers and quotas: Consumer, ApiKey keys (`ratelimit`).
 //!  9. request validation (`validate`); WAF on the body: not yet.
 //! 10. upstream (`forward_headers`, `upstream`), or the route's direct response.
 //! 11. response: upstream 5xx sanitizing, header add/remove, security headers, CORS,
@@ -37,6 +37,7 @@ use crate::body::{full, ProxyBody};
 use crate::config_store::{CompiledRoute, ConfigStore, RuntimeConfig};
 use crate::errors::{json_error, GatewayError, UPSTREAM_ERROR_MESSAGE};
 use crate::metrics::Metrics;
+use crate::ratelimit::{self, RateLimitHeaders};
 use crate::router::{request_host, RequestView};
 use crate::upstream::UpstreamError;
 use crate::{client_ip, cors, forward_headers, ip_filter, request_id, response_headers, validate};
@@ -48,6 +49,7 @@ pub struct Shared {
     pub audit: Audit,
     pub trusted_proxies: Vec<IpNet>,
     pub clients: crate::upstream::ClientPool,
+    pub limiter: ratelimit::Backends,
 }
 
 /// What the audit line and metrics need to know about a request once it is answered.
@@ -56,6 +58,7 @@ struct Outcome {
     identity: Identity,
     upstream_started: Option<Instant>,
     upstream_latency_ms: Option<f64>,
+    rate_limit: Option<RateLimitHeaders>,
 }
 
 pub async fn handle(
@@ -79,6 +82,7 @@ pub async fn handle(
         identity: Identity::Unauthenticated,
         upstream_started: None,
         upstream_latency_ms: None,
+        rate_limit: None,
     };
     let result = run(
         shared,
@@ -92,11 +96,18 @@ pub async fn handle(
     )
     .await;
     let route = outcome.route.and_then(|i| runtime.routes.get(i));
+    let mut limited_by = None;
     let (mut response, denial) = match result {
         Ok(response) => (response, None),
         Err(error) => {
             if let (GatewayError::Auth(e), Some(route)) = (&error, route) {
                 shared.metrics.auth_failure(&route.config.id, e.reason());
+            }
+            if let GatewayError::RateLimit(e) = &error {
+                if let (ratelimit::RateLimitError::Exceeded(_), Some(route)) = (e, route) {
+                    shared.metrics.rate_limited(&route.config.id, e.policy());
+                }
+                limited_by = Some((e.policy().to_string(), e.limit().map(str::to_string)));
             }
             let denial = (error.step(), error.reason());
             let unauthorized = matches!(&error, GatewayError::Auth(e) if e.is_authentication());
@@ -119,6 +130,7 @@ pub async fn handle(
         }
     }
     response_headers::set_request_id(response.headers_mut(), &request_id);
+    ratelimit::headers::apply(outcome.rate_limit.as_ref(), response.headers_mut());
 
     // 12. metrics and audit.
     let status = response.status();
@@ -147,6 +159,8 @@ pub async fn handle(
             decision: if denial.is_some() { "deny" } else { "allow" },
             step: denial.map(|d| d.0),
             reason: denial.map(|d| d.1),
+            policy: limited_by.as_ref().map(|l| l.0.as_str()),
+            limit: limited_by.as_ref().and_then(|l| l.1.as_deref()),
         });
     }
     response
@@ -198,6 +212,17 @@ async fn run(
         ip_filter::check(restriction, client_ip)?;
     }
 
+    // 5. pre-authentication rate limits
+    let pre_auth = ratelimit::pre_auth(
+        &shared.limiter,
+        runtime,
+        found.route,
+        client_ip,
+        &parts,
+        &mut outcome.rate_limit,
+    )
+    .await?;
+
     // CORS preflight: answered by the gateway, before authentication.
     if preflight_match.is_some() {
         if let Some(cors) = &route.cors {
@@ -212,6 +237,19 @@ async fn run(
     if let Some(authorization) = &config.authorization {
         auth::authorize(authorization, &runtime.keys, outcome.identity)?;
     }
+
+    // 8. per-consumer rate limits and quotas
+    ratelimit::post_auth(
+        &shared.limiter,
+        runtime,
+        found.route,
+        client_ip,
+        &parts,
+        outcome.identity,
+        pre_auth,
+        &mut outcome.rate_limit,
+    )
+    .await?;
 
     // 9. request validation
     let has_body = validate::has_body(&parts, &body);

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use crate::admin;
 use crate::audit::{Audit, AuditSink};
 use crate::config_store::{ConfigError, ConfigStore, RuntimeConfig};
+use crate::connection_limits::{self, ConnectionLimits, ConnectionPermit};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Shared};
 use crate::upstream::ClientPool;
@@ -38,6 +39,12 @@ pub struct ProxyOptions {
     pub max_header_bytes: usize,
     pub drain_timeout: Duration,
     pub audit: AuditSink,
+    /// Concurrent connections over all clients (`None`: unlimited).
+    pub max_connections: Option<usize>,
+    /// Concurrent connections per client IP (`None`: unlimited).
+    pub max_connections_per_ip: Option<usize>,
+    /// Time source of the local rate-limit counters (tests inject one).
+    pub rate_limit_clock: Option<Arc<dyn crate::ratelimit::clock::Clock>>,
 }
 
 impl Default for ProxyOptions {
@@ -51,6 +58,9 @@ impl Default for ProxyOptions {
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(30),
             audit: AuditSink::Stdout,
+            max_connections: None,
+            max_connections_per_ip: None,
+            rate_limit_clock: None,
         }
     }
 }
@@ -87,15 +97,20 @@ impl ProxyServer {
         initial: Option<GatewayConfig>,
     ) -> Result<RunningProxy, StartError> {
         let clients = ClientPool::default();
+        let limiter = crate::ratelimit::Backends::new(options.rate_limit_clock.clone());
         let loaded = initial.is_some();
-        let runtime =
-            RuntimeConfig::build(&initial.unwrap_or_else(GatewayConfig::empty), &clients)?;
+        let runtime = RuntimeConfig::build(
+            &initial.unwrap_or_else(GatewayConfig::empty),
+            &clients,
+            &limiter,
+        )?;
         let shared = Arc::new(Shared {
             store: ConfigStore::new(runtime, loaded),
             metrics: Metrics::new(),
             audit: Audit::new(options.audit.clone()),
             trusted_proxies: options.trusted_proxies.clone(),
             clients,
+            limiter,
         });
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -172,7 +187,7 @@ impl RunningProxy {
 
     /// Compiles and atomically publishes a new config; on error the current one stays.
     pub fn swap_config(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
-        let runtime = RuntimeConfig::build(config, &self.shared.clients)?;
+        let runtime = RuntimeConfig::build(config, &self.shared.clients, &self.shared.limiter)?;
         self.shared.store.store(runtime);
         tracing::info!(generation = %config.generation, routes = config.routes.len(), "config loaded");
         Ok(())
@@ -216,7 +231,7 @@ pub struct ConfigHandle {
 
 impl ConfigHandle {
     pub fn swap_config(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
-        let runtime = RuntimeConfig::build(config, &self.shared.clients)?;
+        let runtime = RuntimeConfig::build(config, &self.shared.clients, &self.shared.limiter)?;
         self.shared.store.store(runtime);
         Ok(())
     }
@@ -286,6 +301,7 @@ async fn accept_loop(
     tracker: Arc<ConnTracker>,
 ) {
     let builder = Arc::new(builder(&options));
+    let limits = ConnectionLimits::new(options.max_connections, options.max_connections_per_ip);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -301,6 +317,14 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        // 1. connection limits, before reading anything.
+        let permit = match limits.try_acquire(peer.ip()) {
+            Ok(permit) => permit,
+            Err(why) => {
+                tokio::spawn(connection_limits::refuse(stream, why));
+                continue;
+            }
+        };
         let guard = tracker.enter();
         tokio::spawn(serve_connection(
             stream,
@@ -309,7 +333,7 @@ async fn accept_loop(
             builder.clone(),
             options.idle_timeout,
             shutdown.clone(),
-            guard,
+            (guard, permit),
         ));
     }
 }
@@ -342,7 +366,7 @@ async fn serve_connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
     idle_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
-    _guard: ConnGuard,
+    _guard: (ConnGuard, ConnectionPermit),
 ) {
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),

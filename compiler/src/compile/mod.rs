@@ -5,6 +5,7 @@ mod conflicts;
 mod consumer;
 mod issues;
 mod policy;
+mod rate_limit;
 mod route;
 mod secrets;
 
@@ -35,7 +36,7 @@ pub fn compile(snapshot: &Snapshot) -> (GatewayConfig, Vec<ObjectStatus>) {
     let mut statuses = Vec::new();
     let mut config = GatewayConfig::default();
 
-    let policies = policy::compile_policies(snapshot, &mut statuses);
+    let policies = policy::compile_policies(snapshot, &secrets, &mut config, &mut statuses);
     consumer::compile_consumers(
         &sorted(&snapshot.consumers),
         &secrets,
@@ -85,6 +86,10 @@ fn generation_of(config: &GatewayConfig) -> String {
     hasher.update(serde_json::to_vec(&config.consumers).unwrap_or_default());
     hasher.update(serde_json::to_vec(&config.objects).unwrap_or_default());
     hasher.update(serde_json::to_vec(&config.secrets).unwrap_or_default());
+    // Only when present, so configs without policies keep their generation ids.
+    if !config.rate_limit_policies.is_empty() {
+        hasher.update(serde_json::to_vec(&config.rate_limit_policies).unwrap_or_default());
+    }
     let digest = hasher.finalize();
     hex::encode(&digest[..8])
 }

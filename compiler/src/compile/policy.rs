@@ -1,33 +1,35 @@
-//! RateLimitPolicy and WafPolicy: validated in full so users learn about mistakes now, and
-//! refused as not yet enforceable, so no route runs believing it is protected.
+//! RateLimitPolicy and WafPolicy: validated in full. Valid RateLimitPolicies are compiled
+//! (`rate_limit`); WafPolicies are still refused as not yet enforceable, so no route runs
+//! believing it is protected.
 
 use std::collections::BTreeSet;
 
 use portcullis_crds::{BackendType, RateLimitKey, RateLimitPolicy, WafPolicy};
 
 use super::kube_meta::Meta;
+use super::rate_limit::{compile_rate_limit, RateLimitIndex};
 use super::route::one_line_regex_error;
+use super::secrets::SecretIndex;
 use super::{sorted, Issues};
-use crate::config::ObjectKind;
+use crate::config::{GatewayConfig, ObjectKind, RedisPasswordEntry};
 use crate::units::{parse_duration_ms, parse_size_bytes};
 use crate::ObjectStatus;
 
 /// Which policies exist, by `(namespace, name)`.
 #[derive(Debug, Default)]
 pub(crate) struct PolicyIndex {
-    pub rate_limits: BTreeSet<(String, String)>,
+    pub rate_limits: RateLimitIndex,
     pub wafs: BTreeSet<(String, String)>,
 }
 
-const NOT_ENFORCED_RATE: &str =
-    "valid, but rate limiting is not enforced by this version of Portcullis; routes that \
-     reference this policy are refused rather than served unprotected";
 const NOT_ENFORCED_WAF: &str =
     "valid, but the WAF is not enforced by this version of Portcullis; routes that reference \
      this policy are refused rather than served unprotected";
 
 pub(crate) fn compile_policies(
     snapshot: &super::Snapshot,
+    secrets: &SecretIndex<'_>,
+    config: &mut GatewayConfig,
     statuses: &mut Vec<ObjectStatus>,
 ) -> PolicyIndex {
     let mut index = PolicyIndex::default();
@@ -35,12 +37,24 @@ pub(crate) fn compile_policies(
         let meta = Meta::of(&policy.metadata);
         let mut issues = Issues::default();
         validate_rate_limit(policy, &mut issues);
-        if issues.is_accepted() {
-            issues.unsupported("spec", NOT_ENFORCED_RATE);
+        let compiled = compile_rate_limit(policy, &meta, secrets, &mut issues);
+        let accepted = issues.is_accepted();
+        if let (true, Some((compiled, password))) = (accepted, compiled) {
+            if let Some(password) = password {
+                config.secrets.redis_passwords.push(RedisPasswordEntry {
+                    policy: compiled.id.clone(),
+                    password,
+                });
+            }
+            config
+                .objects
+                .push(meta.object_ref(ObjectKind::RateLimitPolicy));
+            config.rate_limit_policies.push(compiled);
         }
-        index
-            .rate_limits
-            .insert((meta.namespace.clone(), meta.name.clone()));
+        index.rate_limits.policies.insert(
+            (meta.namespace.clone(), meta.name.clone()),
+            (accepted, policy.spec.global.unwrap_or(false)),
+        );
         statuses.push(issues.into_status(ObjectKind::RateLimitPolicy, &meta));
     }
     for policy in sorted(&snapshot.waf_policies) {

@@ -199,24 +199,12 @@ pub(crate) fn compile_route(
             "TLS termination is not implemented by this version of Portcullis",
         );
     }
-    for (i, name) in spec.rate_limit_policies.iter().enumerate() {
-        let field = format!("spec.rateLimitPolicies[{i}]");
-        if policies
-            .rate_limits
-            .contains(&(meta.namespace.clone(), name.clone()))
-        {
-            issues.unsupported(&field, format!("RateLimitPolicy {name}: rate limiting is not enforced by this version; the route is refused rather than served without its limits"));
-        } else {
-            issues.unresolved(
-                &field,
-                format!(
-                    "RateLimitPolicy {}/{name} not found; the route is not served without it",
-                    meta.namespace
-                ),
-                true,
-            );
-        }
-    }
+    let rate_limit_policies = super::rate_limit::resolve_for_route(
+        &spec.rate_limit_policies,
+        meta,
+        &policies.rate_limits,
+        issues,
+    );
     if let Some(name) = &spec.waf_policy {
         if policies
             .wafs
@@ -259,6 +247,7 @@ pub(crate) fn compile_route(
         security_headers: spec.security_headers.unwrap_or(true),
         cors,
         sanitize_upstream_errors: spec.sanitize_upstream_errors.unwrap_or(false),
+        rate_limit_policies,
     })
 }
 

@@ -61,6 +61,7 @@ pub fn route(id: &str, kind: PathKind, path: &str, targets: &[&Upstream]) -> Rou
         security_headers: false,
         cors: None,
         sanitize_upstream_errors: false,
+        rate_limit_policies: vec![],
     }
 }
 

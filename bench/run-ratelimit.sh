@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Rate-limiting overhead: wrk against three portcullis-proxy instances routing `/` to the same
+# nginx upstream (`return 200 "ok\n"`):
+#   plain   no RateLimitPolicy
+#   local   one ClientIp policy, local backend (limit high enough to never deny)
+#   redis   the same policy with a Redis backend (redis-server on the load core)
+# Method as bench/run-http.sh (DESIGN §6): each proxy pinned to PROXY_CPU, wrk, nginx and
+# redis on LOAD_CPU; rounds interleaved (order rotates every round); medians per target and
+# ratios measured in the same run. Targets from issue 5: redis >= 0.8x local throughput,
+# local >= 0.95x plain throughput. p99 "added latency" = p99(target) - p99(plain).
+#
+# Environment (all optional):
+#   ROUNDS=5 DURATION=10s CONNECTIONS=64 THREADS=1 WARMUP=2s PROXY_CPU=0 LOAD_CPU=1
+#   PORTCULLIS_BIN=<repo>/target/release/portcullis-proxy (built with cargo if missing)
+#   RESULTS_DIR=<repo>/bench/results KEEP_TMP=1
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-1}
+WARMUP=${WARMUP:-2s}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results}
+KEEP_TMP=${KEEP_TMP:-0}
+PORTCULLIS_BIN=${PORTCULLIS_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis-proxy}
+
+log() { printf '[bench-rl] %s\n' "$*" >&2; }
+die() { printf '[bench-rl] error: %s\n' "$*" >&2; exit 1; }
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+
+for tool in wrk taskset curl redis-server redis-cli; do
+    command -v "$tool" >/dev/null || die "$tool missing (apt-get install wrk util-linux curl redis-server)"
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[[ -x $NGINX ]] || die "nginx missing (apt-get install nginx)"
+if [[ ! -x $PORTCULLIS_BIN ]]; then
+    log "building $PORTCULLIS_BIN"
+    (cd "$ROOT" && cargo build --release -p portcullis-proxy)
+fi
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench-rl.XXXXXX")
+PIDS=()
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [[ $KEEP_TMP == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_ok() { # URL PID NAME
+    for _ in $(seq 1 600); do
+        kill -0 "$2" 2>/dev/null || die "$3 exited during start-up (logs in $TMP)"
+        [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$1" || true) == 200 ]] && return 0
+        sleep 0.05
+    done
+    die "$3 not ready at $1"
+}
+
+# Upstream: nginx on the load core.
+UP_PORT=$(port)
+mkdir -p "$TMP/nginx"
+cat >"$TMP/nginx/nginx.conf" <<EOF
+daemon off; worker_processes 1; pid $TMP/nginx/nginx.pid; error_log $TMP/nginx/error.log;
+events { worker_connections 4096; }
+http { access_log off; client_body_temp_path $TMP/nginx/cb; proxy_temp_path $TMP/nginx/pt;
+  fastcgi_temp_path $TMP/nginx/ft; uwsgi_temp_path $TMP/nginx/ut; scgi_temp_path $TMP/nginx/st;
+  server { listen 127.0.0.1:$UP_PORT; keepalive_requests 1000000; location / { return 200 "ok\n"; } } }
+EOF
+taskset -c "$LOAD_CPU" "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" &
+PIDS+=($!)
+wait_ok "http://127.0.0.1:$UP_PORT/" "${PIDS[-1]}" nginx
+
+REDIS_PORT=$(port)
+taskset -c "$LOAD_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$TMP" >"$TMP/redis.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 200); do [[ $(redis-cli -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]] && break; sleep 0.05; done
+
+policy() { # NAME BACKEND-YAML
+    cat <<EOF
+apiVersion: portcullis.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: bench, namespace: bench}
+spec:
+  key: ClientIp
+  limits: [{requests: 1000000000, period: 1s}]
+  backend: $2
+---
+EOF
+}
+declare -A URL
+for target in plain local redis; do
+    dir="$TMP/$target"; mkdir -p "$dir/m"
+    refs="[]"
+    case $target in
+        local) policy bench "{type: Local}" >"$dir/m/policy.yaml"; refs="[bench]" ;;
+        redis) policy bench "{type: Redis, redis: {url: \"redis://127.0.0.1:$REDIS_PORT\", timeout: 50ms}}" >"$dir/m/policy.yaml"; refs="[bench]" ;;
+    esac
+    cat >"$dir/m/route.yaml" <<EOF
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: bench, namespace: bench}
+spec:
+  paths: [{value: /}]
+  rateLimitPolicies: $refs
+  upstream: {targets: [{url: "http://127.0.0.1:$UP_PORT"}]}
+EOF
+    p=$(port); a=$(port)
+    taskset -c "$PROXY_CPU" "$PORTCULLIS_BIN" --manifests "$dir/m" --listen "127.0.0.1:$p" \
+        --admin-listen "127.0.0.1:$a" --workers 1 --no-audit >/dev/null 2>"$dir/stderr.log" &
+    PIDS+=($!)
+    URL[$target]="http://127.0.0.1:$p/"
+    wait_ok "${URL[$target]}" "${PIDS[-1]}" "portcullis-$target"
+done
+
+# parse: "rps p99_ms non2xx"
+run_wrk() { # URL DURATION OUTFILE
+    taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$2" --latency "$1" >"$3" 2>&1 || true
+}
+parse() {
+    awk '/Requests\/sec/ {rps=$2} /^ +99%/ {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; p99=v}
+         /Non-2xx/ {n=$NF} END {printf "%s %s %s\n", rps, p99, (n==""?0:n)}' "$1"
+}
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+TARGETS=(plain local redis)
+declare -A RPS P99
+for round in $(seq 1 "$ROUNDS"); do
+    for i in 0 1 2; do
+        t=${TARGETS[$(((i + round) % 3))]}
+        run_wrk "${URL[$t]}" "$WARMUP" /dev/null
+        run_wrk "${URL[$t]}" "$DURATION" "$TMP/wrk-$t-$round.txt"
+        read -r rps p99 non2xx < <(parse "$TMP/wrk-$t-$round.txt")
+        [[ $non2xx == 0 ]] || die "$t answered $non2xx non-2xx responses in round $round"
+        RPS[$t]+="$rps "; P99[$t]+="$p99 "
+        log "round $round $t: $rps req/s, p99 $p99 ms"
+    done
+done
+
+mkdir -p "$RESULTS_DIR"
+OUT="$RESULTS_DIR/ratelimit-$(date -u +%Y%m%dT%H%M%SZ).txt"
+{
+    printf '%-8s %12s %10s\n' target req/s p99_ms
+    for t in "${TARGETS[@]}"; do
+        printf '%-8s %12s %10s\n' "$t" "$(tr ' ' '\n' <<<"${RPS[$t]}" | grep . | median)" "$(tr ' ' '\n' <<<"${P99[$t]}" | grep . | median)"
+    done
+} | tee "$OUT.table"
+read -r _ plain_rps plain_p99 < <(sed -n 2p "$OUT.table")
+read -r _ local_rps local_p99 < <(sed -n 3p "$OUT.table")
+read -r _ redis_rps redis_p99 < <(sed -n 4p "$OUT.table")
+awk -v pr="$plain_rps" -v lr="$local_rps" -v rr="$redis_rps" -v pp="$plain_p99" -v lp="$local_p99" -v rp="$redis_p99" \
+    -v rounds="$ROUNDS" -v dur="$DURATION" -v conns="$CONNECTIONS" 'BEGIN {
+    printf "rounds=%s duration=%s connections=%s\n", rounds, dur, conns
+    printf "local/plain throughput  %.3f (target >= 0.95)\n", lr/pr
+    printf "redis/local throughput  %.3f (target >= 0.80)\n", rr/lr
+    printf "p99 added: local %+.3f ms, redis %+.3f ms (vs plain)\n", lp-pp, rp-pp }' | tee -a "$OUT.table"
+mv "$OUT.table" "$OUT"
+log "results: $OUT"

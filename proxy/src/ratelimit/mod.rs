@@ -1,0 +1,600 @@
+//! Rate limits and quotas (DESIGN §2 steps 5 and 8).
+//!
+//! - [`pre_auth`] (step 5) decides the policies whose key needs no identity (ClientIp,
+//!   Global, Route, Header), so a brute-force run is stopped before authentication.
+//! - [`post_auth`] (step 8) decides Consumer and ApiKey policies, with tiers chosen by the
+//!   consumer's groups.
+//!
+//! Within a step every applicable limit (all policies, all their limits, the quota) is
+//! decided together and the tightest wins. A denied request consumes nothing on the
+//! backend that denied it: local counters are checked and charged under the shard locks
+//! of all of them, Redis counters inside one script. What is not avoided: a request admitted
+//! by step 5 and then denied by authentication or step 8 keeps its step-5 charge (wanted:
+//! that is what stops brute force), and when one step spans two backends (Redis and local,
+//! or several Redis deployments), Redis is charged first and keeps its charge if the local
+//! counters then deny.
+//!
+//! Identity fallbacks (as Kong does): a Consumer key on an unauthenticated or anonymous
+//! request, an ApiKey key without a presented key, and a Header key without the header all
+//! count by client IP instead.
+
+pub mod algorithms;
+pub mod clock;
+pub mod headers;
+pub mod keys;
+pub mod local;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use portcullis_compiler::config::{
+    LimitConfig, OnBackendFailureConfig, QuotaConfig, QuotaPeriodConfig, RateLimitAlgorithmConfig,
+    RateLimitBackendConfig, RateLimitKeyConfig,
+};
+use portcullis_compiler::GatewayConfig;
+
+use crate::auth::{Identity, DEFAULT_API_KEY_HEADER};
+use crate::config_store::RuntimeConfig;
+use crate::router::query_pairs;
+use algorithms::{Kind, Rule, Verdict};
+use clock::{Clock, SystemClock};
+pub use headers::RateLimitHeaders;
+use keys::Material;
+use local::{Check, LocalStore};
+use redis::{RedisBackend, RedisSettings};
+
+/// Why a request was stopped by this step.
+#[derive(Debug, thiserror::Error)]
+pub enum RateLimitError {
+    #[error("rate limit exceeded")]
+    Exceeded(Box<Exceeded>),
+    /// The shared backend did not answer within its timeout and the policy fails closed.
+    #[error("rate limiting is unavailable")]
+    Unavailable { policy: Arc<str> },
+}
+
+#[derive(Debug)]
+pub struct Exceeded {
+    pub policy: Arc<str>,
+    /// Human-readable limit, e.g. `100 per 60s` or `quota 10000 per Month`.
+    pub limit: String,
+    pub retry_after_secs: u64,
+    /// `None` when the policy has `responseHeaders: false`.
+    pub headers: Option<RateLimitHeaders>,
+}
+
+impl RateLimitError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RateLimitError::Exceeded(_) => "rate_limited",
+            RateLimitError::Unavailable { .. } => "rate_limit_backend_unavailable",
+        }
+    }
+
+    pub fn policy(&self) -> &str {
+        match self {
+            RateLimitError::Exceeded(e) => &e.policy,
+            RateLimitError::Unavailable { policy } => policy,
+        }
+    }
+
+    pub fn limit(&self) -> Option<&str> {
+        match self {
+            RateLimitError::Exceeded(e) => Some(&e.limit),
+            RateLimitError::Unavailable { .. } => None,
+        }
+    }
+
+    /// `Retry-After` always on 429; `RateLimit-*` when the policy wants them.
+    pub fn apply_headers(&self, out: &mut HeaderMap) {
+        if let RateLimitError::Exceeded(e) = self {
+            out.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(e.retry_after_secs.max(1)),
+            );
+            if let Some(h) = &e.headers {
+                h.apply(out);
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RateLimitConfigError {
+    #[error("route {route}: unknown RateLimitPolicy {policy}")]
+    UnknownPolicy { route: String, policy: String },
+    #[error("RateLimitPolicy {0}: invalid header name")]
+    Header(String),
+}
+
+/// Process-wide limiter state that outlives config reloads: local counters and Redis
+/// connections (shared by every policy with the same Redis settings).
+pub struct Backends {
+    local: LocalStore,
+    redis: Mutex<HashMap<RedisSettings, Arc<RedisBackend>>>,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Backends {
+    pub fn new(clock: Option<Arc<dyn Clock>>) -> Self {
+        Backends {
+            local: LocalStore::new(
+                clock.unwrap_or_else(|| Arc::new(SystemClock)),
+                local::DEFAULT_MAX_COUNTERS,
+            ),
+            redis: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    pub fn local_counters(&self) -> usize {
+        self.local.len()
+    }
+
+    /// Only at config load, never per request.
+    fn redis(&self, settings: RedisSettings) -> Option<Arc<RedisBackend>> {
+        let runtime = self.runtime.clone()?;
+        let mut map = self
+            .redis
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(
+            map.entry(settings.clone())
+                .or_insert_with(|| RedisBackend::new(settings, runtime))
+                .clone(),
+        )
+    }
+}
+
+struct CompiledPolicy {
+    id: Arc<str>,
+    key: RateLimitKeyConfig,
+    header: Option<HeaderName>,
+    /// Limits, then the quota.
+    rules: Vec<Rule>,
+    tiers: Vec<(String, Vec<Rule>)>,
+    /// `None`: local counters. Also `None` when Redis was configured but no runtime exists
+    /// (then every decision is a backend failure).
+    redis: Option<Arc<RedisBackend>>,
+    redis_configured: bool,
+    cluster: bool,
+    on_failure: OnBackendFailureConfig,
+    response_headers: bool,
+}
+
+#[derive(Default)]
+struct RoutePolicies {
+    pre: Vec<usize>,
+    post: Vec<usize>,
+    /// Where this route's API key is presented, when a post-auth policy keys by it.
+    api_key: Option<(HeaderName, Option<String>)>,
+}
+
+/// The limits of one config generation.
+#[derive(Default)]
+pub struct RateLimits {
+    policies: Vec<CompiledPolicy>,
+    routes: Vec<RoutePolicies>,
+}
+
+fn rules_of(
+    algorithm: RateLimitAlgorithmConfig,
+    limits: &[LimitConfig],
+    quota: Option<&QuotaConfig>,
+) -> Vec<Rule> {
+    let kind = match algorithm {
+        RateLimitAlgorithmConfig::SlidingWindow => Kind::Sliding,
+        RateLimitAlgorithmConfig::FixedWindow => Kind::Fixed,
+        RateLimitAlgorithmConfig::TokenBucket => Kind::Gcra,
+    };
+    let mut rules: Vec<Rule> = limits
+        .iter()
+        .map(|l| Rule {
+            kind,
+            limit: l.requests,
+            period_ms: l.period_ms,
+            burst: l.burst.unwrap_or(l.requests),
+        })
+        .collect();
+    if let Some(q) = quota {
+        let (kind, period_ms) = match q.period {
+            QuotaPeriodConfig::Day => (Kind::QuotaDay, algorithms::DAY_MS),
+            QuotaPeriodConfig::Month => (Kind::QuotaMonth, 31 * algorithms::DAY_MS),
+        };
+        rules.push(Rule {
+            kind,
+            limit: q.requests,
+            period_ms,
+            burst: q.requests,
+        });
+    }
+    rules
+}
+
+fn describe(rule: &Rule) -> String {
+    match rule.kind {
+        Kind::QuotaDay => format!("quota {} per Day", rule.limit),
+        Kind::QuotaMonth => format!("quota {} per Month", rule.limit),
+        Kind::Gcra => format!(
+            "{} per {}ms (burst {})",
+            rule.limit, rule.period_ms, rule.burst
+        ),
+        Kind::Fixed | Kind::Sliding => format!("{} per {}ms", rule.limit, rule.period_ms),
+    }
+}
+
+impl RateLimits {
+    pub fn build(
+        config: &GatewayConfig,
+        backends: &Backends,
+    ) -> Result<Self, RateLimitConfigError> {
+        let mut policies = Vec::with_capacity(config.rate_limit_policies.len());
+        let mut index = HashMap::new();
+        for p in &config.rate_limit_policies {
+            let header = match &p.header {
+                Some(h) => Some(
+                    HeaderName::from_bytes(h.as_bytes())
+                        .map_err(|_| RateLimitConfigError::Header(p.id.clone()))?,
+                ),
+                None => None,
+            };
+            let (redis, redis_configured, cluster) = match &p.backend {
+                RateLimitBackendConfig::Local => (None, false, false),
+                RateLimitBackendConfig::Redis {
+                    urls,
+                    cluster,
+                    timeout_ms,
+                    ..
+                } => {
+                    let password = config
+                        .secrets
+                        .redis_passwords
+                        .iter()
+                        .find(|e| e.policy == p.id)
+                        .map(|e| e.password.clone());
+                    let settings = RedisSettings {
+                        urls: urls.clone(),
+                        cluster: *cluster,
+                        password,
+                        timeout: Duration::from_millis(*timeout_ms),
+                    };
+                    (backends.redis(settings), true, *cluster)
+                }
+            };
+            index.insert(p.id.as_str(), policies.len());
+            policies.push(CompiledPolicy {
+                id: Arc::from(p.id.as_str()),
+                key: p.key,
+                header,
+                rules: rules_of(p.algorithm, &p.limits, p.quota.as_ref()),
+                tiers: p
+                    .tiers
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.group.clone(),
+                            rules_of(p.algorithm, &t.limits, p.quota.as_ref()),
+                        )
+                    })
+                    .collect(),
+                redis,
+                redis_configured,
+                cluster,
+                on_failure: p.on_backend_failure,
+                response_headers: p.response_headers,
+            });
+        }
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let mut rp = RoutePolicies::default();
+            for id in &route.rate_limit_policies {
+                let &i =
+                    index
+                        .get(id.as_str())
+                        .ok_or_else(|| RateLimitConfigError::UnknownPolicy {
+                            route: route.id.clone(),
+                            policy: id.clone(),
+                        })?;
+                let policy = &policies[i];
+                if policy.key.is_pre_auth() {
+                    rp.pre.push(i);
+                } else {
+                    rp.post.push(i);
+                    if policy.key == RateLimitKeyConfig::ApiKey {
+                        let auth = route.authentication.as_ref();
+                        let header = auth
+                            .and_then(|a| a.api_key_header.as_deref())
+                            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                            .unwrap_or(HeaderName::from_static(DEFAULT_API_KEY_HEADER));
+                        let query = auth.and_then(|a| a.api_key_query_param.clone());
+                        rp.api_key = Some((header, query));
+                    }
+                }
+            }
+            routes.push(rp);
+        }
+        Ok(RateLimits { policies, routes })
+    }
+}
+
+/// What step 5 hands to step 8.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PreAuth {
+    /// Digest of the API key as presented, read before authentication may hide it.
+    api_key: Option<[u8; 16]>,
+}
+
+/// Step 5: limits keyed by client IP, header, route or globally.
+pub async fn pre_auth(
+    backends: &Backends,
+    runtime: &RuntimeConfig,
+    route: usize,
+    client_ip: IpAddr,
+    parts: &Parts,
+    granted: &mut Option<RateLimitHeaders>,
+) -> Result<PreAuth, RateLimitError> {
+    let limits = &runtime.rate_limits;
+    let Some(rp) = limits.routes.get(route) else {
+        return Ok(PreAuth::default());
+    };
+    let api_key = rp.api_key.as_ref().and_then(|(header, query)| {
+        let from_header = parts
+            .headers
+            .get(header)
+            .filter(|v| !v.is_empty())
+            .map(|v| keys::digest(v.as_bytes()));
+        from_header.or_else(|| {
+            let q = query.as_deref()?;
+            query_pairs(parts.uri.query())
+                .find(|(n, _)| n == q)
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(_, v)| keys::digest(v.as_bytes()))
+        })
+    });
+    if !rp.pre.is_empty() {
+        let ctx = KeyContext {
+            route_id: &runtime.routes[route].config.id,
+            client_ip,
+            headers: &parts.headers,
+            consumer: None,
+            groups: &[],
+            api_key: None,
+        };
+        decide(backends, limits, &rp.pre, &ctx, granted).await?;
+    }
+    Ok(PreAuth { api_key })
+}
+
+/// Step 8: limits keyed by consumer or API key, tiers by consumer group.
+#[allow(clippy::too_many_arguments)]
+pub async fn post_auth(
+    backends: &Backends,
+    runtime: &RuntimeConfig,
+    route: usize,
+    client_ip: IpAddr,
+    parts: &Parts,
+    identity: Identity,
+    pre: PreAuth,
+    granted: &mut Option<RateLimitHeaders>,
+) -> Result<(), RateLimitError> {
+    let limits = &runtime.rate_limits;
+    let Some(rp) = limits.routes.get(route).filter(|rp| !rp.post.is_empty()) else {
+        return Ok(());
+    };
+    let consumer = match identity {
+        Identity::Consumer(i) => runtime.keys.consumer(i),
+        Identity::Anonymous | Identity::Unauthenticated => None,
+    };
+    let ctx = KeyContext {
+        route_id: &runtime.routes[route].config.id,
+        client_ip,
+        headers: &parts.headers,
+        consumer: consumer.map(|c| c.id.as_str()),
+        groups: consumer.map_or(&[], |c| c.groups.as_slice()),
+        api_key: pre.api_key,
+    };
+    decide(backends, limits, &rp.post, &ctx, granted).await
+}
+
+struct KeyContext<'a> {
+    route_id: &'a str,
+    client_ip: IpAddr,
+    headers: &'a HeaderMap,
+    consumer: Option<&'a str>,
+    groups: &'a [String],
+    api_key: Option<[u8; 16]>,
+}
+
+impl CompiledPolicy {
+    fn material<'a>(&self, ctx: &KeyContext<'a>) -> Material<'a> {
+        let ip = Material::Ip(ctx.client_ip);
+        match self.key {
+            RateLimitKeyConfig::ClientIp => ip,
+            RateLimitKeyConfig::Global => Material::Global,
+            RateLimitKeyConfig::Route => Material::Route(ctx.route_id),
+            RateLimitKeyConfig::Header => self
+                .header
+                .as_ref()
+                .and_then(|h| ctx.headers.get(h))
+                .map_or(ip, |v| Material::Header(keys::digest(v.as_bytes()))),
+            RateLimitKeyConfig::Consumer => ctx.consumer.map_or(ip, Material::Consumer),
+            RateLimitKeyConfig::ApiKey => ctx.api_key.map_or(ip, Material::ApiKey),
+        }
+    }
+
+    /// The rules for this request and a tier slot (0 = base) that keeps tier counters apart.
+    fn rules_for(&self, groups: &[String]) -> (usize, &[Rule]) {
+        for (i, (group, rules)) in self.tiers.iter().enumerate() {
+            if groups.iter().any(|g| g == group) {
+                return (i + 1, rules);
+            }
+        }
+        (0, &self.rules)
+    }
+}
+
+/// Which policy and rule a verdict belongs to.
+#[derive(Clone, Copy)]
+struct Slot {
+    policy: usize,
+    rule: Rule,
+}
+
+const FALLBACK_MARK: u8 = 1;
+
+/// The counters one script call decides: first policy, keys, rules, their slots.
+type RedisGroup = (usize, Vec<String>, Vec<Rule>, Vec<Slot>);
+
+async fn decide(
+    backends: &Backends,
+    limits: &RateLimits,
+    policies: &[usize],
+    ctx: &KeyContext<'_>,
+    granted: &mut Option<RateLimitHeaders>,
+) -> Result<(), RateLimitError> {
+    let mut checks: Vec<Check> = Vec::with_capacity(4);
+    let mut local_slots: Vec<Slot> = Vec::with_capacity(4);
+    let mut verdicts: Vec<Verdict> = Vec::with_capacity(4);
+    let mut all_slots: Vec<(Slot, Verdict)> = Vec::with_capacity(4);
+
+    // Redis policies, grouped by deployment (and, for a cluster, by policy so that one
+    // script's keys share a slot).
+    let mut groups: Vec<RedisGroup> = Vec::new();
+    for &pi in policies {
+        let policy = &limits.policies[pi];
+        let material = policy.material(ctx);
+        let (tier, rules) = policy.rules_for(ctx.groups);
+        if !policy.redis_configured {
+            for (ri, rule) in rules.iter().enumerate() {
+                checks.push(Check {
+                    counter: backends.local.counter((&*policy.id, material, tier, ri)),
+                    rule: *rule,
+                });
+                local_slots.push(Slot {
+                    policy: pi,
+                    rule: *rule,
+                });
+            }
+            continue;
+        }
+        let group = groups.iter().position(|(first, ..)| {
+            let other = &limits.policies[*first];
+            !policy.cluster
+                && !other.cluster
+                && match (&policy.redis, &other.redis) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                }
+        });
+        let g = match group {
+            Some(g) => g,
+            None => {
+                groups.push((pi, Vec::new(), Vec::new(), Vec::new()));
+                groups.len() - 1
+            }
+        };
+        for (ri, rule) in rules.iter().enumerate() {
+            let mut key = String::new();
+            keys::redis_key(&mut key, &policy.id, &material, tier * 64 + ri);
+            groups[g].1.push(key);
+            groups[g].2.push(*rule);
+            groups[g].3.push(Slot {
+                policy: pi,
+                rule: *rule,
+            });
+        }
+    }
+
+    for (first, redis_keys, rules, slots) in &groups {
+        let backend = limits.policies[*first].redis.as_ref();
+        let result = match backend {
+            Some(b) => b.decide(redis_keys, rules, &mut verdicts).await,
+            None => Err(redis::RedisError::Unavailable),
+        };
+        match result {
+            Ok(_) => {
+                all_slots.extend(slots.iter().copied().zip(verdicts.iter().copied()));
+                if verdicts.iter().any(|v| !v.allowed) {
+                    return finish(limits, &all_slots, granted);
+                }
+            }
+            Err(_) => {
+                for slot in slots {
+                    let policy = &limits.policies[slot.policy];
+                    match policy.on_failure {
+                        OnBackendFailureConfig::Deny => {
+                            return Err(RateLimitError::Unavailable {
+                                policy: policy.id.clone(),
+                            })
+                        }
+                        OnBackendFailureConfig::Allow => {}
+                        OnBackendFailureConfig::LocalFallback => {
+                            let material = policy.material(ctx);
+                            let (tier, _) = policy.rules_for(ctx.groups);
+                            let ri = slots
+                                .iter()
+                                .filter(|s| s.policy == slot.policy)
+                                .position(|s| std::ptr::eq(s, slot))
+                                .unwrap_or(0);
+                            checks.push(Check {
+                                counter: backends.local.counter((
+                                    FALLBACK_MARK,
+                                    &*policy.id,
+                                    material,
+                                    tier,
+                                    ri,
+                                )),
+                                rule: slot.rule,
+                            });
+                            local_slots.push(*slot);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    if !checks.is_empty() {
+        backends.local.decide(&checks, &mut verdicts);
+        all_slots.extend(local_slots.iter().copied().zip(verdicts.iter().copied()));
+    }
+    finish(limits, &all_slots, granted)
+}
+
+/// Turns the verdicts of one step into its answer: the denial with the longest wait, or
+/// the headers of the tightest limit.
+fn finish(
+    limits: &RateLimits,
+    verdicts: &[(Slot, Verdict)],
+    granted: &mut Option<RateLimitHeaders>,
+) -> Result<(), RateLimitError> {
+    let denied = verdicts
+        .iter()
+        .filter(|(_, v)| !v.allowed)
+        .max_by_key(|(_, v)| v.retry_after_ms);
+    if let Some((slot, v)) = denied {
+        let policy = &limits.policies[slot.policy];
+        return Err(RateLimitError::Exceeded(Box::new(Exceeded {
+            policy: policy.id.clone(),
+            limit: describe(&slot.rule),
+            retry_after_secs: headers::secs_ceil(v.retry_after_ms).max(1),
+            headers: policy.response_headers.then(|| RateLimitHeaders::of(v)),
+        })));
+    }
+    for (slot, v) in verdicts {
+        if !limits.policies[slot.policy].response_headers {
+            continue;
+        }
+        let h = RateLimitHeaders::of(v);
+        *granted = Some(match *granted {
+            Some(g) => g.tighter(h),
+            None => h,
+        });
+    }
+    Ok(())
+}

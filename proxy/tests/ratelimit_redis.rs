@@ -1,0 +1,262 @@
+//! Rate limiting against a real Redis: exactness shared by three proxy processes, fail
+//! modes while Redis is down, and recovery without a proxy restart.
+#![allow(clippy::unwrap_used)]
+mod common;
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use portcullis_compiler::config::*;
+use redis_server::{free_port, RedisServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis-proxy");
+
+fn manifests(dir: &std::path::Path, redis_url: &str, limit: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("gw.yaml"),
+        format!(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: shared, namespace: demo}}\n\
+             spec:\n  key: Route\n  limits: [{{requests: {limit}, period: 1h}}]\n  backend: {{type: Redis, redis: {{url: \"{redis_url}\", timeout: 200ms}}}}\n\
+             ---\napiVersion: portcullis.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: hello, namespace: demo}}\n\
+             spec:\n  paths: [{{value: /}}]\n  rateLimitPolicies: [shared]\n  upstream: {{directResponse: {{status: 200, body: ok}}}}\n"
+        ),
+    )
+    .unwrap();
+}
+
+struct Proc(Child, u16);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn status_of(port: u16) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.get(9..12)?.parse().ok()
+}
+
+#[test]
+fn three_proxy_processes_share_one_limit_exactly() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("portcullis-rl3-{}", std::process::id()));
+    let limit = 300;
+    manifests(&dir, &redis.url(), limit);
+    let procs: Vec<Proc> = (0..3)
+        .map(|_| {
+            let (port, admin) = (free_port(), free_port());
+            let child = Command::new(BIN)
+                .arg("--manifests")
+                .arg(&dir)
+                .args([
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--admin-listen",
+                    &format!("127.0.0.1:{admin}"),
+                    "--no-audit",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            Proc(child, port)
+        })
+        .collect();
+    // Wait until each proxy serves and is connected to Redis (a 200 uses Redis; 503 is
+    // the fail-closed answer while it is still connecting).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for p in &procs {
+        while status_of(p.1) != Some(200) {
+            assert!(Instant::now() < deadline, "proxy on {} not ready", p.1);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    redis.cli(&["flushall"]);
+    // 12 concurrent clients, 4 per proxy, 1200 requests for a limit of 300.
+    let ports: Vec<u16> = procs.iter().map(|p| p.1).collect();
+    let handles: Vec<_> = (0..12)
+        .map(|i| {
+            let port = ports[i % 3];
+            std::thread::spawn(move || {
+                let mut counts = [0usize; 3];
+                for _ in 0..100 {
+                    match status_of(port) {
+                        Some(200) => counts[0] += 1,
+                        Some(429) => counts[1] += 1,
+                        _ => counts[2] += 1,
+                    }
+                }
+                counts
+            })
+        })
+        .collect();
+    let mut total = [0usize; 3];
+    for h in handles {
+        let c = h.join().unwrap();
+        for i in 0..3 {
+            total[i] += c[i];
+        }
+    }
+    let admitted = total[0] as f64;
+    assert_eq!(total[2], 0, "unexpected answers: {total:?}");
+    assert!(
+        (admitted - limit as f64).abs() <= limit as f64 * 0.01,
+        "admitted {total:?} for a limit of {limit}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn redis_policy(
+    id: &str,
+    url: &str,
+    mode: OnBackendFailureConfig,
+    limit: u64,
+) -> RateLimitPolicyConfig {
+    RateLimitPolicyConfig {
+        id: id.into(),
+        namespace: "default".into(),
+        global: false,
+        key: RateLimitKeyConfig::Route,
+        header: None,
+        algorithm: RateLimitAlgorithmConfig::FixedWindow,
+        limits: vec![LimitConfig {
+            requests: limit,
+            period_ms: 3_600_000,
+            burst: None,
+        }],
+        tiers: vec![],
+        quota: Some(QuotaConfig {
+            requests: 1_000_000,
+            period: QuotaPeriodConfig::Day,
+        }),
+        backend: RateLimitBackendConfig::Redis {
+            urls: vec![url.into()],
+            cluster: false,
+            timeout_ms: 50,
+            has_password: false,
+        },
+        on_backend_failure: mode,
+        response_headers: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_failure_modes_and_recovery_without_restart() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let mut routes = Vec::new();
+    let mut policies = Vec::new();
+    for (name, mode) in [
+        ("deny", OnBackendFailureConfig::Deny),
+        ("allow", OnBackendFailureConfig::Allow),
+        ("fallback", OnBackendFailureConfig::LocalFallback),
+    ] {
+        let mut r = route(
+            &format!("default/{name}"),
+            PathKind::Prefix,
+            &format!("/{name}"),
+            &[],
+        );
+        r.upstream.direct_response = Some(direct(200, "ok"));
+        r.rate_limit_policies = vec![format!("default/{name}")];
+        routes.push(r);
+        policies.push(redis_policy(
+            &format!("default/{name}"),
+            &redis.url(),
+            mode,
+            5,
+        ));
+    }
+    let mut cfg = config(routes);
+    cfg.rate_limit_policies = policies;
+    let proxy = start(cfg).await;
+    let addr = proxy.local_addr();
+    let c = client();
+    // Connected: the shared limit applies (5 per hour per route).
+    assert!(eventually(Duration::from_secs(10), || true).await);
+    let mut ok = false;
+    for _ in 0..200 {
+        if send(&c, addr, get("/deny")).await.status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ok, "never connected to Redis");
+    let mut admitted = 1;
+    for _ in 0..9 {
+        if send(&c, addr, get("/deny")).await.status == 200 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5);
+    assert!(redis.cli(&["keys", "pcl:*"]).contains("default/deny"));
+
+    redis.kill();
+    // Deny: 503 JSON, within the 50 ms timeout (plus local overhead of a debug build).
+    for _ in 0..5 {
+        let started = Instant::now();
+        let r = send(&c, addr, get("/deny")).await;
+        assert_eq!(r.status, 503, "{:?}", r.body);
+        assert_eq!(r.json()["error"], "rate limiting is unavailable");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // Allow: passes without limits.
+    for _ in 0..10 {
+        assert_eq!(send(&c, addr, get("/allow")).await.status, 200);
+    }
+    // LocalFallback: limited by local counters (5) while Redis is away.
+    let mut fallback = Vec::new();
+    for _ in 0..10 {
+        fallback.push(send(&c, addr, get("/fallback")).await.status.as_u16());
+    }
+    assert_eq!(
+        fallback.iter().filter(|&&s| s == 200).count(),
+        5,
+        "{fallback:?}"
+    );
+    assert_eq!(fallback.iter().filter(|&&s| s == 429).count(), 5);
+
+    // Redis back (empty): shared limiting resumes, no proxy restart.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = send(&c, addr, get("/deny")).await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "limiting did not resume: {}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut admitted = 1;
+    for _ in 0..9 {
+        if send(&c, addr, get("/deny")).await.status == 200 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5);
+    assert!(redis.cli(&["keys", "pcl:*"]).contains("default/deny"));
+}
