@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::auth::AuthError;
 use crate::body::{full, ProxyBody};
 use crate::cors::CorsError;
+use crate::counters::Enforcement;
 use crate::ip_filter::IpDenied;
 use crate::upstream::UpstreamError;
 use crate::validate::ValidationError;
@@ -70,6 +71,22 @@ impl GatewayError {
             GatewayError::Auth(e) => e.reason(),
             GatewayError::Validation(e) => e.reason(),
             GatewayError::Upstream(e) => e.reason(),
+        }
+    }
+
+    /// Which report counter a denial counts in; `None` for denials the report does not
+    /// count (no route, IP, CORS) and for failures that are not policy decisions (upstream).
+    pub fn enforcement(&self) -> Option<Enforcement> {
+        match self {
+            GatewayError::Auth(_) => Some(Enforcement::AuthFailure),
+            // 400, 413 and 415 from validation, and 413 from the streamed body limit.
+            GatewayError::Validation(_) | GatewayError::Upstream(UpstreamError::BodyTooLarge) => {
+                Some(Enforcement::ValidationFailed)
+            }
+            GatewayError::NoRoute
+            | GatewayError::Ip(_)
+            | GatewayError::Cors(_)
+            | GatewayError::Upstream(_) => None,
         }
     }
 

@@ -44,6 +44,8 @@ use crate::{client_ip, cors, forward_headers, ip_filter, request_id, response_he
 /// Process-wide state shared by every connection.
 pub struct Shared {
     pub store: ConfigStore,
+    /// Report counters by route id; outlive config swaps.
+    pub counters: crate::counters::CounterRegistry,
     pub metrics: Metrics,
     pub audit: Audit,
     pub trusted_proxies: Vec<IpNet>,
@@ -93,10 +95,18 @@ pub async fn handle(
     .await;
     let route = outcome.route.and_then(|i| runtime.routes.get(i));
     let (mut response, denial) = match result {
-        Ok(response) => (response, None),
+        Ok(response) => {
+            if let Some(route) = route {
+                route.counters.record(None);
+            }
+            (response, None)
+        }
         Err(error) => {
             if let (GatewayError::Auth(e), Some(route)) = (&error, route) {
                 shared.metrics.auth_failure(&route.config.id, e.reason());
+            }
+            if let Some(route) = route {
+                route.counters.record(error.enforcement());
             }
             let denial = (error.step(), error.reason());
             let unauthorized = matches!(&error, GatewayError::Auth(e) if e.is_authentication());

@@ -2,6 +2,7 @@
 //! and idle timeouts, a header size limit (431 on HTTP/1), and graceful shutdown: stop
 //! accepting, let in-flight requests finish (bounded by the drain timeout), then return.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -14,6 +15,7 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use ipnet::IpNet;
+use portcullis_compiler::report;
 use portcullis_compiler::GatewayConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
@@ -22,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::admin;
 use crate::audit::{Audit, AuditSink};
 use crate::config_store::{ConfigError, ConfigStore, RuntimeConfig};
+use crate::counters::CounterRegistry;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Shared};
 use crate::upstream::ClientPool;
@@ -87,11 +90,16 @@ impl ProxyServer {
         initial: Option<GatewayConfig>,
     ) -> Result<RunningProxy, StartError> {
         let clients = ClientPool::default();
+        let counters = CounterRegistry::default();
         let loaded = initial.is_some();
-        let runtime =
-            RuntimeConfig::build(&initial.unwrap_or_else(GatewayConfig::empty), &clients)?;
+        let runtime = RuntimeConfig::build(
+            &initial.unwrap_or_else(GatewayConfig::empty),
+            &clients,
+            &counters,
+        )?;
         let shared = Arc::new(Shared {
             store: ConfigStore::new(runtime, loaded),
+            counters,
             metrics: Metrics::new(),
             audit: Audit::new(options.audit.clone()),
             trusted_proxies: options.trusted_proxies.clone(),
@@ -172,7 +180,7 @@ impl RunningProxy {
 
     /// Compiles and atomically publishes a new config; on error the current one stays.
     pub fn swap_config(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
-        let runtime = RuntimeConfig::build(config, &self.shared.clients)?;
+        let runtime = RuntimeConfig::build(config, &self.shared.clients, &self.shared.counters)?;
         self.shared.store.store(runtime);
         tracing::info!(generation = %config.generation, routes = config.routes.len(), "config loaded");
         Ok(())
@@ -216,13 +224,26 @@ pub struct ConfigHandle {
 
 impl ConfigHandle {
     pub fn swap_config(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
-        let runtime = RuntimeConfig::build(config, &self.shared.clients)?;
+        let runtime = RuntimeConfig::build(config, &self.shared.clients, &self.shared.counters)?;
         self.shared.store.store(runtime);
         Ok(())
     }
 
     pub fn generation(&self) -> String {
         self.shared.store.load().generation.clone()
+    }
+
+    /// The generation of the loaded config; `None` before the first load.
+    pub fn loaded_generation(&self) -> Option<String> {
+        self.shared
+            .store
+            .is_loaded()
+            .then(|| self.shared.store.load().generation.clone())
+    }
+
+    /// Per-route counters of routes that saw traffic since the process started.
+    pub fn route_counters(&self) -> BTreeMap<String, report::RouteCounters> {
+        self.shared.counters.snapshot()
     }
 }
 
