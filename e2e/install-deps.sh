@@ -7,6 +7,7 @@ PACKAGES=(
   "curl curl"
   "jq jq"
   "openssl openssl"
+  "kubectl kubectl"
 )
 
 missing=()
