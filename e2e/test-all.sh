@@ -11,5 +11,11 @@ fi
 
 ./e2e/install-deps.sh
 
+echo "== building the binaries the end-to-end tests run as processes"
+cargo build --workspace --bins --locked
+
+echo "== test control plane: kube-apiserver (built once from Debian's source, then cached)"
+./e2e/env/ensure-apiserver.sh >/dev/null
+
 echo "== cargo test --workspace"
 cargo test --workspace --all-targets --locked

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stop the control plane that e2e/env/start.sh started in STATEDIR: kube-apiserver first, then
-# etcd; SIGTERM, then SIGKILL after PORTCULLIS_STOP_TIMEOUT seconds (default 15); returns only
+# etcd; SIGTERM, then SIGKILL after PORTCULLIS_STOP_TIMEOUT seconds (default 3; tests need no graceful shutdown); returns only
 # when both are gone.  Idempotent; does nothing for an external cluster.  Keeps STATEDIR (logs,
 # etcd data) -- remove it yourself.
 #
@@ -10,7 +10,7 @@ set -uo pipefail
 [[ $# -eq 1 ]] || { echo "usage: $0 STATEDIR" >&2; exit 2; }
 [[ -d $1 ]] || exit 0
 STATE=$(cd "$1" && pwd -P)
-TIMEOUT=${PORTCULLIS_STOP_TIMEOUT:-15}
+TIMEOUT=${PORTCULLIS_STOP_TIMEOUT:-3}
 log() { printf '[e2e-env %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 stop_one() { # name

@@ -29,6 +29,8 @@ fn start_proxy(cluster: &Cluster, name: &str) -> Proxy {
         "--replica-id".into(),
         name.into(),
         "--no-audit".into(),
+        "--report-interval".into(),
+        "1s".into(),
     ];
     let process = Process::spawn(
         name,
@@ -183,20 +185,25 @@ fn operator_and_two_proxies_enforce_and_report() {
             401
         );
     }
-    let table = wait_for(
-        "PROXIES 2/2 and BLOCKED counts",
+    // Each proxy answered two 401s: the reports carry them into status and the BLOCKED column.
+    let object = wait_for(
+        "enforcement counters in status",
         Duration::from_secs(15),
         || {
-            let table = proxies_column(&cluster);
-            (table.contains("2/2")
-                && table
-                    .lines()
-                    .nth(1)
-                    .is_some_and(|l| !l.trim_end().ends_with("<none>")))
-            .then_some(table)
+            let object = cluster.get("apiroutes", NS, "users")?;
+            (object["status"]["enforcement"]["authFailures"].as_u64()? >= 4).then_some(object)
         },
     );
+    assert!(
+        object["status"]["enforcement"]["requests"]
+            .as_u64()
+            .unwrap()
+            >= 6,
+        "{object}"
+    );
+    let table = proxies_column(&cluster);
     println!("{table}");
+    assert!(table.contains("2/2"), "{table}");
     for column in [
         "HOSTS",
         "PATHS",
@@ -208,14 +215,6 @@ fn operator_and_two_proxies_enforce_and_report() {
     ] {
         assert!(table.contains(column), "{column} missing in\n{table}");
     }
-    let object = cluster.get("apiroutes", NS, "users").unwrap();
-    assert!(
-        object["status"]["enforcement"]["authFailures"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1,
-        "{object}"
-    );
 
     // A change reaches both proxies, and status follows.
     let started = Instant::now();

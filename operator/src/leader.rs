@@ -2,9 +2,8 @@
 //! write config or status at the same time.
 //!
 //! Optimistic concurrency (the Lease's resourceVersion) decides races. A leader that cannot
-//! renew within the lease duration gives up leadership and the process exits: its
-//! Deployment restarts it as a follower, which is simpler and safer than trying to stop
-//! every task that might still write.
+//! renew within the lease duration steps down before another replica may take over: the
+//! reconcile loop stops at once and the replica competes for the lease again.
 
 use std::time::Duration;
 

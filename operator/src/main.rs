@@ -137,14 +137,6 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
 
-    if !args.no_leader_election {
-        tokio::select! {
-            () = elector.acquire() => {}
-            () = &mut shutdown => return Ok(()),
-        }
-    }
-    metrics.leader.set(1);
-
     stores.wait_ready().await;
     admin.ready.store(true, Ordering::Relaxed);
 
@@ -162,55 +154,69 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
         recorder,
     );
-    let lost = {
-        let elector = elector.clone();
-        let enabled = !args.no_leader_election;
-        async move {
-            if enabled {
-                elector.hold().await
-            } else {
-                std::future::pending().await
-            }
-        }
-    };
-    tokio::pin!(lost);
-
     let debounce = Duration::from_millis(args.debounce_ms);
     let resync = Duration::from_secs(args.resync_seconds.max(1));
+
+    // Leadership terms: a replica that loses the lease (say, the API server was away for
+    // longer than the lease) stops acting and competes again, instead of exiting.
     loop {
-        tokio::select! {
-            () = trigger.notified() => {
-                // Batch the burst that usually follows one change.
-                tokio::time::sleep(debounce).await;
-            }
-            () = tokio::time::sleep(resync) => {}
-            error = &mut lost => {
-                metrics.leader.set(0);
-                anyhow::bail!("{error}; exiting so that a follower takes over");
-            }
-            () = &mut shutdown => {
-                tracing::info!("shutting down");
-                if !args.no_leader_election {
-                    elector.release().await;
-                }
-                return Ok(());
+        if !args.no_leader_election {
+            tokio::select! {
+                () = elector.acquire() => {}
+                () = &mut shutdown => return Ok(()),
             }
         }
-        metrics.reconciles.inc();
-        if let Err(e) = reconciler.reconcile().await {
-            metrics
-                .errors
-                .get_or_create(&ErrorLabels {
-                    reason: e.reason().into(),
-                })
-                .inc();
-            tracing::warn!(error = %e, "reconcile failed; retrying");
-            // Level-triggered: the next pass redoes everything, so retry soon.
-            let trigger = trigger.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                trigger.notify_one();
-            });
+        metrics.leader.set(1);
+        // Another leader may have published in between: publish afresh this term.
+        reconciler.start_term();
+        let lost = {
+            let elector = elector.clone();
+            let enabled = !args.no_leader_election;
+            async move {
+                if enabled {
+                    elector.hold().await
+                } else {
+                    std::future::pending().await
+                }
+            }
+        };
+        tokio::pin!(lost);
+        loop {
+            metrics.reconciles.inc();
+            if let Err(e) = reconciler.reconcile().await {
+                metrics
+                    .errors
+                    .get_or_create(&ErrorLabels {
+                        reason: e.reason().into(),
+                    })
+                    .inc();
+                tracing::warn!(error = %e, "reconcile failed; retrying");
+                // Level-triggered: the next pass redoes everything, so retry soon.
+                let trigger = trigger.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    trigger.notify_one();
+                });
+            }
+            tokio::select! {
+                () = trigger.notified() => {
+                    // Batch the burst that usually follows one change.
+                    tokio::time::sleep(debounce).await;
+                }
+                () = tokio::time::sleep(resync) => {}
+                error = &mut lost => {
+                    metrics.leader.set(0);
+                    tracing::warn!(%error, "stepped down; competing for the lease again");
+                    break;
+                }
+                () = &mut shutdown => {
+                    tracing::info!("shutting down");
+                    if !args.no_leader_election {
+                        elector.release().await;
+                    }
+                    return Ok(());
+                }
+            }
         }
     }
 }

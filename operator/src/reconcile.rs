@@ -130,6 +130,12 @@ impl Reconciler {
         }
     }
 
+    /// Forgets what this replica last published, so that a new leadership term publishes
+    /// the current config even if another leader wrote something else in between.
+    pub fn start_term(&mut self) {
+        self.last_published = None;
+    }
+
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             routes: owned(self.stores.routes.state()),

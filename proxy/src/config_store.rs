@@ -12,6 +12,7 @@ use portcullis_compiler::GatewayConfig;
 
 use crate::auth::{CompiledAuth, KeyStore, KeyStoreError};
 use crate::cors::{CompiledCors, CorsConfigError};
+use crate::counters::{CounterRegistry, RouteCounters};
 use crate::metrics::RouteMetrics;
 use crate::ratelimit::{Backends, RateLimitConfigError, RateLimits};
 use crate::response_headers::{CompiledResponseHeaders, ResponseHeaderError};
@@ -51,10 +52,16 @@ pub struct CompiledRoute {
     pub cors: Option<CompiledCors>,
     pub response_headers: CompiledResponseHeaders,
     pub metrics: RouteMetrics,
+    /// Report counters; shared with every other config that has this route.
+    pub counters: Arc<RouteCounters>,
 }
 
 impl CompiledRoute {
-    fn build(config: &RouteConfig, pool: &ClientPool) -> Result<Self, ConfigError> {
+    fn build(
+        config: &RouteConfig,
+        pool: &ClientPool,
+        counters: Arc<RouteCounters>,
+    ) -> Result<Self, ConfigError> {
         let route = || config.id.clone();
         Ok(CompiledRoute {
             upstream: Upstream::new(&config.upstream, pool).map_err(|source| {
@@ -91,6 +98,7 @@ impl CompiledRoute {
                 source,
             })?,
             metrics: RouteMetrics::new(&config.id),
+            counters,
             config: config.clone(),
         })
     }
@@ -109,14 +117,17 @@ impl RuntimeConfig {
         config: &GatewayConfig,
         pool: &ClientPool,
         limiter: &Backends,
+        counters: &CounterRegistry,
     ) -> Result<Self, ConfigError> {
+        let route_counters = counters.for_routes(config.routes.iter().map(|r| r.id.as_str()));
         Ok(RuntimeConfig {
             generation: config.generation.clone(),
             router: Router::build(&config.routes)?,
             routes: config
                 .routes
                 .iter()
-                .map(|r| CompiledRoute::build(r, pool))
+                .zip(route_counters)
+                .map(|(r, c)| CompiledRoute::build(r, pool, c))
                 .collect::<Result<_, _>>()?,
             keys: KeyStore::build(&config.consumers, &config.secrets)?,
             rate_limits: RateLimits::build(config, limiter)?,

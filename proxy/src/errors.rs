@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::auth::AuthError;
 use crate::body::{full, ProxyBody};
 use crate::cors::CorsError;
+use crate::counters::Enforcement;
 use crate::ip_filter::IpDenied;
 use crate::ratelimit::RateLimitError;
 use crate::upstream::UpstreamError;
@@ -79,6 +80,27 @@ impl GatewayError {
             GatewayError::Validation(e) => e.reason(),
             GatewayError::Upstream(e) => e.reason(),
             GatewayError::RateLimit(e) => e.reason(),
+        }
+    }
+
+    /// Which report counter a denial counts in; `None` for denials the report does not
+    /// count (no route, IP, CORS) and for failures that are not policy decisions (upstream).
+    pub fn enforcement(&self) -> Option<Enforcement> {
+        match self {
+            GatewayError::Auth(_) => Some(Enforcement::AuthFailure),
+            // 400, 413 and 415 from validation, and 413 from the streamed body limit.
+            GatewayError::Validation(_) | GatewayError::Upstream(UpstreamError::BodyTooLarge) => {
+                Some(Enforcement::ValidationFailed)
+            }
+            GatewayError::RateLimit(crate::ratelimit::RateLimitError::Exceeded(_)) => {
+                Some(Enforcement::RateLimited)
+            }
+            // A rate-limit backend failure (503) is not a client being limited.
+            GatewayError::RateLimit(_)
+            | GatewayError::NoRoute
+            | GatewayError::Ip(_)
+            | GatewayError::Cors(_)
+            | GatewayError::Upstream(_) => None,
         }
     }
 

@@ -1,13 +1,14 @@
-//! `portcullis-proxy`: standalone mode (`--manifests`), `--check`, and (later) `--kube`.
+//! `portcullis-proxy`: standalone mode (`--manifests`), `--check`, and cluster mode (`--kube`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use ipnet::IpNet;
-use portcullis_proxy::{standalone, AuditSink, ProxyOptions, ProxyServer};
+use portcullis_proxy::{cluster, standalone, AuditSink, ProxyOptions, ProxyServer};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,11 +33,19 @@ struct Args {
     /// Peers whose X-Forwarded-For is honoured (comma-separated CIDRs).
     #[arg(long, value_delimiter = ',', value_name = "CIDR")]
     trusted_proxies: Vec<IpNet>,
-    /// Cluster mode (not implemented yet).
-    #[arg(long)]
+    /// Cluster mode: load the config the operator writes, through the Kubernetes API
+    /// (in-cluster credentials or $KUBECONFIG).
+    #[arg(long, conflicts_with_all = ["manifests", "check"])]
     kube: bool,
+    /// Namespace of the operator's config objects and of this replica's report Lease.
     #[arg(long, default_value = "portcullis-system")]
     namespace: String,
+    /// Replica id for the report Lease (default: $POD_NAME, else HOSTNAME-PID).
+    #[arg(long)]
+    replica_id: Option<String>,
+    /// How often the replica reports its generation and counters (e.g. 5s).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    report_interval: Duration,
     /// Runtime worker threads (default: number of cores).
     #[arg(long)]
     workers: Option<usize>,
@@ -73,12 +82,43 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.kube {
-        bail!("--kube (cluster mode) is not implemented yet; use --manifests");
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    portcullis_compiler::units::parse_duration_ms(text)
+        .map(Duration::from_millis)
+        .map_err(|e| e.to_string())
+}
+
+fn proxy_options(args: &Args) -> ProxyOptions {
+    ProxyOptions {
+        listen: args.listen,
+        admin_listen: Some(args.admin_listen),
+        trusted_proxies: args.trusted_proxies.clone(),
+        drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        audit: if args.no_audit {
+            AuditSink::Disabled
+        } else {
+            AuditSink::Stdout
+        },
+        ..ProxyOptions::default()
     }
+}
+
+fn runtime(args: &Args) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    runtime.enable_all().build().context("starting the runtime")
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.tls_listen.is_some() {
         bail!("--tls-listen is not implemented yet");
+    }
+    if args.kube {
+        return run_kube(args);
     }
     if args.manifests.is_empty() {
         bail!("--manifests DIR_OR_FILE is required");
@@ -93,34 +133,42 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let config = standalone::load(&args.manifests).context("loading manifests")?;
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(workers.max(1));
-    }
-    let runtime = runtime
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async move {
-        let options = ProxyOptions {
-            listen: args.listen,
-            admin_listen: Some(args.admin_listen),
-            trusted_proxies: args.trusted_proxies,
-            drain_timeout: std::time::Duration::from_secs(args.drain_timeout_secs),
-            max_connections: args.max_connections,
-            max_connections_per_ip: args.max_connections_per_ip,
-            audit: if args.no_audit {
-                AuditSink::Disabled
-            } else {
-                AuditSink::Stdout
-            },
-            ..ProxyOptions::default()
-        };
-        let proxy = ProxyServer::start(options, config).await?;
+    runtime(&args)?.block_on(async move {
+        let proxy = ProxyServer::start(proxy_options(&args), config).await?;
         let _watcher = standalone::watch(args.manifests.clone(), proxy.config_handle())
             .context("watching the manifests")?;
         wait_for_signal().await;
         tracing::info!("shutting down; draining connections");
+        let drained = proxy.shutdown().await;
+        tracing::info!(drained, "stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Cluster mode: serve unloaded (not ready) until the operator's config arrives.
+fn run_kube(args: Args) -> anyhow::Result<ExitCode> {
+    // The kube client's TLS needs a process-wide rustls provider; ring is the only one
+    // compiled in. An error only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    runtime(&args)?.block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .context("no Kubernetes credentials (in-cluster service account or $KUBECONFIG)")?;
+        let proxy = ProxyServer::start_unloaded(proxy_options(&args)).await?;
+        let replica = cluster::replica_id(args.replica_id.as_deref());
+        tracing::info!(%replica, namespace = %args.namespace, "cluster mode");
+        let cluster = cluster::start(
+            client,
+            proxy.config_handle(),
+            cluster::ClusterOptions {
+                namespace: args.namespace.clone(),
+                replica,
+                report_interval: args.report_interval,
+            },
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down; removing the report and draining connections");
+        cluster.shutdown().await;
         let drained = proxy.shutdown().await;
         tracing::info!(drained, "stopped");
         Ok(ExitCode::SUCCESS)

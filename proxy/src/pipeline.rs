@@ -45,6 +45,8 @@ use crate::{client_ip, cors, forward_headers, ip_filter, request_id, response_he
 /// Process-wide state shared by every connection.
 pub struct Shared {
     pub store: ConfigStore,
+    /// Report counters by route id; outlive config swaps.
+    pub counters: crate::counters::CounterRegistry,
     pub metrics: Metrics,
     pub audit: Audit,
     pub trusted_proxies: Vec<IpNet>,
@@ -98,7 +100,12 @@ pub async fn handle(
     let route = outcome.route.and_then(|i| runtime.routes.get(i));
     let mut limited_by = None;
     let (mut response, denial) = match result {
-        Ok(response) => (response, None),
+        Ok(response) => {
+            if let Some(route) = route {
+                route.counters.record(None);
+            }
+            (response, None)
+        }
         Err(error) => {
             if let (GatewayError::Auth(e), Some(route)) = (&error, route) {
                 shared.metrics.auth_failure(&route.config.id, e.reason());
@@ -108,6 +115,9 @@ pub async fn handle(
                     shared.metrics.rate_limited(&route.config.id, e.policy());
                 }
                 limited_by = Some((e.policy().to_string(), e.limit().map(str::to_string)));
+            }
+            if let Some(route) = route {
+                route.counters.record(error.enforcement());
             }
             let denial = (error.step(), error.reason());
             let unauthorized = matches!(&error, GatewayError::Auth(e) if e.is_authentication());

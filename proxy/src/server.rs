@@ -2,6 +2,7 @@
 //! and idle timeouts, a header size limit (431 on HTTP/1), and graceful shutdown: stop
 //! accepting, let in-flight requests finish (bounded by the drain timeout), then return.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -14,6 +15,7 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use ipnet::IpNet;
+use portcullis_compiler::report;
 use portcullis_compiler::GatewayConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
@@ -23,6 +25,7 @@ use crate::admin;
 use crate::audit::{Audit, AuditSink};
 use crate::config_store::{ConfigError, ConfigStore, RuntimeConfig};
 use crate::connection_limits::{self, ConnectionLimits, ConnectionPermit};
+use crate::counters::CounterRegistry;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Shared};
 use crate::upstream::ClientPool;
@@ -98,14 +101,17 @@ impl ProxyServer {
     ) -> Result<RunningProxy, StartError> {
         let clients = ClientPool::default();
         let limiter = crate::ratelimit::Backends::new(options.rate_limit_clock.clone());
+        let counters = CounterRegistry::default();
         let loaded = initial.is_some();
         let runtime = RuntimeConfig::build(
             &initial.unwrap_or_else(GatewayConfig::empty),
             &clients,
             &limiter,
+            &counters,
         )?;
         let shared = Arc::new(Shared {
             store: ConfigStore::new(runtime, loaded),
+            counters,
             metrics: Metrics::new(),
             audit: Audit::new(options.audit.clone()),
             trusted_proxies: options.trusted_proxies.clone(),
@@ -187,7 +193,12 @@ impl RunningProxy {
 
     /// Compiles and atomically publishes a new config; on error the current one stays.
     pub fn swap_config(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
-        let runtime = RuntimeConfig::build(config, &self.shared.clients, &self.shared.limiter)?;
+        let runtime = RuntimeConfig::build(
+            config,
+            &self.shared.clients,
+            &self.shared.limiter,
+            &self.shared.counters,
+        )?;
         self.shared.store.store(runtime);
         tracing::info!(generation = %config.generation, routes = config.routes.len(), "config loaded");
         Ok(())
@@ -231,13 +242,31 @@ pub struct ConfigHandle {
 
 impl ConfigHandle {
     pub fn swap_config(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
-        let runtime = RuntimeConfig::build(config, &self.shared.clients, &self.shared.limiter)?;
+        let runtime = RuntimeConfig::build(
+            config,
+            &self.shared.clients,
+            &self.shared.limiter,
+            &self.shared.counters,
+        )?;
         self.shared.store.store(runtime);
         Ok(())
     }
 
     pub fn generation(&self) -> String {
         self.shared.store.load().generation.clone()
+    }
+
+    /// The generation of the loaded config; `None` before the first load.
+    pub fn loaded_generation(&self) -> Option<String> {
+        self.shared
+            .store
+            .is_loaded()
+            .then(|| self.shared.store.load().generation.clone())
+    }
+
+    /// Per-route counters of routes that saw traffic since the process started.
+    pub fn route_counters(&self) -> BTreeMap<String, report::RouteCounters> {
+        self.shared.counters.snapshot()
     }
 }
 

@@ -1,0 +1,99 @@
+//! Cluster mode (`portcullis-proxy --kube`): the config comes from the ConfigMaps and Secrets
+//! the operator writes ([`portcullis_compiler::delivery`]), read through a watch on the API
+//! server rather than a mounted volume (kubelet's volume sync lags by up to a minute), and
+//! the replica reports what it runs in a Lease ([`portcullis_compiler::report`]).
+//!
+//! Guarantees:
+//! - a config is swapped in only when both halves are complete with one generation, and that
+//!   generation is not the one already loaded; otherwise the last good config keeps serving
+//!   ([`assemble::decide`]);
+//! - readiness (`/readyz`) needs a loaded config: the server starts unloaded;
+//! - the API server going away never stops serving: watches retry with a capped backoff and
+//!   report failures are logged and retried at the next interval.
+//!
+//! RBAC the proxy needs, in its own namespace (the Helm chart's Role for the proxy
+//! ServiceAccount):
+//!
+//! ```yaml
+//! rules:
+//!   - apiGroups: [""]
+//!     resources: [configmaps, secrets]
+//!     verbs: [get, list, watch]
+//!   - apiGroups: [coordination.k8s.io]
+//!     resources: [leases]
+//!     verbs: [get, create, update, delete]
+//! ```
+//! (`delete` only lets a replica remove its report on graceful shutdown; without it the
+//! Lease simply expires after `LEASE_DURATION_SECONDS`.)
+
+pub mod assemble;
+mod loader;
+mod reporter;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::server::ConfigHandle;
+
+pub use reporter::{lease_name, replica_id};
+
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Namespace of the config objects and of the report Lease.
+    pub namespace: String,
+    /// Replica id: names the Lease (`portcullis-proxy-REPLICA`).
+    pub replica: String,
+    /// How often the report is renewed (it is also sent right after each config swap).
+    pub report_interval: Duration,
+}
+
+/// The running watch and reporter tasks.
+pub struct ClusterMode {
+    loader: JoinHandle<()>,
+    reporter: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+/// Starts watching the config objects into `handle` and reporting. Must run inside a tokio
+/// runtime. Never fails: an unreachable or refusing API server only delays the first config.
+pub fn start(client: kube::Client, handle: ConfigHandle, options: ClusterOptions) -> ClusterMode {
+    // Installed here as well as by main: with exactly one provider compiled in rustls would
+    // pick it anyway, but an explicit default keeps a second provider sneaking in through a
+    // dependency from turning into a panic at the first TLS handshake.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let swapped = Arc::new(Notify::new());
+    let (stop, stop_rx) = watch::channel(false);
+    let loader = tokio::spawn(loader::run(
+        client.clone(),
+        options.namespace.clone(),
+        handle.clone(),
+        swapped.clone(),
+    ));
+    let reporter = tokio::spawn(reporter::run(client, options, handle, swapped, stop_rx));
+    ClusterMode {
+        loader,
+        reporter,
+        stop,
+    }
+}
+
+impl ClusterMode {
+    /// Stops watching and removes this replica's report (best effort, bounded), so the
+    /// operator stops counting the replica at once instead of after the Lease expires.
+    pub async fn shutdown(mut self) {
+        self.loader.abort();
+        let _ = self.stop.send(true);
+        let _ = (&mut self.reporter).await;
+    }
+}
+
+impl Drop for ClusterMode {
+    fn drop(&mut self) {
+        // Dropped without shutdown (e.g. a test ending): do not leave tasks behind.
+        self.loader.abort();
+        let _ = self.stop.send(true);
+    }
+}
