@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use portcullis_compiler::config::RouteConfig;
+use portcullis_compiler::config::{RouteConfig, SecretConfig};
 use portcullis_compiler::GatewayConfig;
 
 use crate::auth::{CompiledAuth, KeyStore, KeyStoreError};
@@ -51,7 +51,11 @@ pub struct CompiledRoute {
 }
 
 impl CompiledRoute {
-    fn build(config: &RouteConfig, pool: &ClientPool) -> Result<Self, ConfigError> {
+    fn build(
+        config: &RouteConfig,
+        pool: &ClientPool,
+        secrets: &SecretConfig,
+    ) -> Result<Self, ConfigError> {
         let route = || config.id.clone();
         Ok(CompiledRoute {
             upstream: Upstream::new(&config.upstream, pool).map_err(|source| {
@@ -60,7 +64,10 @@ impl CompiledRoute {
                     source,
                 }
             })?,
-            auth: config.authentication.as_ref().map(CompiledAuth::new),
+            auth: config
+                .authentication
+                .as_ref()
+                .map(|a| CompiledAuth::new(a, &config.id, &config.namespace, secrets, &pool.auth)),
             validation: config
                 .request_validation
                 .as_ref()
@@ -108,7 +115,7 @@ impl RuntimeConfig {
             routes: config
                 .routes
                 .iter()
-                .map(|r| CompiledRoute::build(r, pool))
+                .map(|r| CompiledRoute::build(r, pool, &config.secrets))
                 .collect::<Result<_, _>>()?,
             keys: KeyStore::build(&config.consumers, &config.secrets)?,
         })

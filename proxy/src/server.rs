@@ -38,6 +38,8 @@ pub struct ProxyOptions {
     pub max_header_bytes: usize,
     pub drain_timeout: Duration,
     pub audit: AuditSink,
+    /// Clock, extra CA and JWKS timing for authentication.
+    pub auth: crate::auth::AuthOptions,
 }
 
 impl Default for ProxyOptions {
@@ -51,6 +53,7 @@ impl Default for ProxyOptions {
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(30),
             audit: AuditSink::Stdout,
+            auth: crate::auth::AuthOptions::default(),
         }
     }
 }
@@ -64,6 +67,8 @@ pub enum StartError {
     },
     #[error("invalid config: {0}")]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthRuntimeError),
 }
 
 pub struct ProxyServer;
@@ -86,7 +91,7 @@ impl ProxyServer {
         options: ProxyOptions,
         initial: Option<GatewayConfig>,
     ) -> Result<RunningProxy, StartError> {
-        let clients = ClientPool::default();
+        let clients = ClientPool::new(crate::auth::AuthRuntime::new(&options.auth)?);
         let loaded = initial.is_some();
         let runtime =
             RuntimeConfig::build(&initial.unwrap_or_else(GatewayConfig::empty), &clients)?;
