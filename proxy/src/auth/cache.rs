@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 const SHARDS: usize = 16;
 
 pub type CacheKey = [u8; 32];
+type Shard<V> = Mutex<HashMap<CacheKey, (u64, Arc<V>)>>;
 
 pub fn key_of(parts: &[&[u8]]) -> CacheKey {
     let mut hasher = Sha256::new();
@@ -24,7 +25,7 @@ pub fn key_of(parts: &[&[u8]]) -> CacheKey {
 }
 
 pub struct TtlCache<V> {
-    shards: Vec<Mutex<HashMap<CacheKey, (u64, Arc<V>)>>>,
+    shards: Vec<Shard<V>>,
     per_shard: usize,
 }
 
