@@ -252,7 +252,12 @@ impl CompiledJwt {
             if !entry.key.allows(alg) {
                 return Err(TokenError::BadAlgorithm);
             }
-            check_signature(signature, signing_input, std::slice::from_ref(&entry.key), alg)?;
+            check_signature(
+                signature,
+                signing_input,
+                std::slice::from_ref(&entry.key),
+                alg,
+            )?;
             (Some(entry.consumer), None)
         } else {
             // 2. An external issuer: the only one, or the one the (unverified) iss names.
