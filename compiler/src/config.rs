@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+mod auth;
+pub use auth::*;
+
 /// One complete, self-consistent config snapshot.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -38,6 +41,12 @@ pub struct SecretConfig {
     /// Redis passwords of rate-limit backends, by policy id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redis_passwords: Vec<RedisPasswordEntry>,
+    /// HMAC keys of consumers (JWT HS*).
+    #[serde(default)]
+    pub jwt_secrets: Vec<JwtSecretEntry>,
+    /// OAuth2 introspection client secrets, by route.
+    #[serde(default)]
+    pub introspection_secrets: Vec<ClientSecretEntry>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -79,7 +88,7 @@ impl ObjectKind {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerConfig {
     /// `namespace/consumer`.
@@ -88,6 +97,12 @@ pub struct ConsumerConfig {
     /// The consumer name sent upstream as `X-Consumer-Username`.
     pub username: String,
     pub groups: Vec<String>,
+    /// Public JWT keys (RS*, PS*, ES*, EdDSA); HMAC keys are in the Secret half.
+    #[serde(default)]
+    pub jwt_keys: Vec<JwtPublicKeyConfig>,
+    /// OAuth2 `client_id`/`azp` values that identify this consumer.
+    #[serde(default)]
+    pub oauth2_client_ids: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -184,9 +199,12 @@ pub struct DirectResponseConfig {
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum AuthMethodConfig {
     ApiKey,
+    Jwt,
+    OAuth2Introspection,
+    ForwardAuth,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthenticationConfig {
     pub methods: Vec<AuthMethodConfig>,
@@ -195,13 +213,28 @@ pub struct AuthenticationConfig {
     /// Header carrying the API key (lowercased).
     pub api_key_header: Option<String>,
     pub api_key_query_param: Option<String>,
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+    #[serde(default)]
+    pub oauth2_introspection: Option<IntrospectionConfig>,
+    #[serde(default)]
+    pub forward_auth: Option<ForwardAuthConfig>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorizationConfig {
     pub allow_groups: Vec<String>,
     pub deny_groups: Vec<String>,
+    /// All required; from `scope`/`scp` or the introspection answer.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// All required; from `roles_claim`.
+    #[serde(default)]
+    pub required_roles: Vec<String>,
+    /// Dotted path into the JWT claims (`realm_access.roles`).
+    #[serde(default)]
+    pub roles_claim: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

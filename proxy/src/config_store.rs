@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use portcullis_compiler::config::RouteConfig;
+use portcullis_compiler::config::{RouteConfig, SecretConfig};
 use portcullis_compiler::GatewayConfig;
 
 use crate::auth::{CompiledAuth, KeyStore, KeyStoreError};
@@ -61,6 +61,7 @@ impl CompiledRoute {
         config: &RouteConfig,
         pool: &ClientPool,
         counters: Arc<RouteCounters>,
+        secrets: &SecretConfig,
     ) -> Result<Self, ConfigError> {
         let route = || config.id.clone();
         Ok(CompiledRoute {
@@ -70,7 +71,10 @@ impl CompiledRoute {
                     source,
                 }
             })?,
-            auth: config.authentication.as_ref().map(CompiledAuth::new),
+            auth: config
+                .authentication
+                .as_ref()
+                .map(|a| CompiledAuth::new(a, &config.id, &config.namespace, secrets, &pool.auth)),
             validation: config
                 .request_validation
                 .as_ref()
@@ -127,7 +131,7 @@ impl RuntimeConfig {
                 .routes
                 .iter()
                 .zip(route_counters)
-                .map(|(r, c)| CompiledRoute::build(r, pool, c))
+                .map(|(r, c)| CompiledRoute::build(r, pool, c, &config.secrets))
                 .collect::<Result<_, _>>()?,
             keys: KeyStore::build(&config.consumers, &config.secrets)?,
             rate_limits: RateLimits::build(config, limiter)?,

@@ -40,12 +40,7 @@ impl GatewayError {
         match self {
             GatewayError::NoRoute => StatusCode::NOT_FOUND,
             GatewayError::Ip(_) | GatewayError::Cors(_) => StatusCode::FORBIDDEN,
-            GatewayError::Auth(e) => match e {
-                AuthError::MissingCredentials | AuthError::InvalidCredentials => {
-                    StatusCode::UNAUTHORIZED
-                }
-                AuthError::GroupNotAllowed | AuthError::GroupDenied => StatusCode::FORBIDDEN,
-            },
+            GatewayError::Auth(e) => e.status(),
             GatewayError::Validation(e) => match e {
                 ValidationError::MissingHeader(_)
                 | ValidationError::InvalidJson
@@ -110,7 +105,8 @@ impl GatewayError {
             GatewayError::NoRoute => "route",
             GatewayError::Ip(_) => "ip_restriction",
             GatewayError::Cors(_) => "cors",
-            GatewayError::Auth(_) => "authentication",
+            GatewayError::Auth(e) if e.is_authentication() => "authentication",
+            GatewayError::Auth(_) => "authorization",
             GatewayError::Validation(_) => "validation",
             GatewayError::Upstream(_) => "upstream",
             GatewayError::RateLimit(_) => "rate_limit",

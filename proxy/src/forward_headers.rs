@@ -120,7 +120,8 @@ pub fn prepare(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
     );
 
     match ctx.identity {
-        Identity::Unauthenticated => {}
+        // Principals without a consumer get their headers from `AuthContext::apply_upstream`.
+        Identity::Unauthenticated | Identity::Principal => {}
         Identity::Anonymous => {
             headers.insert(
                 HeaderName::from_static("x-consumer-username"),
@@ -154,10 +155,6 @@ fn add_consumer(headers: &mut HeaderMap, consumer: &Consumer) {
             consumer.groups_header.clone(),
         );
     }
-    headers.insert(
-        HeaderName::from_static("x-credential-type"),
-        HeaderValue::from_static("api-key"),
-    );
 }
 
 fn ip_value(ip: IpAddr) -> HeaderValue {

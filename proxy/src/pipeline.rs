@@ -10,7 +10,8 @@
 //!  6. WAF on request line and headers: not yet.
 //!     CORS preflight answered here (`cors`): after the IP filter, before authentication,
 //!     because browsers never send credentials on a preflight.
-//!  7. authentication (API key) and authorization (consumer groups) (`auth`).
+//!  7. authentication (API key, JWT, OAuth2 introspection, forward auth) and authorization
+//!     (groups, scopes, roles) (`auth`).
 //!  8. per-consumer rate limits, tiers and quotas: Consumer, ApiKey keys (`ratelimit`).
 //!  9. request validation (`validate`); WAF on the body: not yet.
 //! 10. upstream (`forward_headers`, `upstream`), or the route's direct response.
@@ -120,13 +121,19 @@ pub async fn handle(
                 route.counters.record(error.enforcement());
             }
             let denial = (error.step(), error.reason());
-            let unauthorized = matches!(&error, GatewayError::Auth(e) if e.is_authentication());
+            let challenge = match &error {
+                GatewayError::Auth(e) => e.challenge(
+                    route
+                        .and_then(|r| r.auth.as_ref())
+                        .is_some_and(|a| a.uses_bearer()),
+                ),
+                _ => None,
+            };
             let mut response = error.into_response(&request_id);
-            if unauthorized {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("ApiKey realm=\"portcullis\""),
-                );
+            if let Some(challenge) = challenge {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, challenge);
             }
             (response, Some(denial))
         }
@@ -153,7 +160,7 @@ pub async fn handle(
         let consumer = match outcome.identity {
             Identity::Consumer(i) => runtime.keys.consumer(i).map(|c| c.id.as_str()),
             Identity::Anonymous => Some(auth::ANONYMOUS),
-            Identity::Unauthenticated => None,
+            Identity::Unauthenticated | Identity::Principal => None,
         };
         shared.audit.write(&AuditRecord {
             timestamp: timestamp(),
@@ -241,11 +248,13 @@ async fn run(
     }
 
     // 7. authentication and authorization
+    let mut auth_context = auth::AuthContext::UNAUTHENTICATED;
     if let Some(auth) = &route.auth {
-        outcome.identity = auth.authenticate(&runtime.keys, &mut parts)?;
+        auth_context = auth.authenticate(&runtime.keys, &mut parts).await?;
+        outcome.identity = auth_context.identity;
     }
     if let Some(authorization) = &config.authorization {
-        auth::authorize(authorization, &runtime.keys, outcome.identity)?;
+        auth::authorize(authorization, &runtime.keys, &auth_context)?;
     }
 
     // 8. per-consumer rate limits and quotas
@@ -256,6 +265,11 @@ async fn run(
         client_ip,
         &parts,
         outcome.identity,
+        auth_context
+            .principal
+            .as_ref()
+            .and_then(|p| p.subject.as_ref())
+            .and_then(|s| s.to_str().ok()),
         pre_auth,
         &mut outcome.rate_limit,
     )
@@ -300,6 +314,7 @@ async fn run(
             keys: &runtime.keys,
         },
     );
+    auth_context.apply_upstream(&mut parts.headers);
     let rewritten = forward_headers::rewrite_path(
         &parts.uri,
         found.matched_prefix,

@@ -48,6 +48,8 @@ pub struct ProxyOptions {
     pub max_connections_per_ip: Option<usize>,
     /// Time source of the local rate-limit counters (tests inject one).
     pub rate_limit_clock: Option<Arc<dyn crate::ratelimit::clock::Clock>>,
+    /// Clock, extra CA and JWKS timing for authentication.
+    pub auth: crate::auth::AuthOptions,
 }
 
 impl Default for ProxyOptions {
@@ -64,6 +66,7 @@ impl Default for ProxyOptions {
             max_connections: None,
             max_connections_per_ip: None,
             rate_limit_clock: None,
+            auth: crate::auth::AuthOptions::default(),
         }
     }
 }
@@ -77,6 +80,8 @@ pub enum StartError {
     },
     #[error("invalid config: {0}")]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthRuntimeError),
 }
 
 pub struct ProxyServer;
@@ -99,7 +104,7 @@ impl ProxyServer {
         options: ProxyOptions,
         initial: Option<GatewayConfig>,
     ) -> Result<RunningProxy, StartError> {
-        let clients = ClientPool::default();
+        let clients = ClientPool::new(crate::auth::AuthRuntime::new(&options.auth)?);
         let limiter = crate::ratelimit::Backends::new(options.rate_limit_clock.clone());
         let counters = CounterRegistry::default();
         let loaded = initial.is_some();

@@ -77,12 +77,20 @@ pub struct TargetError {
 
 /// Keep-alive pools shared across config swaps, one per connect timeout (the connector
 /// carries the timeout, so routes with different values need different connectors).
-#[derive(Default)]
 pub struct ClientPool {
     clients: Mutex<HashMap<u64, HttpClient>>,
+    /// Identity-provider client and JWKS caches; like the pools, they outlive config swaps.
+    pub auth: crate::auth::AuthRuntime,
 }
 
 impl ClientPool {
+    pub fn new(auth: crate::auth::AuthRuntime) -> Self {
+        ClientPool {
+            clients: Mutex::new(HashMap::new()),
+            auth,
+        }
+    }
+
     pub fn get(&self, connect_timeout_ms: u64) -> HttpClient {
         let mut clients = match self.clients.lock() {
             Ok(guard) => guard,

@@ -20,12 +20,14 @@ fn keyed_config(routes: Vec<RouteConfig>) -> portcullis_compiler::GatewayConfig 
             namespace: "shop".into(),
             username: "gold-app".into(),
             groups: vec!["gold".into()],
+            ..Default::default()
         },
         ConsumerConfig {
             id: "shop/bad-app".into(),
             namespace: "shop".into(),
             username: "bad-app".into(),
             groups: vec!["suspended".into()],
+            ..Default::default()
         },
     ];
     cfg.secrets.api_keys = vec![
@@ -48,6 +50,7 @@ fn api_key_auth(optional: bool) -> AuthenticationConfig {
         hide_credentials: true,
         api_key_header: None,
         api_key_query_param: Some("apikey".into()),
+        ..Default::default()
     }
 }
 
@@ -195,6 +198,7 @@ async fn api_keys_groups_and_optional() {
     strict.authorization = Some(AuthorizationConfig {
         allow_groups: vec!["gold".into()],
         deny_groups: vec!["suspended".into()],
+        ..Default::default()
     });
     let mut optional = route("optional", PathKind::Prefix, "/optional", &[&up]);
     optional.authentication = Some(api_key_auth(true));

@@ -225,6 +225,7 @@ async fn tiers_pick_their_groups_limits() {
         hide_credentials: true,
         api_key_header: None,
         api_key_query_param: None,
+        ..AuthenticationConfig::default()
     });
     cfg.consumers = ["gold-app", "free-app"]
         .iter()
@@ -237,6 +238,7 @@ async fn tiers_pick_their_groups_limits() {
             } else {
                 vec![]
             },
+            ..ConsumerConfig::default()
         })
         .collect();
     cfg.secrets.api_keys = vec![
@@ -322,6 +324,7 @@ async fn pre_auth_limits_stop_brute_force_before_authentication() {
         hide_credentials: true,
         api_key_header: None,
         api_key_query_param: None,
+        ..AuthenticationConfig::default()
     });
     let proxy = start_at(&clock, cfg).await;
     let c = client();

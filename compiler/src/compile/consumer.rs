@@ -2,21 +2,22 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine;
 use portcullis_crds::ConsumerCredential;
 use sha2::{Digest, Sha256};
 
+use super::auth::JWT_ALGORITHMS;
 use super::kube_meta::Meta;
 use super::secrets::{SecretIndex, SecretLookup};
 use super::Issues;
-use crate::config::{ApiKeyEntry, ConsumerConfig, GatewayConfig, ObjectKind};
+use crate::config::{
+    ApiKeyEntry, ConsumerConfig, GatewayConfig, JwtPublicKeyConfig, JwtSecretEntry, ObjectKind,
+};
 use crate::ObjectStatus;
 
 const DEFAULT_API_KEY_KEY: &str = "api-key";
 const MIN_API_KEY_LEN: usize = 8;
-const JWT_ALGORITHMS: [&str; 13] = [
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
-    "ES384", "EdDSA", "ES512",
-];
+const MIN_HMAC_SECRET_LEN: usize = 32;
 
 /// SHA-256 (hex) of an API key: what the config stores and the proxy compares.
 pub fn hash_api_key(key: &[u8]) -> String {
@@ -66,7 +67,7 @@ pub(crate) fn compile_consumers(
                 );
             }
         }
-        validate_jwt(consumer, secrets, &meta, &mut issues);
+        let (jwt_keys, jwt_secrets) = compile_jwt(consumer, secrets, &meta, &mut issues);
 
         let mut keys = Vec::new();
         for (i, key_ref) in spec.api_keys.iter().enumerate() {
@@ -135,31 +136,54 @@ pub(crate) fn compile_consumers(
                 consumer: id.clone(),
             });
         }
+        for (key_id, algorithm, secret) in jwt_secrets {
+            config.secrets.jwt_secrets.push(JwtSecretEntry {
+                consumer: id.clone(),
+                key_id,
+                algorithm,
+                secret_base64: base64::engine::general_purpose::STANDARD.encode(secret),
+            });
+        }
         let mut groups = spec.groups.clone();
         groups.sort();
         groups.dedup();
+        let mut oauth2_client_ids = spec.oauth2_client_ids.clone();
+        oauth2_client_ids.sort();
+        oauth2_client_ids.dedup();
         config.consumers.push(ConsumerConfig {
             id,
             namespace: meta.namespace.clone(),
             username,
             groups,
+            jwt_keys,
+            oauth2_client_ids,
         });
     }
     config.consumers.sort_by(|a, b| a.id.cmp(&b.id));
     config.secrets.api_keys.sort();
     config.secrets.api_keys.dedup();
+    config.secrets.jwt_secrets.sort();
 }
 
-fn validate_jwt(
+type HmacKey = (String, String, Vec<u8>);
+
+/// Public keys go to the config, HMAC secrets to the Secret half; an entry that cannot be
+/// used makes the whole credential invalid rather than half-working.
+fn compile_jwt(
     consumer: &ConsumerCredential,
     secrets: &SecretIndex<'_>,
     meta: &Meta,
     issues: &mut Issues,
-) {
+) -> (Vec<JwtPublicKeyConfig>, Vec<HmacKey>) {
+    let mut public = Vec::new();
+    let mut hmac = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     for (i, jwt) in consumer.spec.jwt.iter().enumerate() {
         let field = format!("spec.jwt[{i}]");
         if jwt.key_id.is_empty() {
             issues.invalid(&format!("{field}.keyId"), "must not be empty");
+        } else if !seen.insert(jwt.key_id.clone()) {
+            issues.invalid(&format!("{field}.keyId"), "is listed twice");
         }
         if !JWT_ALGORITHMS.contains(&jwt.algorithm.as_str()) {
             issues.invalid(
@@ -173,30 +197,54 @@ fn validate_jwt(
             continue;
         }
         if jwt.algorithm.starts_with("HS") {
-            match &jwt.secret_ref {
-                None => {
-                    issues.invalid(&format!("{field}.secretRef"), "required for HS* algorithms")
+            let Some(r) = &jwt.secret_ref else {
+                issues.invalid(&format!("{field}.secretRef"), "required for HS* algorithms");
+                continue;
+            };
+            let key = r.key.as_deref().unwrap_or("secret");
+            match secrets.get(&meta.namespace, &r.name, key) {
+                SecretLookup::SecretMissing => issues.unresolved(
+                    &format!("{field}.secretRef"),
+                    format!("Secret {}/{} not found", meta.namespace, r.name),
+                    false,
+                ),
+                SecretLookup::KeyMissing => issues.unresolved(
+                    &format!("{field}.secretRef"),
+                    format!("Secret {}/{} has no key {key:?}", meta.namespace, r.name),
+                    false,
+                ),
+                SecretLookup::Found(value) if value.len() < MIN_HMAC_SECRET_LEN => {
+                    // RFC 7518 §3.2: an HMAC key must be at least as long as the hash.
+                    issues.invalid_ref(
+                        &format!("{field}.secretRef"),
+                        format!(
+                            "the secret is shorter than {MIN_HMAC_SECRET_LEN} bytes and is ignored"
+                        ),
+                    )
                 }
-                Some(r) => {
-                    let key = r.key.as_deref().unwrap_or("secret");
-                    if secrets.get(&meta.namespace, &r.name, key) == SecretLookup::SecretMissing {
-                        issues.unresolved(
-                            &format!("{field}.secretRef"),
-                            format!("Secret {}/{} not found", meta.namespace, r.name),
-                            false,
-                        );
-                    }
+                SecretLookup::Found(value) => {
+                    hmac.push((jwt.key_id.clone(), jwt.algorithm.clone(), value))
                 }
             }
-        } else if jwt
-            .public_key
-            .as_deref()
-            .is_none_or(|k| !k.contains("-----BEGIN PUBLIC KEY-----"))
-        {
-            issues.invalid(
-                &format!("{field}.publicKey"),
-                "a PEM public key (-----BEGIN PUBLIC KEY-----) is required",
-            );
+        } else {
+            match jwt.public_key.as_deref().map(str::trim) {
+                Some(pem)
+                    if pem.starts_with("-----BEGIN PUBLIC KEY-----")
+                        && pem.ends_with("-----END PUBLIC KEY-----") =>
+                {
+                    public.push(JwtPublicKeyConfig {
+                        key_id: jwt.key_id.clone(),
+                        algorithm: jwt.algorithm.clone(),
+                        public_key: pem.to_string(),
+                    })
+                }
+                _ => issues.invalid(
+                    &format!("{field}.publicKey"),
+                    "a PEM public key (-----BEGIN PUBLIC KEY-----) is required",
+                ),
+            }
         }
     }
+    public.sort();
+    (public, hmac)
 }

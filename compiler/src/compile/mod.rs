@@ -1,6 +1,7 @@
 //! Orchestrates one compilation: policies first (routes reference them), then consumers,
 //! then routes, then cross-route conflicts, then the generation hash.
 
+mod auth;
 mod conflicts;
 mod consumer;
 mod issues;
@@ -45,10 +46,14 @@ pub fn compile(snapshot: &Snapshot) -> (GatewayConfig, Vec<ObjectStatus>) {
     );
 
     let mut compiled_routes = Vec::new();
+    let mut route_secrets = Vec::new();
     for route in sorted(&snapshot.routes) {
         let meta = Meta::of(&route.metadata);
         let mut issues = Issues::default();
         let compiled = route::compile_route(route, &meta, &policies, &mut issues);
+        let client_secret = auth::introspection_secret(route, &meta, &secrets, &mut issues);
+        let compiled = compiled.filter(|_| issues.is_accepted());
+        route_secrets.extend(client_secret);
         compiled_routes.push((meta, compiled, issues));
     }
     conflicts::mark_conflicts(&mut compiled_routes);
@@ -60,6 +65,11 @@ pub fn compile(snapshot: &Snapshot) -> (GatewayConfig, Vec<ObjectStatus>) {
             config.routes.push(route);
         }
     }
+    // Only routes that made it into the config keep their client secrets.
+    route_secrets.retain(|s: &crate::config::ClientSecretEntry| {
+        config.routes.iter().any(|r| r.id == s.route)
+    });
+    config.secrets.introspection_secrets = route_secrets;
 
     config.objects.sort();
     statuses.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));

@@ -4,15 +4,15 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use portcullis_crds::{ApiRoute, AuthMethod, PathMatchType};
+use portcullis_crds::{ApiRoute, PathMatchType};
 
 use super::kube_meta::Meta;
 use super::policy::PolicyIndex;
 use super::Issues;
 use crate::config::{
-    AuthMethodConfig, AuthenticationConfig, AuthorizationConfig, CorsConfig, DirectResponseConfig,
-    HeaderMatch, IpRestrictionConfig, LoadBalancing, PathKind, PathRule, ResponseHeadersConfig,
-    RouteConfig, TargetConfig, UpstreamConfig, ValidationConfig,
+    AuthenticationConfig, AuthorizationConfig, CorsConfig, DirectResponseConfig, HeaderMatch,
+    IpRestrictionConfig, LoadBalancing, PathKind, PathRule, ResponseHeadersConfig, RouteConfig,
+    TargetConfig, UpstreamConfig, ValidationConfig,
 };
 use crate::units::{parse_duration_ms, parse_size_bytes};
 
@@ -456,68 +456,11 @@ fn compile_upstream(route: &ApiRoute, meta: &Meta, issues: &mut Issues) -> Optio
 }
 
 fn compile_authentication(route: &ApiRoute, issues: &mut Issues) -> Option<AuthenticationConfig> {
-    let auth = route.spec.authentication.as_ref()?;
-    if auth.methods.is_empty() {
-        issues.invalid(
-            "spec.authentication.methods",
-            "at least one method is required",
-        );
-    }
-    let mut methods = Vec::new();
-    for (i, method) in auth.methods.iter().enumerate() {
-        match method {
-            AuthMethod::ApiKey => methods.push(AuthMethodConfig::ApiKey),
-            other => issues.unsupported(
-                &format!("spec.authentication.methods[{i}]"),
-                format!("{other:?} is not implemented by this version of Portcullis; the route is refused rather than served without it"),
-            ),
-        }
-    }
-    methods.sort();
-    methods.dedup();
-    let api_key = auth.api_key.clone().unwrap_or_default();
-    let header = api_key.header.unwrap_or_else(|| "X-API-Key".to_string());
-    if !is_token(&header) {
-        issues.invalid(
-            "spec.authentication.apiKey.header",
-            format!("{header:?} is not a header name"),
-        );
-    }
-    if let Some(param) = &api_key.query_param {
-        if param.is_empty() {
-            issues.invalid("spec.authentication.apiKey.queryParam", "must not be empty");
-        }
-    }
-    Some(AuthenticationConfig {
-        methods,
-        optional: auth.optional.unwrap_or(false),
-        hide_credentials: auth.hide_credentials.unwrap_or(true),
-        api_key_header: Some(header.to_ascii_lowercase()),
-        api_key_query_param: api_key.query_param,
-    })
+    super::auth::compile_authentication(route, issues)
 }
 
 fn compile_authorization(route: &ApiRoute, issues: &mut Issues) -> Option<AuthorizationConfig> {
-    let authz = route.spec.authorization.as_ref()?;
-    if route.spec.authentication.is_none() {
-        issues.invalid("spec.authorization", "requires spec.authentication");
-    }
-    if !authz.required_scopes.is_empty() {
-        issues.unsupported(
-            "spec.authorization.requiredScopes",
-            "scopes need JWT or OAuth2, which this version does not implement",
-        );
-    }
-    if !authz.required_roles.is_empty() || authz.roles_claim.is_some() {
-        issues.unsupported(
-            "spec.authorization.requiredRoles",
-            "roles need JWT, which this version does not implement",
-        );
-    }
-    Some(AuthorizationConfig {
-        allow_groups: authz.allow_groups.clone(),
-        deny_groups: authz.deny_groups.clone(),
-    })
+    super::auth::compile_authorization(route, issues)
 }
 
 fn cidr_list(items: &[String], field: &str, issues: &mut Issues) -> Vec<IpNet> {

@@ -379,6 +379,7 @@ pub async fn post_auth(
     client_ip: IpAddr,
     parts: &Parts,
     identity: Identity,
+    subject: Option<&str>,
     pre: PreAuth,
     granted: &mut Option<RateLimitHeaders>,
 ) -> Result<(), RateLimitError> {
@@ -388,13 +389,19 @@ pub async fn post_auth(
     };
     let consumer = match identity {
         Identity::Consumer(i) => runtime.keys.consumer(i),
-        Identity::Anonymous | Identity::Unauthenticated => None,
+        Identity::Principal | Identity::Anonymous | Identity::Unauthenticated => None,
+    };
+    // A token from an external issuer without a ConsumerCredential is limited by its subject.
+    let consumer_key = match (consumer, identity) {
+        (Some(c), _) => Some(c.id.as_str()),
+        (None, Identity::Principal) => subject,
+        (None, _) => None,
     };
     let ctx = KeyContext {
         route_id: &runtime.routes[route].config.id,
         client_ip,
         headers: &parts.headers,
-        consumer: consumer.map(|c| c.id.as_str()),
+        consumer: consumer_key,
         groups: consumer.map_or(&[], |c| c.groups.as_slice()),
         api_key: pre.api_key,
     };

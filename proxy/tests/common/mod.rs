@@ -16,6 +16,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+pub mod idp;
+
 use portcullis_compiler::config::*;
 use portcullis_compiler::GatewayConfig;
 use portcullis_proxy::{AuditSink, ProxyOptions, ProxyServer, RunningProxy};

@@ -1,0 +1,305 @@
+//! Consumers and API keys.
+//!
+//! Keys are never stored: the config carries SHA-256 digests, indexed once per config load.
+//! A presented key is hashed and looked up by digest; the final comparison of the digests is
+//! constant time so a lookup hit cannot be timed byte by byte.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Uri};
+use portcullis_compiler::config::{AuthenticationConfig, ConsumerConfig, SecretConfig};
+use sha2::{Digest, Sha256};
+
+use super::jwks::{KeyFamily, VerifyKey};
+use crate::router::query_pairs;
+
+pub const DEFAULT_API_KEY_HEADER: &str = "x-api-key";
+pub const ANONYMOUS: &str = "anonymous";
+
+/// A consumer with its upstream identity headers prepared at load time.
+pub struct Consumer {
+    pub id: String,
+    pub username: String,
+    pub groups: Vec<String>,
+    pub id_header: HeaderValue,
+    pub username_header: HeaderValue,
+    pub groups_header: HeaderValue,
+}
+
+/// A consumer's JWT key (Kong style), selected by the token's `keyClaim`.
+pub struct ConsumerJwtKey {
+    pub consumer: usize,
+    pub key: Arc<VerifyKey>,
+}
+
+#[derive(Default)]
+pub struct KeyStore {
+    by_digest: HashMap<[u8; 32], usize>,
+    consumers: Vec<Consumer>,
+    by_id: HashMap<String, usize>,
+    jwt_keys: HashMap<String, ConsumerJwtKey>,
+    client_ids: HashMap<String, usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("consumer {consumer}: {message}")]
+pub struct KeyStoreError {
+    consumer: String,
+    message: &'static str,
+}
+
+impl KeyStore {
+    pub fn build(
+        consumers: &[ConsumerConfig],
+        secrets: &SecretConfig,
+    ) -> Result<Self, KeyStoreError> {
+        let mut index = HashMap::new();
+        let mut built = Vec::with_capacity(consumers.len());
+        for c in consumers {
+            let header = |s: &str| {
+                HeaderValue::from_str(s).map_err(|_| KeyStoreError {
+                    consumer: c.id.clone(),
+                    message: "name or group is not a valid header value",
+                })
+            };
+            index.insert(c.id.as_str(), built.len());
+            built.push(Consumer {
+                id: c.id.clone(),
+                username: c.username.clone(),
+                groups: c.groups.clone(),
+                id_header: header(&c.id)?,
+                username_header: header(&c.username)?,
+                groups_header: header(&c.groups.join(","))?,
+            });
+        }
+        let mut by_digest = HashMap::with_capacity(secrets.api_keys.len());
+        for entry in &secrets.api_keys {
+            // Keys of consumers that are not in the config (disabled) simply do not resolve.
+            let Some(&consumer) = index.get(entry.consumer.as_str()) else {
+                continue;
+            };
+            let mut digest = [0u8; 32];
+            if hex::decode_to_slice(&entry.sha256, &mut digest).is_err() {
+                return Err(KeyStoreError {
+                    consumer: entry.consumer.clone(),
+                    message: "api key digest is not 64 hex characters",
+                });
+            }
+            by_digest.insert(digest, consumer);
+        }
+        let by_id: HashMap<String, usize> = consumers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.clone(), i))
+            .collect();
+        let mut jwt_keys = HashMap::new();
+        let mut ambiguous = Vec::new();
+        let mut add_key = |id: &str, consumer: usize, key: VerifyKey| {
+            if jwt_keys
+                .insert(
+                    id.to_string(),
+                    ConsumerJwtKey {
+                        consumer,
+                        key: Arc::new(key),
+                    },
+                )
+                .is_some_and(|old| old.consumer != consumer)
+            {
+                ambiguous.push(id.to_string());
+            }
+        };
+        for (i, c) in consumers.iter().enumerate() {
+            for k in &c.jwt_keys {
+                match public_key(&k.algorithm, &k.public_key) {
+                    Some(key) => add_key(&k.key_id, i, key),
+                    // Fails closed for this key only: one bad PEM must not refuse the config.
+                    None => {
+                        tracing::warn!(consumer = %c.id, key_id = %k.key_id, "unusable JWT public key ignored")
+                    }
+                }
+            }
+        }
+        for entry in &secrets.jwt_secrets {
+            let Some(&consumer) = by_id.get(&entry.consumer) else {
+                continue;
+            };
+            let alg = entry.algorithm.parse::<Algorithm>().ok();
+            let secret = base64::engine::general_purpose::STANDARD
+                .decode(&entry.secret_base64)
+                .ok();
+            if let (Some(alg), Some(secret)) = (alg, secret) {
+                add_key(
+                    &entry.key_id,
+                    consumer,
+                    VerifyKey {
+                        kid: Some(entry.key_id.clone()),
+                        alg: Some(alg),
+                        family: KeyFamily::Hmac,
+                        key: DecodingKey::from_secret(&secret),
+                    },
+                );
+            }
+        }
+        // Two consumers claiming one key id would make the identity a coin toss: neither wins.
+        for id in ambiguous {
+            tracing::warn!(key_id = %id, "JWT key id used by several consumers; ignored");
+            jwt_keys.remove(&id);
+        }
+        let mut client_ids = HashMap::new();
+        for (i, c) in consumers.iter().enumerate() {
+            for client in &c.oauth2_client_ids {
+                client_ids.entry(client.clone()).or_insert(i);
+            }
+        }
+        Ok(KeyStore {
+            by_digest,
+            consumers: built,
+            by_id,
+            jwt_keys,
+            client_ids,
+        })
+    }
+
+    pub fn jwt_key(&self, key_id: &str) -> Option<&ConsumerJwtKey> {
+        self.jwt_keys.get(key_id)
+    }
+
+    pub fn consumer_by_client_id(&self, client_id: &str) -> Option<usize> {
+        self.client_ids.get(client_id).copied()
+    }
+
+    /// A consumer named by a token: a full id (`namespace/name`) or a name in `namespace`.
+    pub fn consumer_by_name(&self, namespace: &str, name: &str) -> Option<usize> {
+        if name.contains('/') {
+            return self.by_id.get(name).copied();
+        }
+        self.by_id.get(&format!("{namespace}/{name}")).copied()
+    }
+
+    pub fn consumer(&self, index: usize) -> Option<&Consumer> {
+        self.consumers.get(index)
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        self.consumers.len()
+    }
+
+    pub fn lookup(&self, key: &[u8]) -> Option<usize> {
+        let digest: [u8; 32] = Sha256::digest(key).into();
+        let (stored, &consumer) = self.by_digest.get_key_value(&digest)?;
+        constant_time_eq(stored, &digest).then_some(consumer)
+    }
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Where a route reads API keys from.
+pub struct ApiKeySource {
+    header: HeaderName,
+    query_param: Option<String>,
+}
+
+impl ApiKeySource {
+    pub fn new(config: &AuthenticationConfig) -> Self {
+        let header = config
+            .api_key_header
+            .as_deref()
+            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+            .unwrap_or(HeaderName::from_static(DEFAULT_API_KEY_HEADER));
+        ApiKeySource {
+            header,
+            query_param: config.api_key_query_param.clone(),
+        }
+    }
+
+    /// The presented key, if any (an empty value counts as absent).
+    pub fn find<'a>(&self, parts: &'a Parts) -> Option<Cow<'a, [u8]>> {
+        if let Some(value) = parts.headers.get(&self.header) {
+            if !value.is_empty() {
+                return Some(Cow::Borrowed(value.as_bytes()));
+            }
+        }
+        let param = self.query_param.as_ref()?;
+        let (_, value) = query_pairs(parts.uri.query()).find(|(n, _)| n == param)?;
+        match value {
+            _ if value.is_empty() => None,
+            Cow::Borrowed(v) => Some(Cow::Borrowed(v.as_bytes())),
+            Cow::Owned(v) => Some(Cow::Owned(v.into_bytes())),
+        }
+    }
+
+    pub fn hide(&self, parts: &mut Parts) {
+        parts.headers.remove(&self.header);
+        let Some(param) = &self.query_param else {
+            return;
+        };
+        let Some(query) = parts.uri.query() else {
+            return;
+        };
+        if !query_pairs(Some(query)).any(|(n, _)| n == param.as_str()) {
+            return;
+        }
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| {
+                let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
+                crate::router::percent_decode(name) != param.as_str()
+            })
+            .collect();
+        let path = parts.uri.path();
+        let pq = if kept.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{}", kept.join("&"))
+        };
+        let mut uri_parts = parts.uri.clone().into_parts();
+        if let Ok(pq) = pq.parse() {
+            uri_parts.path_and_query = Some(pq);
+            if let Ok(uri) = Uri::from_parts(uri_parts) {
+                parts.uri = uri;
+            }
+        }
+    }
+}
+
+fn public_key(algorithm: &str, pem: &str) -> Option<VerifyKey> {
+    let alg: Algorithm = algorithm.parse().ok()?;
+    let (family, key) = match alg {
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => (
+            KeyFamily::Rsa,
+            DecodingKey::from_rsa_pem(pem.as_bytes()).ok()?,
+        ),
+        Algorithm::ES256 => (
+            KeyFamily::EcP256,
+            DecodingKey::from_ec_pem(pem.as_bytes()).ok()?,
+        ),
+        Algorithm::ES384 => (
+            KeyFamily::EcP384,
+            DecodingKey::from_ec_pem(pem.as_bytes()).ok()?,
+        ),
+        Algorithm::EdDSA => (
+            KeyFamily::Ed25519,
+            DecodingKey::from_ed_pem(pem.as_bytes()).ok()?,
+        ),
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => return None,
+    };
+    Some(VerifyKey {
+        kid: None,
+        alg: Some(alg),
+        family,
+        key,
+    })
+}

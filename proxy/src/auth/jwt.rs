@@ -1,0 +1,384 @@
+//! JWT (JWS compact) verification: strict parsing, key selection, signature, claims.
+//!
+//! Order matters for safety: the header is parsed strictly and the algorithm checked against
+//! the route's allowlist before any key is chosen; keys come only from configuration (a
+//! consumer key or an issuer's JWKS) — `jwk`, `jku`, `x5u`, `x5c` in the header are never
+//! used; a key verifies only algorithms of its own family, so HS256 "signed" with an RSA
+//! public key never reaches an HMAC check. Claims are read only after the signature holds.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use base64::Engine;
+use http::HeaderValue;
+use jsonwebtoken::Algorithm;
+use portcullis_compiler::config::JwtConfig;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::api_key::KeyStore;
+use super::cache::{key_of, TtlCache};
+use super::clock::SharedClock;
+use super::identity::Principal;
+use super::jwks::{JwksCache, JwksError, JwksSource, VerifyKey};
+use super::AuthRuntime;
+
+/// Longer tokens are refused before any parsing (they would only be attacks or mistakes).
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// A verified token is re-verified at least this often, so key removal takes effect.
+const MAX_CACHE_MS: u64 = 300_000;
+const TOKEN_CACHE_CAPACITY: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("algorithm not allowed")]
+    BadAlgorithm,
+    #[error("unsupported critical header")]
+    UnsupportedCritical,
+    #[error("invalid signature")]
+    InvalidSignature,
+    #[error("unknown signing key")]
+    UnknownKey,
+    #[error("signing keys unavailable")]
+    KeysUnavailable,
+    #[error("claims are not a JSON object")]
+    InvalidClaims,
+    #[error("required claim missing")]
+    MissingClaim,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token lifetime too long")]
+    TooLongLived,
+    #[error("wrong issuer")]
+    WrongIssuer,
+    #[error("wrong audience")]
+    WrongAudience,
+    #[error("unknown consumer")]
+    UnknownConsumer,
+    #[error("token not active")]
+    Inactive,
+}
+
+impl TokenError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed",
+            TokenError::BadAlgorithm => "bad_algorithm",
+            TokenError::UnsupportedCritical => "unsupported_crit",
+            TokenError::InvalidSignature => "invalid_signature",
+            TokenError::UnknownKey => "unknown_key",
+            TokenError::KeysUnavailable => "jwks_unavailable",
+            TokenError::InvalidClaims => "invalid_claims",
+            TokenError::MissingClaim => "missing_claim",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::TooLongLived => "too_long_lived",
+            TokenError::WrongIssuer => "wrong_issuer",
+            TokenError::WrongAudience => "wrong_audience",
+            TokenError::UnknownConsumer => "unknown_consumer",
+            TokenError::Inactive => "inactive",
+        }
+    }
+}
+
+/// The protected header. Derived deserialization refuses duplicate members, so
+/// `{"alg":"RS256","alg":"none"}` cannot mean different things to different parsers.
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<Value>,
+    #[serde(default)]
+    crit: Option<Value>,
+    #[serde(default)]
+    b64: Option<Value>,
+}
+
+struct CompiledIssuer {
+    issuer: String,
+    audiences: Vec<String>,
+    consumer_claim: Option<String>,
+    jwks: Arc<JwksCache>,
+}
+
+pub struct CompiledJwt {
+    algorithms: Vec<Algorithm>,
+    consumer_keys: bool,
+    key_claim: String,
+    issuers: Vec<CompiledIssuer>,
+    require_exp: bool,
+    require_nbf: bool,
+    require_iat: bool,
+    max_lifetime_secs: Option<u64>,
+    skew_secs: u64,
+    namespace: String,
+    cache: TtlCache<Principal>,
+    clock: SharedClock,
+}
+
+fn b64(part: &str) -> Result<Vec<u8>, TokenError> {
+    // Strict: no padding, no non-canonical trailing bits, URL-safe alphabet only.
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| TokenError::Malformed)
+}
+
+fn number(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, TokenError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| n.as_f64().map(|f| f as i64))
+            .map(Some)
+            .ok_or(TokenError::InvalidClaims),
+        Some(_) => Err(TokenError::InvalidClaims),
+    }
+}
+
+fn scopes_of(claims: &Map<String, Value>) -> Vec<String> {
+    let mut scopes: Vec<String> = Vec::new();
+    if let Some(Value::String(s)) = claims.get("scope") {
+        scopes.extend(s.split_ascii_whitespace().map(str::to_string));
+    }
+    match claims.get("scp") {
+        Some(Value::Array(items)) => {
+            scopes.extend(items.iter().filter_map(Value::as_str).map(str::to_string))
+        }
+        Some(Value::String(s)) => scopes.extend(s.split_ascii_whitespace().map(str::to_string)),
+        _ => {}
+    }
+    scopes
+}
+
+impl CompiledJwt {
+    pub fn new(config: &JwtConfig, namespace: &str, runtime: &AuthRuntime) -> Self {
+        let issuers = config
+            .issuers
+            .iter()
+            .map(|i| {
+                let source = match &i.jwks_uri {
+                    Some(uri) => JwksSource::Uri(uri.clone()),
+                    None => JwksSource::Discovery(i.issuer.clone()),
+                };
+                CompiledIssuer {
+                    issuer: i.issuer.clone(),
+                    audiences: i.audiences.clone(),
+                    consumer_claim: i.consumer_claim.clone(),
+                    jwks: runtime.jwks(source),
+                }
+            })
+            .collect();
+        CompiledJwt {
+            algorithms: config
+                .algorithms
+                .iter()
+                .filter_map(|a| Algorithm::from_str(a).ok())
+                .collect(),
+            consumer_keys: config.consumer_keys,
+            key_claim: config.key_claim.clone(),
+            issuers,
+            require_exp: config.claims_to_verify.iter().any(|c| c == "exp"),
+            require_nbf: config.claims_to_verify.iter().any(|c| c == "nbf"),
+            require_iat: config.claims_to_verify.iter().any(|c| c == "iat"),
+            max_lifetime_secs: config.maximum_expiration_secs,
+            skew_secs: config.clock_skew_secs,
+            namespace: namespace.to_string(),
+            cache: TtlCache::new(TOKEN_CACHE_CAPACITY),
+            clock: runtime.clock.clone(),
+        }
+    }
+
+    pub async fn verify(&self, token: &str, keys: &KeyStore) -> Result<Arc<Principal>, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Malformed);
+        }
+        let now_ms = self.clock.now_ms();
+        let cache_key = key_of(&[token.as_bytes()]);
+        if let Some(hit) = self.cache.get(&cache_key, now_ms) {
+            return Ok(hit);
+        }
+
+        let (signing_input, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+        let (header_b64, payload_b64) =
+            signing_input.split_once('.').ok_or(TokenError::Malformed)?;
+        if header_b64.is_empty() || signature.is_empty() || payload_b64.contains('.') {
+            return Err(TokenError::Malformed);
+        }
+        let header_bytes = b64(header_b64)?;
+        let header: Header =
+            serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Malformed)?;
+        // Exact, case-sensitive names only: "none", "None", "NONE" are not algorithms here.
+        let alg = Algorithm::from_str(&header.alg).map_err(|_| TokenError::BadAlgorithm)?;
+        if !self.algorithms.contains(&alg) {
+            return Err(TokenError::BadAlgorithm);
+        }
+        // We implement no JWS extension, so any `crit` (RFC 7515 §4.1.11), and `b64`
+        // (RFC 7797, which changes what is signed), is refused.
+        if header.crit.is_some() || header.b64.is_some() {
+            return Err(TokenError::UnsupportedCritical);
+        }
+        b64(signature)?;
+        let payload = b64(payload_b64)?;
+        let claims: Option<Map<String, Value>> = serde_json::from_slice(&payload).ok();
+        let kid = match &header.kid {
+            None => None,
+            Some(Value::String(kid)) => Some(kid.as_str()),
+            Some(_) => return Err(TokenError::Malformed),
+        };
+
+        // 1. A consumer key named by keyClaim (header parameter first, then claim).
+        let consumer_key = if self.consumer_keys {
+            let selector = if self.key_claim == "kid" {
+                kid.map(str::to_string)
+            } else {
+                let header_map: Map<String, Value> =
+                    serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Malformed)?;
+                header_map
+                    .get(&self.key_claim)
+                    .or_else(|| claims.as_ref().and_then(|c| c.get(&self.key_claim)))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            selector.and_then(|s| keys.jwt_key(&s))
+        } else {
+            None
+        };
+
+        let (consumer, issuer) = if let Some(entry) = consumer_key {
+            if !entry.key.allows(alg) {
+                return Err(TokenError::BadAlgorithm);
+            }
+            check_signature(
+                signature,
+                signing_input,
+                std::slice::from_ref(&entry.key),
+                alg,
+            )?;
+            (Some(entry.consumer), None)
+        } else {
+            // 2. An external issuer: the only one, or the one the (unverified) iss names.
+            let issuer = match self.issuers.as_slice() {
+                [] => return Err(TokenError::UnknownKey),
+                [only] => only,
+                many => {
+                    let iss = claims
+                        .as_ref()
+                        .and_then(|c| c.get("iss"))
+                        .and_then(Value::as_str)
+                        .ok_or(TokenError::WrongIssuer)?;
+                    many.iter()
+                        .find(|i| i.issuer == iss)
+                        .ok_or(TokenError::WrongIssuer)?
+                }
+            };
+            let candidates = issuer.jwks.lookup(kid, alg).await.map_err(|e| match e {
+                JwksError::UnknownKey => TokenError::UnknownKey,
+                JwksError::Unavailable => TokenError::KeysUnavailable,
+            })?;
+            check_signature(signature, signing_input, &candidates, alg)?;
+            (None, Some(issuer))
+        };
+
+        // Only now is the payload trusted.
+        let claims = claims.ok_or(TokenError::InvalidClaims)?;
+        let now = (now_ms / 1000) as i64;
+        let skew = self.skew_secs as i64;
+        let exp = number(&claims, "exp")?;
+        let nbf = number(&claims, "nbf")?;
+        let iat = number(&claims, "iat")?;
+        if (self.require_exp && exp.is_none())
+            || (self.require_nbf && nbf.is_none())
+            || (self.require_iat && iat.is_none())
+        {
+            return Err(TokenError::MissingClaim);
+        }
+        if exp.is_some_and(|exp| now > exp.saturating_add(skew)) {
+            return Err(TokenError::Expired);
+        }
+        if nbf.is_some_and(|nbf| now.saturating_add(skew) < nbf)
+            || iat.is_some_and(|iat| now.saturating_add(skew) < iat)
+        {
+            return Err(TokenError::NotYetValid);
+        }
+        if let Some(max) = self.max_lifetime_secs {
+            let exp = exp.ok_or(TokenError::MissingClaim)?;
+            if exp.saturating_sub(now) > max as i64 + skew {
+                return Err(TokenError::TooLongLived);
+            }
+        }
+        let mut consumer = consumer;
+        if let Some(issuer) = issuer {
+            if claims.get("iss").and_then(Value::as_str) != Some(issuer.issuer.as_str()) {
+                return Err(TokenError::WrongIssuer);
+            }
+            if !issuer.audiences.is_empty() {
+                let matches = |a: &Value| {
+                    a.as_str()
+                        .is_some_and(|a| issuer.audiences.iter().any(|x| x == a))
+                };
+                let ok = match claims.get("aud") {
+                    Some(Value::Array(items)) => items.iter().any(matches),
+                    Some(single) => matches(single),
+                    None => false,
+                };
+                if !ok {
+                    return Err(TokenError::WrongAudience);
+                }
+            }
+            if let Some(claim) = &issuer.consumer_claim {
+                let name = claims
+                    .get(claim)
+                    .and_then(Value::as_str)
+                    .ok_or(TokenError::UnknownConsumer)?;
+                consumer = Some(
+                    keys.consumer_by_name(&self.namespace, name)
+                        .ok_or(TokenError::UnknownConsumer)?,
+                );
+            }
+        }
+
+        let principal = Arc::new(Principal {
+            consumer,
+            subject: claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .and_then(|s| HeaderValue::from_str(s).ok()),
+            scopes: scopes_of(&claims),
+            claims: Some(claims),
+        });
+        let mut expires = now_ms + MAX_CACHE_MS;
+        if let Some(exp) = exp {
+            expires = expires.min(u64::try_from(exp).unwrap_or(0).saturating_mul(1000));
+        }
+        self.cache
+            .insert(cache_key, principal.clone(), expires, now_ms);
+        Ok(principal)
+    }
+}
+
+fn check_signature(
+    signature: &str,
+    signing_input: &str,
+    keys: &[Arc<VerifyKey>],
+    alg: Algorithm,
+) -> Result<(), TokenError> {
+    for key in keys {
+        if key.allows(alg)
+            && jsonwebtoken::crypto::verify(signature, signing_input.as_bytes(), &key.key, alg)
+                .unwrap_or(false)
+        {
+            return Ok(());
+        }
+    }
+    Err(TokenError::InvalidSignature)
+}
+
+/// Whether a bearer token has the JWS compact shape (three dot-separated parts); opaque
+/// tokens go to introspection instead.
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.bytes().filter(|b| *b == b'.').count() == 2
+}
