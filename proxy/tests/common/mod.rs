@@ -54,6 +54,7 @@ pub fn route(id: &str, kind: PathKind, path: &str, targets: &[&Upstream]) -> Rou
             send_timeout_ms: 5000,
             retries: 0,
             direct_response: None,
+            tls: None,
         },
         authentication: None,
         authorization: None,
@@ -64,6 +65,7 @@ pub fn route(id: &str, kind: PathKind, path: &str, targets: &[&Upstream]) -> Rou
         cors: None,
         sanitize_upstream_errors: false,
         rate_limit_policies: vec![],
+        tls: None,
     }
 }
 
