@@ -17,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 pub mod idp;
+pub mod tls;
 
 use portcullis_compiler::config::*;
 use portcullis_compiler::GatewayConfig;
