@@ -42,6 +42,8 @@ pub enum ConfigError {
         route: String,
         source: ResponseHeaderError,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsConfigError),
 }
 
 pub struct CompiledRoute {
@@ -114,6 +116,8 @@ pub struct RuntimeConfig {
     pub routes: Vec<CompiledRoute>,
     pub keys: KeyStore,
     pub rate_limits: RateLimits,
+    /// Certificates and handshake policies for the TLS listener.
+    pub tls: crate::tls::TlsRuntime,
 }
 
 impl RuntimeConfig {
@@ -135,6 +139,7 @@ impl RuntimeConfig {
                 .collect::<Result<_, _>>()?,
             keys: KeyStore::build(&config.consumers, &config.secrets)?,
             rate_limits: RateLimits::build(config, limiter)?,
+            tls: crate::tls::TlsRuntime::build(config)?,
         })
     }
 }

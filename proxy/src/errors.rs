@@ -33,6 +33,8 @@ pub enum GatewayError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     RateLimit(#[from] RateLimitError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsRouteError),
 }
 
 impl GatewayError {
@@ -62,6 +64,7 @@ impl GatewayError {
                 // Fail closed: the shared counters cannot be consulted.
                 RateLimitError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             },
+            GatewayError::Tls(e) => e.status(),
         }
     }
 
@@ -75,6 +78,7 @@ impl GatewayError {
             GatewayError::Validation(e) => e.reason(),
             GatewayError::Upstream(e) => e.reason(),
             GatewayError::RateLimit(e) => e.reason(),
+            GatewayError::Tls(e) => e.reason(),
         }
     }
 
@@ -95,7 +99,8 @@ impl GatewayError {
             | GatewayError::NoRoute
             | GatewayError::Ip(_)
             | GatewayError::Cors(_)
-            | GatewayError::Upstream(_) => None,
+            | GatewayError::Upstream(_)
+            | GatewayError::Tls(_) => None,
         }
     }
 
@@ -110,6 +115,7 @@ impl GatewayError {
             GatewayError::Validation(_) => "validation",
             GatewayError::Upstream(_) => "upstream",
             GatewayError::RateLimit(_) => "rate_limit",
+            GatewayError::Tls(_) => "tls",
         }
     }
 
