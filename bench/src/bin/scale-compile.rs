@@ -7,7 +7,10 @@ use portcullis_bench::{consumer, route, secret, KEYS_PER_SECRET};
 use portcullis_compiler::{compile, delivery, Snapshot};
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let routes = args.first().copied().unwrap_or(10_000);
     let consumers = args.get(1).copied().unwrap_or(100_000);
     let runs = args.get(2).copied().unwrap_or(5);
@@ -16,10 +19,14 @@ fn main() -> anyhow::Result<()> {
         snapshot.routes.push(serde_json::from_value(route(i))?);
     }
     for i in 0..consumers {
-        snapshot.consumers.push(serde_json::from_value(consumer(i))?);
+        snapshot
+            .consumers
+            .push(serde_json::from_value(consumer(i))?);
     }
     for block in 0..consumers.div_ceil(KEYS_PER_SECRET) {
-        snapshot.secrets.push(serde_json::from_value(secret(block, consumers))?);
+        snapshot
+            .secrets
+            .push(serde_json::from_value(secret(block, consumers))?);
     }
     let mut compile_ms = Vec::new();
     let mut encode_ms = Vec::new();
@@ -29,7 +36,10 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let (config, statuses) = compile(&snapshot);
         compile_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-        anyhow::ensure!(statuses.iter().all(|s| s.is_healthy()), "unexpected invalid objects");
+        anyhow::ensure!(
+            statuses.iter().all(|s| s.is_healthy()),
+            "unexpected invalid objects"
+        );
         anyhow::ensure!(config.routes.len() == routes && config.consumers.len() == consumers);
         let started = Instant::now();
         let encoded = delivery::encode(&config)?;
