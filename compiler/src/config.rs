@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 pub use auth::*;
+mod waf;
+pub use waf::*;
 
 /// One complete, self-consistent config snapshot.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
@@ -30,6 +32,9 @@ pub struct GatewayConfig {
     /// Accepted RateLimitPolicies by id; routes name the ones that apply to them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limit_policies: Vec<RateLimitPolicyConfig>,
+    /// Accepted WafPolicies by id; routes name the ones that apply to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waf_policies: Vec<WafPolicyConfig>,
 }
 
 /// Material that must never be written to a ConfigMap or logged.
@@ -135,6 +140,10 @@ pub struct RouteConfig {
     /// global ones, without duplicates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limit_policies: Vec<String>,
+    /// Ids of the WafPolicies that apply: the route's own `wafPolicy`, then its namespace's
+    /// global ones. Each is enforced; any of them may block.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waf_policies: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -780,18 +780,16 @@ impl Engine {
             && worth_xss(&t.value)
             && libinjectionrs::detect_xss(t.value.as_bytes()).is_injection()
         {
-            {
-                self.record(
-                    eval,
-                    path_norm,
-                    941100,
-                    Group::CrossSiteScripting,
-                    &t.label(),
-                    5,
-                    &excerpt(&t.value),
-                    "XSS (libinjection)",
-                );
-            }
+            self.record(
+                eval,
+                path_norm,
+                941100,
+                Group::CrossSiteScripting,
+                &t.label(),
+                5,
+                &excerpt(&t.value),
+                "XSS (libinjection)",
+            );
         }
     }
 

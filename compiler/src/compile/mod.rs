@@ -9,6 +9,7 @@ mod policy;
 mod rate_limit;
 mod route;
 mod secrets;
+mod waf;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube_meta::Meta;
@@ -99,6 +100,9 @@ fn generation_of(config: &GatewayConfig) -> String {
     // Only when present, so configs without policies keep their generation ids.
     if !config.rate_limit_policies.is_empty() {
         hasher.update(serde_json::to_vec(&config.rate_limit_policies).unwrap_or_default());
+    }
+    if !config.waf_policies.is_empty() {
+        hasher.update(serde_json::to_vec(&config.waf_policies).unwrap_or_default());
     }
     let digest = hasher.finalize();
     hex::encode(&digest[..8])

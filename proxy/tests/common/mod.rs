@@ -64,6 +64,7 @@ pub fn route(id: &str, kind: PathKind, path: &str, targets: &[&Upstream]) -> Rou
         cors: None,
         sanitize_upstream_errors: false,
         rate_limit_policies: vec![],
+        waf_policies: vec![],
     }
 }
 
