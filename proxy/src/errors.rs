@@ -15,6 +15,7 @@ use crate::ip_filter::IpDenied;
 use crate::ratelimit::RateLimitError;
 use crate::upstream::UpstreamError;
 use crate::validate::ValidationError;
+use crate::waf::WafError;
 
 /// Everything that stops a request inside the pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum GatewayError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     RateLimit(#[from] RateLimitError),
+    #[error(transparent)]
+    Waf(#[from] WafError),
 }
 
 impl GatewayError {
@@ -62,6 +65,7 @@ impl GatewayError {
                 // Fail closed: the shared counters cannot be consulted.
                 RateLimitError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             },
+            GatewayError::Waf(e) => e.status(),
         }
     }
 
@@ -75,6 +79,7 @@ impl GatewayError {
             GatewayError::Validation(e) => e.reason(),
             GatewayError::Upstream(e) => e.reason(),
             GatewayError::RateLimit(e) => e.reason(),
+            GatewayError::Waf(e) => e.reason(),
         }
     }
 
@@ -90,6 +95,7 @@ impl GatewayError {
             GatewayError::RateLimit(crate::ratelimit::RateLimitError::Exceeded(_)) => {
                 Some(Enforcement::RateLimited)
             }
+            GatewayError::Waf(_) => Some(Enforcement::WafBlocked),
             // A rate-limit backend failure (503) is not a client being limited.
             GatewayError::RateLimit(_)
             | GatewayError::NoRoute
@@ -110,6 +116,7 @@ impl GatewayError {
             GatewayError::Validation(_) => "validation",
             GatewayError::Upstream(_) => "upstream",
             GatewayError::RateLimit(_) => "rate_limit",
+            GatewayError::Waf(_) => "waf",
         }
     }
 
