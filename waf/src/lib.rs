@@ -697,8 +697,8 @@ impl Engine {
                 Input::Decoded => &t.value,
             };
             let matched = slot.set.matches(text);
-            // Evasions that only make sense per group: SQL keywords split by comments
-            // (`un/**/ion`), shell commands split by quotes (`w'h'o"am"i`).
+            // Evasions that only make sense per group: SQL comments used as whitespace
+            // (`union/**/select`), shell commands split by quotes (`w'h'o"am"i`).
             let alternate: Option<&str> = match slot.group {
                 Group::SqlInjection if slot.input == Input::Normalized && norm.contains("/*") => {
                     Some(

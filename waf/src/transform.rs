@@ -243,7 +243,8 @@ pub fn compress_whitespace(input: &str) -> String {
 }
 
 /// Replaces SQL comments with a space (`/*!50000select*/` keeps its executable body, as
-/// MySQL runs it) so that `un/**/ion` style splitting does not hide keywords from rules.
+/// MySQL runs it), so that comments used instead of whitespace (`union/**/select`) do not
+/// hide keyword sequences from rules.
 pub fn remove_sql_comments(input: &str) -> Cow<'_, str> {
     if !input.contains("/*") {
         return Cow::Borrowed(input);
