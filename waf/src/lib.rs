@@ -16,7 +16,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
-use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex::bytes::{
+    Regex as BytesRegex, RegexBuilder as BytesRegexBuilder, RegexSet, RegexSetBuilder,
+};
+use regex::{Regex, RegexBuilder};
 
 pub mod parse;
 pub mod rules;
@@ -343,7 +346,7 @@ struct CompiledCustom {
 pub struct Engine {
     config: PolicyConfig,
     rules: Vec<&'static RuleDef>,
-    individual: Vec<Regex>,
+    individual: Vec<BytesRegex>,
     slots: Vec<Slot>,
     prefilter: AhoCorasick,
     /// Literal pattern index → slots it triggers.
@@ -399,6 +402,7 @@ impl Engine {
         let mut slots = Vec::new();
         for (key, members) in slot_keys.iter().zip(slot_rules) {
             let set = RegexSetBuilder::new(members.iter().map(|&i| rules[i].pattern))
+                .unicode(false)
                 .size_limit(64 << 20)
                 .dfa_size_limit(16 << 20)
                 .build()
@@ -696,7 +700,7 @@ impl Engine {
                 Input::Normalized => &norm,
                 Input::Decoded => &t.value,
             };
-            let matched = slot.set.matches(text);
+            let matched = slot.set.matches(text.as_bytes());
             // Evasions that only make sense per group: SQL comments used as whitespace
             // (`union/**/select`), shell commands split by quotes (`w'h'o"am"i`).
             let alternate: Option<&str> = match slot.group {
@@ -715,7 +719,7 @@ impl Engine {
                 _ => None,
             };
             if let Some(alt) = alternate {
-                let again = slot.set.matches(alt);
+                let again = slot.set.matches(alt.as_bytes());
                 for i in again.iter() {
                     if !matched.matched(i) {
                         let rule = self.rules[slot.rules[i]];
@@ -760,8 +764,11 @@ impl Engine {
         // `/a/b/123` paths are the common case and cannot be injections.
         let injectable =
             !matches!(t.kind, Kind::Path) || t.value.contains(['\'', '"', '(', ' ', ';']);
-        if self.sqli && injectable && worth_sqli(&t.value) {
-            let r = libinjectionrs::detect_sqli(t.value.as_bytes());
+        // libinjection is a tokenizer built for argument-sized input: give it at most
+        // `LIBINJECTION_MAX` bytes of a large unparsed body (the regex rules see it all).
+        let head = clip_chars(&t.value, LIBINJECTION_MAX);
+        if self.sqli && injectable && worth_sqli(head) {
+            let r = libinjectionrs::detect_sqli(head.as_bytes());
             if r.is_injection() {
                 let fp = r.fingerprint.map(|f| f.to_string()).unwrap_or_default();
                 self.record(
@@ -776,9 +783,7 @@ impl Engine {
                 );
             }
         }
-        if self.xss
-            && worth_xss(&t.value)
-            && libinjectionrs::detect_xss(t.value.as_bytes()).is_injection()
+        if self.xss && worth_xss(head) && libinjectionrs::detect_xss(head.as_bytes()).is_injection()
         {
             self.record(
                 eval,
@@ -794,8 +799,8 @@ impl Engine {
     }
 
     fn excerpt_of(&self, rule: usize, text: &str) -> String {
-        match self.individual[rule].find(text) {
-            Some(m) => excerpt(m.as_str()),
+        match self.individual[rule].find(text.as_bytes()) {
+            Some(m) => excerpt(&String::from_utf8_lossy(m.as_bytes())),
             None => excerpt(text),
         }
     }
@@ -1124,8 +1129,9 @@ impl Engine {
     }
 }
 
-fn build_regex(pattern: &str) -> Result<Regex, String> {
-    RegexBuilder::new(pattern)
+fn build_regex(pattern: &str) -> Result<BytesRegex, String> {
+    BytesRegexBuilder::new(pattern)
+        .unicode(false)
         .size_limit(16 << 20)
         .build()
         .map_err(|e| e.to_string())
@@ -1324,6 +1330,20 @@ fn restricted_extension(path: &str) -> bool {
             | "tmp"
             | "save"
     )
+}
+
+/// Largest input handed to libinjection.
+const LIBINJECTION_MAX: usize = 16 * 1024;
+
+fn clip_chars(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// `X-Filename`, `X-File-Name`, `X_Filename`, `X.Filename`.

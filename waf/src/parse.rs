@@ -141,7 +141,12 @@ impl<'l> Collector<'l> {
         url_encoded: bool,
         plus_as_space: bool,
     ) {
-        let cut = self.cut(|| format!("{collection}:{}", clip(key, MAX_KEY_LEN)), raw);
+        // An unparsed body is not an argument: it is bounded by `inspectBodyBytes` alone.
+        let cut = if kind == Kind::Body {
+            raw
+        } else {
+            self.cut(|| format!("{collection}:{}", clip(key, MAX_KEY_LEN)), raw)
+        };
         self.targets.push(Target {
             kind,
             collection,

@@ -6,6 +6,11 @@
 //! in lowercase and use a single ` ` or `\s`). `Input::Decoded` rules see the decoded value
 //! with its original case and line breaks; they exist for CR/LF based attacks.
 //!
+//! Patterns are compiled as byte regexes with Unicode disabled: `\w`, `\s` and `\b` are
+//! ASCII, which keeps every set on the lazy DFA even on binary-looking input (a Unicode
+//! `\b` makes the DFA give up on the first non-ASCII byte and fall back to a slow NFA).
+//! Non-ASCII characters are therefore written as their UTF-8 bytes (`\xc2\xbc` is `¼`).
+//!
 //! Every literal listed for a rule must occur in any value the pattern matches: the engine
 //! only runs a group's regex set when the Aho-Corasick prefilter found one of the group's
 //! literals, so a missing literal would be a silent false negative. Rules without literals
@@ -216,7 +221,7 @@ fn build() -> Vec<RuleDef> {
             r#"(?:^|[^\w.$])(?:eval|settimeout|setinterval|execscript|alert|prompt|confirm|atob|btoa)\s*(?:\(|`)|\bnew\s+function\s*\(|\bimport\s*\(\s*['"`]\s*(?:data|https?):"#),
         rule(941310, CrossSiteScripting, 1, 5, ANY, "XSS: US-ASCII malformed encoding (high-bit markup)",
             &["\u{bc}", "\u{be}"],
-            r"\x{bc}\s*/?\s*[a-z][^\x{be}>]*[\x{be}>]|<\s*/?\s*[a-z][^\x{be}]*\x{be}"),
+            r"\xc2\xbc\s*/?\s*[a-z][^>]{0,200}?(?:\xc2\xbe|>)|<\s*/?\s*[a-z][^>]{0,200}?\xc2\xbe"),
         rule(941400, CrossSiteScripting, 1, 5, ANY, "XSS: javascript call through a tagged template",
             &["`"],
             r"\.\s*(?:call|apply|bind|sort|map|filter|reduce|constructor|join|concat)\s*`|\b(?:reflect|function|object|array)\s*\.\s*\w+\s*(?:\.\s*\w+\s*)*`"),
@@ -364,8 +369,8 @@ fn build() -> Vec<RuleDef> {
             &["${"],
             r"\$\{[^}]{0,200}?(?:jndi|\$\{|::-|(?:lower|upper|env|sys|ctx|date|main|java|base64|k8s|docker|spring|web|bundle|marker|log4j|sd|event|map|jvmrunargs)\s*:)"),
         rule(944200, JavaInjection, 1, 5, ANY, "Java: serialized object magic bytes",
-            &["ro0ab", "aced0005", "\u{fffd}\u{fffd}\0\u{5}", "kztaau", "cs7qaf"],
-            r"\bro0ab|\baced0005|\x{fffd}\x{fffd}\x00\x05|\bkztaau|\bcs7qaf"),
+            &["ro0ab", "aced0005", "\u{ac}\u{ed}", "kztaau", "cs7qaf"],
+            r"\bro0ab|\baced0005|\xc2\xac\xc3\xad\x00?\x05|\bkztaau|\bcs7qaf"),
         rule(944140, JavaInjection, 1, 5, FILENAME, "Java: JSP upload",
             &[".jsp", ".jspx", ".jsf", ".jws"],
             r"\.(?:jspx?|jsf|jws|jhtml)(?:\.|$|\s)"),
