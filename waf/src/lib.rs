@@ -1355,14 +1355,96 @@ fn is_filename_header(lower: &str) -> bool {
     compact == "xfilename" || compact == "xfile" || compact == "filename"
 }
 
-/// libinjection costs microseconds per call: skip values that cannot hold SQL (one word
-/// of letters, digits and `-_.`), which is most header and argument values.
+/// libinjection costs microseconds per call (the Rust port is several times slower than
+/// the C original), so it only sees values that could hold SQL: values with SQL
+/// punctuation (quotes, parentheses, operators, comment starts), or words only but with
+/// a keyword that can build an injection without punctuation (`1 or 1`, `1 union select 2`).
+/// Plain words, numbers, identifiers and prose without such keywords cannot form a
+/// libinjection fingerprint, and they are most argument and JSON values.
 fn worth_sqli(v: &str) -> bool {
-    v.len() > 1
-        && !v
-            .bytes()
+    if v.len() < 2
+        || v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+    {
+        return false;
+    }
+    if v.bytes().any(|b| {
+        matches!(
+            b,
+            b'\''
+                | b'"'
+                | b'`'
+                | b';'
+                | b'('
+                | b')'
+                | b'='
+                | b'<'
+                | b'>'
+                | b'#'
+                | b'*'
+                | b'/'
+                | b'|'
+                | b'&'
+                | b'@'
+                | b'\\'
+                | b'%'
+                | b'^'
+                | b'~'
+                | b'!'
+                | b'{'
+                | b'}'
+                | b'['
+                | b']'
+        )
+    }) || v.contains("--")
+        || !v.is_ascii()
+    {
+        return true;
+    }
+    v.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .any(|w| SQL_WORDS.iter().any(|k| w.eq_ignore_ascii_case(k)))
 }
+
+const SQL_WORDS: [&str; 38] = [
+    "union",
+    "select",
+    "or",
+    "and",
+    "xor",
+    "having",
+    "order",
+    "group",
+    "sleep",
+    "benchmark",
+    "waitfor",
+    "exec",
+    "execute",
+    "into",
+    "like",
+    "rlike",
+    "regexp",
+    "between",
+    "div",
+    "mod",
+    "procedure",
+    "limit",
+    "declare",
+    "shutdown",
+    "null",
+    "case",
+    "when",
+    "not",
+    "is",
+    "in",
+    "from",
+    "where",
+    "drop",
+    "insert",
+    "update",
+    "delete",
+    "true",
+    "false",
+];
 
 /// XSS needs markup, an attribute or a scheme.
 fn worth_xss(v: &str) -> bool {
