@@ -384,11 +384,18 @@ impl Engine {
             .iter()
             .map(|r| build_regex(r.pattern).map_err(WafError::Builtin))
             .collect::<Result<Vec<_>, _>>()?;
-        // One slot per (group, input, always?) so that a literal hit runs only its group.
-        let mut slot_keys: Vec<(Group, Input, bool)> = Vec::new();
+        // One slot per (group, input, always?, anchored?) so that a literal hit runs only its
+        // group, and so that rules anchored at the start of the value share a set the DFA
+        // can abandon after a few bytes instead of scanning the whole value.
+        let mut slot_keys: Vec<(Group, Input, bool, bool)> = Vec::new();
         let mut slot_rules: Vec<Vec<usize>> = Vec::new();
         for (i, r) in rules.iter().enumerate() {
-            let key = (r.group, r.input, r.literals.is_empty());
+            let key = (
+                r.group,
+                r.input,
+                r.literals.is_empty(),
+                r.pattern.starts_with('^'),
+            );
             let at = match slot_keys.iter().position(|k| *k == key) {
                 Some(at) => at,
                 None => {
