@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 pub use auth::*;
+mod tls;
+pub use tls::*;
 mod waf;
 pub use waf::*;
 
@@ -32,6 +34,9 @@ pub struct GatewayConfig {
     /// Accepted RateLimitPolicies by id; routes name the ones that apply to them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limit_policies: Vec<RateLimitPolicyConfig>,
+    /// Certificate chains of TLS routes by Secret id; keys are in `secrets.tls_keys`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_certificates: Vec<TlsCertificateConfig>,
     /// Accepted WafPolicies by id; routes name the ones that apply to them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waf_policies: Vec<WafPolicyConfig>,
@@ -52,6 +57,9 @@ pub struct SecretConfig {
     /// OAuth2 introspection client secrets, by route.
     #[serde(default)]
     pub introspection_secrets: Vec<ClientSecretEntry>,
+    /// Private keys of TLS certificates, by Secret id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_keys: Vec<TlsKeyEntry>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -108,6 +116,9 @@ pub struct ConsumerConfig {
     /// OAuth2 `client_id`/`azp` values that identify this consumer.
     #[serde(default)]
     pub oauth2_client_ids: Vec<String>,
+    /// Client-certificate identities (MutualTls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MtlsConfig>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -140,6 +151,9 @@ pub struct RouteConfig {
     /// global ones, without duplicates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limit_policies: Vec<String>,
+    /// TLS termination for the route's hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RouteTlsConfig>,
     /// Ids of the WafPolicies that apply: the route's own `wafPolicy`, then its namespace's
     /// global ones. Each is enforced; any of them may block.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -187,12 +201,15 @@ pub struct UpstreamConfig {
     /// Extra attempts for idempotent methods.
     pub retries: u32,
     pub direct_response: Option<DirectResponseConfig>,
+    /// Verification of `https://` targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetConfig {
-    /// `http://host:port` (no path); the scheme is `http` until upstream TLS lands.
+    /// `http://host:port` or `https://host:port` (no path).
     pub url: String,
     pub weight: u32,
 }
@@ -211,6 +228,7 @@ pub enum AuthMethodConfig {
     Jwt,
     OAuth2Introspection,
     ForwardAuth,
+    MutualTls,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]

@@ -2,8 +2,11 @@
 //! Compile everything, publish the config if it changed, then bring every object's status
 //! up to date, writing only what differs.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
+
+use futures_util::StreamExt;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
@@ -60,6 +63,9 @@ pub struct Reconciler {
 /// Lease is deleted: long enough to see a crash in `kubectl get`, short enough that a scaled
 /// down Deployment stops showing ghosts.
 pub const FORGET_AFTER_SECONDS: i64 = 300;
+
+/// Status writes in flight at once.
+const STATUS_WRITE_CONCURRENCY: usize = 32;
 
 /// Proxy reports by freshness.
 #[derive(Debug, Default)]
@@ -184,17 +190,21 @@ impl Reconciler {
         self.metrics.proxies_live.set(replicas.live.len() as i64);
         self.forget(&replicas.forgotten).await;
         let now = Timestamp::now().to_string();
-        for compiled in &statuses {
-            self.update_status(compiled, &config.objects, &replicas, &now)
-                .await?;
-        }
-        Ok(())
+        let in_config: HashSet<&ObjectRef> = config.objects.iter().collect();
+        // Most objects need no write; the ones that do go out a few at a time, so the first
+        // reconcile of a large cluster is not one round trip per object in sequence.
+        let results: Vec<Result<(), ReconcileError>> = futures_util::stream::iter(&statuses)
+            .map(|compiled| self.update_status(compiled, &in_config, &replicas, &now))
+            .buffer_unordered(STATUS_WRITE_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().collect()
     }
 
     async fn update_status(
         &self,
         compiled: &ObjectStatus,
-        objects: &[ObjectRef],
+        in_config: &HashSet<&ObjectRef>,
         replicas: &Replicas,
         now: &str,
     ) -> Result<(), ReconcileError> {
@@ -204,7 +214,7 @@ impl Reconciler {
             name: compiled.name.clone(),
             generation: compiled.generation,
         };
-        let in_config = objects.contains(&object);
+        let in_config = in_config.contains(&object);
         let programmed = status::programmed(
             &object,
             compiled.accepted() && in_config,

@@ -45,6 +45,8 @@ pub enum ConfigError {
         route: String,
         source: ResponseHeaderError,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsConfigError),
 }
 
 pub struct CompiledRoute {
@@ -120,6 +122,8 @@ pub struct RuntimeConfig {
     pub routes: Vec<CompiledRoute>,
     pub keys: KeyStore,
     pub rate_limits: RateLimits,
+    /// Certificates and handshake policies for the TLS listener.
+    pub tls: crate::tls::TlsRuntime,
 }
 
 impl RuntimeConfig {
@@ -142,6 +146,7 @@ impl RuntimeConfig {
                 .collect::<Result<_, _>>()?,
             keys: KeyStore::build(&config.consumers, &config.secrets)?,
             rate_limits: RateLimits::build(config, limiter)?,
+            tls: crate::tls::TlsRuntime::build(config)?,
         })
     }
 }

@@ -35,6 +35,8 @@ pub enum GatewayError {
     #[error(transparent)]
     RateLimit(#[from] RateLimitError),
     #[error(transparent)]
+    Tls(#[from] crate::tls::TlsRouteError),
+    #[error(transparent)]
     Waf(#[from] WafError),
 }
 
@@ -65,6 +67,7 @@ impl GatewayError {
                 // Fail closed: the shared counters cannot be consulted.
                 RateLimitError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             },
+            GatewayError::Tls(e) => e.status(),
             GatewayError::Waf(e) => e.status(),
         }
     }
@@ -79,6 +82,7 @@ impl GatewayError {
             GatewayError::Validation(e) => e.reason(),
             GatewayError::Upstream(e) => e.reason(),
             GatewayError::RateLimit(e) => e.reason(),
+            GatewayError::Tls(e) => e.reason(),
             GatewayError::Waf(e) => e.reason(),
         }
     }
@@ -101,7 +105,8 @@ impl GatewayError {
             | GatewayError::NoRoute
             | GatewayError::Ip(_)
             | GatewayError::Cors(_)
-            | GatewayError::Upstream(_) => None,
+            | GatewayError::Upstream(_)
+            | GatewayError::Tls(_) => None,
         }
     }
 
@@ -116,6 +121,7 @@ impl GatewayError {
             GatewayError::Validation(_) => "validation",
             GatewayError::Upstream(_) => "upstream",
             GatewayError::RateLimit(_) => "rate_limit",
+            GatewayError::Tls(_) => "tls",
             GatewayError::Waf(_) => "waf",
         }
     }

@@ -26,6 +26,7 @@ pub mod response_headers;
 pub mod router;
 pub mod server;
 pub mod standalone;
+pub mod tls;
 pub mod upstream;
 pub mod upstream_timeouts;
 pub mod validate;

@@ -22,7 +22,7 @@ struct Args {
     manifests: Vec<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// TLS listener (not implemented yet).
+    /// TLS listener: terminates TLS for routes with `spec.tls` (certificates chosen by SNI).
     #[arg(long)]
     tls_listen: Option<SocketAddr>,
     #[arg(long, default_value = "127.0.0.1:9901")]
@@ -96,6 +96,7 @@ fn proxy_options(args: &Args) -> ProxyOptions {
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
+        tls_listen: args.tls_listen,
         audit: if args.no_audit {
             AuditSink::Disabled
         } else {
@@ -114,9 +115,6 @@ fn runtime(args: &Args) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.tls_listen.is_some() {
-        bail!("--tls-listen is not implemented yet");
-    }
     if args.kube {
         return run_kube(args);
     }

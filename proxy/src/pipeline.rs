@@ -2,7 +2,8 @@
 //!
 //! Order (DESIGN §2; steps not implemented yet are marked and simply absent):
 //!  1. connection: global and per-IP connection limits (`connection_limits`), HTTP/1.1 +
-//!     HTTP/2, header-read and idle timeouts (in `server`); TLS: not yet.
+//!     HTTP/2, header-read and idle timeouts (in `server`); TLS termination with per-host
+//!     certificates and client authentication (`tls`), checked against the route in step 3.
 //!  2. request id (`request_id`); W3C trace context: not yet.
 //!  3. route match (`router`); for CORS preflights by the requested method.
 //!  4. client IP (`client_ip`) and IP allow/deny (`ip_filter`).
@@ -53,6 +54,8 @@ pub struct Shared {
     pub trusted_proxies: Vec<IpNet>,
     pub clients: crate::upstream::ClientPool,
     pub limiter: ratelimit::Backends,
+    /// Port of the TLS listener, for HTTP→HTTPS redirects.
+    pub https_port: Option<u16>,
 }
 
 /// What the audit line and metrics need to know about a request once it is answered.
@@ -72,6 +75,10 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let runtime = shared.store.load();
+    let on_tls = request
+        .extensions()
+        .get::<Arc<crate::tls::ConnectionTls>>()
+        .is_some();
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
     let uri = parts.uri.clone();
@@ -147,7 +154,7 @@ pub async fn handle(
 
     // 11. response policy applies to upstream answers and gateway errors alike.
     if let Some(route) = route {
-        route.response_headers.apply(response.headers_mut(), false);
+        route.response_headers.apply(response.headers_mut(), on_tls);
         if let Some(cors) = &route.cors {
             cors.apply_actual(origin.as_ref(), response.headers_mut());
         }
@@ -231,6 +238,10 @@ async fn run(
     outcome.route = Some(found.route);
     let route: &CompiledRoute = &runtime.routes[found.route];
     let config = &route.config;
+    // 1. (after the match) the connection's TLS policy must be the route's; HTTP → HTTPS.
+    if let Some(redirect) = crate::tls::check_route(config, &parts, shared.https_port)? {
+        return Ok(redirect);
+    }
 
     // 4. client IP filter
     if let Some(restriction) = &config.ip_restriction {

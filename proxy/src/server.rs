@@ -17,7 +17,7 @@ use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 use portcullis_compiler::report;
 use portcullis_compiler::GatewayConfig;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -50,6 +50,8 @@ pub struct ProxyOptions {
     pub rate_limit_clock: Option<Arc<dyn crate::ratelimit::clock::Clock>>,
     /// Clock, extra CA and JWKS timing for authentication.
     pub auth: crate::auth::AuthOptions,
+    /// TLS listener (`--tls-listen`); `None` disables it.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 impl Default for ProxyOptions {
@@ -67,6 +69,7 @@ impl Default for ProxyOptions {
             max_connections_per_ip: None,
             rate_limit_clock: None,
             auth: crate::auth::AuthOptions::default(),
+            tls_listen: None,
         }
     }
 }
@@ -114,6 +117,21 @@ impl ProxyServer {
             &limiter,
             &counters,
         )?;
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
+        };
+        let tls_listener = match options.tls_listen {
+            Some(addr) => {
+                let l = bind(addr).await?;
+                let a = l
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                Some((l, a))
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             store: ConfigStore::new(runtime, loaded),
             counters,
@@ -122,12 +140,8 @@ impl ProxyServer {
             trusted_proxies: options.trusted_proxies.clone(),
             clients,
             limiter,
+            https_port: tls_listener.as_ref().map(|(_, a)| a.port()),
         });
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { addr, source })
-        };
         let listener = bind(options.listen).await?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: options.listen,
@@ -152,7 +166,22 @@ impl ProxyServer {
             Arc::new(options.clone()),
             shutdown_rx.clone(),
             tracker.clone(),
+            false,
         )));
+        let tls_addr = match tls_listener {
+            Some((listener, addr)) => {
+                tasks.push(tokio::spawn(accept_loop(
+                    listener,
+                    shared.clone(),
+                    Arc::new(options.clone()),
+                    shutdown_rx.clone(),
+                    tracker.clone(),
+                    true,
+                )));
+                Some(addr)
+            }
+            None => None,
+        };
         let admin_addr = match admin {
             Some((listener, addr)) => {
                 tasks.push(tokio::spawn(admin::serve(
@@ -164,9 +193,10 @@ impl ProxyServer {
             }
             None => None,
         };
-        tracing::info!(listen = %local_addr, admin = ?admin_addr, "proxy listening");
+        tracing::info!(listen = %local_addr, tls = ?tls_addr, admin = ?admin_addr, "proxy listening");
         Ok(RunningProxy {
             local_addr,
+            tls_addr,
             admin_addr,
             shared,
             shutdown_tx,
@@ -179,6 +209,7 @@ impl ProxyServer {
 
 pub struct RunningProxy {
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown_tx: watch::Sender<bool>,
@@ -194,6 +225,11 @@ impl RunningProxy {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The TLS listener's address, when `tls_listen` was set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Compiles and atomically publishes a new config; on error the current one stays.
@@ -333,6 +369,7 @@ async fn accept_loop(
     options: Arc<ProxyOptions>,
     mut shutdown: watch::Receiver<bool>,
     tracker: Arc<ConnTracker>,
+    tls: bool,
 ) {
     let builder = Arc::new(builder(&options));
     let limits = ConnectionLimits::new(options.max_connections, options.max_connections_per_ip);
@@ -360,6 +397,30 @@ async fn accept_loop(
             }
         };
         let guard = tracker.enter();
+        if tls {
+            let (shared, builder, shutdown) = (shared.clone(), builder.clone(), shutdown.clone());
+            let (handshake_timeout, idle_timeout) =
+                (options.header_read_timeout, options.idle_timeout);
+            tokio::spawn(async move {
+                match crate::tls::acceptor::accept(stream, &shared, handshake_timeout).await {
+                    Ok((stream, info)) => {
+                        serve_connection(
+                            stream,
+                            peer,
+                            shared,
+                            builder,
+                            idle_timeout,
+                            shutdown,
+                            (guard, permit),
+                            Some(Arc::new(info)),
+                        )
+                        .await
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                }
+            });
+            continue;
+        }
         tokio::spawn(serve_connection(
             stream,
             peer,
@@ -368,6 +429,7 @@ async fn accept_loop(
             options.idle_timeout,
             shutdown.clone(),
             (guard, permit),
+            None,
         ));
     }
 }
@@ -393,22 +455,29 @@ impl Drop for ActiveRequest {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     idle_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
     _guard: (ConnGuard, ConnectionPermit),
-) {
+    tls: Option<Arc<crate::tls::ConnectionTls>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),
         last_ms: AtomicU64::new(now_ms()),
     });
     let service_activity = activity.clone();
-    let service = service_fn(move |request: Request<Incoming>| {
+    let service = service_fn(move |mut request: Request<Incoming>| {
         let shared = shared.clone();
+        if let Some(tls) = &tls {
+            request.extensions_mut().insert(tls.clone());
+        }
         service_activity.in_flight.fetch_add(1, Ordering::Relaxed);
         let active = ActiveRequest(service_activity.clone());
         async move {

@@ -30,9 +30,12 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use portcullis_compiler::config::{DirectResponseConfig, LoadBalancing, UpstreamConfig};
+use portcullis_compiler::config::{
+    DirectResponseConfig, LoadBalancing, UpstreamConfig, UpstreamTlsConfig,
+};
 
 use crate::body::{empty, ProxyBody};
+use crate::tls::upstream_tls::UpstreamTlsError;
 use crate::upstream_timeouts::{self, ReadTimeoutBody};
 
 pub const EJECT_AFTER_FAILURES: u32 = 5;
@@ -41,6 +44,23 @@ pub const EJECT_FOR: Duration = Duration::from_secs(10);
 const MAX_SCHEDULE: u64 = 4096;
 
 pub type HttpClient = Client<HttpConnector, ProxyBody>;
+pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// Plain targets keep the plain connector: no TLS machinery on the path that does not use it.
+#[derive(Clone)]
+pub enum UpstreamClient {
+    Plain(HttpClient),
+    Tls(HttpsClient),
+}
+
+impl UpstreamClient {
+    fn request(&self, request: Request<ProxyBody>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            UpstreamClient::Plain(client) => client.request(request),
+            UpstreamClient::Tls(client) => client.request(request),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -72,13 +92,15 @@ impl UpstreamError {
 #[error("invalid upstream target {url:?}: {message}")]
 pub struct TargetError {
     url: String,
-    message: &'static str,
+    message: String,
 }
 
 /// Keep-alive pools shared across config swaps, one per connect timeout (the connector
 /// carries the timeout, so routes with different values need different connectors).
 pub struct ClientPool {
     clients: Mutex<HashMap<u64, HttpClient>>,
+    /// HTTPS pools by connect timeout and TLS setting (CA, SNI, verification).
+    tls_clients: Mutex<HashMap<(u64, UpstreamTlsConfig), HttpsClient>>,
     /// Identity-provider client and JWKS caches; like the pools, they outlive config swaps.
     pub auth: crate::auth::AuthRuntime,
 }
@@ -87,6 +109,7 @@ impl ClientPool {
     pub fn new(auth: crate::auth::AuthRuntime) -> Self {
         ClientPool {
             clients: Mutex::new(HashMap::new()),
+            tls_clients: Mutex::new(HashMap::new()),
             auth,
         }
     }
@@ -112,6 +135,33 @@ impl ClientPool {
             })
             .clone()
     }
+
+    pub fn get_tls(
+        &self,
+        connect_timeout_ms: u64,
+        tls: &UpstreamTlsConfig,
+    ) -> Result<HttpsClient, UpstreamTlsError> {
+        let mut clients = match self.tls_clients.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let key = (connect_timeout_ms, tls.clone());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_millis(connect_timeout_ms.max(1))));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(crate::tls::upstream_tls::IDLE)
+            .pool_max_idle_per_host(256)
+            .build(crate::tls::upstream_tls::connector(tls, http)?);
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
 }
 
 fn now_ms() -> u64 {
@@ -121,6 +171,7 @@ fn now_ms() -> u64 {
 
 pub struct Target {
     pub url: String,
+    scheme: Scheme,
     authority: Authority,
     weight: u32,
     in_flight: AtomicUsize,
@@ -174,7 +225,7 @@ pub struct Upstream {
     read_timeout: Duration,
     retries: u32,
     pub direct: Option<DirectResponse>,
-    client: HttpClient,
+    client: UpstreamClient,
 }
 
 impl Upstream {
@@ -183,17 +234,23 @@ impl Upstream {
             .targets
             .iter()
             .map(|t| {
-                let err = |message| TargetError {
+                let err = |message: &str| TargetError {
                     url: t.url.clone(),
-                    message,
+                    message: message.to_string(),
                 };
                 let uri: Uri = t.url.parse().map_err(|_| err("not a URL"))?;
-                if uri.scheme() != Some(&Scheme::HTTP) {
-                    return Err(err("only http:// targets are supported"));
-                }
-                let authority = uri.authority().cloned().ok_or(err("missing host"))?;
+                let scheme = uri
+                    .scheme()
+                    .filter(|s| **s == Scheme::HTTP || **s == Scheme::HTTPS)
+                    .cloned()
+                    .ok_or_else(|| err("only http:// and https:// targets are supported"))?;
+                let authority = uri
+                    .authority()
+                    .cloned()
+                    .ok_or_else(|| err("missing host"))?;
                 Ok(Target {
                     url: t.url.clone(),
+                    scheme,
                     authority,
                     weight: t.weight,
                     in_flight: AtomicUsize::new(0),
@@ -203,6 +260,24 @@ impl Upstream {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let direct = config.direct_response.as_ref().map(direct_response);
+        let client = if targets.iter().any(|t| t.scheme == Scheme::HTTPS) {
+            let tls = config.tls.clone().unwrap_or_default();
+            if tls.insecure_skip_verify {
+                tracing::warn!(
+                    targets = ?targets.iter().map(|t| t.url.as_str()).collect::<Vec<_>>(),
+                    "upstream.tls.insecureSkipVerify: upstream certificates are NOT verified"
+                );
+            }
+            let client =
+                pool.get_tls(config.connect_timeout_ms, &tls)
+                    .map_err(|e| TargetError {
+                        url: targets.first().map(|t| t.url.clone()).unwrap_or_default(),
+                        message: e.to_string(),
+                    })?;
+            UpstreamClient::Tls(client)
+        } else {
+            UpstreamClient::Plain(pool.get(config.connect_timeout_ms))
+        };
         Ok(Upstream {
             schedule: smooth_schedule(&targets),
             targets,
@@ -212,7 +287,7 @@ impl Upstream {
             read_timeout: Duration::from_millis(config.read_timeout_ms.max(1)),
             retries: config.retries,
             direct,
-            client: pool.get(config.connect_timeout_ms),
+            client,
         })
     }
 
@@ -250,7 +325,7 @@ impl Upstream {
             let index = self.pick(client_ip, tried);
             tried |= 1u64 << (index % 64);
             let target = &self.targets[index];
-            let uri = build_uri(&target.authority, &path_and_query);
+            let uri = build_uri(&target.scheme, &target.authority, &path_and_query);
             let final_attempt = attempt + 1 == attempts;
             let request = if final_attempt {
                 let mut p = std::mem::replace(&mut parts, Request::new(()).into_parts().0);
@@ -366,9 +441,9 @@ impl Upstream {
     }
 }
 
-fn build_uri(authority: &Authority, path_and_query: &PathAndQuery) -> Uri {
+fn build_uri(scheme: &Scheme, authority: &Authority, path_and_query: &PathAndQuery) -> Uri {
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(scheme.clone());
     parts.authority = Some(authority.clone());
     parts.path_and_query = Some(path_and_query.clone());
     Uri::from_parts(parts).unwrap_or_default()
@@ -425,6 +500,7 @@ mod tests {
     fn target(weight: u32) -> Target {
         Target {
             url: "http://a:1".into(),
+            scheme: Scheme::HTTP,
             authority: Authority::from_static("a:1"),
             weight,
             in_flight: AtomicUsize::new(0),

@@ -90,16 +90,14 @@ pub(crate) fn compile_authentication(
         );
     }
     let mut methods = Vec::new();
-    for (i, method) in auth.methods.iter().enumerate() {
+    for method in &auth.methods {
         match method {
             AuthMethod::ApiKey => methods.push(AuthMethodConfig::ApiKey),
             AuthMethod::Jwt => methods.push(AuthMethodConfig::Jwt),
             AuthMethod::OAuth2Introspection => methods.push(AuthMethodConfig::OAuth2Introspection),
             AuthMethod::ForwardAuth => methods.push(AuthMethodConfig::ForwardAuth),
-            AuthMethod::MutualTls => issues.unsupported(
-                &format!("spec.authentication.methods[{i}]"),
-                "MutualTls needs TLS termination, which this version of Portcullis does not implement; the route is refused rather than served without it",
-            ),
+            // Its prerequisite (spec.tls.clientAuth) is checked with the TLS settings.
+            AuthMethod::MutualTls => methods.push(AuthMethodConfig::MutualTls),
         }
     }
     methods.sort();

@@ -68,6 +68,7 @@ pub(crate) fn compile_consumers(
             }
         }
         let (jwt_keys, jwt_secrets) = compile_jwt(consumer, secrets, &meta, &mut issues);
+        let mtls = super::tls::compile_mtls(consumer, &mut issues);
 
         let mut keys = Vec::new();
         for (i, key_ref) in spec.api_keys.iter().enumerate() {
@@ -157,6 +158,7 @@ pub(crate) fn compile_consumers(
             groups,
             jwt_keys,
             oauth2_client_ids,
+            mtls,
         });
     }
     config.consumers.sort_by(|a, b| a.id.cmp(&b.id));

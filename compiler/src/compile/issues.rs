@@ -45,6 +45,14 @@ impl Issues {
         self.refs.push((Reason::InvalidRef, text));
     }
 
+    /// A reference that resolves to unusable material (a bad certificate or key) which the
+    /// object must not be served without.
+    pub fn invalid_ref_blocking(&mut self, field: &str, message: impl std::fmt::Display) {
+        let text = format!("{field}: {message}");
+        self.invalid.push((Reason::InvalidRef, text.clone()));
+        self.refs.push((Reason::InvalidRef, text));
+    }
+
     pub fn is_accepted(&self) -> bool {
         self.invalid.is_empty()
     }

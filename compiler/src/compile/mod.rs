@@ -9,6 +9,7 @@ mod policy;
 mod rate_limit;
 mod route;
 mod secrets;
+mod tls;
 mod waf;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -48,16 +49,23 @@ pub fn compile(snapshot: &Snapshot) -> (GatewayConfig, Vec<ObjectStatus>) {
 
     let mut compiled_routes = Vec::new();
     let mut route_secrets = Vec::new();
+    let mut certificates = std::collections::BTreeMap::new();
     for route in sorted(&snapshot.routes) {
         let meta = Meta::of(&route.metadata);
         let mut issues = Issues::default();
         let compiled = route::compile_route(route, &meta, &policies, &mut issues);
         let client_secret = auth::introspection_secret(route, &meta, &secrets, &mut issues);
-        let compiled = compiled.filter(|_| issues.is_accepted());
+        let route_tls = tls::compile_route_tls(route, &meta, &secrets, &mut issues);
+        let mut compiled = compiled.filter(|_| issues.is_accepted());
+        if let Some(compiled) = compiled.as_mut() {
+            route_tls.apply(compiled);
+        }
+        certificates.extend(route_tls.certificate);
         route_secrets.extend(client_secret);
         compiled_routes.push((meta, compiled, issues));
     }
     conflicts::mark_conflicts(&mut compiled_routes);
+    tls::mark_tls_conflicts(&mut compiled_routes);
     for (meta, compiled, issues) in compiled_routes {
         let accepted = issues.is_accepted();
         statuses.push(issues.into_status(ObjectKind::ApiRoute, &meta));
@@ -71,6 +79,26 @@ pub fn compile(snapshot: &Snapshot) -> (GatewayConfig, Vec<ObjectStatus>) {
         config.routes.iter().any(|r| r.id == s.route)
     });
     config.secrets.introspection_secrets = route_secrets;
+    // Certificates are delivered once per Secret, and only for routes that are served.
+    for (id, material) in certificates {
+        let used = config.routes.iter().any(|r| {
+            r.tls
+                .as_ref()
+                .is_some_and(|t: &crate::config::RouteTlsConfig| t.certificate == id)
+        });
+        if used {
+            config
+                .tls_certificates
+                .push(crate::config::TlsCertificateConfig {
+                    id: id.clone(),
+                    chain_pem: material.chain_pem,
+                });
+            config.secrets.tls_keys.push(crate::config::TlsKeyEntry {
+                id,
+                key_pem: material.key_pem,
+            });
+        }
+    }
 
     config.objects.sort();
     statuses.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
@@ -100,6 +128,9 @@ fn generation_of(config: &GatewayConfig) -> String {
     // Only when present, so configs without policies keep their generation ids.
     if !config.rate_limit_policies.is_empty() {
         hasher.update(serde_json::to_vec(&config.rate_limit_policies).unwrap_or_default());
+    }
+    if !config.tls_certificates.is_empty() {
+        hasher.update(serde_json::to_vec(&config.tls_certificates).unwrap_or_default());
     }
     if !config.waf_policies.is_empty() {
         hasher.update(serde_json::to_vec(&config.waf_policies).unwrap_or_default());

@@ -193,12 +193,6 @@ pub(crate) fn compile_route(
     let response_headers = compile_response_headers(route, issues);
     let cors = compile_cors(route, issues);
 
-    if spec.tls.is_some() {
-        issues.unsupported(
-            "spec.tls",
-            "TLS termination is not implemented by this version of Portcullis",
-        );
-    }
     let rate_limit_policies = super::rate_limit::resolve_for_route(
         &spec.rate_limit_policies,
         meta,
@@ -233,6 +227,8 @@ pub(crate) fn compile_route(
         cors,
         sanitize_upstream_errors: spec.sanitize_upstream_errors.unwrap_or(false),
         rate_limit_policies,
+        // Filled in by `tls::compile_route_tls`, which resolves the Secrets.
+        tls: None,
         waf_policies,
     })
 }
@@ -290,20 +286,16 @@ fn duration_field(value: &Option<String>, field: &str, default: u64, issues: &mu
     }
 }
 
-/// `http://host[:port][/]` → `http://host:port`.
+/// `http(s)://host[:port][/]` → `http(s)://host:port`.
 fn normalize_target_url(url: &str) -> Result<String, String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{url:?}: https upstreams are not implemented by this version of Portcullis"
-            ))
-        }
-        _ => return Err(format!("{url:?} must start with http://")),
-    }
+    let (scheme, default_port) = match uri.scheme_str() {
+        Some("http") => ("http", 80),
+        Some("https") => ("https", 443),
+        _ => return Err(format!("{url:?} must start with http:// or https://")),
+    };
     let host = uri
         .host()
         .filter(|h| !h.is_empty())
@@ -313,8 +305,8 @@ fn normalize_target_url(url: &str) -> Result<String, String> {
             "{url:?} must not carry a path or query; use rewritePrefix"
         ));
     }
-    let port = uri.port_u16().unwrap_or(80);
-    Ok(format!("http://{host}:{port}"))
+    let port = uri.port_u16().unwrap_or(default_port);
+    Ok(format!("{scheme}://{host}:{port}"))
 }
 
 fn compile_upstream(route: &ApiRoute, meta: &Meta, issues: &mut Issues) -> Option<UpstreamConfig> {
@@ -343,12 +335,6 @@ fn compile_upstream(route: &ApiRoute, meta: &Meta, issues: &mut Issues) -> Optio
         issues.invalid(
             "spec.upstream.retries.attempts",
             format!("{retries} is more than {MAX_RETRIES}"),
-        );
-    }
-    if upstream.tls.is_some() {
-        issues.unsupported(
-            "spec.upstream.tls",
-            "upstream TLS is not implemented by this version of Portcullis",
         );
     }
 
@@ -391,8 +377,14 @@ fn compile_upstream(route: &ApiRoute, meta: &Meta, issues: &mut Issues) -> Optio
             (Some(url), None) => normalize_target_url(url),
             (None, Some(service)) => {
                 if valid_host(&service.name) && !service.name.contains('.') && service.port > 0 {
+                    // With upstream.tls, Services are reached over TLS.
+                    let scheme = if upstream.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
                     Ok(format!(
-                        "http://{}.{}.svc:{}",
+                        "{scheme}://{}.{}.svc:{}",
                         service.name, meta.namespace, service.port
                     ))
                 } else {
@@ -438,6 +430,7 @@ fn compile_upstream(route: &ApiRoute, meta: &Meta, issues: &mut Issues) -> Optio
         send_timeout_ms: send,
         retries: retries.min(MAX_RETRIES),
         direct_response,
+        tls: None,
     })
 }
 

@@ -45,6 +45,8 @@ pub struct KeyStore {
     by_id: HashMap<String, usize>,
     jwt_keys: HashMap<String, ConsumerJwtKey>,
     client_ids: HashMap<String, usize>,
+    /// Client-certificate identities (MutualTls).
+    pub mtls: super::mtls::MtlsIndex,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +165,7 @@ impl KeyStore {
             by_id,
             jwt_keys,
             client_ids,
+            mtls: super::mtls::MtlsIndex::build(consumers),
         })
     }
 

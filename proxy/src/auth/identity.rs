@@ -28,6 +28,7 @@ pub enum CredentialType {
     Jwt,
     OAuth2,
     ForwardAuth,
+    MutualTls,
 }
 
 impl CredentialType {
@@ -37,6 +38,7 @@ impl CredentialType {
             CredentialType::Jwt => "jwt",
             CredentialType::OAuth2 => "oauth2",
             CredentialType::ForwardAuth => "forward-auth",
+            CredentialType::MutualTls => "mtls",
         })
     }
 }

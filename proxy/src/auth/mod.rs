@@ -1,12 +1,14 @@
 //! Authentication and authorization (DESIGN §2 step 7).
 //!
-//! Methods: API key (`api_key`), JWT (`jwt`, keys from `jwks`), OAuth2 introspection
+//! Methods: client certificate (`mtls`), API key (`api_key`), JWT (`jwt`, keys from `jwks`), OAuth2 introspection
 //! (`introspection`), forward auth (`forward_auth`); then `authorize`; `identity` carries the
 //! result to the upstream request.
 //!
 //! # Several methods on one route
-//! Methods are tried in a fixed order — ApiKey, Jwt, OAuth2Introspection, ForwardAuth — and
-//! only when their credential is present: the API key header/parameter; a bearer token
+//! Methods are tried in a fixed order — MutualTls, ApiKey, Jwt, OAuth2Introspection,
+//! ForwardAuth — and only when their credential is present: a client certificate verified in
+//! the handshake by the route's CA (`Optional` client auth lets clients without one fall
+//! through to the other methods); the API key header/parameter; a bearer token
 //! (`Authorization: Bearer`), which goes to Jwt when it has the JWS compact shape or Jwt is
 //! the only bearer method, else to introspection; forward auth whenever one of its copied
 //! headers is present (or always, with none configured). The first method that succeeds
@@ -25,6 +27,7 @@ pub mod idp;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;
+pub mod mtls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -228,6 +231,7 @@ pub struct CompiledAuth {
     jwt: Option<CompiledJwt>,
     introspection: Option<CompiledIntrospection>,
     forward_auth: Option<CompiledForwardAuth>,
+    mutual_tls: bool,
 }
 
 enum Attempt {
@@ -284,6 +288,7 @@ impl CompiledAuth {
                 .as_ref()
                 .filter(|_| has(AuthMethodConfig::ForwardAuth))
                 .map(|f| CompiledForwardAuth::new(f, runtime)),
+            mutual_tls: has(AuthMethodConfig::MutualTls),
             config: config.clone(),
         }
     }
@@ -297,15 +302,17 @@ impl CompiledAuth {
         let mut first_error = None;
         let mut used_bearer = false;
         let mut result = None;
-        for method in 0..4 {
+        for method in 0..5 {
             let attempt = match method {
-                0 => self.try_api_key(store, parts),
-                1 | 2 => {
-                    let attempt = self.try_bearer(method == 1, store, parts).await;
+                0 => self.try_mutual_tls(store, parts),
+                1 => self.try_api_key(store, parts),
+                2 | 3 => {
+                    let attempt = self.try_bearer(method == 2, store, parts).await;
                     used_bearer |= !matches!(attempt, Attempt::Absent);
                     attempt
                 }
-                _ => self.try_forward_auth(parts).await,
+                4 => self.try_forward_auth(parts).await,
+                _ => Attempt::Absent,
             };
             match attempt {
                 Attempt::Absent => {}
@@ -337,6 +344,27 @@ impl CompiledAuth {
     /// Whether a 401 for this route should challenge with `Bearer` (JWT/introspection).
     pub fn uses_bearer(&self) -> bool {
         self.jwt.is_some() || self.introspection.is_some()
+    }
+
+    /// The pipeline has already checked that the connection's handshake applied this route's
+    /// client-auth policy (`tls::check_route`), so a present certificate was verified by the
+    /// route's CA.
+    fn try_mutual_tls(&self, store: &KeyStore, parts: &Parts) -> Attempt {
+        if !self.mutual_tls {
+            return Attempt::Absent;
+        }
+        let Some(peer) = crate::tls::connection(parts).and_then(|c| c.peer.as_ref()) else {
+            return Attempt::Absent;
+        };
+        Attempt::Done(match store.mtls.lookup(peer) {
+            Some(consumer) => Ok(AuthContext {
+                identity: Identity::Consumer(consumer),
+                credential: Some(CredentialType::MutualTls),
+                principal: None,
+                forwarded: None,
+            }),
+            None => Err(AuthError::InvalidCredentials),
+        })
     }
 
     fn try_api_key(&self, store: &KeyStore, parts: &Parts) -> Attempt {

@@ -17,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 pub mod idp;
+pub mod tls;
 
 use portcullis_compiler::config::*;
 use portcullis_compiler::GatewayConfig;
@@ -54,6 +55,7 @@ pub fn route(id: &str, kind: PathKind, path: &str, targets: &[&Upstream]) -> Rou
             send_timeout_ms: 5000,
             retries: 0,
             direct_response: None,
+            tls: None,
         },
         authentication: None,
         authorization: None,
@@ -64,6 +66,7 @@ pub fn route(id: &str, kind: PathKind, path: &str, targets: &[&Upstream]) -> Rou
         cors: None,
         sanitize_upstream_errors: false,
         rate_limit_policies: vec![],
+        tls: None,
         waf_policies: vec![],
     }
 }

@@ -1,0 +1,60 @@
+//! Times `compile()` and `delivery::encode()` for N routes and M consumers in memory.
+//! Usage: scale-compile [ROUTES] [CONSUMERS] [RUNS]
+
+use std::time::Instant;
+
+use portcullis_bench::{consumer, route, secret, KEYS_PER_SECRET};
+use portcullis_compiler::{compile, delivery, Snapshot};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let routes = args.first().copied().unwrap_or(10_000);
+    let consumers = args.get(1).copied().unwrap_or(100_000);
+    let runs = args.get(2).copied().unwrap_or(5);
+    let mut snapshot = Snapshot::default();
+    for i in 0..routes {
+        snapshot.routes.push(serde_json::from_value(route(i))?);
+    }
+    for i in 0..consumers {
+        snapshot
+            .consumers
+            .push(serde_json::from_value(consumer(i))?);
+    }
+    for block in 0..consumers.div_ceil(KEYS_PER_SECRET) {
+        snapshot
+            .secrets
+            .push(serde_json::from_value(secret(block, consumers))?);
+    }
+    let mut compile_ms = Vec::new();
+    let mut encode_ms = Vec::new();
+    let mut bytes = 0;
+    let mut shards = (0, 0);
+    for _ in 0..runs {
+        let started = Instant::now();
+        let (config, statuses) = compile(&snapshot);
+        compile_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(
+            statuses.iter().all(|s| s.is_healthy()),
+            "unexpected invalid objects"
+        );
+        anyhow::ensure!(config.routes.len() == routes && config.consumers.len() == consumers);
+        let started = Instant::now();
+        let encoded = delivery::encode(&config)?;
+        encode_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        bytes = encoded.compressed_bytes;
+        shards = (encoded.config_shards.len(), encoded.secret_shards.len());
+    }
+    compile_ms.sort_by(f64::total_cmp);
+    encode_ms.sort_by(f64::total_cmp);
+    println!(
+        "routes={routes} consumers={consumers} runs={runs} compile_ms_median={:.0} encode_ms_median={:.0} compressed_bytes={bytes} shards_configmap={} shards_secret={}",
+        compile_ms[runs / 2],
+        encode_ms[runs / 2],
+        shards.0,
+        shards.1
+    );
+    Ok(())
+}

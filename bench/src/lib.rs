@@ -1,0 +1,61 @@
+//! Generators shared by the benchmark drivers: many routes and consumers that look like a
+//! real cluster's (distinct hosts and paths, one API key each, keys grouped in Secrets).
+
+use serde_json::{json, Value};
+
+/// Keys per Secret: a real cluster keeps one Secret per consumer, but creating 100k Secrets
+/// only measures the API server; grouping keys keeps the object count honest for our side.
+pub const KEYS_PER_SECRET: usize = 1000;
+
+pub fn namespace_of(i: usize) -> String {
+    format!("team-{}", i % 20)
+}
+
+pub fn route(i: usize) -> Value {
+    json!({
+        "apiVersion": "portcullis.dev/v1alpha1",
+        "kind": "ApiRoute",
+        "metadata": {"name": format!("route-{i}"), "namespace": namespace_of(i)},
+        "spec": {
+            "hosts": [format!("api-{}.example.com", i % 500)],
+            "paths": [{"type": "Prefix", "value": format!("/svc-{i}/v1")}],
+            "methods": ["GET", "POST"],
+            "authentication": {"methods": ["ApiKey"]},
+            "upstream": {"targets": [{"url": format!("http://backend-{}.svc:8080", i % 100)}]}
+        }
+    })
+}
+
+pub fn secret_name(consumer: usize) -> String {
+    format!("consumer-keys-{}", consumer / KEYS_PER_SECRET)
+}
+
+pub fn api_key(consumer: usize) -> String {
+    format!("bench-key-{consumer:08}-0123456789abcdef")
+}
+
+pub fn consumer(i: usize) -> Value {
+    json!({
+        "apiVersion": "portcullis.dev/v1alpha1",
+        "kind": "ConsumerCredential",
+        "metadata": {"name": format!("consumer-{i}"), "namespace": namespace_of(i / KEYS_PER_SECRET)},
+        "spec": {
+            "groups": [if i.is_multiple_of(10) { "gold" } else { "free" }],
+            "apiKeys": [{"secretRef": {"name": secret_name(i), "key": format!("k{i}")}}]
+        }
+    })
+}
+
+/// The Secret holding the keys of consumers `block * KEYS_PER_SECRET ..`.
+pub fn secret(block: usize, consumers: usize) -> Value {
+    let first = block * KEYS_PER_SECRET;
+    let data: serde_json::Map<String, Value> = (first..(first + KEYS_PER_SECRET).min(consumers))
+        .map(|i| (format!("k{i}"), Value::String(api_key(i))))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": format!("consumer-keys-{block}"), "namespace": namespace_of(block)},
+        "stringData": data
+    })
+}
