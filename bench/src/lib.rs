@@ -40,7 +40,7 @@ pub fn consumer(i: usize) -> Value {
         "kind": "ConsumerCredential",
         "metadata": {"name": format!("consumer-{i}"), "namespace": namespace_of(i / KEYS_PER_SECRET)},
         "spec": {
-            "groups": [if i % 10 == 0 { "gold" } else { "free" }],
+            "groups": [if i.is_multiple_of(10) { "gold" } else { "free" }],
             "apiKeys": [{"secretRef": {"name": secret_name(i), "key": format!("k{i}")}}]
         }
     })

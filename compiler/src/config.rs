@@ -13,6 +13,8 @@ mod auth;
 pub use auth::*;
 mod tls;
 pub use tls::*;
+mod waf;
+pub use waf::*;
 
 /// One complete, self-consistent config snapshot.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
@@ -35,6 +37,9 @@ pub struct GatewayConfig {
     /// Certificate chains of TLS routes by Secret id; keys are in `secrets.tls_keys`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls_certificates: Vec<TlsCertificateConfig>,
+    /// Accepted WafPolicies by id; routes name the ones that apply to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waf_policies: Vec<WafPolicyConfig>,
 }
 
 /// Material that must never be written to a ConfigMap or logged.
@@ -149,6 +154,10 @@ pub struct RouteConfig {
     /// TLS termination for the route's hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RouteTlsConfig>,
+    /// Ids of the WafPolicies that apply: the route's own `wafPolicy`, then its namespace's
+    /// global ones. Each is enforced; any of them may block.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waf_policies: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -36,6 +36,12 @@ pub struct AuditRecord<'a> {
     pub policy: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<&'a str>,
+    /// WAF findings (every policy that found something, blocking or not) and the rule ids
+    /// of a WAF denial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waf: Option<Vec<crate::waf::WafAudit<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_ids: Option<Vec<u32>>,
 }
 
 /// Where audit lines go.

@@ -19,6 +19,7 @@ use crate::response_headers::{CompiledResponseHeaders, ResponseHeaderError};
 use crate::router::{Router, RouterError};
 use crate::upstream::{ClientPool, TargetError, Upstream};
 use crate::validate::{CompiledValidation, SchemaError};
+use crate::waf::{Engines, RouteWaf, WafConfigError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -37,6 +38,8 @@ pub enum ConfigError {
         route: String,
         source: CorsConfigError,
     },
+    #[error(transparent)]
+    Waf(#[from] WafConfigError),
     #[error("route {route}: {source}")]
     ResponseHeaders {
         route: String,
@@ -56,6 +59,7 @@ pub struct CompiledRoute {
     pub metrics: RouteMetrics,
     /// Report counters; shared with every other config that has this route.
     pub counters: Arc<RouteCounters>,
+    pub waf: Option<RouteWaf>,
 }
 
 impl CompiledRoute {
@@ -64,6 +68,7 @@ impl CompiledRoute {
         pool: &ClientPool,
         counters: Arc<RouteCounters>,
         secrets: &SecretConfig,
+        engines: &Engines,
     ) -> Result<Self, ConfigError> {
         let route = || config.id.clone();
         Ok(CompiledRoute {
@@ -105,6 +110,7 @@ impl CompiledRoute {
             })?,
             metrics: RouteMetrics::new(&config.id),
             counters,
+            waf: RouteWaf::new(&config.id, &config.waf_policies, engines)?,
             config: config.clone(),
         })
     }
@@ -128,6 +134,7 @@ impl RuntimeConfig {
         counters: &CounterRegistry,
     ) -> Result<Self, ConfigError> {
         let route_counters = counters.for_routes(config.routes.iter().map(|r| r.id.as_str()));
+        let engines = crate::waf::build_engines(&config.waf_policies)?;
         Ok(RuntimeConfig {
             generation: config.generation.clone(),
             router: Router::build(&config.routes)?,
@@ -135,7 +142,7 @@ impl RuntimeConfig {
                 .routes
                 .iter()
                 .zip(route_counters)
-                .map(|(r, c)| CompiledRoute::build(r, pool, c, &config.secrets))
+                .map(|(r, c)| CompiledRoute::build(r, pool, c, &config.secrets, &engines))
                 .collect::<Result<_, _>>()?,
             keys: KeyStore::build(&config.consumers, &config.secrets)?,
             rate_limits: RateLimits::build(config, limiter)?,

@@ -15,6 +15,7 @@ use crate::ip_filter::IpDenied;
 use crate::ratelimit::RateLimitError;
 use crate::upstream::UpstreamError;
 use crate::validate::ValidationError;
+use crate::waf::WafError;
 
 /// Everything that stops a request inside the pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,8 @@ pub enum GatewayError {
     RateLimit(#[from] RateLimitError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsRouteError),
+    #[error(transparent)]
+    Waf(#[from] WafError),
 }
 
 impl GatewayError {
@@ -65,6 +68,7 @@ impl GatewayError {
                 RateLimitError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             },
             GatewayError::Tls(e) => e.status(),
+            GatewayError::Waf(e) => e.status(),
         }
     }
 
@@ -79,6 +83,7 @@ impl GatewayError {
             GatewayError::Upstream(e) => e.reason(),
             GatewayError::RateLimit(e) => e.reason(),
             GatewayError::Tls(e) => e.reason(),
+            GatewayError::Waf(e) => e.reason(),
         }
     }
 
@@ -94,6 +99,7 @@ impl GatewayError {
             GatewayError::RateLimit(crate::ratelimit::RateLimitError::Exceeded(_)) => {
                 Some(Enforcement::RateLimited)
             }
+            GatewayError::Waf(_) => Some(Enforcement::WafBlocked),
             // A rate-limit backend failure (503) is not a client being limited.
             GatewayError::RateLimit(_)
             | GatewayError::NoRoute
@@ -116,6 +122,7 @@ impl GatewayError {
             GatewayError::Upstream(_) => "upstream",
             GatewayError::RateLimit(_) => "rate_limit",
             GatewayError::Tls(_) => "tls",
+            GatewayError::Waf(_) => "waf",
         }
     }
 

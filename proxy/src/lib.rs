@@ -30,6 +30,7 @@ pub mod tls;
 pub mod upstream;
 pub mod upstream_timeouts;
 pub mod validate;
+pub mod waf;
 
 pub use audit::AuditSink;
 pub use server::{ConfigHandle, ProxyOptions, ProxyServer, RunningProxy, StartError};

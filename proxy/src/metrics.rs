@@ -57,8 +57,8 @@ pub struct Metrics {
     durations: HistogramFamily,
     auth_failures: Family<AuthFailureLabels, Counter>,
     rate_limited: Family<RateLimitLabels, Counter>,
-    #[allow(dead_code)]
     waf_blocked: Family<WafLabels, Counter>,
+    waf_detected: Family<WafLabels, Counter>,
     /// Requests that matched no route.
     pub unmatched: RouteMetrics,
 }
@@ -77,6 +77,7 @@ impl Metrics {
         let auth_failures = Family::<AuthFailureLabels, Counter>::default();
         let rate_limited = Family::<RateLimitLabels, Counter>::default();
         let waf_blocked = Family::<WafLabels, Counter>::default();
+        let waf_detected = Family::<WafLabels, Counter>::default();
         registry.register(
             "api_requests",
             "Requests handled, by route, method and status class",
@@ -102,6 +103,11 @@ impl Metrics {
             "Requests blocked by the WAF",
             waf_blocked.clone(),
         );
+        registry.register(
+            "api_waf_detected",
+            "Requests a Detect-mode WAF policy flagged (not blocked)",
+            waf_detected.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -109,6 +115,7 @@ impl Metrics {
             auth_failures,
             rate_limited,
             waf_blocked,
+            waf_detected,
             unmatched: RouteMetrics::new("none"),
         }
     }
@@ -160,6 +167,25 @@ impl Metrics {
             .get_or_create(&RateLimitLabels {
                 route: route.to_string(),
                 policy: policy.to_string(),
+            })
+            .inc();
+    }
+
+    /// Denials only, like `rate_limited`.
+    pub fn waf_blocked(&self, route: &str, rule_group: &str) {
+        self.waf_blocked
+            .get_or_create(&WafLabels {
+                route: route.to_string(),
+                rule_group: rule_group.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn waf_detected(&self, route: &str, rule_group: &str) {
+        self.waf_detected
+            .get_or_create(&WafLabels {
+                route: route.to_string(),
+                rule_group: rule_group.to_string(),
             })
             .inc();
     }

@@ -8,13 +8,13 @@
 //!  3. route match (`router`); for CORS preflights by the requested method.
 //!  4. client IP (`client_ip`) and IP allow/deny (`ip_filter`).
 //!  5. pre-authentication rate limits: ClientIp, Global, Route, Header keys (`ratelimit`).
-//!  6. WAF on request line and headers: not yet.
+//!  6. WAF on request line, headers and cookies (`waf`).
 //!     CORS preflight answered here (`cors`): after the IP filter, before authentication,
 //!     because browsers never send credentials on a preflight.
 //!  7. authentication (API key, JWT, OAuth2 introspection, forward auth) and authorization
 //!     (groups, scopes, roles) (`auth`).
 //!  8. per-consumer rate limits, tiers and quotas: Consumer, ApiKey keys (`ratelimit`).
-//!  9. request validation (`validate`); WAF on the body: not yet.
+//!  9. request validation (`validate`); WAF on the body (`waf`).
 //! 10. upstream (`forward_headers`, `upstream`), or the route's direct response.
 //! 11. response: upstream 5xx sanitizing, header add/remove, security headers, CORS,
 //!     `X-Request-ID` (`response_headers`, `cors`); gateway errors as JSON (`errors`).
@@ -65,6 +65,7 @@ struct Outcome {
     upstream_started: Option<Instant>,
     upstream_latency_ms: Option<f64>,
     rate_limit: Option<RateLimitHeaders>,
+    waf: crate::waf::WafState,
 }
 
 pub async fn handle(
@@ -93,6 +94,7 @@ pub async fn handle(
         upstream_started: None,
         upstream_latency_ms: None,
         rate_limit: None,
+        waf: Default::default(),
     };
     let result = run(
         shared,
@@ -146,6 +148,10 @@ pub async fn handle(
         }
     };
 
+    if let Some(route) = route {
+        crate::waf::observe(&shared.metrics, &route.config.id, &outcome.waf);
+    }
+
     // 11. response policy applies to upstream answers and gateway errors alike.
     if let Some(route) = route {
         route.response_headers.apply(response.headers_mut(), on_tls);
@@ -185,6 +191,8 @@ pub async fn handle(
             reason: denial.map(|d| d.1),
             policy: limited_by.as_ref().map(|l| l.0.as_str()),
             limit: limited_by.as_ref().and_then(|l| l.1.as_deref()),
+            waf: outcome.waf.audit(),
+            rule_ids: outcome.waf.rule_ids(),
         });
     }
     response
@@ -251,6 +259,11 @@ async fn run(
     )
     .await?;
 
+    // 6. WAF on the request line, headers and cookies
+    if let Some(waf) = &route.waf {
+        crate::waf::check_head(waf, &parts, client_ip, &mut outcome.waf)?;
+    }
+
     // CORS preflight: answered by the gateway, before authentication.
     if preflight_match.is_some() {
         if let Some(cors) = &route.cors {
@@ -295,6 +308,14 @@ async fn run(
             validation.check_body(body, has_body, &exceeded).await?
         }
         None => body.map_err(Into::into).boxed(),
+    };
+    // 9. WAF on the body
+    let body = match &route.waf {
+        Some(waf) if has_body => {
+            crate::waf::check_body(waf, &parts, client_ip, body, &exceeded, &mut outcome.waf)
+                .await?
+        }
+        _ => body,
     };
 
     // 10. upstream

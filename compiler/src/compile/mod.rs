@@ -10,6 +10,7 @@ mod rate_limit;
 mod route;
 mod secrets;
 mod tls;
+mod waf;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube_meta::Meta;
@@ -130,6 +131,9 @@ fn generation_of(config: &GatewayConfig) -> String {
     }
     if !config.tls_certificates.is_empty() {
         hasher.update(serde_json::to_vec(&config.tls_certificates).unwrap_or_default());
+    }
+    if !config.waf_policies.is_empty() {
+        hasher.update(serde_json::to_vec(&config.waf_policies).unwrap_or_default());
     }
     let digest = hasher.finalize();
     hex::encode(&digest[..8])

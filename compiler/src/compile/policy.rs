@@ -1,6 +1,4 @@
-//! RateLimitPolicy and WafPolicy: validated in full. Valid RateLimitPolicies are compiled
-//! (`rate_limit`); WafPolicies are still refused as not yet enforceable, so no route runs
-//! believing it is protected.
+//! RateLimitPolicy and WafPolicy: validated in full, then compiled (`rate_limit`, `waf`).
 
 use std::collections::BTreeSet;
 
@@ -10,6 +8,7 @@ use super::kube_meta::Meta;
 use super::rate_limit::{compile_rate_limit, RateLimitIndex};
 use super::route::one_line_regex_error;
 use super::secrets::SecretIndex;
+use super::waf::{compile_waf, WafIndex};
 use super::{sorted, Issues};
 use crate::config::{GatewayConfig, ObjectKind, RedisPasswordEntry};
 use crate::units::{parse_duration_ms, parse_size_bytes};
@@ -19,12 +18,8 @@ use crate::ObjectStatus;
 #[derive(Debug, Default)]
 pub(crate) struct PolicyIndex {
     pub rate_limits: RateLimitIndex,
-    pub wafs: BTreeSet<(String, String)>,
+    pub wafs: WafIndex,
 }
-
-const NOT_ENFORCED_WAF: &str =
-    "valid, but the WAF is not enforced by this version of Portcullis; routes that reference \
-     this policy are refused rather than served unprotected";
 
 pub(crate) fn compile_policies(
     snapshot: &super::Snapshot,
@@ -61,12 +56,16 @@ pub(crate) fn compile_policies(
         let meta = Meta::of(&policy.metadata);
         let mut issues = Issues::default();
         validate_waf(policy, &mut issues);
-        if issues.is_accepted() {
-            issues.unsupported("spec", NOT_ENFORCED_WAF);
+        let compiled = compile_waf(policy, &meta, &mut issues);
+        let accepted = issues.is_accepted();
+        if let (true, Some(compiled)) = (accepted, compiled) {
+            config.objects.push(meta.object_ref(ObjectKind::WafPolicy));
+            config.waf_policies.push(compiled);
         }
-        index
-            .wafs
-            .insert((meta.namespace.clone(), meta.name.clone()));
+        index.wafs.policies.insert(
+            (meta.namespace.clone(), meta.name.clone()),
+            (accepted, policy.spec.global.unwrap_or(false)),
+        );
         statuses.push(issues.into_status(ObjectKind::WafPolicy, &meta));
     }
     index

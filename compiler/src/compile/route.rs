@@ -199,23 +199,8 @@ pub(crate) fn compile_route(
         &policies.rate_limits,
         issues,
     );
-    if let Some(name) = &spec.waf_policy {
-        if policies
-            .wafs
-            .contains(&(meta.namespace.clone(), name.clone()))
-        {
-            issues.unsupported("spec.wafPolicy", format!("WafPolicy {name}: the WAF is not enforced by this version; the route is refused rather than served unprotected"));
-        } else {
-            issues.unresolved(
-                "spec.wafPolicy",
-                format!(
-                    "WafPolicy {}/{name} not found; the route is not served without it",
-                    meta.namespace
-                ),
-                true,
-            );
-        }
-    }
+    let waf_policies =
+        super::waf::resolve_for_route(spec.waf_policy.as_ref(), meta, &policies.wafs, issues);
 
     let upstream = upstream?;
     if !issues.is_accepted() {
@@ -244,6 +229,7 @@ pub(crate) fn compile_route(
         rate_limit_policies,
         // Filled in by `tls::compile_route_tls`, which resolves the Secrets.
         tls: None,
+        waf_policies,
     })
 }
 

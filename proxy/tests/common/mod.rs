@@ -67,6 +67,7 @@ pub fn route(id: &str, kind: PathKind, path: &str, targets: &[&Upstream]) -> Rou
         sanitize_upstream_errors: false,
         rate_limit_policies: vec![],
         tls: None,
+        waf_policies: vec![],
     }
 }
 

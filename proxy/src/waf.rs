@@ -1,0 +1,495 @@
+//! WAF glue (issue #6): builds `portcullis_waf` engines from the compiled WafPolicies and
+//! runs them at pipeline step 6 (request line, headers, cookies) and step 9 (body).
+//!
+//! Engines are compiled once per config load and shared by every route that names the same
+//! policy. Only the first `inspectBodyBytes` of a body are buffered; the buffered prefix is
+//! then replayed ahead of the rest of the stream, so the upstream sees the body unchanged
+//! and the gateway never holds more than the limit in memory.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http::{header, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use portcullis_compiler::config::{WafModeConfig, WafPolicyConfig};
+use portcullis_waf::{
+    Action, CustomRule, Decision, Engine, Evaluation, Exclusion, Group, Limits, Mode, Operator,
+    PolicyConfig, RequestHead, TransformKind,
+};
+use serde::Serialize;
+
+use crate::body::{BoxError, ProxyBody};
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WafConfigError {
+    #[error("WafPolicy {policy}: {source}")]
+    Engine {
+        policy: String,
+        source: portcullis_waf::WafError,
+    },
+    #[error("WafPolicy {policy}: unknown {what} {value:?}")]
+    Unknown {
+        policy: String,
+        what: &'static str,
+        value: String,
+    },
+    #[error("route {route} names WafPolicy {policy}, which is not in the config")]
+    MissingPolicy { route: String, policy: String },
+}
+
+/// Why the WAF stopped a request.
+#[derive(Debug, thiserror::Error)]
+pub enum WafError {
+    #[error("request blocked by the web application firewall")]
+    Blocked,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The body could not be read for inspection: fail closed.
+    #[error("request body could not be inspected")]
+    Unreadable,
+}
+
+impl WafError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            WafError::Blocked => StatusCode::FORBIDDEN,
+            WafError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            WafError::Unreadable => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WafError::Blocked => "waf_blocked",
+            WafError::MethodNotAllowed => "method_not_allowed",
+            WafError::Unreadable => "waf_body_unreadable",
+        }
+    }
+}
+
+/// Every engine of a config, by policy id.
+pub type Engines = HashMap<String, Arc<Engine>>;
+
+pub fn build_engines(policies: &[WafPolicyConfig]) -> Result<Engines, WafConfigError> {
+    policies
+        .iter()
+        .map(|p| Ok((p.id.clone(), Arc::new(build_engine(p)?))))
+        .collect()
+}
+
+fn unknown(policy: &str, what: &'static str, value: &str) -> WafConfigError {
+    WafConfigError::Unknown {
+        policy: policy.to_string(),
+        what,
+        value: value.to_string(),
+    }
+}
+
+fn build_engine(p: &WafPolicyConfig) -> Result<Engine, WafConfigError> {
+    let groups = p
+        .rule_groups
+        .iter()
+        .map(|g| {
+            Ok(match g.as_str() {
+                "SqlInjection" => Group::SqlInjection,
+                "CrossSiteScripting" => Group::CrossSiteScripting,
+                "PathTraversal" => Group::PathTraversal,
+                "CommandInjection" => Group::CommandInjection,
+                "RemoteFileInclusion" => Group::RemoteFileInclusion,
+                "PhpInjection" => Group::PhpInjection,
+                "JavaInjection" => Group::JavaInjection,
+                "ProtocolEnforcement" => Group::ProtocolEnforcement,
+                "ScannerDetection" => Group::ScannerDetection,
+                other => return Err(unknown(&p.id, "rule group", other)),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let custom_rules = p
+        .custom_rules
+        .iter()
+        .map(|r| {
+            Ok(CustomRule {
+                id: r.id,
+                description: r.description.clone(),
+                targets: r.targets.clone(),
+                operator: match r.operator.as_str() {
+                    "Regex" => Operator::Regex,
+                    "Contains" => Operator::Contains,
+                    "BeginsWith" => Operator::BeginsWith,
+                    "Equals" => Operator::Equals,
+                    "DetectSqli" => Operator::DetectSqli,
+                    "DetectXss" => Operator::DetectXss,
+                    "IpMatch" => Operator::IpMatch,
+                    other => return Err(unknown(&p.id, "operator", other)),
+                },
+                value: r.value.clone(),
+                transforms: r
+                    .transforms
+                    .iter()
+                    .map(|t| {
+                        Ok(match t.as_str() {
+                            "UrlDecode" => TransformKind::UrlDecode,
+                            "HtmlEntityDecode" => TransformKind::HtmlEntityDecode,
+                            "Lowercase" => TransformKind::Lowercase,
+                            "CompressWhitespace" => TransformKind::CompressWhitespace,
+                            "RemoveNulls" => TransformKind::RemoveNulls,
+                            "NormalizePath" => TransformKind::NormalizePath,
+                            "Base64Decode" => TransformKind::Base64Decode,
+                            other => return Err(unknown(&p.id, "transform", other)),
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+                action: match r.action.as_str() {
+                    "Block" => Action::Block,
+                    "Score" => Action::Score,
+                    "Log" => Action::Log,
+                    other => return Err(unknown(&p.id, "action", other)),
+                },
+                score: r.score,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Engine::new(PolicyConfig {
+        mode: match p.mode {
+            WafModeConfig::Block => Mode::Block,
+            WafModeConfig::Detect => Mode::Detect,
+        },
+        paranoia_level: p.paranoia_level,
+        anomaly_threshold: p.anomaly_threshold,
+        groups,
+        allowed_methods: p.allowed_methods.clone(),
+        limits: Limits {
+            max_json_depth: p.limits.max_json_depth,
+            max_args: p.limits.max_args,
+            max_arg_length: p.limits.max_arg_length,
+            inspect_body_bytes: p.limits.inspect_body_bytes,
+        },
+        custom_rules,
+        exclusions: p
+            .exclusions
+            .iter()
+            .map(|e| Exclusion {
+                rule_ids: e.rule_ids.clone(),
+                paths: e.paths.clone(),
+                targets: e.targets.clone(),
+            })
+            .collect(),
+    })
+    .map_err(|source| WafConfigError::Engine {
+        policy: p.id.clone(),
+        source,
+    })
+}
+
+/// The WAF of one route: the engines of the policies that apply to it, in order.
+pub struct RouteWaf {
+    policies: Vec<(String, Arc<Engine>)>,
+    body_limit: usize,
+}
+
+impl RouteWaf {
+    /// `None` when no policy applies.
+    pub fn new(
+        route: &str,
+        ids: &[String],
+        engines: &Engines,
+    ) -> Result<Option<Self>, WafConfigError> {
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let policies = ids
+            .iter()
+            .map(|id| {
+                engines
+                    .get(id)
+                    .map(|e| (id.clone(), e.clone()))
+                    .ok_or_else(|| WafConfigError::MissingPolicy {
+                        route: route.to_string(),
+                        policy: id.clone(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let body_limit = policies
+            .iter()
+            .map(|(_, e)| usize::try_from(e.inspect_body_bytes()).unwrap_or(usize::MAX))
+            .max()
+            .unwrap_or(0);
+        Ok(Some(RouteWaf {
+            policies,
+            body_limit,
+        }))
+    }
+}
+
+/// What the WAF found so far for one request; feeds the audit line and metrics.
+#[derive(Default)]
+pub struct WafState {
+    evaluations: Vec<(String, Evaluation, Decision, Mode)>,
+    /// The policy that blocked, if one did.
+    blocked_by: Option<usize>,
+}
+
+impl WafState {
+    fn decide(&mut self) -> Result<(), WafError> {
+        for (i, (_, _, decision, _)) in self.evaluations.iter().enumerate() {
+            match decision {
+                Decision::Allow => {}
+                Decision::MethodNotAllowed => {
+                    self.blocked_by = Some(i);
+                    return Err(WafError::MethodNotAllowed);
+                }
+                Decision::Block => {
+                    self.blocked_by = Some(i);
+                    return Err(WafError::Blocked);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The rule group for the `api_waf_blocked_total` label.
+    fn blocking_group(&self) -> Option<&'static str> {
+        let (_, eval, decision, _) = self.evaluations.get(self.blocked_by?)?;
+        Some(match decision {
+            Decision::MethodNotAllowed => "method",
+            _ => eval.main_group().map_or("custom", Group::as_str),
+        })
+    }
+
+    /// The audit entry, when the WAF has something to say (a finding or an uninspected
+    /// body tail).
+    pub fn audit(&self) -> Option<Vec<WafAudit<'_>>> {
+        let entries: Vec<WafAudit<'_>> = self
+            .evaluations
+            .iter()
+            .filter(|(_, e, _, _)| !e.findings.is_empty() || e.body_truncated)
+            .map(|(policy, e, decision, mode)| WafAudit {
+                policy,
+                mode: match mode {
+                    Mode::Block => "Block",
+                    Mode::Detect => "Detect",
+                },
+                score: e.score,
+                blocked: *decision != Decision::Allow,
+                findings: e
+                    .findings
+                    .iter()
+                    .map(|f| FindingAudit {
+                        rule_id: f.rule_id,
+                        group: f.group.as_str(),
+                        target: &f.target,
+                        score: f.score,
+                        excerpt: &f.excerpt,
+                    })
+                    .collect(),
+                body_inspected_bytes: e.body_inspected,
+                body_truncated: e.body_truncated,
+            })
+            .collect();
+        (!entries.is_empty()).then_some(entries)
+    }
+
+    /// Rule ids of the blocking evaluation (audit `rule_ids`).
+    pub fn rule_ids(&self) -> Option<Vec<u32>> {
+        let (_, e, _, _) = self.evaluations.get(self.blocked_by?)?;
+        Some(e.rule_ids())
+    }
+}
+
+#[derive(Serialize)]
+pub struct WafAudit<'a> {
+    pub policy: &'a str,
+    pub mode: &'static str,
+    pub score: u32,
+    pub blocked: bool,
+    pub findings: Vec<FindingAudit<'a>>,
+    pub body_inspected_bytes: usize,
+    /// The client sent more than `inspectBodyBytes`; the rest was forwarded uninspected.
+    pub body_truncated: bool,
+}
+
+#[derive(Serialize)]
+pub struct FindingAudit<'a> {
+    pub rule_id: u32,
+    pub group: &'static str,
+    pub target: &'a str,
+    pub score: u32,
+    pub excerpt: &'a str,
+}
+
+/// Borrowed view of the request head for the engine.
+fn with_head<T>(parts: &Parts, client_ip: IpAddr, f: impl FnOnce(&RequestHead<'_>) -> T) -> T {
+    let mut headers: Vec<(&str, &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    // HTTP/2 carries the host in `:authority`; the engine checks for a Host.
+    let authority = parts.uri.authority().map(|a| a.as_str());
+    if let (false, Some(a)) = (parts.headers.contains_key(header::HOST), authority) {
+        headers.push(("host", a.as_bytes()));
+    }
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path(), |pq| pq.as_str());
+    f(&RequestHead {
+        method: parts.method.as_str(),
+        uri,
+        headers: &headers,
+        client_ip: Some(client_ip),
+    })
+}
+
+/// Step 6: request line, headers and cookies, for every policy of the route.
+pub fn check_head(
+    waf: &RouteWaf,
+    parts: &Parts,
+    client_ip: IpAddr,
+    state: &mut WafState,
+) -> Result<(), WafError> {
+    with_head(parts, client_ip, |head| {
+        for (id, engine) in &waf.policies {
+            let eval = engine.inspect_head(head);
+            let decision = engine.decision(&eval);
+            state
+                .evaluations
+                .push((id.clone(), eval, decision, engine.config().mode));
+        }
+    });
+    state.decide()
+}
+
+/// Step 9: the first `inspectBodyBytes` of the body. Returns the body to forward: the
+/// buffered prefix followed by whatever was not read.
+pub async fn check_body(
+    waf: &RouteWaf,
+    parts: &Parts,
+    client_ip: IpAddr,
+    mut body: ProxyBody,
+    exceeded: &Arc<AtomicBool>,
+    state: &mut WafState,
+) -> Result<ProxyBody, crate::errors::GatewayError> {
+    let mut prefix = BytesMut::new();
+    let mut pending: Option<Frame<Bytes>> = None;
+    let mut ended = false;
+    while prefix.len() < waf.body_limit {
+        match body.frame().await {
+            None => {
+                ended = true;
+                break;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => prefix.extend_from_slice(&data),
+                Err(trailers) => {
+                    pending = Some(trailers);
+                    ended = true;
+                    break;
+                }
+            },
+            // The streamed size limit (validation) fails the body: that is a 413, not an
+            // inspection problem.
+            Some(Err(_)) if exceeded.load(Ordering::Relaxed) => {
+                return Err(crate::upstream::UpstreamError::BodyTooLarge.into())
+            }
+            // Fail closed: a body we cannot read is a body we cannot inspect.
+            Some(Err(_)) => return Err(WafError::Unreadable.into()),
+        }
+    }
+    let prefix = prefix.freeze();
+    let truncated = !ended && (prefix.len() >= waf.body_limit) && !body.is_end_stream();
+    with_head(parts, client_ip, |head| {
+        for ((_, engine), (_, eval, decision, _)) in
+            waf.policies.iter().zip(state.evaluations.iter_mut())
+        {
+            let limit = usize::try_from(engine.inspect_body_bytes()).unwrap_or(usize::MAX);
+            let (view, cut) = if prefix.len() > limit {
+                (&prefix[..limit], true)
+            } else {
+                (&prefix[..], truncated)
+            };
+            engine.inspect_body(head, eval, view, cut);
+            *decision = engine.decision(eval);
+        }
+    });
+    state.decide()?;
+    Ok(PrefixedBody {
+        prefix: (!prefix.is_empty()).then_some(prefix),
+        pending,
+        rest: (!ended).then_some(body),
+    }
+    .boxed())
+}
+
+/// Metrics for the WAF outcome of one request: blocked requests by rule group, and
+/// Detect-mode requests that would have been blocked.
+pub fn observe(metrics: &Metrics, route: &str, state: &WafState) {
+    if let Some(group) = state.blocking_group() {
+        metrics.waf_blocked(route, group);
+        return;
+    }
+    for (_, eval, _, mode) in &state.evaluations {
+        if *mode == Mode::Detect && !eval.findings.is_empty() {
+            let group = eval.main_group().map_or("custom", Group::as_str);
+            metrics.waf_detected(route, group);
+        }
+    }
+}
+
+/// The buffered prefix, then any trailers frame read while buffering, then the rest.
+struct PrefixedBody {
+    prefix: Option<Bytes>,
+    pending: Option<Frame<Bytes>>,
+    rest: Option<ProxyBody>,
+}
+
+impl Body for PrefixedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        if let Some(frame) = self.pending.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none()
+            && self.pending.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let buffered = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        match &self.rest {
+            None => SizeHint::with_exact(buffered),
+            Some(rest) => {
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + buffered);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + buffered);
+                }
+                hint
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The WAF through the proxy: steps 6 and 9 of the pipeline, 403/405 JSON with the request
+//! id, the audit line's findings, metrics, Detect mode, and bodies past `inspectBodyBytes`
+//! forwarded intact.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use portcullis_compiler::config::*;
+use portcullis_proxy::{AuditSink, ProxyOptions};
+
+fn policy(id: &str, mode: WafModeConfig) -> WafPolicyConfig {
+    WafPolicyConfig {
+        id: id.into(),
+        namespace: "default".into(),
+        global: false,
+        mode,
+        paranoia_level: 1,
+        anomaly_threshold: 5,
+        rule_groups: [
+            "SqlInjection",
+            "CrossSiteScripting",
+            "PathTraversal",
+            "CommandInjection",
+            "RemoteFileInclusion",
+            "PhpInjection",
+            "JavaInjection",
+            "ProtocolEnforcement",
+            "ScannerDetection",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        allowed_methods: vec!["GET".into(), "POST".into()],
+        limits: WafLimitsConfig {
+            max_json_depth: 16,
+            max_args: 64,
+            max_arg_length: 4096,
+            inspect_body_bytes: 1024,
+        },
+        custom_rules: vec![WafCustomRuleConfig {
+            id: 10001,
+            description: Some("internal tool marker".into()),
+            targets: vec!["Header:X-Tool".into()],
+            operator: "Contains".into(),
+            value: "forbidden-tool".into(),
+            transforms: vec!["Lowercase".into()],
+            action: "Block".into(),
+            score: 5,
+        }],
+        exclusions: vec![WafExclusionConfig {
+            rule_ids: vec![942100, 942200, 942180],
+            paths: vec!["/search".into()],
+            targets: vec!["Query:sql".into()],
+        }],
+    }
+}
+
+async fn start_waf(
+    mode: WafModeConfig,
+) -> (
+    portcullis_proxy::RunningProxy,
+    Upstream,
+    Arc<Mutex<Vec<String>>>,
+) {
+    let up = upstream("u", Behaviour::Echo).await;
+    let mut r = route("default/api", PathKind::Prefix, "/", &[&up]);
+    r.waf_policies = vec!["default/strict".into()];
+    let mut cfg = config(vec![r]);
+    cfg.waf_policies = vec![policy("default/strict", mode)];
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let options = ProxyOptions {
+        audit: AuditSink::Memory(lines.clone()),
+        ..ProxyOptions::default()
+    };
+    (start_with(options, cfg).await, up, lines)
+}
+
+fn last_audit(lines: &Arc<Mutex<Vec<String>>>) -> serde_json::Value {
+    let lines = lines.lock().unwrap();
+    serde_json::from_str(lines.last().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn blocks_attacks_in_head_and_body_and_forwards_clean_requests() {
+    let (proxy, up, lines) = start_waf(WafModeConfig::Block).await;
+    let c = client();
+    let a = proxy.local_addr();
+
+    // Step 6: query string, before the upstream is contacted.
+    let r = send(
+        &c,
+        a,
+        get("/items?q=1%27%20OR%20%271%27%3D%271").header("x-request-id", "req-sqli-1"),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["request_id"], "req-sqli-1");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(up.hits(), 0);
+    let audit = last_audit(&lines);
+    assert_eq!(audit["step"], "waf");
+    assert_eq!(audit["reason"], "waf_blocked");
+    let finding = &audit["waf"][0]["findings"][0];
+    assert_eq!(finding["target"], "Query:q", "{audit}");
+    assert_eq!(finding["group"], "sqli", "{audit}");
+    assert!(
+        audit["rule_ids"]
+            .as_array()
+            .unwrap()
+            .contains(&942100.into()),
+        "{audit}"
+    );
+    assert!(
+        !audit.to_string().contains("OR '1'='1'"),
+        "the excerpt is bounded: {audit}"
+    );
+
+    // Clean GET and JSON with prose pass and reach the upstream unchanged.
+    let r = send(&c, a, get("/items?page=2&sort=name")).await;
+    assert_eq!(r.status, 200);
+    let body = br#"{"title": "Weekly update", "text": "We will select a new vendor from the shortlist and drop the old one."}"#;
+    let r = send(
+        &c,
+        a,
+        get("/notes")
+            .method("POST")
+            .header("content-type", "application/json")
+            .body(body),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["body_len"], body.len());
+
+    // Step 9: a payload in a JSON value.
+    let r = send(
+        &c,
+        a,
+        get("/notes")
+            .method("POST")
+            .header("content-type", "application/json")
+            .body(br#"{"user": {"name": "<script>alert(1)</script>"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let audit = last_audit(&lines);
+    let targets: Vec<&str> = audit["waf"][0]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["target"].as_str().unwrap())
+        .collect();
+    assert!(targets.contains(&"Json:$.user.name"), "{audit}");
+
+    // allowedMethods → 405; custom rule with action Block.
+    let r = send(&c, a, get("/items").method("DELETE")).await;
+    assert_eq!(r.status, 405);
+    let r = send(&c, a, get("/items").header("x-tool", "Forbidden-Tool/1.0")).await;
+    assert_eq!(r.status, 403);
+    assert!(last_audit(&lines)["rule_ids"]
+        .as_array()
+        .unwrap()
+        .contains(&10001.into()));
+
+    // Exclusion: the search endpoint's `sql` argument may hold SQL.
+    let r = send(&c, a, get("/search?sql=name%27%20OR%20%27a%27%3D%27a")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = send(&c, a, get("/other?sql=name%27%20OR%20%27a%27%3D%27a")).await;
+    assert_eq!(r.status, 403);
+
+    // Past inspectBodyBytes (1 KiB here) the body is forwarded, intact, and the audit says
+    // it was not all inspected.
+    let mut big = vec![b'a'; 4096];
+    big.splice(0..0, b"note=".iter().copied());
+    big.extend_from_slice(b"&later=1%27%20OR%20%271%27%3D%271");
+    let r = send(
+        &c,
+        a,
+        get("/upload")
+            .method("POST")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(&big),
+    )
+    .await;
+    assert_eq!(r.json()["body_len"], big.len());
+    let audit = last_audit(&lines);
+    assert_eq!(audit["waf"][0]["body_truncated"], true, "{audit}");
+    assert_eq!(audit["waf"][0]["body_inspected_bytes"], 1024, "{audit}");
+
+    let metrics = String::from_utf8(
+        send(&c, proxy.admin_addr().unwrap(), get("/metrics"))
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        metrics.contains("api_waf_blocked_total{route=\"default/api\",rule_group=\"sqli\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn detect_mode_logs_and_counts_but_never_blocks() {
+    let (proxy, up, lines) = start_waf(WafModeConfig::Detect).await;
+    let c = client();
+    let a = proxy.local_addr();
+    let r = send(&c, a, get("/items?file=..%2F..%2F..%2Fetc%2Fpasswd")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.hits(), 1);
+    let audit = last_audit(&lines);
+    assert_eq!(audit["decision"], "allow");
+    assert_eq!(audit["waf"][0]["blocked"], false, "{audit}");
+    assert_eq!(audit["waf"][0]["mode"], "Detect");
+    assert_eq!(audit["waf"][0]["findings"][0]["group"], "lfi", "{audit}");
+    let metrics = String::from_utf8(
+        send(&c, proxy.admin_addr().unwrap(), get("/metrics"))
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        metrics.contains("api_waf_detected_total{route=\"default/api\",rule_group=\"lfi\"}"),
+        "{metrics}"
+    );
+}

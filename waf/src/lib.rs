@@ -1,0 +1,1478 @@
+//! Portcullis WAF engine: inspects an HTTP request (head, then body) and scores it with
+//! CRS-style rule groups, libinjection (SQLi, XSS), protocol checks and custom rules.
+//!
+//! Pure: no I/O, no async, no global state beyond the built-in rule table, so the engine is
+//! tested and benchmarked on its own and the proxy only feeds it bytes.
+//!
+//! Cost model: every inspected value is decoded once, then one Aho-Corasick pass over the
+//! normalized text finds which rule groups could possibly match (each rule lists literals
+//! that any match must contain); only those groups' `RegexSet`s run. libinjection runs on
+//! argument-like values that contain something other than letters and digits. Work per
+//! request is bounded by `maxArgs`, `maxArgLength` and `inspectBodyBytes`.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::bytes::{
+    Regex as BytesRegex, RegexBuilder as BytesRegexBuilder, RegexSet, RegexSetBuilder,
+};
+use regex::{Regex, RegexBuilder};
+
+pub mod parse;
+pub mod rules;
+pub mod transform;
+
+use parse::{Collector, Kind, ParseLimits, Target};
+use rules::{Input, RuleDef};
+
+/// Rule groups, as named in `WafPolicy.spec.ruleGroups`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Group {
+    SqlInjection,
+    CrossSiteScripting,
+    PathTraversal,
+    CommandInjection,
+    RemoteFileInclusion,
+    PhpInjection,
+    JavaInjection,
+    ProtocolEnforcement,
+    ScannerDetection,
+    /// The policy's own `customRules`.
+    Custom,
+}
+
+impl Group {
+    pub const BUILTIN: [Group; 9] = [
+        Group::SqlInjection,
+        Group::CrossSiteScripting,
+        Group::PathTraversal,
+        Group::CommandInjection,
+        Group::RemoteFileInclusion,
+        Group::PhpInjection,
+        Group::JavaInjection,
+        Group::ProtocolEnforcement,
+        Group::ScannerDetection,
+    ];
+
+    /// Metric label (`rule_group`) and audit field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::SqlInjection => "sqli",
+            Group::CrossSiteScripting => "xss",
+            Group::PathTraversal => "lfi",
+            Group::CommandInjection => "rce",
+            Group::RemoteFileInclusion => "rfi",
+            Group::PhpInjection => "php",
+            Group::JavaInjection => "java",
+            Group::ProtocolEnforcement => "protocol",
+            Group::ScannerDetection => "scanner",
+            Group::Custom => "custom",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Block,
+    /// Score, log and count, never block.
+    Detect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operator {
+    Regex,
+    Contains,
+    BeginsWith,
+    Equals,
+    DetectSqli,
+    DetectXss,
+    IpMatch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransformKind {
+    UrlDecode,
+    HtmlEntityDecode,
+    Lowercase,
+    CompressWhitespace,
+    RemoveNulls,
+    NormalizePath,
+    Base64Decode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Blocks on its own (in Block mode), whatever the score.
+    Block,
+    Score,
+    Log,
+}
+
+#[derive(Debug, Clone)]
+pub struct CustomRule {
+    pub id: u32,
+    pub description: Option<String>,
+    pub targets: Vec<String>,
+    pub operator: Operator,
+    pub value: String,
+    pub transforms: Vec<TransformKind>,
+    pub action: Action,
+    pub score: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Exclusion {
+    pub rule_ids: Vec<u32>,
+    /// Path prefixes (segment-aligned) the exclusion applies to; empty = all.
+    pub paths: Vec<String>,
+    /// Target labels (`Query:q`, `Json:$.a`) or collections (`Query`, `Headers`); empty = all.
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_json_depth: u32,
+    pub max_args: u32,
+    pub max_arg_length: u32,
+    pub inspect_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_json_depth: 32,
+            max_args: 255,
+            max_arg_length: 8192,
+            inspect_body_bytes: 128 * 1024,
+        }
+    }
+}
+
+/// A policy, in engine terms (the proxy translates the compiled config into this).
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub mode: Mode,
+    pub paranoia_level: u8,
+    pub anomaly_threshold: u32,
+    /// Empty = every built-in group.
+    pub groups: Vec<Group>,
+    /// Uppercase; empty = any method.
+    pub allowed_methods: Vec<String>,
+    pub limits: Limits,
+    pub custom_rules: Vec<CustomRule>,
+    pub exclusions: Vec<Exclusion>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            mode: Mode::Block,
+            paranoia_level: 1,
+            anomaly_threshold: 5,
+            groups: Vec::new(),
+            allowed_methods: Vec::new(),
+            limits: Limits::default(),
+            custom_rules: Vec::new(),
+            exclusions: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WafError {
+    #[error("custom rule {id}: invalid regex: {message}")]
+    CustomRegex { id: u32, message: String },
+    #[error("custom rule {id}: invalid IP or CIDR {value:?}")]
+    CustomIp { id: u32, value: String },
+    #[error("built-in rule set failed to compile: {0}")]
+    Builtin(String),
+}
+
+/// One reason a request scored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub rule_id: u32,
+    pub group: Group,
+    /// `Query:q`, `Json:$.user.name`, `Header:user-agent`, `Path`, `Request`.
+    pub target: String,
+    pub score: u32,
+    /// At most [`EXCERPT_CHARS`] characters of the matching text, control characters escaped.
+    pub excerpt: String,
+    pub message: &'static str,
+}
+
+pub const EXCERPT_CHARS: usize = 40;
+/// Findings kept per request: enough to explain a block, bounded for the audit line.
+pub const MAX_FINDINGS: usize = 32;
+
+/// The outcome so far (head, then head + body).
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    pub findings: Vec<Finding>,
+    /// Findings past [`MAX_FINDINGS`] still count here.
+    pub score: u32,
+    pub method_not_allowed: bool,
+    /// A custom rule with `action: Block` matched.
+    pub forced_block: Option<u32>,
+    /// Bytes of body inspected and whether more was sent than inspected.
+    pub body_inspected: usize,
+    pub body_truncated: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// 405 (`allowedMethods`).
+    MethodNotAllowed,
+    /// 403.
+    Block,
+}
+
+impl Evaluation {
+    /// The rule group that contributed most to the score (metric label).
+    pub fn main_group(&self) -> Option<Group> {
+        let mut by_group: HashMap<Group, u32> = HashMap::new();
+        for f in &self.findings {
+            *by_group.entry(f.group).or_default() += f.score.max(1);
+        }
+        by_group
+            .into_iter()
+            .max_by_key(|(g, s)| (*s, std::cmp::Reverse(*g)))
+            .map(|(g, _)| g)
+    }
+
+    pub fn rule_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.findings.iter().map(|f| f.rule_id).collect();
+        ids.dedup();
+        ids
+    }
+
+    fn add(&mut self, finding: Finding) {
+        self.score = self.score.saturating_add(finding.score);
+        if self.findings.len() < MAX_FINDINGS {
+            self.findings.push(finding);
+        }
+    }
+}
+
+/// The request head as the engine sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a str,
+    /// Path and query exactly as received (`/a%2fb?q=1`).
+    pub uri: &'a str,
+    pub headers: &'a [(&'a str, &'a [u8])],
+    pub client_ip: Option<IpAddr>,
+}
+
+impl RequestHead<'_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    }
+
+    fn path_raw(&self) -> &str {
+        self.uri.split_once('?').map_or(self.uri, |(p, _)| p)
+    }
+
+    fn query_raw(&self) -> Option<&str> {
+        self.uri.split_once('?').map(|(_, q)| q)
+    }
+}
+
+/// Headers whose values are structured protocol data, checked by protocol rules only:
+/// running injection rules on `Accept` or `Authorization` finds noise and secrets.
+const STRUCTURAL_HEADERS: [&str; 24] = [
+    "host",
+    "content-length",
+    "content-type",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "accept-charset",
+    "connection",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "cache-control",
+    "pragma",
+    "if-modified-since",
+    "if-none-match",
+    "if-match",
+    "te",
+    "transfer-encoding",
+    "upgrade-insecure-requests",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "content-encoding",
+    "keep-alive",
+];
+
+/// Longest header value inspected; hyper already caps the whole head.
+const MAX_HEADER_INSPECT: usize = 8 * 1024;
+
+struct Slot {
+    group: Group,
+    input: Input,
+    set: RegexSet,
+    /// Index into `Engine::rules` for each pattern of `set`.
+    rules: Vec<usize>,
+    always: bool,
+}
+
+enum Matcher {
+    Regex(Regex),
+    Contains(String),
+    BeginsWith(String),
+    Equals(String),
+    DetectSqli,
+    DetectXss,
+    IpMatch(Vec<ipnet::IpNet>),
+}
+
+struct CompiledCustom {
+    rule: CustomRule,
+    matcher: Matcher,
+}
+
+/// A compiled policy. Build once per config; `inspect_*` take `&self` and are thread-safe.
+pub struct Engine {
+    config: PolicyConfig,
+    rules: Vec<&'static RuleDef>,
+    individual: Vec<BytesRegex>,
+    slots: Vec<Slot>,
+    prefilter: AhoCorasick,
+    /// Literal pattern index → slots it triggers.
+    literal_slots: Vec<Vec<usize>>,
+    sqli: bool,
+    xss: bool,
+    lfi: bool,
+    protocol: bool,
+    custom: Vec<CompiledCustom>,
+    parse_limits: ParseLimits,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("rules", &self.rules.len())
+            .field("custom", &self.custom.len())
+            .finish()
+    }
+}
+
+impl Engine {
+    pub fn new(config: PolicyConfig) -> Result<Self, WafError> {
+        let groups: Vec<Group> = if config.groups.is_empty() {
+            Group::BUILTIN.to_vec()
+        } else {
+            config.groups.clone()
+        };
+        let pl = config.paranoia_level.clamp(1, 4);
+        let rules: Vec<&'static RuleDef> = rules::builtin()
+            .iter()
+            .filter(|r| r.pl <= pl && groups.contains(&r.group))
+            .collect();
+        let individual = rules
+            .iter()
+            .map(|r| build_regex(r.pattern).map_err(WafError::Builtin))
+            .collect::<Result<Vec<_>, _>>()?;
+        // One slot per (group, input, always?, anchored?) so that a literal hit runs only its
+        // group, and so that rules anchored at the start of the value share a set the DFA
+        // can abandon after a few bytes instead of scanning the whole value.
+        let mut slot_keys: Vec<(Group, Input, bool, bool)> = Vec::new();
+        let mut slot_rules: Vec<Vec<usize>> = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            let key = (
+                r.group,
+                r.input,
+                r.literals.is_empty(),
+                r.pattern.starts_with('^'),
+            );
+            let at = match slot_keys.iter().position(|k| *k == key) {
+                Some(at) => at,
+                None => {
+                    slot_keys.push(key);
+                    slot_rules.push(Vec::new());
+                    slot_keys.len() - 1
+                }
+            };
+            slot_rules[at].push(i);
+        }
+        let mut slots = Vec::new();
+        for (key, members) in slot_keys.iter().zip(slot_rules) {
+            let set = RegexSetBuilder::new(members.iter().map(|&i| rules[i].pattern))
+                .unicode(false)
+                .size_limit(64 << 20)
+                .dfa_size_limit(16 << 20)
+                .build()
+                .map_err(|e| WafError::Builtin(e.to_string()))?;
+            slots.push(Slot {
+                group: key.0,
+                input: key.1,
+                set,
+                rules: members,
+                always: key.2,
+            });
+        }
+        let mut literals: Vec<&'static str> = Vec::new();
+        let mut literal_slots: Vec<Vec<usize>> = Vec::new();
+        for (s, slot) in slots.iter().enumerate() {
+            for &ri in &slot.rules {
+                for lit in rules[ri].literals {
+                    let at = match literals.iter().position(|l| l == lit) {
+                        Some(at) => at,
+                        None => {
+                            literals.push(lit);
+                            literal_slots.push(Vec::new());
+                            literals.len() - 1
+                        }
+                    };
+                    if !literal_slots[at].contains(&s) {
+                        literal_slots[at].push(s);
+                    }
+                }
+            }
+        }
+        let prefilter = AhoCorasickBuilder::new()
+            .match_kind(MatchKind::Standard)
+            .build(&literals)
+            .map_err(|e| WafError::Builtin(e.to_string()))?;
+        let custom = config
+            .custom_rules
+            .iter()
+            .map(compile_custom)
+            .collect::<Result<Vec<_>, _>>()?;
+        let parse_limits = ParseLimits {
+            max_args: config.limits.max_args.max(1) as usize,
+            max_arg_length: config.limits.max_arg_length.max(1) as usize,
+            max_json_depth: config.limits.max_json_depth.max(1) as usize,
+        };
+        Ok(Engine {
+            sqli: groups.contains(&Group::SqlInjection),
+            xss: groups.contains(&Group::CrossSiteScripting),
+            lfi: groups.contains(&Group::PathTraversal),
+            protocol: groups.contains(&Group::ProtocolEnforcement),
+            config,
+            rules,
+            individual,
+            slots,
+            prefilter,
+            literal_slots,
+            custom,
+            parse_limits,
+        })
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    /// Bytes of body the proxy should buffer for [`Engine::inspect_body`].
+    pub fn inspect_body_bytes(&self) -> u64 {
+        self.config.limits.inspect_body_bytes
+    }
+
+    pub fn decision(&self, eval: &Evaluation) -> Decision {
+        if eval.method_not_allowed {
+            return Decision::MethodNotAllowed;
+        }
+        if self.config.mode == Mode::Detect {
+            return Decision::Allow;
+        }
+        if eval.forced_block.is_some() || eval.score >= self.config.anomaly_threshold.max(1) {
+            return Decision::Block;
+        }
+        Decision::Allow
+    }
+
+    /// Step 6: method, request line, path, query, headers and cookies.
+    pub fn inspect_head(&self, req: &RequestHead<'_>) -> Evaluation {
+        let mut eval = Evaluation::default();
+        let path_norm = transform::normalize_path(&String::from_utf8_lossy(
+            &transform::url_decode_repeated(req.path_raw().as_bytes(), false),
+        ));
+        if !self.config.allowed_methods.is_empty()
+            && !self
+                .config
+                .allowed_methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(req.method))
+        {
+            eval.method_not_allowed = true;
+            self.record(
+                &mut eval,
+                &path_norm,
+                911100,
+                Group::ProtocolEnforcement,
+                "Request",
+                5,
+                req.method,
+                "method not allowed by policy",
+            );
+        }
+        if self.protocol {
+            self.protocol_checks(req, &path_norm, &mut eval);
+        }
+        let mut c = Collector::new(&self.parse_limits);
+        c.push(
+            Kind::Path,
+            "Path",
+            "",
+            req.path_raw().as_bytes(),
+            true,
+            false,
+        );
+        if let Some(q) = req.query_raw() {
+            c.urlencoded("Query", q.as_bytes(), true);
+        }
+        for (name, value) in req.headers {
+            let lower = name.to_ascii_lowercase();
+            let value = &value[..value.len().min(MAX_HEADER_INSPECT)];
+            if lower == "cookie" {
+                c.cookies(value);
+            } else if !STRUCTURAL_HEADERS.contains(&lower.as_str()) {
+                if is_filename_header(&lower) {
+                    // Upload helpers send the file name in a header; treat it like a
+                    // multipart file name so upload rules see it.
+                    c.push(Kind::Filename, "Filename", &lower, value, false, false);
+                }
+                // Header names are protocol tokens; their values are free text.
+                c.targets.push(Target {
+                    kind: Kind::Header,
+                    collection: "Header",
+                    key: lower,
+                    value: transform::decode_value(value, false, false),
+                    raw_len: value.len(),
+                });
+            }
+        }
+        self.finish_collection(c, &path_norm, &mut eval);
+        self.run_custom(req, &path_norm, None, &mut eval, true);
+        eval
+    }
+
+    /// Step 9: the body (its first `inspectBodyBytes`), added to the head's evaluation.
+    /// `truncated` says the client sent more than `body`.
+    pub fn inspect_body(
+        &self,
+        req: &RequestHead<'_>,
+        eval: &mut Evaluation,
+        body: &[u8],
+        truncated: bool,
+    ) {
+        let limit = usize::try_from(self.config.limits.inspect_body_bytes).unwrap_or(usize::MAX);
+        let (body, truncated) = if body.len() > limit {
+            (&body[..limit], true)
+        } else {
+            (body, truncated)
+        };
+        eval.body_inspected = body.len();
+        eval.body_truncated = truncated;
+        if body.is_empty() {
+            return;
+        }
+        let path_norm = transform::normalize_path(&String::from_utf8_lossy(
+            &transform::url_decode_repeated(req.path_raw().as_bytes(), false),
+        ));
+        let content_type = req
+            .header("content-type")
+            .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase())
+            .unwrap_or_default();
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let mut c = Collector::new(&self.parse_limits);
+        if media == "application/json" || media.ends_with("+json") {
+            c.json(body, truncated);
+        } else if media == "multipart/form-data" {
+            match parse::boundary(&content_type) {
+                Some(b) => c.multipart(body, &b, truncated),
+                None => {
+                    c.issues.body_parse_error = Some("multipart body without a boundary");
+                    c.push(Kind::Body, "Body", "", body, false, false);
+                }
+            }
+        } else if media.ends_with("/xml") || media.ends_with("+xml") {
+            c.xml(body);
+        } else if media == "application/x-www-form-urlencoded" || media.is_empty() {
+            // Without a content type servers commonly still parse a form; so do attackers.
+            c.urlencoded("Form", body, true);
+        } else {
+            c.push(Kind::Body, "Body", "", body, false, false);
+        }
+        self.finish_collection(c, &path_norm, eval);
+        self.run_custom(req, &path_norm, Some(body), eval, false);
+    }
+
+    /// Head and body in one call (tests, benchmarks, offline scoring).
+    pub fn inspect(&self, req: &RequestHead<'_>, body: &[u8]) -> Evaluation {
+        let mut eval = self.inspect_head(req);
+        if !body.is_empty() {
+            self.inspect_body(req, &mut eval, body, false);
+        }
+        eval
+    }
+
+    fn finish_collection(&self, c: Collector<'_>, path_norm: &str, eval: &mut Evaluation) {
+        if self.protocol {
+            if c.issues.too_many_args {
+                self.record(
+                    eval,
+                    path_norm,
+                    920380,
+                    Group::ProtocolEnforcement,
+                    "Args",
+                    5,
+                    &format!("more than {} arguments", self.parse_limits.max_args),
+                    "too many arguments (maxArgs)",
+                );
+            }
+            if let Some(label) = &c.issues.arg_too_long {
+                self.record(
+                    eval,
+                    path_norm,
+                    920370,
+                    Group::ProtocolEnforcement,
+                    label,
+                    5,
+                    &format!("longer than {} bytes", self.parse_limits.max_arg_length),
+                    "argument too long (maxArgLength)",
+                );
+            }
+            if let Some(depth) = c.issues.json_too_deep {
+                self.record(
+                    eval,
+                    path_norm,
+                    920390,
+                    Group::ProtocolEnforcement,
+                    "Body",
+                    5,
+                    &format!("depth {depth}"),
+                    "JSON nested too deeply (maxJsonDepth)",
+                );
+            }
+            if let Some(problem) = c.issues.body_parse_error {
+                self.record(
+                    eval,
+                    path_norm,
+                    920400,
+                    Group::ProtocolEnforcement,
+                    "Body",
+                    5,
+                    problem,
+                    "request body could not be parsed",
+                );
+            }
+        }
+        for target in &c.targets {
+            self.inspect_target(target, path_norm, eval);
+        }
+    }
+
+    fn inspect_target(&self, t: &Target, path_norm: &str, eval: &mut Evaluation) {
+        if t.value.is_empty() {
+            return;
+        }
+        let norm = transform::lower_compress(&t.value);
+        let mut triggered = vec![false; self.slots.len()];
+        for m in self.prefilter.find_overlapping_iter(&norm) {
+            for &s in &self.literal_slots[m.pattern().as_usize()] {
+                triggered[s] = true;
+            }
+        }
+        let has_crlf = t.value.contains(['\r', '\n']);
+        let mut sql_stripped: Option<String> = None;
+        let mut cmd_line: Option<String> = None;
+        for (s, slot) in self.slots.iter().enumerate() {
+            let run = match slot.input {
+                Input::Normalized => triggered[s] || slot.always,
+                // Decoded-input rules are all about CR/LF.
+                Input::Decoded => has_crlf,
+            };
+            if !run {
+                continue;
+            }
+            let text: &str = match slot.input {
+                Input::Normalized => &norm,
+                Input::Decoded => &t.value,
+            };
+            let matched = slot.set.matches(text.as_bytes());
+            // Evasions that only make sense per group: SQL comments used as whitespace
+            // (`union/**/select`), shell commands split by quotes (`w'h'o"am"i`).
+            let alternate: Option<&str> = match slot.group {
+                Group::SqlInjection if slot.input == Input::Normalized && norm.contains("/*") => {
+                    Some(
+                        sql_stripped.get_or_insert_with(|| {
+                            transform::remove_sql_comments(&norm).into_owned()
+                        }),
+                    )
+                }
+                Group::CommandInjection
+                    if slot.input == Input::Normalized && norm.contains(['\'', '"', '\\', '^']) =>
+                {
+                    Some(cmd_line.get_or_insert_with(|| transform::cmd_line(&norm)))
+                }
+                _ => None,
+            };
+            if let Some(alt) = alternate {
+                let again = slot.set.matches(alt.as_bytes());
+                for i in again.iter() {
+                    if !matched.matched(i) {
+                        let rule = self.rules[slot.rules[i]];
+                        if rules::applies(rule, t.kind, &t.key) {
+                            let excerpt = self.excerpt_of(slot.rules[i], alt);
+                            self.record(
+                                eval,
+                                path_norm,
+                                rule.id,
+                                rule.group,
+                                &t.label(),
+                                rule.score,
+                                &excerpt,
+                                rule.msg,
+                            );
+                        }
+                    }
+                }
+            }
+            if !matched.matched_any() {
+                continue;
+            }
+            for i in matched.iter() {
+                let ri = slot.rules[i];
+                let rule = self.rules[ri];
+                if rules::applies(rule, t.kind, &t.key) {
+                    let excerpt = self.excerpt_of(ri, text);
+                    self.record(
+                        eval,
+                        path_norm,
+                        rule.id,
+                        rule.group,
+                        &t.label(),
+                        rule.score,
+                        &excerpt,
+                        rule.msg,
+                    );
+                }
+            }
+        }
+        // Paths are inspected by libinjection only when they hold SQL punctuation: plain
+        // `/a/b/123` paths are the common case and cannot be injections.
+        let injectable =
+            !matches!(t.kind, Kind::Path) || t.value.contains(['\'', '"', '(', ' ', ';']);
+        // libinjection is a tokenizer built for argument-sized input: give it at most
+        // `LIBINJECTION_MAX` bytes of a large unparsed body (the regex rules see it all).
+        let head = clip_chars(&t.value, LIBINJECTION_MAX);
+        if self.sqli && injectable && worth_sqli(head) {
+            let r = libinjectionrs::detect_sqli(head.as_bytes());
+            if r.is_injection() {
+                let fp = r.fingerprint.map(|f| f.to_string()).unwrap_or_default();
+                self.record(
+                    eval,
+                    path_norm,
+                    942100,
+                    Group::SqlInjection,
+                    &t.label(),
+                    5,
+                    &format!("fingerprint {fp}: {}", excerpt(&t.value)),
+                    "SQL injection (libinjection)",
+                );
+            }
+        }
+        if self.xss && worth_xss(head) && libinjectionrs::detect_xss(head.as_bytes()).is_injection()
+        {
+            self.record(
+                eval,
+                path_norm,
+                941100,
+                Group::CrossSiteScripting,
+                &t.label(),
+                5,
+                &excerpt(&t.value),
+                "XSS (libinjection)",
+            );
+        }
+    }
+
+    fn excerpt_of(&self, rule: usize, text: &str) -> String {
+        match self.individual[rule].find(text.as_bytes()) {
+            Some(m) => excerpt(&String::from_utf8_lossy(m.as_bytes())),
+            None => excerpt(text),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        eval: &mut Evaluation,
+        path_norm: &str,
+        rule_id: u32,
+        group: Group,
+        target: &str,
+        score: u32,
+        text: &str,
+        message: &'static str,
+    ) {
+        if self.excluded(rule_id, path_norm, target) {
+            return;
+        }
+        // One finding per rule and target: repeating a payload must not inflate the score
+        // past what one occurrence says, and the audit line stays short.
+        if eval
+            .findings
+            .iter()
+            .any(|f| f.rule_id == rule_id && f.target == target)
+        {
+            return;
+        }
+        eval.add(Finding {
+            rule_id,
+            group,
+            target: target.to_string(),
+            score,
+            excerpt: excerpt(text),
+            message,
+        });
+    }
+
+    fn excluded(&self, rule_id: u32, path_norm: &str, target: &str) -> bool {
+        self.config.exclusions.iter().any(|e| {
+            e.rule_ids.contains(&rule_id)
+                && (e.paths.is_empty() || e.paths.iter().any(|p| path_matches(p, path_norm)))
+                && (e.targets.is_empty() || e.targets.iter().any(|t| target_matches(t, target)))
+        })
+    }
+
+    fn protocol_checks(&self, req: &RequestHead<'_>, path_norm: &str, eval: &mut Evaluation) {
+        let cl = req.header("content-length");
+        let te = req.header("transfer-encoding");
+        if cl.is_some() && te.is_some() {
+            self.record(
+                eval,
+                path_norm,
+                920181,
+                Group::ProtocolEnforcement,
+                "Header:content-length",
+                5,
+                "content-length with transfer-encoding",
+                "request smuggling: Content-Length and Transfer-Encoding",
+            );
+        }
+        if let Some(cl) = cl {
+            let text = String::from_utf8_lossy(cl);
+            match text.trim().parse::<u64>() {
+                Ok(n) if n > 0 && matches!(req.method, "GET" | "HEAD") => {
+                    self.record(
+                        eval,
+                        path_norm,
+                        920170,
+                        Group::ProtocolEnforcement,
+                        "Header:content-length",
+                        5,
+                        &text,
+                        "GET or HEAD request with a body",
+                    );
+                }
+                Ok(_) => {}
+                Err(_) => self.record(
+                    eval,
+                    path_norm,
+                    920160,
+                    Group::ProtocolEnforcement,
+                    "Header:content-length",
+                    5,
+                    &text,
+                    "Content-Length is not a number",
+                ),
+            }
+        }
+        if let Some(te) = te {
+            let text = String::from_utf8_lossy(te).to_ascii_lowercase();
+            if text.split(',').any(|t| {
+                !matches!(
+                    t.trim(),
+                    "chunked" | "gzip" | "deflate" | "compress" | "identity"
+                )
+            }) {
+                self.record(
+                    eval,
+                    path_norm,
+                    920171,
+                    Group::ProtocolEnforcement,
+                    "Header:transfer-encoding",
+                    5,
+                    &text,
+                    "unknown transfer coding",
+                );
+            }
+        }
+        if req.header("host").is_none() {
+            self.record(
+                eval,
+                path_norm,
+                920280,
+                Group::ProtocolEnforcement,
+                "Header:host",
+                3,
+                "",
+                "missing Host header",
+            );
+        }
+        for (name, value) in req.headers {
+            let lower = name.to_ascii_lowercase();
+            if matches!(
+                lower.as_str(),
+                "proxy"
+                    | "lock-token"
+                    | "content-range"
+                    | "translate"
+                    | "if"
+                    | "x-http-method-override"
+                    | "x-http-method"
+                    | "x-method-override"
+            ) {
+                self.record(
+                    eval,
+                    path_norm,
+                    920450,
+                    Group::ProtocolEnforcement,
+                    &format!("Header:{lower}"),
+                    5,
+                    name,
+                    "restricted header",
+                );
+            }
+            if value.contains(&0) {
+                self.record(
+                    eval,
+                    path_norm,
+                    920274,
+                    Group::ProtocolEnforcement,
+                    &format!("Header:{lower}"),
+                    5,
+                    "NUL byte",
+                    "NUL byte in a header",
+                );
+            }
+        }
+        if let Some(ct) = req.header("content-type") {
+            let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
+            let media = ct.split(';').next().unwrap_or("").trim();
+            let well_formed = media.split_once('/').is_some_and(|(a, b)| {
+                !a.is_empty()
+                    && !b.is_empty()
+                    && a.bytes()
+                        .chain(b.bytes())
+                        .all(|c| c.is_ascii_alphanumeric() || b"!#$&-^_.+*".contains(&c))
+            });
+            if !well_formed {
+                self.record(
+                    eval,
+                    path_norm,
+                    920470,
+                    Group::ProtocolEnforcement,
+                    "Header:content-type",
+                    5,
+                    &ct,
+                    "malformed Content-Type",
+                );
+            }
+            if let Some(charset) = ct
+                .split(';')
+                .skip(1)
+                .find_map(|p| p.trim().strip_prefix("charset="))
+            {
+                let charset = charset.trim_matches('"');
+                if !matches!(
+                    charset,
+                    "utf-8"
+                        | "utf8"
+                        | "iso-8859-1"
+                        | "iso-8859-15"
+                        | "windows-1252"
+                        | "us-ascii"
+                        | "ascii"
+                ) {
+                    self.record(
+                        eval,
+                        path_norm,
+                        920480,
+                        Group::ProtocolEnforcement,
+                        "Header:content-type",
+                        5,
+                        charset,
+                        "charset not allowed",
+                    );
+                }
+            }
+        }
+        let raw = req.uri.as_bytes();
+        let decoded = transform::url_decode_repeated(raw, false);
+        if decoded.contains(&0) {
+            self.record(
+                eval,
+                path_norm,
+                920270,
+                Group::ProtocolEnforcement,
+                "Request",
+                5,
+                "NUL byte",
+                "NUL byte in the request line",
+            );
+        }
+        if let Some(segment) = hidden_segment(path_norm).filter(|_| self.lfi) {
+            self.record(
+                eval,
+                path_norm,
+                930130,
+                Group::PathTraversal,
+                "Path",
+                5,
+                segment,
+                "access to a hidden file or directory",
+            );
+        }
+        if restricted_extension(path_norm) {
+            self.record(
+                eval,
+                path_norm,
+                920440,
+                Group::ProtocolEnforcement,
+                "Path",
+                5,
+                path_norm,
+                "restricted file extension",
+            );
+        }
+    }
+
+    fn run_custom(
+        &self,
+        req: &RequestHead<'_>,
+        path_norm: &str,
+        body: Option<&[u8]>,
+        eval: &mut Evaluation,
+        head: bool,
+    ) {
+        if self.custom.is_empty() {
+            return;
+        }
+        // The custom rule targets are re-collected here (custom rules are few, and keeping
+        // them separate keeps the built-in hot path free of per-target selector checks).
+        let mut values: Vec<(String, String)> = Vec::new();
+        let mut c = Collector::new(&self.parse_limits);
+        if head {
+            values.push(("Method".into(), req.method.to_string()));
+            values.push(("Path".into(), path_norm.to_string()));
+            if let Some(q) = req.query_raw() {
+                c.urlencoded("Query", q.as_bytes(), true);
+            }
+            for (name, value) in req.headers {
+                let lower = name.to_ascii_lowercase();
+                if lower == "cookie" {
+                    c.cookies(value);
+                }
+                values.push((
+                    format!("Header:{lower}"),
+                    String::from_utf8_lossy(value).into_owned(),
+                ));
+            }
+        } else if let Some(body) = body {
+            values.push(("Body".into(), String::from_utf8_lossy(body).into_owned()));
+            let ct = req
+                .header("content-type")
+                .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase())
+                .unwrap_or_default();
+            if ct.contains("json") {
+                c.json(body, eval.body_truncated);
+            } else if ct.contains("x-www-form-urlencoded") {
+                c.urlencoded("Form", body, true);
+            }
+        }
+        for t in &c.targets {
+            values.push((t.label(), t.value.clone()));
+        }
+        for rule in &self.custom {
+            for (label, value) in &values {
+                if !rule.rule.targets.iter().any(|sel| selects(sel, label)) {
+                    continue;
+                }
+                let value = apply_transforms(value, &rule.rule.transforms);
+                if !custom_matches(&rule.matcher, &value, req.client_ip) {
+                    continue;
+                }
+                let score = match rule.rule.action {
+                    Action::Log => 0,
+                    Action::Block | Action::Score => rule.rule.score,
+                };
+                let before = eval.findings.len();
+                self.record(
+                    eval,
+                    path_norm,
+                    rule.rule.id,
+                    Group::Custom,
+                    label,
+                    score,
+                    &value,
+                    "custom rule",
+                );
+                if eval.findings.len() > before && rule.rule.action == Action::Block {
+                    eval.forced_block.get_or_insert(rule.rule.id);
+                }
+                break;
+            }
+        }
+    }
+}
+
+fn build_regex(pattern: &str) -> Result<BytesRegex, String> {
+    BytesRegexBuilder::new(pattern)
+        .unicode(false)
+        .size_limit(16 << 20)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn compile_custom(rule: &CustomRule) -> Result<CompiledCustom, WafError> {
+    let matcher = match rule.operator {
+        Operator::Regex => Matcher::Regex(
+            RegexBuilder::new(&rule.value)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| WafError::CustomRegex {
+                    id: rule.id,
+                    message: e.to_string(),
+                })?,
+        ),
+        Operator::Contains => Matcher::Contains(rule.value.clone()),
+        Operator::BeginsWith => Matcher::BeginsWith(rule.value.clone()),
+        Operator::Equals => Matcher::Equals(rule.value.clone()),
+        Operator::DetectSqli => Matcher::DetectSqli,
+        Operator::DetectXss => Matcher::DetectXss,
+        Operator::IpMatch => Matcher::IpMatch(
+            rule.value
+                .split(',')
+                .map(str::trim)
+                .map(|p| {
+                    p.parse::<ipnet::IpNet>()
+                        .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| WafError::CustomIp {
+                            id: rule.id,
+                            value: p.to_string(),
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    Ok(CompiledCustom {
+        rule: rule.clone(),
+        matcher,
+    })
+}
+
+fn custom_matches(m: &Matcher, value: &str, client_ip: Option<IpAddr>) -> bool {
+    match m {
+        Matcher::Regex(r) => r.is_match(value),
+        Matcher::Contains(s) => value.contains(s.as_str()),
+        Matcher::BeginsWith(s) => value.starts_with(s.as_str()),
+        Matcher::Equals(s) => value == s,
+        Matcher::DetectSqli => libinjectionrs::detect_sqli(value.as_bytes()).is_injection(),
+        Matcher::DetectXss => libinjectionrs::detect_xss(value.as_bytes()).is_injection(),
+        // The value is parsed as an address (e.g. `Header:X-Forwarded-For`); without one,
+        // the client address is used.
+        Matcher::IpMatch(nets) => {
+            let ip = value
+                .split(',')
+                .next()
+                .and_then(|v| v.trim().parse::<IpAddr>().ok())
+                .or(client_ip);
+            ip.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip)))
+        }
+    }
+}
+
+fn apply_transforms(value: &str, transforms: &[TransformKind]) -> String {
+    let mut v = value.to_string();
+    for t in transforms {
+        v = match t {
+            TransformKind::UrlDecode => {
+                String::from_utf8_lossy(&transform::url_decode_repeated(v.as_bytes(), false))
+                    .into_owned()
+            }
+            TransformKind::HtmlEntityDecode => transform::html_entity_decode(&v).into_owned(),
+            TransformKind::Lowercase => v.to_lowercase(),
+            TransformKind::CompressWhitespace => transform::compress_whitespace(&v),
+            TransformKind::RemoveNulls => transform::remove_nulls(&v).into_owned(),
+            TransformKind::NormalizePath => transform::normalize_path(&v),
+            TransformKind::Base64Decode => match transform::base64_decode(&v) {
+                Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                None => v,
+            },
+        };
+    }
+    v
+}
+
+/// Custom-rule target selectors (API.md): `Path`, `Method`, `Query`, `Args`, `ArgNames`,
+/// `Headers`, `Header:NAME`, `Cookies`, `Cookie:NAME`, `Body`, `JsonValues`, `Json:PATH`,
+/// `Query:NAME`, `Args:NAME`.
+fn selects(selector: &str, label: &str) -> bool {
+    let (collection, key) = label.split_once(':').unwrap_or((label, ""));
+    match selector {
+        "Path" | "Method" | "Body" => label == selector,
+        "Query" => collection == "Query",
+        "Args" => matches!(collection, "Query" | "Form" | "Json" | "Multipart" | "Xml"),
+        "ArgNames" => matches!(collection, "ArgName" | "JsonKey"),
+        "Headers" => collection == "Header",
+        "Cookies" => collection == "Cookie",
+        "JsonValues" => collection == "Json",
+        _ => match selector.split_once(':') {
+            Some(("Header", name)) => collection == "Header" && key.eq_ignore_ascii_case(name),
+            Some(("Args", name)) => {
+                matches!(collection, "Query" | "Form" | "Json" | "Multipart") && key == name
+            }
+            Some((c, name)) => c == collection && key == name,
+            None => false,
+        },
+    }
+}
+
+/// Exclusion target: an exact label (`Query:q`), a collection (`Query`, `Headers`), or a
+/// custom-rule style selector.
+fn target_matches(selector: &str, label: &str) -> bool {
+    selector == label || selects(selector, label) || label.split(':').next() == Some(selector)
+}
+
+fn path_matches(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Dot files and directories (`.git`, `.env`, `.claude/settings.json`) hold configuration
+/// and secrets and are never API resources; `/.well-known/` is the registered exception.
+fn hidden_segment(path: &str) -> Option<&str> {
+    path.split('/')
+        .find(|s| s.len() > 1 && s.starts_with('.') && *s != ".well-known")
+}
+
+fn restricted_extension(path: &str) -> bool {
+    let last = path.rsplit('/').next().unwrap_or("");
+    let Some((_, ext)) = last.rsplit_once('.') else {
+        return false;
+    };
+    matches!(
+        ext.to_ascii_lowercase().as_str(),
+        "asa"
+            | "asax"
+            | "ascx"
+            | "backup"
+            | "bak"
+            | "bat"
+            | "cdx"
+            | "cer"
+            | "cfg"
+            | "cmd"
+            | "com"
+            | "config"
+            | "conf"
+            | "cs"
+            | "csproj"
+            | "csr"
+            | "dat"
+            | "db"
+            | "dbf"
+            | "dll"
+            | "dos"
+            | "htr"
+            | "htw"
+            | "ida"
+            | "idc"
+            | "idq"
+            | "inc"
+            | "ini"
+            | "key"
+            | "licx"
+            | "lnk"
+            | "log"
+            | "mdb"
+            | "old"
+            | "pass"
+            | "pdb"
+            | "pol"
+            | "printer"
+            | "pwd"
+            | "rdb"
+            | "resources"
+            | "resx"
+            | "sql"
+            | "swp"
+            | "sys"
+            | "vb"
+            | "vbs"
+            | "vbproj"
+            | "vsdisco"
+            | "webinfo"
+            | "xsd"
+            | "xsx"
+            | "sqlite"
+            | "sqlite3"
+            | "env"
+            | "pem"
+            | "orig"
+            | "tmp"
+            | "save"
+    )
+}
+
+/// Largest input handed to libinjection.
+const LIBINJECTION_MAX: usize = 16 * 1024;
+
+fn clip_chars(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `X-Filename`, `X-File-Name`, `X_Filename`, `X.Filename`.
+fn is_filename_header(lower: &str) -> bool {
+    let compact: String = lower
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    compact == "xfilename" || compact == "xfile" || compact == "filename"
+}
+
+/// libinjection costs microseconds per call (the Rust port is several times slower than
+/// the C original), so it only sees values that could hold SQL: values with SQL
+/// punctuation (quotes, parentheses, operators, comment starts), or words only but with
+/// a keyword that can build an injection without punctuation (`1 or 1`, `1 union select 2`).
+/// Plain words, numbers, identifiers and prose without such keywords cannot form a
+/// libinjection fingerprint, and they are most argument and JSON values.
+fn worth_sqli(v: &str) -> bool {
+    if v.len() < 2
+        || v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+    {
+        return false;
+    }
+    if v.bytes().any(|b| {
+        matches!(
+            b,
+            b'\''
+                | b'"'
+                | b'`'
+                | b';'
+                | b'('
+                | b')'
+                | b'='
+                | b'<'
+                | b'>'
+                | b'#'
+                | b'*'
+                | b'/'
+                | b'|'
+                | b'&'
+                | b'@'
+                | b'\\'
+                | b'%'
+                | b'^'
+                | b'~'
+                | b'!'
+                | b'{'
+                | b'}'
+                | b'['
+                | b']'
+        )
+    }) || v.contains("--")
+        || !v.is_ascii()
+    {
+        return true;
+    }
+    v.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .any(|w| SQL_WORDS.iter().any(|k| w.eq_ignore_ascii_case(k)))
+}
+
+const SQL_WORDS: [&str; 38] = [
+    "union",
+    "select",
+    "or",
+    "and",
+    "xor",
+    "having",
+    "order",
+    "group",
+    "sleep",
+    "benchmark",
+    "waitfor",
+    "exec",
+    "execute",
+    "into",
+    "like",
+    "rlike",
+    "regexp",
+    "between",
+    "div",
+    "mod",
+    "procedure",
+    "limit",
+    "declare",
+    "shutdown",
+    "null",
+    "case",
+    "when",
+    "not",
+    "is",
+    "in",
+    "from",
+    "where",
+    "drop",
+    "insert",
+    "update",
+    "delete",
+    "true",
+    "false",
+];
+
+/// XSS needs markup, an attribute or a scheme.
+fn worth_xss(v: &str) -> bool {
+    v.bytes()
+        .any(|b| matches!(b, b'<' | b'>' | b'=' | b':' | b'"' | b'\'' | b'`'))
+}
+
+/// Control characters escaped, long text cut: enough to recognise an attack, not enough
+/// to copy a secret out of the audit log.
+fn excerpt(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i >= EXCERPT_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
