@@ -225,6 +225,9 @@ impl Reconciler {
         );
         let generation = self.last_published.as_deref();
         let (name, namespace) = (compiled.name.as_str(), compiled.namespace.as_str());
+        let desired_status = |current: Option<&ObjectStatusFields>, enforcement| {
+            status::desired(compiled, &programmed, generation, enforcement, current, now)
+        };
         match compiled.kind {
             ObjectKind::ApiRoute => {
                 let Some(live) = self.stores.routes.get(&store_key(name, namespace)) else {
@@ -235,14 +238,7 @@ impl Reconciler {
                     &format!("{}/{}", compiled.namespace, compiled.name),
                     &replicas.known,
                 ));
-                let desired = status::desired(
-                    compiled,
-                    &programmed,
-                    generation,
-                    enforcement,
-                    current.as_ref(),
-                    now,
-                );
+                let desired = desired_status(current.as_ref(), enforcement);
                 self.write(&*live, current, desired, None).await
             }
             ObjectKind::ConsumerCredential => {
@@ -250,14 +246,7 @@ impl Reconciler {
                     return Ok(());
                 };
                 let current = live.status.as_ref().map(|s| s.common.clone());
-                let desired = status::desired(
-                    compiled,
-                    &programmed,
-                    generation,
-                    None,
-                    current.as_ref(),
-                    now,
-                );
+                let desired = desired_status(current.as_ref(), None);
                 self.write(&*live, current, desired, Some(credential_summary(&live)))
                     .await
             }
@@ -266,14 +255,7 @@ impl Reconciler {
                     return Ok(());
                 };
                 let current = live.status.clone();
-                let desired = status::desired(
-                    compiled,
-                    &programmed,
-                    generation,
-                    None,
-                    current.as_ref(),
-                    now,
-                );
+                let desired = desired_status(current.as_ref(), None);
                 self.write(&*live, current, desired, None).await
             }
             ObjectKind::WafPolicy => {
@@ -281,14 +263,7 @@ impl Reconciler {
                     return Ok(());
                 };
                 let current = live.status.clone();
-                let desired = status::desired(
-                    compiled,
-                    &programmed,
-                    generation,
-                    None,
-                    current.as_ref(),
-                    now,
-                );
+                let desired = desired_status(current.as_ref(), None);
                 self.write(&*live, current, desired, None).await
             }
             ObjectKind::Secret => Ok(()),

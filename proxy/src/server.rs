@@ -117,19 +117,18 @@ impl ProxyServer {
             &limiter,
             &counters,
         )?;
+        // Binds and reports the bound address (port 0 becomes a real port).
         let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
+            let listener = TcpListener::bind(addr)
                 .await
-                .map_err(|source| StartError::Bind { addr, source })
+                .map_err(|source| StartError::Bind { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            Ok::<_, StartError>((listener, bound))
         };
         let tls_listener = match options.tls_listen {
-            Some(addr) => {
-                let l = bind(addr).await?;
-                let a = l
-                    .local_addr()
-                    .map_err(|source| StartError::Bind { addr, source })?;
-                Some((l, a))
-            }
+            Some(addr) => Some(bind(addr).await?),
             None => None,
         };
         let shared = Arc::new(Shared {
@@ -142,19 +141,9 @@ impl ProxyServer {
             limiter,
             https_port: tls_listener.as_ref().map(|(_, a)| a.port()),
         });
-        let listener = bind(options.listen).await?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: options.listen,
-            source,
-        })?;
+        let (listener, local_addr) = bind(options.listen).await?;
         let admin = match options.admin_listen {
-            Some(addr) => {
-                let l = bind(addr).await?;
-                let a = l
-                    .local_addr()
-                    .map_err(|source| StartError::Bind { addr, source })?;
-                Some((l, a))
-            }
+            Some(addr) => Some(bind(addr).await?),
             None => None,
         };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
