@@ -10,6 +10,11 @@ use clap::Parser;
 use ipnet::IpNet;
 use portcullis_proxy::{cluster, standalone, AuditSink, ProxyOptions, ProxyServer};
 
+// The request path allocates small, short-lived objects (header maps, futures, buffers);
+// measured on the HTTP benchmark, glibc malloc/free took ~6% of the proxy's CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "portcullis-proxy",

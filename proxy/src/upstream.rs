@@ -20,47 +20,26 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use portcullis_compiler::config::{
     DirectResponseConfig, LoadBalancing, UpstreamConfig, UpstreamTlsConfig,
 };
 
 use crate::body::{empty, ProxyBody};
 use crate::tls::upstream_tls::UpstreamTlsError;
+use crate::upstream_pool::{self, ConnPool, Connector, HttpsConnector, PoolKey, PoolRegistry};
 use crate::upstream_timeouts::{self, ReadTimeoutBody};
 
 pub const EJECT_AFTER_FAILURES: u32 = 5;
 pub const EJECT_FOR: Duration = Duration::from_secs(10);
 /// Upper bound on the precomputed round-robin schedule; larger weight sums are scaled.
 const MAX_SCHEDULE: u64 = 4096;
-
-pub type HttpClient = Client<HttpConnector, ProxyBody>;
-pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
-
-/// Plain targets keep the plain connector: no TLS machinery on the path that does not use it.
-#[derive(Clone)]
-pub enum UpstreamClient {
-    Plain(HttpClient),
-    Tls(HttpsClient),
-}
-
-impl UpstreamClient {
-    fn request(&self, request: Request<ProxyBody>) -> hyper_util::client::legacy::ResponseFuture {
-        match self {
-            UpstreamClient::Plain(client) => client.request(request),
-            UpstreamClient::Tls(client) => client.request(request),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -95,12 +74,12 @@ pub struct TargetError {
     message: String,
 }
 
-/// Keep-alive pools shared across config swaps, one per connect timeout (the connector
-/// carries the timeout, so routes with different values need different connectors).
+/// Keep-alive pools shared across config swaps: one per target and connect setting.
 pub struct ClientPool {
-    clients: Mutex<HashMap<u64, HttpClient>>,
-    /// HTTPS pools by connect timeout and TLS setting (CA, SNI, verification).
-    tls_clients: Mutex<HashMap<(u64, UpstreamTlsConfig), HttpsClient>>,
+    pools: PoolRegistry,
+    /// HTTPS connectors by TLS setting (CA, SNI, verification) and connect timeout: building
+    /// one loads the system roots, so it is done once per distinct setting.
+    tls_connectors: Mutex<HashMap<(u64, UpstreamTlsConfig), HttpsConnector>>,
     /// Identity-provider client and JWKS caches; like the pools, they outlive config swaps.
     pub auth: crate::auth::AuthRuntime,
 }
@@ -108,59 +87,51 @@ pub struct ClientPool {
 impl ClientPool {
     pub fn new(auth: crate::auth::AuthRuntime) -> Self {
         ClientPool {
-            clients: Mutex::new(HashMap::new()),
-            tls_clients: Mutex::new(HashMap::new()),
+            pools: PoolRegistry::default(),
+            tls_connectors: Mutex::new(HashMap::new()),
             auth,
         }
     }
 
-    pub fn get(&self, connect_timeout_ms: u64) -> HttpClient {
-        let mut clients = match self.clients.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
+    /// The pool for one target; `tls` is `Some` for `https://` targets.
+    fn pool(
+        &self,
+        dial: Uri,
+        connect_timeout_ms: u64,
+        tls: Option<&UpstreamTlsConfig>,
+    ) -> Result<Arc<ConnPool>, UpstreamTlsError> {
+        let connector = match tls {
+            None => Connector::Plain(upstream_pool::plain_connector(connect_timeout_ms)),
+            Some(tls) => Connector::Tls(self.tls_connector(connect_timeout_ms, tls)?),
         };
-        clients
-            .entry(connect_timeout_ms)
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector
-                    .set_connect_timeout(Some(Duration::from_millis(connect_timeout_ms.max(1))));
-                connector.set_keepalive(Some(Duration::from_secs(60)));
-                Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .pool_max_idle_per_host(256)
-                    .build(connector)
-            })
-            .clone()
+        let key = PoolKey {
+            dial: dial.to_string(),
+            settings: format!("{connect_timeout_ms} {tls:?}"),
+        };
+        Ok(self
+            .pools
+            .get_or_create(key, || ConnPool::new(dial, connector)))
     }
 
-    pub fn get_tls(
+    fn tls_connector(
         &self,
         connect_timeout_ms: u64,
         tls: &UpstreamTlsConfig,
-    ) -> Result<HttpsClient, UpstreamTlsError> {
-        let mut clients = match self.tls_clients.lock() {
+    ) -> Result<HttpsConnector, UpstreamTlsError> {
+        let mut connectors = match self.tls_connectors.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
         let key = (connect_timeout_ms, tls.clone());
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
+        if let Some(connector) = connectors.get(&key) {
+            return Ok(connector.clone());
         }
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_millis(connect_timeout_ms.max(1))));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(crate::tls::upstream_tls::IDLE)
-            .pool_max_idle_per_host(256)
-            .build(crate::tls::upstream_tls::connector(tls, http)?);
-        clients.insert(key, client.clone());
-        Ok(client)
+        let connector = crate::tls::upstream_tls::connector(
+            tls,
+            upstream_pool::plain_connector(connect_timeout_ms),
+        )?;
+        connectors.insert(key, connector.clone());
+        Ok(connector)
     }
 }
 
@@ -173,6 +144,7 @@ pub struct Target {
     pub url: String,
     scheme: Scheme,
     authority: Authority,
+    pool: Option<Arc<ConnPool>>,
     weight: u32,
     in_flight: AtomicUsize,
     failures: AtomicU32,
@@ -225,7 +197,6 @@ pub struct Upstream {
     read_timeout: Duration,
     retries: u32,
     pub direct: Option<DirectResponse>,
-    client: UpstreamClient,
 }
 
 impl Upstream {
@@ -252,6 +223,7 @@ impl Upstream {
                     url: t.url.clone(),
                     scheme,
                     authority,
+                    pool: None,
                     weight: t.weight,
                     in_flight: AtomicUsize::new(0),
                     failures: AtomicU32::new(0),
@@ -259,25 +231,30 @@ impl Upstream {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let mut targets = targets;
         let direct = config.direct_response.as_ref().map(direct_response);
-        let client = if targets.iter().any(|t| t.scheme == Scheme::HTTPS) {
-            let tls = config.tls.clone().unwrap_or_default();
-            if tls.insecure_skip_verify {
-                tracing::warn!(
-                    targets = ?targets.iter().map(|t| t.url.as_str()).collect::<Vec<_>>(),
-                    "upstream.tls.insecureSkipVerify: upstream certificates are NOT verified"
-                );
-            }
-            let client =
-                pool.get_tls(config.connect_timeout_ms, &tls)
-                    .map_err(|e| TargetError {
-                        url: targets.first().map(|t| t.url.clone()).unwrap_or_default(),
-                        message: e.to_string(),
-                    })?;
-            UpstreamClient::Tls(client)
-        } else {
-            UpstreamClient::Plain(pool.get(config.connect_timeout_ms))
-        };
+        let tls = config.tls.clone().unwrap_or_default();
+        if tls.insecure_skip_verify && targets.iter().any(|t| t.scheme == Scheme::HTTPS) {
+            tracing::warn!(
+                targets = ?targets.iter().map(|t| t.url.as_str()).collect::<Vec<_>>(),
+                "upstream.tls.insecureSkipVerify: upstream certificates are NOT verified"
+            );
+        }
+        for target in &mut targets {
+            let dial = build_uri(
+                &target.scheme,
+                &target.authority,
+                &PathAndQuery::from_static("/"),
+            );
+            let tls = (target.scheme == Scheme::HTTPS).then_some(&tls);
+            let pool = pool
+                .pool(dial, config.connect_timeout_ms, tls)
+                .map_err(|e| TargetError {
+                    url: target.url.clone(),
+                    message: e.to_string(),
+                })?;
+            target.pool = Some(pool);
+        }
         Ok(Upstream {
             schedule: smooth_schedule(&targets),
             targets,
@@ -287,7 +264,6 @@ impl Upstream {
             read_timeout: Duration::from_millis(config.read_timeout_ms.max(1)),
             retries: config.retries,
             direct,
-            client,
         })
     }
 
@@ -312,11 +288,9 @@ impl Upstream {
         } else {
             1
         };
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        if parts.uri.path_and_query().is_none() {
+            parts.uri = Uri::from_static("/");
+        }
         parts.version = Version::HTTP_11;
         let mut tried: u64 = 0;
         let mut body = Some(body);
@@ -325,17 +299,18 @@ impl Upstream {
             let index = self.pick(client_ip, tried);
             tried |= 1u64 << (index % 64);
             let target = &self.targets[index];
-            let uri = build_uri(&target.scheme, &target.authority, &path_and_query);
+            let Some(pool) = &target.pool else {
+                return Err(UpstreamError::NoTargets);
+            };
             let final_attempt = attempt + 1 == attempts;
             let request = if final_attempt {
-                let mut p = std::mem::replace(&mut parts, Request::new(()).into_parts().0);
-                p.uri = uri;
+                let p = std::mem::replace(&mut parts, Request::new(()).into_parts().0);
                 Request::from_parts(p, body.take().unwrap_or_else(empty))
             } else {
                 // Replayable requests have no body, so a copy of the head is a full copy.
                 let mut request = Request::new(empty());
                 *request.method_mut() = parts.method.clone();
-                *request.uri_mut() = uri;
+                *request.uri_mut() = parts.uri.clone();
                 *request.version_mut() = Version::HTTP_11;
                 *request.headers_mut() = parts.headers.clone();
                 request
@@ -344,7 +319,7 @@ impl Upstream {
             let _guard = InFlight(&target.in_flight);
             let sent =
                 upstream_timeouts::exchange(request, self.send_timeout, self.read_timeout, |r| {
-                    self.client.request(r)
+                    pool.send(r)
                 });
             match sent.await {
                 Err(_) => {
@@ -354,7 +329,7 @@ impl Upstream {
                 }
                 Ok(Err(e)) => {
                     target.record_failure();
-                    if e.is_connect() {
+                    if matches!(e, upstream_pool::SendError::Connect(_)) {
                         tracing::debug!(target = %target.url, error = %e, "upstream connect failed");
                         last_error = UpstreamError::Connect;
                         continue;
@@ -502,6 +477,7 @@ mod tests {
             url: "http://a:1".into(),
             scheme: Scheme::HTTP,
             authority: Authority::from_static("a:1"),
+            pool: None,
             weight,
             in_flight: AtomicUsize::new(0),
             failures: AtomicU32::new(0),

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
 use crate::body::{BoxError, ProxyBody};
+use crate::upstream_pool::PooledBody;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TimeoutKind {
@@ -92,8 +93,16 @@ pub async fn exchange<F, Fut, E>(
 ) -> Result<Result<Response<ReadTimeoutBody>, E>, TimeoutKind>
 where
     F: FnOnce(Request<ProxyBody>) -> Fut,
-    Fut: Future<Output = Result<Response<Incoming>, E>>,
+    Fut: Future<Output = Result<Response<PooledBody>, E>>,
 {
+    if request.body().is_end_stream() {
+        // Nothing to send but the head (it fits the socket buffer): only the read timeout
+        // applies, and one timer serves the whole wait.
+        return match tokio::time::timeout(read_timeout, send(request)).await {
+            Ok(result) => Ok(result.map(|r| r.map(|b| ReadTimeoutBody::new(b, read_timeout)))),
+            Err(_) => Err(TimeoutKind::Read),
+        };
+    }
     let progress = Arc::new(SendProgress::default());
     progress.last_activity_ms.store(now_ms(), Ordering::Relaxed);
     let (parts, body) = request.into_parts();
@@ -131,18 +140,24 @@ where
 }
 
 /// The upstream response body with a read timeout between frames.
+///
+/// The timer is armed only when a read has to wait: a small response is usually complete
+/// when it is first polled, and then it costs no timer at all.
 pub struct ReadTimeoutBody {
-    inner: Incoming,
+    inner: PooledBody,
     timeout: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// When the last frame arrived (the read timeout runs from there).
+    last_frame: Option<tokio::time::Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl ReadTimeoutBody {
-    fn new(inner: Incoming, timeout: Duration) -> Self {
+    fn new(inner: PooledBody, timeout: Duration) -> Self {
         Self {
             inner,
             timeout,
-            timer: Box::pin(tokio::time::sleep(timeout)),
+            last_frame: None,
+            timer: None,
         }
     }
 }
@@ -157,16 +172,30 @@ impl Body for ReadTimeoutBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let next = tokio::time::Instant::now() + self.timeout;
-                self.timer.as_mut().reset(next);
+                if self.timer.is_some() {
+                    self.last_frame = Some(tokio::time::Instant::now());
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match self.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TimeoutKind::Read)))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let this = &mut *self;
+                let started = *this
+                    .last_frame
+                    .get_or_insert_with(tokio::time::Instant::now);
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(started + timeout)));
+                if timer.deadline() != started + timeout {
+                    timer.as_mut().reset(started + timeout);
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TimeoutKind::Read)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use common::idp::*;
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use portcullis_compiler::config::*;
-use portcullis_proxy::auth::clock::ManualClock;
+use portcullis_proxy::auth::clock::{Clock, ManualClock};
 use portcullis_proxy::auth::AuthOptions;
 use portcullis_proxy::ProxyOptions;
 use serde_json::{json, Value};
@@ -334,7 +334,9 @@ fn rs(kid: &str, key: &str, claims: &Value) -> String {
 async fn valid_tokens_identity_headers_and_spoofing() {
     let s = setup(&["rsa1"]).await;
     let c = client();
-    let now = now_secs();
+    // The proxy runs on the manual clock: a token stamped by the wall clock a second later
+    // would be "issued in the future".
+    let now = (s.clock.now_ms() / 1000) as i64;
     let token = rs("rsa1", "rsa1", &claims(now));
     let auth = bearer(&token);
     let r = send(
@@ -443,7 +445,9 @@ async fn valid_tokens_identity_headers_and_spoofing() {
 async fn hostile_tokens_are_rejected() {
     let s = setup(&["rsa1"]).await;
     let c = client();
-    let now = now_secs();
+    // The proxy runs on the manual clock: a token stamped by the wall clock a second later
+    // would be "issued in the future".
+    let now = (s.clock.now_ms() / 1000) as i64;
     let good = claims(now);
     let body = b64u(good.to_string().as_bytes());
     let mut cases: Vec<(String, String, &str)> = Vec::new();
@@ -620,7 +624,9 @@ async fn jwks_rotation_cooldown_and_outages() {
     let s = setup(&["rsa1"]).await;
     let c = client();
     let a = s.proxy.local_addr();
-    let now = now_secs();
+    // The proxy runs on the manual clock: a token stamped by the wall clock a second later
+    // would be "issued in the future".
+    let now = (s.clock.now_ms() / 1000) as i64;
     let ok = |r: &Reply| r.status == 200;
     let r = send(
         &c,
