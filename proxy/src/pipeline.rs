@@ -274,7 +274,9 @@ async fn run(
     // 7. authentication and authorization
     let mut auth_context = auth::AuthContext::UNAUTHENTICATED;
     if let Some(auth) = &route.auth {
-        auth_context = auth.authenticate(&runtime.keys, &mut parts).await?;
+        // Boxed (here and for the body checks below): identity-provider calls make these
+        // futures large, and routes that do not use them should not carry their size.
+        auth_context = Box::pin(auth.authenticate(&runtime.keys, &mut parts)).await?;
         outcome.identity = auth_context.identity;
     }
     if let Some(authorization) = &config.authorization {
@@ -305,15 +307,22 @@ async fn run(
     let body = match &route.validation {
         Some(validation) => {
             validation.check_head(&parts, has_body)?;
-            validation.check_body(body, has_body, &exceeded).await?
+            Box::pin(validation.check_body(body, has_body, &exceeded)).await?
         }
         None => body.map_err(Into::into).boxed(),
     };
     // 9. WAF on the body
     let body = match &route.waf {
         Some(waf) if has_body => {
-            crate::waf::check_body(waf, &parts, client_ip, body, &exceeded, &mut outcome.waf)
-                .await?
+            Box::pin(crate::waf::check_body(
+                waf,
+                &parts,
+                client_ip,
+                body,
+                &exceeded,
+                &mut outcome.waf,
+            ))
+            .await?
         }
         _ => body,
     };

@@ -101,7 +101,9 @@ impl ConnPool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        // Boxed: connecting (DNS, TCP, TLS handshake) is a large future that only new
+        // connections need; kept inline it would grow every request's future.
+        let mut sender = Box::pin(self.connect()).await?;
         let response = sender.send_request(request).await?;
         Ok(self.wrap(response, sender))
     }

@@ -365,7 +365,9 @@ pub async fn pre_auth(
             groups: &[],
             api_key: None,
         };
-        decide(backends, limits, &rp.pre, &ctx, granted).await?;
+        // Boxed: the Redis round trip makes this future large, and every request's
+        // pipeline future would carry (and copy) that size even on routes without limits.
+        Box::pin(decide(backends, limits, &rp.pre, &ctx, granted)).await?;
     }
     Ok(PreAuth { api_key })
 }
@@ -405,7 +407,7 @@ pub async fn post_auth(
         groups: consumer.map_or(&[], |c| c.groups.as_slice()),
         api_key: pre.api_key,
     };
-    decide(backends, limits, &rp.post, &ctx, granted).await
+    Box::pin(decide(backends, limits, &rp.post, &ctx, granted)).await
 }
 
 struct KeyContext<'a> {
