@@ -308,13 +308,13 @@ PORTCULLIS_AUDIT_ARGS=()
 has_flag() { grep -q -- "$1\b" <<<"$HELP"; }
 if [[ $SKIP_PORTCULLIS == 1 ]]; then
     [[ $AUDIT == auto ]] && AUDIT=off
-elif has_flag --no-audit-log; then
+elif has_flag --no-audit; then
     [[ $AUDIT == auto ]] && AUDIT=off
-    if [[ $AUDIT == off ]]; then PORTCULLIS_AUDIT_ARGS=(--no-audit-log); PORTCULLIS_AUDIT="off (--no-audit-log)"
+    if [[ $AUDIT == off ]]; then PORTCULLIS_AUDIT_ARGS=(--no-audit); PORTCULLIS_AUDIT="off (--no-audit)"
     else PORTCULLIS_AUDIT="on (stdout -> /dev/null)"; fi
 else
     if [[ $AUDIT == off ]]; then
-        log "warning: AUDIT=off but portcullis-proxy has no --no-audit-log flag; its audit log stays on (stdout -> /dev/null) while nginx logs nothing"
+        log "warning: AUDIT=off but portcullis-proxy has no --no-audit flag; its audit log stays on (stdout -> /dev/null) while nginx logs nothing"
     fi
     [[ $AUDIT == auto ]] && AUDIT=on
     PORTCULLIS_AUDIT="on (stdout -> /dev/null)"

@@ -81,8 +81,6 @@ pub fn strip_upstream_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 pub fn set_request_id(headers: &mut HeaderMap, request_id: &HeaderValue) {
-    headers.insert(
-        HeaderName::from_static(crate::request_id::HEADER),
-        request_id.clone(),
-    );
+    const X_REQUEST_ID: HeaderName = HeaderName::from_static(crate::request_id::HEADER);
+    headers.insert(X_REQUEST_ID, request_id.clone());
 }
