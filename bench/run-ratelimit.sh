@@ -13,6 +13,8 @@
 #   ROUNDS=5 DURATION=10s CONNECTIONS=64 THREADS=1 WARMUP=2s PROXY_CPU=0 LOAD_CPU=1
 #   PORTCULLIS_BIN=<repo>/target/release/portcullis-proxy (built with cargo if missing)
 #   RESULTS_DIR=<repo>/bench/results KEEP_TMP=1
+#   FIXED_RATE=5000 FIXED_CONNECTIONS=8   the fixed-rate phase (hey -q): p99 at a load every
+#                                         target sustains, so "added latency" is not queueing
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,11 +33,20 @@ log() { printf '[bench-rl] %s\n' "$*" >&2; }
 die() { printf '[bench-rl] error: %s\n' "$*" >&2; exit 1; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 
-for tool in wrk taskset curl redis-server redis-cli; do
-    command -v "$tool" >/dev/null || die "$tool missing (apt-get install wrk util-linux curl redis-server)"
+as_root() { if [[ $EUID -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    die "need root to run: $*"; fi; }
+missing=()
+for pair in wrk:wrk taskset:util-linux curl:curl redis-server:redis-server redis-cli:redis-tools \
+    hey:hey python3:python3; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]} (apt-get)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-[[ -x $NGINX ]] || die "nginx missing (apt-get install nginx)"
 if [[ ! -x $PORTCULLIS_BIN ]]; then
     log "building $PORTCULLIS_BIN"
     (cd "$ROOT" && cargo build --release -p portcullis-proxy)
@@ -146,6 +157,26 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
+# Fixed rate: the same request rate for every target (hey paces each worker), so p99 shows the
+# latency each backend adds rather than how deep the queue grows at saturation.
+FIXED_RATE=${FIXED_RATE:-5000}
+FIXED_CONNECTIONS=${FIXED_CONNECTIONS:-8}
+declare -A FIXED_P99
+hey_p99() { awk '/ 99% in / {printf "%.3f\n", $3 * 1000}' "$1"; }
+for round in $(seq 1 "$ROUNDS"); do
+    for i in 0 1 2; do
+        t=${TARGETS[$(((i + round) % 3))]}
+        taskset -c "$LOAD_CPU" hey -z "$DURATION" -c "$FIXED_CONNECTIONS" \
+            -q $((FIXED_RATE / FIXED_CONNECTIONS)) "${URL[$t]}" >"$TMP/hey-$t-$round.txt" 2>&1 || true
+        grep -q '\[200\]' "$TMP/hey-$t-$round.txt" || die "$t: no 200 answers at the fixed rate"
+        ! grep -E '^\s+\[[13-5][0-9][0-9]\]' "$TMP/hey-$t-$round.txt" >/dev/null ||
+            die "$t answered non-200 at the fixed rate (round $round)"
+        p=$(hey_p99 "$TMP/hey-$t-$round.txt")
+        FIXED_P99[$t]+="$p "
+        log "fixed $FIXED_RATE req/s round $round $t: p99 $p ms"
+    done
+done
+
 mkdir -p "$RESULTS_DIR"
 OUT="$RESULTS_DIR/ratelimit-$(date -u +%Y%m%dT%H%M%SZ).txt"
 {
@@ -162,6 +193,12 @@ awk -v pr="$plain_rps" -v lr="$local_rps" -v rr="$redis_rps" -v pp="$plain_p99" 
     printf "rounds=%s duration=%s connections=%s\n", rounds, dur, conns
     printf "local/plain throughput  %.3f (target >= 0.95)\n", lr/pr
     printf "redis/local throughput  %.3f (target >= 0.80)\n", rr/lr
-    printf "p99 added: local %+.3f ms, redis %+.3f ms (vs plain)\n", lp-pp, rp-pp }' | tee -a "$OUT.table"
+    printf "p99 added at saturation: local %+.3f ms, redis %+.3f ms (vs plain)\n", lp-pp, rp-pp }' | tee -a "$OUT.table"
+fp=$(tr ' ' '\n' <<<"${FIXED_P99[plain]}" | grep . | median)
+fl=$(tr ' ' '\n' <<<"${FIXED_P99[local]}" | grep . | median)
+fr=$(tr ' ' '\n' <<<"${FIXED_P99[redis]}" | grep . | median)
+awk -v rate="$FIXED_RATE" -v fp="$fp" -v fl="$fl" -v fr="$fr" 'BEGIN {
+    printf "at a fixed %s req/s: p99 plain %.3f ms, local %.3f ms (%+.3f), redis %.3f ms (%+.3f)\n",
+        rate, fp, fl, fl-fp, fr, fr-fp }' | tee -a "$OUT.table"
 mv "$OUT.table" "$OUT"
 log "results: $OUT"
