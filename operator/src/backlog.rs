@@ -36,6 +36,8 @@ struct Seen {
     core: u64,
     /// Plan in which `core` last changed.
     changed_in: u64,
+    /// Last plan that had the object.
+    in_plan: u64,
 }
 
 /// The queue of status writes. `K` identifies an object; `usize` in the queue is the
@@ -69,30 +71,32 @@ impl<K: Hash + Eq + Clone> Backlog<K> {
     pub fn plan(&mut self, items: Vec<Item<K>>) {
         self.plans += 1;
         let plan = self.plans;
-        let mut seen = HashMap::with_capacity(items.len());
         let mut pending = Vec::new();
         self.recheck = false;
         for (index, item) in items.into_iter().enumerate() {
-            let changed_in = match self.seen.remove(&item.key) {
-                Some(old) if old.core == item.core => old.changed_in,
-                _ => plan,
+            let seen = match self.seen.get_mut(&item.key) {
+                Some(seen) => seen,
+                None => self.seen.entry(item.key.clone()).or_insert(Seen {
+                    core: item.core,
+                    changed_in: plan,
+                    in_plan: plan,
+                }),
             };
+            if seen.core != item.core {
+                seen.core = item.core;
+                seen.changed_in = plan;
+            }
+            seen.in_plan = plan;
+            let changed_in = seen.changed_in;
             if item.pending {
                 if self.in_flight.contains(&item.key) {
                     self.recheck = true;
                 } else {
-                    pending.push((changed_in, index, item.key.clone()));
+                    pending.push((changed_in, index, item.key));
                 }
             }
-            seen.insert(
-                item.key,
-                Seen {
-                    core: item.core,
-                    changed_in,
-                },
-            );
         }
-        self.seen = seen;
+        self.seen.retain(|_, seen| seen.in_plan == plan);
         // Stable: equal recency keeps plan order.
         pending.sort_by_key(|p| std::cmp::Reverse(p.0));
         self.queue = pending

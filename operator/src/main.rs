@@ -179,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
                 metrics: metrics.clone(),
                 events: events.clone(),
             })
-            .run(reconciler.plans()),
+            .run(reconciler.plans(), reconciler.publishing()),
         );
         let lost = {
             let elector = elector.clone();

@@ -17,9 +17,9 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::publish;
-use crate::status::{ObjectSet, Published};
+use crate::status::Published;
 use crate::watch::{Stores, Trigger};
-use crate::writer::Plan;
+use crate::writer::{self, Plan, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -42,7 +42,8 @@ impl ReconcileError {
 /// The latest compile result, kept while only proxy reports change.
 struct Compiled {
     statuses: Arc<Vec<ObjectStatus>>,
-    in_config: ObjectSet,
+    targets: Arc<Vec<Target>>,
+    generation: String,
 }
 
 pub struct Reconciler {
@@ -52,6 +53,8 @@ pub struct Reconciler {
     metrics: Arc<Metrics>,
     trigger: Arc<Trigger>,
     plans: watch::Sender<Option<Arc<Plan>>>,
+    /// True while a config is being written: the status writer starts no new writes then.
+    publishing: watch::Sender<bool>,
     published: Published,
     last_published: Option<String>,
     publish_error: Option<String>,
@@ -127,6 +130,7 @@ impl Reconciler {
             metrics,
             trigger,
             plans: watch::Sender::new(None),
+            publishing: watch::Sender::new(false),
             published: Published::default(),
             last_published: None,
             publish_error: None,
@@ -137,6 +141,13 @@ impl Reconciler {
     /// Plans for the status writer: the newest one wins.
     pub fn plans(&self) -> watch::Receiver<Option<Arc<Plan>>> {
         self.plans.subscribe()
+    }
+
+    /// True while a config is being published. Status writes and the config's shards go to
+    /// the same API server; with 32 status writes in flight from a large backlog, a publish
+    /// took several times longer, and every change waits for its publish.
+    pub fn publishing(&self) -> watch::Receiver<bool> {
+        self.publishing.subscribe()
     }
 
     /// Forgets what this replica last published, so that a new leadership term compiles and
@@ -164,7 +175,9 @@ impl Reconciler {
         self.forget(&replicas.forgotten).await;
         self.plans.send_replace(Some(Arc::new(Plan {
             statuses: compiled.statuses.clone(),
-            in_config: compiled.in_config.clone(),
+            targets: compiled.targets.clone(),
+            compiled_generation: (self.last_published.as_ref() == Some(&compiled.generation))
+                .then(|| compiled.generation.clone()),
             published: self.published.clone(),
             last_published: self.last_published.clone(),
             publish_error: self.publish_error.clone(),
@@ -175,19 +188,24 @@ impl Reconciler {
 
     async fn compile_and_publish(&mut self) -> Result<(), ReconcileError> {
         let stores = self.stores.clone();
+        let published = self.published.clone();
         // Snapshot, compile and encode are CPU work of up to a second at 110,000 objects:
         // off the async threads, so that watches, the leader lease and status writes go on.
-        let (config, statuses, took) = tokio::task::spawn_blocking(move || {
+        let (config, statuses, in_config, targets, took) = tokio::task::spawn_blocking(move || {
             let snapshot = snapshot(&stores);
             let started = Instant::now();
             let (config, statuses) = compile(&snapshot);
-            (config, statuses, started.elapsed())
+            let took = started.elapsed();
+            drop(snapshot);
+            let in_config = published.intern(&config.objects);
+            let targets = writer::targets(&statuses, &in_config);
+            (config, statuses, in_config, targets, took)
         })
         .await?;
         self.metrics.compile_seconds.observe(took.as_secs_f64());
-        let in_config = self.published.intern(&config.objects);
+        let generation = config.generation.clone();
 
-        if self.last_published.as_deref() != Some(config.generation.as_str()) {
+        if self.last_published.as_deref() != Some(generation.as_str()) {
             let (config, encoded) = tokio::task::spawn_blocking(move || {
                 let encoded = delivery::encode(&config);
                 (config, encoded)
@@ -196,7 +214,10 @@ impl Reconciler {
             match encoded {
                 Ok(encoded) => {
                     let started = Instant::now();
-                    publish::publish(&self.client, &self.namespace, &encoded).await?;
+                    self.publishing.send_replace(true);
+                    let published = publish::publish(&self.client, &self.namespace, &encoded).await;
+                    self.publishing.send_replace(false);
+                    published?;
                     self.metrics
                         .config_bytes
                         .set(encoded.compressed_bytes as i64);
@@ -222,7 +243,8 @@ impl Reconciler {
         }
         self.compiled = Some(Compiled {
             statuses: Arc::new(statuses),
-            in_config,
+            targets: Arc::new(targets),
+            generation,
         });
         Ok(())
     }
