@@ -15,7 +15,10 @@
 //!   counters change with every proxy report on every route with traffic and must not push a
 //!   user's change to the back;
 //! - never hands out an object that is still being written (two writes of one object in
-//!   flight could land in either order); such an object is re-evaluated once its write ends.
+//!   flight could land in either order); such an object is re-evaluated once its write ends;
+//! - remembers which objects changed in the last few plans ([`Backlog::recent`]), so the
+//!   writer can look at those first when the next plan arrives (the proxies' report that
+//!   turns a just-changed route `Programmed`) and write them before comparing all 110,000.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -30,6 +33,12 @@ pub struct Item<K> {
     /// status is still on its way into the cache).
     pub pending: bool,
 }
+
+/// Plans for which a change stays "recent".
+const RECENT_PLANS: u64 = 4;
+/// More changes than this in one plan are a bulk update (the first pass, a proxy joining):
+/// nothing to look at first.
+pub const RECENT_MAX: usize = 4096;
 
 #[derive(Debug)]
 struct Seen {
@@ -48,8 +57,12 @@ pub struct Backlog<K> {
     seen: HashMap<K, Seen>,
     queue: VecDeque<(K, usize)>,
     in_flight: HashSet<K>,
-    /// Pending objects left out of the queue because a write of theirs was in flight.
-    recheck: bool,
+    /// Pending objects left out of the queue because a write of theirs was in flight, with
+    /// their position in the latest plan.
+    recheck: HashMap<K, usize>,
+    /// Objects whose core status changed in the last [`RECENT_PLANS`] plans: the plan and
+    /// the object's position in it.
+    recent: HashMap<K, (u64, usize)>,
 }
 
 impl<K> Default for Backlog<K> {
@@ -59,7 +72,8 @@ impl<K> Default for Backlog<K> {
             seen: HashMap::new(),
             queue: VecDeque::new(),
             in_flight: HashSet::new(),
-            recheck: false,
+            recheck: HashMap::new(),
+            recent: HashMap::new(),
         }
     }
 }
@@ -72,12 +86,14 @@ impl<K: Hash + Eq + Clone> Backlog<K> {
         self.plans += 1;
         let plan = self.plans;
         let mut pending = Vec::new();
-        self.recheck = false;
+        let mut changed = Vec::new();
+        self.recheck.clear();
         for (index, item) in items.into_iter().enumerate() {
             let seen = match self.seen.get_mut(&item.key) {
                 Some(seen) => seen,
                 None => self.seen.entry(item.key.clone()).or_insert(Seen {
-                    core: item.core,
+                    // Never equal to a real fingerprint's plan: counts as a change below.
+                    core: item.core.wrapping_add(1),
                     changed_in: plan,
                     in_plan: plan,
                 }),
@@ -85,12 +101,15 @@ impl<K: Hash + Eq + Clone> Backlog<K> {
             if seen.core != item.core {
                 seen.core = item.core;
                 seen.changed_in = plan;
+                if changed.len() <= RECENT_MAX {
+                    changed.push((item.key.clone(), index));
+                }
             }
             seen.in_plan = plan;
             let changed_in = seen.changed_in;
             if item.pending {
                 if self.in_flight.contains(&item.key) {
-                    self.recheck = true;
+                    self.recheck.insert(item.key, index);
                 } else {
                     pending.push((changed_in, index, item.key));
                 }
@@ -103,6 +122,33 @@ impl<K: Hash + Eq + Clone> Backlog<K> {
             .into_iter()
             .map(|(_, index, key)| (key, index))
             .collect();
+        if changed.len() <= RECENT_MAX {
+            self.recent
+                .extend(changed.into_iter().map(|(key, index)| (key, (plan, index))));
+        }
+        let mut oldest = plan.saturating_sub(RECENT_PLANS);
+        loop {
+            self.recent.retain(|_, (p, _)| *p > oldest);
+            if self.recent.len() <= RECENT_MAX {
+                break;
+            }
+            oldest += 1;
+        }
+    }
+
+    /// Objects whose core status changed in the last few plans, with their position in the
+    /// plan where they last changed (the same in later plans from the same compile).
+    pub fn recent(&self) -> impl Iterator<Item = (&K, usize)> {
+        self.recent.iter().map(|(key, (_, index))| (key, *index))
+    }
+
+    /// Puts an object at the front of the queue, ahead of the next [`Backlog::plan`] (which
+    /// replaces the queue), unless it is queued or being written already.
+    pub fn expedite(&mut self, key: K, index: usize) {
+        if self.in_flight.contains(&key) || self.queue.iter().any(|(k, _)| *k == key) {
+            return;
+        }
+        self.queue.push_front((key, index));
     }
 
     /// The next object to write, now counted as in flight.
@@ -112,9 +158,12 @@ impl<K: Hash + Eq + Clone> Backlog<K> {
         Some((key, index))
     }
 
-    /// A write (or the decision not to write) of `key` has ended.
-    pub fn done(&mut self, key: &K) {
+    /// A write (or the decision not to write) of `key` has ended. Returns the object's
+    /// position in the latest plan if that plan wanted it written while this write was in
+    /// flight: compare it again.
+    pub fn done(&mut self, key: &K) -> Option<usize> {
         self.in_flight.remove(key);
+        self.recheck.remove(key)
     }
 
     /// True if the last plan had this object.
@@ -129,12 +178,6 @@ impl<K: Hash + Eq + Clone> Backlog<K> {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
-    }
-
-    /// True when nothing is queued or in flight but the last plan had objects that could not
-    /// be queued because they were being written: evaluate the plan again.
-    pub fn needs_recheck(&self) -> bool {
-        self.recheck && self.queue.is_empty() && self.in_flight.is_empty()
     }
 }
 
@@ -226,16 +269,50 @@ mod tests {
         let (first, _) = backlog.take().unwrap();
         assert_eq!(first, "a");
         // A new plan changes "a" again while its first write is in flight.
-        backlog.plan(vec![item("a", 2, true), item("b", 1, true)]);
+        backlog.plan(vec![item("b", 1, true), item("a", 2, true)]);
         assert_eq!(backlog.take().unwrap().0, "b");
         assert_eq!(backlog.take(), None, "a is still in flight");
-        backlog.done(&"b");
-        assert!(!backlog.needs_recheck(), "a's write has not ended yet");
-        backlog.done(&"a");
-        assert!(backlog.needs_recheck());
-        backlog.plan(vec![item("a", 2, true), item("b", 1, false)]);
-        assert!(!backlog.needs_recheck());
-        assert_eq!(drain(&mut backlog), ["a"]);
+        assert_eq!(backlog.done(&"b"), None);
+        // When its write ends, the writer compares it again (position 1 in the new plan).
+        assert_eq!(backlog.done(&"a"), Some(1));
+        assert_eq!(backlog.done(&"a"), None);
+        // Expediting does not hand out what is queued or in flight twice either.
+        backlog.expedite("a", 1);
+        backlog.expedite("a", 1);
+        assert_eq!(backlog.take(), Some(("a", 1)));
+        backlog.expedite("a", 1);
+        assert_eq!(backlog.take(), None);
+    }
+
+    #[test]
+    fn recent_changes_are_remembered_for_a_few_plans() {
+        let mut backlog = Backlog::default();
+        let plan = |backlog: &mut Backlog<&'static str>, b: u64| {
+            backlog.plan(vec![item("a", 1, false), item("b", b, false)]);
+        };
+        plan(&mut backlog, 1);
+        plan(&mut backlog, 1);
+        // A first sighting is a change, "a" and "b" alike.
+        let mut recent: Vec<_> = backlog.recent().collect();
+        recent.sort();
+        assert_eq!(recent, [(&"a", 0), (&"b", 1)]);
+        plan(&mut backlog, 2);
+        assert!(backlog.recent().any(|r| r == (&"b", 1)));
+        for _ in 0..RECENT_PLANS {
+            plan(&mut backlog, 2);
+        }
+        assert_eq!(backlog.recent().count(), 0);
+        // A bulk change is nobody's recent change.
+        let many: Vec<_> = (0..=RECENT_MAX)
+            .map(|i| Item {
+                key: i,
+                core: 1,
+                pending: true,
+            })
+            .collect();
+        let mut bulk = Backlog::default();
+        bulk.plan(many);
+        assert_eq!(bulk.recent().count(), 0);
     }
 
     #[test]

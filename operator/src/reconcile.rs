@@ -44,6 +44,8 @@ struct Compiled {
     statuses: Arc<Vec<ObjectStatus>>,
     targets: Arc<Vec<Target>>,
     generation: String,
+    /// Objects whose verdict this compile changed; sent with the first plan only.
+    changed: Vec<usize>,
 }
 
 pub struct Reconciler {
@@ -59,6 +61,8 @@ pub struct Reconciler {
     last_published: Option<String>,
     publish_error: Option<String>,
     compiled: Option<Compiled>,
+    /// The objects of the last compile, kept across a failed publish.
+    last_targets: Option<Arc<Vec<Target>>>,
 }
 
 /// A replica that stopped reporting is still counted (as not ready) for this long, then its
@@ -135,6 +139,7 @@ impl Reconciler {
             last_published: None,
             publish_error: None,
             compiled: None,
+            last_targets: None,
         }
     }
 
@@ -167,15 +172,17 @@ impl Reconciler {
                 return Err(e);
             }
         }
-        let Some(compiled) = &self.compiled else {
-            return Ok(());
-        };
         let replicas = classify_reports(&self.stores.reports.state(), Timestamp::now());
         self.metrics.proxies_live.set(replicas.live.len() as i64);
         self.forget(&replicas.forgotten).await;
+        let Some(compiled) = &mut self.compiled else {
+            return Ok(());
+        };
+        let changed = std::mem::take(&mut compiled.changed);
         self.plans.send_replace(Some(Arc::new(Plan {
             statuses: compiled.statuses.clone(),
             targets: compiled.targets.clone(),
+            changed,
             compiled_generation: (self.last_published.as_ref() == Some(&compiled.generation))
                 .then(|| compiled.generation.clone()),
             published: self.published.clone(),
@@ -189,28 +196,46 @@ impl Reconciler {
     async fn compile_and_publish(&mut self) -> Result<(), ReconcileError> {
         let stores = self.stores.clone();
         let published = self.published.clone();
+        // The last compile's objects, to tell the status writer which ones this one changed.
+        let previous = self.last_targets.clone();
         // Snapshot, compile and encode are CPU work of up to a second at 110,000 objects:
         // off the async threads, so that watches, the leader lease and status writes go on.
-        let (config, statuses, in_config, targets, took) = tokio::task::spawn_blocking(move || {
-            let snapshot = snapshot(&stores);
-            let started = Instant::now();
-            let (config, statuses) = compile(&snapshot);
-            let took = started.elapsed();
-            drop(snapshot);
-            let in_config = published.intern(&config.objects);
-            let targets = writer::targets(&statuses, &in_config);
-            (config, statuses, in_config, targets, took)
-        })
-        .await?;
+        let (config, statuses, targets, changed, timings) =
+            tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let snapshot = snapshot(&stores);
+                let snapshot_took = started.elapsed();
+                let started = Instant::now();
+                let (config, statuses) = compile(&snapshot);
+                let compile_took = started.elapsed();
+                drop(snapshot);
+                let started = Instant::now();
+                let in_config = published.intern(&config.objects);
+                let targets = writer::targets(&statuses, &in_config);
+                let changed = writer::changed(previous.as_deref().map(Vec::as_slice), &targets);
+                let resolve_took = started.elapsed();
+                (
+                    config,
+                    statuses,
+                    (targets, in_config),
+                    changed,
+                    [snapshot_took, compile_took, resolve_took],
+                )
+            })
+            .await?;
+        let [snapshot_took, took, resolve_took] = timings;
+        let (targets, in_config) = targets;
         self.metrics.compile_seconds.observe(took.as_secs_f64());
         let generation = config.generation.clone();
 
         if self.last_published.as_deref() != Some(generation.as_str()) {
+            let started = Instant::now();
             let (config, encoded) = tokio::task::spawn_blocking(move || {
                 let encoded = delivery::encode(&config);
                 (config, encoded)
             })
             .await?;
+            let encode_took = started.elapsed();
             match encoded {
                 Ok(encoded) => {
                     let started = Instant::now();
@@ -229,8 +254,12 @@ impl Reconciler {
                         routes = config.routes.len(),
                         consumers = config.consumers.len(),
                         bytes = encoded.compressed_bytes,
+                        snapshot_ms = snapshot_took.as_millis() as u64,
                         compile_ms = took.as_millis() as u64,
+                        resolve_ms = resolve_took.as_millis() as u64,
+                        encode_ms = encode_took.as_millis() as u64,
                         publish_ms = started.elapsed().as_millis() as u64,
+                        changed = changed.len(),
                         "published config"
                     );
                 }
@@ -241,10 +270,13 @@ impl Reconciler {
                 }
             }
         }
+        let targets = Arc::new(targets);
+        self.last_targets = Some(targets.clone());
         self.compiled = Some(Compiled {
             statuses: Arc::new(statuses),
-            targets: Arc::new(targets),
+            targets,
             generation,
+            changed,
         });
         Ok(())
     }

@@ -381,11 +381,17 @@ impl Desired<'_> {
     /// Fingerprints of the status, from its inputs: `verdict` is [`verdict_hash`] of the
     /// compiled status (computed once per compile). ConsumerCredentials' summary derives
     /// from the spec, which the generation in the verdict covers.
+    ///
+    /// `configGeneration` is left out. Once written it stays for as long as the object's
+    /// generation does (see [`config_generation`]), so it changes only with the verdict. But
+    /// an object not yet written (or whose write the cache does not show yet) would take the
+    /// newest published generation: with it in the fingerprints every publish would make the
+    /// whole first-pass backlog look freshly changed (tying with the change a user just
+    /// made), and would have every write still on its way into the cache written again.
     pub fn fingerprints(&self, verdict: u64) -> Fingerprints {
         let mut hasher = DefaultHasher::new();
         let p = &self.programmed;
         (verdict, p.status, p.reason, p.ready, p.total, p.error).hash(&mut hasher);
-        self.config_generation.hash(&mut hasher);
         let core = hasher.finish();
         if let Some(e) = &self.enforcement {
             (
@@ -761,6 +767,11 @@ mod tests {
         let b = view(&compiled, READY, counters(2)).fingerprints(verdict);
         assert_eq!(a.core, b.core);
         assert_ne!(a.full, b.full);
+        let newer_config = Desired {
+            config_generation: Some("g2"),
+            ..view(&compiled, READY, counters(1))
+        };
+        assert_eq!(newer_config.fingerprints(verdict), a);
         let mut changed = compiled.clone();
         changed.conditions[0].message = "still valid".into();
         assert_ne!(verdict, verdict_hash(&changed));

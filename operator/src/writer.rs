@@ -12,8 +12,6 @@ use std::fmt::{self, Debug};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::FuturesUnordered;
-use futures_util::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, Patch, PatchParams};
@@ -29,8 +27,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
-use crate::backlog::{Backlog, Item};
+use crate::backlog::{Backlog, Item, RECENT_MAX};
 use crate::events::EventSink;
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::publish::FIELD_MANAGER;
@@ -52,6 +51,9 @@ pub struct Plan {
     pub targets: Arc<Vec<Target>>,
     /// Generation of the compiled config, if it was published.
     pub compiled_generation: Option<String>,
+    /// Positions of the objects whose verdict changed in this compile (empty when more than
+    /// a few thousand did, or when the plan comes from the same compile as the last one).
+    pub changed: Vec<usize>,
     pub published: Published,
     pub last_published: Option<String>,
     pub publish_error: Option<String>,
@@ -117,6 +119,28 @@ pub fn targets(statuses: &[ObjectStatus], in_config: &ObjectSet) -> Vec<Target> 
             }
         })
         .collect()
+}
+
+/// Positions of the objects whose compiled verdict differs from the previous compile's (or
+/// that are new); empty for the first compile and for bulk changes.
+pub fn changed(previous: Option<&[Target]>, targets: &[Target]) -> Vec<usize> {
+    let Some(previous) = previous else {
+        return Vec::new();
+    };
+    let before: HashMap<Key, u64> = previous
+        .iter()
+        .map(|t| (Key(t.object.clone()), t.verdict))
+        .collect();
+    let mut changed = Vec::new();
+    for (index, target) in targets.iter().enumerate() {
+        if before.get(&Key(target.object.clone())) != Some(&target.verdict) {
+            changed.push(index);
+            if changed.len() > RECENT_MAX {
+                return Vec::new();
+            }
+        }
+    }
+    changed
 }
 
 fn store_key<K: Resource<DynamicType = ()>>(
@@ -356,34 +380,37 @@ impl StatusWriter {
         }
     }
 
+    /// True if the object at `index` of `plan` needs a write: the cache does not show its
+    /// desired status, and no write of exactly that status is on its way into the cache.
+    /// Also its core fingerprint (0 if it has no status to write).
+    fn needs_write(&mut self, plan: &Plan, fleet: &Fleet, index: usize, key: &Key) -> (u64, bool) {
+        match compare_any(&self.context.stores, plan, fleet, index) {
+            None => (0, false),
+            Some(c) if c.matches => {
+                self.written.remove(key);
+                (c.fingerprints.core, false)
+            }
+            Some(c) => {
+                let sent = Written {
+                    full: c.fingerprints.full,
+                    overwrote: c.version,
+                };
+                (c.fingerprints.core, self.written.get(key) != Some(&sent))
+            }
+        }
+    }
+
     /// Compares every object of `plan` with the cache and rebuilds the queue.
     fn evaluate(&mut self, plan: &Plan) {
         let started = Instant::now();
-        let stores = &self.context.stores;
         let fleet = plan.fleet();
-        let written = &mut self.written;
         let items: Vec<Item<Key>> = plan
             .targets
             .iter()
             .enumerate()
             .map(|(index, target)| {
                 let key = Key(target.object.clone());
-                let (core, pending) = match compare_any(stores, plan, &fleet, index) {
-                    None => (0, false),
-                    Some(c) if c.matches => {
-                        written.remove(&key);
-                        (c.fingerprints.core, false)
-                    }
-                    Some(c) => {
-                        // A write of exactly this status may still be on its way into the
-                        // cache.
-                        let sent = Written {
-                            full: c.fingerprints.full,
-                            overwrote: c.version,
-                        };
-                        (c.fingerprints.core, written.get(&key) != Some(&sent))
-                    }
-                };
+                let (core, pending) = self.needs_write(plan, &fleet, index, &key);
                 Item { key, core, pending }
             })
             .collect();
@@ -396,9 +423,39 @@ impl StatusWriter {
             .observe(started.elapsed().as_secs_f64());
     }
 
+    /// Before comparing everything: the objects most likely to need a write now, queued
+    /// first. After a compile those are the ones whose verdict changed; after a proxy
+    /// report, the ones whose status changed in the last few plans (the route a user just
+    /// applied, now loaded by the proxies). Their writes start while the full comparison
+    /// runs.
+    fn expedite(&mut self, plan: &Plan, same_compile: bool) {
+        let key_at = |index: usize| plan.targets.get(index).map(|t| Key(t.object.clone()));
+        let candidates: Vec<(Key, usize)> = if same_compile {
+            self.backlog
+                .recent()
+                // A position from before the last compile may name another object now.
+                .filter_map(|(key, index)| key_at(index).filter(|k| k == key).map(|k| (k, index)))
+                .collect()
+        } else {
+            plan.changed
+                .iter()
+                .filter_map(|&index| key_at(index).map(|k| (k, index)))
+                .collect()
+        };
+        if candidates.len() > RECENT_MAX {
+            return;
+        }
+        let fleet = plan.fleet();
+        for (key, index) in candidates {
+            if let (_, true) = self.needs_write(plan, &fleet, index, &key) {
+                self.backlog.expedite(key, index);
+            }
+        }
+    }
+
     fn evaluate_blocking(&mut self, plan: &Plan) {
         // 100,000 objects take a noticeable fraction of a second: let the runtime move other
-        // tasks (reflectors, the leader lease) off this thread meanwhile.
+        // tasks (reflectors, the leader lease, the writes in flight) off this thread.
         if tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread
         {
@@ -408,27 +465,34 @@ impl StatusWriter {
         }
     }
 
+    /// Starts queued writes up to the concurrency limit (none while a config is published).
+    fn start_writes(&mut self, plan: &Arc<Plan>, writes: &mut JoinSet<(Key, Outcome)>) {
+        while writes.len() < STATUS_WRITE_CONCURRENCY {
+            let Some((key, index)) = self.backlog.take() else {
+                break;
+            };
+            writes.spawn(write_one(self.context.clone(), plan.clone(), index, key));
+        }
+    }
+
     /// Runs until the plan sender is dropped (or the task is aborted at the end of a
-    /// leadership term). While `publishing` is true no new write starts.
+    /// leadership term, which aborts the writes in flight too). While `publishing` is true
+    /// no new write starts.
     pub async fn run(
         mut self,
         mut plans: watch::Receiver<Option<Arc<Plan>>>,
         mut publishing: watch::Receiver<bool>,
     ) {
         let mut plan: Option<Arc<Plan>> = None;
-        let mut writes = FuturesUnordered::new();
+        // Writes are tasks of their own, so they go on while a plan is being compared.
+        let mut writes: JoinSet<(Key, Outcome)> = JoinSet::new();
         let mut failures = 0usize;
         let mut retry_delay = Duration::from_secs(1);
         let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
             let paused = *publishing.borrow_and_update();
             if let (Some(plan), false) = (&plan, paused) {
-                while writes.len() < STATUS_WRITE_CONCURRENCY {
-                    let Some((key, index)) = self.backlog.take() else {
-                        break;
-                    };
-                    writes.push(write_one(self.context.clone(), plan.clone(), index, key));
-                }
+                self.start_writes(plan, &mut writes);
             }
             self.context
                 .metrics
@@ -452,8 +516,15 @@ impl StatusWriter {
                     if changed.is_err() {
                         return;
                     }
+                    let previous = plan.take();
                     plan = plans.borrow_and_update().clone();
                     if let Some(plan) = &plan {
+                        let same_compile = previous
+                            .is_some_and(|p| Arc::ptr_eq(&p.targets, &plan.targets));
+                        self.expedite(plan, same_compile);
+                        if !*publishing.borrow() {
+                            self.start_writes(plan, &mut writes);
+                        }
                         self.evaluate_blocking(plan);
                     }
                 }
@@ -462,11 +533,16 @@ impl StatusWriter {
                         return;
                     }
                 }
-                Some((key, outcome)) = writes.next(), if !idle => {
-                    self.backlog.done(&key);
+                Some(joined) = writes.join_next(), if !idle => {
+                    let Ok((key, outcome)) = joined else {
+                        // A write task panicked or was aborted: compare everything again.
+                        failures += 1;
+                        continue;
+                    };
+                    let recheck = self.backlog.done(&key);
                     match outcome {
                         Outcome::Written(written) => {
-                            self.written.insert(key, written);
+                            self.written.insert(key.clone(), written);
                             retry_delay = Duration::from_secs(1);
                         }
                         Outcome::Skipped => {}
@@ -475,9 +551,11 @@ impl StatusWriter {
                             failures += 1;
                         }
                     }
-                    if self.backlog.needs_recheck() {
-                        if let Some(plan) = plan.clone() {
-                            self.evaluate_blocking(&plan);
+                    // The latest plan wanted it written while this write was in flight.
+                    if let (Some(index), Some(plan)) = (recheck, plan.clone()) {
+                        let fleet = plan.fleet();
+                        if let (_, true) = self.needs_write(&plan, &fleet, index, &key) {
+                            self.backlog.expedite(key, index);
                         }
                     }
                 }
@@ -746,6 +824,7 @@ mod tests {
             statuses: Arc::new(statuses),
             targets: Arc::new(targets),
             compiled_generation: Some(config.generation.clone()),
+            changed: Vec::new(),
             published,
             last_published: Some(config.generation.clone()),
             publish_error: None,
