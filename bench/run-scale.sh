@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Scale benchmark (issue #3): N ApiRoutes and M ConsumerCredentials against a real
 # kube-apiserver, with the release operator and one release proxy as processes.
-# Measures create throughput, convergence, apply → Programmed latency of single changes,
-# compile time, config bytes and RSS. Not part of CI: it takes several minutes.
+# Measures create throughput, convergence, apply → Programmed latency of single changes
+# (while the first status pass still drains, and after), compile and publish times, config
+# bytes, RSS and CPU use. Not part of CI: at 10k/100k it takes 10-20 minutes.
 #
-#   bench/run-scale.sh [ROUTES=10000] [CONSUMERS=100000]
+#   bench/run-scale.sh [ROUTES=10000] [CONSUMERS=100000]      (CHANGES=7 per phase)
+#
+# Writes bench/results/scale-<UTC time>.json; operator, proxy and API server logs stay in
+# the temporary state directory it prints (KEEP_STATE=1 keeps it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUTES=${1:-10000}
@@ -19,6 +23,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   e2e/env/stop.sh "$STATE" || true
+  if [[ ${KEEP_STATE:-0} == 1 ]]; then echo "state kept in $STATE" >&2; else rm -rf "$STATE"; fi
 }
 trap cleanup EXIT
 
@@ -27,6 +32,7 @@ PORTCULLIS_IGNORE_KUBECONFIG=1 PORTCULLIS_APISERVER_ARGS="--max-requests-infligh
   e2e/env/start.sh "$STATE" >/dev/null
 # shellcheck disable=SC1091
 source "$STATE/env"
+export APISERVER_PID ETCD_PID
 kubectl apply -f crds/manifests >/dev/null 2>&1
 kubectl apply -f e2e/manifests/rbac.yaml >/dev/null 2>&1
 
@@ -42,6 +48,14 @@ KUBECONFIG=$STATE/kubeconfig-proxy target/release/portcullis-proxy --kube --list
 PX_PID=$!; pids+=("$PX_PID")
 
 out="$RESULTS/scale-$(date -u +%Y%m%dT%H%M%SZ).json"
-KUBECONFIG=$STATE/kubeconfig target/release/scale-cluster "$ROUTES" "$CONSUMERS" "$OP_ADMIN" "$PX_ADMIN" "$PX_PID" "$OP_PID" | tee "$out"
-echo "in-memory compile of the same objects:"
-target/release/scale-compile "$ROUTES" "$CONSUMERS" 5
+raw=$(OPERATOR_PID=$OP_PID PROXY_PID=$PX_PID KUBECONFIG=$STATE/kubeconfig \
+  target/release/scale-cluster "$ROUTES" "$CONSUMERS" "$OP_ADMIN" "$PX_ADMIN")
+# Compile and publish of every config the operator published, from its log.
+publishes=$(jq -c -R -s '[split("\n")[] | fromjson? | select(.fields.message == "published config") | {compile_ms: .fields.compile_ms, publish_ms: .fields.publish_ms, routes: .fields.routes, consumers: .fields.consumers, bytes: .fields.bytes}]' "$STATE/operator.log" 2>/dev/null || echo null)
+kill "$OP_PID" "$PX_PID" 2>/dev/null || true
+echo "in-memory compile of the same objects (operator and proxy stopped):" >&2
+in_memory=$(target/release/scale-compile "$ROUTES" "$CONSUMERS" 5 | tee /dev/stderr)
+jq -n --argjson run "$raw" --argjson publishes "$publishes" --arg in_memory "$in_memory" \
+  --arg git "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- operator proxy compiler bench || echo -dirty)" \
+  --arg cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs)" \
+  '$run + {git: $git, cpu: $cpu, nproc: '"$(nproc)"', publishes: $publishes, in_memory_compile: $in_memory}' | tee "$out"

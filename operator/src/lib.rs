@@ -2,6 +2,8 @@
 //! them with `portcullis-compiler`, publishes the config (ConfigMap + Secret shards), and
 //! writes each object's status from the compiler's verdict and the proxies' reports.
 
+pub mod backlog;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod publish;
@@ -10,3 +12,4 @@ pub mod server;
 pub mod status;
 pub mod watch;
 pub mod webhook;
+pub mod writer;

@@ -9,13 +9,14 @@ use anyhow::Context;
 use clap::Parser;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::Client;
+use portcullis_operator::events::EventSink;
 use portcullis_operator::leader::{Elector, LeaderConfig};
 use portcullis_operator::metrics::{ErrorLabels, Metrics};
-use portcullis_operator::reconcile::Reconciler;
+use portcullis_operator::reconcile::{Reconciler, RETRY_AFTER};
 use portcullis_operator::server::{self, AdminState};
-use portcullis_operator::watch;
+use portcullis_operator::watch::{self, Trigger};
 use portcullis_operator::webhook::{self, Endpoint, WebhookState};
-use tokio::sync::Notify;
+use portcullis_operator::writer::{StatusWriter, WriterContext};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -103,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API")?;
     let metrics = Arc::new(Metrics::new());
-    let trigger = Arc::new(Notify::new());
+    let trigger = Arc::new(Trigger::default());
     let stores = watch::start(&client, &args.namespace, trigger.clone());
 
     let admin = Arc::new(AdminState {
@@ -147,12 +148,13 @@ async fn main() -> anyhow::Result<()> {
             instance: Some(identity.clone()),
         },
     );
+    let events = EventSink::spawn(recorder, metrics.clone());
     let mut reconciler = Reconciler::new(
         client.clone(),
         &args.namespace,
-        stores,
+        stores.clone(),
         metrics.clone(),
-        recorder,
+        trigger.clone(),
     );
     let debounce = Duration::from_millis(args.debounce_ms);
     let resync = Duration::from_secs(args.resync_seconds.max(1));
@@ -169,6 +171,16 @@ async fn main() -> anyhow::Result<()> {
         metrics.leader.set(1);
         // Another leader may have published in between: publish afresh this term.
         reconciler.start_term();
+        // Status writes run beside the reconcile loop, only while this replica leads.
+        let writer = tokio::spawn(
+            StatusWriter::new(WriterContext {
+                client: client.clone(),
+                stores: stores.clone(),
+                metrics: metrics.clone(),
+                events: events.clone(),
+            })
+            .run(reconciler.plans(), reconciler.publishing()),
+        );
         let lost = {
             let elector = elector.clone();
             let enabled = !args.no_leader_election;
@@ -194,8 +206,8 @@ async fn main() -> anyhow::Result<()> {
                 // Level-triggered: the next pass redoes everything, so retry soon.
                 let trigger = trigger.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    trigger.notify_one();
+                    tokio::time::sleep(RETRY_AFTER).await;
+                    trigger.wake();
                 });
             }
             tokio::select! {
@@ -205,12 +217,14 @@ async fn main() -> anyhow::Result<()> {
                 }
                 () = tokio::time::sleep(resync) => {}
                 error = &mut lost => {
+                    writer.abort();
                     metrics.leader.set(0);
                     tracing::warn!(%error, "stepped down; competing for the lease again");
                     break;
                 }
                 () = &mut shutdown => {
                     tracing::info!("shutting down");
+                    writer.abort();
                     if !args.no_leader_election {
                         elector.release().await;
                     }

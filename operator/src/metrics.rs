@@ -20,6 +20,9 @@ pub struct Metrics {
     pub config_bytes: Gauge,
     pub proxies_live: Gauge,
     pub status_writes: Counter,
+    pub status_backlog: Gauge,
+    pub status_evaluate_seconds: Histogram,
+    pub events_dropped: Counter,
     pub leader: Gauge,
 }
 
@@ -32,6 +35,9 @@ impl Metrics {
         let config_bytes = Gauge::default();
         let proxies_live = Gauge::default();
         let status_writes = Counter::default();
+        let status_backlog = Gauge::default();
+        let status_evaluate_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let events_dropped = Counter::default();
         let leader = Gauge::default();
         registry.register("reconciles", "Full reconciles run", reconciles.clone());
         registry.register(
@@ -59,6 +65,21 @@ impl Metrics {
             "Status subresource writes",
             status_writes.clone(),
         );
+        registry.register(
+            "status_backlog",
+            "Status writes queued or in flight for the newest plan",
+            status_backlog.clone(),
+        );
+        registry.register(
+            "status_evaluate_duration_seconds",
+            "Time to compare every object's desired status with the cache",
+            status_evaluate_seconds.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events not sent because the rate-limited queue was full",
+            events_dropped.clone(),
+        );
         registry.register("leader", "1 while this replica leads", leader.clone());
         Self {
             registry,
@@ -68,6 +89,9 @@ impl Metrics {
             config_bytes,
             proxies_live,
             status_writes,
+            status_backlog,
+            status_evaluate_seconds,
+            events_dropped,
             leader,
         }
     }

@@ -1,41 +1,32 @@
 //! The reconciler: one level-triggered, idempotent pass over the whole cluster state.
-//! Compile everything, publish the config if it changed, then bring every object's status
-//! up to date, writing only what differs.
+//! Compile everything (only when a compiler input changed), publish the config if it
+//! changed, then hand the status writer a new [`Plan`]. Publishing never waits for status
+//! writes: they run in their own task ([`crate::writer`]), which always works from the
+//! newest plan.
 
-use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
-
-use futures_util::StreamExt;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
-use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::api::Api;
 use kube::{Client, Resource, ResourceExt};
-use portcullis_compiler::config::{ObjectKind, ObjectRef};
 use portcullis_compiler::report::{ProxyReport, REPORT_ANNOTATION};
 use portcullis_compiler::{compile, delivery, ObjectStatus, Snapshot};
-use portcullis_crds::{ConsumerCredential, ObjectStatusFields, API_VERSION};
-use serde::de::DeserializeOwned;
-use serde_json::json;
+use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::publish::{self, FIELD_MANAGER};
-use crate::status::{self, Published};
-use crate::watch::Stores;
+use crate::publish;
+use crate::status::Published;
+use crate::watch::{Stores, Trigger};
+use crate::writer::{self, Plan, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error(transparent)]
     Publish(#[from] publish::PublishError),
-    #[error("writing status of {object}: {source}")]
-    Status {
-        object: String,
-        #[source]
-        source: kube::Error,
-    },
+    #[error("compile task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl ReconcileError {
@@ -43,9 +34,18 @@ impl ReconcileError {
     pub fn reason(&self) -> &'static str {
         match self {
             ReconcileError::Publish(_) => "publish",
-            ReconcileError::Status { .. } => "status",
+            ReconcileError::Task(_) => "task",
         }
     }
+}
+
+/// The latest compile result, kept while only proxy reports change.
+struct Compiled {
+    statuses: Arc<Vec<ObjectStatus>>,
+    targets: Arc<Vec<Target>>,
+    generation: String,
+    /// Objects whose verdict this compile changed; sent with the first plan only.
+    changed: Vec<usize>,
 }
 
 pub struct Reconciler {
@@ -53,19 +53,22 @@ pub struct Reconciler {
     namespace: String,
     stores: Stores,
     metrics: Arc<Metrics>,
-    recorder: Recorder,
+    trigger: Arc<Trigger>,
+    plans: watch::Sender<Option<Arc<Plan>>>,
+    /// True while a config is being written: the status writer starts no new writes then.
+    publishing: watch::Sender<bool>,
     published: Published,
     last_published: Option<String>,
     publish_error: Option<String>,
+    compiled: Option<Compiled>,
+    /// The objects of the last compile, kept across a failed publish.
+    last_targets: Option<Arc<Vec<Target>>>,
 }
 
 /// A replica that stopped reporting is still counted (as not ready) for this long, then its
 /// Lease is deleted: long enough to see a crash in `kubectl get`, short enough that a scaled
 /// down Deployment stops showing ghosts.
 pub const FORGET_AFTER_SECONDS: i64 = 300;
-
-/// Status writes in flight at once.
-const STATUS_WRITE_CONCURRENCY: usize = 32;
 
 /// Proxy reports by freshness.
 #[derive(Debug, Default)]
@@ -122,52 +125,128 @@ impl Reconciler {
         namespace: &str,
         stores: Stores,
         metrics: Arc<Metrics>,
-        recorder: Recorder,
+        trigger: Arc<Trigger>,
     ) -> Self {
         Self {
             client,
             namespace: namespace.to_string(),
             stores,
             metrics,
-            recorder,
+            trigger,
+            plans: watch::Sender::new(None),
+            publishing: watch::Sender::new(false),
             published: Published::default(),
             last_published: None,
             publish_error: None,
+            compiled: None,
+            last_targets: None,
         }
     }
 
-    /// Forgets what this replica last published, so that a new leadership term publishes
-    /// the current config even if another leader wrote something else in between.
+    /// Plans for the status writer: the newest one wins.
+    pub fn plans(&self) -> watch::Receiver<Option<Arc<Plan>>> {
+        self.plans.subscribe()
+    }
+
+    /// True while a config is being published. Status writes and the config's shards go to
+    /// the same API server; with 32 status writes in flight from a large backlog, a publish
+    /// took several times longer, and every change waits for its publish.
+    pub fn publishing(&self) -> watch::Receiver<bool> {
+        self.publishing.subscribe()
+    }
+
+    /// Forgets what this replica last published, so that a new leadership term compiles and
+    /// publishes the current config even if another leader wrote something else in between.
     pub fn start_term(&mut self) {
         self.last_published = None;
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            routes: owned(self.stores.routes.state()),
-            consumers: owned(self.stores.consumers.state()),
-            rate_limit_policies: owned(self.stores.rate_limits.state()),
-            waf_policies: owned(self.stores.wafs.state()),
-            secrets: owned(self.stores.secrets.state()),
-        }
+        self.compiled = None;
     }
 
     pub async fn reconcile(&mut self) -> Result<(), ReconcileError> {
-        let snapshot = self.snapshot();
-        let started = Instant::now();
-        let (config, statuses) = compile(&snapshot);
-        self.metrics
-            .compile_seconds
-            .observe(started.elapsed().as_secs_f64());
+        // Take the flag before reading the stores: a change after this point sets it again.
+        let inputs_changed = self.trigger.take_inputs_changed();
+        if inputs_changed || self.compiled.is_none() {
+            if let Err(e) = self.compile_and_publish().await {
+                // Compile again on the retry: the config was not kept.
+                self.compiled = None;
+                return Err(e);
+            }
+        }
+        let replicas = classify_reports(&self.stores.reports.state(), Timestamp::now());
+        self.metrics.proxies_live.set(replicas.live.len() as i64);
+        self.forget(&replicas.forgotten).await;
+        let Some(compiled) = &mut self.compiled else {
+            return Ok(());
+        };
+        let changed = std::mem::take(&mut compiled.changed);
+        self.plans.send_replace(Some(Arc::new(Plan {
+            statuses: compiled.statuses.clone(),
+            targets: compiled.targets.clone(),
+            changed,
+            compiled_generation: (self.last_published.as_ref() == Some(&compiled.generation))
+                .then(|| compiled.generation.clone()),
+            published: self.published.clone(),
+            last_published: self.last_published.clone(),
+            publish_error: self.publish_error.clone(),
+            replicas: Arc::new(replicas),
+        })));
+        Ok(())
+    }
 
-        if self.last_published.as_deref() != Some(config.generation.as_str()) {
-            match delivery::encode(&config) {
+    async fn compile_and_publish(&mut self) -> Result<(), ReconcileError> {
+        let stores = self.stores.clone();
+        let published = self.published.clone();
+        // The last compile's objects, to tell the status writer which ones this one changed.
+        let previous = self.last_targets.clone();
+        // Snapshot, compile and encode are CPU work of up to a second at 110,000 objects:
+        // off the async threads, so that watches, the leader lease and status writes go on.
+        let (config, statuses, targets, changed, timings) =
+            tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let snapshot = snapshot(&stores);
+                let snapshot_took = started.elapsed();
+                let started = Instant::now();
+                let (config, statuses) = compile(&snapshot);
+                let compile_took = started.elapsed();
+                drop(snapshot);
+                let started = Instant::now();
+                let in_config = published.intern(&config.objects);
+                let targets = writer::targets(&statuses, &in_config);
+                let changed = writer::changed(previous.as_deref().map(Vec::as_slice), &targets);
+                let resolve_took = started.elapsed();
+                (
+                    config,
+                    statuses,
+                    (targets, in_config),
+                    changed,
+                    [snapshot_took, compile_took, resolve_took],
+                )
+            })
+            .await?;
+        let [snapshot_took, took, resolve_took] = timings;
+        let (targets, in_config) = targets;
+        self.metrics.compile_seconds.observe(took.as_secs_f64());
+        let generation = config.generation.clone();
+
+        if self.last_published.as_deref() != Some(generation.as_str()) {
+            let started = Instant::now();
+            let (config, encoded) = tokio::task::spawn_blocking(move || {
+                let encoded = delivery::encode(&config);
+                (config, encoded)
+            })
+            .await?;
+            let encode_took = started.elapsed();
+            match encoded {
                 Ok(encoded) => {
-                    publish::publish(&self.client, &self.namespace, &encoded).await?;
+                    let started = Instant::now();
+                    self.publishing.send_replace(true);
+                    let published = publish::publish(&self.client, &self.namespace, &encoded).await;
+                    self.publishing.send_replace(false);
+                    published?;
                     self.metrics
                         .config_bytes
                         .set(encoded.compressed_bytes as i64);
-                    self.published.record(&config.generation, &config.objects);
+                    self.published.record(&config.generation, in_config.clone());
                     self.last_published = Some(config.generation.clone());
                     self.publish_error = None;
                     tracing::info!(
@@ -175,6 +254,12 @@ impl Reconciler {
                         routes = config.routes.len(),
                         consumers = config.consumers.len(),
                         bytes = encoded.compressed_bytes,
+                        snapshot_ms = snapshot_took.as_millis() as u64,
+                        compile_ms = took.as_millis() as u64,
+                        resolve_ms = resolve_took.as_millis() as u64,
+                        encode_ms = encode_took.as_millis() as u64,
+                        publish_ms = started.elapsed().as_millis() as u64,
+                        changed = changed.len(),
                         "published config"
                     );
                 }
@@ -185,89 +270,15 @@ impl Reconciler {
                 }
             }
         }
-
-        let replicas = classify_reports(&self.stores.reports.state(), Timestamp::now());
-        self.metrics.proxies_live.set(replicas.live.len() as i64);
-        self.forget(&replicas.forgotten).await;
-        let now = Timestamp::now().to_string();
-        let in_config: HashSet<&ObjectRef> = config.objects.iter().collect();
-        // Most objects need no write; the ones that do go out a few at a time, so the first
-        // reconcile of a large cluster is not one round trip per object in sequence.
-        let results: Vec<Result<(), ReconcileError>> = futures_util::stream::iter(&statuses)
-            .map(|compiled| self.update_status(compiled, &in_config, &replicas, &now))
-            .buffer_unordered(STATUS_WRITE_CONCURRENCY)
-            .collect()
-            .await;
-        results.into_iter().collect()
-    }
-
-    async fn update_status(
-        &self,
-        compiled: &ObjectStatus,
-        in_config: &HashSet<&ObjectRef>,
-        replicas: &Replicas,
-        now: &str,
-    ) -> Result<(), ReconcileError> {
-        let object = ObjectRef {
-            kind: compiled.kind,
-            namespace: compiled.namespace.clone(),
-            name: compiled.name.clone(),
-            generation: compiled.generation,
-        };
-        let in_config = in_config.contains(&object);
-        let programmed = status::programmed(
-            &object,
-            compiled.accepted() && in_config,
-            &replicas.live,
-            replicas.known.len() as u32,
-            &self.published,
-            self.publish_error.as_deref(),
-        );
-        let generation = self.last_published.as_deref();
-        let (name, namespace) = (compiled.name.as_str(), compiled.namespace.as_str());
-        let desired_status = |current: Option<&ObjectStatusFields>, enforcement| {
-            status::desired(compiled, &programmed, generation, enforcement, current, now)
-        };
-        match compiled.kind {
-            ObjectKind::ApiRoute => {
-                let Some(live) = self.stores.routes.get(&store_key(name, namespace)) else {
-                    return Ok(());
-                };
-                let current = live.status.clone();
-                let enforcement = Some(status::enforcement(
-                    &format!("{}/{}", compiled.namespace, compiled.name),
-                    &replicas.known,
-                ));
-                let desired = desired_status(current.as_ref(), enforcement);
-                self.write(&*live, current, desired, None).await
-            }
-            ObjectKind::ConsumerCredential => {
-                let Some(live) = self.stores.consumers.get(&store_key(name, namespace)) else {
-                    return Ok(());
-                };
-                let current = live.status.as_ref().map(|s| s.common.clone());
-                let desired = desired_status(current.as_ref(), None);
-                self.write(&*live, current, desired, Some(credential_summary(&live)))
-                    .await
-            }
-            ObjectKind::RateLimitPolicy => {
-                let Some(live) = self.stores.rate_limits.get(&store_key(name, namespace)) else {
-                    return Ok(());
-                };
-                let current = live.status.clone();
-                let desired = desired_status(current.as_ref(), None);
-                self.write(&*live, current, desired, None).await
-            }
-            ObjectKind::WafPolicy => {
-                let Some(live) = self.stores.wafs.get(&store_key(name, namespace)) else {
-                    return Ok(());
-                };
-                let current = live.status.clone();
-                let desired = desired_status(current.as_ref(), None);
-                self.write(&*live, current, desired, None).await
-            }
-            ObjectKind::Secret => Ok(()),
-        }
+        let targets = Arc::new(targets);
+        self.last_targets = Some(targets.clone());
+        self.compiled = Some(Compiled {
+            statuses: Arc::new(statuses),
+            targets,
+            generation,
+            changed,
+        });
+        Ok(())
     }
 
     /// Deletes the report Leases of replicas gone for good.
@@ -284,140 +295,17 @@ impl Reconciler {
             }
         }
     }
+}
 
-    /// Writes `desired` when it differs from `current` (plus, for ConsumerCredentials, the
-    /// credential summary), and records Events for condition transitions.
-    async fn write<K>(
-        &self,
-        live: &K,
-        current: Option<ObjectStatusFields>,
-        desired: ObjectStatusFields,
-        credentials: Option<String>,
-    ) -> Result<(), ReconcileError>
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug
-            + serde::Serialize,
-    {
-        let current_credentials = serde_json::to_value(live).ok().and_then(|v| {
-            v.pointer("/status/credentials")
-                .and_then(|c| c.as_str().map(str::to_string))
-        });
-        if current.as_ref() == Some(&desired) && credentials == current_credentials {
-            return Ok(());
-        }
-        self.record_transitions(live, current.as_ref(), &desired)
-            .await;
-        let mut status = serde_json::to_value(&desired).unwrap_or_default();
-        if let (Some(credentials), Some(map)) = (credentials, status.as_object_mut()) {
-            map.insert("credentials".into(), json!(credentials));
-        }
-        let kind = K::kind(&()).to_string();
-        let patch = json!({"apiVersion": API_VERSION, "kind": kind, "status": status});
-        let namespace = live.namespace().unwrap_or_default();
-        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
-        let name = live.name_any();
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|source| ReconcileError::Status {
-            object: format!("{kind} {namespace}/{name}"),
-            source,
-        })?;
-        self.metrics.status_writes.inc();
-        Ok(())
-    }
-
-    async fn record_transitions<K>(
-        &self,
-        live: &K,
-        current: Option<&ObjectStatusFields>,
-        desired: &ObjectStatusFields,
-    ) where
-        K: Resource<DynamicType = ()>,
-    {
-        let was = |type_: &str| {
-            current
-                .and_then(|c| c.conditions.iter().find(|x| x.type_ == type_))
-                .map(|c| c.status.clone())
-        };
-        for condition in &desired.conditions {
-            if was(&condition.type_).as_deref() == Some(condition.status.as_str()) {
-                continue;
-            }
-            let first_time = was(&condition.type_).is_none();
-            let ok = condition.status == "True";
-            // Quiet on a healthy first sighting; loud on every problem and every change.
-            if first_time && ok && condition.type_ != "Programmed" {
-                continue;
-            }
-            let event = Event {
-                type_: if ok {
-                    EventType::Normal
-                } else {
-                    EventType::Warning
-                },
-                reason: if ok {
-                    condition.type_.clone()
-                } else {
-                    format!("Not{}", condition.type_)
-                },
-                note: Some(truncate(&condition.message, 1000)),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            if let Err(e) = self.recorder.publish(&event, &live.object_ref(&())).await {
-                tracing::debug!(error = %e, "cannot record an event");
-            }
-        }
+fn snapshot(stores: &Stores) -> Snapshot {
+    Snapshot {
+        routes: owned(stores.routes.state()),
+        consumers: owned(stores.consumers.state()),
+        rate_limit_policies: owned(stores.rate_limits.state()),
+        waf_policies: owned(stores.wafs.state()),
+        secrets: owned(stores.secrets.state()),
     }
 }
 
-fn store_key<K: Resource<DynamicType = ()>>(
-    name: &str,
-    namespace: &str,
-) -> kube::runtime::reflector::ObjectRef<K> {
-    kube::runtime::reflector::ObjectRef::new(name).within(namespace)
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}
-
-/// `apiKeys:2,jwt:1`: what `kubectl get consumercredentials` shows.
-fn credential_summary(consumer: &ConsumerCredential) -> String {
-    let spec = &consumer.spec;
-    let mut parts = Vec::new();
-    if !spec.api_keys.is_empty() {
-        parts.push(format!("apiKeys:{}", spec.api_keys.len()));
-    }
-    if !spec.jwt.is_empty() {
-        parts.push(format!("jwt:{}", spec.jwt.len()));
-    }
-    if let Some(mtls) = &spec.mtls {
-        let n = mtls.subjects.len() + mtls.sans.len() + mtls.fingerprints_sha256.len();
-        if n > 0 {
-            parts.push(format!("mtls:{n}"));
-        }
-    }
-    if !spec.oauth2_client_ids.is_empty() {
-        parts.push(format!("oauth2:{}", spec.oauth2_client_ids.len()));
-    }
-    if parts.is_empty() {
-        "none".into()
-    } else {
-        parts.join(",")
-    }
-}
+/// How long the main loop waits before retrying a failed pass.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);

@@ -4,9 +4,13 @@
 //! the API server directly) and wakes the reconciler only when something that matters
 //! changed: a spec (the generation), a Secret's data, a proxy report. Our own status writes
 //! bump neither generation nor anything else we fingerprint, so they never retrigger.
+//!
+//! A proxy report changes no compiler input: it only needs `Programmed` recomputed, not a
+//! compile (0.7 s at 110,000 objects). [`Trigger`] tells the two apart.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -47,6 +51,37 @@ impl Stores {
     }
 }
 
+/// Wakes the reconciler, and says whether the compiler's inputs changed since it last looked.
+#[derive(Debug, Default)]
+pub struct Trigger {
+    notify: Notify,
+    inputs_changed: AtomicBool,
+}
+
+impl Trigger {
+    /// A compiler input (spec, Secret) changed. The store is updated before this is called,
+    /// and [`Trigger::take_inputs_changed`] is called before the stores are read, so no
+    /// change can fall between the two.
+    pub fn inputs_changed(&self) {
+        self.inputs_changed.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    /// Only something outside the compiler's inputs changed (a proxy report).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// True if a compiler input changed since the last call.
+    pub fn take_inputs_changed(&self) -> bool {
+        self.inputs_changed.swap(false, Ordering::SeqCst)
+    }
+
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
 fn spec_fingerprint<K: Resource>(object: &K) -> String {
     let meta = object.meta();
     format!(
@@ -65,17 +100,37 @@ fn report_fingerprint(object: &Lease) -> String {
     object.metadata.resource_version.clone().unwrap_or_default()
 }
 
+/// What a change of one kind means to the reconciler.
+#[derive(Clone, Copy)]
+enum Role {
+    /// A compiler input.
+    Input,
+    /// A proxy report.
+    Report,
+}
+
 fn spawn_reflector<K>(
     api: Api<K>,
     config: watcher::Config,
-    trigger: Arc<Notify>,
+    trigger: Arc<Trigger>,
+    role: Role,
     fingerprint: fn(&K) -> String,
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
+    // managedFields are never read here and are as large as the rest of a small object.
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(api, config)
+            .default_backoff()
+            .modify(|object| object.meta_mut().managed_fields = None),
+    );
+    let notify = move || match role {
+        Role::Input => trigger.inputs_changed(),
+        Role::Report => trigger.wake(),
+    };
     tokio::spawn(async move {
         let mut seen: HashMap<String, String> = HashMap::new();
         let mut stream = std::pin::pin!(stream);
@@ -89,7 +144,7 @@ where
                     );
                     let print = fingerprint(&object);
                     if seen.insert(key, print.clone()).as_ref() != Some(&print) {
-                        trigger.notify_one();
+                        notify();
                     }
                 }
                 Ok(Event::Delete(object)) => {
@@ -99,9 +154,9 @@ where
                         object.name_any()
                     );
                     seen.remove(&key);
-                    trigger.notify_one();
+                    notify();
                 }
-                Ok(Event::InitDone) => trigger.notify_one(),
+                Ok(Event::InitDone) => notify(),
                 Ok(Event::Init) => {}
                 Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
             }
@@ -112,31 +167,35 @@ where
 
 /// Starts every reflector. CRDs and Secrets are watched in all namespaces (routes reference
 /// Secrets in their own namespace); proxy reports only in the operator's namespace.
-pub fn start(client: &Client, namespace: &str, trigger: Arc<Notify>) -> Stores {
+pub fn start(client: &Client, namespace: &str, trigger: Arc<Trigger>) -> Stores {
     let all = watcher::Config::default();
     Stores {
         routes: spawn_reflector(
             Api::all(client.clone()),
             all.clone(),
             trigger.clone(),
+            Role::Input,
             spec_fingerprint,
         ),
         consumers: spawn_reflector(
             Api::all(client.clone()),
             all.clone(),
             trigger.clone(),
+            Role::Input,
             spec_fingerprint,
         ),
         rate_limits: spawn_reflector(
             Api::all(client.clone()),
             all.clone(),
             trigger.clone(),
+            Role::Input,
             spec_fingerprint,
         ),
         wafs: spawn_reflector(
             Api::all(client.clone()),
             all.clone(),
             trigger.clone(),
+            Role::Input,
             spec_fingerprint,
         ),
         // Only Secrets that can be referenced matter; skip service-account and Helm noise.
@@ -146,12 +205,14 @@ pub fn start(client: &Client, namespace: &str, trigger: Arc<Notify>) -> Stores {
                 .fields("type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1")
                 .labels(&format!("!{CONFIG_LABEL}")),
             trigger.clone(),
+            Role::Input,
             data_fingerprint,
         ),
         reports: spawn_reflector(
             Api::namespaced(client.clone(), namespace),
             watcher::Config::default().labels(&format!("{REPORT_LABEL}=true")),
             trigger,
+            Role::Report,
             report_fingerprint,
         ),
     }

@@ -1,0 +1,930 @@
+//! The status writer: brings every object's status in line with the newest [`Plan`], in its
+//! own task, so that publishing a config never waits for status writes.
+//!
+//! The reconciler sends a plan after every compile and every proxy report (a report changes
+//! `Programmed` without changing the config). The writer evaluates each object of the newest
+//! plan against the reflector cache and writes, [`STATUS_WRITE_CONCURRENCY`] at a time, those
+//! whose cached status differs, most recently changed first ([`Backlog`]). A plan that
+//! arrives mid-way replaces the queue: writes in flight finish, nothing outdated is started.
+
+use std::collections::HashMap;
+use std::fmt::{self, Debug};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{self, Store};
+use kube::{Client, Resource, ResourceExt};
+use portcullis_compiler::config::{ObjectKind, ObjectRef};
+use portcullis_compiler::ObjectStatus;
+use portcullis_crds::{
+    ApiRoute, ConsumerCredential, ObjectStatusFields, RateLimitPolicy, WafPolicy, API_VERSION,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::backlog::{Backlog, Item, RECENT_MAX};
+use crate::events::EventSink;
+use crate::metrics::{ErrorLabels, Metrics};
+use crate::publish::FIELD_MANAGER;
+use crate::reconcile::Replicas;
+use crate::status::{self, Desired, Fingerprints, Fleet, ObjectSet, Published};
+use crate::watch::Stores;
+
+/// Status writes in flight at once.
+pub const STATUS_WRITE_CONCURRENCY: usize = 32;
+/// Longest wait before failed writes are tried again (doubling from 1 s).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// Everything the desired statuses follow from: the newest compile result and the newest
+/// proxy reports.
+pub struct Plan {
+    /// The compiler's verdict on every object.
+    pub statuses: Arc<Vec<ObjectStatus>>,
+    /// The same objects, resolved once per compile (`targets[i]` is `statuses[i]`).
+    pub targets: Arc<Vec<Target>>,
+    /// Generation of the compiled config, if it was published.
+    pub compiled_generation: Option<String>,
+    /// Positions of the objects whose verdict changed in this compile (empty when more than
+    /// a few thousand did, or when the plan comes from the same compile as the last one).
+    pub changed: Vec<usize>,
+    pub published: Published,
+    pub last_published: Option<String>,
+    pub publish_error: Option<String>,
+    pub replicas: Arc<Replicas>,
+}
+
+impl Plan {
+    fn fleet(&self) -> Fleet<'_> {
+        status::fleet(
+            &self.replicas.live,
+            self.replicas.known.len(),
+            &self.published,
+            self.compiled_generation.as_deref(),
+        )
+    }
+}
+
+/// One compiled object, resolved once per compile so that evaluating a plan allocates
+/// nothing per object.
+pub struct Target {
+    /// The object with its generation; shared with the compiled config's set when in it.
+    object: Arc<ObjectRef>,
+    in_config: bool,
+    store_key: StoreKey,
+    /// [`status::verdict_hash`] of the compiled status.
+    verdict: u64,
+}
+
+enum StoreKey {
+    Route(reflector::ObjectRef<ApiRoute>),
+    Consumer(reflector::ObjectRef<ConsumerCredential>),
+    RateLimit(reflector::ObjectRef<RateLimitPolicy>),
+    Waf(reflector::ObjectRef<WafPolicy>),
+    None,
+}
+
+/// Resolves every compiled object (CPU work: run it where compiling runs).
+pub fn targets(statuses: &[ObjectStatus], in_config: &ObjectSet) -> Vec<Target> {
+    statuses
+        .iter()
+        .map(|compiled| {
+            let object = ObjectRef {
+                kind: compiled.kind,
+                namespace: compiled.namespace.clone(),
+                name: compiled.name.clone(),
+                generation: compiled.generation,
+            };
+            let shared = in_config.get(&object).cloned();
+            let in_config = shared.is_some();
+            let (name, namespace) = (compiled.name.as_str(), compiled.namespace.as_str());
+            let store_key = match compiled.kind {
+                ObjectKind::ApiRoute => StoreKey::Route(store_key(name, namespace)),
+                ObjectKind::ConsumerCredential => StoreKey::Consumer(store_key(name, namespace)),
+                ObjectKind::RateLimitPolicy => StoreKey::RateLimit(store_key(name, namespace)),
+                ObjectKind::WafPolicy => StoreKey::Waf(store_key(name, namespace)),
+                ObjectKind::Secret => StoreKey::None,
+            };
+            Target {
+                object: shared.unwrap_or_else(|| Arc::new(object)),
+                in_config,
+                store_key,
+                verdict: status::verdict_hash(compiled),
+            }
+        })
+        .collect()
+}
+
+/// Positions of the objects whose compiled verdict differs from the previous compile's (or
+/// that are new); empty for the first compile and for bulk changes.
+pub fn changed(previous: Option<&[Target]>, targets: &[Target]) -> Vec<usize> {
+    let Some(previous) = previous else {
+        return Vec::new();
+    };
+    let before: HashMap<Key, u64> = previous
+        .iter()
+        .map(|t| (Key(t.object.clone()), t.verdict))
+        .collect();
+    let mut changed = Vec::new();
+    for (index, target) in targets.iter().enumerate() {
+        if before.get(&Key(target.object.clone())) != Some(&target.verdict) {
+            changed.push(index);
+            if changed.len() > RECENT_MAX {
+                return Vec::new();
+            }
+        }
+    }
+    changed
+}
+
+fn store_key<K: Resource<DynamicType = ()>>(
+    name: &str,
+    namespace: &str,
+) -> reflector::ObjectRef<K> {
+    reflector::ObjectRef::new(name).within(namespace)
+}
+
+/// An object across plans: kind, namespace and name (not the generation).
+#[derive(Debug, Clone)]
+pub struct Key(Arc<ObjectRef>);
+
+impl Key {
+    fn parts(&self) -> (ObjectKind, &str, &str) {
+        (self.0.kind, &self.0.namespace, &self.0.name)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+/// A write we made that the cache may not show yet: if the cache still holds the version we
+/// overwrote, the object is not written again for the same status.
+#[derive(Debug, PartialEq, Eq)]
+struct Written {
+    full: u64,
+    overwrote: Option<String>,
+}
+
+/// The four kinds that carry a status.
+trait StatusKind:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    fn store(stores: &Stores) -> &Store<Self>;
+    fn key(target: &StoreKey) -> Option<&reflector::ObjectRef<Self>>;
+    fn common(&self) -> Option<&ObjectStatusFields>;
+    /// (shown, desired) `status.credentials`; only ConsumerCredentials have one.
+    fn credentials(&self) -> Option<(Option<&str>, CredentialSummary<'_>)> {
+        None
+    }
+    /// Routes carry the proxies' enforcement counters.
+    const ENFORCEMENT: bool = false;
+}
+
+impl StatusKind for ApiRoute {
+    fn store(stores: &Stores) -> &Store<Self> {
+        &stores.routes
+    }
+    fn key(target: &StoreKey) -> Option<&reflector::ObjectRef<Self>> {
+        match target {
+            StoreKey::Route(key) => Some(key),
+            _ => None,
+        }
+    }
+    fn common(&self) -> Option<&ObjectStatusFields> {
+        self.status.as_ref()
+    }
+    const ENFORCEMENT: bool = true;
+}
+
+impl StatusKind for ConsumerCredential {
+    fn store(stores: &Stores) -> &Store<Self> {
+        &stores.consumers
+    }
+    fn key(target: &StoreKey) -> Option<&reflector::ObjectRef<Self>> {
+        match target {
+            StoreKey::Consumer(key) => Some(key),
+            _ => None,
+        }
+    }
+    fn common(&self) -> Option<&ObjectStatusFields> {
+        self.status.as_ref().map(|s| &s.common)
+    }
+    fn credentials(&self) -> Option<(Option<&str>, CredentialSummary<'_>)> {
+        let shown = self.status.as_ref().and_then(|s| s.credentials.as_deref());
+        Some((shown, CredentialSummary(self)))
+    }
+}
+
+impl StatusKind for RateLimitPolicy {
+    fn store(stores: &Stores) -> &Store<Self> {
+        &stores.rate_limits
+    }
+    fn key(target: &StoreKey) -> Option<&reflector::ObjectRef<Self>> {
+        match target {
+            StoreKey::RateLimit(key) => Some(key),
+            _ => None,
+        }
+    }
+    fn common(&self) -> Option<&ObjectStatusFields> {
+        self.status.as_ref()
+    }
+}
+
+impl StatusKind for WafPolicy {
+    fn store(stores: &Stores) -> &Store<Self> {
+        &stores.wafs
+    }
+    fn key(target: &StoreKey) -> Option<&reflector::ObjectRef<Self>> {
+        match target {
+            StoreKey::Waf(key) => Some(key),
+            _ => None,
+        }
+    }
+    fn common(&self) -> Option<&ObjectStatusFields> {
+        self.status.as_ref()
+    }
+}
+
+/// The desired status of `live`, borrowed from the plan and the object.
+fn desired<'a, K: StatusKind>(
+    live: &'a K,
+    plan: &'a Plan,
+    fleet: &Fleet,
+    index: usize,
+) -> Option<Desired<'a>> {
+    let compiled = plan.statuses.get(index)?;
+    let target = plan.targets.get(index)?;
+    let object = &*target.object;
+    let programmed = status::programmed(
+        object,
+        compiled.accepted(),
+        target.in_config,
+        fleet,
+        plan.publish_error.as_deref(),
+    );
+    let current = live.common();
+    let enforcement = K::ENFORCEMENT.then(|| {
+        status::enforcement(
+            &format!("{}/{}", compiled.namespace, compiled.name),
+            &plan.replicas.known,
+        )
+    });
+    Some(Desired {
+        compiled,
+        programmed,
+        config_generation: status::config_generation(
+            object,
+            current,
+            &plan.published,
+            plan.last_published.as_deref(),
+        ),
+        enforcement,
+    })
+}
+
+/// How one object compares with the plan: its fingerprints, the resourceVersion of the
+/// cached object, and whether the cache shows exactly the desired status.
+struct Comparison {
+    fingerprints: Fingerprints,
+    version: Option<String>,
+    matches: bool,
+}
+
+fn compare<K: StatusKind>(
+    stores: &Stores,
+    plan: &Plan,
+    fleet: &Fleet,
+    index: usize,
+) -> Option<Comparison> {
+    let target = plan.targets.get(index)?;
+    let live = K::store(stores).get(K::key(&target.store_key)?)?;
+    let desired = desired(&*live, plan, fleet, index)?;
+    let matches = desired.matches(live.common())
+        && live
+            .credentials()
+            .is_none_or(|(shown, summary)| status::shows(shown, &summary));
+    Some(Comparison {
+        fingerprints: desired.fingerprints(target.verdict),
+        // Only needed for objects that differ.
+        version: if matches {
+            None
+        } else {
+            live.resource_version()
+        },
+        matches,
+    })
+}
+
+fn compare_any(stores: &Stores, plan: &Plan, fleet: &Fleet, index: usize) -> Option<Comparison> {
+    match plan.statuses.get(index)?.kind {
+        ObjectKind::ApiRoute => compare::<ApiRoute>(stores, plan, fleet, index),
+        ObjectKind::ConsumerCredential => compare::<ConsumerCredential>(stores, plan, fleet, index),
+        ObjectKind::RateLimitPolicy => compare::<RateLimitPolicy>(stores, plan, fleet, index),
+        ObjectKind::WafPolicy => compare::<WafPolicy>(stores, plan, fleet, index),
+        ObjectKind::Secret => None,
+    }
+}
+
+/// What the writer shares with its write tasks.
+pub struct WriterContext {
+    pub client: Client,
+    pub stores: Stores,
+    pub metrics: Arc<Metrics>,
+    pub events: EventSink,
+}
+
+enum Outcome {
+    /// Written; the cache held `overwrote` before.
+    Written(Written),
+    /// Nothing to write (any more), or the object is gone.
+    Skipped,
+    Failed(String),
+}
+
+pub struct StatusWriter {
+    context: Arc<WriterContext>,
+    backlog: Backlog<Key>,
+    written: HashMap<Key, Written>,
+}
+
+impl StatusWriter {
+    pub fn new(context: WriterContext) -> Self {
+        Self {
+            context: Arc::new(context),
+            backlog: Backlog::default(),
+            written: HashMap::new(),
+        }
+    }
+
+    /// True if the object at `index` of `plan` needs a write: the cache does not show its
+    /// desired status, and no write of exactly that status is on its way into the cache.
+    /// Also its core fingerprint (0 if it has no status to write).
+    fn needs_write(&mut self, plan: &Plan, fleet: &Fleet, index: usize, key: &Key) -> (u64, bool) {
+        match compare_any(&self.context.stores, plan, fleet, index) {
+            None => (0, false),
+            Some(c) if c.matches => {
+                self.written.remove(key);
+                (c.fingerprints.core, false)
+            }
+            Some(c) => {
+                let sent = Written {
+                    full: c.fingerprints.full,
+                    overwrote: c.version,
+                };
+                (c.fingerprints.core, self.written.get(key) != Some(&sent))
+            }
+        }
+    }
+
+    /// Compares every object of `plan` with the cache and rebuilds the queue.
+    fn evaluate(&mut self, plan: &Plan) {
+        let started = Instant::now();
+        let fleet = plan.fleet();
+        let items: Vec<Item<Key>> = plan
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(index, target)| {
+                let key = Key(target.object.clone());
+                let (core, pending) = self.needs_write(plan, &fleet, index, &key);
+                Item { key, core, pending }
+            })
+            .collect();
+        self.backlog.plan(items);
+        let backlog = &self.backlog;
+        self.written.retain(|key, _| backlog.knows(key));
+        self.context
+            .metrics
+            .status_evaluate_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Before comparing everything: the objects most likely to need a write now, queued
+    /// first. After a compile those are the ones whose verdict changed; after a proxy
+    /// report, the ones whose status changed in the last few plans (the route a user just
+    /// applied, now loaded by the proxies). Their writes start while the full comparison
+    /// runs.
+    fn expedite(&mut self, plan: &Plan, same_compile: bool) {
+        let key_at = |index: usize| plan.targets.get(index).map(|t| Key(t.object.clone()));
+        let candidates: Vec<(Key, usize)> = if same_compile {
+            self.backlog
+                .recent()
+                // A position from before the last compile may name another object now.
+                .filter_map(|(key, index)| key_at(index).filter(|k| k == key).map(|k| (k, index)))
+                .collect()
+        } else {
+            plan.changed
+                .iter()
+                .filter_map(|&index| key_at(index).map(|k| (k, index)))
+                .collect()
+        };
+        if candidates.len() > RECENT_MAX {
+            return;
+        }
+        let fleet = plan.fleet();
+        for (key, index) in candidates {
+            if let (_, true) = self.needs_write(plan, &fleet, index, &key) {
+                self.backlog.expedite(key, index);
+            }
+        }
+    }
+
+    fn evaluate_blocking(&mut self, plan: &Plan) {
+        // 100,000 objects take a noticeable fraction of a second: let the runtime move other
+        // tasks (reflectors, the leader lease, the writes in flight) off this thread.
+        if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            tokio::task::block_in_place(|| self.evaluate(plan));
+        } else {
+            self.evaluate(plan);
+        }
+    }
+
+    /// Starts queued writes up to the concurrency limit (none while a config is published).
+    fn start_writes(&mut self, plan: &Arc<Plan>, writes: &mut JoinSet<(Key, Outcome)>) {
+        while writes.len() < STATUS_WRITE_CONCURRENCY {
+            let Some((key, index)) = self.backlog.take() else {
+                break;
+            };
+            writes.spawn(write_one(self.context.clone(), plan.clone(), index, key));
+        }
+    }
+
+    /// Runs until the plan sender is dropped (or the task is aborted at the end of a
+    /// leadership term, which aborts the writes in flight too). While `publishing` is true
+    /// no new write starts.
+    pub async fn run(
+        mut self,
+        mut plans: watch::Receiver<Option<Arc<Plan>>>,
+        mut publishing: watch::Receiver<bool>,
+    ) {
+        let mut plan: Option<Arc<Plan>> = None;
+        // Writes are tasks of their own, so they go on while a plan is being compared.
+        let mut writes: JoinSet<(Key, Outcome)> = JoinSet::new();
+        let mut failures = 0usize;
+        let mut retry_delay = Duration::from_secs(1);
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        loop {
+            let paused = *publishing.borrow_and_update();
+            if let (Some(plan), false) = (&plan, paused) {
+                self.start_writes(plan, &mut writes);
+            }
+            self.context
+                .metrics
+                .status_backlog
+                .set((self.backlog.queued() + self.backlog.in_flight()) as i64);
+            let idle = writes.is_empty();
+            if idle && failures > 0 {
+                tracing::warn!(
+                    failures,
+                    retry_in = ?retry_delay,
+                    "some status writes failed; retrying"
+                );
+                retry_at = Some(tokio::time::Instant::now() + retry_delay);
+                retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
+                failures = 0;
+            }
+            let wake_at = retry_at.unwrap_or_else(|| tokio::time::Instant::now() + MAX_RETRY_DELAY);
+            tokio::select! {
+                biased;
+                changed = plans.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let previous = plan.take();
+                    plan = plans.borrow_and_update().clone();
+                    if let Some(plan) = &plan {
+                        let same_compile = previous
+                            .is_some_and(|p| Arc::ptr_eq(&p.targets, &plan.targets));
+                        self.expedite(plan, same_compile);
+                        if !*publishing.borrow() {
+                            self.start_writes(plan, &mut writes);
+                        }
+                        self.evaluate_blocking(plan);
+                    }
+                }
+                changed = publishing.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                Some(joined) = writes.join_next(), if !idle => {
+                    let Ok((key, outcome)) = joined else {
+                        // A write task panicked or was aborted: compare everything again.
+                        failures += 1;
+                        continue;
+                    };
+                    let recheck = self.backlog.done(&key);
+                    match outcome {
+                        Outcome::Written(written) => {
+                            self.written.insert(key.clone(), written);
+                            retry_delay = Duration::from_secs(1);
+                        }
+                        Outcome::Skipped => {}
+                        Outcome::Failed(error) => {
+                            tracing::debug!(?key, %error, "status write failed");
+                            failures += 1;
+                        }
+                    }
+                    // The latest plan wanted it written while this write was in flight.
+                    if let (Some(index), Some(plan)) = (recheck, plan.clone()) {
+                        let fleet = plan.fleet();
+                        if let (_, true) = self.needs_write(&plan, &fleet, index, &key) {
+                            self.backlog.expedite(key, index);
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(wake_at), if retry_at.is_some() && idle => {
+                    retry_at = None;
+                    if let Some(plan) = plan.clone() {
+                        self.evaluate_blocking(&plan);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn write_one(
+    context: Arc<WriterContext>,
+    plan: Arc<Plan>,
+    index: usize,
+    key: Key,
+) -> (Key, Outcome) {
+    let Some(compiled) = plan.statuses.get(index) else {
+        return (key, Outcome::Skipped);
+    };
+    let outcome = match compiled.kind {
+        ObjectKind::ApiRoute => write_kind::<ApiRoute>(&context, &plan, index).await,
+        ObjectKind::ConsumerCredential => {
+            write_kind::<ConsumerCredential>(&context, &plan, index).await
+        }
+        ObjectKind::RateLimitPolicy => write_kind::<RateLimitPolicy>(&context, &plan, index).await,
+        ObjectKind::WafPolicy => write_kind::<WafPolicy>(&context, &plan, index).await,
+        ObjectKind::Secret => Outcome::Skipped,
+    };
+    if let Outcome::Failed(error) = &outcome {
+        context
+            .metrics
+            .errors
+            .get_or_create(&ErrorLabels {
+                reason: "status".into(),
+            })
+            .inc();
+        tracing::debug!(kind = ?compiled.kind, namespace = %compiled.namespace, name = %compiled.name, %error, "cannot write status");
+    }
+    (key, outcome)
+}
+
+/// Compares the object again with the freshest cache (the queue may be a while old) and
+/// writes its status if it still differs, then queues Events for condition changes.
+async fn write_kind<K: StatusKind>(context: &WriterContext, plan: &Plan, index: usize) -> Outcome {
+    let Some(live) = plan
+        .targets
+        .get(index)
+        .and_then(|t| K::key(&t.store_key))
+        .and_then(|key| K::store(&context.stores).get(key))
+    else {
+        return Outcome::Skipped;
+    };
+    let fleet = plan.fleet();
+    let Some(desired) = desired(&*live, plan, &fleet, index) else {
+        return Outcome::Skipped;
+    };
+    let current = live.common();
+    let credentials = live.credentials();
+    let shown = credentials
+        .as_ref()
+        .is_none_or(|(shown, summary)| status::shows(*shown, summary));
+    if desired.matches(current) && shown {
+        return Outcome::Skipped;
+    }
+    let Some(verdict) = plan.targets.get(index).map(|t| t.verdict) else {
+        return Outcome::Skipped;
+    };
+    let full = desired.fingerprints(verdict).full;
+    let built = desired.build(current, &Timestamp::now().to_string());
+    let mut status = serde_json::to_value(&built).unwrap_or_default();
+    if let (Some((_, summary)), Some(map)) = (&credentials, status.as_object_mut()) {
+        map.insert("credentials".into(), json!(summary.to_string()));
+    }
+    let kind = K::kind(&()).to_string();
+    let patch = json!({"apiVersion": API_VERSION, "kind": kind, "status": status});
+    let namespace = live.namespace().unwrap_or_default();
+    let name = live.name_any();
+    let api: Api<K> = Api::namespaced(context.client.clone(), &namespace);
+    match api
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => {}
+        // Deleted since the cache saw it: nothing to do.
+        Err(kube::Error::Api(e)) if e.code == 404 => return Outcome::Skipped,
+        Err(e) => return Outcome::Failed(format!("{kind} {namespace}/{name}: {e}")),
+    }
+    context.metrics.status_writes.inc();
+    record_transitions(&context.events, &*live, current, &built);
+    Outcome::Written(Written {
+        full,
+        overwrote: live.resource_version(),
+    })
+}
+
+/// Queues Events for the conditions whose status changed.
+fn record_transitions<K>(
+    events: &EventSink,
+    live: &K,
+    current: Option<&ObjectStatusFields>,
+    desired: &ObjectStatusFields,
+) where
+    K: Resource<DynamicType = ()>,
+{
+    let was = |type_: &str| {
+        current
+            .and_then(|c| c.conditions.iter().find(|x| x.type_ == type_))
+            .map(|c| c.status.clone())
+    };
+    for condition in &desired.conditions {
+        if was(&condition.type_).as_deref() == Some(condition.status.as_str()) {
+            continue;
+        }
+        let first_time = was(&condition.type_).is_none();
+        let ok = condition.status == "True";
+        // Quiet on a healthy first sighting; loud on every problem and every change.
+        if first_time && ok && condition.type_ != "Programmed" {
+            continue;
+        }
+        let event = Event {
+            type_: if ok {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: if ok {
+                condition.type_.clone()
+            } else {
+                format!("Not{}", condition.type_)
+            },
+            note: Some(truncate(&condition.message, 1000)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        events.send(event, live.object_ref(&()));
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// `apiKeys:2,jwt:1`: what `kubectl get consumercredentials` shows.
+struct CredentialSummary<'a>(&'a ConsumerCredential);
+
+impl fmt::Display for CredentialSummary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let spec = &self.0.spec;
+        let mtls = spec.mtls.as_ref().map_or(0, |m| {
+            m.subjects.len() + m.sans.len() + m.fingerprints_sha256.len()
+        });
+        let parts = [
+            ("apiKeys", spec.api_keys.len()),
+            ("jwt", spec.jwt.len()),
+            ("mtls", mtls),
+            ("oauth2", spec.oauth2_client_ids.len()),
+        ];
+        let mut any = false;
+        for (name, n) in parts.into_iter().filter(|(_, n)| *n > 0) {
+            if any {
+                f.write_str(",")?;
+            }
+            write!(f, "{name}:{n}")?;
+            any = true;
+        }
+        if !any {
+            f.write_str("none")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher;
+    use portcullis_compiler::report::ProxyReport;
+    use portcullis_compiler::{compile, Snapshot};
+    use serde_json::Value;
+
+    use super::*;
+
+    fn filled<K>(objects: &[K]) -> Store<K>
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let mut writer: Writer<K> = Default::default();
+        for object in objects {
+            writer.apply_watcher_event(&watcher::Event::Apply(object.clone()));
+        }
+        writer.as_reader()
+    }
+
+    fn route(i: usize) -> ApiRoute {
+        serde_json::from_value(json!({
+            "apiVersion": "portcullis.dev/v1alpha1", "kind": "ApiRoute",
+            "metadata": {"name": format!("route-{i}"), "namespace": format!("team-{}", i % 20),
+                         "generation": 1, "resourceVersion": format!("{i}")},
+            "spec": {"hosts": [format!("api-{}.example.com", i % 500)],
+                     "paths": [{"type": "Prefix", "value": format!("/svc-{i}/v1")}],
+                     "upstream": {"targets": [{"url": "http://backend:8080"}]}}
+        }))
+        .unwrap()
+    }
+
+    fn consumer(i: usize) -> ConsumerCredential {
+        serde_json::from_value(json!({
+            "apiVersion": "portcullis.dev/v1alpha1", "kind": "ConsumerCredential",
+            "metadata": {"name": format!("consumer-{i}"), "namespace": "team-0",
+                         "generation": 1, "resourceVersion": format!("{i}")},
+            "spec": {"groups": ["free"]}
+        }))
+        .unwrap()
+    }
+
+    /// Cost of one full evaluation (`cargo test --release -p portcullis-operator --lib
+    /// evaluation_cost -- --ignored --nocapture`); the writer runs one per plan.
+    #[test]
+    #[ignore]
+    fn evaluation_cost() {
+        let (routes, consumers) = (10_000, 100_000);
+        let snapshot = Snapshot {
+            routes: (0..routes).map(route).collect(),
+            consumers: (0..consumers).map(consumer).collect(),
+            ..Snapshot::default()
+        };
+        let (config, statuses) = compile(&snapshot);
+        let mut published = Published::default();
+        let in_config = published.intern(&config.objects);
+        published.record(&config.generation, in_config.clone());
+        let report: ProxyReport = serde_json::from_value(json!({
+            "replica": "a", "generation": config.generation, "startedAt": "2026-01-01T00:00:00Z",
+            "routes": BTreeMap::<String, Value>::new()
+        }))
+        .unwrap();
+        let stores = Stores {
+            routes: filled(&snapshot.routes),
+            consumers: filled(&snapshot.consumers),
+            rate_limits: filled::<RateLimitPolicy>(&[]),
+            wafs: filled::<WafPolicy>(&[]),
+            secrets: filled::<Secret>(&[]),
+            reports: filled::<Lease>(&[]),
+        };
+        let targets = targets(&statuses, &in_config);
+        let plan = Plan {
+            statuses: Arc::new(statuses),
+            targets: Arc::new(targets),
+            compiled_generation: Some(config.generation.clone()),
+            changed: Vec::new(),
+            published,
+            last_published: Some(config.generation.clone()),
+            publish_error: None,
+            replicas: Arc::new(Replicas {
+                live: vec![report.clone()],
+                known: vec![report],
+                forgotten: vec![],
+            }),
+        };
+        drop(config);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        let client =
+            Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let recorder = kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "test".into(),
+                instance: None,
+            },
+        );
+        let mut writer = StatusWriter::new(WriterContext {
+            client,
+            stores,
+            metrics: metrics.clone(),
+            events: EventSink::spawn(recorder, metrics),
+        });
+        let started = Instant::now();
+        writer.evaluate(&plan);
+        println!(
+            "first pass: compared {} objects without status in {:?}",
+            plan.statuses.len(),
+            started.elapsed()
+        );
+        assert_eq!(writer.backlog.queued(), routes + consumers);
+        // The settled cluster: every object already shows its desired status.
+        let fleet = plan.fleet();
+        let positions: HashMap<(ObjectKind, &str, &str), usize> = plan
+            .statuses
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((s.kind, s.namespace.as_str(), s.name.as_str()), i))
+            .collect();
+        let index_of = |object: &dyn ResourceName, kind| {
+            positions[&(kind, object.namespace_str(), object.name_str())]
+        };
+        let mut routes_done: Vec<ApiRoute> = snapshot.routes.clone();
+        for route in &mut routes_done {
+            let index = index_of(&*route, ObjectKind::ApiRoute);
+            let built = desired(&*route, &plan, &fleet, index).map(|d| d.build(None, "T"));
+            route.status = built;
+        }
+        let mut consumers_done: Vec<ConsumerCredential> = snapshot.consumers.clone();
+        for consumer in &mut consumers_done {
+            let index = index_of(&*consumer, ObjectKind::ConsumerCredential);
+            let built = desired(&*consumer, &plan, &fleet, index).map(|d| d.build(None, "T"));
+            let credentials = Some(CredentialSummary(consumer).to_string());
+            consumer.status = built.map(|common| portcullis_crds::ConsumerCredentialStatus {
+                common,
+                credentials,
+            });
+        }
+        writer.context = Arc::new(WriterContext {
+            stores: Stores {
+                routes: filled(&routes_done),
+                consumers: filled(&consumers_done),
+                ..writer.context.stores.clone()
+            },
+            client: writer.context.client.clone(),
+            metrics: writer.context.metrics.clone(),
+            events: writer.context.events.clone(),
+        });
+        for _ in 0..3 {
+            let started = Instant::now();
+            writer.evaluate(&plan);
+            println!(
+                "settled: compared {} objects in {:?}; {} queued",
+                plan.statuses.len(),
+                started.elapsed(),
+                writer.backlog.queued()
+            );
+        }
+        assert_eq!(writer.backlog.queued(), 0);
+    }
+
+    trait ResourceName {
+        fn namespace_str(&self) -> &str;
+        fn name_str(&self) -> &str;
+    }
+
+    impl<K: Resource> ResourceName for K {
+        fn namespace_str(&self) -> &str {
+            self.meta().namespace.as_deref().unwrap_or_default()
+        }
+        fn name_str(&self) -> &str {
+            self.meta().name.as_deref().unwrap_or_default()
+        }
+    }
+}
