@@ -596,14 +596,12 @@ mod json {
                 _ => return Err(Invalid),
             }
             let int_digits = self.i - int_start;
-            let mut float = false;
             if self.peek() == Some(b'.') {
                 self.i += 1;
                 if !matches!(self.peek(), Some(b'0'..=b'9')) {
                     return Err(Invalid);
                 }
                 self.digits();
-                float = true;
             }
             let mut exponent: i64 = 0;
             if let Some(b'e' | b'E') = self.peek() {
@@ -630,14 +628,12 @@ mod json {
                 if negative {
                     exponent = -exponent;
                 }
-                float = true;
             }
             let text = &self.b[start..self.i];
-            // serde_json refuses numbers that overflow f64; only a magnitude near 1e308
-            // can, so the exact parse runs only then.
-            let magnitude = int_digits as i64 - 1 + exponent;
-            let leading_zero = self.b[int_start] == b'0';
-            if (float || int_digits > 19) && !leading_zero && magnitude >= 307 {
+            // serde_json refuses numbers that overflow f64. The value is below
+            // 10^(integer digits + exponent), so only when that reaches the 1e308 range does
+            // the exact (slower) parse run.
+            if int_digits as i64 + exponent >= 300 {
                 let finite = std::str::from_utf8(text)
                     .ok()
                     .and_then(|t| t.parse::<f64>().ok())
@@ -1054,6 +1050,9 @@ mod tests {
             b"1e400",
             b"-1e309",
             b"0.5e308",
+            b"0.5e400",
+            b"0.0e999",
+            b"-0.00001e309",
             b"9e307",
             b"[1,]",
             b"{\"a\":1,}",
