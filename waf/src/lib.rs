@@ -1535,56 +1535,78 @@ fn has_sql_word(v: &str) -> bool {
 }
 
 fn is_sql_word(word: &[u8]) -> bool {
-    let mut buf = [0u8; 9];
-    if word.len() < 2 || word.len() > buf.len() {
+    // The lowercase word packed into an integer: one compare per candidate of that length
+    // instead of a string comparison per keyword.
+    if word.len() < 2 || word.len() > 9 {
         return false;
     }
-    for (d, s) in buf.iter_mut().zip(word) {
-        *d = s.to_ascii_lowercase();
-    }
-    // A `match` on the bytes compiles to a length switch and a few word compares.
-    matches!(
-        &buf[..word.len()],
-        b"union"
-            | b"select"
-            | b"or"
-            | b"and"
-            | b"xor"
-            | b"having"
-            | b"order"
-            | b"group"
-            | b"sleep"
-            | b"benchmark"
-            | b"waitfor"
-            | b"exec"
-            | b"execute"
-            | b"into"
-            | b"like"
-            | b"rlike"
-            | b"regexp"
-            | b"between"
-            | b"div"
-            | b"mod"
-            | b"procedure"
-            | b"limit"
-            | b"declare"
-            | b"shutdown"
-            | b"null"
-            | b"case"
-            | b"when"
-            | b"not"
-            | b"is"
-            | b"in"
-            | b"from"
-            | b"where"
-            | b"drop"
-            | b"insert"
-            | b"update"
-            | b"delete"
-            | b"true"
-            | b"false"
-    )
+    let packed = word.iter().fold(0u128, |acc, &b| {
+        (acc << 8) | u128::from(b.to_ascii_lowercase())
+    });
+    SQL_WORDS_PACKED.contains(&packed)
 }
+
+const fn pack(word: &[u8]) -> u128 {
+    let mut acc = 0u128;
+    let mut i = 0;
+    while i < word.len() {
+        acc = (acc << 8) | word[i] as u128;
+        i += 1;
+    }
+    acc
+}
+
+/// Words that let libinjection build an injection without punctuation, packed by [`pack`]
+/// (distinct lengths never collide: every word starts with a non-zero byte).
+const SQL_WORDS_PACKED: [u128; 38] = {
+    let words: [&[u8]; 38] = [
+        b"union",
+        b"select",
+        b"or",
+        b"and",
+        b"xor",
+        b"having",
+        b"order",
+        b"group",
+        b"sleep",
+        b"benchmark",
+        b"waitfor",
+        b"exec",
+        b"execute",
+        b"into",
+        b"like",
+        b"rlike",
+        b"regexp",
+        b"between",
+        b"div",
+        b"mod",
+        b"procedure",
+        b"limit",
+        b"declare",
+        b"shutdown",
+        b"null",
+        b"case",
+        b"when",
+        b"not",
+        b"is",
+        b"in",
+        b"from",
+        b"where",
+        b"drop",
+        b"insert",
+        b"update",
+        b"delete",
+        b"true",
+        b"false",
+    ];
+    let mut packed = [0u128; 38];
+    let mut i = 0;
+    while i < words.len() {
+        packed[i] = pack(words[i]);
+        i += 1;
+    }
+    packed
+};
 
 /// libinjection's SQLi detection; the fingerprint when it is one.
 ///

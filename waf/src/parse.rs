@@ -456,6 +456,9 @@ mod json {
     }
 
     struct Reader<'a> {
+        /// The document, valid UTF-8 (checked once: JSON outside strings is ASCII and
+        /// strings must be UTF-8, so a document that is not is invalid anyway).
+        text: &'a str,
         b: &'a [u8],
         i: usize,
     }
@@ -494,61 +497,50 @@ mod json {
         fn string(&mut self) -> Result<Cow<'a, str>, Invalid> {
             self.i += 1;
             let start = self.i;
-            loop {
-                match self.b.get(self.i) {
-                    None => return Err(Invalid),
-                    Some(b'"') => {
-                        let s = &self.b[start..self.i];
-                        self.i += 1;
-                        return std::str::from_utf8(s)
-                            .map(Cow::Borrowed)
-                            .map_err(|_| Invalid);
-                    }
-                    Some(b'\\') => break,
-                    Some(0..=0x1F) => return Err(Invalid),
-                    Some(_) => self.i += 1,
-                }
+            let end = start
+                + self.b[start..]
+                    .iter()
+                    .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                    .ok_or(Invalid)?;
+            self.i = end;
+            if self.b[end] == b'"' {
+                self.i += 1;
+                // Both ends are ASCII quotes, so this is a char boundary slice.
+                return self.text.get(start..end).map(Cow::Borrowed).ok_or(Invalid);
             }
-            let mut out = self.b[start..self.i].to_vec();
-            let mut segment = self.i;
+            let mut out = String::from(self.text.get(start..end).ok_or(Invalid)?);
             loop {
-                match self.b.get(self.i) {
-                    None => return Err(Invalid),
-                    Some(b'"') => {
-                        out.extend_from_slice(&self.b[segment..self.i]);
-                        self.i += 1;
-                        return String::from_utf8(out).map(Cow::Owned).map_err(|_| Invalid);
-                    }
-                    Some(b'\\') => {
-                        out.extend_from_slice(&self.b[segment..self.i]);
-                        self.i += 1;
-                        let c = match self.peek().ok_or(Invalid)? {
-                            b'"' => '"',
-                            b'\\' => '\\',
-                            b'/' => '/',
-                            b'b' => '\u{8}',
-                            b'f' => '\u{c}',
-                            b'n' => '\n',
-                            b'r' => '\r',
-                            b't' => '\t',
-                            b'u' => {
-                                self.i += 1;
-                                let c = self.unicode_escape()?;
-                                let mut buf = [0u8; 4];
-                                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                                segment = self.i;
-                                continue;
-                            }
-                            _ => return Err(Invalid),
-                        };
-                        self.i += 1;
-                        let mut buf = [0u8; 4];
-                        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                        segment = self.i;
-                    }
-                    Some(0..=0x1F) => return Err(Invalid),
-                    Some(_) => self.i += 1,
+                let seg = self.i;
+                let end = seg
+                    + self.b[seg..]
+                        .iter()
+                        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                        .ok_or(Invalid)?;
+                out.push_str(self.text.get(seg..end).ok_or(Invalid)?);
+                self.i = end + 1;
+                match self.b[end] {
+                    b'"' => return Ok(Cow::Owned(out)),
+                    b'\\' => {}
+                    _ => return Err(Invalid),
                 }
+                let c = match self.peek().ok_or(Invalid)? {
+                    b'"' => '"',
+                    b'\\' => '\\',
+                    b'/' => '/',
+                    b'b' => '\u{8}',
+                    b'f' => '\u{c}',
+                    b'n' => '\n',
+                    b'r' => '\r',
+                    b't' => '\t',
+                    b'u' => {
+                        self.i += 1;
+                        out.push(self.unicode_escape()?);
+                        continue;
+                    }
+                    _ => return Err(Invalid),
+                };
+                self.i += 1;
+                out.push(c);
             }
         }
 
@@ -655,7 +647,16 @@ mod json {
     /// Walks `body`, pushing keys and leaves into `c`; the document's nesting depth, or
     /// `Invalid` (nothing is kept then: the caller truncates what was pushed).
     pub fn walk<'a>(body: &'a [u8], c: &mut Collector<'_, 'a>) -> Result<usize, Invalid> {
-        let mut r = Reader { b: body, i: 0 };
+        let text = std::str::from_utf8(body).map_err(|_| Invalid)?;
+        let mut r = Reader {
+            text,
+            b: body,
+            i: 0,
+        };
+        // A 1 KiB document holds ~100 keys and leaves; growing from empty costs a few
+        // reallocations per request. Bounded so that a large body does not reserve much.
+        c.targets.reserve((body.len() / 10).min(1024));
+        c.keys.reserve((body.len() * 2).min(16 * 1024));
         let mut stack: Vec<Frame> = Vec::new();
         let mut path = String::from("$");
         let mut max_depth = 0;
