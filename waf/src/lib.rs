@@ -15,7 +15,8 @@
 #![forbid(unsafe_code)]
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
@@ -318,6 +319,35 @@ const STRUCTURAL_HEADERS: [&str; 24] = [
     "content-encoding",
     "keep-alive",
 ];
+
+/// Longest value remembered as clean within a request (longer ones are rarely repeated, and
+/// hashing them would cost more than it saves).
+const MEMO_MAX: usize = 256;
+/// Fewest values in a collection for which the memo is kept.
+const MEMO_MIN_TARGETS: usize = 16;
+
+/// FNV-1a for the per-request memo of clean values: short keys, no adversarial concern
+/// (a collision costs a comparison, and the set is bounded by the request's values).
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// Longest header value inspected; hyper already caps the whole head.
 const MAX_HEADER_INSPECT: usize = 8 * 1024;
@@ -705,8 +735,26 @@ impl Engine {
                 );
             }
         }
+        // Values repeat within a request (the keys of an array of objects, enum-like values):
+        // a value that matched nothing once matches nothing again as the same kind of target,
+        // whatever its label (labels only filter findings: exclusions, one per rule and
+        // target), so it is inspected once. Headers are left out: header-specific rules
+        // depend on the name. A handful of values (a request head) rarely repeats: the memo
+        // only pays for itself on bodies with many values.
+        let use_memo = c.targets.len() >= MEMO_MIN_TARGETS;
+        let mut clean: HashSet<(Kind, &str), BuildHasherDefault<Fnv>> = if use_memo {
+            HashSet::with_capacity_and_hasher(c.targets.len(), BuildHasherDefault::default())
+        } else {
+            HashSet::default()
+        };
         for target in &c.targets {
-            self.inspect_target(target, &c.keys, path_norm, eval);
+            let memo = use_memo && target.kind != Kind::Header && target.value.len() <= MEMO_MAX;
+            if memo && clean.contains(&(target.kind, &*target.value)) {
+                continue;
+            }
+            if self.inspect_target(target, &c.keys, path_norm, eval) && memo {
+                clean.insert((target.kind, &target.value));
+            }
         }
     }
 
@@ -717,11 +765,20 @@ impl Engine {
     /// Aho-Corasick pass adds the slots of longer literals. Only those slots' sets run,
     /// and most values trigger none: plain words, identifiers and numbers cost a scan and
     /// an automaton pass, no allocation.
-    fn inspect_target(&self, t: &Target<'_>, keys: &str, path_norm: &str, eval: &mut Evaluation) {
+    ///
+    /// Returns whether nothing matched (no rule set, no libinjection), before exclusions.
+    fn inspect_target(
+        &self,
+        t: &Target<'_>,
+        keys: &str,
+        path_norm: &str,
+        eval: &mut Evaluation,
+    ) -> bool {
         let value: &str = &t.value;
         if value.is_empty() {
-            return;
+            return true;
         }
+        let mut clean = true;
         let key = t.key(keys);
         let label = || t.label(keys);
         let double_space =
@@ -772,6 +829,7 @@ impl Engine {
                 .set
                 .is_match(text.as_bytes())
                 .then(|| slot.set.matches(text.as_bytes()));
+            clean &= matched.is_none();
             // Evasions that only make sense per group: SQL comments used as whitespace
             // (`union/**/select`), shell commands split by quotes (`w'h'o"am"i`).
             let alternate: Option<&str> = match slot.group {
@@ -790,6 +848,7 @@ impl Engine {
                 _ => None,
             };
             if let Some(alt) = alternate.filter(|alt| slot.set.is_match(alt.as_bytes())) {
+                clean = false;
                 let again = slot.set.matches(alt.as_bytes());
                 for i in again.iter() {
                     if !matched.as_ref().is_some_and(|m| m.matched(i)) {
@@ -847,6 +906,7 @@ impl Engine {
         };
         if self.sqli && injectable && sqli {
             if let Some(fp) = detect_sqli(head.as_bytes()) {
+                clean = false;
                 self.record(
                     eval,
                     path_norm,
@@ -860,6 +920,7 @@ impl Engine {
             }
         }
         if self.xss && xss && libinjectionrs::detect_xss(head.as_bytes()).is_injection() {
+            clean = false;
             self.record(
                 eval,
                 path_norm,
@@ -871,6 +932,7 @@ impl Engine {
                 "XSS (libinjection)",
             );
         }
+        clean
     }
 
     fn excerpt_of(&self, rule: usize, text: &str) -> String {

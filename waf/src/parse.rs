@@ -35,7 +35,7 @@ fn decode_text(text: &str) -> (Cow<'_, str>, u64) {
 }
 
 /// What kind of value a target is; rules select targets by kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Path,
     ArgName,
