@@ -5,7 +5,10 @@
 # Scenarios: GET with four query arguments; POST with a 1 KiB JSON body (wrk Lua script).
 # Both proxies are pinned to PROXY_CPU, wrk and the upstream (nginx `return 200`) to
 # LOAD_CPU. Rounds are interleaved (off/on alternate and swap order every round); we report
-# medians and the on/off throughput ratio per scenario, measured in the same run.
+# medians and the on/off throughput ratio per scenario, measured in the same run, and the
+# proxy's CPU time per request (utime+stime from /proc over each run / requests served): on a
+# busy machine throughput follows the neighbours' load, CPU per request much less so, and
+# off/on CPU per request is the throughput ratio a dedicated core would give.
 # Targets from the issue: on/off >= 0.8 for the GET, >= 0.6 for the JSON POST.
 # Adapted from bench/run-http.sh (same method, fewer features).
 #
@@ -101,7 +104,7 @@ PIDS+=($!)
 wait_ok "http://127.0.0.1:$UP_PORT/" "${PIDS[-1]}" upstream
 
 # ---------------------------------------------------------------- proxies
-declare -A URL
+declare -A URL PID
 start_proxy() { # name with_waf
     local name=$1 waf=$2 port admin
     port=$(free_port)
@@ -137,6 +140,7 @@ EOF
     PIDS+=($!)
     wait_ok "http://127.0.0.1:$admin/readyz" "${PIDS[-1]}" "$name"
     URL[$name]="http://127.0.0.1:$port"
+    PID[$name]=${PIDS[-1]}
 }
 start_proxy off 0
 start_proxy on 1
@@ -180,41 +184,62 @@ run_wrk() { # name scenario duration out
     taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$3" --latency "${args[@]}" "$url" >"$4" 2>&1
 }
 rps_of() { awk '/^Requests\/sec:/ { print $2 }' "$1"; }
+CLK_TCK=$(getconf CLK_TCK)
+# proc_ticks PID: utime+stime of a process and its direct children.
+proc_ticks() {
+    local total=0 p t
+    for p in "$1" $(pgrep -P "$1" || true); do
+        t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+        total=$((total + t))
+    done
+    echo "$total"
+}
+# cpu_us_per_request TICKS WRK_OUTPUT
+cpu_us_per_request() {
+    awk -v t="$1" -v hz="$CLK_TCK" '/ requests in / { r = $1 } END { printf "%.1f", t * 1e6 / hz / r }' "$2"
+}
 p99_of() { awk '/^ +99% / { v = $2; u = v; sub(/^[0-9.]+/, "", u); n = v + 0;
     if (u == "us") n /= 1000; else if (u == "s") n *= 1000; print n }' "$1"; }
 non2xx_of() { awk '/Non-2xx/ { print $NF }' "$1"; }
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 for s in get post; do for n in off on; do run_wrk "$n" "$s" "$WARMUP" "$TMP/warmup-$n-$s.txt"; done; done
-declare -A RPS P99
+declare -A RPS P99 CPU
 for ((r = 1; r <= ROUNDS; r++)); do
     order=(off on)
     ((r % 2 == 0)) && order=(on off)
     for s in get post; do
         for n in "${order[@]}"; do
             f="$TMP/r$r-$n-$s.txt"
+            t0=$(proc_ticks "${PID[$n]}")
             run_wrk "$n" "$s" "$DURATION" "$f"
+            t1=$(proc_ticks "${PID[$n]}")
+            CPU[$n-$s]+="$(cpu_us_per_request $((t1 - t0)) "$f") "
             bad=$(non2xx_of "$f")
             [[ -z $bad ]] || die "$n/$s: $bad non-2xx responses (see $f)"
             RPS[$n-$s]+="$(rps_of "$f") "
             P99[$n-$s]+="$(p99_of "$f") "
-            log "round $r $s $n: $(rps_of "$f") req/s"
+            log "round $r $s $n: $(rps_of "$f") req/s, $(cpu_us_per_request $((t1 - t0)) "$f") CPU µs/request"
         done
     done
 done
 
-echo "WAF on vs off, benign traffic, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds, medians; proxy on core $PROXY_CPU, wrk + upstream on core $LOAD_CPU."
+LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "WAF on vs off, benign traffic, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds, medians; proxy on core $PROXY_CPU, wrk + upstream on core $LOAD_CPU; load average at the end $LOAD."
 echo
-echo "| scenario | WAF off req/s | WAF on req/s | on/off | target | p99 off ms | p99 on ms |"
-echo "|---|---|---|---|---|---|---|"
+echo "| scenario | WAF off req/s | WAF on req/s | on/off | target | p99 off ms | p99 on ms | CPU µs/req off | CPU µs/req on | on/off by CPU |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for s in get post; do
     off=$(tr ' ' '\n' <<<"${RPS[off-$s]}" | awk NF | median)
     on=$(tr ' ' '\n' <<<"${RPS[on-$s]}" | awk NF | median)
     p99off=$(tr ' ' '\n' <<<"${P99[off-$s]}" | awk NF | median)
     p99on=$(tr ' ' '\n' <<<"${P99[on-$s]}" | awk NF | median)
+    cpuoff=$(tr ' ' '\n' <<<"${CPU[off-$s]}" | awk NF | median)
+    cpuon=$(tr ' ' '\n' <<<"${CPU[on-$s]}" | awk NF | median)
     target=$([[ $s == get ]] && echo 0.8 || echo 0.6)
     ratio=$(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2f", a / b }')
+    cpu_ratio=$(awk -v a="$cpuoff" -v b="$cpuon" 'BEGIN { printf "%.2f", a / b }')
     verdict=$(awk -v r="$ratio" -v t="$target" 'BEGIN { print (r >= t) ? "met" : "MISSED" }')
     label=$([[ $s == get ]] && echo "GET, 4 query args" || echo "POST, 1 KiB JSON")
-    echo "| $label | $off | $on | ×$ratio | ≥ $target ($verdict) | $p99off | $p99on |"
+    echo "| $label | $off | $on | ×$ratio | ≥ $target ($verdict) | $p99off | $p99on | $cpuoff | $cpuon | ×$cpu_ratio |"
 done

@@ -4,6 +4,12 @@
 //!
 //!     cargo bench -p portcullis-waf --bench waf-engine            # full run (~20 s)
 //!     WAF_BENCH_ITERS=2000 cargo bench -p portcullis-waf --bench waf-engine   # smoke
+//!     WAF_BENCH_CASE=json WAF_BENCH_ITERS=200 valgrind --tool=callgrind <bench binary>
+//!
+//! `WAF_BENCH_CASE` keeps only the cases whose name contains it (`GET`, `JSON`, `attack`;
+//! case-insensitive), so that a profiler sees one case; `bench/waf-instructions.sh` turns
+//! two such callgrind runs into instructions per request (repeatable on a busy machine,
+//! unlike wall time).
 //!
 //! Prints the median and p99 of per-request wall time over N iterations (after warm-up),
 //! measured in batches of 16 to stay above the clock resolution.
@@ -97,10 +103,16 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000);
+    let only = std::env::var("WAF_BENCH_CASE")
+        .unwrap_or_default()
+        .to_lowercase();
     let engine = Engine::new(PolicyConfig::default()).unwrap();
     println!("| case | median µs/request | p99 µs/request | blocked |");
     println!("|---|---|---|---|");
-    for case in cases() {
+    for case in cases()
+        .into_iter()
+        .filter(|c| c.name.to_lowercase().contains(&only))
+    {
         let headers: Vec<(&str, &[u8])> = case
             .headers
             .iter()

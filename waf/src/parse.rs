@@ -3,12 +3,39 @@
 //! Every parser is iterative and bounded by the caller's limits: a hostile body can make
 //! us stop early (which is itself a finding), never recurse deeply or allocate without bound.
 
-use serde_json::Value;
+use std::borrow::Cow;
+use std::ops::Range;
 
+use crate::class;
 use crate::transform::decode_value;
 
+/// A decoded value and its byte classes; borrowed when decoding changes nothing (one scan
+/// finds that out: no `%`, `+`, `&` or overlong lead bytes, and valid UTF-8).
+fn decode(raw: &[u8]) -> (Cow<'_, str>, u64) {
+    let class = class::of(raw);
+    if class & class::DECODE == 0 {
+        if let Ok(text) = std::str::from_utf8(raw) {
+            return (Cow::Borrowed(text), class);
+        }
+    }
+    let text = decode_value(raw).into_owned();
+    let class = class::of(text.as_bytes());
+    (Cow::Owned(text), class)
+}
+
+/// [`decode`] for text already known to be UTF-8 (JSON strings).
+fn decode_text(text: &str) -> (Cow<'_, str>, u64) {
+    let class = class::of(text.as_bytes());
+    if class & class::DECODE == 0 {
+        return (Cow::Borrowed(text), class);
+    }
+    let text = decode_value(text.as_bytes()).into_owned();
+    let class = class::of(text.as_bytes());
+    (Cow::Owned(text), class)
+}
+
 /// What kind of value a target is; rules select targets by kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Path,
     ArgName,
@@ -37,25 +64,42 @@ impl Kind {
 }
 
 /// One inspected value, already decoded (URL, overlong UTF-8, lossy UTF-8, HTML entities).
+///
+/// The value borrows the request when decoding changed nothing (most values); the key
+/// (argument, header or cookie name, or JSON path) lives in the collector's key arena, so
+/// a thousand JSON leaves cost no allocation each.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub struct Target<'a> {
     pub kind: Kind,
     /// Collection prefix: `Query`, `Form`, `Json`, `Multipart`, `Xml`, `Cookie`, `Header`...
     pub collection: &'static str,
-    /// Argument, header or cookie name, or a JSON path (`$.user.name`).
-    pub key: String,
-    pub value: String,
+    /// Range of the key in [`Collector::keys`].
+    key: Range<usize>,
+    pub value: Cow<'a, str>,
+    /// Byte classes of `value` ([`crate::class`]).
+    pub class: u64,
     /// Length of the raw value before it was cut to the argument length limit.
     pub raw_len: usize,
 }
 
-impl Target {
+impl Target<'_> {
+    /// Argument, header or cookie name, or a JSON path (`$.user.name`); `keys` is the
+    /// arena of the collector that made the target.
+    pub fn key<'k>(&self, keys: &'k str) -> &'k str {
+        keys.get(self.key.clone()).unwrap_or("")
+    }
+
     /// `Query:q`, `Json:$.user.name`, `Path`.
-    pub fn label(&self) -> String {
-        if self.key.is_empty() {
+    pub fn label(&self, keys: &str) -> String {
+        let key = self.key(keys);
+        if key.is_empty() {
             self.collection.to_string()
         } else {
-            format!("{}:{}", self.collection, self.key)
+            let mut label = String::with_capacity(self.collection.len() + 1 + key.len());
+            label.push_str(self.collection);
+            label.push(':');
+            label.push_str(key);
+            label
         }
     }
 }
@@ -91,18 +135,21 @@ pub struct ParseIssues {
     pub body_parse_error: Option<&'static str>,
 }
 
-pub struct Collector<'l> {
+pub struct Collector<'l, 'a> {
     pub limits: &'l ParseLimits,
-    pub targets: Vec<Target>,
+    pub targets: Vec<Target<'a>>,
+    /// Every target's key, back to back (see [`Target::key`]).
+    pub keys: String,
     pub issues: ParseIssues,
     pub args: usize,
 }
 
-impl<'l> Collector<'l> {
+impl<'l, 'a> Collector<'l, 'a> {
     pub fn new(limits: &'l ParseLimits) -> Self {
         Collector {
             limits,
             targets: Vec::new(),
+            keys: String::new(),
             issues: ParseIssues::default(),
             args: 0,
         }
@@ -119,10 +166,10 @@ impl<'l> Collector<'l> {
         true
     }
 
-    fn cut<'a>(&mut self, label: impl FnOnce() -> String, raw: &'a [u8]) -> &'a [u8] {
+    fn cut<'r>(&mut self, collection: &str, key: &str, raw: &'r [u8]) -> &'r [u8] {
         if raw.len() > self.limits.max_arg_length {
             if self.issues.arg_too_long.is_none() {
-                self.issues.arg_too_long = Some(label());
+                self.issues.arg_too_long = Some(format!("{collection}:{}", clip(key, MAX_KEY_LEN)));
             }
             // Inspect the head of the value: the finding above already scores the request,
             // and inspecting a prefix keeps the cost bounded by the limit.
@@ -132,32 +179,81 @@ impl<'l> Collector<'l> {
         }
     }
 
-    pub fn push(
+    fn intern(&mut self, key: &str) -> Range<usize> {
+        let start = self.keys.len();
+        self.keys.push_str(clip(key, MAX_KEY_LEN));
+        start..self.keys.len()
+    }
+
+    /// A value as received: cut to `maxArgLength` (except a whole unparsed body, bounded by
+    /// `inspectBodyBytes` alone), then decoded.
+    pub fn push(&mut self, kind: Kind, collection: &'static str, key: &str, raw: &'a [u8]) {
+        let cut = if kind == Kind::Body {
+            raw
+        } else {
+            self.cut(collection, key, raw)
+        };
+        let (value, class) = decode(cut);
+        self.push_decoded(kind, collection, key, value, class, raw.len());
+    }
+
+    /// [`Collector::push`] for text known to be UTF-8 (no second validation).
+    pub fn push_text(&mut self, kind: Kind, collection: &'static str, key: &str, raw: &'a str) {
+        if kind != Kind::Body && raw.len() > self.limits.max_arg_length {
+            return self.push(kind, collection, key, raw.as_bytes());
+        }
+        let (value, class) = decode_text(raw);
+        self.push_decoded(kind, collection, key, value, class, raw.len());
+    }
+
+    /// [`Collector::push`] for a value the parser had to build (unescaped, or from text
+    /// that was not valid UTF-8).
+    pub fn push_owned(&mut self, kind: Kind, collection: &'static str, key: &str, raw: &[u8]) {
+        let cut = if kind == Kind::Body {
+            raw
+        } else {
+            self.cut(collection, key, raw)
+        };
+        let (value, class) = decode(cut);
+        let value = Cow::Owned(value.into_owned());
+        self.push_decoded(kind, collection, key, value, class, raw.len());
+    }
+
+    /// A header value: bounded by the caller, not an argument.
+    pub fn push_header(&mut self, lower_name: &str, value: &'a [u8]) {
+        let (decoded, class) = decode(value);
+        self.push_decoded(
+            Kind::Header,
+            "Header",
+            lower_name,
+            decoded,
+            class,
+            value.len(),
+        );
+    }
+
+    fn push_decoded(
         &mut self,
         kind: Kind,
         collection: &'static str,
         key: &str,
-        raw: &[u8],
-        url_encoded: bool,
-        plus_as_space: bool,
+        value: Cow<'a, str>,
+        class: u64,
+        raw_len: usize,
     ) {
-        // An unparsed body is not an argument: it is bounded by `inspectBodyBytes` alone.
-        let cut = if kind == Kind::Body {
-            raw
-        } else {
-            self.cut(|| format!("{collection}:{}", clip(key, MAX_KEY_LEN)), raw)
-        };
+        let key = self.intern(key);
         self.targets.push(Target {
             kind,
             collection,
-            key: clip(key, MAX_KEY_LEN).to_string(),
-            value: decode_value(cut, url_encoded, plus_as_space),
-            raw_len: raw.len(),
+            key,
+            value,
+            class,
+            raw_len,
         });
     }
 
     /// `a=1&b=2` (query strings and form bodies): names and values.
-    pub fn urlencoded(&mut self, collection: &'static str, input: &[u8], plus_as_space: bool) {
+    pub fn urlencoded(&mut self, collection: &'static str, input: &'a [u8]) {
         for pair in input.split(|&b| b == b'&') {
             if pair.is_empty() {
                 continue;
@@ -169,33 +265,15 @@ impl<'l> Collector<'l> {
                 Some(i) => (&pair[..i], Some(&pair[i + 1..])),
                 None => (pair, None),
             };
-            let name_text = decode_value(
-                &name[..name.len().min(self.limits.max_arg_length)],
-                true,
-                plus_as_space,
-            );
-            self.push(
-                Kind::ArgName,
-                "ArgName",
-                &name_text,
-                name,
-                true,
-                plus_as_space,
-            );
+            let name_text = decode_value(&name[..name.len().min(self.limits.max_arg_length)]);
+            self.push(Kind::ArgName, "ArgName", &name_text, name);
             if let Some(value) = value {
-                self.push(
-                    Kind::Arg,
-                    collection,
-                    &name_text,
-                    value,
-                    true,
-                    plus_as_space,
-                );
+                self.push(Kind::Arg, collection, &name_text, value);
             }
         }
     }
 
-    pub fn cookies(&mut self, header: &[u8]) {
+    pub fn cookies(&mut self, header: &'a [u8]) {
         for pair in header.split(|&b| b == b';') {
             let pair = trim(pair);
             if pair.is_empty() {
@@ -208,88 +286,53 @@ impl<'l> Collector<'l> {
                 Some(i) => (&pair[..i], &pair[i + 1..]),
                 None => (pair, &b""[..]),
             };
-            let name_text =
-                String::from_utf8_lossy(&name[..name.len().min(MAX_KEY_LEN)]).into_owned();
-            self.push(
-                Kind::CookieName,
-                "CookieName",
-                &name_text,
-                name,
-                true,
-                false,
-            );
-            self.push(Kind::Cookie, "Cookie", &name_text, value, true, false);
+            let name_text = String::from_utf8_lossy(&name[..name.len().min(MAX_KEY_LEN)]);
+            self.push(Kind::CookieName, "CookieName", &name_text, name);
+            self.push(Kind::Cookie, "Cookie", &name_text, value);
         }
     }
 
-    /// Every key and scalar leaf of a JSON document, depth first, without recursion.
-    pub fn json(&mut self, body: &[u8], truncated: bool) {
-        let depth = json_depth(body);
-        if depth > self.limits.max_json_depth {
-            self.issues.json_too_deep = Some(depth);
-        }
-        // serde_json refuses documents nested deeper than 128 levels; anything that deep is
-        // already a finding, so inspect it as raw text rather than parse it.
-        let parsed = if depth <= 128 {
-            serde_json::from_slice::<Value>(body).ok()
-        } else {
-            None
-        };
-        let Some(value) = parsed else {
-            if !truncated && self.issues.json_too_deep.is_none() {
-                self.issues.body_parse_error = Some("invalid JSON");
+    /// Every key and scalar leaf of a JSON document, in document order, without recursion
+    /// and without building a tree: strings without escapes are inspected in place.
+    ///
+    /// The parser is as strict as `serde_json` (RFC 8259: no trailing commas or comments,
+    /// UTF-8 strings without raw control characters, paired surrogates, finite numbers);
+    /// a document it refuses is inspected as text and scored as unparsable, as before.
+    /// Duplicate keys are all inspected (a backend may read either copy).
+    pub fn json(&mut self, body: &'a [u8], truncated: bool) {
+        let targets = self.targets.len();
+        let keys = self.keys.len();
+        let args = self.args;
+        let issues = self.issues.clone();
+        match json::walk(body, self) {
+            Ok(depth) => {
+                if depth > self.limits.max_json_depth {
+                    self.issues.json_too_deep = Some(depth);
+                }
             }
-            self.push(Kind::Body, "Body", "", body, false, false);
-            return;
-        };
-        let mut stack: Vec<(String, &Value)> = vec![("$".to_string(), &value)];
-        while let Some((path, v)) = stack.pop() {
-            match v {
-                Value::Object(map) => {
-                    for (k, child) in map.iter() {
-                        if !self.count_arg() {
-                            return;
-                        }
-                        let child_path = format!("{}.{}", clip(&path, MAX_KEY_LEN), k);
-                        // Keys are attacker-chosen data too (payloads split across keys).
-                        self.push(
-                            Kind::ArgName,
-                            "JsonKey",
-                            &child_path,
-                            k.as_bytes(),
-                            false,
-                            false,
-                        );
-                        stack.push((child_path, child));
-                    }
+            Err(_) => {
+                // Undo what the walk pushed before it failed; the body is inspected whole.
+                self.targets.truncate(targets);
+                self.keys.truncate(keys);
+                self.args = args;
+                self.issues = issues;
+                let depth = json_depth(body);
+                if depth > self.limits.max_json_depth {
+                    self.issues.json_too_deep = Some(depth);
                 }
-                Value::Array(items) => {
-                    for (i, child) in items.iter().enumerate().rev() {
-                        stack.push((format!("{}[{i}]", clip(&path, MAX_KEY_LEN)), child));
-                    }
+                // A document cut at `inspectBodyBytes` cannot parse; that is not an error,
+                // and neither is one too deep to parse (already a finding).
+                if !truncated && self.issues.json_too_deep.is_none() {
+                    self.issues.body_parse_error = Some("invalid JSON");
                 }
-                leaf => {
-                    if !self.count_arg() {
-                        return;
-                    }
-                    match leaf {
-                        Value::String(s) => {
-                            self.push(Kind::Arg, "Json", &path, s.as_bytes(), false, false)
-                        }
-                        Value::Number(n) => {
-                            let s = n.to_string();
-                            self.push(Kind::Arg, "Json", &path, s.as_bytes(), false, false)
-                        }
-                        _ => {}
-                    }
-                }
+                self.push(Kind::Body, "Body", "", body);
             }
         }
     }
 
     /// `multipart/form-data`: field names and values, file names; file contents are not
     /// inspected (binary uploads would drown the rules in noise).
-    pub fn multipart(&mut self, body: &[u8], boundary: &str, truncated: bool) {
+    pub fn multipart(&mut self, body: &'a [u8], boundary: &str, truncated: bool) {
         let delimiter = format!("--{boundary}");
         let d = delimiter.as_bytes();
         let mut parts = split_on(body, d);
@@ -330,24 +373,10 @@ impl<'l> Collector<'l> {
                         .or_else(|| disposition_param(line, "filename*"));
                 }
             }
-            self.push(
-                Kind::ArgName,
-                "ArgName",
-                &name,
-                name.as_bytes(),
-                false,
-                false,
-            );
+            self.push_owned(Kind::ArgName, "ArgName", &name, name.as_bytes());
             match filename {
-                Some(f) => self.push(
-                    Kind::Filename,
-                    "Filename",
-                    &name,
-                    f.as_bytes(),
-                    false,
-                    false,
-                ),
-                None => self.push(Kind::Arg, "Multipart", &name, content, false, false),
+                Some(f) => self.push_owned(Kind::Filename, "Filename", &name, f.as_bytes()),
+                None => self.push(Kind::Arg, "Multipart", &name, content),
             }
         }
         if !closed && !truncated {
@@ -356,39 +385,433 @@ impl<'l> Collector<'l> {
     }
 
     /// XML: element text and attribute values (what CRS calls `XML:/*`).
-    pub fn xml(&mut self, body: &[u8]) {
+    pub fn xml(&mut self, body: &'a [u8]) {
         let text = String::from_utf8_lossy(body);
-        let mut rest: &str = &text;
-        while !rest.is_empty() {
-            match rest.find('<') {
-                Some(start) => {
-                    let before = rest[..start].trim();
-                    if !before.is_empty() {
-                        if !self.count_arg() {
-                            return;
-                        }
-                        self.push(Kind::Arg, "Xml", "", before.as_bytes(), false, false);
-                    }
-                    let tag_rest = &rest[start..];
-                    let end = tag_rest.find('>').map_or(tag_rest.len(), |e| e + 1);
-                    let tag = &tag_rest[..end];
-                    for value in quoted_values(tag) {
-                        if !self.count_arg() {
-                            return;
-                        }
-                        self.push(Kind::Arg, "Xml", "@", value.as_bytes(), false, false);
-                    }
-                    rest = &tag_rest[end..];
+        for (key, range) in xml_values(&text) {
+            if !self.count_arg() {
+                return;
+            }
+            match &text {
+                Cow::Borrowed(t) => {
+                    let value: &'a str = &t[range];
+                    self.push_text(Kind::Arg, "Xml", key, value);
                 }
-                None => {
-                    let tail = rest.trim();
-                    if !tail.is_empty() && self.count_arg() {
-                        self.push(Kind::Arg, "Xml", "", tail.as_bytes(), false, false);
+                Cow::Owned(t) => self.push_owned(Kind::Arg, "Xml", key, t[range].as_bytes()),
+            }
+        }
+    }
+}
+
+/// Element text (key `""`) and attribute values (key `"@"`) of an XML text, in order.
+fn xml_values(text: &str) -> Vec<(&'static str, Range<usize>)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    let range_of = |s: &str| {
+        let start = s.as_ptr() as usize - text.as_ptr() as usize;
+        start..start + s.len()
+    };
+    while at < text.len() {
+        let rest = &text[at..];
+        match rest.find('<') {
+            Some(start) => {
+                let before = rest[..start].trim();
+                if !before.is_empty() {
+                    out.push(("", range_of(before)));
+                }
+                let tag_rest = &rest[start..];
+                let end = tag_rest.find('>').map_or(tag_rest.len(), |e| e + 1);
+                for value in quoted_values(&tag_rest[..end]) {
+                    out.push(("@", range_of(value)));
+                }
+                at += start + end;
+            }
+            None => {
+                let tail = rest.trim();
+                if !tail.is_empty() {
+                    out.push(("", range_of(tail)));
+                }
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The strict, iterative JSON walker behind [`Collector::json`].
+mod json {
+    use std::borrow::Cow;
+
+    use super::{clip, Collector, Kind, MAX_KEY_LEN};
+
+    /// Nesting past which the document is not parsed (serde_json's limit, kept so that
+    /// what is refused did not change); it is inspected as text instead.
+    const MAX_DEPTH: usize = 128;
+
+    #[derive(Debug)]
+    pub struct Invalid;
+
+    enum Frame {
+        Object { base: usize },
+        Array { base: usize, next: usize },
+    }
+
+    struct Reader<'a> {
+        /// The document, valid UTF-8 (checked once: JSON outside strings is ASCII and
+        /// strings must be UTF-8, so a document that is not is invalid anyway).
+        text: &'a str,
+        b: &'a [u8],
+        i: usize,
+    }
+
+    impl<'a> Reader<'a> {
+        fn skip_ws(&mut self) {
+            while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+                self.i += 1;
+            }
+        }
+
+        fn peek(&self) -> Option<u8> {
+            self.b.get(self.i).copied()
+        }
+
+        fn expect(&mut self, byte: u8) -> Result<(), Invalid> {
+            self.skip_ws();
+            if self.peek() == Some(byte) {
+                self.i += 1;
+                Ok(())
+            } else {
+                Err(Invalid)
+            }
+        }
+
+        fn literal(&mut self, word: &[u8]) -> Result<(), Invalid> {
+            if self.b[self.i..].starts_with(word) {
+                self.i += word.len();
+                Ok(())
+            } else {
+                Err(Invalid)
+            }
+        }
+
+        /// A string whose opening quote is at `self.i`: borrowed when it has no escapes.
+        fn string(&mut self) -> Result<Cow<'a, str>, Invalid> {
+            self.i += 1;
+            let start = self.i;
+            let end = start
+                + self.b[start..]
+                    .iter()
+                    .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                    .ok_or(Invalid)?;
+            self.i = end;
+            if self.b[end] == b'"' {
+                self.i += 1;
+                // Both ends are ASCII quotes, so this is a char boundary slice.
+                return self.text.get(start..end).map(Cow::Borrowed).ok_or(Invalid);
+            }
+            let mut out = String::from(self.text.get(start..end).ok_or(Invalid)?);
+            loop {
+                let seg = self.i;
+                let end = seg
+                    + self.b[seg..]
+                        .iter()
+                        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                        .ok_or(Invalid)?;
+                out.push_str(self.text.get(seg..end).ok_or(Invalid)?);
+                self.i = end + 1;
+                match self.b[end] {
+                    b'"' => return Ok(Cow::Owned(out)),
+                    b'\\' => {}
+                    _ => return Err(Invalid),
+                }
+                let c = match self.peek().ok_or(Invalid)? {
+                    b'"' => '"',
+                    b'\\' => '\\',
+                    b'/' => '/',
+                    b'b' => '\u{8}',
+                    b'f' => '\u{c}',
+                    b'n' => '\n',
+                    b'r' => '\r',
+                    b't' => '\t',
+                    b'u' => {
+                        self.i += 1;
+                        out.push(self.unicode_escape()?);
+                        continue;
                     }
-                    return;
+                    _ => return Err(Invalid),
+                };
+                self.i += 1;
+                out.push(c);
+            }
+        }
+
+        fn hex4(&mut self) -> Result<u32, Invalid> {
+            let digits = self.b.get(self.i..self.i + 4).ok_or(Invalid)?;
+            let mut n = 0u32;
+            for &d in digits {
+                n = (n << 4) | char::from(d).to_digit(16).ok_or(Invalid)?;
+            }
+            self.i += 4;
+            Ok(n)
+        }
+
+        /// After `\u`: one code point; surrogates must come in pairs (as serde_json
+        /// requires for text).
+        fn unicode_escape(&mut self) -> Result<char, Invalid> {
+            let n = self.hex4()?;
+            match n {
+                0xDC00..=0xDFFF => Err(Invalid),
+                0xD800..=0xDBFF => {
+                    if self.b.get(self.i..self.i + 2) != Some(b"\\u") {
+                        return Err(Invalid);
+                    }
+                    self.i += 2;
+                    let low = self.hex4()?;
+                    if !(0xDC00..=0xDFFF).contains(&low) {
+                        return Err(Invalid);
+                    }
+                    char::from_u32(0x10000 + ((n - 0xD800) << 10) + (low - 0xDC00)).ok_or(Invalid)
+                }
+                _ => char::from_u32(n).ok_or(Invalid),
+            }
+        }
+
+        /// A number (RFC 8259 grammar), as written in the document.
+        fn number(&mut self) -> Result<&'a [u8], Invalid> {
+            let start = self.i;
+            if self.peek() == Some(b'-') {
+                self.i += 1;
+            }
+            let int_start = self.i;
+            match self.peek() {
+                Some(b'0') => self.i += 1,
+                Some(b'1'..=b'9') => self.digits(),
+                _ => return Err(Invalid),
+            }
+            let int_digits = self.i - int_start;
+            if self.peek() == Some(b'.') {
+                self.i += 1;
+                if !matches!(self.peek(), Some(b'0'..=b'9')) {
+                    return Err(Invalid);
+                }
+                self.digits();
+            }
+            let mut exponent: i64 = 0;
+            if let Some(b'e' | b'E') = self.peek() {
+                self.i += 1;
+                let negative = match self.peek() {
+                    Some(b'-') => {
+                        self.i += 1;
+                        true
+                    }
+                    Some(b'+') => {
+                        self.i += 1;
+                        false
+                    }
+                    _ => false,
+                };
+                let exp_start = self.i;
+                if !matches!(self.peek(), Some(b'0'..=b'9')) {
+                    return Err(Invalid);
+                }
+                self.digits();
+                for &d in &self.b[exp_start..self.i] {
+                    exponent = (exponent * 10 + i64::from(d - b'0')).min(1 << 40);
+                }
+                if negative {
+                    exponent = -exponent;
+                }
+            }
+            let text = &self.b[start..self.i];
+            // serde_json refuses numbers that overflow f64. The value is below
+            // 10^(integer digits + exponent), so only when that reaches the 1e308 range does
+            // the exact (slower) parse run.
+            if int_digits as i64 + exponent >= 300 {
+                let finite = std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .is_some_and(f64::is_finite);
+                if !finite {
+                    return Err(Invalid);
+                }
+            }
+            Ok(text)
+        }
+
+        fn digits(&mut self) {
+            while let Some(b'0'..=b'9') = self.peek() {
+                self.i += 1;
+            }
+        }
+    }
+
+    /// Walks `body`, pushing keys and leaves into `c`; the document's nesting depth, or
+    /// `Invalid` (nothing is kept then: the caller truncates what was pushed).
+    pub fn walk<'a>(body: &'a [u8], c: &mut Collector<'_, 'a>) -> Result<usize, Invalid> {
+        let text = std::str::from_utf8(body).map_err(|_| Invalid)?;
+        let mut r = Reader {
+            text,
+            b: body,
+            i: 0,
+        };
+        // A 1 KiB document holds ~100 keys and leaves; growing from empty costs a few
+        // reallocations per request. Bounded so that a large body does not reserve much.
+        c.targets.reserve((body.len() / 10).min(1024));
+        c.keys.reserve((body.len() * 2).min(16 * 1024));
+        let mut stack: Vec<Frame> = Vec::new();
+        let mut path = String::from("$");
+        let mut max_depth = 0;
+        // Past `maxArgs` the walk goes on (the document must still be valid) but keeps
+        // nothing more.
+        let mut keep = true;
+        r.skip_ws();
+        'value: loop {
+            // A value starts here; `path` is its path.
+            r.skip_ws();
+            match r.peek().ok_or(Invalid)? {
+                open @ (b'{' | b'[') => {
+                    r.i += 1;
+                    if stack.len() >= MAX_DEPTH {
+                        return Err(Invalid);
+                    }
+                    let base = clip(&path, MAX_KEY_LEN).len();
+                    path.truncate(base);
+                    r.skip_ws();
+                    if open == b'{' {
+                        stack.push(Frame::Object { base });
+                        max_depth = max_depth.max(stack.len());
+                        if r.peek() != Some(b'}') {
+                            keep = key(&mut r, c, &mut path, base, keep)?;
+                            continue 'value;
+                        }
+                        r.i += 1;
+                    } else {
+                        stack.push(Frame::Array { base, next: 1 });
+                        max_depth = max_depth.max(stack.len());
+                        if r.peek() != Some(b']') {
+                            path.push_str("[0]");
+                            continue 'value;
+                        }
+                        r.i += 1;
+                    }
+                    stack.pop();
+                }
+                b'"' => {
+                    let s = r.string()?;
+                    keep = keep && c.count_arg();
+                    if keep {
+                        match s {
+                            Cow::Borrowed(s) => c.push_text(Kind::Arg, "Json", &path, s),
+                            Cow::Owned(s) => c.push_owned(Kind::Arg, "Json", &path, s.as_bytes()),
+                        }
+                    }
+                }
+                b'-' | b'0'..=b'9' => {
+                    let n = r.number()?;
+                    keep = keep && c.count_arg();
+                    if keep {
+                        c.push(Kind::Arg, "Json", &path, n);
+                    }
+                }
+                b't' | b'f' | b'n' => {
+                    match r.peek() {
+                        Some(b't') => r.literal(b"true")?,
+                        Some(b'f') => r.literal(b"false")?,
+                        _ => r.literal(b"null")?,
+                    }
+                    keep = keep && c.count_arg();
+                }
+                _ => return Err(Invalid),
+            }
+            // After a value: a separator or the end of its container (or of the document).
+            loop {
+                r.skip_ws();
+                match stack.last_mut() {
+                    None => {
+                        return if r.i == body.len() {
+                            Ok(max_depth)
+                        } else {
+                            Err(Invalid)
+                        };
+                    }
+                    Some(Frame::Object { base }) => {
+                        let base = *base;
+                        match r.peek() {
+                            Some(b',') => {
+                                r.i += 1;
+                                keep = key(&mut r, c, &mut path, base, keep)?;
+                                continue 'value;
+                            }
+                            Some(b'}') => {
+                                r.i += 1;
+                                stack.pop();
+                            }
+                            _ => return Err(Invalid),
+                        }
+                    }
+                    Some(Frame::Array { base, next }) => match r.peek() {
+                        Some(b',') => {
+                            r.i += 1;
+                            path.truncate(*base);
+                            push_index(&mut path, *next);
+                            *next += 1;
+                            continue 'value;
+                        }
+                        Some(b']') => {
+                            r.i += 1;
+                            stack.pop();
+                        }
+                        _ => return Err(Invalid),
+                    },
                 }
             }
         }
+    }
+
+    /// `"key":` of an object member; sets `path` to the member's path and inspects the
+    /// key itself (attacker-chosen data too: payloads are split across keys).
+    fn key<'a>(
+        r: &mut Reader<'a>,
+        c: &mut Collector<'_, 'a>,
+        path: &mut String,
+        base: usize,
+        keep: bool,
+    ) -> Result<bool, Invalid> {
+        r.skip_ws();
+        if r.peek() != Some(b'"') {
+            return Err(Invalid);
+        }
+        let k = r.string()?;
+        r.expect(b':')?;
+        path.truncate(base);
+        path.push('.');
+        path.push_str(&k);
+        let keep = keep && c.count_arg();
+        if keep {
+            match k {
+                Cow::Borrowed(k) => c.push_text(Kind::ArgName, "JsonKey", path, k),
+                Cow::Owned(k) => c.push_owned(Kind::ArgName, "JsonKey", path, k.as_bytes()),
+            }
+        }
+        Ok(keep)
+    }
+
+    /// `[i]`, without the formatting machinery (one per array element).
+    fn push_index(path: &mut String, mut i: usize) {
+        let mut digits = [0u8; 20];
+        let mut n = digits.len();
+        loop {
+            n -= 1;
+            digits[n] = b'0' + (i % 10) as u8;
+            i /= 10;
+            if i == 0 {
+                break;
+            }
+        }
+        path.push('[');
+        for &d in &digits[n..] {
+            path.push(char::from(d));
+        }
+        path.push(']');
     }
 }
 
@@ -466,7 +889,10 @@ fn memchr_find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     None
 }
 
-fn split_on<'a>(hay: &'a [u8], delim: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+fn split_on<'h, 'd>(
+    hay: &'h [u8],
+    delim: &'d [u8],
+) -> impl Iterator<Item = &'h [u8]> + use<'h, 'd> {
     let mut rest = Some(hay);
     std::iter::from_fn(move || {
         let r = rest?;
@@ -532,11 +958,15 @@ mod tests {
         max_json_depth: 3,
     };
 
+    fn labels(c: &Collector<'_, '_>) -> Vec<String> {
+        c.targets.iter().map(|t| t.label(&c.keys)).collect()
+    }
+
     #[test]
     fn json_keys_and_leaves() {
         let mut c = Collector::new(&LIMITS);
         c.json(br#"{"user": {"name": "bob", "tags": ["a", 1]}}"#, false);
-        let labels: Vec<String> = c.targets.iter().map(Target::label).collect();
+        let labels = labels(&c);
         assert!(
             labels.contains(&"Json:$.user.name".to_string()),
             "{labels:?}"
@@ -555,6 +985,185 @@ mod tests {
         assert_eq!(c.issues.json_too_deep, Some(5));
     }
 
+    /// Keys and string leaves as serde_json sees them (decoded as the engine decodes, and
+    /// without anything that reads as a number, since numbers are kept as written),
+    /// `None` if it refuses the document.
+    fn serde_strings(doc: &[u8]) -> Option<Vec<String>> {
+        let value: serde_json::Value = serde_json::from_slice(doc).ok()?;
+        let mut out = Vec::new();
+        let mut stack = vec![&value];
+        while let Some(v) = stack.pop() {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for (k, child) in map {
+                        out.push(k.clone());
+                        stack.push(child);
+                    }
+                }
+                serde_json::Value::Array(items) => stack.extend(items),
+                serde_json::Value::String(s) => out.push(s.clone()),
+                _ => {}
+            }
+        }
+        let mut out: Vec<String> = out
+            .iter()
+            .map(|s| decode_value(s.as_bytes()).into_owned())
+            .filter(|s| !doc_number(s))
+            .collect();
+        out.sort();
+        Some(out)
+    }
+
+    /// The same from our walker (keys and leaves that are not numbers).
+    fn walker_strings(doc: &[u8]) -> Option<Vec<String>> {
+        let limits = ParseLimits {
+            max_args: usize::MAX,
+            max_arg_length: usize::MAX,
+            max_json_depth: 1000,
+        };
+        let mut c = Collector::new(&limits);
+        json::walk(doc, &mut c).ok()?;
+        let mut out: Vec<String> = c
+            .targets
+            .iter()
+            .filter(|t| !doc_number(&t.value))
+            .map(|t| t.value.to_string())
+            .collect();
+        out.sort();
+        Some(out)
+    }
+
+    fn doc_number(v: &str) -> bool {
+        v.parse::<f64>().is_ok() && !v.contains(['i', 'n', 'I', 'N'])
+    }
+
+    #[test]
+    fn json_walker_agrees_with_serde_json() {
+        let fixed: &[&[u8]] = &[
+            br#"{"a": 1, "b": [true, false, null, "x", -0.5e-3, 0], "c": {"d": "e"}}"#,
+            br#"  "top"  "#,
+            b"12",
+            b"-",
+            b"01",
+            b"1.",
+            b"1.e3",
+            b"1e",
+            b"1e400",
+            b"-1e309",
+            b"0.5e308",
+            b"0.5e400",
+            b"0.0e999",
+            b"-0.00001e309",
+            b"9e307",
+            b"[1,]",
+            b"{\"a\":1,}",
+            b"{\"a\" 1}",
+            b"{a:1}",
+            b"[1 2]",
+            b"[] []",
+            b"\"\\u00e9\\ud83d\\ude00\"",
+            b"\"\\ud800\"",
+            b"\"\\udc00\"",
+            b"\"\\ud800\\u0041\"",
+            b"\"\\x41\"",
+            b"\"tab\there\"",
+            b"\"\xff\"",
+            b"\"\xc3\xa9\"",
+            b"\"a\\/b\\\\c\\\"d\\b\\f\\n\\r\\t\"",
+            b"tru",
+            b"nulll",
+            b"{\"a\":{\"a\":{\"a\":[[[]]]}}}",
+            b"",
+            b"   ",
+            b"{\"\":\"\"}",
+            b"\"\\u0000\"",
+        ];
+        for doc in fixed {
+            assert_eq!(
+                walker_strings(doc),
+                serde_strings(doc),
+                "{:?}",
+                String::from_utf8_lossy(doc)
+            );
+        }
+        let big = format!("1{}", "0".repeat(310));
+        let small = format!("0.{}1e600", "0".repeat(300));
+        let long = format!("[{}]", "1".repeat(300));
+        for doc in [big, small, long] {
+            assert_eq!(
+                walker_strings(doc.as_bytes()).is_some(),
+                serde_strings(doc.as_bytes()).is_some(),
+                "{doc}"
+            );
+        }
+        // Random token soup: mostly invalid documents, some valid ones.
+        let pieces: &[&[u8]] = &[
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b",",
+            b":",
+            b" ",
+            b"\"k\"",
+            b"\"v w\"",
+            b"\"\\u00e9\"",
+            b"\"\\ud83d\\ude00\"",
+            b"\"\\n\"",
+            b"1",
+            b"-2.5",
+            b"3e2",
+            b"0",
+            b"true",
+            b"null",
+            b"\"%3C\"",
+            b"\"a'b\"",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut valid = 0;
+        for _ in 0..50_000 {
+            let mut doc = Vec::new();
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let n = 1 + (seed >> 60) as usize;
+            for _ in 0..n {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                doc.extend_from_slice(pieces[(seed >> 33) as usize % pieces.len()]);
+            }
+            let expected = serde_strings(&doc);
+            valid += usize::from(expected.is_some());
+            assert_eq!(
+                walker_strings(&doc),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(&doc)
+            );
+        }
+        assert!(valid > 1000, "{valid} valid documents");
+    }
+
+    #[test]
+    fn json_paths_are_clipped_and_invalid_json_is_a_body() {
+        let key = "k".repeat(200);
+        let doc = format!(r#"{{"{key}": {{"x": [1, {{"y": "z"}}]}}}}"#);
+        let mut c = Collector::new(&LIMITS);
+        c.json(doc.as_bytes(), false);
+        for t in &c.targets {
+            assert!(t.key(&c.keys).len() <= MAX_KEY_LEN);
+        }
+        let mut c = Collector::new(&LIMITS);
+        c.json(br#"{"a": "b",}"#, false);
+        assert_eq!(c.issues.body_parse_error, Some("invalid JSON"));
+        assert_eq!(labels(&c), ["Body"]);
+        let mut c = Collector::new(&LIMITS);
+        c.json(br#"{"a": "b""#, true);
+        assert_eq!(c.issues.body_parse_error, None);
+        assert_eq!(labels(&c), ["Body"]);
+    }
+
     #[test]
     fn multipart_names_and_files() {
         let body = b"--xx\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nhello\r\n--xx\r\nContent-Disposition: form-data; name=\"f\"; filename=\"x.php\"\r\nContent-Type: text/plain\r\n\r\n<?php\r\n--xx--\r\n";
@@ -563,7 +1172,7 @@ mod tests {
         let labels: Vec<(String, String)> = c
             .targets
             .iter()
-            .map(|t| (t.label(), t.value.clone()))
+            .map(|t| (t.label(&c.keys), t.value.to_string()))
             .collect();
         assert!(
             labels.contains(&("Multipart:a".into(), "hello".into())),
@@ -583,10 +1192,12 @@ mod tests {
     #[test]
     fn arg_limits() {
         let mut c = Collector::new(&LIMITS);
-        c.urlencoded("Query", "a=1&".repeat(20).as_bytes(), true);
+        let q = "a=1&".repeat(20);
+        c.urlencoded("Query", q.as_bytes());
         assert!(c.issues.too_many_args);
         let mut c = Collector::new(&LIMITS);
-        c.urlencoded("Query", format!("a={}", "x".repeat(500)).as_bytes(), true);
+        let q = format!("a={}", "x".repeat(500));
+        c.urlencoded("Query", q.as_bytes());
         assert_eq!(c.issues.arg_too_long.as_deref(), Some("Query:a"));
     }
 }

@@ -192,10 +192,33 @@ fn decode_entity(name: &str) -> Option<char> {
     })
 }
 
-/// Lowercase, NULs removed, whitespace runs compressed to one space.
-pub fn lower_compress(input: &str) -> String {
+/// Lowercase, NULs removed, whitespace runs compressed to one space. Borrows when the
+/// value is already in that form (ASCII without capitals, NULs, control whitespace or
+/// double spaces: most argument values), which is checked in one pass.
+pub fn lower_compress(input: &str) -> Cow<'_, str> {
+    if is_lower_compressed(input.as_bytes()) {
+        return Cow::Borrowed(input);
+    }
     let mut out = String::with_capacity(input.len());
     let mut in_space = false;
+    if input.is_ascii() {
+        for &b in input.as_bytes() {
+            match b {
+                0 => {}
+                b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r' => {
+                    if !in_space {
+                        out.push(' ');
+                    }
+                    in_space = true;
+                }
+                _ => {
+                    in_space = false;
+                    out.push(char::from(b.to_ascii_lowercase()));
+                }
+            }
+        }
+        return Cow::Owned(out);
+    }
     for c in input.chars() {
         if c == '\0' {
             continue;
@@ -214,7 +237,21 @@ pub fn lower_compress(input: &str) -> String {
             out.extend(c.to_lowercase());
         }
     }
-    out
+    Cow::Owned(out)
+}
+
+/// `lower_compress` would return these bytes unchanged.
+fn is_lower_compressed(bytes: &[u8]) -> bool {
+    let mut prev_space = false;
+    for &b in bytes {
+        match b {
+            b' ' if prev_space => return false,
+            b' ' => prev_space = true,
+            b'A'..=b'Z' | 0 | b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | 0x80..=0xFF => return false,
+            _ => prev_space = false,
+        }
+    }
+    true
 }
 
 pub fn remove_nulls(input: &str) -> Cow<'_, str> {
@@ -324,17 +361,30 @@ pub fn bytes_to_text(bytes: &[u8]) -> Cow<'_, str> {
 /// The standard decoding chain applied to every inspected value: URL decoding until stable
 /// (`+` as space, as servers decode arguments), overlong UTF-8 folding, bytes to text,
 /// HTML entities (twice: `&amp;lt;` is a common double encoding).
-pub fn decode_value(raw: &[u8], _url_encoded: bool, _plus_as_space: bool) -> String {
-    // Every value is URL-decoded, whatever its source: JSON strings and headers are not
-    // URL-encoded by protocol, but applications often decode them, so attackers encode.
+///
+/// Every value is URL-decoded, whatever its source: JSON strings and headers are not
+/// URL-encoded by protocol, but applications often decode them, so attackers encode.
+///
+/// Borrows the input when no step would change it (no `%`, `+`, `&`, valid UTF-8 without
+/// the lead bytes of overlong forms): the common case, found with one scan and no copy.
+pub fn decode_value(raw: &[u8]) -> Cow<'_, str> {
+    if !raw
+        .iter()
+        .any(|&b| matches!(b, b'%' | b'+' | b'&' | 0xC0 | 0xC1 | 0xE0))
+    {
+        if let Ok(text) = std::str::from_utf8(raw) {
+            return Cow::Borrowed(text);
+        }
+    }
     let url = url_decode_repeated(raw, true);
     let folded = fold_overlong_utf8(&url);
     let text = bytes_to_text(&folded);
     let once = html_entity_decode(&text);
-    match html_entity_decode(&once) {
+    let twice = match html_entity_decode(&once) {
         Cow::Borrowed(_) => once.into_owned(),
         Cow::Owned(twice) => twice,
-    }
+    };
+    Cow::Owned(twice)
 }
 
 /// Shell command-line normalization (like CRS `t:cmdLine`): quotes, backslashes and carets
@@ -397,5 +447,32 @@ mod tests {
         assert_eq!(normalize_path("/a/./b/../c//d\\e"), "/a/c/d/e");
         assert_eq!(normalize_path("/../../"), "/");
         assert_eq!(lower_compress("A\0B  \t C"), "ab c");
+        assert!(matches!(lower_compress("a b-c_1"), Cow::Borrowed(_)));
+        for s in [
+            "a  b",
+            "A",
+            "a\tb",
+            "a\0",
+            "\u{e9}t\u{e9}",
+            " ",
+            "a ",
+            "a\nb",
+        ] {
+            let slow: String = lower_compress(&format!("{s}\u{1}")).into_owned();
+            assert_eq!(format!("{}\u{1}", lower_compress(s)), slow, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn decode_value_borrows_plain_values() {
+        assert!(matches!(decode_value(b"plain value-1.0"), Cow::Borrowed(_)));
+        assert!(matches!(
+            decode_value("caf\u{e9}".as_bytes()),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(decode_value(b"a+b%3Cscript%3E"), "a b<script>");
+        assert_eq!(decode_value(b"&amp;lt;x"), "<x");
+        assert_eq!(decode_value(b"\xc0\xae\xc0\xae/"), "../");
+        assert_eq!(decode_value(b"\xbcscript\xbe"), "\u{bc}script\u{be}");
     }
 }

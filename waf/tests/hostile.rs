@@ -464,3 +464,43 @@ fn benign_api_traffic_is_not_blocked_at_pl1() {
         blocked.join("\n")
     );
 }
+
+/// Values repeated in a body are inspected once when clean; an attack repeated under several
+/// keys is still found under each of them, and an exclusion for one label leaves the others.
+#[test]
+fn repeated_values_are_each_inspected_when_they_match() {
+    let items: Vec<String> = (0..20)
+        .map(|i| format!(r#"{{"sku": "SKU-{i}", "title": "Blue shirt", "note": "1' OR '1'='1"}}"#))
+        .collect();
+    let body = format!(r#"{{"items": [{}]}}"#, items.join(", "));
+    let req = Req::new("POST", "/api/orders").json(&body);
+    let eval = req.evaluate(&engine(1));
+    // Findings are capped for the audit line, the score is not: every one of the 20 notes
+    // must have scored (libinjection alone gives 5 each).
+    assert!(eval.score >= 20 * 5, "score {}", eval.score);
+    let one = Req::new("POST", "/api/orders").json(&format!(r#"{{"items": [{}]}}"#, items[0]));
+    let single = one.evaluate(&engine(1)).score;
+    assert_eq!(
+        eval.score,
+        20 * single,
+        "each repetition scores like the first"
+    );
+    let excluded = portcullis_waf::Engine::new(portcullis_waf::PolicyConfig {
+        exclusions: vec![portcullis_waf::Exclusion {
+            rule_ids: vec![942100],
+            paths: vec![],
+            targets: vec!["Json:$.items[0].note".into()],
+        }],
+        ..Default::default()
+    })
+    .expect("policy builds");
+    let eval = req.evaluate(&excluded);
+    assert!(!eval
+        .findings
+        .iter()
+        .any(|f| f.rule_id == 942100 && f.target == "Json:$.items[0].note"));
+    assert!(eval
+        .findings
+        .iter()
+        .any(|f| f.rule_id == 942100 && f.target == "Json:$.items[1].note"));
+}

@@ -1,0 +1,134 @@
+//! Byte classes of a value, gathered in one table-driven pass when the value is collected:
+//! whether it needs decoding or normalizing, what libinjection could make of it, CR/LF,
+//! and which punctuation bytes it holds (the engine's single-byte rule literals).
+
+/// Not an identifier byte (`[A-Za-z0-9_.-]`).
+pub const NON_IDENT: u64 = 1;
+/// SQL punctuation (see `worth_sqli` in the engine).
+pub const SQL_PUNCT: u64 = 1 << 1;
+pub const NON_ASCII: u64 = 1 << 2;
+pub const DASH: u64 = 1 << 3;
+/// What XSS needs: markup, an attribute or a scheme.
+pub const XSS: u64 = 1 << 4;
+/// What makes a path worth libinjection.
+pub const PATH_SQL: u64 = 1 << 5;
+pub const CRLF: u64 = 1 << 6;
+/// What `lower_compress` rewrites: capitals, NUL, control whitespace, non-ASCII.
+pub const NEEDS_NORM: u64 = 1 << 7;
+pub const SPACE: u64 = 1 << 8;
+/// NUL and control whitespace (`\t`, `\n`, `\x0b`, `\x0c`, `\r`).
+pub const CONTROL: u64 = 1 << 10;
+/// What `decode_value` could change: `%`, `+`, `&` and the lead bytes of overlong UTF-8.
+pub const DECODE: u64 = 1 << 9;
+
+/// Bits `PUNCT_SHIFT..` say which of [`PUNCT`] occur, one bit per byte.
+pub const PUNCT_SHIFT: u32 = 16;
+/// Space and the 32 ASCII punctuation characters.
+pub const PUNCT: &[u8; 33] = b" !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
+
+pub static BYTE_CLASS: [u64; 256] = table();
+
+/// The union of the classes of `bytes`.
+pub fn of(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0, |c, &b| c | BYTE_CLASS[usize::from(b)])
+}
+
+/// Index in [`PUNCT`] of `b`, if it is there.
+pub fn punct_index(b: u8) -> Option<usize> {
+    PUNCT.iter().position(|&p| p == b)
+}
+
+const fn table() -> [u64; 256] {
+    let mut table = [0u64; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut c = 0;
+        if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-') {
+            c |= NON_IDENT;
+        }
+        if matches!(
+            b,
+            b'\''
+                | b'"'
+                | b'`'
+                | b';'
+                | b'('
+                | b')'
+                | b'='
+                | b'<'
+                | b'>'
+                | b'#'
+                | b'*'
+                | b'/'
+                | b'|'
+                | b'&'
+                | b'@'
+                | b'\\'
+                | b'%'
+                | b'^'
+                | b'~'
+                | b'!'
+                | b'{'
+                | b'}'
+                | b'['
+                | b']'
+        ) {
+            c |= SQL_PUNCT;
+        }
+        if b >= 0x80 {
+            c |= NON_ASCII | NEEDS_NORM;
+        }
+        if b == b'-' {
+            c |= DASH;
+        }
+        if matches!(b, b'<' | b'>' | b'=' | b':' | b'"' | b'\'' | b'`') {
+            c |= XSS;
+        }
+        if matches!(b, b'\'' | b'"' | b'(' | b' ' | b';') {
+            c |= PATH_SQL;
+        }
+        if matches!(b, b'\r' | b'\n') {
+            c |= CRLF;
+        }
+        if b.is_ascii_uppercase() {
+            c |= NEEDS_NORM;
+        }
+        if matches!(b, 0 | b'\t' | b'\n' | 0x0B | 0x0C | b'\r') {
+            c |= NEEDS_NORM | CONTROL;
+        }
+        if b == b' ' {
+            c |= SPACE;
+        }
+        if matches!(b, b'%' | b'+' | b'&' | 0xC0 | 0xC1 | 0xE0) {
+            c |= DECODE;
+        }
+        let mut p = 0;
+        while p < PUNCT.len() {
+            if PUNCT[p] == b {
+                c |= 1 << (PUNCT_SHIFT + p as u32);
+            }
+            p += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes() {
+        assert_eq!(of(b"order_id") & (NON_IDENT | SQL_PUNCT | NEEDS_NORM), 0);
+        assert_ne!(of(b"Jane O'Neil") & SQL_PUNCT, 0);
+        assert_ne!(of(b"Jane") & NEEDS_NORM, 0);
+        assert_ne!(of(b"a%41") & DECODE, 0);
+        assert_ne!(of("é".as_bytes()) & (NON_ASCII | NEEDS_NORM | DECODE), 0);
+        let c = of(b"a;b");
+        assert_eq!(c >> PUNCT_SHIFT, 1 << punct_index(b';').unwrap_or(0));
+        assert!(PUNCT_SHIFT as usize + PUNCT.len() <= 64);
+    }
+}
