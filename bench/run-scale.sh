@@ -8,7 +8,8 @@
 #   bench/run-scale.sh [ROUTES=10000] [CONSUMERS=100000]      (CHANGES=7 per phase)
 #
 # Writes bench/results/scale-<UTC time>.json; operator, proxy and API server logs stay in
-# the temporary state directory it prints (KEEP_STATE=1 keeps it).
+# the temporary state directory it prints (KEEP_STATE=1 keeps it). The environment reaches
+# the operator and the proxy (e.g. MALLOC_ARENA_MAX=2, recorded in the results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUTES=${1:-10000}
@@ -18,6 +19,8 @@ RESULTS=bench/results
 mkdir -p "$RESULTS"
 
 cargo build --release -q -p portcullis-operator -p portcullis-proxy -p portcullis-bench
+# The revision the binaries were built from (the tree may change while the run goes on).
+GIT_REV="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- operator proxy compiler crds bench/src || echo -dirty)"
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -51,11 +54,14 @@ out="$RESULTS/scale-$(date -u +%Y%m%dT%H%M%SZ).json"
 raw=$(OPERATOR_PID=$OP_PID PROXY_PID=$PX_PID KUBECONFIG=$STATE/kubeconfig \
   target/release/scale-cluster "$ROUTES" "$CONSUMERS" "$OP_ADMIN" "$PX_ADMIN")
 # Compile and publish of every config the operator published, from its log.
-publishes=$(jq -c -R -s '[split("\n")[] | fromjson? | select(.fields.message == "published config") | {compile_ms: .fields.compile_ms, publish_ms: .fields.publish_ms, routes: .fields.routes, consumers: .fields.consumers, bytes: .fields.bytes}]' "$STATE/operator.log" 2>/dev/null || echo null)
+publishes=$(jq -c -R -s '[split("\n")[] | fromjson? | select(.fields.message == "published config") | .fields | del(.message, .generation)]' "$STATE/operator.log" 2>/dev/null || echo null)
+# When each config was loaded by the proxy (to split served_ms into operator and proxy time).
+loads=$(jq -c -R -s '[split("\n")[] | fromjson? | select(.fields.message == "config loaded from the cluster") | {at: .timestamp, generation: .fields.generation}]' "$STATE/proxy.log" 2>/dev/null || echo null)
+published_at=$(jq -c -R -s '[split("\n")[] | fromjson? | select(.fields.message == "published config") | {at: .timestamp, generation: .fields.generation}]' "$STATE/operator.log" 2>/dev/null || echo null)
 kill "$OP_PID" "$PX_PID" 2>/dev/null || true
 echo "in-memory compile of the same objects (operator and proxy stopped):" >&2
 in_memory=$(target/release/scale-compile "$ROUTES" "$CONSUMERS" 5 | tee /dev/stderr)
-jq -n --argjson run "$raw" --argjson publishes "$publishes" --arg in_memory "$in_memory" \
-  --arg git "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- operator proxy compiler bench || echo -dirty)" \
+jq -n --argjson run "$raw" --argjson publishes "$publishes" --argjson loads "$loads" --argjson published_at "$published_at" --arg in_memory "$in_memory" \
+  --arg git "$GIT_REV" --arg malloc_arena_max "${MALLOC_ARENA_MAX:-}" \
   --arg cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs)" \
-  '$run + {git: $git, cpu: $cpu, nproc: '"$(nproc)"', publishes: $publishes, in_memory_compile: $in_memory}' | tee "$out"
+  '$run + {git: $git, malloc_arena_max: $malloc_arena_max, cpu: $cpu, nproc: '"$(nproc)"', publishes: $publishes, published_at: $published_at, proxy_loads: $loads, in_memory_compile: $in_memory}' | tee "$out"

@@ -4,6 +4,8 @@
 //! Unlike the API server, which silently prunes unknown fields, standalone mode reports them:
 //! a misspelt field would otherwise disable a policy without a word.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::Secret;
 use portcullis_crds::{ApiRoute, ConsumerCredential, RateLimitPolicy, WafPolicy};
 use serde::de::DeserializeOwned;
@@ -95,17 +97,21 @@ fn add_document(snapshot: &mut Snapshot, mut value: Value) -> Result<(), String>
     }
     let label = format!("{kind} {name}");
     match kind.as_str() {
-        "ApiRoute" => snapshot.routes.push(typed::<ApiRoute>(&label, value)?),
+        "ApiRoute" => snapshot
+            .routes
+            .push(Arc::new(typed::<ApiRoute>(&label, value)?)),
         "ConsumerCredential" => snapshot
             .consumers
-            .push(typed::<ConsumerCredential>(&label, value)?),
+            .push(Arc::new(typed::<ConsumerCredential>(&label, value)?)),
         "RateLimitPolicy" => snapshot
             .rate_limit_policies
-            .push(typed::<RateLimitPolicy>(&label, value)?),
+            .push(Arc::new(typed::<RateLimitPolicy>(&label, value)?)),
         "WafPolicy" => snapshot
             .waf_policies
-            .push(typed::<WafPolicy>(&label, value)?),
-        _ => snapshot.secrets.push(typed::<Secret>(&label, value)?),
+            .push(Arc::new(typed::<WafPolicy>(&label, value)?)),
+        _ => snapshot
+            .secrets
+            .push(Arc::new(typed::<Secret>(&label, value)?)),
     }
     Ok(())
 }

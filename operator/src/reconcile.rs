@@ -111,11 +111,11 @@ pub fn classify_reports(leases: &[Arc<Lease>], now: Timestamp) -> Replicas {
     replicas
 }
 
-fn owned<K: Clone + Resource>(objects: Vec<Arc<K>>) -> Vec<K> {
+/// The cached objects that are not being deleted (shared, not copied).
+fn live<K: Resource>(objects: Vec<Arc<K>>) -> Vec<Arc<K>> {
     objects
         .into_iter()
         .filter(|o| o.meta().deletion_timestamp.is_none())
-        .map(|o| (*o).clone())
         .collect()
 }
 
@@ -211,8 +211,11 @@ impl Reconciler {
                 drop(snapshot);
                 let started = Instant::now();
                 let in_config = published.intern(&config.objects);
-                let targets = writer::targets(&statuses, &in_config);
-                let changed = writer::changed(previous.as_deref().map(Vec::as_slice), &targets);
+                let (targets, changed) = writer::resolve(
+                    &statuses,
+                    &in_config,
+                    previous.as_deref().map(Vec::as_slice),
+                );
                 let resolve_took = started.elapsed();
                 (
                     config,
@@ -299,11 +302,11 @@ impl Reconciler {
 
 fn snapshot(stores: &Stores) -> Snapshot {
     Snapshot {
-        routes: owned(stores.routes.state()),
-        consumers: owned(stores.consumers.state()),
-        rate_limit_policies: owned(stores.rate_limits.state()),
-        waf_policies: owned(stores.wafs.state()),
-        secrets: owned(stores.secrets.state()),
+        routes: live(stores.routes.state()),
+        consumers: live(stores.consumers.state()),
+        rate_limit_policies: live(stores.rate_limits.state()),
+        waf_policies: live(stores.wafs.state()),
+        secrets: live(stores.secrets.state()),
     }
 }
 

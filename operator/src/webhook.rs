@@ -60,25 +60,22 @@ pub fn validate(object: &serde_json::Value, namespace: &str, stores: Option<&Sto
             stores
                 .rate_limits
                 .state()
-                .iter()
-                .filter(|p| same_ns(p.metadata.namespace.as_ref()))
-                .map(|p| (**p).clone()),
+                .into_iter()
+                .filter(|p| same_ns(p.metadata.namespace.as_ref())),
         );
         snapshot.waf_policies.extend(
             stores
                 .wafs
                 .state()
-                .iter()
-                .filter(|p| same_ns(p.metadata.namespace.as_ref()))
-                .map(|p| (**p).clone()),
+                .into_iter()
+                .filter(|p| same_ns(p.metadata.namespace.as_ref())),
         );
         snapshot.secrets.extend(
             stores
                 .secrets
                 .state()
-                .iter()
-                .filter(|s| same_ns(s.metadata.namespace.as_ref()))
-                .map(|s| (**s).clone()),
+                .into_iter()
+                .filter(|s| same_ns(s.metadata.namespace.as_ref())),
         );
     }
     let name = object

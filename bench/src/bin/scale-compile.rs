@@ -1,6 +1,7 @@
 //! Times `compile()` and `delivery::encode()` for N routes and M consumers in memory.
 //! Usage: scale-compile [ROUTES] [CONSUMERS] [RUNS]
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use portcullis_bench::{consumer, route, secret, KEYS_PER_SECRET};
@@ -16,17 +17,19 @@ fn main() -> anyhow::Result<()> {
     let runs = args.get(2).copied().unwrap_or(5);
     let mut snapshot = Snapshot::default();
     for i in 0..routes {
-        snapshot.routes.push(serde_json::from_value(route(i))?);
+        snapshot
+            .routes
+            .push(Arc::new(serde_json::from_value(route(i))?));
     }
     for i in 0..consumers {
         snapshot
             .consumers
-            .push(serde_json::from_value(consumer(i))?);
+            .push(Arc::new(serde_json::from_value(consumer(i))?));
     }
     for block in 0..consumers.div_ceil(KEYS_PER_SECRET) {
         snapshot
             .secrets
-            .push(serde_json::from_value(secret(block, consumers))?);
+            .push(Arc::new(serde_json::from_value(secret(block, consumers))?));
     }
     let mut compile_ms = Vec::new();
     let mut encode_ms = Vec::new();

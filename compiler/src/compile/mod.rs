@@ -12,6 +12,8 @@ mod secrets;
 mod tls;
 mod waf;
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1::Secret;
 use kube_meta::Meta;
 use portcullis_crds::{ApiRoute, ConsumerCredential, RateLimitPolicy, WafPolicy};
@@ -23,13 +25,17 @@ pub use consumer::hash_api_key;
 pub(crate) use issues::Issues;
 
 /// Everything the compiler reads: the four kinds plus the Secrets they reference.
+///
+/// Objects are shared (`Arc`), as in kube's reflector stores: the operator hands the compiler
+/// its cached objects without copying them (a deep copy of 110,000 objects took 0.3-0.9 s of
+/// every compile).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub routes: Vec<ApiRoute>,
-    pub consumers: Vec<ConsumerCredential>,
-    pub rate_limit_policies: Vec<RateLimitPolicy>,
-    pub waf_policies: Vec<WafPolicy>,
-    pub secrets: Vec<Secret>,
+    pub routes: Vec<Arc<ApiRoute>>,
+    pub consumers: Vec<Arc<ConsumerCredential>>,
+    pub rate_limit_policies: Vec<Arc<RateLimitPolicy>>,
+    pub waf_policies: Vec<Arc<WafPolicy>>,
+    pub secrets: Vec<Arc<Secret>>,
 }
 
 /// Compiles a snapshot. Pure and deterministic: the same objects in any order give the same
@@ -107,8 +113,8 @@ pub fn compile(snapshot: &Snapshot) -> (GatewayConfig, Vec<ObjectStatus>) {
 }
 
 /// Objects sorted by namespace and name, so that input order never changes the output.
-fn sorted<K: kube_meta::HasMeta>(objects: &[K]) -> Vec<&K> {
-    let mut refs: Vec<&K> = objects.iter().collect();
+fn sorted<K: kube_meta::HasMeta>(objects: &[Arc<K>]) -> Vec<&K> {
+    let mut refs: Vec<&K> = objects.iter().map(|o| &**o).collect();
     refs.sort_by(|a, b| {
         let (ma, mb) = (a.meta(), b.meta());
         (ma.namespace.as_deref(), ma.name.as_deref())

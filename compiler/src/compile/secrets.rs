@@ -1,6 +1,7 @@
 //! Lookup of Secret values by namespace, name and key (`data` or `stringData`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 
@@ -16,13 +17,13 @@ pub(crate) enum SecretLookup {
 }
 
 impl<'a> SecretIndex<'a> {
-    pub fn new(secrets: &'a [Secret]) -> Self {
+    pub fn new(secrets: &'a [Arc<Secret>]) -> Self {
         let by_name = secrets
             .iter()
             .map(|s| {
                 let ns = s.metadata.namespace.as_deref().unwrap_or("default");
                 let name = s.metadata.name.as_deref().unwrap_or("");
-                ((ns, name), s)
+                ((ns, name), &**s)
             })
             .collect();
         Self { by_name }
