@@ -28,6 +28,7 @@ pub mod server;
 pub mod standalone;
 pub mod tls;
 pub mod upstream;
+pub mod upstream_h1;
 pub mod upstream_pool;
 pub mod upstream_timeouts;
 pub mod validate;

@@ -6,12 +6,14 @@
 //! future and a spawned task per response (measured: ~12% of the proxy's instructions per
 //! request went to the generic client).
 //!
-//! - Connections are HTTP/1.1 (`hyper::client::conn::http1`), each driven by its own task.
+//! - Connections are HTTP/1.1, each driven inline by the request using it
+//!   ([`crate::upstream_h1`]).
 //! - A connection returns to the pool when its response body has been read to the end; a
 //!   body dropped early closes it (HTTP/1 cannot abandon a response and stay in sync).
 //! - Idle connections are reused newest first, dropped after [`IDLE_TIMEOUT`] and capped
-//!   at [`MAX_IDLE`] per target. A connection the upstream closed while idle is detected
-//!   by hyper before the request is written, and the request moves to another connection.
+//!   at [`MAX_IDLE`] per target. A connection the upstream closed (or wrote to) while idle
+//!   is seen at checkout and closed; if the upstream closes one just as a request goes
+//!   out, a bodiless idempotent request is sent again on a new connection.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -20,13 +22,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, Uri};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 
 use crate::body::{BoxError, ProxyBody};
+use crate::upstream_h1::{BodyError, BodyReader, ExchangeError, H1Conn, ResponseHead, UpstreamIo};
 
 /// How long an idle connection is kept for reuse.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -49,11 +51,11 @@ pub enum SendError {
     Connect(BoxError),
     /// The exchange failed on an open connection.
     #[error("request: {0}")]
-    Request(#[from] hyper::Error),
+    Request(#[from] ExchangeError),
 }
 
 struct IdleConn {
-    sender: SendRequest<ProxyBody>,
+    conn: H1Conn,
     since: Instant,
 }
 
@@ -81,43 +83,43 @@ impl ConnPool {
     /// hands the connection back to the pool once read to the end.
     pub async fn send(
         self: &Arc<Self>,
-        mut request: Request<ProxyBody>,
+        request: Request<ProxyBody>,
     ) -> Result<Response<PooledBody>, SendError> {
-        request
-            .headers_mut()
-            .insert(header::HOST, self.host.clone());
-        while let Some(mut sender) = self.checkout() {
-            // Usually ready already: the connection task marks the connection idle in the
-            // same poll that delivers the end of the previous response body.
-            if sender.ready().await.is_err() {
-                continue;
+        let (parts, body) = request.into_parts();
+        let body = match self.checkout() {
+            Some(mut conn) => {
+                let replayable = body.is_end_stream() && parts.method.is_idempotent();
+                match conn.exchange(&parts, body, &self.host).await {
+                    Ok(head) => return Ok(self.wrap(head, conn)),
+                    // The upstream closed the idle connection as the request went out: it
+                    // cannot have acted on it.
+                    Err(failure) if replayable && failure.nothing_received => crate::body::empty(),
+                    Err(failure) => return Err(SendError::Request(failure.error)),
+                }
             }
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.wrap(response, sender)),
-                Err(mut error) => match error.take_message() {
-                    // The connection went away before anything was written: try the next one.
-                    Some(unsent) => request = unsent,
-                    None => return Err(SendError::Request(error.into_error())),
-                },
-            }
-        }
+            None => body,
+        };
         // Boxed: connecting (DNS, TCP, TLS handshake) is a large future that only new
         // connections need; kept inline it would grow every request's future.
-        let mut sender = Box::pin(self.connect()).await?;
-        let response = sender.send_request(request).await?;
-        Ok(self.wrap(response, sender))
+        let mut conn = Box::pin(self.connect()).await?;
+        match conn.exchange(&parts, body, &self.host).await {
+            Ok(head) => Ok(self.wrap(head, conn)),
+            Err(failure) => Err(SendError::Request(failure.error)),
+        }
     }
 
-    fn wrap(
-        self: &Arc<Self>,
-        response: Response<Incoming>,
-        sender: SendRequest<ProxyBody>,
-    ) -> Response<PooledBody> {
-        response.map(|inner| PooledBody {
-            inner,
-            ended: false,
-            lease: Some((sender, self.clone())),
-        })
+    fn wrap(self: &Arc<Self>, head: ResponseHead, conn: H1Conn) -> Response<PooledBody> {
+        let reader = BodyReader::new(head.framing);
+        let mut body = PooledBody {
+            reader,
+            reusable: head.reusable,
+            lease: Some((conn, self.clone())),
+        };
+        if body.reader.is_done() {
+            // Bodiless by framing: the connection is free now.
+            body.release();
+        }
+        head.response.map(|()| body)
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<IdleConn>> {
@@ -127,68 +129,56 @@ impl ConnPool {
         }
     }
 
-    fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
-        let mut idle = self.lock();
-        let now = Instant::now();
-        // Oldest first in the vector: expired ones sit at the front.
-        let expired = idle
-            .iter()
-            .take_while(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
-            .count();
-        if expired > 0 {
-            idle.drain(..expired);
-        }
-        while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() {
-                return Some(conn.sender);
+    fn checkout(&self) -> Option<H1Conn> {
+        loop {
+            let mut conn = {
+                let mut idle = self.lock();
+                let now = Instant::now();
+                // Oldest first in the vector: expired ones sit at the front.
+                let expired = idle
+                    .iter()
+                    .take_while(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
+                    .count();
+                if expired > 0 {
+                    idle.drain(..expired);
+                }
+                idle.pop()?.conn
+            };
+            if conn.is_idle_and_open() {
+                return Some(conn);
             }
         }
-        None
     }
 
-    fn check_in(&self, sender: SendRequest<ProxyBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn check_in(&self, conn: H1Conn) {
         let mut idle = self.lock();
         if idle.len() < MAX_IDLE {
             idle.push(IdleConn {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<ProxyBody>, SendError> {
+    async fn connect(&self) -> Result<H1Conn, SendError> {
         let dial = self.dial.clone();
-        let (sender, task) = match &self.connector {
-            Connector::Plain(connector) => {
-                let io = connector
+        let io = match &self.connector {
+            Connector::Plain(connector) => UpstreamIo::Plain(
+                connector
                     .clone()
                     .call(dial)
                     .await
-                    .map_err(|e| SendError::Connect(e.into()))?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(io)
-                    .await
-                    .map_err(|e| SendError::Connect(e.into()))?;
-                (sender, tokio::spawn(conn))
-            }
-            Connector::Tls(connector) => {
-                let io = connector
+                    .map_err(|e| SendError::Connect(e.into()))?,
+            ),
+            Connector::Tls(connector) => UpstreamIo::Tls(Box::new(
+                connector
                     .clone()
                     .call(dial)
                     .await
-                    .map_err(SendError::Connect)?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(io)
-                    .await
-                    .map_err(|e| SendError::Connect(e.into()))?;
-                (sender, tokio::spawn(conn))
-            }
+                    .map_err(SendError::Connect)?,
+            )),
         };
-        // The task ends when the connection closes; its error (if any) was already seen by
-        // the request that was using it.
-        drop(task);
-        Ok(sender)
+        Ok(H1Conn::new(io))
     }
 
     /// Idle connections right now (tests and diagnostics).
@@ -215,60 +205,72 @@ fn host_header(dial: &Uri) -> HeaderValue {
 
 /// A response body that returns its connection to the pool once fully read.
 pub struct PooledBody {
-    inner: Incoming,
-    ended: bool,
-    lease: Option<(SendRequest<ProxyBody>, Arc<ConnPool>)>,
+    reader: BodyReader,
+    /// The upstream allows another exchange on the connection after this one.
+    reusable: bool,
+    lease: Option<(H1Conn, Arc<ConnPool>)>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((sender, pool)) = self.lease.take() {
-            pool.check_in(sender);
+        if let Some((conn, pool)) = self.lease.take() {
+            if self.reusable && self.reader.left_clean(&conn) {
+                pool.check_in(conn);
+            }
         }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let Some((conn, _)) = this.lease.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match this.reader.poll_data(conn, cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                if this.reader.is_done() {
+                    // The last bytes: the connection is free before the data is even sent on.
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
             Poll::Ready(None) => {
-                self.ended = true;
-                self.release();
+                this.release();
+                Poll::Ready(None)
             }
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => {
-                self.ended = true;
-                self.release();
-            }
-            Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(Some(Err(e))) => {
                 // A broken body leaves the connection unusable.
-                self.lease = None;
+                this.lease = None;
+                Poll::Ready(Some(Err(e)))
             }
-            _ => {}
+            Poll::Pending => Poll::Pending,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.reader.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.reader.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
     }
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
         // Bodies that are empty by framing (HEAD, 204, 304, `Content-Length: 0`) are never
-        // polled; they leave the connection in sync too.
-        if self.ended || self.inner.is_end_stream() {
+        // polled; they leave the connection in sync too. Anything else dropped early closes it.
+        if self.reader.is_done() {
             self.release();
         }
     }
