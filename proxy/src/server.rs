@@ -5,11 +5,14 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin;
 use crate::audit::{Audit, AuditSink};
+use crate::body::{BoxError, ProxyBody};
 use crate::config_store::{ConfigError, ConfigStore, RuntimeConfig};
 use crate::connection_limits::{self, ConnectionLimits, ConnectionPermit};
 use crate::counters::CounterRegistry;
@@ -338,10 +342,12 @@ impl Drop for ConnGuard {
 
 fn builder(options: &ProxyOptions) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No hyper timer for HTTP/1: hyper's header read timeout boxes, arms and drops a timer
+    // for every request on a keep-alive connection (~5% of a proxied request's
+    // instructions). `serve_connection` enforces the same limit with one timer per
+    // connection.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
         // hyper answers 431 when the head does not fit this buffer (minimum 8 KiB).
         .max_buf_size(options.max_header_bytes.max(8192))
         .keep_alive(true);
@@ -388,8 +394,8 @@ async fn accept_loop(
         let guard = tracker.enter();
         if tls {
             let (shared, builder, shutdown) = (shared.clone(), builder.clone(), shutdown.clone());
-            let (handshake_timeout, idle_timeout) =
-                (options.header_read_timeout, options.idle_timeout);
+            let timeouts = Timeouts::from(&*options);
+            let handshake_timeout = options.header_read_timeout;
             tokio::spawn(async move {
                 match crate::tls::acceptor::accept(stream, &shared, handshake_timeout).await {
                     Ok((stream, info)) => {
@@ -398,7 +404,7 @@ async fn accept_loop(
                             peer,
                             shared,
                             builder,
-                            idle_timeout,
+                            timeouts,
                             shutdown,
                             (guard, permit),
                             Some(Arc::new(info)),
@@ -415,7 +421,7 @@ async fn accept_loop(
             peer,
             shared.clone(),
             builder.clone(),
-            options.idle_timeout,
+            Timeouts::from(&*options),
             shutdown.clone(),
             (guard, permit),
             None,
@@ -428,13 +434,18 @@ fn now_ms() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// Per-connection activity, for the idle timeout.
+/// Per-connection activity, for the idle and header read timeouts.
 #[derive(Default)]
 struct Activity {
+    /// Requests whose response has not been sent to its end.
     in_flight: AtomicUsize,
+    /// When the last response ended (or the connection opened).
     last_ms: AtomicU64,
+    /// The connection speaks HTTP/2 (seen on its first request).
+    http2: AtomicBool,
 }
 
+/// Held from a request's head until its response body has been sent (or dropped).
 struct ActiveRequest(Arc<Activity>);
 
 impl Drop for ActiveRequest {
@@ -444,13 +455,57 @@ impl Drop for ActiveRequest {
     }
 }
 
+/// The response body, keeping its request active until it is sent.
+struct TrackedBody {
+    inner: ProxyBody,
+    _active: ActiveRequest,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Timeouts {
+    /// HTTP/1: the longest wait for a complete request head, counted from the end of the
+    /// previous response (or the connection's start), as hyper's header read timeout is.
+    header_read: Duration,
+    /// Any protocol: the longest time without a request in flight.
+    idle: Duration,
+}
+
+impl From<&ProxyOptions> for Timeouts {
+    fn from(options: &ProxyOptions) -> Self {
+        Timeouts {
+            header_read: options.header_read_timeout,
+            idle: options.idle_timeout,
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection<S>(
     stream: S,
     peer: SocketAddr,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    idle_timeout: Duration,
+    timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
     _guard: (ConnGuard, ConnectionPermit),
     tls: Option<Arc<crate::tls::ConnectionTls>>,
@@ -460,6 +515,7 @@ async fn serve_connection<S>(
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),
         last_ms: AtomicU64::new(now_ms()),
+        http2: AtomicBool::new(false),
     });
     let service_activity = activity.clone();
     let service = service_fn(move |mut request: Request<Incoming>| {
@@ -467,19 +523,27 @@ async fn serve_connection<S>(
         if let Some(tls) = &tls {
             request.extensions_mut().insert(tls.clone());
         }
+        if request.version() == http::Version::HTTP_2 {
+            service_activity.http2.store(true, Ordering::Relaxed);
+        }
         service_activity.in_flight.fetch_add(1, Ordering::Relaxed);
         let active = ActiveRequest(service_activity.clone());
         async move {
             let response = pipeline::handle(&shared, peer, request).await;
-            drop(active);
-            Ok::<_, Infallible>(response)
+            Ok::<_, Infallible>(response.map(|inner| TrackedBody {
+                inner,
+                _active: active,
+            }))
         }
     });
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let tick = (idle_timeout / 2).max(Duration::from_millis(50));
-    let idle_ms = idle_timeout.as_millis() as u64;
+    let tick = (timeouts.idle.min(timeouts.header_read) / 2).max(Duration::from_millis(50));
+    let idle_ms = timeouts.idle.as_millis() as u64;
+    let header_ms = timeouts.header_read.as_millis() as u64;
     let mut closing = false;
+    // Set when the connection was asked to close for being quiet too long.
+    let mut timed_out = false;
     if *shutdown.borrow() {
         connection.as_mut().graceful_shutdown();
         closing = true;
@@ -496,12 +560,27 @@ async fn serve_connection<S>(
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep(tick), if !closing => {
-                let idle = activity.in_flight.load(Ordering::Relaxed) == 0
-                    && now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed)) >= idle_ms;
-                if idle {
+            _ = tokio::time::sleep(tick), if !closing || timed_out => {
+                let quiet_ms = now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
+                let limit_ms = if activity.http2.load(Ordering::Relaxed) {
+                    idle_ms
+                } else {
+                    idle_ms.min(header_ms)
+                };
+                if activity.in_flight.load(Ordering::Relaxed) != 0 || quiet_ms < limit_ms {
+                    continue;
+                }
+                if !timed_out {
+                    // An idle keep-alive connection closes at once; a response still
+                    // being flushed finishes first.
                     closing = true;
+                    timed_out = true;
                     connection.as_mut().graceful_shutdown();
+                } else if quiet_ms >= limit_ms.saturating_mul(2) {
+                    // Still open a whole period later with nothing in flight: a head that
+                    // never completes (slowloris) on a connection that served nothing yet.
+                    tracing::debug!(%peer, "closing a connection that sent no complete head");
+                    break;
                 }
             }
         }

@@ -352,3 +352,65 @@ async fn admin_endpoints() {
 fn config_for_ready(up: &Upstream) -> portcullis_compiler::GatewayConfig {
     config(vec![route("r", PathKind::Prefix, "/", &[up])])
 }
+
+/// Reads until the server closes the connection; `None` when it stays open past `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_heads_and_idle_keep_alive_connections_are_closed() {
+    let up = upstream("a", Behaviour::Slow(Duration::from_millis(900))).await;
+    let options = ProxyOptions {
+        header_read_timeout: Duration::from_millis(300),
+        ..ProxyOptions::default()
+    };
+    let proxy = start_with(
+        options,
+        config(vec![route("r", PathKind::Prefix, "/", &[&up])]),
+    )
+    .await;
+
+    // A slowloris client: a head trickled a byte at a time never completes in time.
+    let mut slow = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    let trickle = async {
+        for byte in b"GET / HTTP/1.1\r\nhost: x\r\nx-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if slow.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let started = tokio::time::Instant::now();
+    trickle.await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the trickled head was refused before it ended"
+    );
+    assert!(closed_within(&mut slow, Duration::from_secs(5))
+        .await
+        .is_some());
+
+    // A request slower than the header timeout is not cut: it is in flight. Then the idle
+    // keep-alive connection is closed.
+    let mut stream = TcpStream::connect(proxy.local_addr()).await.unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = closed_within(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("the idle connection is closed after the response");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"upstream\":\"a\""), "{text}");
+}
