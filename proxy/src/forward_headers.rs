@@ -58,32 +58,45 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 const HOP: u8 = 1;
 const CLIENT_IDENTITY: u8 = 2;
+/// Headers this hop writes itself (see [`Added`]); the client's copies never go upstream.
+const FORWARDED: u8 = 4;
+
+/// Whether the upstream request writer must leave this header of the request out: the
+/// gateway sends its own value in [`Added`].
+pub fn is_replaced(name: &HeaderName) -> bool {
+    classify(name) & FORWARDED != 0
+}
 
 /// Which of our removal lists a header name is on: one string match per header.
 fn classify(name: &HeaderName) -> u8 {
     let name = name.as_str();
     // By length first: most headers are rejected by one comparison of lengths, and a
     // candidate costs at most two string comparisons.
-    let (hop, identity): (&[&str], &[&str]) = match name.len() {
-        2 => (&["te"], &[]),
-        7 => (&["trailer", "upgrade"], &[]),
-        9 => (&[], &["x-user-id"]),
-        10 => (&["connection", "keep-alive"], &[]),
-        13 => (&[], &["x-consumer-id"]),
-        16 => (&["proxy-connection"], &[]),
+    let (hop, identity, forwarded): (&[&str], &[&str], &[&str]) = match name.len() {
+        2 => (&["te"], &[], &[]),
+        7 => (&["trailer", "upgrade"], &[], &[]),
+        9 => (&[], &["x-user-id"], &["x-real-ip"]),
+        10 => (&["connection", "keep-alive"], &[], &[]),
+        12 => (&[], &[], &["x-request-id"]),
+        13 => (&[], &["x-consumer-id"], &[]),
+        15 => (&[], &[], &["x-forwarded-for"]),
+        16 => (&["proxy-connection"], &[], &["x-forwarded-host"]),
         17 => (
             &["transfer-encoding"],
             &["x-consumer-groups", "x-credential-type"],
+            &["x-forwarded-proto"],
         ),
-        18 => (&["proxy-authenticate"], &[]),
-        19 => (&["proxy-authorization"], &["x-consumer-username"]),
-        20 => (&[], &["x-anonymous-consumer"]),
+        18 => (&["proxy-authenticate"], &[], &[]),
+        19 => (&["proxy-authorization"], &["x-consumer-username"], &[]),
+        20 => (&[], &["x-anonymous-consumer"], &[]),
         _ => return 0,
     };
     if hop.contains(&name) {
         HOP
     } else if identity.contains(&name) {
         CLIENT_IDENTITY
+    } else if forwarded.contains(&name) {
+        FORWARDED
     } else {
         0
     }
@@ -132,17 +145,21 @@ pub struct ForwardContext<'a> {
     pub keys: &'a KeyStore,
 }
 
-pub fn prepare(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
+/// Headers the gateway adds to the upstream request, written after the request's own
+/// (whose copies of these names are skipped, [`is_replaced`]). Kept out of the header map:
+/// inserting them there cost a map growth and five hashed inserts per request.
+pub type Added = Vec<(HeaderName, HeaderValue)>;
+
+/// Cleans `headers` for the upstream and returns the headers this hop adds.
+pub fn prepare(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) -> Added {
     remove_marked(headers, HOP | CLIENT_IDENTITY, true);
     // `Host` is left in place: the upstream client writes the target's own and skips it.
-    // Room for the headers added below, so the map grows at most once.
-    headers.reserve(8);
+    let mut added = Added::with_capacity(8);
 
-    let xff = X_FORWARDED_FOR;
     let peer = ip_value(ctx.peer);
     let forwarded_for = if ctx.peer_trusted {
         let existing: Vec<&str> = headers
-            .get_all(&xff)
+            .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
@@ -155,74 +172,65 @@ pub fn prepare(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) {
     } else {
         peer
     };
-    headers.insert(xff, forwarded_for);
-    let proto = X_FORWARDED_PROTO;
-    if !ctx.peer_trusted || !headers.contains_key(&proto) {
-        headers.insert(proto, HeaderValue::from_static("http"));
-    }
-    let fwd_host = X_FORWARDED_HOST;
-    if !ctx.peer_trusted || !headers.contains_key(&fwd_host) {
-        match &ctx.original_host {
-            Some(host) => {
-                headers.insert(fwd_host, host.clone());
-            }
-            None => {
-                headers.remove(fwd_host);
-            }
-        }
-    }
-    let real_ip = if ctx.client_ip == ctx.peer {
-        forwarded_for_peer_copy(headers)
+    let proto = match headers.get(X_FORWARDED_PROTO) {
+        Some(kept) if ctx.peer_trusted => kept.clone(),
+        _ => HeaderValue::from_static("http"),
+    };
+    let forwarded_host = match headers.get(X_FORWARDED_HOST) {
+        Some(kept) if ctx.peer_trusted => Some(kept.clone()),
+        _ => ctx.original_host.clone(),
+    };
+    let real_ip = if ctx.client_ip == ctx.peer && !forwarded_for.as_bytes().contains(&b',') {
+        // The common untrusted-peer case: share the value instead of formatting again.
+        forwarded_for.clone()
     } else {
-        None
+        ip_value(ctx.client_ip)
+    };
+    added.push((X_FORWARDED_FOR, forwarded_for));
+    added.push((X_FORWARDED_PROTO, proto));
+    if let Some(host) = forwarded_host {
+        added.push((X_FORWARDED_HOST, host));
     }
-    .unwrap_or_else(|| ip_value(ctx.client_ip));
-    headers.insert(X_REAL_IP, real_ip);
-    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+    added.push((X_REAL_IP, real_ip));
+    added.push((X_REQUEST_ID, ctx.request_id.clone()));
 
     match ctx.identity {
         // Principals without a consumer get their headers from `AuthContext::apply_upstream`.
         Identity::Unauthenticated | Identity::Principal => {}
         Identity::Anonymous => {
-            headers.insert(
+            added.push((
                 HeaderName::from_static("x-consumer-username"),
                 HeaderValue::from_static(ANONYMOUS),
-            );
-            headers.insert(
+            ));
+            added.push((
                 HeaderName::from_static("x-anonymous-consumer"),
                 HeaderValue::from_static("true"),
-            );
+            ));
         }
         Identity::Consumer(index) => {
             if let Some(consumer) = ctx.keys.consumer(index) {
-                add_consumer(headers, consumer);
+                add_consumer(&mut added, consumer);
             }
         }
     }
+    added
 }
 
-fn add_consumer(headers: &mut HeaderMap, consumer: &Consumer) {
-    headers.insert(
+fn add_consumer(added: &mut Added, consumer: &Consumer) {
+    added.push((
         HeaderName::from_static("x-consumer-id"),
         consumer.id_header.clone(),
-    );
-    headers.insert(
+    ));
+    added.push((
         HeaderName::from_static("x-consumer-username"),
         consumer.username_header.clone(),
-    );
+    ));
     if !consumer.groups.is_empty() {
-        headers.insert(
+        added.push((
             HeaderName::from_static("x-consumer-groups"),
             consumer.groups_header.clone(),
-        );
+        ));
     }
-}
-
-/// `X-Forwarded-For` when it holds exactly the peer address (the common untrusted-peer
-/// case), so `X-Real-IP` can share it instead of formatting the address again.
-fn forwarded_for_peer_copy(headers: &HeaderMap) -> Option<HeaderValue> {
-    let value = headers.get(X_FORWARDED_FOR)?;
-    (!value.as_bytes().contains(&b',')).then(|| value.clone())
 }
 
 fn ip_value(ip: IpAddr) -> HeaderValue {
@@ -323,6 +331,15 @@ mod tests {
         for name in &IDENTITY {
             assert_eq!(classify(name), CLIENT_IDENTITY, "{name}");
         }
+        for name in [
+            X_FORWARDED_FOR,
+            X_FORWARDED_PROTO,
+            X_FORWARDED_HOST,
+            X_REAL_IP,
+            X_REQUEST_ID,
+        ] {
+            assert!(is_replaced(&name), "{name}");
+        }
         assert_eq!(classify(&header::CONTENT_TYPE), 0);
         assert_eq!(classify(&HeaderName::from_static("x-consumer")), 0);
     }
@@ -351,8 +368,9 @@ mod tests {
         h.insert("x-consumer-id", HeaderValue::from_static("forged"));
         h.insert("x-user-id", HeaderValue::from_static("forged"));
         h.insert("x-other", HeaderValue::from_static("kept"));
+        h.insert("x-real-ip", HeaderValue::from_static("forged"));
         let peer: IpAddr = "10.0.0.7".parse().unwrap();
-        prepare(
+        let added = prepare(
             &mut h,
             &ForwardContext {
                 peer,
@@ -364,11 +382,68 @@ mod tests {
                 keys: &keys,
             },
         );
+        let h = upstream_view(&h, &added);
         assert!(h.get("x-consumer-id").is_none() && h.get("x-user-id").is_none());
         assert_eq!(h["x-other"], "kept");
         assert_eq!(h["x-forwarded-for"], "10.0.0.7");
-        assert_eq!(h["x-real-ip"], "10.0.0.7");
+        assert_eq!(
+            h.get_all("x-real-ip").iter().collect::<Vec<_>>(),
+            ["10.0.0.7"]
+        );
         assert_eq!(h["x-request-id"], "rid");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    /// The headers as the upstream request writer sends them.
+    fn upstream_view(headers: &HeaderMap, added: &Added) -> HeaderMap {
+        let mut view = HeaderMap::new();
+        for (name, value) in headers {
+            if !is_replaced(name) {
+                view.append(name.clone(), value.clone());
+            }
+        }
+        for (name, value) in added {
+            view.append(name.clone(), value.clone());
+        }
+        view
+    }
+
+    #[test]
+    fn forwarded_headers_are_kept_from_trusted_proxies_only() {
+        let keys = KeyStore::default();
+        let request_id = HeaderValue::from_static("rid");
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("public.example"),
+        );
+        let ctx = |trusted| ForwardContext {
+            peer: "10.0.0.1".parse().unwrap(),
+            peer_trusted: trusted,
+            client_ip: "1.1.1.1".parse().unwrap(),
+            request_id: &request_id,
+            original_host: Some(HeaderValue::from_static("inner.example")),
+            identity: Identity::Unauthenticated,
+            keys: &keys,
+        };
+        let trusted = upstream_view(&h, &prepare(&mut h.clone(), &ctx(true)));
+        assert_eq!(trusted["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
+        assert_eq!(trusted["x-forwarded-proto"], "https");
+        assert_eq!(trusted["x-forwarded-host"], "public.example");
+        assert_eq!(trusted["x-real-ip"], "1.1.1.1");
+        let untrusted = upstream_view(&h, &prepare(&mut h.clone(), &ctx(false)));
+        assert_eq!(
+            untrusted
+                .get_all("x-forwarded-for")
+                .iter()
+                .collect::<Vec<_>>(),
+            ["10.0.0.1"]
+        );
+        assert_eq!(untrusted["x-forwarded-proto"], "http");
+        assert_eq!(untrusted["x-forwarded-host"], "inner.example");
     }
 
     #[test]

@@ -343,7 +343,7 @@ async fn run(
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(header::HOST).cloned());
-    forward_headers::prepare(
+    let added = forward_headers::prepare(
         &mut parts.headers,
         &forward_headers::ForwardContext {
             peer: peer_ip,
@@ -371,7 +371,7 @@ async fn run(
     outcome.upstream_started = Some(Instant::now());
     let result = route
         .upstream
-        .forward(parts, body, client_ip, replayable)
+        .forward(parts, &added, body, client_ip, replayable)
         .await;
     outcome.upstream_latency_ms = outcome
         .upstream_started

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Response, StatusCode, Uri};
 use portcullis_compiler::config::{
     DirectResponseConfig, LoadBalancing, UpstreamConfig, UpstreamTlsConfig,
 };
@@ -271,11 +271,13 @@ impl Upstream {
         &self.targets
     }
 
-    /// Sends the request. `parts.uri` holds the origin-form path and query to forward.
-    /// `replayable` allows retries (idempotent method, no body).
+    /// Sends the request. `parts.uri` holds the origin-form path and query to forward;
+    /// `added` the headers this hop adds. `replayable` allows retries (idempotent method,
+    /// no body).
     pub async fn forward(
         &self,
         mut parts: Parts,
+        added: &[(HeaderName, HeaderValue)],
         body: ProxyBody,
         client_ip: IpAddr,
         replayable: bool,
@@ -291,7 +293,7 @@ impl Upstream {
         if parts.uri.path_and_query().is_none() {
             parts.uri = Uri::from_static("/");
         }
-        parts.version = Version::HTTP_11;
+        let parts = &parts;
         let mut tried: u64 = 0;
         let mut body = Some(body);
         let mut last_error = UpstreamError::Failed;
@@ -303,24 +305,21 @@ impl Upstream {
                 return Err(UpstreamError::NoTargets);
             };
             let final_attempt = attempt + 1 == attempts;
-            let request = if final_attempt {
-                let p = std::mem::replace(&mut parts, Request::new(()).into_parts().0);
-                Request::from_parts(p, body.take().unwrap_or_else(empty))
+            // Replayable requests have no body: the head alone is the whole request, and
+            // every attempt sends it from the same parts.
+            let attempt_body = if final_attempt {
+                body.take().unwrap_or_else(empty)
             } else {
-                // Replayable requests have no body, so a copy of the head is a full copy.
-                let mut request = Request::new(empty());
-                *request.method_mut() = parts.method.clone();
-                *request.uri_mut() = parts.uri.clone();
-                *request.version_mut() = Version::HTTP_11;
-                *request.headers_mut() = parts.headers.clone();
-                request
+                empty()
             };
             target.in_flight.fetch_add(1, Ordering::Relaxed);
             let _guard = InFlight(&target.in_flight);
-            let sent =
-                upstream_timeouts::exchange(request, self.send_timeout, self.read_timeout, |r| {
-                    pool.send(r)
-                });
+            let sent = upstream_timeouts::exchange(
+                attempt_body,
+                self.send_timeout,
+                self.read_timeout,
+                |body| pool.send(parts, added, body),
+            );
             match sent.await {
                 Err(_) => {
                     target.record_failure();

@@ -234,14 +234,15 @@ impl H1Conn {
     }
 
     /// Sends one request and reads the response head. `parts.uri` holds the origin-form
-    /// target; `host` is the upstream's `Host`.
+    /// target, `added` the headers this hop adds, `host` the upstream's `Host`.
     pub async fn exchange(
         &mut self,
         parts: &Parts,
+        added: &[(HeaderName, HeaderValue)],
         body: ProxyBody,
         host: &HeaderValue,
     ) -> Result<ResponseHead, Failure> {
-        let sent = self.send_request(parts, body, host).await;
+        let sent = self.send_request(parts, added, body, host).await;
         let mut received = false;
         let result = match sent {
             Ok(()) => {
@@ -259,6 +260,7 @@ impl H1Conn {
     async fn send_request(
         &mut self,
         parts: &Parts,
+        added: &[(HeaderName, HeaderValue)],
         mut body: ProxyBody,
         host: &HeaderValue,
     ) -> Result<(), ExchangeError> {
@@ -279,7 +281,7 @@ impl H1Conn {
         };
         self.wbuf.clear();
         self.wpos = 0;
-        encode_head(&mut self.wbuf, parts, host, framing);
+        encode_head(&mut self.wbuf, parts, added, host, framing);
         if matches!(framing, RequestFraming::None | RequestFraming::Length(0)) {
             self.write_buffered().await?;
             poll_fn(|cx| self.io.poll_flush(cx)).await?;
@@ -383,7 +385,13 @@ impl H1Conn {
     }
 }
 
-fn encode_head(buf: &mut Vec<u8>, parts: &Parts, host: &HeaderValue, framing: RequestFraming) {
+fn encode_head(
+    buf: &mut Vec<u8>,
+    parts: &Parts,
+    added: &[(HeaderName, HeaderValue)],
+    host: &HeaderValue,
+    framing: RequestFraming,
+) {
     buf.extend_from_slice(parts.method.as_str().as_bytes());
     buf.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -395,13 +403,14 @@ fn encode_head(buf: &mut Vec<u8>, parts: &Parts, host: &HeaderValue, framing: Re
         if name == header::HOST
             || name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
+            || crate::forward_headers::is_replaced(name)
         {
             continue;
         }
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
+        encode_field(buf, name, value);
+    }
+    for (name, value) in added {
+        encode_field(buf, name, value);
     }
     match framing {
         RequestFraming::None => {}
@@ -412,6 +421,13 @@ fn encode_head(buf: &mut Vec<u8>, parts: &Parts, host: &HeaderValue, framing: Re
         }
         RequestFraming::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
+    buf.extend_from_slice(b"\r\n");
+}
+
+fn encode_field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    buf.extend_from_slice(name.as_str().as_bytes());
+    buf.extend_from_slice(b": ");
+    buf.extend_from_slice(value.as_bytes());
     buf.extend_from_slice(b"\r\n");
 }
 
@@ -812,6 +828,7 @@ mod tests {
             .header("content-length", "999")
             .header("transfer-encoding", "chunked")
             .header("x-one", "1")
+            .header("x-forwarded-for", "forged")
             .body(())
             .unwrap();
         request
@@ -820,10 +837,15 @@ mod tests {
         let (parts, ()) = request.into_parts();
         let mut buf = Vec::new();
         let host = HeaderValue::from_static("up:8080");
-        encode_head(&mut buf, &parts, &host, RequestFraming::Length(12));
+        let added = [(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_static("10.0.0.1"),
+        )];
+        encode_head(&mut buf, &parts, &added, &host, RequestFraming::Length(12));
         assert_eq!(
             String::from_utf8(buf).unwrap(),
-            "POST /a?b=1 HTTP/1.1\r\nhost: up:8080\r\nx-one: 1\r\nx-one: 2\r\ncontent-length: 12\r\n\r\n"
+            "POST /a?b=1 HTTP/1.1\r\nhost: up:8080\r\nx-one: 1\r\nx-one: 2\r\n\
+             x-forwarded-for: 10.0.0.1\r\ncontent-length: 12\r\n\r\n"
         );
         let mut buf = Vec::new();
         encode_chunk_size(&mut buf, 0x1a2f);

@@ -22,7 +22,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Uri};
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Response, Uri};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
@@ -79,17 +80,19 @@ impl ConnPool {
         }
     }
 
-    /// Sends `request` (origin-form URI) to the target and returns the response whose body
-    /// hands the connection back to the pool once read to the end.
+    /// Sends the request (`parts.uri` in origin form, `added` the headers this hop adds) to
+    /// the target and returns the response whose body hands the connection back to the
+    /// pool once read to the end.
     pub async fn send(
         self: &Arc<Self>,
-        request: Request<ProxyBody>,
+        parts: &Parts,
+        added: &[(HeaderName, HeaderValue)],
+        body: ProxyBody,
     ) -> Result<Response<PooledBody>, SendError> {
-        let (parts, body) = request.into_parts();
         let body = match self.checkout() {
             Some(mut conn) => {
                 let replayable = body.is_end_stream() && parts.method.is_idempotent();
-                match conn.exchange(&parts, body, &self.host).await {
+                match conn.exchange(parts, added, body, &self.host).await {
                     Ok(head) => return Ok(self.wrap(head, conn)),
                     // The upstream closed the idle connection as the request went out: it
                     // cannot have acted on it.
@@ -102,7 +105,7 @@ impl ConnPool {
         // Boxed: connecting (DNS, TCP, TLS handshake) is a large future that only new
         // connections need; kept inline it would grow every request's future.
         let mut conn = Box::pin(self.connect()).await?;
-        match conn.exchange(&parts, body, &self.host).await {
+        match conn.exchange(parts, added, body, &self.host).await {
             Ok(head) => Ok(self.wrap(head, conn)),
             Err(failure) => Err(SendError::Request(failure.error)),
         }

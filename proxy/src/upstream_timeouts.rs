@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Response;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
@@ -83,37 +83,34 @@ impl Body for ProgressBody {
     }
 }
 
-/// Runs `send` (the client call) under the send and read timeouts. Returns the response
-/// head with its body wrapped in the between-frames read timeout.
+/// Runs `send` (the client call, given the request body) under the send and read
+/// timeouts. Returns the response head with its body wrapped in the between-frames read
+/// timeout.
 pub async fn exchange<F, Fut, E>(
-    request: Request<ProxyBody>,
+    body: ProxyBody,
     send_timeout: Duration,
     read_timeout: Duration,
     send: F,
 ) -> Result<Result<Response<ReadTimeoutBody>, E>, TimeoutKind>
 where
-    F: FnOnce(Request<ProxyBody>) -> Fut,
+    F: FnOnce(ProxyBody) -> Fut,
     Fut: Future<Output = Result<Response<PooledBody>, E>>,
 {
-    if request.body().is_end_stream() {
+    if body.is_end_stream() {
         // Nothing to send but the head (it fits the socket buffer): only the read timeout
         // applies, and one timer serves the whole wait.
-        return match tokio::time::timeout(read_timeout, send(request)).await {
+        return match tokio::time::timeout(read_timeout, send(body)).await {
             Ok(result) => Ok(result.map(|r| r.map(|b| ReadTimeoutBody::new(b, read_timeout)))),
             Err(_) => Err(TimeoutKind::Read),
         };
     }
     let progress = Arc::new(SendProgress::default());
     progress.last_activity_ms.store(now_ms(), Ordering::Relaxed);
-    let (parts, body) = request.into_parts();
-    if body.is_end_stream() {
-        progress.finished.store(true, Ordering::Relaxed);
-    }
     let body = http_body_util::BodyExt::boxed(ProgressBody {
         inner: body,
         progress: progress.clone(),
     });
-    let response = send(Request::from_parts(parts, body));
+    let response = send(body);
     tokio::pin!(response);
     loop {
         let finished = progress.finished.load(Ordering::Relaxed);
