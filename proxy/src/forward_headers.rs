@@ -61,6 +61,11 @@ const CLIENT_IDENTITY: u8 = 2;
 /// Headers this hop writes itself (see [`Added`]); the client's copies never go upstream.
 const FORWARDED: u8 = 4;
 
+/// Whether a header is hop-by-hop (RFC 9110 §7.6.1, plus the legacy ones).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    classify(name) & HOP != 0
+}
+
 /// Whether the upstream request writer must leave this header of the request out: the
 /// gateway sends its own value in [`Added`].
 pub fn is_replaced(name: &HeaderName) -> bool {

@@ -2,13 +2,14 @@
 //! otherwise generate one. Anything else is replaced because the id is echoed into logs and
 //! JSON bodies, where arbitrary client bytes would be an injection vector.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub const HEADER: &str = "x-request-id";
+const NAME: HeaderName = HeaderName::from_static(HEADER);
 const MAX_LEN: usize = 128;
 
 pub fn assign(headers: &HeaderMap) -> HeaderValue {
-    match headers.get(HEADER) {
+    match headers.get(&NAME) {
         Some(value) if is_valid(value.as_bytes()) => value.clone(),
         _ => generate(),
     }

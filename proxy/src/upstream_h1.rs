@@ -493,13 +493,11 @@ fn parse_head(
     let mut transfer_encoding = false;
     let mut chunked_last = false;
     let mut close = version == Version::HTTP_10;
+    // Headers a `Connection` field names: hop-by-hop too, removed once the map is built.
+    let mut connection_named = false;
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| ExchangeError::InvalidResponse("invalid header name"))?;
-        let start = field.value.as_ptr() as usize - base;
-        let value =
-            HeaderValue::from_maybe_shared(head_bytes.slice(start..start + field.value.len()))
-                .map_err(|_| ExchangeError::InvalidResponse("invalid header value"))?;
         if name == header::CONTENT_LENGTH {
             for part in field.value.split(|&b| b == b',') {
                 let n = parse_length(part)
@@ -519,12 +517,32 @@ fn parse_head(
                 let token = trim(token);
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                    close = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    if version == Version::HTTP_10 {
+                        close = false;
+                    }
+                } else if !token.is_empty() {
+                    connection_named = true;
                 }
             }
         }
+        let start = field.value.as_ptr() as usize - base;
+        let value =
+            HeaderValue::from_maybe_shared(head_bytes.slice(start..start + field.value.len()))
+                .map_err(|_| ExchangeError::InvalidResponse("invalid header value"))?;
+        // Hop-by-hop fields end here: they describe this connection, not the response the
+        // client gets (what they say about framing was read above). `Connection` stays
+        // only when it names other fields, to remove those below.
+        if crate::forward_headers::is_hop_by_hop(&name)
+            && !(connection_named && name == header::CONNECTION)
+        {
+            continue;
+        }
         map.append(name, value);
+    }
+    if connection_named {
+        // Rare: drop the fields `Connection` names, and `Connection` itself.
+        crate::forward_headers::strip_hop_by_hop(&mut map);
     }
     let no_body =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
@@ -786,6 +804,25 @@ mod tests {
         assert!(h.reusable);
         let h = head(b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n", false);
         assert_eq!(h.framing, ResponseFraming::Length(5));
+    }
+
+    #[test]
+    fn hop_by_hop_fields_stay_out_of_the_response() {
+        let h = head(
+            b"HTTP/1.1 200 OK\r\nconnection: keep-alive, x-private\r\nkeep-alive: timeout=5\r\n\
+              x-private: 1\r\ntransfer-encoding: chunked\r\nx-kept: 2\r\n\r\n",
+            false,
+        );
+        let names: Vec<_> = h.response.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        assert_eq!(h.framing, ResponseFraming::Chunked);
+        let h = head(
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
+            false,
+        );
+        let names: Vec<_> = h.response.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-length"]);
+        assert!(!h.reusable);
     }
 
     #[test]
