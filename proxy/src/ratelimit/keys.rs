@@ -141,7 +141,13 @@ mod tests {
         assert!(all[0].starts_with("pcl:{shop/p|k:"));
         assert!(all[0].ends_with("}:v2:0"));
         assert_eq!(all[1], "pcl:{shop/p|ip:10.0.0.1}:v2:65");
-        for ip in ["0.0.0.0", "255.255.255.255", "10.200.3.45", "::1", "2001:db8::7"] {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.200.3.45",
+            "::1",
+            "2001:db8::7",
+        ] {
             let m = Material::Ip(ip.parse().unwrap());
             assert_eq!(m.to_string(), format!("ip:{ip}"));
         }
