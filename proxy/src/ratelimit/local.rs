@@ -1,9 +1,10 @@
 //! In-process counters: sharded maps behind short mutexes, bounded in size.
 //!
-//! Counters are keyed by a 64-bit foldhash (quality variant, seeded at random per process, so
-//! clients cannot aim for collisions) of policy, key and rule; the hot path allocates nothing.
-//! The policy part is hashed once per config load ([`LocalStore::seed`]), so a request hashes
-//! only its key material and two small numbers. A decision locks the
+//! Counters are keyed by a 64-bit foldhash (quality variant, seeded at random per process) of
+//! policy, key and rule; the hot path allocates nothing. Unlike SipHash it is not a keyed PRF,
+//! but no client ever sees a counter id, so none can aim for a collision with another's
+//! counter. The policy part is hashed once per config load ([`LocalStore::seed`]), so a request
+//! hashes only its key material and two small numbers. A decision locks the
 //! shards of all its counters in ascending order (no deadlock), checks every rule, and
 //! writes only if all admit, so a denied request consumes nothing and concurrent requests
 //! never overshoot. Memory is bounded: a shard that reaches its capacity first drops
