@@ -26,14 +26,14 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The one-letter code the Lua script dispatches on.
-    pub fn code(self) -> &'static str {
+    /// The code the Lua script dispatches on (a number: the rule arrives packed).
+    pub fn script_code(self) -> f64 {
         match self {
-            Kind::Fixed => "F",
-            Kind::Sliding => "S",
-            Kind::Gcra => "G",
-            Kind::QuotaDay => "D",
-            Kind::QuotaMonth => "M",
+            Kind::Sliding => 1.0,
+            Kind::Gcra => 2.0,
+            Kind::Fixed => 3.0,
+            Kind::QuotaDay => 4.0,
+            Kind::QuotaMonth => 5.0,
         }
     }
 }
@@ -80,6 +80,9 @@ pub struct Verdict {
     /// When denied: until a retry can succeed.
     pub retry_after_ms: u64,
 }
+
+/// The verdicts of one decision, inline for the usual few counters of a request.
+pub type Verdicts = smallvec::SmallVec<[Verdict; 4]>;
 
 pub const DAY_MS: u64 = 86_400_000;
 

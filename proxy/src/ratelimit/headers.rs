@@ -27,9 +27,9 @@ impl RateLimitHeaders {
     }
 
     pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert(LIMIT.clone(), HeaderValue::from(self.limit));
-        headers.insert(REMAINING.clone(), HeaderValue::from(self.remaining));
-        headers.insert(RESET.clone(), HeaderValue::from(self.reset_secs));
+        headers.insert(LIMIT.clone(), number(self.limit));
+        headers.insert(REMAINING.clone(), number(self.remaining));
+        headers.insert(RESET.clone(), number(self.reset_secs));
     }
 
     /// Of two limits, the one the client should pace itself by: fewer requests left, then
@@ -45,6 +45,18 @@ impl RateLimitHeaders {
     }
 }
 
+/// "00" to "99": static text for the small numbers most headers carry (`RateLimit-Reset`
+/// in seconds, small limits), so that they need no allocation.
+static PAIRS: &str = "00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+
+fn number(n: u64) -> HeaderValue {
+    match usize::try_from(n) {
+        Ok(i @ 0..=9) => HeaderValue::from_static(&PAIRS[2 * i + 1..2 * i + 2]),
+        Ok(i @ 10..=99) => HeaderValue::from_static(&PAIRS[2 * i..2 * i + 2]),
+        _ => HeaderValue::from(n),
+    }
+}
+
 /// Whole seconds, rounded up: a client retrying after a rounded-down value would be early.
 pub fn secs_ceil(ms: u64) -> u64 {
     ms.div_ceil(1000)
@@ -54,5 +66,17 @@ pub fn secs_ceil(ms: u64) -> u64 {
 pub fn apply(headers_of_limit: Option<&RateLimitHeaders>, headers: &mut HeaderMap) {
     if let Some(h) = headers_of_limit {
         h.apply(headers);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_decimal() {
+        for n in [0, 1, 9, 10, 42, 99, 100, 1000, u64::MAX] {
+            assert_eq!(number(n).as_bytes(), n.to_string().as_bytes());
+        }
     }
 }

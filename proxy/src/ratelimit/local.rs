@@ -1,7 +1,10 @@
 //! In-process counters: sharded maps behind short mutexes, bounded in size.
 //!
-//! Counters are keyed by a 64-bit SipHash (random per process, so clients cannot aim for
-//! collisions) of policy, key and rule; the hot path allocates nothing. A decision locks the
+//! Counters are keyed by a 64-bit foldhash (quality variant, seeded at random per process) of
+//! policy, key and rule; the hot path allocates nothing. Unlike SipHash it is not a keyed PRF,
+//! but no client ever sees a counter id, so none can aim for a collision with another's
+//! counter. The policy part is hashed once per config load ([`LocalStore::seed`]), so a request
+//! hashes only its key material and two small numbers. A decision locks the
 //! shards of all its counters in ascending order (no deadlock), checks every rule, and
 //! writes only if all admit, so a denied request consumes nothing and concurrent requests
 //! never overshoot. Memory is bounded: a shard that reaches its capacity first drops
@@ -9,10 +12,13 @@
 //! expire soonest.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::algorithms::{evaluate, Rule, State, Verdict};
+use foldhash::quality::RandomState;
+use smallvec::SmallVec;
+
+use super::algorithms::{evaluate, Rule, State, Verdicts};
 use super::clock::Clock;
 
 const SHARDS: usize = 64;
@@ -25,7 +31,7 @@ struct Entry {
     idle_until_ms: u64,
 }
 
-/// Map keys are already SipHash outputs; hashing them again would be wasted work.
+/// Map keys are already hash outputs; hashing them again would be wasted work.
 #[derive(Default, Clone, Copy)]
 struct PreHashed(u64);
 
@@ -55,6 +61,9 @@ impl BuildHasher for BuildPreHashed {
 
 type Shard = HashMap<u64, Entry, BuildPreHashed>;
 
+/// The shard locks one decision holds (a request has a few counters).
+type Guards<'a> = SmallVec<[(usize, MutexGuard<'a, Shard>); 4]>;
+
 pub struct LocalStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
@@ -73,7 +82,7 @@ impl LocalStore {
     pub fn new(clock: Arc<dyn Clock>, max_counters: usize) -> Self {
         LocalStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             clock,
             per_shard: (max_counters / SHARDS).max(16),
         }
@@ -83,9 +92,15 @@ impl LocalStore {
         self.clock.now_ms()
     }
 
-    /// The counter id for anything hashable (policy, key material, rule index).
+    /// The counter id for anything hashable (policy seed, key material, rule index).
     pub fn counter(&self, parts: impl Hash) -> u64 {
         self.hasher.hash_one(parts)
+    }
+
+    /// A policy's part of its counter ids, computed at config load. The same id gives the
+    /// same seed for the life of the process, so counters survive reloads.
+    pub fn seed(&self, policy: &str) -> u64 {
+        self.hasher.hash_one(policy)
     }
 
     fn shard_of(counter: u64) -> usize {
@@ -103,7 +118,7 @@ impl LocalStore {
 
     /// Decides all `checks` atomically; writes `verdicts[i]` for `checks[i]`. Returns
     /// whether every rule admitted (and the counters were charged).
-    pub fn decide(&self, checks: &[Check], verdicts: &mut Vec<Verdict>) -> bool {
+    pub fn decide(&self, checks: &[Check], verdicts: &mut Verdicts) -> bool {
         let now = self.clock.now_ms();
         verdicts.clear();
         let mut order: [usize; 8] = [0; 8];
@@ -123,14 +138,14 @@ impl LocalStore {
         } else {
             &shard_ids
         };
-        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = Vec::with_capacity(ids.len());
+        let mut guards: Guards<'_> = SmallVec::new();
         for &id in ids {
             if guards.last().is_some_and(|(last, _)| *last == id) {
                 continue;
             }
             guards.push((id, self.lock(id)));
         }
-        let guard_of = |guards: &mut Vec<(usize, MutexGuard<'_, Shard>)>, counter: u64| -> usize {
+        let guard_of = |guards: &mut Guards<'_>, counter: u64| -> usize {
             let id = Self::shard_of(counter);
             guards.iter().position(|(g, _)| *g == id).unwrap_or(0)
         };
@@ -219,7 +234,7 @@ mod tests {
         let clock = ManualClock::new(1_000_000);
         let store = LocalStore::new(Arc::new(clock), 10_000);
         let (a, b) = (store.counter("a"), store.counter("b"));
-        let mut v = Vec::new();
+        let mut v = Verdicts::new();
         let both = [
             Check {
                 counter: a,
@@ -246,7 +261,7 @@ mod tests {
     fn idle_counters_are_evicted_when_full() {
         let clock = ManualClock::new(1_000_000);
         let store = LocalStore::new(Arc::new(clock.clone()), 64 * 16);
-        let mut v = Vec::new();
+        let mut v = Verdicts::new();
         for i in 0..20_000u64 {
             if i % 1000 == 0 {
                 clock.advance(5_000);

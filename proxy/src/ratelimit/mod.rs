@@ -41,12 +41,13 @@ use portcullis_compiler::GatewayConfig;
 use crate::auth::{Identity, DEFAULT_API_KEY_HEADER};
 use crate::config_store::RuntimeConfig;
 use crate::router::query_pairs;
-use algorithms::{Kind, Rule, Verdict};
+use algorithms::{Kind, Rule, Verdict, Verdicts};
 use clock::{Clock, SystemClock};
 pub use headers::RateLimitHeaders;
-use keys::Material;
+use keys::{Material, RedisKeys};
 use local::{Check, LocalStore};
 use redis::{RedisBackend, RedisSettings};
+use smallvec::SmallVec;
 
 /// Why a request was stopped by this step.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +154,8 @@ impl Backends {
 
 struct CompiledPolicy {
     id: Arc<str>,
+    /// The policy's part of its local counter ids ([`LocalStore::seed`]).
+    seed: u64,
     key: RateLimitKeyConfig,
     header: Option<HeaderName>,
     /// Limits, then the quota.
@@ -171,6 +174,9 @@ struct CompiledPolicy {
 struct RoutePolicies {
     pre: Vec<usize>,
     post: Vec<usize>,
+    /// Every policy of the step counts locally: decided without a future.
+    pre_local: bool,
+    post_local: bool,
     /// Where this route's API key is presented, when a post-auth policy keys by it.
     api_key: Option<(HeaderName, Option<String>)>,
 }
@@ -269,6 +275,7 @@ impl RateLimits {
             index.insert(p.id.as_str(), policies.len());
             policies.push(CompiledPolicy {
                 id: Arc::from(p.id.as_str()),
+                seed: backends.local.seed(&p.id),
                 key: p.key,
                 header,
                 rules: rules_of(p.algorithm, &p.limits, p.quota.as_ref()),
@@ -316,6 +323,9 @@ impl RateLimits {
                     }
                 }
             }
+            let local_only = |ids: &[usize]| ids.iter().all(|&i| !policies[i].redis_configured);
+            rp.pre_local = local_only(&rp.pre);
+            rp.post_local = local_only(&rp.post);
             routes.push(rp);
         }
         Ok(RateLimits { policies, routes })
@@ -365,9 +375,13 @@ pub async fn pre_auth(
             groups: &[],
             api_key: None,
         };
-        // Boxed: the Redis round trip makes this future large, and every request's
-        // pipeline future would carry (and copy) that size even on routes without limits.
-        Box::pin(decide(backends, limits, &rp.pre, &ctx, granted)).await?;
+        if rp.pre_local {
+            decide_local(backends, limits, &rp.pre, &ctx, granted)?;
+        } else {
+            // Boxed: the Redis round trip makes this future large, and every request's
+            // pipeline future would carry (and copy) that size even on routes without limits.
+            Box::pin(decide(backends, limits, &rp.pre, &ctx, granted)).await?;
+        }
     }
     Ok(PreAuth { api_key })
 }
@@ -407,6 +421,9 @@ pub async fn post_auth(
         groups: consumer.map_or(&[], |c| c.groups.as_slice()),
         api_key: pre.api_key,
     };
+    if rp.post_local {
+        return decide_local(backends, limits, &rp.post, &ctx, granted);
+    }
     Box::pin(decide(backends, limits, &rp.post, &ctx, granted)).await
 }
 
@@ -456,8 +473,64 @@ struct Slot {
 
 const FALLBACK_MARK: u8 = 1;
 
-/// The counters one script call decides: first policy, keys, rules, their slots.
-type RedisGroup = (usize, Vec<String>, Vec<Rule>, Vec<Slot>);
+/// A request has a few counters: these stay on the stack.
+type Few<T> = SmallVec<[T; 4]>;
+
+/// The local counters of one step, with the slot each verdict belongs to.
+#[derive(Default)]
+struct LocalChecks {
+    checks: Few<Check>,
+    slots: Few<Slot>,
+}
+
+impl LocalChecks {
+    fn push(&mut self, counter: u64, policy: usize, rule: Rule) {
+        self.checks.push(Check { counter, rule });
+        self.slots.push(Slot { policy, rule });
+    }
+
+    /// Decides them all (atomically) and appends the verdicts to `all`.
+    fn decide(&self, backends: &Backends, all: &mut Few<(Slot, Verdict)>) {
+        if self.checks.is_empty() {
+            return;
+        }
+        let mut verdicts = Verdicts::new();
+        backends.local.decide(&self.checks, &mut verdicts);
+        all.extend(self.slots.iter().copied().zip(verdicts));
+    }
+}
+
+/// The counters one script call decides.
+struct RedisGroup {
+    /// The first policy of the group; its backend is the group's.
+    first: usize,
+    keys: RedisKeys,
+    rules: Few<Rule>,
+    slots: Few<Slot>,
+}
+
+/// A step whose policies all count locally: no future, no allocation.
+fn decide_local(
+    backends: &Backends,
+    limits: &RateLimits,
+    policies: &[usize],
+    ctx: &KeyContext<'_>,
+    granted: &mut Option<RateLimitHeaders>,
+) -> Result<(), RateLimitError> {
+    let mut local = LocalChecks::default();
+    for &pi in policies {
+        let policy = &limits.policies[pi];
+        let material = policy.material(ctx);
+        let (tier, rules) = policy.rules_for(ctx.groups);
+        for (ri, rule) in rules.iter().enumerate() {
+            let counter = backends.local.counter((policy.seed, material, tier, ri));
+            local.push(counter, pi, *rule);
+        }
+    }
+    let mut all = Few::new();
+    local.decide(backends, &mut all);
+    finish(limits, &all, granted)
+}
 
 async fn decide(
     backends: &Backends,
@@ -466,33 +539,26 @@ async fn decide(
     ctx: &KeyContext<'_>,
     granted: &mut Option<RateLimitHeaders>,
 ) -> Result<(), RateLimitError> {
-    let mut checks: Vec<Check> = Vec::with_capacity(4);
-    let mut local_slots: Vec<Slot> = Vec::with_capacity(4);
-    let mut verdicts: Vec<Verdict> = Vec::with_capacity(4);
-    let mut all_slots: Vec<(Slot, Verdict)> = Vec::with_capacity(4);
+    let mut local = LocalChecks::default();
+    let mut all_slots: Few<(Slot, Verdict)> = Few::new();
+    let mut verdicts = Verdicts::new();
 
     // Redis policies, grouped by deployment (and, for a cluster, by policy so that one
     // script's keys share a slot).
-    let mut groups: Vec<RedisGroup> = Vec::new();
+    let mut groups: SmallVec<[RedisGroup; 1]> = SmallVec::new();
     for &pi in policies {
         let policy = &limits.policies[pi];
         let material = policy.material(ctx);
         let (tier, rules) = policy.rules_for(ctx.groups);
         if !policy.redis_configured {
             for (ri, rule) in rules.iter().enumerate() {
-                checks.push(Check {
-                    counter: backends.local.counter((&*policy.id, material, tier, ri)),
-                    rule: *rule,
-                });
-                local_slots.push(Slot {
-                    policy: pi,
-                    rule: *rule,
-                });
+                let counter = backends.local.counter((policy.seed, material, tier, ri));
+                local.push(counter, pi, *rule);
             }
             continue;
         }
-        let group = groups.iter().position(|(first, ..)| {
-            let other = &limits.policies[*first];
+        let group = groups.iter().position(|g| {
+            let other = &limits.policies[g.first];
             !policy.cluster
                 && !other.cluster
                 && match (&policy.redis, &other.redis) {
@@ -503,37 +569,41 @@ async fn decide(
         let g = match group {
             Some(g) => g,
             None => {
-                groups.push((pi, Vec::new(), Vec::new(), Vec::new()));
+                groups.push(RedisGroup {
+                    first: pi,
+                    keys: RedisKeys::default(),
+                    rules: Few::new(),
+                    slots: Few::new(),
+                });
                 groups.len() - 1
             }
         };
         for (ri, rule) in rules.iter().enumerate() {
-            let mut key = String::new();
-            keys::redis_key(&mut key, &policy.id, &material, tier * 64 + ri);
-            groups[g].1.push(key);
-            groups[g].2.push(*rule);
-            groups[g].3.push(Slot {
+            let group = &mut groups[g];
+            group.keys.push(&policy.id, &material, tier * 64 + ri);
+            group.rules.push(*rule);
+            group.slots.push(Slot {
                 policy: pi,
                 rule: *rule,
             });
         }
     }
 
-    for (first, redis_keys, rules, slots) in &groups {
-        let backend = limits.policies[*first].redis.as_ref();
+    for group in &groups {
+        let backend = limits.policies[group.first].redis.as_ref();
         let result = match backend {
-            Some(b) => b.decide(redis_keys, rules, &mut verdicts).await,
+            Some(b) => b.decide(&group.keys, &group.rules, &mut verdicts).await,
             None => Err(redis::RedisError::Unavailable),
         };
         match result {
             Ok(_) => {
-                all_slots.extend(slots.iter().copied().zip(verdicts.iter().copied()));
+                all_slots.extend(group.slots.iter().copied().zip(verdicts.iter().copied()));
                 if verdicts.iter().any(|v| !v.allowed) {
                     return finish(limits, &all_slots, granted);
                 }
             }
             Err(_) => {
-                for slot in slots {
+                for (i, slot) in group.slots.iter().enumerate() {
                     let policy = &limits.policies[slot.policy];
                     match policy.on_failure {
                         OnBackendFailureConfig::Deny => {
@@ -545,22 +615,19 @@ async fn decide(
                         OnBackendFailureConfig::LocalFallback => {
                             let material = policy.material(ctx);
                             let (tier, _) = policy.rules_for(ctx.groups);
-                            let ri = slots
+                            // The rule's index within its policy.
+                            let ri = group.slots[..i]
                                 .iter()
                                 .filter(|s| s.policy == slot.policy)
-                                .position(|s| std::ptr::eq(s, slot))
-                                .unwrap_or(0);
-                            checks.push(Check {
-                                counter: backends.local.counter((
-                                    FALLBACK_MARK,
-                                    &*policy.id,
-                                    material,
-                                    tier,
-                                    ri,
-                                )),
-                                rule: slot.rule,
-                            });
-                            local_slots.push(*slot);
+                                .count();
+                            let counter = backends.local.counter((
+                                policy.seed,
+                                FALLBACK_MARK,
+                                material,
+                                tier,
+                                ri,
+                            ));
+                            local.push(counter, slot.policy, slot.rule);
                         }
                     }
                 }
@@ -568,10 +635,7 @@ async fn decide(
         }
     }
 
-    if !checks.is_empty() {
-        backends.local.decide(&checks, &mut verdicts);
-        all_slots.extend(local_slots.iter().copied().zip(verdicts.iter().copied()));
-    }
+    local.decide(backends, &mut all_slots);
     finish(limits, &all_slots, granted)
 }
 
