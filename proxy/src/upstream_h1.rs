@@ -488,7 +488,9 @@ fn parse_head(
     // One copy of the head; header values are slices of it.
     let head_bytes = Bytes::copy_from_slice(&buf[..used]);
     let base = buf.as_ptr() as usize;
-    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    // Room for what the gateway adds to the response (request id, rate-limit and security
+    // headers, CORS) so the map is not regrown and rehashed on the way out.
+    let mut map = HeaderMap::with_capacity(parsed.headers.len() + 10);
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding = false;
     let mut chunked_last = false;
