@@ -64,7 +64,7 @@ pub struct CompiledRoute {
 
 impl CompiledRoute {
     fn build(
-        config: &RouteConfig,
+        config: RouteConfig,
         pool: &ClientPool,
         counters: Arc<RouteCounters>,
         secrets: &SecretConfig,
@@ -111,7 +111,8 @@ impl CompiledRoute {
             metrics: RouteMetrics::new(&config.id),
             counters,
             waf: RouteWaf::new(&config.id, &config.waf_policies, engines)?,
-            config: config.clone(),
+            // Last: every field above borrows it.
+            config,
         })
     }
 }
@@ -133,20 +134,41 @@ impl RuntimeConfig {
         limiter: &Backends,
         counters: &CounterRegistry,
     ) -> Result<Self, ConfigError> {
+        Self::build_owned(config.clone(), pool, limiter, counters)
+    }
+
+    /// Builds from a config it consumes: routes move into the runtime instead of being
+    /// copied, and what the runtime does not keep (object list, consumers and key digests
+    /// once indexed) is freed before the rest is built. At 100k consumers this keeps a
+    /// reload's peak memory tens of MiB lower than building from a borrowed config.
+    pub fn build_owned(
+        mut config: GatewayConfig,
+        pool: &ClientPool,
+        limiter: &Backends,
+        counters: &CounterRegistry,
+    ) -> Result<Self, ConfigError> {
+        // Only the operator needs the object list (for status).
+        drop(std::mem::take(&mut config.objects));
+        let keys = KeyStore::build(&config.consumers, &config.secrets)?;
+        drop(std::mem::take(&mut config.consumers));
+        drop(std::mem::take(&mut config.secrets.api_keys));
         let route_counters = counters.for_routes(config.routes.iter().map(|r| r.id.as_str()));
         let engines = crate::waf::build_engines(&config.waf_policies)?;
+        let router = Router::build(&config.routes)?;
+        let rate_limits = RateLimits::build(&config, limiter)?;
+        let tls = crate::tls::TlsRuntime::build(&config)?;
+        let routes = std::mem::take(&mut config.routes)
+            .into_iter()
+            .zip(route_counters)
+            .map(|(r, c)| CompiledRoute::build(r, pool, c, &config.secrets, &engines))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(RuntimeConfig {
-            generation: config.generation.clone(),
-            router: Router::build(&config.routes)?,
-            routes: config
-                .routes
-                .iter()
-                .zip(route_counters)
-                .map(|(r, c)| CompiledRoute::build(r, pool, c, &config.secrets, &engines))
-                .collect::<Result<_, _>>()?,
-            keys: KeyStore::build(&config.consumers, &config.secrets)?,
-            rate_limits: RateLimits::build(config, limiter)?,
-            tls: crate::tls::TlsRuntime::build(config)?,
+            generation: config.generation,
+            router,
+            routes,
+            keys,
+            rate_limits,
+            tls,
         })
     }
 }

@@ -286,6 +286,19 @@ impl ConfigHandle {
         Ok(())
     }
 
+    /// Like [`ConfigHandle::swap_config`], consuming the config: nothing of it is copied, and
+    /// what the runtime does not need is freed before the rest is built (cluster mode).
+    pub fn swap_config_owned(&self, config: GatewayConfig) -> Result<(), ConfigError> {
+        let runtime = RuntimeConfig::build_owned(
+            config,
+            &self.shared.clients,
+            &self.shared.limiter,
+            &self.shared.counters,
+        )?;
+        self.shared.store.store(runtime);
+        Ok(())
+    }
+
     pub fn generation(&self) -> String {
         self.shared.store.load().generation.clone()
     }

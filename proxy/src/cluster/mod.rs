@@ -28,6 +28,7 @@
 
 pub mod assemble;
 mod loader;
+pub use loader::{load, Loaded};
 mod reporter;
 
 use std::sync::Arc;
