@@ -325,8 +325,46 @@ const STRUCTURAL_HEADERS: [&str; 24] = [
 const MEMO_MAX: usize = 256;
 /// Fewest values in a collection for which the memo is kept.
 const MEMO_MIN_TARGETS: usize = 16;
-/// Most memo entries reserved up front for a JSON body.
-const MEMO_CAPACITY: usize = 256;
+/// Entries of the JSON walk's memo of clean values (a power of two).
+const MEMO_SLOTS: usize = 64;
+
+/// The JSON walk's memo of clean values: direct-mapped, one entry per hash slot, so a
+/// lookup is a hash and one comparison (a hash set's probing cost as much as inspecting
+/// a short value). A collision replaces the older value, which is then inspected again
+/// if it comes back: the memo only saves work, it never changes a result.
+struct CleanMemo<'a> {
+    slots: [Option<(Kind, &'a str)>; MEMO_SLOTS],
+}
+
+impl Default for CleanMemo<'_> {
+    fn default() -> Self {
+        CleanMemo {
+            slots: [None; MEMO_SLOTS],
+        }
+    }
+}
+
+impl<'a> CleanMemo<'a> {
+    fn slot(kind: Kind, value: &str) -> usize {
+        let mut h = Fnv::default();
+        h.write(value.as_bytes());
+        h.write_usize(kind.bit().into());
+        // FxHash leaves short keys poorly spread in any few bits: finish with MurmurHash3's
+        // avalanche step before taking the slot.
+        let mut x = h.finish();
+        x = (x ^ (x >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x = (x ^ (x >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        (x ^ (x >> 33)) as usize % MEMO_SLOTS
+    }
+
+    fn contains(&self, kind: Kind, value: &str) -> bool {
+        self.slots[Self::slot(kind, value)] == Some((kind, value))
+    }
+
+    fn insert(&mut self, kind: Kind, value: &'a str) {
+        self.slots[Self::slot(kind, value)] = Some((kind, value));
+    }
+}
 
 /// A word-at-a-time multiplicative hash (FxHash's) for the per-request memo of clean
 /// values: short keys, no adversarial concern (a collision costs a comparison, and the set
@@ -726,11 +764,7 @@ impl Engine {
             engine: self,
             path_norm,
             eval,
-            // Sized for the values of a document this long (a few reallocations otherwise).
-            clean: HashSet::with_capacity_and_hasher(
-                (body.len() / 16).min(MEMO_CAPACITY),
-                BuildHasherDefault::default(),
-            ),
+            clean: CleanMemo::default(),
             args: 0,
             fallback: false,
         };
@@ -1337,7 +1371,7 @@ struct JsonInspector<'e, 'a> {
     /// Values (borrowed from the body) that matched nothing, by kind: see the memo in
     /// [`Engine::finish_collection`]. Labels only filter findings, so a clean value is
     /// clean again under any path.
-    clean: HashSet<(Kind, &'a str), BuildHasherDefault<Fnv>>,
+    clean: CleanMemo<'a>,
     args: usize,
     fallback: bool,
 }
@@ -1361,7 +1395,7 @@ impl<'a> JsonInspector<'_, 'a> {
         raw_len: usize,
     ) {
         let memo = borrowed.filter(|v| v.len() <= MEMO_MAX);
-        if memo.is_some_and(|v| self.clean.contains(&(kind, v))) {
+        if memo.is_some_and(|v| self.clean.contains(kind, v)) {
             return;
         }
         let target = Target::in_place(kind, collection, path, value, class, raw_len);
@@ -1369,7 +1403,7 @@ impl<'a> JsonInspector<'_, 'a> {
             .engine
             .inspect_target(&target, path, self.path_norm, self.eval);
         if let Some(v) = memo.filter(|_| clean) {
-            self.clean.insert((kind, v));
+            self.clean.insert(kind, v);
         }
     }
 }

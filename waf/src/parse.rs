@@ -567,16 +567,21 @@ pub(crate) mod json {
         fn string(&mut self) -> Result<(Cow<'a, str>, Option<u64>), Invalid> {
             self.i += 1;
             let start = self.i;
-            let mut end = start;
+            let rest = self.b.get(start..).ok_or(Invalid)?;
             let mut classes = 0;
-            loop {
-                let c = class::BYTE_CLASS[usize::from(*self.b.get(end).ok_or(Invalid)?)];
+            let mut run = rest.len();
+            for (n, &b) in rest.iter().enumerate() {
+                let c = class::BYTE_CLASS[usize::from(b)];
                 if c & class::JSON_STOP != 0 {
+                    run = n;
                     break;
                 }
                 classes |= c;
-                end += 1;
             }
+            if run == rest.len() {
+                return Err(Invalid);
+            }
+            let end = start + run;
             self.i = end;
             if self.b[end] == b'"' {
                 self.i += 1;
