@@ -1919,3 +1919,99 @@ fn excerpt(text: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Findings of a JSON body through the collecting path (every key and leaf collected,
+    /// then inspected): what the in-place walk must reproduce.
+    fn collected(e: &Engine, body: &[u8]) -> Vec<(u32, String)> {
+        let mut eval = Evaluation::default();
+        let mut c = Collector::new(&e.parse_limits);
+        c.json(body, false);
+        e.finish_collection(c, "/x", &mut eval);
+        eval.findings
+            .iter()
+            .map(|f| (f.rule_id, f.target.clone()))
+            .collect()
+    }
+
+    fn in_place(e: &Engine, body: &[u8]) -> Vec<(u32, String)> {
+        let head = RequestHead {
+            method: "POST",
+            uri: "/x",
+            headers: &[("host", b"h"), ("content-type", b"application/json")],
+            client_ip: None,
+        };
+        let mut eval = Evaluation::default();
+        e.inspect_body(&head, &mut eval, body, false);
+        eval.findings
+            .iter()
+            .map(|f| (f.rule_id, f.target.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn json_in_place_matches_collecting_path() {
+        let numbers = [
+            "0",
+            "-1",
+            "1.5",
+            "1e5",
+            "1E5",
+            "1e+5",
+            "-2.5E-3",
+            "10.99",
+            "1001",
+            "123456789012345678901234567890",
+            "0.000001",
+            "-0",
+            "2.2250738585072011e-308",
+            "4294967296",
+            "1e309",
+        ];
+        let strings = [
+            "Jane O'Neil",
+            "1' or '1'='1",
+            "<script>alert(1)</script>",
+            "../../etc/passwd",
+            "; cat /etc/passwd",
+            "union select password from users",
+            "a\\\"b\\u0027 or 1=1--",
+            "%27%20or%201%3D1",
+            "Blue cotton shirt, size M",
+        ];
+        for pl in 1..=4 {
+            let e = Engine::new(PolicyConfig {
+                paranoia_level: pl,
+                ..PolicyConfig::default()
+            })
+            .unwrap();
+            for n in numbers {
+                let doc = format!(r#"{{"a": {n}, "b": [{n}, {{"c": {n}}}]}}"#);
+                assert_eq!(
+                    in_place(&e, doc.as_bytes()),
+                    collected(&e, doc.as_bytes()),
+                    "{doc}"
+                );
+            }
+            for s in strings {
+                let doc =
+                    format!(r#"{{"a": "{s}", "{s}": ["{s}", "{s}", {{"k": "{s}"}}], "n": 1}}"#);
+                assert_eq!(
+                    in_place(&e, doc.as_bytes()),
+                    collected(&e, doc.as_bytes()),
+                    "{doc}"
+                );
+            }
+            // Repeated values (the memo) and more values than the memo has slots.
+            let many: Vec<String> = (0..200)
+                .map(|i| format!(r#"{{"id": "v{}", "q": "1' or '{i}'='{i}"}}"#, i % 70))
+                .collect();
+            let doc = format!("[{}]", many.join(","));
+            assert_eq!(in_place(&e, doc.as_bytes()), collected(&e, doc.as_bytes()));
+        }
+    }
+}
