@@ -1389,8 +1389,7 @@ impl<'a> JsonInspector<'_, 'a> {
         kind: Kind,
         collection: &'static str,
         path: &str,
-        value: Cow<'_, str>,
-        class: u64,
+        (value, class): (Cow<'_, str>, u64),
         borrowed: Option<&'a str>,
         raw_len: usize,
     ) {
@@ -1438,8 +1437,7 @@ impl<'a> JsonSink<'a> for JsonInspector<'_, 'a> {
             kind,
             collection,
             path,
-            decoded,
-            class,
+            (decoded, class),
             borrowed,
             value.len(),
         );
@@ -1450,15 +1448,15 @@ impl<'a> JsonSink<'a> for JsonInspector<'_, 'a> {
             return;
         }
         let (decoded, class) = parse::decode(value);
-        self.inspect(kind, collection, path, decoded, class, None, value.len());
+        self.inspect(kind, collection, path, (decoded, class), None, value.len());
     }
 
     fn number(&mut self, path: &str, value: &'a str) {
         if self.too_long(value.len()) {
             return;
         }
-        // Digits, `-`, `+`, `.`, `e`: nothing to decode (`+` only in an exponent, where
-        // `decode` would make it a space: do as it does).
+        // Digits, `-`, `+`, `.`, `e`: ASCII, so no UTF-8 check; a `+` (exponent only) is
+        // still decoded to a space, as the collecting path does.
         let (decoded, class) = parse::decode_classified(value, class::of(value.as_bytes()));
         let borrowed = match decoded {
             Cow::Borrowed(v) => Some(v),
@@ -1468,8 +1466,7 @@ impl<'a> JsonSink<'a> for JsonInspector<'_, 'a> {
             Kind::Arg,
             "Json",
             path,
-            decoded,
-            class,
+            (decoded, class),
             borrowed,
             value.len(),
         );
