@@ -20,6 +20,8 @@ pub const SPACE: u64 = 1 << 8;
 pub const CONTROL: u64 = 1 << 10;
 /// What `decode_value` could change: `%`, `+`, `&` and the lead bytes of overlong UTF-8.
 pub const DECODE: u64 = 1 << 9;
+/// What ends the plain run of a JSON string: `"`, `\\` and control characters.
+pub const JSON_STOP: u64 = 1 << 11;
 
 /// Bits `PUNCT_SHIFT..` say which of [`PUNCT`] occur, one bit per byte.
 pub const PUNCT_SHIFT: u32 = 16;
@@ -102,6 +104,9 @@ const fn table() -> [u64; 256] {
         }
         if matches!(b, b'%' | b'+' | b'&' | 0xC0 | 0xC1 | 0xE0) {
             c |= DECODE;
+        }
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            c |= JSON_STOP;
         }
         let mut p = 0;
         while p < PUNCT.len() {

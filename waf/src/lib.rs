@@ -30,7 +30,7 @@ pub mod parse;
 pub mod rules;
 pub mod transform;
 
-use parse::{Collector, Kind, ParseLimits, Target};
+use parse::{Collector, JsonSink, Kind, ParseLimits, Target};
 use rules::{Input, RuleDef};
 
 /// Rule groups, as named in `WafPolicy.spec.ruleGroups`.
@@ -325,23 +325,88 @@ const STRUCTURAL_HEADERS: [&str; 24] = [
 const MEMO_MAX: usize = 256;
 /// Fewest values in a collection for which the memo is kept.
 const MEMO_MIN_TARGETS: usize = 16;
+/// Entries of the JSON walk's memo of clean values (a power of two).
+const MEMO_SLOTS: usize = 64;
 
-/// FNV-1a for the per-request memo of clean values: short keys, no adversarial concern
-/// (a collision costs a comparison, and the set is bounded by the request's values).
+/// The JSON walk's memo of clean values: direct-mapped, one entry per hash slot, so a
+/// lookup is a hash and one comparison (a hash set's probing cost as much as inspecting
+/// a short value). A collision replaces the older value, which is then inspected again
+/// if it comes back: the memo only saves work, it never changes a result.
+struct CleanMemo<'a> {
+    slots: [Option<(Kind, &'a str)>; MEMO_SLOTS],
+}
+
+impl Default for CleanMemo<'_> {
+    fn default() -> Self {
+        CleanMemo {
+            slots: [None; MEMO_SLOTS],
+        }
+    }
+}
+
+impl<'a> CleanMemo<'a> {
+    fn slot(kind: Kind, value: &str) -> usize {
+        let mut h = Fnv::default();
+        h.write(value.as_bytes());
+        h.write_usize(kind.bit().into());
+        // FxHash leaves short keys poorly spread in any few bits: finish with MurmurHash3's
+        // avalanche step before taking the slot.
+        let mut x = h.finish();
+        x = (x ^ (x >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x = (x ^ (x >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        (x ^ (x >> 33)) as usize % MEMO_SLOTS
+    }
+
+    fn contains(&self, kind: Kind, value: &str) -> bool {
+        self.slots[Self::slot(kind, value)] == Some((kind, value))
+    }
+
+    fn insert(&mut self, kind: Kind, value: &'a str) {
+        self.slots[Self::slot(kind, value)] = Some((kind, value));
+    }
+}
+
+/// A word-at-a-time multiplicative hash (FxHash's) for the per-request memo of clean
+/// values: short keys, no adversarial concern (a collision costs a comparison, and the set
+/// is bounded by the request's values). FNV-1a, one multiplication per byte, cost more
+/// than the inspection it saved on short JSON values.
 #[derive(Default)]
 struct Fnv(u64);
 
+impl Fnv {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
+    }
+}
+
 impl Hasher for Fnv {
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(word));
         }
-        self.0 = h;
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.mix(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.mix(u64::from(i));
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.mix(i as u64);
+    }
+
+    fn write_isize(&mut self, i: isize) {
+        self.mix(i as u64);
     }
 
     fn finish(&self) -> u64 {
@@ -654,7 +719,9 @@ impl Engine {
         let media = content_type.split(';').next().unwrap_or("").trim();
         let mut c = Collector::new(&self.parse_limits);
         if media == "application/json" || media.ends_with("+json") {
-            c.json(body, truncated);
+            if !self.inspect_json_in_place(body, &path_norm, eval) {
+                c.json(body, truncated);
+            }
         } else if media == "multipart/form-data" {
             match parse::boundary(&content_type) {
                 Some(b) => c.multipart(body, &b, truncated),
@@ -682,6 +749,34 @@ impl Engine {
             self.inspect_body(req, &mut eval, body, false);
         }
         eval
+    }
+
+    /// A JSON body inspected while it is walked: each key and leaf is inspected where it is
+    /// found (its path only becomes a label if it matches), instead of being collected with
+    /// its path first. Returns `false`, with `eval` as it was, when the document needs the
+    /// collecting walk: it is invalid, or it hits a limit (`maxArgs`, `maxArgLength`,
+    /// `maxJsonDepth`). Those findings come before the values' findings, so that path
+    /// keeps their order; it is rare and bounded by `inspectBodyBytes`.
+    fn inspect_json_in_place(&self, body: &[u8], path_norm: &str, eval: &mut Evaluation) -> bool {
+        let findings = eval.findings.len();
+        let score = eval.score;
+        let mut inspector = JsonInspector {
+            engine: self,
+            path_norm,
+            eval,
+            clean: CleanMemo::default(),
+            args: 0,
+            fallback: false,
+        };
+        let done = match parse::json::walk(body, &mut inspector) {
+            Ok(depth) => !inspector.fallback && depth <= self.parse_limits.max_json_depth,
+            Err(_) => false,
+        };
+        if !done {
+            eval.findings.truncate(findings);
+            eval.score = score;
+        }
+        done
     }
 
     fn finish_collection(&self, c: Collector<'_, '_>, path_norm: &str, eval: &mut Evaluation) {
@@ -1265,6 +1360,119 @@ impl Engine {
     }
 }
 
+/// The engine as a [`JsonSink`]: inspects each key and leaf as the walk finds it, exactly
+/// as [`Engine::finish_collection`] would inspect the collected target (same decoding,
+/// same memo of clean values), and gives up (`fallback`) where the collector would record
+/// a limit.
+struct JsonInspector<'e, 'a> {
+    engine: &'e Engine,
+    path_norm: &'e str,
+    eval: &'e mut Evaluation,
+    /// Values (borrowed from the body) that matched nothing, by kind: see the memo in
+    /// [`Engine::finish_collection`]. Labels only filter findings, so a clean value is
+    /// clean again under any path.
+    clean: CleanMemo<'a>,
+    args: usize,
+    fallback: bool,
+}
+
+impl<'a> JsonInspector<'_, 'a> {
+    fn too_long(&mut self, len: usize) -> bool {
+        if len > self.engine.parse_limits.max_arg_length {
+            self.fallback = true;
+        }
+        self.fallback
+    }
+
+    fn inspect(
+        &mut self,
+        kind: Kind,
+        collection: &'static str,
+        path: &str,
+        (value, class): (Cow<'_, str>, u64),
+        borrowed: Option<&'a str>,
+        raw_len: usize,
+    ) {
+        let memo = borrowed.filter(|v| v.len() <= MEMO_MAX);
+        if memo.is_some_and(|v| self.clean.contains(kind, v)) {
+            return;
+        }
+        let target = Target::in_place(kind, collection, path, value, class, raw_len);
+        let clean = self
+            .engine
+            .inspect_target(&target, path, self.path_norm, self.eval);
+        if let Some(v) = memo.filter(|_| clean) {
+            self.clean.insert(kind, v);
+        }
+    }
+}
+
+impl<'a> JsonSink<'a> for JsonInspector<'_, 'a> {
+    fn count_arg(&mut self) -> bool {
+        self.args += 1;
+        if self.args > self.engine.parse_limits.max_args {
+            self.fallback = true;
+            return false;
+        }
+        true
+    }
+
+    fn text(
+        &mut self,
+        kind: Kind,
+        collection: &'static str,
+        path: &str,
+        value: &'a str,
+        classes: u64,
+    ) {
+        if self.too_long(value.len()) {
+            return;
+        }
+        let (decoded, class) = parse::decode_classified(value, classes);
+        let borrowed = match decoded {
+            Cow::Borrowed(v) => Some(v),
+            Cow::Owned(_) => None,
+        };
+        self.inspect(
+            kind,
+            collection,
+            path,
+            (decoded, class),
+            borrowed,
+            value.len(),
+        );
+    }
+
+    fn owned(&mut self, kind: Kind, collection: &'static str, path: &str, value: &[u8]) {
+        if self.too_long(value.len()) {
+            return;
+        }
+        let (decoded, class) = parse::decode(value);
+        self.inspect(kind, collection, path, (decoded, class), None, value.len());
+    }
+
+    fn number(&mut self, path: &str, value: &'a str) {
+        if self.too_long(value.len()) {
+            return;
+        }
+        // Digits, `-`, `+`, `.`, `e`: ASCII, so no UTF-8 check; a `+` (exponent only) is
+        // still decoded to a space, as the collecting path does.
+        let (decoded, class) = parse::decode_classified(value, class::of(value.as_bytes()));
+        let borrowed = match decoded {
+            Cow::Borrowed(v) => Some(v),
+            Cow::Owned(_) => None,
+        };
+        self.inspect(
+            Kind::Arg,
+            "Json",
+            path,
+            (decoded, class),
+            borrowed,
+            value.len(),
+        );
+    }
+}
+
 fn single_byte(literal: &str) -> Option<u8> {
     match literal.as_bytes() {
         [b] => Some(*b),
@@ -1707,4 +1915,100 @@ fn excerpt(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Findings of a JSON body through the collecting path (every key and leaf collected,
+    /// then inspected): what the in-place walk must reproduce.
+    fn collected(e: &Engine, body: &[u8]) -> Vec<(u32, String)> {
+        let mut eval = Evaluation::default();
+        let mut c = Collector::new(&e.parse_limits);
+        c.json(body, false);
+        e.finish_collection(c, "/x", &mut eval);
+        eval.findings
+            .iter()
+            .map(|f| (f.rule_id, f.target.clone()))
+            .collect()
+    }
+
+    fn in_place(e: &Engine, body: &[u8]) -> Vec<(u32, String)> {
+        let head = RequestHead {
+            method: "POST",
+            uri: "/x",
+            headers: &[("host", b"h"), ("content-type", b"application/json")],
+            client_ip: None,
+        };
+        let mut eval = Evaluation::default();
+        e.inspect_body(&head, &mut eval, body, false);
+        eval.findings
+            .iter()
+            .map(|f| (f.rule_id, f.target.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn json_in_place_matches_collecting_path() {
+        let numbers = [
+            "0",
+            "-1",
+            "1.5",
+            "1e5",
+            "1E5",
+            "1e+5",
+            "-2.5E-3",
+            "10.99",
+            "1001",
+            "123456789012345678901234567890",
+            "0.000001",
+            "-0",
+            "2.2250738585072011e-308",
+            "4294967296",
+            "1e309",
+        ];
+        let strings = [
+            "Jane O'Neil",
+            "1' or '1'='1",
+            "<script>alert(1)</script>",
+            "../../etc/passwd",
+            "; cat /etc/passwd",
+            "union select password from users",
+            "a\\\"b\\u0027 or 1=1--",
+            "%27%20or%201%3D1",
+            "Blue cotton shirt, size M",
+        ];
+        for pl in 1..=4 {
+            let e = Engine::new(PolicyConfig {
+                paranoia_level: pl,
+                ..PolicyConfig::default()
+            })
+            .unwrap();
+            for n in numbers {
+                let doc = format!(r#"{{"a": {n}, "b": [{n}, {{"c": {n}}}]}}"#);
+                assert_eq!(
+                    in_place(&e, doc.as_bytes()),
+                    collected(&e, doc.as_bytes()),
+                    "{doc}"
+                );
+            }
+            for s in strings {
+                let doc =
+                    format!(r#"{{"a": "{s}", "{s}": ["{s}", "{s}", {{"k": "{s}"}}], "n": 1}}"#);
+                assert_eq!(
+                    in_place(&e, doc.as_bytes()),
+                    collected(&e, doc.as_bytes()),
+                    "{doc}"
+                );
+            }
+            // Repeated values (the memo) and more values than the memo has slots.
+            let many: Vec<String> = (0..200)
+                .map(|i| format!(r#"{{"id": "v{}", "q": "1' or '{i}'='{i}"}}"#, i % 70))
+                .collect();
+            let doc = format!("[{}]", many.join(","));
+            assert_eq!(in_place(&e, doc.as_bytes()), collected(&e, doc.as_bytes()));
+        }
+    }
 }

@@ -11,7 +11,7 @@ use crate::transform::decode_value;
 
 /// A decoded value and its byte classes; borrowed when decoding changes nothing (one scan
 /// finds that out: no `%`, `+`, `&` or overlong lead bytes, and valid UTF-8).
-fn decode(raw: &[u8]) -> (Cow<'_, str>, u64) {
+pub(crate) fn decode(raw: &[u8]) -> (Cow<'_, str>, u64) {
     let class = class::of(raw);
     if class & class::DECODE == 0 {
         if let Ok(text) = std::str::from_utf8(raw) {
@@ -24,8 +24,12 @@ fn decode(raw: &[u8]) -> (Cow<'_, str>, u64) {
 }
 
 /// [`decode`] for text already known to be UTF-8 (JSON strings).
-fn decode_text(text: &str) -> (Cow<'_, str>, u64) {
-    let class = class::of(text.as_bytes());
+pub(crate) fn decode_text(text: &str) -> (Cow<'_, str>, u64) {
+    decode_classified(text, class::of(text.as_bytes()))
+}
+
+/// [`decode_text`] for text whose classes are known (`class` is `class::of(text)`).
+pub(crate) fn decode_classified(text: &str, class: u64) -> (Cow<'_, str>, u64) {
     if class & class::DECODE == 0 {
         return (Cow::Borrowed(text), class);
     }
@@ -82,7 +86,27 @@ pub struct Target<'a> {
     pub raw_len: usize,
 }
 
-impl Target<'_> {
+impl<'a> Target<'a> {
+    /// A target whose key is `keys` itself, clipped as the collector clips keys (the JSON
+    /// walk inspecting a leaf in place, with its path as `keys`).
+    pub(crate) fn in_place(
+        kind: Kind,
+        collection: &'static str,
+        keys: &str,
+        value: Cow<'a, str>,
+        class: u64,
+        raw_len: usize,
+    ) -> Self {
+        Target {
+            kind,
+            collection,
+            key: 0..clip(keys, MAX_KEY_LEN).len(),
+            value,
+            class,
+            raw_len,
+        }
+    }
+
     /// Argument, header or cookie name, or a JSON path (`$.user.name`); `keys` is the
     /// arena of the collector that made the target.
     pub fn key<'k>(&self, keys: &'k str) -> &'k str {
@@ -304,6 +328,10 @@ impl<'l, 'a> Collector<'l, 'a> {
         let keys = self.keys.len();
         let args = self.args;
         let issues = self.issues.clone();
+        // A 1 KiB document holds ~100 keys and leaves; growing from empty costs a few
+        // reallocations per request. Bounded so that a large body does not reserve much.
+        self.targets.reserve((body.len() / 10).min(1024));
+        self.keys.reserve((body.len() * 2).min(16 * 1024));
         match json::walk(body, self) {
             Ok(depth) => {
                 if depth > self.limits.max_json_depth {
@@ -437,11 +465,50 @@ fn xml_values(text: &str) -> Vec<(&'static str, Range<usize>)> {
     out
 }
 
+/// What the JSON walk hands over: the collector (every key and leaf, inspected later), or
+/// the engine inspecting each one as it is found.
+pub(crate) trait JsonSink<'a> {
+    /// Counts one key or leaf; `false` once `maxArgs` is passed (nothing more is kept).
+    fn count_arg(&mut self) -> bool;
+    /// A key or string leaf without escapes, borrowed from the document, and its byte
+    /// classes ([`class::of`]).
+    fn text(
+        &mut self,
+        kind: Kind,
+        collection: &'static str,
+        path: &str,
+        value: &'a str,
+        classes: u64,
+    );
+    /// A key or string leaf the walk had to unescape.
+    fn owned(&mut self, kind: Kind, collection: &'static str, path: &str, value: &[u8]);
+    /// A number, as written.
+    fn number(&mut self, path: &str, value: &'a str);
+}
+
+impl<'a> JsonSink<'a> for Collector<'_, 'a> {
+    fn count_arg(&mut self) -> bool {
+        Collector::count_arg(self)
+    }
+
+    fn text(&mut self, kind: Kind, collection: &'static str, path: &str, value: &'a str, _: u64) {
+        self.push_text(kind, collection, path, value);
+    }
+
+    fn owned(&mut self, kind: Kind, collection: &'static str, path: &str, value: &[u8]) {
+        self.push_owned(kind, collection, path, value);
+    }
+
+    fn number(&mut self, path: &str, value: &'a str) {
+        self.push(Kind::Arg, "Json", path, value.as_bytes());
+    }
+}
+
 /// The strict, iterative JSON walker behind [`Collector::json`].
-mod json {
+pub(crate) mod json {
     use std::borrow::Cow;
 
-    use super::{clip, Collector, Kind, MAX_KEY_LEN};
+    use super::{class, clip, JsonSink, Kind, MAX_KEY_LEN};
 
     /// Nesting past which the document is not parsed (serde_json's limit, kept so that
     /// what is refused did not change); it is inspected as text instead.
@@ -493,20 +560,37 @@ mod json {
             }
         }
 
-        /// A string whose opening quote is at `self.i`: borrowed when it has no escapes.
-        fn string(&mut self) -> Result<Cow<'a, str>, Invalid> {
+        /// A string whose opening quote is at `self.i`: borrowed when it has no escapes,
+        /// with its byte classes ([`class::of`]; `None` for an unescaped copy). The scan
+        /// for the closing quote reads the class table anyway, so the value is not
+        /// scanned a second time for its classes.
+        fn string(&mut self) -> Result<(Cow<'a, str>, Option<u64>), Invalid> {
             self.i += 1;
             let start = self.i;
-            let end = start
-                + self.b[start..]
-                    .iter()
-                    .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-                    .ok_or(Invalid)?;
+            let rest = self.b.get(start..).ok_or(Invalid)?;
+            let mut classes = 0;
+            let mut run = rest.len();
+            for (n, &b) in rest.iter().enumerate() {
+                let c = class::BYTE_CLASS[usize::from(b)];
+                if c & class::JSON_STOP != 0 {
+                    run = n;
+                    break;
+                }
+                classes |= c;
+            }
+            if run == rest.len() {
+                return Err(Invalid);
+            }
+            let end = start + run;
             self.i = end;
             if self.b[end] == b'"' {
                 self.i += 1;
                 // Both ends are ASCII quotes, so this is a char boundary slice.
-                return self.text.get(start..end).map(Cow::Borrowed).ok_or(Invalid);
+                return self
+                    .text
+                    .get(start..end)
+                    .map(|t| (Cow::Borrowed(t), Some(classes)))
+                    .ok_or(Invalid);
             }
             let mut out = String::from(self.text.get(start..end).ok_or(Invalid)?);
             loop {
@@ -519,7 +603,7 @@ mod json {
                 out.push_str(self.text.get(seg..end).ok_or(Invalid)?);
                 self.i = end + 1;
                 match self.b[end] {
-                    b'"' => return Ok(Cow::Owned(out)),
+                    b'"' => return Ok((Cow::Owned(out), None)),
                     b'\\' => {}
                     _ => return Err(Invalid),
                 }
@@ -575,8 +659,9 @@ mod json {
             }
         }
 
-        /// A number (RFC 8259 grammar), as written in the document.
-        fn number(&mut self) -> Result<&'a [u8], Invalid> {
+        /// A number (RFC 8259 grammar), as written in the document (ASCII: a slice of
+        /// the text, no UTF-8 check).
+        fn number(&mut self) -> Result<&'a str, Invalid> {
             let start = self.i;
             if self.peek() == Some(b'-') {
                 self.i += 1;
@@ -621,15 +706,12 @@ mod json {
                     exponent = -exponent;
                 }
             }
-            let text = &self.b[start..self.i];
+            let text = self.text.get(start..self.i).ok_or(Invalid)?;
             // serde_json refuses numbers that overflow f64. The value is below
             // 10^(integer digits + exponent), so only when that reaches the 1e308 range does
             // the exact (slower) parse run.
             if int_digits as i64 + exponent >= 300 {
-                let finite = std::str::from_utf8(text)
-                    .ok()
-                    .and_then(|t| t.parse::<f64>().ok())
-                    .is_some_and(f64::is_finite);
+                let finite = text.parse::<f64>().ok().is_some_and(f64::is_finite);
                 if !finite {
                     return Err(Invalid);
                 }
@@ -646,17 +728,13 @@ mod json {
 
     /// Walks `body`, pushing keys and leaves into `c`; the document's nesting depth, or
     /// `Invalid` (nothing is kept then: the caller truncates what was pushed).
-    pub fn walk<'a>(body: &'a [u8], c: &mut Collector<'_, 'a>) -> Result<usize, Invalid> {
+    pub fn walk<'a, S: JsonSink<'a>>(body: &'a [u8], c: &mut S) -> Result<usize, Invalid> {
         let text = std::str::from_utf8(body).map_err(|_| Invalid)?;
         let mut r = Reader {
             text,
             b: body,
             i: 0,
         };
-        // A 1 KiB document holds ~100 keys and leaves; growing from empty costs a few
-        // reallocations per request. Bounded so that a large body does not reserve much.
-        c.targets.reserve((body.len() / 10).min(1024));
-        c.keys.reserve((body.len() * 2).min(16 * 1024));
         let mut stack: Vec<Frame> = Vec::new();
         let mut path = String::from("$");
         let mut max_depth = 0;
@@ -696,12 +774,14 @@ mod json {
                     stack.pop();
                 }
                 b'"' => {
-                    let s = r.string()?;
+                    let (s, classes) = r.string()?;
                     keep = keep && c.count_arg();
                     if keep {
-                        match s {
-                            Cow::Borrowed(s) => c.push_text(Kind::Arg, "Json", &path, s),
-                            Cow::Owned(s) => c.push_owned(Kind::Arg, "Json", &path, s.as_bytes()),
+                        match (s, classes) {
+                            (Cow::Borrowed(s), Some(classes)) => {
+                                c.text(Kind::Arg, "Json", &path, s, classes)
+                            }
+                            (s, _) => c.owned(Kind::Arg, "Json", &path, s.as_bytes()),
                         }
                     }
                 }
@@ -709,7 +789,7 @@ mod json {
                     let n = r.number()?;
                     keep = keep && c.count_arg();
                     if keep {
-                        c.push(Kind::Arg, "Json", &path, n);
+                        c.number(&path, n);
                     }
                 }
                 b't' | b'f' | b'n' => {
@@ -769,9 +849,9 @@ mod json {
 
     /// `"key":` of an object member; sets `path` to the member's path and inspects the
     /// key itself (attacker-chosen data too: payloads are split across keys).
-    fn key<'a>(
+    fn key<'a, S: JsonSink<'a>>(
         r: &mut Reader<'a>,
-        c: &mut Collector<'_, 'a>,
+        c: &mut S,
         path: &mut String,
         base: usize,
         keep: bool,
@@ -780,16 +860,18 @@ mod json {
         if r.peek() != Some(b'"') {
             return Err(Invalid);
         }
-        let k = r.string()?;
+        let (k, classes) = r.string()?;
         r.expect(b':')?;
         path.truncate(base);
         path.push('.');
         path.push_str(&k);
         let keep = keep && c.count_arg();
         if keep {
-            match k {
-                Cow::Borrowed(k) => c.push_text(Kind::ArgName, "JsonKey", path, k),
-                Cow::Owned(k) => c.push_owned(Kind::ArgName, "JsonKey", path, k.as_bytes()),
+            match (k, classes) {
+                (Cow::Borrowed(k), Some(classes)) => {
+                    c.text(Kind::ArgName, "JsonKey", path, k, classes)
+                }
+                (k, _) => c.owned(Kind::ArgName, "JsonKey", path, k.as_bytes()),
             }
         }
         Ok(keep)
