@@ -32,6 +32,11 @@ fn available() -> bool {
 impl RedisServer {
     /// `None` (after saying why) when redis-server is not installed outside CI.
     pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// [`RedisServer::start`] with extra `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> Option<Self> {
         if !available() {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -51,7 +56,7 @@ impl RedisServer {
             port: free_port(),
             dir,
         };
-        server.spawn(&[]);
+        server.spawn(extra);
         Some(server)
     }
 
