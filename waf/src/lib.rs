@@ -991,14 +991,12 @@ impl Engine {
         // libinjection is a tokenizer built for argument-sized input: give it at most
         // `LIBINJECTION_MAX` bytes of a large unparsed body (the regex rules see it all).
         let head = clip_chars(value, LIBINJECTION_MAX);
-        let (sqli, xss) = if head.len() == value.len() {
-            (
-                worth_sqli_classified(value, t.class),
-                t.class & class::XSS != 0,
-            )
+        let head_class = if head.len() == value.len() {
+            t.class
         } else {
-            (worth_sqli(head), worth_xss(head))
+            class::of(head.as_bytes())
         };
+        let (sqli, xss) = (worth_sqli(head, head_class), head_class & class::XSS != 0);
         if self.sqli && injectable && sqli {
             if let Some(fp) = detect_sqli(head.as_bytes()) {
                 clean = false;
@@ -1735,61 +1733,18 @@ fn normalized_path(raw: &str) -> Cow<'_, str> {
     )))
 }
 
-/// [`worth_sqli`] from the byte classes of the whole value (one pass instead of three).
-fn worth_sqli_classified(v: &str, c: u64) -> bool {
-    if v.len() < 2 || c & class::NON_IDENT == 0 {
-        return false;
-    }
-    if c & (class::SQL_PUNCT | class::NON_ASCII) != 0 || (c & class::DASH != 0 && v.contains("--"))
-    {
-        return true;
-    }
-    has_sql_word(v)
-}
-
 /// libinjection costs microseconds per call (the Rust port is several times slower than
 /// the C original), so it only sees values that could hold SQL: values with SQL
 /// punctuation (quotes, parentheses, operators, comment starts), or words only but with
 /// a keyword that can build an injection without punctuation (`1 or 1`, `1 union select 2`).
 /// Plain words, numbers, identifiers and prose without such keywords cannot form a
-/// libinjection fingerprint, and they are most argument and JSON values.
-fn worth_sqli(v: &str) -> bool {
-    if v.len() < 2
-        || v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
-    {
+/// libinjection fingerprint, and they are most argument and JSON values. `c` is the
+/// value's [`class::of`].
+fn worth_sqli(v: &str, c: u64) -> bool {
+    if v.len() < 2 || c & class::NON_IDENT == 0 {
         return false;
     }
-    if v.bytes().any(|b| {
-        matches!(
-            b,
-            b'\''
-                | b'"'
-                | b'`'
-                | b';'
-                | b'('
-                | b')'
-                | b'='
-                | b'<'
-                | b'>'
-                | b'#'
-                | b'*'
-                | b'/'
-                | b'|'
-                | b'&'
-                | b'@'
-                | b'\\'
-                | b'%'
-                | b'^'
-                | b'~'
-                | b'!'
-                | b'{'
-                | b'}'
-                | b'['
-                | b']'
-        )
-    }) || v.contains("--")
-        || !v.is_ascii()
+    if c & (class::SQL_PUNCT | class::NON_ASCII) != 0 || (c & class::DASH != 0 && v.contains("--"))
     {
         return true;
     }
@@ -1891,12 +1846,6 @@ fn detect_sqli(input: &[u8]) -> Option<String> {
     let fp = &state.fingerprint;
     let len = fp.iter().position(|&b| b == 0).unwrap_or(fp.len());
     Some(String::from_utf8_lossy(&fp[..len]).into_owned())
-}
-
-/// XSS needs markup, an attribute or a scheme.
-fn worth_xss(v: &str) -> bool {
-    v.bytes()
-        .any(|b| matches!(b, b'<' | b'>' | b'=' | b':' | b'"' | b'\'' | b'`'))
 }
 
 /// Control characters escaped, long text cut: enough to recognise an attack, not enough
