@@ -240,29 +240,7 @@ fn add_consumer(added: &mut Added, consumer: &Consumer) {
 
 fn ip_value(ip: IpAddr) -> HeaderValue {
     let formatted = match ip {
-        IpAddr::V4(v4) => {
-            // `Display` for addresses goes through the formatting machinery (~1,200
-            // instructions); four octets by hand are a few dozen.
-            let mut buf = [0u8; 15];
-            let mut len = 0;
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[len] = b'.';
-                    len += 1;
-                }
-                if octet >= 100 {
-                    buf[len] = b'0' + octet / 100;
-                    len += 1;
-                }
-                if octet >= 10 {
-                    buf[len] = b'0' + (octet / 10) % 10;
-                    len += 1;
-                }
-                buf[len] = b'0' + octet % 10;
-                len += 1;
-            }
-            HeaderValue::from_bytes(&buf[..len])
-        }
+        IpAddr::V4(v4) => HeaderValue::from_bytes(crate::ip_text::Ipv4Text::new(v4).as_bytes()),
         IpAddr::V6(v6) => HeaderValue::from_str(&v6.to_string()),
     };
     // An IP address always formats to a valid header value.

@@ -18,6 +18,7 @@ pub mod counters;
 pub mod errors;
 pub mod forward_headers;
 pub mod ip_filter;
+pub mod ip_text;
 pub mod metrics;
 pub mod pipeline;
 pub mod ratelimit;
