@@ -7,9 +7,14 @@
 
 use std::io::{Read, Write};
 
+use std::collections::BTreeMap;
+
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{GatewayConfig, SecretConfig};
@@ -73,6 +78,44 @@ impl Shard {
 
     pub fn annotation(&self) -> String {
         format!("{}/{}", self.index, self.count)
+    }
+
+    /// The ConfigMap that carries this shard of the config half, as the operator publishes
+    /// it (name, label, generation and shard annotations, payload; no namespace).
+    pub fn config_map(&self) -> ConfigMap {
+        ConfigMap {
+            metadata: self.object_meta(),
+            binary_data: Some(self.payload_map()),
+            ..ConfigMap::default()
+        }
+    }
+
+    /// The Secret that carries this shard of the secret half (see [`Shard::config_map`]).
+    pub fn secret(&self) -> Secret {
+        Secret {
+            metadata: self.object_meta(),
+            data: Some(self.payload_map()),
+            ..Secret::default()
+        }
+    }
+
+    fn object_meta(&self) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(self.object_name()),
+            labels: Some(BTreeMap::from([(
+                CONFIG_LABEL.to_string(),
+                "true".to_string(),
+            )])),
+            annotations: Some(BTreeMap::from([
+                (GENERATION_ANNOTATION.to_string(), self.generation.clone()),
+                (SHARD_ANNOTATION.to_string(), self.annotation()),
+            ])),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn payload_map(&self) -> BTreeMap<String, ByteString> {
+        BTreeMap::from([(PAYLOAD_KEY.to_string(), ByteString(self.payload.clone()))])
     }
 
     /// Parses `INDEX/COUNT` as written by [`Shard::annotation`].

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used)]
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,7 +18,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::ByteString;
 use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Api;
@@ -189,28 +187,10 @@ fn gateway(tag: &str) -> GatewayConfig {
     }
 }
 
-fn shard_meta(shard: &Shard) -> ObjectMeta {
-    ObjectMeta {
-        labels: Some(BTreeMap::from([(
-            delivery::CONFIG_LABEL.to_string(),
-            "true".to_string(),
-        )])),
-        annotations: Some(BTreeMap::from([
-            (
-                delivery::GENERATION_ANNOTATION.to_string(),
-                shard.generation.clone(),
-            ),
-            (delivery::SHARD_ANNOTATION.to_string(), shard.annotation()),
-        ])),
-        ..meta(&shard.object_name())
-    }
-}
-
-fn payload(shard: &Shard) -> Option<BTreeMap<String, ByteString>> {
-    Some(BTreeMap::from([(
-        delivery::PAYLOAD_KEY.to_string(),
-        ByteString(shard.payload.clone()),
-    )]))
+/// A shard's object, in the test namespace.
+fn in_namespace<K: kube::Resource>(mut object: K) -> K {
+    object.meta_mut().namespace = Some(NS.into());
+    object
 }
 
 struct Writer {
@@ -221,23 +201,13 @@ struct Writer {
 impl Writer {
     async fn config_half(&self, shards: &[Shard]) {
         for shard in shards {
-            let cm = ConfigMap {
-                metadata: shard_meta(shard),
-                binary_data: payload(shard),
-                ..ConfigMap::default()
-            };
-            apply(&self.cms, &cm).await;
+            apply(&self.cms, &in_namespace(shard.config_map())).await;
         }
     }
 
     async fn secret_half(&self, shards: &[Shard]) {
         for shard in shards {
-            let secret = Secret {
-                metadata: shard_meta(shard),
-                data: payload(shard),
-                ..Secret::default()
-            };
-            apply(&self.secrets, &secret).await;
+            apply(&self.secrets, &in_namespace(shard.secret())).await;
         }
     }
 }

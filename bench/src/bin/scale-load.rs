@@ -5,15 +5,12 @@
 //! memory (VmRSS) and its peak (VmHWM) after each step, as one JSON line per step.
 //! Usage: scale-load [ROUTES] [CONSUMERS] [RELOADS]   (`scale-load emit R C EDIT`: child mode)
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::ByteString;
 use portcullis_bench::{consumer, route, secret, KEYS_PER_SECRET};
 use portcullis_compiler::delivery::{self, Shard};
 use portcullis_compiler::{compile, Snapshot};
@@ -71,27 +68,6 @@ fn snapshot(routes: usize, consumers: usize, edit: usize) -> anyhow::Result<Snap
             .push(Arc::new(serde_json::from_value(secret(block, consumers))?));
     }
     Ok(snapshot)
-}
-
-fn meta(shard: &Shard) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(shard.object_name()),
-        annotations: Some(BTreeMap::from([
-            (
-                delivery::GENERATION_ANNOTATION.to_string(),
-                shard.generation.clone(),
-            ),
-            (delivery::SHARD_ANNOTATION.to_string(), shard.annotation()),
-        ])),
-        ..ObjectMeta::default()
-    }
-}
-
-fn payload_of(shard: &Shard) -> Option<BTreeMap<String, ByteString>> {
-    Some(BTreeMap::from([(
-        delivery::PAYLOAD_KEY.to_string(),
-        ByteString(shard.payload.clone()),
-    )]))
 }
 
 /// The objects the watch's reflector stores would hold for this config.
@@ -154,17 +130,9 @@ fn objects(routes: usize, consumers: usize, edit: usize) -> anyhow::Result<Objec
             payload,
         };
         if fields[0] == "C" {
-            cms.push(Arc::new(ConfigMap {
-                metadata: meta(&shard),
-                binary_data: payload_of(&shard),
-                ..ConfigMap::default()
-            }));
+            cms.push(Arc::new(shard.config_map()));
         } else {
-            secrets.push(Arc::new(Secret {
-                metadata: meta(&shard),
-                data: payload_of(&shard),
-                ..Secret::default()
-            }));
+            secrets.push(Arc::new(shard.secret()));
         }
     }
     Ok((cms, secrets))

@@ -136,7 +136,6 @@ pub fn decide(config: &[Shard], secret: &[Shard], loaded: Option<&str>) -> Decis
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use portcullis_compiler::config::{ApiKeyEntry, ObjectKind, ObjectRef};
 
     fn config(generation: &str, consumers: usize) -> GatewayConfig {
@@ -159,55 +158,18 @@ mod tests {
         config
     }
 
-    fn meta(shard: &Shard) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(shard.object_name()),
-            annotations: Some(BTreeMap::from([
-                (
-                    delivery::GENERATION_ANNOTATION.to_string(),
-                    shard.generation.clone(),
-                ),
-                (delivery::SHARD_ANNOTATION.to_string(), shard.annotation()),
-            ])),
-            ..ObjectMeta::default()
-        }
-    }
-
-    fn payload(shard: &Shard) -> Option<BTreeMap<String, ByteString>> {
-        Some(BTreeMap::from([(
-            delivery::PAYLOAD_KEY.to_string(),
-            ByteString(shard.payload.clone()),
-        )]))
-    }
-
-    fn configmap(shard: &Shard) -> ConfigMap {
-        ConfigMap {
-            metadata: meta(shard),
-            binary_data: payload(shard),
-            ..ConfigMap::default()
-        }
-    }
-
-    fn secret(shard: &Shard) -> Secret {
-        Secret {
-            metadata: meta(shard),
-            data: payload(shard),
-            ..Secret::default()
-        }
-    }
-
     /// The shards as the watcher would see them after a round trip through the objects.
     fn halves(c: &GatewayConfig) -> (Vec<Shard>, Vec<Shard>) {
         let encoded = delivery::encode(c).unwrap();
         let cms = encoded
             .config_shards
             .iter()
-            .map(|s| configmap_shard(&configmap(s)).unwrap())
+            .map(|s| configmap_shard(&s.config_map()).unwrap())
             .collect();
         let secrets = encoded
             .secret_shards
             .iter()
-            .map(|s| secret_shard(&secret(s)).unwrap())
+            .map(|s| secret_shard(&s.secret()).unwrap())
             .collect();
         (cms, secrets)
     }
@@ -281,14 +243,14 @@ mod tests {
     fn objects_without_annotations_or_payload_are_not_shards() {
         let (cms, _) = halves(&config("g1", 1));
         let encoded = delivery::encode(&config("g1", 1)).unwrap();
-        let mut cm = configmap(&encoded.config_shards[0]);
+        let mut cm = encoded.config_shards[0].config_map();
         assert_eq!(configmap_shard(&cm).unwrap(), cms[0]);
         cm.binary_data = None;
         assert!(matches!(
             configmap_shard(&cm),
             Err(ShardError::MissingPayload { .. })
         ));
-        let mut s = secret(&encoded.secret_shards[0]);
+        let mut s = encoded.secret_shards[0].secret();
         s.metadata
             .annotations
             .as_mut()
