@@ -8,6 +8,7 @@ PACKAGES=(
   "jq jq"
   "openssl openssl"
   "redis-server redis-server"
+  "redis-cli redis-tools"
   "kubectl kubectl"
 )
 

@@ -1,5 +1,7 @@
 //! Rate limiting against a real Redis: exactness shared by three proxy processes, fail
-//! modes while Redis is down, and recovery without a proxy restart.
+//! modes while Redis is down, recovery without a proxy restart, and a real three-node Redis
+//! Cluster (`clusterUrls`): counters spread over the nodes by their hash tags, each client
+//! limited exactly, a route with two Redis policies decided without cross-slot errors.
 #![allow(clippy::unwrap_used)]
 mod common;
 #[path = "support/redis_server.rs"]
@@ -38,11 +40,38 @@ impl Drop for Proc {
     }
 }
 
+/// The proxy binary on free ports, serving the manifests in `dir`.
+fn spawn_proxy(dir: &std::path::Path) -> Proc {
+    let (port, admin) = (free_port(), free_port());
+    let child = Command::new(BIN)
+        .arg("--manifests")
+        .arg(dir)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+            "--no-audit",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc(child, port)
+}
+
 fn status_of(port: u16) -> Option<u16> {
+    status_with(port, "")
+}
+
+/// The status of `GET /` with `headers` (`name: value\r\n` lines) added.
+fn status_with(port: u16, headers: &str) -> Option<u16> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .ok()?;
+    s.write_all(
+        format!("GET / HTTP/1.1\r\nhost: x\r\n{headers}connection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     out.get(9..12)?.parse().ok()
@@ -56,26 +85,7 @@ fn three_proxy_processes_share_one_limit_exactly() {
     let dir = std::env::temp_dir().join(format!("portcullis-rl3-{}", std::process::id()));
     let limit = 300;
     manifests(&dir, &redis.url(), limit);
-    let procs: Vec<Proc> = (0..3)
-        .map(|_| {
-            let (port, admin) = (free_port(), free_port());
-            let child = Command::new(BIN)
-                .arg("--manifests")
-                .arg(&dir)
-                .args([
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--admin-listen",
-                    &format!("127.0.0.1:{admin}"),
-                    "--no-audit",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            Proc(child, port)
-        })
-        .collect();
+    let procs: Vec<Proc> = (0..3).map(|_| spawn_proxy(&dir)).collect();
     // Wait until each proxy serves and is connected to Redis (a 200 uses Redis; 503 is
     // the fail-closed answer while it is still connecting).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -259,4 +269,107 @@ async fn redis_failure_modes_and_recovery_without_restart() {
     }
     assert_eq!(admitted, 5);
     assert!(redis.cli(&["keys", "pcl:*"]).contains("default/deny"));
+}
+
+/// Three cluster-enabled servers joined into one cluster with every slot assigned.
+fn cluster() -> Option<Vec<RedisServer>> {
+    let nodes: Vec<RedisServer> = (0..3)
+        .map(|_| {
+            RedisServer::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            ])
+        })
+        .collect::<Option<_>>()?;
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let created = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "redis-cli --cluster create: {}",
+        String::from_utf8_lossy(&created.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in &nodes {
+        while !node.cli(&["cluster", "info"]).contains("cluster_state:ok") {
+            assert!(Instant::now() < deadline, "cluster did not converge");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Some(nodes)
+}
+
+#[test]
+fn cluster_backed_limits_are_exact_per_client_across_nodes() {
+    let Some(nodes) = cluster() else {
+        return;
+    };
+    let urls: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.url())).collect();
+    let urls = urls.join(", ");
+    let dir = std::env::temp_dir().join(format!("portcullis-rlc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let backend = format!("{{type: Redis, redis: {{clusterUrls: [{urls}], timeout: 500ms}}}}");
+    std::fs::write(
+        dir.join("gw.yaml"),
+        format!(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: per-tenant, namespace: demo}}\n\
+             spec:\n  key: Header\n  header: X-Tenant\n  limits: [{{requests: 5, period: 1h}}]\n  backend: {backend}\n\
+             ---\napiVersion: portcullis.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: per-route, namespace: demo}}\n\
+             spec:\n  key: Route\n  limits: [{{requests: 1000, period: 1h}}]\n  backend: {backend}\n\
+             ---\napiVersion: portcullis.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: tenants, namespace: demo}}\n\
+             spec:\n  paths: [{{value: /}}]\n  rateLimitPolicies: [per-tenant, per-route]\n  upstream: {{directResponse: {{status: 200, body: ok}}}}\n"
+        ),
+    )
+    .unwrap();
+    let proxy = spawn_proxy(&dir);
+    let tenant = |name: &str| status_with(proxy.1, &format!("x-tenant: {name}\r\n"));
+    // Ready once a request is decided by the cluster (503 while still connecting).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tenant("warm-up") != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "proxy never decided through the cluster"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for node in &nodes {
+        node.cli(&["flushall"]);
+    }
+
+    // Twelve tenants: their counters hash to slots on different nodes.
+    for t in 0..12 {
+        let name = format!("tenant-{t}");
+        let answers: Vec<u16> = (0..8).map(|_| tenant(&name).unwrap_or(0)).collect();
+        assert_eq!(
+            answers,
+            [200, 200, 200, 200, 200, 429, 429, 429],
+            "{name}: five admitted, then limited"
+        );
+    }
+    let holding: Vec<usize> = nodes
+        .iter()
+        .map(|n| n.cli(&["dbsize"]).trim().parse().unwrap_or(0))
+        .collect();
+    assert!(
+        holding.iter().filter(|&&keys| keys > 0).count() >= 2,
+        "counters spread over the cluster's nodes: {holding:?}"
+    );
+    // Every counter key carries a hash tag.
+    for node in &nodes {
+        for key in node.cli(&["--scan"]).lines() {
+            assert!(key.starts_with("pcl:{") && key.contains("}:v2:"), "{key}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

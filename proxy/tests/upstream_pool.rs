@@ -110,30 +110,13 @@ async fn concurrent_requests_open_connections_then_reuse_them() {
 /// An upstream that answers one request per connection with keep-alive framing, then closes
 /// the connection: the pool must notice and not send the next request into a dead socket.
 async fn closing_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let accepted_c = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            accepted_c.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
-                    .await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    (addr, accepted)
+    scripted_upstream(|_| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n".to_vec(),
+            true,
+        )
+    })
+    .await
 }
 
 #[tokio::test]
@@ -183,7 +166,7 @@ async fn a_response_abandoned_by_the_client_does_not_poison_the_pool() {
 }
 
 /// A raw upstream: reads each request head (bodiless requests only) and answers with the
-/// response `answer` gives for it, keeping the connection open unless `close_after` says.
+/// response `answer` gives for it, closing the connection after it when `answer` says so.
 async fn scripted_upstream(
     answer: fn(&str) -> (Vec<u8>, bool),
 ) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
