@@ -59,3 +59,33 @@ pub fn secret(block: usize, consumers: usize) -> Value {
         "stringData": data
     })
 }
+
+/// The snapshot of `routes` ApiRoutes, `consumers` ConsumerCredentials and their Secrets.
+/// `edit` > 0 changes route 0's path, so configs built with different edits differ by one
+/// route (a reload).
+pub fn snapshot(
+    routes: usize,
+    consumers: usize,
+    edit: usize,
+) -> Result<portcullis_compiler::Snapshot, serde_json::Error> {
+    use std::sync::Arc;
+    let mut snapshot = portcullis_compiler::Snapshot::default();
+    for i in 0..routes {
+        let mut r = route(i);
+        if i == 0 && edit > 0 {
+            r["spec"]["paths"][0]["value"] = format!("/svc-0/v{}", edit + 1).into();
+        }
+        snapshot.routes.push(Arc::new(serde_json::from_value(r)?));
+    }
+    for i in 0..consumers {
+        snapshot
+            .consumers
+            .push(Arc::new(serde_json::from_value(consumer(i))?));
+    }
+    for block in 0..consumers.div_ceil(KEYS_PER_SECRET) {
+        snapshot
+            .secrets
+            .push(Arc::new(serde_json::from_value(secret(block, consumers))?));
+    }
+    Ok(snapshot)
+}

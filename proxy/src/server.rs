@@ -276,14 +276,7 @@ pub struct ConfigHandle {
 
 impl ConfigHandle {
     pub fn swap_config(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
-        let runtime = RuntimeConfig::build(
-            config,
-            &self.shared.clients,
-            &self.shared.limiter,
-            &self.shared.counters,
-        )?;
-        self.shared.store.store(runtime);
-        Ok(())
+        self.swap_config_owned(config.clone())
     }
 
     /// Like [`ConfigHandle::swap_config`], consuming the config: nothing of it is copied, and

@@ -21,7 +21,7 @@
 //!   upstream did not ask to close it, and nothing follows the response.
 
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -432,20 +432,8 @@ fn encode_field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
 }
 
 fn encode_chunk_size(buf: &mut Vec<u8>, len: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    let mut n = len;
-    loop {
-        i -= 1;
-        digits[i] = HEX[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
-    buf.extend_from_slice(b"\r\n");
+    // Writing into a Vec cannot fail.
+    let _ = write!(buf, "{len:x}\r\n");
 }
 
 /// Parses a response head at the start of `buf`: `Ok(None)` when more bytes are needed,
@@ -512,11 +500,11 @@ fn parse_head(
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoding = true;
             if let Some(last) = field.value.rsplit(|&b| b == b',').next() {
-                chunked_last = trim(last).eq_ignore_ascii_case(b"chunked");
+                chunked_last = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
             }
         } else if name == header::CONNECTION {
             for token in field.value.split(|&b| b == b',') {
-                let token = trim(token);
+                let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -586,25 +574,13 @@ fn parse_head(
 }
 
 fn parse_length(digits: &[u8]) -> Option<u64> {
-    let digits = trim(digits);
+    let digits = digits.trim_ascii();
     if digits.is_empty() || digits.len() > 19 {
         return None;
     }
     digits.iter().try_fold(0u64, |n, &b| {
         b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
     })
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(start, |i| i + 1);
-    &bytes[start..end]
 }
 
 /// Where a response body stands.

@@ -1,11 +1,10 @@
 //! Times `compile()` and `delivery::encode()` for N routes and M consumers in memory.
 //! Usage: scale-compile [ROUTES] [CONSUMERS] [RUNS]
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use portcullis_bench::{consumer, route, secret, KEYS_PER_SECRET};
-use portcullis_compiler::{compile, delivery, Snapshot};
+use portcullis_bench::snapshot;
+use portcullis_compiler::{compile, delivery};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args()
@@ -15,22 +14,7 @@ fn main() -> anyhow::Result<()> {
     let routes = args.first().copied().unwrap_or(10_000);
     let consumers = args.get(1).copied().unwrap_or(100_000);
     let runs = args.get(2).copied().unwrap_or(5);
-    let mut snapshot = Snapshot::default();
-    for i in 0..routes {
-        snapshot
-            .routes
-            .push(Arc::new(serde_json::from_value(route(i))?));
-    }
-    for i in 0..consumers {
-        snapshot
-            .consumers
-            .push(Arc::new(serde_json::from_value(consumer(i))?));
-    }
-    for block in 0..consumers.div_ceil(KEYS_PER_SECRET) {
-        snapshot
-            .secrets
-            .push(Arc::new(serde_json::from_value(secret(block, consumers))?));
-    }
+    let snapshot = snapshot(routes, consumers, 0)?;
     let mut compile_ms = Vec::new();
     let mut encode_ms = Vec::new();
     let mut bytes = 0;

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use portcullis_bench::{consumer, route, secret, KEYS_PER_SECRET};
+use portcullis_bench::snapshot;
+use portcullis_compiler::compile;
 use portcullis_compiler::delivery::{self, Shard};
-use portcullis_compiler::{compile, Snapshot};
 use portcullis_proxy::{cluster, AuditSink, ProxyOptions, ProxyServer};
 
 // The proxy's allocator: what it retains after a reload is part of what is measured.
@@ -46,28 +46,6 @@ fn report(step: &str, elapsed: Option<Duration>) -> anyhow::Result<()> {
         ms.unwrap_or_default()
     );
     Ok(())
-}
-
-fn snapshot(routes: usize, consumers: usize, edit: usize) -> anyhow::Result<Snapshot> {
-    let mut snapshot = Snapshot::default();
-    for i in 0..routes {
-        let mut r = route(i);
-        if i == 0 && edit > 0 {
-            r["spec"]["paths"][0]["value"] = format!("/svc-0/v{}", edit + 1).into();
-        }
-        snapshot.routes.push(Arc::new(serde_json::from_value(r)?));
-    }
-    for i in 0..consumers {
-        snapshot
-            .consumers
-            .push(Arc::new(serde_json::from_value(consumer(i))?));
-    }
-    for block in 0..consumers.div_ceil(KEYS_PER_SECRET) {
-        snapshot
-            .secrets
-            .push(Arc::new(serde_json::from_value(secret(block, consumers))?));
-    }
-    Ok(snapshot)
 }
 
 /// The objects the watch's reflector stores would hold for this config.

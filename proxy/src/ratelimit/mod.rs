@@ -489,6 +489,23 @@ impl LocalChecks {
         self.slots.push(Slot { policy, rule });
     }
 
+    /// Queues the local counters of every rule of policy `pi` for this request.
+    fn push_policy(
+        &mut self,
+        backends: &Backends,
+        limits: &RateLimits,
+        pi: usize,
+        ctx: &KeyContext<'_>,
+    ) {
+        let policy = &limits.policies[pi];
+        let material = policy.material(ctx);
+        let (tier, rules) = policy.rules_for(ctx.groups);
+        for (ri, rule) in rules.iter().enumerate() {
+            let counter = backends.local.counter((policy.seed, material, tier, ri));
+            self.push(counter, pi, *rule);
+        }
+    }
+
     /// Decides them all (atomically) and appends the verdicts to `all`.
     fn decide(&self, backends: &Backends, all: &mut Few<(Slot, Verdict)>) {
         if self.checks.is_empty() {
@@ -519,13 +536,7 @@ fn decide_local(
 ) -> Result<(), RateLimitError> {
     let mut local = LocalChecks::default();
     for &pi in policies {
-        let policy = &limits.policies[pi];
-        let material = policy.material(ctx);
-        let (tier, rules) = policy.rules_for(ctx.groups);
-        for (ri, rule) in rules.iter().enumerate() {
-            let counter = backends.local.counter((policy.seed, material, tier, ri));
-            local.push(counter, pi, *rule);
-        }
+        local.push_policy(backends, limits, pi, ctx);
     }
     let mut all = Few::new();
     local.decide(backends, &mut all);
@@ -548,15 +559,12 @@ async fn decide(
     let mut groups: SmallVec<[RedisGroup; 1]> = SmallVec::new();
     for &pi in policies {
         let policy = &limits.policies[pi];
-        let material = policy.material(ctx);
-        let (tier, rules) = policy.rules_for(ctx.groups);
         if !policy.redis_configured {
-            for (ri, rule) in rules.iter().enumerate() {
-                let counter = backends.local.counter((policy.seed, material, tier, ri));
-                local.push(counter, pi, *rule);
-            }
+            local.push_policy(backends, limits, pi, ctx);
             continue;
         }
+        let material = policy.material(ctx);
+        let (tier, rules) = policy.rules_for(ctx.groups);
         let group = groups.iter().position(|g| {
             let other = &limits.policies[g.first];
             !policy.cluster
