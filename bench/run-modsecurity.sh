@@ -243,20 +243,7 @@ TARGETS=(portcullis modsec)
 
 # ---------------------------------------------------------------- requests (as run-waf.sh)
 GET_PATH="/api/v1/products?category=shoes&page=2&sort=-price&q=red+running+shoes"
-python3 - "$TMP/body.json" <<'PY'
-import json, sys
-items, i = [], 0
-while True:
-    doc = {"order_id": 1001, "customer": {"name": "Jane O'Neil", "email": "jane@example.com"},
-           "note": "Leave it at the door, please; the bell is broken.", "items": items}
-    text = json.dumps(doc)
-    if len(text) >= 1024:
-        break
-    items.append({"sku": f"SKU-{i:04}", "qty": i % 3 + 1, "price": 10 + i + 0.99,
-                  "title": "Blue cotton shirt, size M"})
-    i += 1
-open(sys.argv[1], "w").write(text)
-PY
+python3 "$ROOT/bench/waf-body.py" "$TMP/body.json"
 cat >"$TMP/post.lua" <<EOF
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
