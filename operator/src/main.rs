@@ -18,6 +18,12 @@ use portcullis_operator::watch::{self, Trigger};
 use portcullis_operator::webhook::{self, Endpoint, WebhookState};
 use portcullis_operator::writer::{StatusWriter, WriterContext};
 
+// glibc's malloc spent a third of a 100k-consumer compile in its own bookkeeping
+// (consolidating and unlinking chunks); mimalloc, the proxy's allocator, halves compile and
+// encode times.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "portcullis-operator",

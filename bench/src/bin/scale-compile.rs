@@ -6,6 +6,10 @@ use std::time::Instant;
 use portcullis_bench::snapshot;
 use portcullis_compiler::{compile, delivery};
 
+// The operator's allocator, so that the times are the operator's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args()
         .skip(1)

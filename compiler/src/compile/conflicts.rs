@@ -51,13 +51,10 @@ fn match_keys(route: &RouteConfig) -> Vec<MatchKey> {
 
 pub(crate) fn mark_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issues)]) {
     let mut order: Vec<usize> = (0..routes.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (ma, mb) = (&routes[a].0, &routes[b].0);
-        (ma.created.is_empty(), &ma.created, ma.id()).cmp(&(
-            mb.created.is_empty(),
-            &mb.created,
-            mb.id(),
-        ))
+    // Cached: the key formats the object id, once per route rather than per comparison.
+    order.sort_by_cached_key(|&index| {
+        let meta = &routes[index].0;
+        (meta.created.is_empty(), meta.created.clone(), meta.id())
     });
     let mut owners: BTreeMap<MatchKey, String> = BTreeMap::new();
     for index in order {

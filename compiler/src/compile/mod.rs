@@ -126,23 +126,28 @@ fn sorted<K: kube_meta::HasMeta>(objects: &[Arc<K>]) -> Vec<&K> {
 /// The first 16 hex digits of the SHA-256 of the canonical JSON of the config.
 fn generation_of(config: &GatewayConfig) -> String {
     let mut hasher = Sha256::new();
-    // Serializing plain data cannot fail; fall back to an empty hash input rather than panic.
-    hasher.update(serde_json::to_vec(&config.routes).unwrap_or_default());
-    hasher.update(serde_json::to_vec(&config.consumers).unwrap_or_default());
-    hasher.update(serde_json::to_vec(&config.objects).unwrap_or_default());
-    hasher.update(serde_json::to_vec(&config.secrets).unwrap_or_default());
+    hash_json(&mut hasher, &config.routes);
+    hash_json(&mut hasher, &config.consumers);
+    hash_json(&mut hasher, &config.objects);
+    hash_json(&mut hasher, &config.secrets);
     // Only when present, so configs without policies keep their generation ids.
     if !config.rate_limit_policies.is_empty() {
-        hasher.update(serde_json::to_vec(&config.rate_limit_policies).unwrap_or_default());
+        hash_json(&mut hasher, &config.rate_limit_policies);
     }
     if !config.tls_certificates.is_empty() {
-        hasher.update(serde_json::to_vec(&config.tls_certificates).unwrap_or_default());
+        hash_json(&mut hasher, &config.tls_certificates);
     }
     if !config.waf_policies.is_empty() {
-        hasher.update(serde_json::to_vec(&config.waf_policies).unwrap_or_default());
+        hash_json(&mut hasher, &config.waf_policies);
     }
     let digest = hasher.finalize();
     hex::encode(&digest[..8])
+}
+
+/// Streams a part's JSON into the hash: at 100k consumers it is tens of MB that need not
+/// exist. Serializing plain data into a hasher cannot fail; an error would only hash less.
+fn hash_json(hasher: &mut Sha256, part: &impl serde::Serialize) {
+    let _ = serde_json::to_writer(hasher, part);
 }
 
 /// Object metadata helpers shared by the compile steps.
