@@ -25,11 +25,16 @@ pub struct GatewayConfig {
     /// Routes in a deterministic order (namespace, name, path index); the proxy derives
     /// precedence from the match itself, not from this order.
     pub routes: Vec<RouteConfig>,
-    /// Consumers that are enabled and accepted, by id (`namespace/consumer`).
+    /// Consumers that are enabled and accepted, by id (`namespace/consumer`). Delivered in
+    /// the Secret half (with their keys), so absent from the ConfigMap half.
+    #[serde(default)]
     pub consumers: Vec<ConsumerConfig>,
     /// Which object generations this config contains, for the `Programmed` condition.
+    /// Kept by the operator; not delivered to the proxies.
+    #[serde(default)]
     pub objects: Vec<ObjectRef>,
     /// The half delivered through a Secret.
+    #[serde(default)]
     pub secrets: SecretConfig,
     /// Accepted RateLimitPolicies by id; routes name the ones that apply to them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

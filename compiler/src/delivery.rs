@@ -1,9 +1,15 @@
 //! How a compiled config travels from the operator to the proxies: one half in ConfigMaps
-//! (routes and policies), the other in Secrets (hashed keys and other secret material), both
-//! gzip-compressed JSON, each cut into shards below the API server's 1 MiB object limit.
+//! (routes and policies), the other in Secrets (the identities: consumers with their hashed
+//! keys and HMAC secrets, and other secret material), both gzip-compressed JSON, each cut
+//! into shards below the API server's 1 MiB object limit.
 //!
 //! Every shard carries the generation id. A proxy assembles a config only from a complete
 //! set of shards of both halves with one generation, so it never runs half a config.
+//!
+//! The Secret shards also carry the SHA-256 of their half's JSON ([`CONTENT_ANNOTATION`]).
+//! At 100k consumers that half is most of the config, and a route change leaves it as it
+//! was: the operator then reuses its compressed bytes, and a proxy that runs the same
+//! content keeps its consumer index instead of decoding and rebuilding it.
 
 use std::io::{Read, Write};
 
@@ -17,12 +23,19 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{GatewayConfig, SecretConfig};
+use sha2::{Digest, Sha256};
+
+use crate::config::{
+    ConsumerConfig, GatewayConfig, RateLimitPolicyConfig, RouteConfig, SecretConfig,
+    TlsCertificateConfig, WafPolicyConfig,
+};
 
 /// Label on every shard object (value `"true"`), for watches with a label selector.
 pub const CONFIG_LABEL: &str = "portcullis.dev/config";
 /// Annotation with the generation id of the shard's config.
 pub const GENERATION_ANNOTATION: &str = "portcullis.dev/generation";
+/// Annotation of Secret shards: SHA-256 (hex) of the Secret half's JSON.
+pub const CONTENT_ANNOTATION: &str = "portcullis.dev/content";
 /// Annotation `INDEX/COUNT` of a shard.
 pub const SHARD_ANNOTATION: &str = "portcullis.dev/shard";
 /// Base name of the ConfigMaps and Secrets; shard `i > 0` is `NAME-i`.
@@ -59,6 +72,8 @@ pub enum DeliveryError {
     Encode(String),
     #[error("cannot decode the {half} half: {message}")]
     Decode { half: &'static str, message: String },
+    #[error("the Secret shards disagree on their content digest")]
+    MixedContent,
 }
 
 /// One shard of one half, as stored in a ConfigMap or Secret.
@@ -67,6 +82,8 @@ pub struct Shard {
     pub index: usize,
     pub count: usize,
     pub generation: String,
+    /// [`CONTENT_ANNOTATION`] of Secret shards.
+    pub content: Option<String>,
     pub payload: Vec<u8>,
 }
 
@@ -106,10 +123,16 @@ impl Shard {
                 CONFIG_LABEL.to_string(),
                 "true".to_string(),
             )])),
-            annotations: Some(BTreeMap::from([
-                (GENERATION_ANNOTATION.to_string(), self.generation.clone()),
-                (SHARD_ANNOTATION.to_string(), self.annotation()),
-            ])),
+            annotations: Some(
+                [
+                    (GENERATION_ANNOTATION, Some(&self.generation)),
+                    (SHARD_ANNOTATION, Some(&self.annotation())),
+                    (CONTENT_ANNOTATION, self.content.as_ref()),
+                ]
+                .into_iter()
+                .filter_map(|(key, value)| Some((key.to_string(), value?.clone())))
+                .collect(),
+            ),
             ..ObjectMeta::default()
         }
     }
@@ -145,30 +168,87 @@ pub struct Encoded {
     pub generation: String,
     pub config_shards: Vec<Shard>,
     pub secret_shards: Vec<Shard>,
+    /// SHA-256 (hex) of the Secret half's JSON, as in [`CONTENT_ANNOTATION`].
+    pub secret_content: String,
     /// Compressed bytes of both halves together.
     pub compressed_bytes: usize,
 }
 
-#[derive(Serialize, Deserialize)]
-struct SecretHalf {
-    generation: String,
-    secrets: SecretConfig,
+/// The ConfigMap half: the config without consumers and secrets, written from borrowed
+/// parts (no copy of a large config). It reads back as a [`GatewayConfig`] whose
+/// consumers and secrets are empty.
+///
+/// The object list is not delivered: only the operator uses it (for status, from the
+/// config it compiled), and at 110k objects it was most of this half, which every proxy
+/// decoded only to drop it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PublicHalf<'a> {
+    generation: &'a str,
+    routes: &'a [RouteConfig],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    rate_limit_policies: &'a [RateLimitPolicyConfig],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tls_certificates: &'a [TlsCertificateConfig],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    waf_policies: &'a [WafPolicyConfig],
 }
 
-fn gzip(value: &impl Serialize) -> Result<Vec<u8>, DeliveryError> {
-    // Serialize first, compress in one call: flate2's writer zero-fills its output buffer on
-    // every small write, which made streaming serde_json into it ten times slower.
-    let json = serde_json::to_vec(value).map_err(|e| DeliveryError::Encode(e.to_string()))?;
+impl<'a> PublicHalf<'a> {
+    fn of(config: &'a GatewayConfig) -> Self {
+        // Destructured so that a new config field does not compile until it is given a half.
+        let GatewayConfig {
+            generation,
+            routes,
+            consumers: _,
+            objects: _,
+            secrets: _,
+            rate_limit_policies,
+            tls_certificates,
+            waf_policies,
+        } = config;
+        PublicHalf {
+            generation,
+            routes,
+            rate_limit_policies,
+            tls_certificates,
+            waf_policies,
+        }
+    }
+}
+
+/// The Secret half as written: no generation inside, so that its bytes (and digest) stay
+/// the same while consumers and secrets do; the shards' annotations carry the generation.
+#[derive(Serialize)]
+struct SecretHalfRef<'a> {
+    consumers: &'a [ConsumerConfig],
+    secrets: &'a SecretConfig,
+}
+
+/// The Secret half as read.
+#[derive(Debug, Deserialize)]
+pub struct SecretHalf {
+    pub consumers: Vec<ConsumerConfig>,
+    pub secrets: SecretConfig,
+}
+
+fn to_json(value: &impl Serialize) -> Result<Vec<u8>, DeliveryError> {
+    serde_json::to_vec(value).map_err(|e| DeliveryError::Encode(e.to_string()))
+}
+
+fn gzip(json: &[u8]) -> Result<Vec<u8>, DeliveryError> {
+    // Serialized first, compressed in one call: flate2's writer zero-fills its output buffer
+    // on every small write, which made streaming serde_json into it ten times slower.
     // Level 1: hashes and ids barely compress better at higher levels, and the operator
     // re-encodes on every change of a large config.
     let mut encoder = GzEncoder::new(Vec::with_capacity(json.len() / 3), Compression::fast());
     encoder
-        .write_all(&json)
+        .write_all(json)
         .and_then(|()| encoder.finish())
         .map_err(|e| DeliveryError::Encode(e.to_string()))
 }
 
-fn split(bytes: &[u8], generation: &str) -> Vec<Shard> {
+fn split(bytes: &[u8], generation: &str, content: Option<&str>) -> Vec<Shard> {
     let chunks: Vec<&[u8]> = if bytes.is_empty() {
         vec![bytes]
     } else {
@@ -182,6 +262,7 @@ fn split(bytes: &[u8], generation: &str) -> Vec<Shard> {
             index,
             count,
             generation: generation.to_string(),
+            content: content.map(str::to_string),
             payload: chunk.to_vec(),
         })
         .collect()
@@ -189,18 +270,44 @@ fn split(bytes: &[u8], generation: &str) -> Vec<Shard> {
 
 /// Splits a config into its ConfigMap and Secret halves.
 pub fn encode(config: &GatewayConfig) -> Result<Encoded, DeliveryError> {
-    let public = GatewayConfig {
-        secrets: SecretConfig::default(),
-        ..config.clone()
-    };
-    let public_bytes = gzip(&public)?;
-    let secret_bytes = gzip(&SecretHalf {
-        generation: config.generation.clone(),
-        secrets: config.secrets.clone(),
-    })?;
+    encode_reusing(config, None)
+}
+
+/// [`encode`], reusing the compressed Secret half of `previous` when its content is the
+/// same (a change of routes or policies only): at 100k consumers that skips compressing
+/// most of the config. The halves are compressed on two threads.
+pub fn encode_reusing(
+    config: &GatewayConfig,
+    previous: Option<&Encoded>,
+) -> Result<Encoded, DeliveryError> {
+    let (public_bytes, secret) = std::thread::scope(|scope| {
+        let public = scope.spawn(|| to_json(&PublicHalf::of(config)).and_then(|j| gzip(&j)));
+        let secret = (|| {
+            let json = to_json(&SecretHalfRef {
+                consumers: &config.consumers,
+                secrets: &config.secrets,
+            })?;
+            let content = hex::encode(Sha256::digest(&json));
+            let bytes = match previous.filter(|p| p.secret_content == content) {
+                Some(previous) => previous
+                    .secret_shards
+                    .iter()
+                    .flat_map(|s| s.payload.iter().copied())
+                    .collect(),
+                None => gzip(&json)?,
+            };
+            Ok::<_, DeliveryError>((content, bytes))
+        })();
+        let public = public
+            .join()
+            .unwrap_or_else(|_| Err(DeliveryError::Encode("the encoder thread failed".into())));
+        (public, secret)
+    });
+    let public_bytes = public_bytes?;
+    let (secret_content, secret_bytes) = secret?;
     let compressed_bytes = public_bytes.len() + secret_bytes.len();
-    let config_shards = split(&public_bytes, &config.generation);
-    let secret_shards = split(&secret_bytes, &config.generation);
+    let config_shards = split(&public_bytes, &config.generation, None);
+    let secret_shards = split(&secret_bytes, &config.generation, Some(&secret_content));
     if config_shards.len() > MAX_SHARDS || secret_shards.len() > MAX_SHARDS {
         return Err(DeliveryError::TooLarge {
             bytes: compressed_bytes,
@@ -211,6 +318,7 @@ pub fn encode(config: &GatewayConfig) -> Result<Encoded, DeliveryError> {
         generation: config.generation.clone(),
         config_shards,
         secret_shards,
+        secret_content,
         compressed_bytes,
     })
 }
@@ -244,7 +352,6 @@ fn assemble(
     Ok(joined)
 }
 
-#[cfg(test)]
 fn gunzip(half: &'static str, bytes: &[u8]) -> Result<Vec<u8>, DeliveryError> {
     let mut out = Vec::new();
     GzDecoder::new(bytes)
@@ -280,48 +387,144 @@ pub fn current_generation(
     Ok(first.generation.clone())
 }
 
+/// Computes the SHA-256 of what passes through, to check a payload against its digest.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Parses one half straight from its compressed shards: the decompressed JSON (tens of MB
 /// at 100k consumers) is never held in memory, which lowers a proxy's peak during a reload.
+/// With `content`, the decompressed bytes must have that SHA-256 (hex).
 fn parse<T: serde::de::DeserializeOwned>(
     half: &'static str,
     compressed: &[u8],
+    content: Option<&str>,
 ) -> Result<T, DeliveryError> {
-    let reader = std::io::BufReader::with_capacity(
+    let error = |message: String| DeliveryError::Decode { half, message };
+    let mut reader = std::io::BufReader::with_capacity(
         64 * 1024,
-        GzDecoder::new(compressed).take(MAX_DECOMPRESSED_BYTES),
+        Hashing {
+            inner: GzDecoder::new(compressed).take(MAX_DECOMPRESSED_BYTES),
+            hasher: Sha256::new(),
+        },
     );
-    serde_json::from_reader(reader).map_err(|e| DeliveryError::Decode {
-        half,
-        message: e.to_string(),
-    })
+    let mut json = serde_json::Deserializer::from_reader(&mut reader);
+    let value = T::deserialize(&mut json).map_err(|e| error(e.to_string()))?;
+    // Reads to the end, so the digest covers every byte.
+    json.end().map_err(|e| error(e.to_string()))?;
+    if let Some(expected) = content {
+        let actual = hex::encode(reader.into_inner().hasher.finalize());
+        if actual != expected {
+            return Err(error(format!(
+                "content digest {actual} differs from its annotation {expected}"
+            )));
+        }
+    }
+    Ok(value)
 }
 
-/// Rebuilds the config from both halves; fails unless both are complete and agree.
+/// The content digest the Secret shards of `generation` carry (all of them, or none).
+pub fn secret_content<'a>(
+    secret_shards: &'a [Shard],
+    generation: &str,
+) -> Result<Option<&'a str>, DeliveryError> {
+    let mut of_generation = secret_shards.iter().filter(|s| s.generation == generation);
+    let first = of_generation
+        .next()
+        .ok_or(DeliveryError::Missing("Secret"))?;
+    if of_generation.any(|s| s.content != first.content) {
+        return Err(DeliveryError::MixedContent);
+    }
+    Ok(first.content.as_deref())
+}
+
+/// A decoded config; see [`decode_reusing`].
+#[derive(Debug)]
+pub struct Decoded {
+    /// Without consumers and secrets when `secret` is `None`.
+    pub config: GatewayConfig,
+    /// The Secret half, unless it was skipped because its content was already loaded.
+    pub secret: Option<SecretHalf>,
+    /// The Secret half's content digest, when its shards carry one.
+    pub secret_content: Option<String>,
+}
+
+/// Rebuilds the config from both halves (without the object list, which is not
+/// delivered); fails unless both are complete and agree.
 pub fn decode(
     config_shards: &[Shard],
     secret_shards: &[Shard],
 ) -> Result<GatewayConfig, DeliveryError> {
+    let decoded = decode_reusing(config_shards, secret_shards, None)?;
+    let mut config = decoded.config;
+    if let Some(secret) = decoded.secret {
+        config.consumers = secret.consumers;
+        config.secrets = secret.secrets;
+    }
+    Ok(config)
+}
+
+/// Decodes both halves, except the Secret half when its content digest is `loaded_content`
+/// (the one the caller runs already). The Secret half must still be complete for the
+/// generation, so a half-written config is never taken.
+pub fn decode_reusing(
+    config_shards: &[Shard],
+    secret_shards: &[Shard],
+    loaded_content: Option<&str>,
+) -> Result<Decoded, DeliveryError> {
     let generation = current_generation(config_shards, secret_shards)?;
     let public = assemble("ConfigMap", config_shards, &generation)?;
     let secret = assemble("Secret", secret_shards, &generation)?;
-    let mut config: GatewayConfig = parse("ConfigMap", &public)?;
+    let content = secret_content(secret_shards, &generation)?;
+    // The ConfigMap half is a few MB of JSON at 10k routes: decompressed first and parsed
+    // from memory, several times faster than through serde_json's reader (which tracks
+    // lines and columns byte by byte). The large Secret half is streamed (see `parse`).
+    let public = gunzip("ConfigMap", &public)?;
+    let config: GatewayConfig =
+        serde_json::from_slice(&public).map_err(|e| DeliveryError::Decode {
+            half: "ConfigMap",
+            message: e.to_string(),
+        })?;
     drop(public);
-    let secret: SecretHalf = parse("Secret", &secret)?;
-    if config.generation != generation || secret.generation != generation {
+    if config.generation != generation {
         return Err(DeliveryError::MixedGenerations(
             config.generation,
-            secret.generation,
+            generation,
         ));
     }
-    config.secrets = secret.secrets;
-    Ok(config)
+    let secret = match content {
+        Some(content) if loaded_content == Some(content) => None,
+        _ => Some(parse::<SecretHalf>("Secret", &secret, content)?),
+    };
+    Ok(Decoded {
+        config,
+        secret,
+        secret_content: content.map(str::to_string),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::config::{ApiKeyEntry, ObjectKind, ObjectRef};
+    use crate::config::{ApiKeyEntry, ConsumerConfig, ObjectKind, ObjectRef};
+
+    /// What a proxy gets of `config`: everything but the object list.
+    fn delivered(config: &GatewayConfig) -> GatewayConfig {
+        GatewayConfig {
+            objects: Vec::new(),
+            ..config.clone()
+        }
+    }
 
     fn sample(n: usize) -> GatewayConfig {
         let mut config = GatewayConfig {
@@ -339,8 +542,111 @@ mod tests {
                 sha256: crate::compile::hash_api_key(format!("key-{i}").as_bytes()),
                 consumer: format!("ns/c{i}"),
             });
+            config.consumers.push(ConsumerConfig {
+                id: format!("ns/c{i}"),
+                namespace: "ns".into(),
+                username: format!("c{i}"),
+                groups: vec!["gold".into()],
+                ..ConsumerConfig::default()
+            });
         }
         config
+    }
+
+    #[test]
+    fn consumers_travel_with_their_keys_in_the_secret_half() {
+        let config = sample(3);
+        let encoded = encode(&config).unwrap();
+        let public = gunzip("c", &encoded.config_shards[0].payload).unwrap();
+        assert!(!String::from_utf8_lossy(&public).contains("ns/c1"));
+        let decoded = decode_reusing(&encoded.config_shards, &encoded.secret_shards, None).unwrap();
+        let secret = decoded.secret.unwrap();
+        assert_eq!(secret.consumers, config.consumers);
+        assert!(decoded.config.consumers.is_empty());
+        assert_eq!(
+            decoded.secret_content.as_deref(),
+            Some(&*encoded.secret_content)
+        );
+        assert!(encoded
+            .secret_shards
+            .iter()
+            .all(|s| s.content.as_deref() == Some(&*encoded.secret_content)));
+    }
+
+    #[test]
+    fn an_unchanged_secret_half_is_reused_by_the_encoder_and_skipped_by_the_decoder() {
+        let first = sample(2_000);
+        let before = encode(&first).unwrap();
+        // A route change: new generation, same consumers and keys.
+        let mut second = first.clone();
+        second.generation = "g2".into();
+        second.objects.pop();
+        let after = encode_reusing(&second, Some(&before)).unwrap();
+        assert_eq!(after.secret_content, before.secret_content);
+        assert_eq!(after.secret_shards[0].generation, "g2");
+        let payload = |e: &Encoded| -> Vec<u8> {
+            e.secret_shards
+                .iter()
+                .flat_map(|s| s.payload.clone())
+                .collect()
+        };
+        assert_eq!(payload(&after), payload(&before));
+        let skipped = decode_reusing(
+            &after.config_shards,
+            &after.secret_shards,
+            Some(&before.secret_content),
+        )
+        .unwrap();
+        assert!(skipped.secret.is_none());
+        assert_eq!(skipped.config.routes, second.routes);
+        assert!(
+            skipped.config.objects.is_empty(),
+            "the object list is not delivered"
+        );
+        // Another consumer: the half is compressed again and decoded again.
+        let mut third = second.clone();
+        third.generation = "g3".into();
+        third.consumers[0].groups.push("silver".into());
+        let changed = encode_reusing(&third, Some(&after)).unwrap();
+        assert_ne!(changed.secret_content, after.secret_content);
+        let decoded = decode_reusing(
+            &changed.config_shards,
+            &changed.secret_shards,
+            Some(&after.secret_content),
+        )
+        .unwrap();
+        assert_eq!(decoded.secret.unwrap().consumers, third.consumers);
+        assert_eq!(
+            decode(&changed.config_shards, &changed.secret_shards).unwrap(),
+            delivered(&third)
+        );
+    }
+
+    #[test]
+    fn a_secret_half_that_does_not_match_its_digest_is_refused() {
+        let config = sample(3);
+        let mut encoded = encode(&config).unwrap();
+        let forged = "0".repeat(64);
+        for shard in &mut encoded.secret_shards {
+            shard.content = Some(forged.clone());
+        }
+        assert!(matches!(
+            decode(&encoded.config_shards, &encoded.secret_shards),
+            Err(DeliveryError::Decode { half: "Secret", .. })
+        ));
+        // Nor can a forged digest make a proxy keep stale identities for a half that
+        // disagrees with itself.
+        encoded.secret_shards[0].content = None;
+        let mut two = encoded.secret_shards.clone();
+        two.push(Shard {
+            index: 0,
+            ..encoded.secret_shards[0].clone()
+        });
+        two[1].content = Some(forged);
+        assert!(matches!(
+            secret_content(&two, "g1"),
+            Err(DeliveryError::MixedContent)
+        ));
     }
 
     #[test]
@@ -352,7 +658,7 @@ mod tests {
         assert!(!String::from_utf8_lossy(&public).contains(&config.secrets.api_keys[0].sha256));
         assert_eq!(
             decode(&encoded.config_shards, &encoded.secret_shards).unwrap(),
-            config
+            delivered(&config)
         );
     }
 
@@ -369,7 +675,7 @@ mod tests {
         encoded.secret_shards.reverse();
         assert_eq!(
             decode(&encoded.config_shards, &encoded.secret_shards).unwrap(),
-            config
+            delivered(&config)
         );
     }
 
@@ -397,6 +703,7 @@ mod tests {
             index: 0,
             count: 1,
             generation: "g".into(),
+            content: None,
             payload: b"not gzip".to_vec(),
         };
         assert!(decode(std::slice::from_ref(&bad), std::slice::from_ref(&bad)).is_err());

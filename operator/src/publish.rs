@@ -9,7 +9,8 @@ use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::Client;
 use portcullis_compiler::delivery::{
-    Encoded, Shard, CONFIG_LABEL, GENERATION_ANNOTATION, PAYLOAD_KEY, SHARD_ANNOTATION,
+    Encoded, Shard, CONFIG_LABEL, CONTENT_ANNOTATION, GENERATION_ANNOTATION, PAYLOAD_KEY,
+    SHARD_ANNOTATION,
 };
 use serde_json::json;
 
@@ -26,14 +27,18 @@ pub enum PublishError {
 }
 
 fn metadata(shard: &Shard, namespace: &str) -> serde_json::Value {
+    let mut annotations = json!({
+        GENERATION_ANNOTATION: shard.generation,
+        SHARD_ANNOTATION: shard.annotation(),
+    });
+    if let (Some(content), Some(map)) = (&shard.content, annotations.as_object_mut()) {
+        map.insert(CONTENT_ANNOTATION.to_string(), json!(content));
+    }
     json!({
         "name": shard.object_name(),
         "namespace": namespace,
         "labels": {CONFIG_LABEL: "true", "app.kubernetes.io/managed-by": "portcullis-operator"},
-        "annotations": {
-            GENERATION_ANNOTATION: shard.generation,
-            SHARD_ANNOTATION: shard.annotation(),
-        },
+        "annotations": annotations,
     })
 }
 

@@ -63,6 +63,9 @@ pub struct Reconciler {
     compiled: Option<Compiled>,
     /// The objects of the last compile, kept across a failed publish.
     last_targets: Option<Arc<Vec<Target>>>,
+    /// The last encoded config: its compressed Secret half is reused while the consumers
+    /// and secrets stay the same.
+    last_encoded: Option<Arc<delivery::Encoded>>,
 }
 
 /// A replica that stopped reporting is still counted (as not ready) for this long, then its
@@ -140,6 +143,7 @@ impl Reconciler {
             publish_error: None,
             compiled: None,
             last_targets: None,
+            last_encoded: None,
         }
     }
 
@@ -233,8 +237,9 @@ impl Reconciler {
 
         if self.last_published.as_deref() != Some(generation.as_str()) {
             let started = Instant::now();
+            let previous = self.last_encoded.clone();
             let (config, encoded) = tokio::task::spawn_blocking(move || {
-                let encoded = delivery::encode(&config);
+                let encoded = delivery::encode_reusing(&config, previous.as_deref());
                 (config, encoded)
             })
             .await?;
@@ -252,11 +257,13 @@ impl Reconciler {
                     self.published.record(&config.generation, in_config.clone());
                     self.last_published = Some(config.generation.clone());
                     self.publish_error = None;
+                    let bytes = encoded.compressed_bytes;
+                    self.last_encoded = Some(Arc::new(encoded));
                     tracing::info!(
                         generation = %config.generation,
                         routes = config.routes.len(),
                         consumers = config.consumers.len(),
-                        bytes = encoded.compressed_bytes,
+                        bytes,
                         snapshot_ms = snapshot_took.as_millis() as u64,
                         compile_ms = took.as_millis() as u64,
                         resolve_ms = resolve_took.as_millis() as u64,

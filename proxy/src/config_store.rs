@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use portcullis_compiler::config::{RouteConfig, SecretConfig};
+use portcullis_compiler::delivery::Decoded;
 use portcullis_compiler::GatewayConfig;
 
 use crate::auth::{CompiledAuth, KeyStore, KeyStoreError};
@@ -47,6 +48,8 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsConfigError),
+    #[error("the Secret half was skipped as unchanged, but the loaded config has another one")]
+    SecretHalfGone,
 }
 
 pub struct CompiledRoute {
@@ -121,10 +124,23 @@ pub struct RuntimeConfig {
     pub generation: String,
     pub router: Router,
     pub routes: Vec<CompiledRoute>,
-    pub keys: KeyStore,
+    pub keys: Arc<KeyStore>,
     pub rate_limits: RateLimits,
     /// Certificates and handshake policies for the TLS listener.
     pub tls: crate::tls::TlsRuntime,
+    /// What came from a delivered Secret half, for the next load to reuse.
+    secret_half: Option<SecretHalfKept>,
+}
+
+/// The runtime built from a delivered Secret half (consumers, their key digests and HMAC
+/// keys, other secrets), kept while its content digest stays the same: at 100k consumers
+/// the key index is most of a load's time and memory, and a route change does not touch it.
+#[derive(Clone)]
+struct SecretHalfKept {
+    content: String,
+    keys: Arc<KeyStore>,
+    /// The secrets other than key digests and HMAC keys (which `keys` holds).
+    secrets: Arc<SecretConfig>,
 }
 
 impl RuntimeConfig {
@@ -142,16 +158,72 @@ impl RuntimeConfig {
     /// once indexed) is freed before the rest is built. At 100k consumers this keeps a
     /// reload's peak memory tens of MiB lower than building from a borrowed config.
     pub fn build_owned(
+        config: GatewayConfig,
+        pool: &ClientPool,
+        limiter: &Backends,
+        counters: &CounterRegistry,
+    ) -> Result<Self, ConfigError> {
+        Self::build_parts(config, None, None, pool, limiter, counters)
+    }
+
+    /// Builds from a config delivered through the cluster ([`portcullis_compiler::delivery::decode_reusing`]
+    /// with this runtime's [`RuntimeConfig::secret_content`]). A skipped Secret half is
+    /// taken from `self`: its key index is shared, not rebuilt.
+    pub fn build_delivered(
+        &self,
+        decoded: Decoded,
+        pool: &ClientPool,
+        limiter: &Backends,
+        counters: &CounterRegistry,
+    ) -> Result<Self, ConfigError> {
+        let Decoded {
+            mut config,
+            secret,
+            secret_content,
+        } = decoded;
+        match secret {
+            Some(half) => {
+                config.consumers = half.consumers;
+                config.secrets = half.secrets;
+                Self::build_parts(config, secret_content, None, pool, limiter, counters)
+            }
+            None => {
+                let kept = self
+                    .secret_half
+                    .as_ref()
+                    .filter(|kept| secret_content.as_ref() == Some(&kept.content))
+                    .ok_or(ConfigError::SecretHalfGone)?;
+                config.secrets = (*kept.secrets).clone();
+                let content = Some(kept.content.clone());
+                let keys = Some(kept.keys.clone());
+                Self::build_parts(config, content, keys, pool, limiter, counters)
+            }
+        }
+    }
+
+    /// The content digest of the delivered Secret half this runtime runs, if any.
+    pub fn secret_content(&self) -> Option<&str> {
+        self.secret_half.as_ref().map(|kept| kept.content.as_str())
+    }
+
+    fn build_parts(
         mut config: GatewayConfig,
+        secret_content: Option<String>,
+        keys: Option<Arc<KeyStore>>,
         pool: &ClientPool,
         limiter: &Backends,
         counters: &CounterRegistry,
     ) -> Result<Self, ConfigError> {
         // Only the operator needs the object list (for status).
         drop(std::mem::take(&mut config.objects));
-        let keys = KeyStore::build(&config.consumers, &config.secrets)?;
+        let keys = match keys {
+            Some(keys) => keys,
+            None => Arc::new(KeyStore::build(&config.consumers, &config.secrets)?),
+        };
+        // The key index holds all of these now.
         drop(std::mem::take(&mut config.consumers));
         drop(std::mem::take(&mut config.secrets.api_keys));
+        drop(std::mem::take(&mut config.secrets.jwt_secrets));
         let route_counters = counters.for_routes(config.routes.iter().map(|r| r.id.as_str()));
         let engines = crate::waf::build_engines(&config.waf_policies)?;
         let router = Router::build(&config.routes)?;
@@ -162,6 +234,11 @@ impl RuntimeConfig {
             .zip(route_counters)
             .map(|(r, c)| CompiledRoute::build(r, pool, c, &config.secrets, &engines))
             .collect::<Result<Vec<_>, _>>()?;
+        let secret_half = secret_content.map(|content| SecretHalfKept {
+            content,
+            keys: keys.clone(),
+            secrets: Arc::new(config.secrets),
+        });
         Ok(RuntimeConfig {
             generation: config.generation,
             router,
@@ -169,6 +246,7 @@ impl RuntimeConfig {
             keys,
             rate_limits,
             tls,
+            secret_half,
         })
     }
 }
@@ -197,5 +275,89 @@ impl ConfigStore {
 
     pub fn is_loaded(&self) -> bool {
         self.loaded.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use portcullis_compiler::config::{ApiKeyEntry, ConsumerConfig};
+    use portcullis_compiler::{delivery, hash_api_key};
+
+    use super::*;
+
+    fn config(generation: &str, keys: &[&str]) -> GatewayConfig {
+        let mut config = GatewayConfig {
+            generation: generation.into(),
+            ..GatewayConfig::default()
+        };
+        for (i, key) in keys.iter().enumerate() {
+            config.consumers.push(ConsumerConfig {
+                id: format!("ns/c{i}"),
+                namespace: "ns".into(),
+                username: format!("c{i}"),
+                groups: vec!["gold".into()],
+                ..ConsumerConfig::default()
+            });
+            config.secrets.api_keys.push(ApiKeyEntry {
+                sha256: hash_api_key(key.as_bytes()),
+                consumer: format!("ns/c{i}"),
+            });
+        }
+        config
+    }
+
+    fn decoded(config: &GatewayConfig, loaded: Option<&RuntimeConfig>) -> Decoded {
+        let encoded = delivery::encode(config).unwrap();
+        let loaded = loaded.and_then(RuntimeConfig::secret_content);
+        delivery::decode_reusing(&encoded.config_shards, &encoded.secret_shards, loaded).unwrap()
+    }
+
+    #[test]
+    fn a_reload_with_the_same_secret_half_shares_the_key_index() {
+        let pool = ClientPool::new(crate::auth::AuthRuntime::new(&Default::default()).unwrap());
+        let limiter = Backends::new(None);
+        let counters = CounterRegistry::default();
+        let empty =
+            RuntimeConfig::build(&GatewayConfig::default(), &pool, &limiter, &counters).unwrap();
+        assert_eq!(empty.secret_content(), None);
+
+        let g1 = config("g1", &["key-number-one", "key-number-two"]);
+        let first = empty
+            .build_delivered(decoded(&g1, Some(&empty)), &pool, &limiter, &counters)
+            .unwrap();
+        assert!(first.secret_content().is_some());
+        assert_eq!(first.keys.lookup(b"key-number-two"), Some(1));
+
+        // Same consumers and keys, new generation: the Secret half is skipped and the
+        // index is the same one.
+        let g2 = GatewayConfig {
+            generation: "g2".into(),
+            ..g1.clone()
+        };
+        let skipped = decoded(&g2, Some(&first));
+        assert!(skipped.secret.is_none());
+        let second = first
+            .build_delivered(skipped, &pool, &limiter, &counters)
+            .unwrap();
+        assert_eq!(second.generation, "g2");
+        assert!(Arc::ptr_eq(&first.keys, &second.keys));
+        assert_eq!(second.secret_content(), first.secret_content());
+
+        // A key revoked: decoded and indexed again.
+        let g3 = config("g3", &["key-number-one"]);
+        let third = second
+            .build_delivered(decoded(&g3, Some(&second)), &pool, &limiter, &counters)
+            .unwrap();
+        assert!(!Arc::ptr_eq(&second.keys, &third.keys));
+        assert_eq!(third.keys.lookup(b"key-number-two"), None);
+        assert_eq!(third.keys.lookup(b"key-number-one"), Some(0));
+
+        // A skipped half that the loaded runtime does not have is refused, not guessed.
+        let stale = decoded(&g2, Some(&second));
+        assert!(matches!(
+            third.build_delivered(stale, &pool, &limiter, &counters),
+            Err(ConfigError::SecretHalfGone)
+        ));
     }
 }

@@ -18,6 +18,7 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use ipnet::IpNet;
+use portcullis_compiler::delivery::Decoded;
 use portcullis_compiler::report;
 use portcullis_compiler::GatewayConfig;
 use tokio::net::TcpListener;
@@ -282,14 +283,47 @@ impl ConfigHandle {
     /// Like [`ConfigHandle::swap_config`], consuming the config: nothing of it is copied, and
     /// what the runtime does not need is freed before the rest is built (cluster mode).
     pub fn swap_config_owned(&self, config: GatewayConfig) -> Result<(), ConfigError> {
-        let runtime = RuntimeConfig::build_owned(
-            config,
-            &self.shared.clients,
-            &self.shared.limiter,
-            &self.shared.counters,
+        self.build_and_swap(|_, clients, limiter, counters| {
+            RuntimeConfig::build_owned(config, clients, limiter, counters)
+        })
+    }
+
+    /// Builds and swaps in a config delivered through the cluster, reusing the loaded
+    /// config's consumers and keys when its Secret half was skipped as unchanged.
+    pub fn swap_delivered(&self, decoded: Decoded) -> Result<(), ConfigError> {
+        self.build_and_swap(|loaded, clients, limiter, counters| {
+            loaded.build_delivered(decoded, clients, limiter, counters)
+        })
+    }
+
+    /// Builds a runtime from the loaded one and the process-wide state, then swaps it in.
+    fn build_and_swap(
+        &self,
+        build: impl FnOnce(
+            &RuntimeConfig,
+            &ClientPool,
+            &crate::ratelimit::Backends,
+            &CounterRegistry,
+        ) -> Result<RuntimeConfig, ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let shared = &self.shared;
+        let runtime = build(
+            &shared.store.load(),
+            &shared.clients,
+            &shared.limiter,
+            &shared.counters,
         )?;
-        self.shared.store.store(runtime);
+        shared.store.store(runtime);
         Ok(())
+    }
+
+    /// The content digest of the loaded config's delivered Secret half, if any.
+    pub fn loaded_secret_content(&self) -> Option<String> {
+        self.shared
+            .store
+            .load()
+            .secret_content()
+            .map(str::to_string)
     }
 
     pub fn generation(&self) -> String {

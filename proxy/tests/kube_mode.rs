@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Api;
-use portcullis_compiler::config::{PathKind, ValidationConfig};
+use portcullis_compiler::config::{ApiKeyEntry, ConsumerConfig, PathKind, ValidationConfig};
 use portcullis_compiler::delivery::{self, Shard};
 use portcullis_compiler::report::{ProxyReport, REPORT_ANNOTATION};
 use portcullis_compiler::GatewayConfig;
@@ -185,6 +185,22 @@ fn gateway(tag: &str) -> GatewayConfig {
         generation: tag.into(),
         ..config(vec![hello, strict])
     }
+}
+
+/// The config with one consumer and its API key, i.e. another Secret half.
+fn with_consumer(mut config: GatewayConfig) -> GatewayConfig {
+    config.consumers.push(ConsumerConfig {
+        id: "default/alice".into(),
+        namespace: "default".into(),
+        username: "alice".into(),
+        groups: Vec::new(),
+        ..ConsumerConfig::default()
+    });
+    config.secrets.api_keys.push(ApiKeyEntry {
+        sha256: portcullis_compiler::hash_api_key(b"alice-secret-key"),
+        consumer: "default/alice".into(),
+    });
+    config
 }
 
 /// A shard's object, in the test namespace.
@@ -358,7 +374,9 @@ async fn cluster_mode_against_a_real_api_server() {
     wait_serving(&http, &proxy, "g3", WAIT).await;
 
     // Both halves of g4 present but the Secret's payload is corrupt: g3 stays, still ready.
-    let g4 = delivery::encode(&gateway("g4")).unwrap();
+    // (g4 has one more consumer: an unchanged Secret half would not be decoded at all.)
+    let g4 = delivery::encode(&with_consumer(gateway("g4"))).unwrap();
+    assert_ne!(g4.secret_content, g3.secret_content);
     let mut corrupt = g4.secret_shards.clone();
     corrupt[0].payload = b"definitely not gzip".to_vec();
     writer.secret_half(&corrupt).await;

@@ -62,10 +62,11 @@ fn emit(routes: usize, consumers: usize, edit: usize) -> anyhow::Result<()> {
         for s in shards {
             writeln!(
                 out,
-                "{kind} {} {} {} {}",
+                "{kind} {} {} {} {} {}",
                 s.index,
                 s.count,
                 s.generation,
+                s.content.as_deref().unwrap_or("-"),
                 s.payload.len()
             )?;
             out.write_all(&s.payload)?;
@@ -94,8 +95,8 @@ fn objects(routes: usize, consumers: usize, edit: usize) -> anyhow::Result<Objec
             .context("truncated header")?;
         let header = std::str::from_utf8(&rest[..end])?;
         let fields: Vec<&str> = header.split(' ').collect();
-        anyhow::ensure!(fields.len() == 5, "bad header {header}");
-        let len: usize = fields[4].parse()?;
+        anyhow::ensure!(fields.len() == 6, "bad header {header}");
+        let len: usize = fields[5].parse()?;
         let payload = rest
             .get(end + 1..end + 1 + len)
             .context("truncated payload")?
@@ -105,6 +106,7 @@ fn objects(routes: usize, consumers: usize, edit: usize) -> anyhow::Result<Objec
             index: fields[1].parse()?,
             count: fields[2].parse()?,
             generation: fields[3].to_string(),
+            content: Some(fields[4]).filter(|c| *c != "-").map(str::to_string),
             payload,
         };
         if fields[0] == "C" {
@@ -129,6 +131,11 @@ async fn main() -> anyhow::Result<()> {
     if emitting {
         return emit(routes, consumers, reloads);
     }
+    // The loader's log lines (which half was decoded) on stderr; the figures go to stdout.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .init();
     // Every config up front, so that generating them does not blur the proxy's figures.
     let generations = (0..=reloads)
         .map(|edit| objects(routes, consumers, edit))

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::ByteString;
 use kube::ResourceExt;
+use portcullis_compiler::delivery::Decoded;
 use portcullis_compiler::delivery::{self, DeliveryError, Shard};
-use portcullis_compiler::GatewayConfig;
 
 /// Why one object is not a usable shard.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -66,6 +66,7 @@ fn shard(
         index,
         count,
         generation,
+        content: annotations.get(delivery::CONTENT_ANNOTATION).cloned(),
         payload: payload.0.clone(),
     })
 }
@@ -98,8 +99,9 @@ pub fn secret_shard(secret: &Secret) -> Result<Shard, ShardError> {
 /// What to do with the shards currently in the API server.
 #[derive(Debug)]
 pub enum Decision {
-    /// A complete config with a generation other than the loaded one.
-    Load(Box<GatewayConfig>),
+    /// A complete config with a generation other than the loaded one (without its Secret
+    /// half when that is the loaded one's).
+    Load(Box<Decoded>),
     /// The shards hold the loaded generation already.
     Unchanged,
     /// The halves are not (yet) complete or do not agree, as while the operator is between
@@ -110,10 +112,16 @@ pub enum Decision {
     Corrupt(DeliveryError),
 }
 
-/// Decides from the shards of both halves; `loaded` is the generation being served.
-/// Objects that are not valid shards are skipped by the caller (and reported there); a
-/// shard missing because of that shows up here as an incomplete half.
-pub fn decide(config: &[Shard], secret: &[Shard], loaded: Option<&str>) -> Decision {
+/// Decides from the shards of both halves; `loaded` is the generation being served and
+/// `loaded_secret` the content digest of its Secret half. Objects that are not valid shards
+/// are skipped by the caller (and reported there); a shard missing because of that shows up
+/// here as an incomplete half.
+pub fn decide(
+    config: &[Shard],
+    secret: &[Shard],
+    loaded: Option<&str>,
+    loaded_secret: Option<&str>,
+) -> Decision {
     let generation = match delivery::current_generation(config, secret) {
         Ok(generation) => generation,
         Err(e) => return Decision::Waiting(e),
@@ -121,12 +129,13 @@ pub fn decide(config: &[Shard], secret: &[Shard], loaded: Option<&str>) -> Decis
     if loaded == Some(generation.as_str()) {
         return Decision::Unchanged;
     }
-    match delivery::decode(config, secret) {
+    match delivery::decode_reusing(config, secret, loaded_secret) {
         Ok(decoded) => Decision::Load(Box::new(decoded)),
         Err(
             e @ (DeliveryError::Missing(_)
             | DeliveryError::Incomplete { .. }
-            | DeliveryError::MixedGenerations(..)),
+            | DeliveryError::MixedGenerations(..)
+            | DeliveryError::MixedContent),
         ) => Decision::Waiting(e),
         Err(e) => Decision::Corrupt(e),
     }
@@ -136,7 +145,18 @@ pub fn decide(config: &[Shard], secret: &[Shard], loaded: Option<&str>) -> Decis
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use portcullis_compiler::config::{ApiKeyEntry, ObjectKind, ObjectRef};
+    use portcullis_compiler::config::ApiKeyEntry;
+    use portcullis_compiler::GatewayConfig;
+
+    /// The whole config a decision loads (the Secret half merged back in).
+    fn merged(decoded: &Decoded) -> GatewayConfig {
+        let mut config = decoded.config.clone();
+        if let Some(secret) = &decoded.secret {
+            config.consumers = secret.consumers.clone();
+            config.secrets = secret.secrets.clone();
+        }
+        config
+    }
 
     fn config(generation: &str, consumers: usize) -> GatewayConfig {
         let mut config = GatewayConfig {
@@ -144,12 +164,6 @@ mod tests {
             ..GatewayConfig::default()
         };
         for i in 0..consumers {
-            config.objects.push(ObjectRef {
-                kind: ObjectKind::ApiRoute,
-                namespace: "ns".into(),
-                name: format!("r{i}"),
-                generation: Some(1),
-            });
             config.secrets.api_keys.push(ApiKeyEntry {
                 sha256: portcullis_compiler::hash_api_key(format!("key-{i}").as_bytes()),
                 consumer: format!("ns/c{i}"),
@@ -178,14 +192,42 @@ mod tests {
     fn complete_halves_load_once() {
         let g1 = config("g1", 3);
         let (cms, secrets) = halves(&g1);
-        match decide(&cms, &secrets, None) {
-            Decision::Load(c) => assert_eq!(*c, g1),
+        match decide(&cms, &secrets, None, None) {
+            Decision::Load(c) => assert_eq!(merged(&c), g1),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            decide(&cms, &secrets, Some("g1")),
+            decide(&cms, &secrets, Some("g1"), None),
             Decision::Unchanged
         ));
+    }
+
+    #[test]
+    fn an_unchanged_secret_half_is_not_decoded_again() {
+        let g1 = config("g1", 3);
+        let (_, secrets1) = halves(&g1);
+        let content = secrets1[0].content.clone().unwrap();
+        // A route change: same consumers and keys under a new generation.
+        let mut g2 = g1.clone();
+        g2.generation = "g2".into();
+        let (cms2, secrets2) = halves(&g2);
+        match decide(&cms2, &secrets2, Some("g1"), Some(&content)) {
+            Decision::Load(c) => {
+                assert!(c.secret.is_none());
+                assert_eq!(c.config.generation, "g2");
+                assert_eq!(c.secret_content.as_deref(), Some(content.as_str()));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another Secret half is decoded.
+        let mut g3 = g2.clone();
+        g3.generation = "g3".into();
+        g3.secrets.api_keys.pop();
+        let (cms3, secrets3) = halves(&g3);
+        match decide(&cms3, &secrets3, Some("g2"), Some(&content)) {
+            Decision::Load(c) => assert_eq!(merged(&c), g3),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -194,19 +236,19 @@ mod tests {
         let (cms2, secrets2) = halves(&config("g2", 4));
         // Secret written first, then ConfigMap: nothing until both carry g2.
         assert!(matches!(
-            decide(&cms1, &secrets2, Some("g1")),
+            decide(&cms1, &secrets2, Some("g1"), None),
             Decision::Waiting(DeliveryError::MixedGenerations(..))
         ));
         // ConfigMap first.
         assert!(matches!(
-            decide(&cms2, &secrets1, Some("g1")),
+            decide(&cms2, &secrets1, Some("g1"), None),
             Decision::Waiting(DeliveryError::MixedGenerations(..))
         ));
         assert!(
-            matches!(decide(&cms2, &secrets2, Some("g1")), Decision::Load(c) if c.generation == "g2")
+            matches!(decide(&cms2, &secrets2, Some("g1"), None), Decision::Load(c) if c.config.generation == "g2")
         );
         assert!(matches!(
-            decide(&[], &secrets2, None),
+            decide(&[], &secrets2, None, None),
             Decision::Waiting(DeliveryError::Missing("ConfigMap"))
         ));
     }
@@ -218,7 +260,7 @@ mod tests {
         assert!(secrets.len() > 1);
         let last = secrets.pop().unwrap();
         assert!(matches!(
-            decide(&cms, &secrets, None),
+            decide(&cms, &secrets, None, None),
             Decision::Waiting(DeliveryError::Incomplete { .. })
         ));
         // A leftover shard of an older, larger generation does not get in the way.
@@ -226,7 +268,9 @@ mod tests {
         stale.generation = "old".into();
         secrets.push(stale);
         secrets.insert(0, last);
-        assert!(matches!(decide(&cms, &secrets, None), Decision::Load(c) if *c == big));
+        assert!(
+            matches!(decide(&cms, &secrets, None, None), Decision::Load(c) if merged(&c) == big)
+        );
     }
 
     #[test]
@@ -234,7 +278,7 @@ mod tests {
         let (cms, mut secrets) = halves(&config("g1", 2));
         secrets[0].payload = b"not gzip at all".to_vec();
         assert!(matches!(
-            decide(&cms, &secrets, None),
+            decide(&cms, &secrets, None, None),
             Decision::Corrupt(DeliveryError::Decode { half: "Secret", .. })
         ));
     }

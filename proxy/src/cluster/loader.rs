@@ -191,8 +191,15 @@ fn load_blocking(cms: &[Arc<ConfigMap>], secrets: &[Arc<Secret>], handle: &Confi
     let config_shards = shards(cms, assemble::configmap_shard);
     let secret_shards = shards(secrets, assemble::secret_shard);
     let loaded = handle.loaded_generation();
-    let config = match assemble::decide(&config_shards, &secret_shards, loaded.as_deref()) {
-        Decision::Load(config) => config,
+    let loaded_secret = handle.loaded_secret_content();
+    let decision = assemble::decide(
+        &config_shards,
+        &secret_shards,
+        loaded.as_deref(),
+        loaded_secret.as_deref(),
+    );
+    let decoded = match decision {
+        Decision::Load(decoded) => decoded,
         Decision::Unchanged => return Loaded::Kept,
         Decision::Waiting(reason) => {
             tracing::debug!(%reason, loaded = ?loaded, "config halves not complete yet; keeping the loaded config");
@@ -205,10 +212,18 @@ fn load_blocking(cms: &[Arc<ConfigMap>], secrets: &[Arc<Secret>], handle: &Confi
     };
     // The raw shards are copies of what the watch caches: free them before building.
     drop((config_shards, secret_shards));
-    let (generation, routes) = (config.generation.clone(), config.routes.len());
-    match handle.swap_config_owned(*config) {
+    let (generation, routes) = (
+        decoded.config.generation.clone(),
+        decoded.config.routes.len(),
+    );
+    let secret_half = if decoded.secret.is_some() {
+        "decoded"
+    } else {
+        "unchanged"
+    };
+    match handle.swap_delivered(*decoded) {
         Ok(()) => {
-            tracing::info!(%generation, routes, "config loaded from the cluster");
+            tracing::info!(%generation, routes, secret_half, "config loaded from the cluster");
             Loaded::Swapped
         }
         Err(error) => {
