@@ -129,7 +129,7 @@ impl Metrics {
     ) {
         let m = method_index(method);
         let s = status_class_index(status);
-        route.requests[m][s]
+        route.requests.get_or_init(Box::default)[m][s]
             .get_or_init(|| {
                 self.requests
                     .get_or_create(&RequestLabels {
@@ -224,7 +224,9 @@ fn status_class_index(status: StatusCode) -> usize {
 /// Per-route handles into the shared families.
 pub struct RouteMetrics {
     pub route: String,
-    requests: [[OnceLock<Counter>; 5]; 8],
+    /// By method and status class; allocated on the route's first request, so that the
+    /// routes that see no traffic (most of them in a large config) cost one word here.
+    requests: OnceLock<Box<[[OnceLock<Counter>; 5]; 8]>>,
     duration: OnceLock<Histogram>,
 }
 
@@ -232,7 +234,7 @@ impl RouteMetrics {
     pub fn new(route: &str) -> Self {
         RouteMetrics {
             route: route.to_string(),
-            requests: Default::default(),
+            requests: OnceLock::new(),
             duration: OnceLock::new(),
         }
     }

@@ -228,9 +228,11 @@ impl AuthRuntime {
 pub struct CompiledAuth {
     config: AuthenticationConfig,
     api_key: Option<ApiKeySource>,
-    jwt: Option<CompiledJwt>,
-    introspection: Option<CompiledIntrospection>,
-    forward_auth: Option<CompiledForwardAuth>,
+    // Boxed: each is hundreds of bytes, a route uses few of them, and the compiled routes
+    // are kept in one vector (at 10k routes, ~11 MB of mostly empty space otherwise).
+    jwt: Option<Box<CompiledJwt>>,
+    introspection: Option<Box<CompiledIntrospection>>,
+    forward_auth: Option<Box<CompiledForwardAuth>>,
     mutual_tls: bool,
 }
 
@@ -277,17 +279,17 @@ impl CompiledAuth {
                 .jwt
                 .as_ref()
                 .filter(|_| has(AuthMethodConfig::Jwt))
-                .map(|j| CompiledJwt::new(j, namespace, runtime)),
+                .map(|j| Box::new(CompiledJwt::new(j, namespace, runtime))),
             introspection: config
                 .oauth2_introspection
                 .as_ref()
                 .filter(|_| has(AuthMethodConfig::OAuth2Introspection))
-                .map(|i| CompiledIntrospection::new(i, secret, runtime)),
+                .map(|i| Box::new(CompiledIntrospection::new(i, secret, runtime))),
             forward_auth: config
                 .forward_auth
                 .as_ref()
                 .filter(|_| has(AuthMethodConfig::ForwardAuth))
-                .map(|f| CompiledForwardAuth::new(f, runtime)),
+                .map(|f| Box::new(CompiledForwardAuth::new(f, runtime))),
             mutual_tls: has(AuthMethodConfig::MutualTls),
             config: config.clone(),
         }
