@@ -60,6 +60,24 @@ pub fn secret(block: usize, consumers: usize) -> Value {
     })
 }
 
+/// The object with the metadata the API server adds (creation time, uid, resource version),
+/// so that in-memory compiles do the same work as the operator's.
+fn as_stored(mut object: Value, i: usize) -> Value {
+    let created = 1_795_000_000 + i as u64;
+    object["metadata"]["creationTimestamp"] = format!(
+        "2026-11-{:02}T{:02}:{:02}:{:02}Z",
+        1 + created / 86_400 % 28,
+        created / 3_600 % 24,
+        created / 60 % 60,
+        created % 60
+    )
+    .into();
+    object["metadata"]["uid"] = format!("00000000-0000-0000-0000-{i:012}").into();
+    object["metadata"]["resourceVersion"] = (1_000 + i).to_string().into();
+    object["metadata"]["generation"] = 1.into();
+    object
+}
+
 /// The snapshot of `routes` ApiRoutes, `consumers` ConsumerCredentials and their Secrets.
 /// `edit` > 0 changes route 0's path, so configs built with different edits differ by one
 /// route (a reload).
@@ -71,7 +89,7 @@ pub fn snapshot(
     use std::sync::Arc;
     let mut snapshot = portcullis_compiler::Snapshot::default();
     for i in 0..routes {
-        let mut r = route(i);
+        let mut r = as_stored(route(i), i);
         if i == 0 && edit > 0 {
             r["spec"]["paths"][0]["value"] = format!("/svc-0/v{}", edit + 1).into();
         }
@@ -80,7 +98,7 @@ pub fn snapshot(
     for i in 0..consumers {
         snapshot
             .consumers
-            .push(Arc::new(serde_json::from_value(consumer(i))?));
+            .push(Arc::new(serde_json::from_value(as_stored(consumer(i), i))?));
     }
     for block in 0..consumers.div_ceil(KEYS_PER_SECRET) {
         snapshot

@@ -54,7 +54,7 @@ pub(crate) fn mark_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issues)])
     // Cached: the key formats the object id, once per route rather than per comparison.
     order.sort_by_cached_key(|&index| {
         let meta = &routes[index].0;
-        (meta.created.is_empty(), meta.created.clone(), meta.id())
+        (meta.created.is_none(), meta.created, meta.id())
     });
     let mut owners: BTreeMap<MatchKey, String> = BTreeMap::new();
     for index in order {

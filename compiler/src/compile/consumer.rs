@@ -34,12 +34,12 @@ pub(crate) fn compile_consumers(
     let mut names: BTreeMap<String, String> = BTreeMap::new();
     let mut key_owner: BTreeMap<String, String> = BTreeMap::new();
     let mut ordered: Vec<&&ConsumerCredential> = consumers.iter().collect();
-    // Cached: the key formats the creation time, and sort_by_key would do that on every
+    // Cached: the key copies the namespace and name, and sort_by_key would do that on every
     // comparison (3.4M times for 100k consumers).
     ordered.sort_by_cached_key(|c| {
         let meta = Meta::of(&c.metadata);
         (
-            meta.created.is_empty(),
+            meta.created.is_none(),
             meta.created,
             meta.namespace,
             meta.name,
