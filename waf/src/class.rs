@@ -35,6 +35,19 @@ pub fn of(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0, |c, &b| c | BYTE_CLASS[usize::from(b)])
 }
 
+/// The class bit of one [`PUNCT`] byte (0 for any other byte): `of(v) & punct_bit(b)`
+/// says whether `b` occurs in `v`.
+pub const fn punct_bit(b: u8) -> u64 {
+    let mut p = 0;
+    while p < PUNCT.len() {
+        if PUNCT[p] == b {
+            return 1 << (PUNCT_SHIFT + p as u32);
+        }
+        p += 1;
+    }
+    0
+}
+
 /// Index in [`PUNCT`] of `b`, if it is there.
 pub fn punct_index(b: u8) -> Option<usize> {
     PUNCT.iter().position(|&p| p == b)
@@ -135,5 +148,7 @@ mod tests {
         let c = of(b"a;b");
         assert_eq!(c >> PUNCT_SHIFT, 1 << punct_index(b';').unwrap_or(0));
         assert!(PUNCT_SHIFT as usize + PUNCT.len() <= 64);
+        assert_eq!(of(b";") >> PUNCT_SHIFT << PUNCT_SHIFT, punct_bit(b';'));
+        assert_eq!(punct_bit(b'a'), 0);
     }
 }

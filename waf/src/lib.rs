@@ -19,7 +19,9 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use aho_corasick::automaton::{Automaton, StateID};
+use aho_corasick::dfa::DFA;
+use aho_corasick::{Anchored, MatchKind, StartKind};
 use regex::bytes::{
     Regex as BytesRegex, RegexBuilder as BytesRegexBuilder, RegexSet, RegexSetBuilder,
 };
@@ -282,12 +284,21 @@ impl RequestHead<'_> {
             .map(|(_, v)| *v)
     }
 
+    /// Index of the `?` that starts the query. A byte loop: URIs are short, and the
+    /// char searcher's set-up cost more than the scan (this runs several times a request).
+    fn query_start(&self) -> Option<usize> {
+        self.uri.bytes().position(|b| b == b'?')
+    }
+
     fn path_raw(&self) -> &str {
-        self.uri.split_once('?').map_or(self.uri, |(p, _)| p)
+        // `?` is ASCII, so both slices are on char boundaries.
+        self.uri
+            .get(..self.query_start().unwrap_or(self.uri.len()))
+            .unwrap_or(self.uri)
     }
 
     fn query_raw(&self) -> Option<&str> {
-        self.uri.split_once('?').map(|(_, q)| q)
+        self.query_start().and_then(|at| self.uri.get(at + 1..))
     }
 }
 
@@ -414,6 +425,12 @@ impl Hasher for Fnv {
     }
 }
 
+/// What `transform::cmd_line` removes: a value without them is its own command line.
+const CMD_QUOTES: u64 = class::punct_bit(b'\'')
+    | class::punct_bit(b'"')
+    | class::punct_bit(b'\\')
+    | class::punct_bit(b'^');
+
 /// Longest header value inspected; hyper already caps the whole head.
 const MAX_HEADER_INSPECT: usize = 8 * 1024;
 
@@ -451,8 +468,14 @@ pub struct Engine {
     rules: Vec<&'static RuleDef>,
     individual: Vec<BytesRegex>,
     slots: Vec<Slot>,
-    /// Literals of two bytes or more; single-byte literals are in `byte_slots`.
-    prefilter: AhoCorasick,
+    /// Literals of two bytes or more; single-byte literals are in `byte_slots`. Walked
+    /// state by state ([`Engine::literal_slots_of`]): the overlapping-search iterator cost
+    /// ~200 instructions of set-up per value, more than the walk itself on short values.
+    prefilter: DFA,
+    /// Unanchored start state of `prefilter`.
+    prefilter_start: StateID,
+    /// The literals of `prefilter`, by pattern index.
+    literals: Vec<&'static str>,
     /// Literal pattern index → slots it triggers.
     literal_slots: Vec<SlotMask>,
     /// `class::PUNCT` index → slots one of whose rules has that byte as a literal.
@@ -477,6 +500,7 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("rules", &self.rules.len())
+            .field("literals", &self.literals.len())
             .field("custom", &self.custom.len())
             .finish()
     }
@@ -580,10 +604,17 @@ impl Engine {
                 }
             }
         }
-        let prefilter = AhoCorasickBuilder::new()
+        // Standard semantics: every match state lists every literal that ends there (the
+        // matches of its suffixes are copied in), which is what an overlapping search
+        // reports. No prefilter: start states then stay ordinary states.
+        let prefilter = DFA::builder()
             .match_kind(MatchKind::Standard)
-            .kind(Some(AhoCorasickKind::DFA))
+            .start_kind(StartKind::Unanchored)
+            .prefilter(false)
             .build(&literals)
+            .map_err(|e| WafError::Builtin(e.to_string()))?;
+        let prefilter_start = prefilter
+            .start_state(Anchored::No)
             .map_err(|e| WafError::Builtin(e.to_string()))?;
         let min_literal = literals.iter().map(|l| l.len()).min().unwrap_or(usize::MAX);
         let custom = config
@@ -606,6 +637,8 @@ impl Engine {
             individual,
             slots,
             prefilter,
+            prefilter_start,
+            literals,
             literal_slots,
             punct_slots,
             min_literal,
@@ -767,6 +800,7 @@ impl Engine {
             clean: CleanMemo::default(),
             args: 0,
             fallback: false,
+            scratch: String::new(),
         };
         let done = match parse::json::walk(body, &mut inspector) {
             Ok(depth) => !inspector.fallback && depth <= self.parse_limits.max_json_depth,
@@ -842,12 +876,13 @@ impl Engine {
         } else {
             HashSet::default()
         };
+        let mut scratch = String::new();
         for target in &c.targets {
             let memo = use_memo && target.kind != Kind::Header && target.value.len() <= MEMO_MAX;
             if memo && clean.contains(&(target.kind, &*target.value)) {
                 continue;
             }
-            if self.inspect_target(target, &c.keys, path_norm, eval) && memo {
+            if self.inspect_target(target, &c.keys, path_norm, eval, &mut scratch) && memo {
                 clean.insert((target.kind, &target.value));
             }
         }
@@ -862,12 +897,15 @@ impl Engine {
     /// an automaton pass, no allocation.
     ///
     /// Returns whether nothing matched (no rule set, no libinjection), before exclusions.
+    /// `scratch` is a buffer for the lowercased value, reused across the values of a
+    /// request.
     fn inspect_target(
         &self,
         t: &Target<'_>,
         keys: &str,
         path_norm: &str,
         eval: &mut Evaluation,
+        scratch: &mut String,
     ) -> bool {
         let value: &str = &t.value;
         if value.is_empty() {
@@ -882,8 +920,12 @@ impl Engine {
         let (norm, norm_class): (Cow<'_, str>, u64) = if !needs_norm {
             (Cow::Borrowed(value), t.class)
         } else if t.class & (class::CONTROL | class::NON_ASCII) == 0 && !double_space {
-            // Capitals only: lowercasing changes no byte class.
-            (Cow::Owned(value.to_ascii_lowercase()), t.class)
+            // Capitals only: lowercasing changes no byte class. The caller's buffer is
+            // reused for every value of the request (no allocation per value).
+            scratch.clear();
+            scratch.push_str(value);
+            scratch.make_ascii_lowercase();
+            (Cow::Borrowed(scratch.as_str()), t.class)
         } else {
             let norm = transform::lower_compress(value);
             let c = class::of(norm.as_bytes());
@@ -896,9 +938,7 @@ impl Engine {
             punct &= punct - 1;
         }
         if norm.len() >= self.min_literal {
-            for m in self.prefilter.find_overlapping_iter(&*norm) {
-                triggered |= self.literal_slots[m.pattern().as_usize()];
-            }
+            triggered |= self.literal_slots_of(norm.as_bytes());
         }
         triggered = (triggered | self.always_slots) & self.normalized_slots;
         if t.class & class::CRLF != 0 {
@@ -927,21 +967,27 @@ impl Engine {
             clean &= matched.is_none();
             // Evasions that only make sense per group: SQL comments used as whitespace
             // (`union/**/select`), shell commands split by quotes (`w'h'o"am"i`).
-            let alternate: Option<&str> = match slot.group {
-                Group::SqlInjection if slot.input == Input::Normalized && norm.contains("/*") => {
-                    Some(
-                        sql_stripped.get_or_insert_with(|| {
+            let alternate: Option<&str> =
+                match slot.group {
+                    // `norm_class` holds every byte of `norm`: without a `/` (or without one of
+                    // the quotes) the searches below cannot succeed, and they cost more than
+                    // the bit test.
+                    Group::SqlInjection
+                        if slot.input == Input::Normalized
+                            && norm_class & class::punct_bit(b'/') != 0
+                            && norm.contains("/*") =>
+                    {
+                        Some(sql_stripped.get_or_insert_with(|| {
                             transform::remove_sql_comments(&norm).into_owned()
-                        }),
-                    )
-                }
-                Group::CommandInjection
-                    if slot.input == Input::Normalized && norm.contains(['\'', '"', '\\', '^']) =>
-                {
-                    Some(cmd_line.get_or_insert_with(|| transform::cmd_line(&norm)))
-                }
-                _ => None,
-            };
+                        }))
+                    }
+                    Group::CommandInjection
+                        if slot.input == Input::Normalized && norm_class & CMD_QUOTES != 0 =>
+                    {
+                        Some(cmd_line.get_or_insert_with(|| transform::cmd_line(&norm)))
+                    }
+                    _ => None,
+                };
             if let Some(alt) = alternate.filter(|alt| slot.set.is_match(alt.as_bytes())) {
                 clean = false;
                 let again = slot.set.matches(alt.as_bytes());
@@ -1026,6 +1072,32 @@ impl Engine {
             );
         }
         clean
+    }
+
+    /// The slots of every literal of `prefilter` that occurs in `text` (overlapping
+    /// occurrences included): one transition per byte, and at a match state its literals,
+    /// which with standard semantics include those ending there as suffixes of a longer
+    /// one. The same set as `find_overlapping_iter` on an `AhoCorasick` of the literals
+    /// (unit test `literal_walk_finds_what_overlapping_search_finds`).
+    fn literal_slots_of(&self, text: &[u8]) -> SlotMask {
+        let dfa = &self.prefilter;
+        let mut sid = self.prefilter_start;
+        let mut triggered: SlotMask = 0;
+        for &b in text {
+            sid = dfa.next_state(Anchored::No, sid, b);
+            if dfa.is_special(sid) {
+                // An unanchored standard search never dies; kept for the contract.
+                if dfa.is_dead(sid) {
+                    break;
+                }
+                if dfa.is_match(sid) {
+                    for i in 0..dfa.match_len(sid) {
+                        triggered |= self.literal_slots[dfa.match_pattern(sid, i).as_usize()];
+                    }
+                }
+            }
+        }
+        triggered
     }
 
     fn excerpt_of(&self, rule: usize, text: &str) -> String {
@@ -1372,6 +1444,8 @@ struct JsonInspector<'e, 'a> {
     clean: CleanMemo<'a>,
     args: usize,
     fallback: bool,
+    /// See [`Engine::inspect_target`].
+    scratch: String,
 }
 
 impl<'a> JsonInspector<'_, 'a> {
@@ -1396,9 +1470,9 @@ impl<'a> JsonInspector<'_, 'a> {
             return;
         }
         let target = Target::in_place(kind, collection, path, value, class, raw_len);
-        let clean = self
-            .engine
-            .inspect_target(&target, path, self.path_norm, self.eval);
+        let clean =
+            self.engine
+                .inspect_target(&target, path, self.path_norm, self.eval, &mut self.scratch);
         if let Some(v) = memo.filter(|_| clean) {
             self.clean.insert(kind, v);
         }
@@ -1722,10 +1796,15 @@ fn ascii_lowercase(name: &str) -> Cow<'_, str> {
 /// The decoded, normalized path (exclusions, restricted files, hidden segments). Most
 /// paths (`/api/v1/orders`) are already normal: no escapes, dots, backslashes or `//`.
 fn normalized_path(raw: &str) -> Cow<'_, str> {
-    if raw.starts_with('/')
-        && !raw.bytes().any(|b| matches!(b, b'%' | b'.' | b'\\'))
-        && !raw.contains("//")
-    {
+    // One pass for both tests (`contains("//")` cost a substring searcher per request).
+    let mut prev = 0u8;
+    let plain = raw.starts_with('/')
+        && raw.bytes().all(|b| {
+            let ok = !(matches!(b, b'%' | b'.' | b'\\') || (b == b'/' && prev == b'/'));
+            prev = b;
+            ok
+        });
+    if plain {
         return Cow::Borrowed(raw);
     }
     Cow::Owned(transform::normalize_path(&String::from_utf8_lossy(
@@ -1870,6 +1949,59 @@ fn excerpt(text: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn literal_walk_finds_what_overlapping_search_finds() {
+        let e = Engine::new(PolicyConfig {
+            paranoia_level: 4,
+            ..PolicyConfig::default()
+        })
+        .unwrap();
+        let ac = aho_corasick::AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .build(&e.literals)
+            .unwrap();
+        let expected = |text: &[u8]| {
+            ac.find_overlapping_iter(text).fold(0, |m: SlotMask, hit| {
+                m | e.literal_slots[hit.pattern().as_usize()]
+            })
+        };
+        // Every literal alone, inside text, overlapping its neighbours, and random mixes of
+        // literal pieces and bytes (a fixed LCG, so failures reproduce).
+        let mut texts: Vec<Vec<u8>> = Vec::new();
+        for (i, lit) in e.literals.iter().enumerate() {
+            let next = e.literals[(i + 1) % e.literals.len()];
+            texts.push(lit.as_bytes().to_vec());
+            texts.push(format!("x {lit} y").into_bytes());
+            texts.push(format!("{lit}{next}").into_bytes());
+            let mut half = lit.as_bytes()[..lit.len() / 2].to_vec();
+            half.extend_from_slice(next.as_bytes());
+            texts.push(half);
+        }
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rand = |n: usize| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) as usize % n
+        };
+        for _ in 0..20_000 {
+            let mut t = Vec::new();
+            for _ in 0..rand(6) + 1 {
+                let lit = e.literals[rand(e.literals.len())].as_bytes();
+                let from = rand(lit.len());
+                t.extend_from_slice(&lit[from..]);
+                t.push(b" ;'(/.-_a0"[rand(10)]);
+            }
+            texts.push(t);
+        }
+        for text in &texts {
+            assert_eq!(
+                e.literal_slots_of(text),
+                expected(text),
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
 
     /// Findings of a JSON body through the collecting path (every key and leaf collected,
     /// then inspected): what the in-place walk must reproduce.
