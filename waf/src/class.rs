@@ -150,5 +150,9 @@ mod tests {
         assert!(PUNCT_SHIFT as usize + PUNCT.len() <= 64);
         assert_eq!(of(b";") >> PUNCT_SHIFT << PUNCT_SHIFT, punct_bit(b';'));
         assert_eq!(punct_bit(b'a'), 0);
+        // The engine's early exit for identifier-only values relies on this.
+        for c in BYTE_CLASS {
+            assert!(c & XSS == 0 || c & NON_IDENT != 0);
+        }
     }
 }

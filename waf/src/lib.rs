@@ -965,7 +965,6 @@ impl Engine {
             return true;
         }
         let mut clean = true;
-        let key = t.key(keys);
         let label = || t.label(keys);
         let double_space =
             t.class & class::SPACE != 0 && value.as_bytes().windows(2).any(|w| w == b"  ");
@@ -999,6 +998,13 @@ impl Engine {
             triggered |= !self.normalized_slots;
         }
         triggered &= self.kind_slots[t.kind.bit().trailing_zeros() as usize];
+        if triggered == 0 && t.class & class::NON_IDENT == 0 {
+            // No rule set to run, and nothing for libinjection: `worth_sqli` needs a
+            // non-identifier byte, and the XSS bytes are all non-identifier bytes (the
+            // libinjection head is a prefix of the value, so its classes are a subset).
+            // Identifiers, codes and numbers, most keys and leaves, end here.
+            return true;
+        }
         let mut sql_stripped: Option<String> = None;
         let mut cmd_line: Option<String> = None;
         while triggered != 0 {
@@ -1047,7 +1053,7 @@ impl Engine {
                 for i in again.iter() {
                     if !matched.as_ref().is_some_and(|m| m.matched(i)) {
                         let rule = self.rules[slot.rules[i]];
-                        if rules::applies(rule, t.kind, key) {
+                        if rules::applies(rule, t.kind, t.key(keys)) {
                             let excerpt = self.excerpt_of(slot.rules[i], alt);
                             self.record(
                                 eval,
@@ -1069,7 +1075,7 @@ impl Engine {
             for i in matched.iter() {
                 let ri = slot.rules[i];
                 let rule = self.rules[ri];
-                if rules::applies(rule, t.kind, key) {
+                if rules::applies(rule, t.kind, t.key(keys)) {
                     let excerpt = self.excerpt_of(ri, text);
                     self.record(
                         eval,
