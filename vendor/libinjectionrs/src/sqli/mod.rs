@@ -121,10 +121,9 @@ pub struct SqliState<'a> {
     pub tokens: SmallVec<[Token; 8]>,
     #[cfg(not(feature = "smallvec"))]
     pub tokens: Vec<Token>,
-    #[cfg(feature = "smallvec")]
-    token_vec: SmallVec<[Token; 8]>,
-    #[cfg(not(feature = "smallvec"))]
-    token_vec: Vec<Token>,
+    // PORTCULLIS: a fixed array (was a `SmallVec` cleared and resized to this length on
+    // every fold): every access of the fold went through the inline-or-heap branch.
+    token_vec: [Token; LIBINJECTION_SQLI_MAX_TOKENS + 3],
 
     // Current position in input
     pos: usize,
@@ -164,10 +163,7 @@ impl<'a> SqliState<'a> {
             tokens: SmallVec::new(),
             #[cfg(not(feature = "smallvec"))]
             tokens: Vec::with_capacity(LIBINJECTION_SQLI_MAX_TOKENS + 3),
-            #[cfg(feature = "smallvec")]
-            token_vec: SmallVec::new(),
-            #[cfg(not(feature = "smallvec"))]
-            token_vec: Vec::with_capacity(LIBINJECTION_SQLI_MAX_TOKENS + 3),
+            token_vec: [Token::new(); LIBINJECTION_SQLI_MAX_TOKENS + 3],
             pos: 0,
             current_token: None,
             fingerprint: [0; 8],
@@ -352,9 +348,7 @@ impl<'a> SqliState<'a> {
         let mut tokenizer = SqliTokenizer::new(self.input, self.flags);
 
         // Clear and resize token vec
-        self.token_vec.clear();
-        self.token_vec
-            .resize(LIBINJECTION_SQLI_MAX_TOKENS + 3, Token::new());
+        self.token_vec = [Token::new(); LIBINJECTION_SQLI_MAX_TOKENS + 3];
 
         // pos is the position of where the NEXT token goes
         #[allow(unused_assignments)]

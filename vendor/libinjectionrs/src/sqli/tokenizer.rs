@@ -108,7 +108,8 @@ impl TokenType {
     }
 }
 
-#[derive(Debug, Clone)]
+// PORTCULLIS: `Copy` so that the fold's token array is a plain array.
+#[derive(Debug, Clone, Copy)]
 pub struct Token {
     pub token_type: TokenType,
     pub pos: usize,
