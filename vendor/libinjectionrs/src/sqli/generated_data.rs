@@ -9625,13 +9625,21 @@ pub const SQL_KEYWORDS: &[Keyword] = &[
 use crate::sqli::TokenType;
 
 pub fn lookup_word(word: &str) -> TokenType {
+    lookup_word_bytes(word.as_bytes())
+}
+
+/// PORTCULLIS: [`lookup_word`] on bytes. The keyword table is ASCII, so bytes that are not
+/// UTF-8 (which include a byte >= 0x80) find no keyword: `Bareword`, which every caller
+/// treats as it treated the UTF-8 check failing (no keyword), without running that check
+/// on every word of every token.
+pub fn lookup_word_bytes(word: &[u8]) -> TokenType {
     // PORTCULLIS: uppercase into a stack buffer instead of a String (one allocation per
     // word looked up); keywords are at most 32 bytes, so a longer word is no keyword.
     let mut buf = [0u8; 64];
     let Some(dst) = buf.get_mut(..word.len()) else {
         return TokenType::Bareword;
     };
-    for (d, s) in dst.iter_mut().zip(word.bytes()) {
+    for (d, s) in dst.iter_mut().zip(word.iter().copied()) {
         *d = s.to_ascii_uppercase();
     }
     let upper: &[u8] = dst;

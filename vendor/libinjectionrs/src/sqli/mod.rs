@@ -535,19 +535,23 @@ impl<'a> SqliState<'a> {
                         // (it was `format!` + `to_ascii_uppercase`: two allocations per
                         // pair of words tried). `value_as_str` is lossy for bytes that
                         // are not UTF-8; such words are never keywords either way.
-                        let a_val = self.token_vec[left].value_as_str();
-                        let b_val = self.token_vec[left + 1].value_as_str();
+                        // PORTCULLIS: the words' bytes, looked up as bytes (was: each
+                        // word through `value_as_str`, `<binary>` when not UTF-8, and the
+                        // merge through `from_utf8`). The keyword table is ASCII, so a
+                        // word that is not UTF-8 makes no keyword either way, and a match
+                        // only happens on ASCII words, which `value_as_str` returned as is.
+                        let a_tok = &self.token_vec[left];
+                        let b_tok = &self.token_vec[left + 1];
+                        let a_val = &a_tok.val[..a_tok.len.min(32)];
+                        let b_val = &b_tok.val[..b_tok.len.min(32)];
                         let mut merged = [0u8; 200];
                         let merged_len = a_val.len() + 1 + b_val.len();
                         let lookup_result = match merged.get_mut(..merged_len) {
                             Some(m) => {
-                                m[..a_val.len()].copy_from_slice(a_val.as_bytes());
+                                m[..a_val.len()].copy_from_slice(a_val);
                                 m[a_val.len()] = b' ';
-                                m[a_val.len() + 1..].copy_from_slice(b_val.as_bytes());
-                                match core::str::from_utf8(m) {
-                                    Ok(word) => sqli_data::lookup_word(word),
-                                    Err(_) => TokenType::Bareword,
-                                }
+                                m[a_val.len() + 1..].copy_from_slice(b_val);
+                                sqli_data::lookup_word_bytes(m)
                             }
                             None => TokenType::Bareword,
                         };

@@ -278,11 +278,18 @@ impl<'a> SqliTokenizer<'a> {
         self
     }
 
-    fn lookup_word(&self, word: &str) -> TokenType {
-        if let Some(lookup_fn) = self.lookup_fn {
-            lookup_fn(word)
-        } else {
-            sqli_data::lookup_word(word)
+    /// PORTCULLIS: words are looked up as bytes (was: `from_utf8`, then the lookup only if
+    /// that succeeded, at every call site). Bytes that are not UTF-8 give `Bareword`,
+    /// which each call site treats exactly as it treated the failed check: the two-byte
+    /// operator and the word before a `.` or a backtick are kept only for another type,
+    /// a whole word stays `Bareword`, a backtick word is a function only if found so.
+    fn lookup_word(&self, word: &[u8]) -> TokenType {
+        match self.lookup_fn {
+            Some(lookup_fn) => match std::str::from_utf8(word) {
+                Ok(word) => lookup_fn(word),
+                Err(_) => TokenType::Bareword,
+            },
+            None => sqli_data::lookup_word_bytes(word),
         }
     }
 
@@ -493,21 +500,19 @@ impl<'a> SqliTokenizer<'a> {
             return pos + 3;
         }
 
-        // Try 2-character operator lookup using the comprehensive table
-        // Only attempt lookup if bytes form valid UTF-8, since operators are ASCII-only
+        // Try 2-character operator lookup using the comprehensive table (operators are
+        // ASCII: bytes that are not find nothing, see `lookup_word`)
         let two_char = &self.input[pos..pos + 2];
-        if let Ok(two_char_str) = std::str::from_utf8(two_char) {
-            let token_type = self.lookup_word(two_char_str);
-            if token_type != TokenType::None && token_type != TokenType::Bareword {
-                // Found a 2-character operator in the lookup table
-                let type_byte = match token_type {
-                    TokenType::Operator => TYPE_OPERATOR,
-                    TokenType::LogicOperator => TYPE_LOGIC_OPERATOR,
-                    _ => TYPE_OPERATOR, // Default fallback
-                };
-                self.current.assign(type_byte, pos, 2, two_char);
-                return pos + 2;
-            }
+        let token_type = self.lookup_word(two_char);
+        if token_type != TokenType::None && token_type != TokenType::Bareword {
+            // Found a 2-character operator in the lookup table
+            let type_byte = match token_type {
+                TokenType::Operator => TYPE_OPERATOR,
+                TokenType::LogicOperator => TYPE_LOGIC_OPERATOR,
+                _ => TYPE_OPERATOR, // Default fallback
+            };
+            self.current.assign(type_byte, pos, 2, two_char);
+            return pos + 2;
         }
 
         // No 2-character operator found, check for special single character cases
@@ -958,31 +963,23 @@ impl<'a> SqliTokenizer<'a> {
         for (i, &byte) in word_slice.iter().enumerate() {
             if byte == b'.' || byte == b'`' {
                 // For delimiter detection, we only need to check if the first i bytes
-                // form a valid keyword. Since libinjection keywords are ASCII-only,
-                // if the slice contains any non-UTF8 bytes (like 0xFF), it can't be
-                // a keyword anyway, so we can safely skip the lookup.
-                if let Ok(partial_word) = std::str::from_utf8(&word_slice[..i]) {
-                    let token_type = self.lookup_word(partial_word);
-                    if token_type != TokenType::None && token_type != TokenType::Bareword {
-                        self.current.clear();
-                        let type_byte = token_type_to_byte(token_type);
-                        self.current.assign(type_byte, pos, i, &word_slice[..i]);
-                        return pos + i;
-                    }
+                // form a valid keyword (keywords are ASCII: other bytes find nothing).
+                let token_type = self.lookup_word(&word_slice[..i]);
+                if token_type != TokenType::None && token_type != TokenType::Bareword {
+                    self.current.clear();
+                    let type_byte = token_type_to_byte(token_type);
+                    self.current.assign(type_byte, pos, i, &word_slice[..i]);
+                    return pos + i;
                 }
-                // If UTF-8 conversion fails, continue - can't be a keyword
             }
         }
 
-        // Do full word lookup - only for valid UTF-8 sequences since keywords are ASCII-only
+        // Do full word lookup (keywords are ASCII: a word with other bytes stays BAREWORD)
         if word_len < LIBINJECTION_SQLI_TOKEN_SIZE {
-            if let Ok(word_str) = std::str::from_utf8(word_slice) {
-                let token_type = self.lookup_word(word_str);
-                if token_type != TokenType::None {
-                    self.current.token_type = token_type;
-                }
+            let token_type = self.lookup_word(word_slice);
+            if token_type != TokenType::None {
+                self.current.token_type = token_type;
             }
-            // If UTF-8 conversion fails, leave as BAREWORD - bytes with 0xFF can't be keywords
         }
 
         end_pos
@@ -993,15 +990,10 @@ impl<'a> SqliTokenizer<'a> {
         let pos = self.parse_string_core(self.pos, CHAR_TICK, 1);
 
         // Check if backtick content is a keyword/function - only for valid UTF-8
-        if let Ok(word_str) = std::str::from_utf8(&self.current.val[..self.current.len]) {
-            let token_type = self.lookup_word(word_str);
-            if token_type == TokenType::Function {
-                self.current.token_type = TokenType::Function;
-            } else {
-                self.current.token_type = TokenType::Bareword;
-            }
+        let token_type = self.lookup_word(&self.current.val[..self.current.len]);
+        if token_type == TokenType::Function {
+            self.current.token_type = TokenType::Function;
         } else {
-            // If UTF-8 conversion fails, default to bareword - 0xFF bytes can't be keywords
             self.current.token_type = TokenType::Bareword;
         }
 
