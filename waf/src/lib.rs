@@ -357,30 +357,32 @@ struct CleanMemo<'a> {
     long: [Option<(Kind, &'a str)>; MEMO_SLOTS],
 }
 
-/// Bytes 0-7 and 8-15 of a value (zero-padded) and `len << 8 | kind bit`; the tag of a
-/// real entry is never 0 (a kind bit is), so the all-zero default matches nothing.
-#[derive(Clone, Copy, PartialEq, Eq, Default)]
+/// The bytes of a value packed into two words (see [`ShortKey::of`]) and
+/// `len << 8 | kind bit`; the tag of a real entry is never 0 (a kind bit is), so the
+/// all-zero default matches nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct ShortKey(u64, u64, u32);
 
 impl ShortKey {
     fn of(kind: Kind, value: &str) -> Option<ShortKey> {
-        let bytes = value.as_bytes();
-        if bytes.len() > MEMO_SHORT {
-            return None;
-        }
-        let mut buf = [0u8; MEMO_SHORT];
-        buf[..bytes.len()].copy_from_slice(bytes);
-        let mut lo = [0u8; 8];
-        let mut hi = [0u8; 8];
-        lo.copy_from_slice(&buf[..8]);
-        hi.copy_from_slice(&buf[8..]);
+        let b = value.as_bytes();
+        let len = b.len();
+        // Two loads that together cover every byte (overlapping when the value is shorter
+        // than both): for a given length they determine the bytes, and the length is in
+        // the tag, so equal keys are equal values. Fixed-size loads, no `memcpy` call.
+        let (lo, hi) = match len {
+            0 => (0, 0),
+            1..=3 => (
+                u64::from(b[0]) | u64::from(b[len / 2]) << 8 | u64::from(b[len - 1]) << 16,
+                0,
+            ),
+            4..=8 => (u64::from(load4(&b[..4])), u64::from(load4(&b[len - 4..]))),
+            9..=MEMO_SHORT => (load8(&b[..8]), load8(&b[len - 8..])),
+            _ => return None,
+        };
         // `len` is at most MEMO_SHORT.
-        let tag = (bytes.len() as u32) << 8 | u32::from(kind.bit());
-        Some(ShortKey(
-            u64::from_le_bytes(lo),
-            u64::from_le_bytes(hi),
-            tag,
-        ))
+        let tag = (len as u32) << 8 | u32::from(kind.bit());
+        Some(ShortKey(lo, hi, tag))
     }
 
     fn slot(self) -> usize {
@@ -389,6 +391,20 @@ impl ShortKey {
             .wrapping_mul(0x9e37_79b9_7f4a_7c15);
         (x >> (64 - MEMO_SLOTS.trailing_zeros())) as usize
     }
+}
+
+/// The first four bytes of `b` (at least four), little-endian.
+fn load4(b: &[u8]) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(w)
+}
+
+/// The first eight bytes of `b` (at least eight), little-endian.
+fn load8(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(w)
 }
 
 impl Default for CleanMemo<'_> {
@@ -853,7 +869,8 @@ impl Engine {
             clean: CleanMemo::default(),
             args: 0,
             fallback: false,
-            scratch: String::new(),
+            // Room for a typical lowercased value: no regrowth on the first few.
+            scratch: String::with_capacity(64),
         };
         let done = match parse::json::walk(body, &mut inspector) {
             Ok(depth) => !inspector.fallback && depth <= self.parse_limits.max_json_depth,
@@ -1744,8 +1761,23 @@ fn path_matches(prefix: &str, path: &str) -> bool {
 /// Dot files and directories (`.git`, `.env`, `.claude/settings.json`) hold configuration
 /// and secrets and are never API resources; `/.well-known/` is the registered exception.
 fn hidden_segment(path: &str) -> Option<&str> {
-    path.split('/')
-        .find(|s| s.len() > 1 && s.starts_with('.') && *s != ".well-known")
+    // Segments found with a byte loop: `str::split` set up a char searcher per segment,
+    // several per request on every path.
+    let mut start = 0;
+    for end in path
+        .bytes()
+        .enumerate()
+        .filter_map(|(i, b)| (b == b'/').then_some(i))
+        .chain(std::iter::once(path.len()))
+    {
+        // `/` is ASCII: both ends are char boundaries.
+        let segment = path.get(start..end).unwrap_or("");
+        if segment.len() > 1 && segment.starts_with('.') && segment != ".well-known" {
+            return Some(segment);
+        }
+        start = end + 1;
+    }
+    None
 }
 
 fn restricted_extension(path: &str) -> bool {
@@ -2011,6 +2043,66 @@ fn excerpt(text: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn hidden_segments_as_split_finds_them() {
+        let by_split = |path: &'static str| {
+            path.split('/')
+                .find(|s| s.len() > 1 && s.starts_with('.') && *s != ".well-known")
+        };
+        for path in [
+            "",
+            "/",
+            "//",
+            "/a/b",
+            "/a/.git/config",
+            "/.well-known/x",
+            "/.well-known/.env",
+            ".env",
+            "/a/.",
+            "/a/..",
+            "/a//.b",
+            "/.x/",
+            "x/.y",
+            "/é/.ß",
+            "/a/b.c/.d.e",
+        ] {
+            assert_eq!(hidden_segment(path), by_split(path), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn short_memo_keys_are_equal_only_for_equal_values() {
+        // Every string of up to 6 bytes over a 2-letter alphabet, and random ones of up to
+        // 16 bytes over 3 letters: the loads overlap differently at each length.
+        let mut values: Vec<String> = vec![String::new()];
+        for len in 1..=6 {
+            for bits in 0..1u32 << len {
+                values.push(
+                    (0..len)
+                        .map(|i| if bits >> i & 1 == 1 { 'b' } else { 'a' })
+                        .collect(),
+                );
+            }
+        }
+        let mut seed: u64 = 7;
+        for _ in 0..1500 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let len = (seed >> 60) as usize + 1;
+            values.push(
+                (0..len)
+                    .map(|i| b"abc"[(seed >> (i * 3 + 8)) as usize % 3] as char)
+                    .collect(),
+            );
+        }
+        for a in &values {
+            for b in &values {
+                let (ka, kb) = (ShortKey::of(Kind::Arg, a), ShortKey::of(Kind::Arg, b));
+                assert_eq!(ka.is_some() && ka == kb, a == b, "{a:?} {b:?}");
+            }
+            assert_ne!(ShortKey::of(Kind::Arg, a), ShortKey::of(Kind::ArgName, a));
+        }
+    }
 
     #[test]
     fn literal_walk_finds_what_overlapping_search_finds() {

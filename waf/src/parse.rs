@@ -736,7 +736,9 @@ pub(crate) mod json {
             i: 0,
         };
         let mut stack: Vec<Frame> = Vec::new();
-        let mut path = String::from("$");
+        // Paths are clipped to MAX_KEY_LEN at each container, plus one member name.
+        let mut path = String::with_capacity(2 * MAX_KEY_LEN);
+        path.push('$');
         let mut max_depth = 0;
         // Past `maxArgs` the walk goes on (the document must still be valid) but keeps
         // nothing more.
