@@ -107,3 +107,17 @@ pub fn snapshot(
     }
     Ok(snapshot)
 }
+
+/// `[ROUTES] [CONSUMERS] [N]` from the command line (words that are not numbers skipped):
+/// the scale binaries' arguments, with 10,000 routes and 100,000 consumers by default.
+pub fn scale_args(default_n: usize) -> (usize, usize, usize) {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    (
+        args.first().copied().unwrap_or(10_000),
+        args.get(1).copied().unwrap_or(100_000),
+        args.get(2).copied().unwrap_or(default_n),
+    )
+}

@@ -11,13 +11,7 @@ use portcullis_compiler::{compile, delivery};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let routes = args.first().copied().unwrap_or(10_000);
-    let consumers = args.get(1).copied().unwrap_or(100_000);
-    let runs = args.get(2).copied().unwrap_or(5);
+    let (routes, consumers, runs) = portcullis_bench::scale_args(5);
     let snapshot = snapshot(routes, consumers, 0)?;
     let mut compile_ms = Vec::new();
     let mut encode_ms = Vec::new();

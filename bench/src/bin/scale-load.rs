@@ -121,13 +121,7 @@ fn objects(routes: usize, consumers: usize, edit: usize) -> anyhow::Result<Objec
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let emitting = std::env::args().nth(1).as_deref() == Some("emit");
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let routes = args.first().copied().unwrap_or(10_000);
-    let consumers = args.get(1).copied().unwrap_or(100_000);
-    let reloads = args.get(2).copied().unwrap_or(2);
+    let (routes, consumers, reloads) = portcullis_bench::scale_args(2);
     if emitting {
         return emit(routes, consumers, reloads);
     }
