@@ -112,6 +112,7 @@ impl Shard {
         Secret {
             metadata: self.object_meta(),
             data: Some(self.payload_map()),
+            type_: Some("Opaque".to_string()),
             ..Secret::default()
         }
     }

@@ -1,18 +1,11 @@
 //! Writes the compiled config as ConfigMap and Secret shards (server-side apply, one field
 //! manager) and removes shards a smaller config no longer needs.
 
-use std::collections::BTreeMap;
-
 use futures_util::future::try_join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::Client;
-use portcullis_compiler::delivery::{
-    Encoded, Shard, CONFIG_LABEL, CONTENT_ANNOTATION, GENERATION_ANNOTATION, PAYLOAD_KEY,
-    SHARD_ANNOTATION,
-};
-use serde_json::json;
+use portcullis_compiler::delivery::{Encoded, Shard, CONFIG_LABEL, SHARD_ANNOTATION};
 
 pub const FIELD_MANAGER: &str = "portcullis-operator";
 
@@ -26,24 +19,16 @@ pub enum PublishError {
     },
 }
 
-fn metadata(shard: &Shard, namespace: &str) -> serde_json::Value {
-    let mut annotations = json!({
-        GENERATION_ANNOTATION: shard.generation,
-        SHARD_ANNOTATION: shard.annotation(),
-    });
-    if let (Some(content), Some(map)) = (&shard.content, annotations.as_object_mut()) {
-        map.insert(CONTENT_ANNOTATION.to_string(), json!(content));
-    }
-    json!({
-        "name": shard.object_name(),
-        "namespace": namespace,
-        "labels": {CONFIG_LABEL: "true", "app.kubernetes.io/managed-by": "portcullis-operator"},
-        "annotations": annotations,
-    })
-}
-
-fn payload(shard: &Shard) -> BTreeMap<String, ByteString> {
-    BTreeMap::from([(PAYLOAD_KEY.to_string(), ByteString(shard.payload.clone()))])
+/// The shard's object (as [`Shard::config_map`] / [`Shard::secret`] build it) in the
+/// operator's namespace, labelled as managed by it.
+fn owned<K: kube::Resource>(mut object: K, namespace: &str) -> K {
+    let meta = object.meta_mut();
+    meta.namespace = Some(namespace.to_string());
+    meta.labels.get_or_insert_with(Default::default).insert(
+        "app.kubernetes.io/managed-by".to_string(),
+        FIELD_MANAGER.to_string(),
+    );
+    object
 }
 
 /// Secret half first: a proxy that sees the new ConfigMap half already finds its secrets.
@@ -57,13 +42,7 @@ pub async fn publish(
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     try_join_all(encoded.secret_shards.iter().map(|shard| {
-        let object = json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": metadata(shard, namespace),
-            "type": "Opaque",
-            "data": payload(shard),
-        });
+        let object = owned(shard.secret(), namespace);
         let (secrets, params) = (&secrets, &params);
         async move {
             secrets
@@ -78,12 +57,7 @@ pub async fn publish(
     .await?;
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     try_join_all(encoded.config_shards.iter().map(|shard| {
-        let object = json!({
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": metadata(shard, namespace),
-            "binaryData": payload(shard),
-        });
+        let object = owned(shard.config_map(), namespace);
         let (maps, params) = (&maps, &params);
         async move {
             maps.patch(&shard.object_name(), params, &Patch::Apply(&object))
