@@ -290,11 +290,7 @@ pub fn encode_reusing(
             })?;
             let content = hex::encode(Sha256::digest(&json));
             let bytes = match previous.filter(|p| p.secret_content == content) {
-                Some(previous) => previous
-                    .secret_shards
-                    .iter()
-                    .flat_map(|s| s.payload.iter().copied())
-                    .collect(),
+                Some(previous) => joined(&previous.secret_shards),
                 None => gzip(&json)?,
             };
             Ok::<_, DeliveryError>((content, bytes))
@@ -324,12 +320,12 @@ pub fn encode_reusing(
     })
 }
 
-/// Orders and checks the shards of one half; returns the joined payload.
-fn assemble(
+/// Orders and checks the shards of one half: all of `generation`'s are there.
+fn ordered<'a>(
     half: &'static str,
-    shards: &[Shard],
+    shards: &'a [Shard],
     generation: &str,
-) -> Result<Vec<u8>, DeliveryError> {
+) -> Result<Vec<&'a Shard>, DeliveryError> {
     let of_generation: Vec<&Shard> = shards
         .iter()
         .filter(|s| s.generation == generation)
@@ -345,12 +341,19 @@ fn assemble(
         }
         ordered[shard.index] = Some(shard);
     }
-    let mut joined = Vec::new();
-    for (index, shard) in ordered.into_iter().enumerate() {
-        let shard = shard.ok_or(DeliveryError::Incomplete { half, index, count })?;
-        joined.extend_from_slice(&shard.payload);
-    }
-    Ok(joined)
+    ordered
+        .into_iter()
+        .enumerate()
+        .map(|(index, shard)| shard.ok_or(DeliveryError::Incomplete { half, index, count }))
+        .collect()
+}
+
+/// The joined payload of ordered shards.
+fn joined<'a>(shards: impl IntoIterator<Item = &'a Shard>) -> Vec<u8> {
+    shards
+        .into_iter()
+        .flat_map(|s| s.payload.iter().copied())
+        .collect()
 }
 
 fn gunzip(half: &'static str, bytes: &[u8]) -> Result<Vec<u8>, DeliveryError> {
@@ -483,8 +486,9 @@ pub fn decode_reusing(
     loaded_content: Option<&str>,
 ) -> Result<Decoded, DeliveryError> {
     let generation = current_generation(config_shards, secret_shards)?;
-    let public = assemble("ConfigMap", config_shards, &generation)?;
-    let secret = assemble("Secret", secret_shards, &generation)?;
+    let public = joined(ordered("ConfigMap", config_shards, &generation)?);
+    // Checked even when it is not decoded: a half-written config is never taken.
+    let secret = ordered("Secret", secret_shards, &generation)?;
     let content = secret_content(secret_shards, &generation)?;
     // The ConfigMap half is a few MB of JSON at 10k routes: decompressed first and parsed
     // from memory, several times faster than through serde_json's reader (which tracks
@@ -504,7 +508,7 @@ pub fn decode_reusing(
     }
     let secret = match content {
         Some(content) if loaded_content == Some(content) => None,
-        _ => Some(parse::<SecretHalf>("Secret", &secret, content)?),
+        _ => Some(parse::<SecretHalf>("Secret", &joined(secret), content)?),
     };
     Ok(Decoded {
         config,
