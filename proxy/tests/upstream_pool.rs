@@ -107,6 +107,18 @@ async fn concurrent_requests_open_connections_then_reuse_them() {
     );
 }
 
+/// A proxy with one route to a [`closing_upstream`], and that upstream's accept count.
+async fn proxy_to_closing_upstream() -> (portcullis_proxy::RunningProxy, Arc<AtomicUsize>) {
+    let (addr, accepted) = closing_upstream().await;
+    let up = Upstream {
+        addr,
+        name: "closing".into(),
+        hits: Arc::new(AtomicUsize::new(0)),
+    };
+    let proxy = start(config(vec![route("r", PathKind::Prefix, "/", &[&up])])).await;
+    (proxy, accepted)
+}
+
 /// An upstream that answers one request per connection with keep-alive framing, then closes
 /// the connection: the pool must notice and not send the next request into a dead socket.
 async fn closing_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
@@ -121,13 +133,7 @@ async fn closing_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn connections_closed_by_the_upstream_while_idle_are_not_reused() {
-    let (addr, accepted) = closing_upstream().await;
-    let up = Upstream {
-        addr,
-        name: "closing".into(),
-        hits: Arc::new(AtomicUsize::new(0)),
-    };
-    let proxy = start(config(vec![route("r", PathKind::Prefix, "/", &[&up])])).await;
+    let (proxy, accepted) = proxy_to_closing_upstream().await;
     let c = client();
     for i in 0..5 {
         let r = send(&c, proxy.local_addr(), get("/")).await;
@@ -317,13 +323,7 @@ async fn invalid_upstream_responses_are_502_json() {
 
 #[tokio::test]
 async fn idle_connections_closed_under_the_request_are_retried_for_bodiless_gets() {
-    let (addr, accepted) = closing_upstream().await;
-    let up = Upstream {
-        addr,
-        name: "closing".into(),
-        hits: Arc::new(AtomicUsize::new(0)),
-    };
-    let proxy = start(config(vec![route("r", PathKind::Prefix, "/", &[&up])])).await;
+    let (proxy, accepted) = proxy_to_closing_upstream().await;
     let c = client();
     // No pause between requests: the close may not have been seen when the next request
     // goes out, and then the request is sent again on a fresh connection.
