@@ -14,6 +14,6 @@ pub mod manifests;
 mod compile;
 mod status;
 
-pub use compile::{compile, hash_api_key, Snapshot};
+pub use compile::{compile, compile_cached, hash_api_key, CompileCache, Snapshot};
 pub use config::GatewayConfig;
 pub use status::{ConditionOut, ObjectStatus, Reason};

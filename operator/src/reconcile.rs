@@ -12,7 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::{Client, Resource, ResourceExt};
 use portcullis_compiler::report::{ProxyReport, REPORT_ANNOTATION};
-use portcullis_compiler::{compile, delivery, ObjectStatus, Snapshot};
+use portcullis_compiler::{compile_cached, delivery, CompileCache, ObjectStatus, Snapshot};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -66,6 +66,9 @@ pub struct Reconciler {
     /// The last encoded config: its compressed Secret half is reused while the consumers
     /// and secrets stay the same.
     last_encoded: Option<Arc<delivery::Encoded>>,
+    /// What the last compile keeps for the next: a route change does not compile the
+    /// 100,000 consumers again. Moved into the compile task and back.
+    compile_cache: CompileCache,
 }
 
 /// A replica that stopped reporting is still counted (as not ready) for this long, then its
@@ -144,6 +147,7 @@ impl Reconciler {
             compiled: None,
             last_targets: None,
             last_encoded: None,
+            compile_cache: CompileCache::default(),
         }
     }
 
@@ -202,15 +206,16 @@ impl Reconciler {
         let published = self.published.clone();
         // The last compile's objects, to tell the status writer which ones this one changed.
         let previous = self.last_targets.clone();
+        let mut cache = std::mem::take(&mut self.compile_cache);
         // Snapshot, compile and encode are CPU work of up to a second at 110,000 objects:
         // off the async threads, so that watches, the leader lease and status writes go on.
-        let (config, statuses, targets, changed, timings) =
+        let (config, statuses, targets, changed, timings, cache) =
             tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
                 let snapshot = snapshot(&stores);
                 let snapshot_took = started.elapsed();
                 let started = Instant::now();
-                let (config, statuses) = compile(&snapshot);
+                let (config, statuses) = compile_cached(&snapshot, &mut cache);
                 let compile_took = started.elapsed();
                 drop(snapshot);
                 let started = Instant::now();
@@ -227,9 +232,11 @@ impl Reconciler {
                     (targets, in_config),
                     changed,
                     [snapshot_took, compile_took, resolve_took],
+                    cache,
                 )
             })
             .await?;
+        self.compile_cache = cache;
         let [snapshot_took, took, resolve_took] = timings;
         let (targets, in_config) = targets;
         self.metrics.compile_seconds.observe(took.as_secs_f64());

@@ -41,17 +41,89 @@ pub struct Snapshot {
 /// Compiles a snapshot. Pure and deterministic: the same objects in any order give the same
 /// config, statuses and generation id.
 pub fn compile(snapshot: &Snapshot) -> (GatewayConfig, Vec<ObjectStatus>) {
+    compile_cached(snapshot, &mut CompileCache::default())
+}
+
+/// What one compile leaves for the next: the consumers' part of the config, reused while
+/// the snapshot holds the very same consumer and Secret objects.
+///
+/// "The same" means the same `Arc`s, which is what kube's reflector stores hand out for
+/// objects that did not change; the objects behind an `Arc` are immutable, and the cache
+/// holds its own references, so an address cannot be freed and reused by another object
+/// while it is remembered. A store that replaces every `Arc` (a re-list, a standalone
+/// reload) only costs a full compile. The output is the same as [`compile`]'s either way.
+#[derive(Debug, Default)]
+pub struct CompileCache {
+    consumers: Option<CachedConsumers>,
+}
+
+#[derive(Debug)]
+struct CachedConsumers {
+    /// By address.
+    consumers: Vec<Arc<ConsumerCredential>>,
+    /// By address.
+    secrets: Vec<Arc<Secret>>,
+    section: Arc<consumer::ConsumerSection>,
+}
+
+impl CompileCache {
+    /// True when the next compile of `snapshot` can reuse the consumers' part.
+    pub fn holds_consumers_of(&self, snapshot: &Snapshot) -> bool {
+        self.consumers.as_ref().is_some_and(|cached| {
+            same_objects(&cached.consumers, &by_address(&snapshot.consumers))
+                && same_objects(&cached.secrets, &by_address(&snapshot.secrets))
+        })
+    }
+
+    fn consumer_section(
+        &mut self,
+        snapshot: &Snapshot,
+        secrets: &secrets::SecretIndex<'_>,
+    ) -> Arc<consumer::ConsumerSection> {
+        let consumers = by_address(&snapshot.consumers);
+        let secret_objects = by_address(&snapshot.secrets);
+        if let Some(cached) = &self.consumers {
+            if same_objects(&cached.consumers, &consumers)
+                && same_objects(&cached.secrets, &secret_objects)
+            {
+                return cached.section.clone();
+            }
+        }
+        let section = Arc::new(consumer::compile_consumers(
+            &sorted(&snapshot.consumers),
+            secrets,
+        ));
+        self.consumers = Some(CachedConsumers {
+            consumers,
+            secrets: secret_objects,
+            section: section.clone(),
+        });
+        section
+    }
+}
+
+fn by_address<K>(objects: &[Arc<K>]) -> Vec<Arc<K>> {
+    let mut objects = objects.to_vec();
+    objects.sort_unstable_by_key(|o| Arc::as_ptr(o));
+    objects
+}
+
+fn same_objects<K>(a: &[Arc<K>], b: &[Arc<K>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b))
+}
+
+/// [`compile`], reusing what `cache` kept from the previous compile where its inputs are
+/// unchanged, and keeping what this one computed for the next.
+pub fn compile_cached(
+    snapshot: &Snapshot,
+    cache: &mut CompileCache,
+) -> (GatewayConfig, Vec<ObjectStatus>) {
     let secrets = secrets::SecretIndex::new(&snapshot.secrets);
     let mut statuses = Vec::new();
     let mut config = GatewayConfig::default();
 
     let policies = policy::compile_policies(snapshot, &secrets, &mut config, &mut statuses);
-    consumer::compile_consumers(
-        &sorted(&snapshot.consumers),
-        &secrets,
-        &mut config,
-        &mut statuses,
-    );
+    let consumers = cache.consumer_section(snapshot, &secrets);
 
     let mut compiled_routes = Vec::new();
     let mut route_secrets = Vec::new();
@@ -108,7 +180,19 @@ pub fn compile(snapshot: &Snapshot) -> (GatewayConfig, Vec<ObjectStatus>) {
 
     config.objects.sort();
     statuses.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
-    config.generation = generation_of(&config);
+    config.generation = generation_of(&config, &consumers.digest);
+    config.consumers = consumers.consumers.clone();
+    config.secrets.api_keys = consumers.api_keys.clone();
+    config.secrets.jwt_secrets = consumers.jwt_secrets.clone();
+    // Consumers sort between routes and policies in both lists (kind first).
+    let at = config
+        .objects
+        .partition_point(|o| o.kind < ObjectKind::ConsumerCredential);
+    config
+        .objects
+        .splice(at..at, consumers.objects.iter().cloned());
+    let at = statuses.partition_point(|s| s.kind < ObjectKind::ConsumerCredential);
+    statuses.splice(at..at, consumers.statuses.iter().cloned());
     (config, statuses)
 }
 
@@ -123,11 +207,13 @@ fn sorted<K: kube_meta::HasMeta>(objects: &[Arc<K>]) -> Vec<&K> {
     refs
 }
 
-/// The first 16 hex digits of the SHA-256 of the canonical JSON of the config.
-fn generation_of(config: &GatewayConfig) -> String {
+/// The first 16 hex digits of the SHA-256 of the config's parts: the canonical JSON of each,
+/// except the consumers' part, which enters as its own digest (computed once per consumer
+/// change, not once per compile). Called before the consumers' part joins `config`.
+fn generation_of(config: &GatewayConfig, consumers: &[u8; 32]) -> String {
     let mut hasher = Sha256::new();
     hash_json(&mut hasher, &config.routes);
-    hash_json(&mut hasher, &config.consumers);
+    hasher.update(consumers);
     hash_json(&mut hasher, &config.objects);
     hash_json(&mut hasher, &config.secrets);
     // Only when present, so configs without policies keep their generation ids.

@@ -1,0 +1,191 @@
+//! `compile_cached` gives exactly what `compile` gives, whatever changed since the compile
+//! whose results it keeps: every golden input, put through a series of edits that replace,
+//! reorder, add and remove objects the way the operator's stores do.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use k8s_openapi::ByteString;
+use portcullis_compiler::{compile, compile_cached, manifests, CompileCache, Snapshot};
+
+fn inputs() -> Vec<(String, Snapshot)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let mut inputs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".in.yaml"))
+        .map(|p| {
+            let mut snapshot = Snapshot::default();
+            let text = std::fs::read_to_string(&p).unwrap();
+            manifests::parse_into(&mut snapshot, "in.yaml", &text);
+            (p.display().to_string(), snapshot)
+        })
+        .collect();
+    inputs.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(inputs.iter().any(|(_, s)| s.consumers.len() > 1));
+    inputs
+}
+
+/// An edit of the snapshot, and whether the consumers' part may be reused after it.
+type Edit = (&'static str, fn(&mut Snapshot), bool);
+
+fn edits() -> Vec<Edit> {
+    vec![
+        ("nothing", |_| {}, true),
+        (
+            "every list reversed",
+            |s| {
+                s.routes.reverse();
+                s.consumers.reverse();
+                s.secrets.reverse();
+            },
+            true,
+        ),
+        (
+            "a route replaced by a changed copy",
+            |s| {
+                if let Some(route) = s.routes.first_mut() {
+                    let mut changed = (**route).clone();
+                    changed.spec.hosts.push("changed.example.com".into());
+                    *route = Arc::new(changed);
+                }
+            },
+            true,
+        ),
+        (
+            "a route removed",
+            |s| {
+                s.routes.pop();
+            },
+            true,
+        ),
+        (
+            "a consumer replaced by an equal copy",
+            |s| {
+                if let Some(c) = s.consumers.first_mut() {
+                    *c = Arc::new((**c).clone());
+                }
+            },
+            false,
+        ),
+        (
+            "a consumer gets a group",
+            |s| {
+                if let Some(c) = s.consumers.last_mut() {
+                    let mut changed = (**c).clone();
+                    changed.spec.groups.push("added".into());
+                    *c = Arc::new(changed);
+                }
+            },
+            false,
+        ),
+        (
+            "a consumer is disabled",
+            |s| {
+                if let Some(c) = s.consumers.first_mut() {
+                    let mut changed = (**c).clone();
+                    changed.spec.disabled = Some(true);
+                    *c = Arc::new(changed);
+                }
+            },
+            false,
+        ),
+        (
+            "a Secret's values change",
+            |s| {
+                if let Some(secret) = s.secrets.first_mut() {
+                    let mut changed = (**secret).clone();
+                    for value in changed.data.iter_mut().flat_map(|d| d.values_mut()) {
+                        *value = ByteString(b"a-completely-different-key-value".to_vec());
+                    }
+                    *secret = Arc::new(changed);
+                }
+            },
+            false,
+        ),
+        (
+            "a consumer removed",
+            |s| {
+                s.consumers.remove(0);
+            },
+            false,
+        ),
+        (
+            "a Secret removed",
+            |s| {
+                s.secrets.pop();
+            },
+            false,
+        ),
+        (
+            "a consumer comes back",
+            |s| {
+                let again = (*s.consumers[0]).clone();
+                let mut renamed = again;
+                renamed.metadata.name = Some("zz-added-again".into());
+                s.consumers.push(Arc::new(renamed));
+            },
+            false,
+        ),
+    ]
+}
+
+fn as_json(
+    output: &(
+        portcullis_compiler::GatewayConfig,
+        Vec<portcullis_compiler::ObjectStatus>,
+    ),
+) -> String {
+    serde_json::to_string(&serde_json::json!({"config": output.0, "statuses": output.1})).unwrap()
+}
+
+#[test]
+fn cached_compiles_equal_full_compiles_through_a_series_of_edits() {
+    for (name, mut snapshot) in inputs() {
+        let mut cache = CompileCache::default();
+        assert!(!cache.holds_consumers_of(&snapshot));
+        assert_eq!(
+            as_json(&compile_cached(&snapshot, &mut cache)),
+            as_json(&compile(&snapshot)),
+            "{name}: first compile"
+        );
+        for (edit, apply, reusable) in edits() {
+            if snapshot.consumers.is_empty() {
+                break;
+            }
+            apply(&mut snapshot);
+            assert_eq!(
+                cache.holds_consumers_of(&snapshot),
+                reusable,
+                "{name}: cache after {edit:?}"
+            );
+            assert_eq!(
+                as_json(&compile_cached(&snapshot, &mut cache)),
+                as_json(&compile(&snapshot)),
+                "{name}: after {edit:?}"
+            );
+            assert!(
+                cache.holds_consumers_of(&snapshot),
+                "{name}: kept after {edit:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_changed_consumer_changes_the_generation_and_an_unchanged_one_does_not() {
+    let (_, snapshot) = inputs()
+        .into_iter()
+        .find(|(_, s)| !s.consumers.is_empty())
+        .unwrap();
+    let mut cache = CompileCache::default();
+    let first = compile_cached(&snapshot, &mut cache).0.generation;
+    let mut copy = snapshot.clone();
+    copy.consumers[0] = Arc::new((*copy.consumers[0]).clone());
+    assert_eq!(compile_cached(&copy, &mut cache).0.generation, first);
+    let mut changed = (*copy.consumers[0]).clone();
+    changed.spec.groups.push("another-group".into());
+    copy.consumers[0] = Arc::new(changed);
+    assert_ne!(compile_cached(&copy, &mut cache).0.generation, first);
+}
