@@ -27,12 +27,39 @@ fn inputs() -> Vec<(String, Snapshot)> {
     inputs
 }
 
+/// Whether the consumers' part may be reused after an edit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Reuse {
+    Yes,
+    No,
+    /// No when a consumer references a Secret of the snapshot.
+    UnlessSecretsReferenced,
+}
+
 /// An edit of the snapshot, and whether the consumers' part may be reused after it.
-type Edit = (&'static str, fn(&mut Snapshot), bool);
+type Edit = (&'static str, fn(&mut Snapshot), Reuse);
+
+fn consumers_reference_a_secret(snapshot: &Snapshot) -> bool {
+    snapshot.consumers.iter().any(|c| {
+        let namespace = c.metadata.namespace.as_deref().unwrap_or("default");
+        let names = c.spec.api_keys.iter().map(|k| k.secret_ref.name.clone());
+        let jwt = c
+            .spec
+            .jwt
+            .iter()
+            .filter_map(|j| j.secret_ref.as_ref().map(|r| r.name.clone()));
+        names.chain(jwt).any(|name| {
+            snapshot.secrets.iter().any(|s| {
+                s.metadata.namespace.as_deref().unwrap_or("default") == namespace
+                    && s.metadata.name.as_deref() == Some(name.as_str())
+            })
+        })
+    })
+}
 
 fn edits() -> Vec<Edit> {
     vec![
-        ("nothing", |_| {}, true),
+        ("nothing", |_| {}, Reuse::Yes),
         (
             "every list reversed",
             |s| {
@@ -40,7 +67,7 @@ fn edits() -> Vec<Edit> {
                 s.consumers.reverse();
                 s.secrets.reverse();
             },
-            true,
+            Reuse::Yes,
         ),
         (
             "a route replaced by a changed copy",
@@ -51,14 +78,14 @@ fn edits() -> Vec<Edit> {
                     *route = Arc::new(changed);
                 }
             },
-            true,
+            Reuse::Yes,
         ),
         (
             "a route removed",
             |s| {
                 s.routes.pop();
             },
-            true,
+            Reuse::Yes,
         ),
         (
             "a consumer replaced by an equal copy",
@@ -67,7 +94,7 @@ fn edits() -> Vec<Edit> {
                     *c = Arc::new((**c).clone());
                 }
             },
-            false,
+            Reuse::No,
         ),
         (
             "a consumer gets a group",
@@ -78,7 +105,7 @@ fn edits() -> Vec<Edit> {
                     *c = Arc::new(changed);
                 }
             },
-            false,
+            Reuse::No,
         ),
         (
             "a consumer is disabled",
@@ -89,12 +116,22 @@ fn edits() -> Vec<Edit> {
                     *c = Arc::new(changed);
                 }
             },
-            false,
+            Reuse::No,
         ),
         (
-            "a Secret's values change",
+            "a Secret no consumer names is added",
             |s| {
-                if let Some(secret) = s.secrets.first_mut() {
+                let mut unrelated = k8s_openapi::api::core::v1::Secret::default();
+                unrelated.metadata.name = Some("unrelated-to-consumers".into());
+                unrelated.metadata.namespace = Some("default".into());
+                s.secrets.push(Arc::new(unrelated));
+            },
+            Reuse::Yes,
+        ),
+        (
+            "every Secret's values change",
+            |s| {
+                for secret in &mut s.secrets {
                     let mut changed = (**secret).clone();
                     for value in changed.data.iter_mut().flat_map(|d| d.values_mut()) {
                         *value = ByteString(b"a-completely-different-key-value".to_vec());
@@ -102,21 +139,19 @@ fn edits() -> Vec<Edit> {
                     *secret = Arc::new(changed);
                 }
             },
-            false,
+            Reuse::UnlessSecretsReferenced,
         ),
         (
             "a consumer removed",
             |s| {
                 s.consumers.remove(0);
             },
-            false,
+            Reuse::No,
         ),
         (
-            "a Secret removed",
-            |s| {
-                s.secrets.pop();
-            },
-            false,
+            "every Secret removed",
+            |s| s.secrets.clear(),
+            Reuse::UnlessSecretsReferenced,
         ),
         (
             "a consumer comes back",
@@ -126,7 +161,7 @@ fn edits() -> Vec<Edit> {
                 renamed.metadata.name = Some("zz-added-again".into());
                 s.consumers.push(Arc::new(renamed));
             },
-            false,
+            Reuse::No,
         ),
     ]
 }
@@ -150,10 +185,15 @@ fn cached_compiles_equal_full_compiles_through_a_series_of_edits() {
             as_json(&compile(&snapshot)),
             "{name}: first compile"
         );
-        for (edit, apply, reusable) in edits() {
+        for (edit, apply, reuse) in edits() {
             if snapshot.consumers.is_empty() {
                 break;
             }
+            let reusable = match reuse {
+                Reuse::Yes => true,
+                Reuse::No => false,
+                Reuse::UnlessSecretsReferenced => !consumers_reference_a_secret(&snapshot),
+            };
             apply(&mut snapshot);
             assert_eq!(
                 cache.holds_consumers_of(&snapshot),

@@ -200,6 +200,30 @@ pub(crate) fn compile_consumers(
     section
 }
 
+/// The Secrets (namespace, name) that `consumers` read, sorted: everything
+/// [`compile_consumers`] looks up besides the consumers themselves.
+pub(crate) fn referenced_secrets(
+    consumers: &[std::sync::Arc<ConsumerCredential>],
+) -> Vec<(String, String)> {
+    let mut names = std::collections::BTreeSet::new();
+    for consumer in consumers {
+        let namespace = consumer.metadata.namespace.as_deref().unwrap_or("default");
+        let api_keys = consumer.spec.api_keys.iter().map(|k| &k.secret_ref.name);
+        let jwt = consumer
+            .spec
+            .jwt
+            .iter()
+            .filter_map(|j| j.secret_ref.as_ref().map(|r| &r.name));
+        for name in api_keys.chain(jwt) {
+            names.insert((namespace, name.as_str()));
+        }
+    }
+    names
+        .into_iter()
+        .map(|(namespace, name)| (namespace.to_string(), name.to_string()))
+        .collect()
+}
+
 type HmacKey = (String, String, Vec<u8>);
 
 /// Public keys go to the config, HMAC secrets to the Secret half; an entry that cannot be

@@ -45,7 +45,8 @@ pub fn compile(snapshot: &Snapshot) -> (GatewayConfig, Vec<ObjectStatus>) {
 }
 
 /// What one compile leaves for the next: the consumers' part of the config, reused while
-/// the snapshot holds the very same consumer and Secret objects.
+/// the snapshot holds the very same consumer objects and the very same Secrets where they
+/// reference one.
 ///
 /// "The same" means the same `Arc`s, which is what kube's reflector stores hand out for
 /// objects that did not change; the objects behind an `Arc` are immutable, and the cache
@@ -61,17 +62,38 @@ pub struct CompileCache {
 struct CachedConsumers {
     /// By address.
     consumers: Vec<Arc<ConsumerCredential>>,
-    /// By address.
-    secrets: Vec<Arc<Secret>>,
+    /// Every Secret the consumers name (namespace, name), with the object found then. The
+    /// others may change at will: in a cluster, unrelated Secrets (certificates, tokens)
+    /// change all the time.
+    referenced: Vec<(String, String, Option<Arc<Secret>>)>,
     section: Arc<consumer::ConsumerSection>,
+}
+
+impl CachedConsumers {
+    fn still_valid(
+        &self,
+        consumers: &[Arc<ConsumerCredential>],
+        secrets: &secrets::SecretIndex<'_>,
+    ) -> bool {
+        same_objects(&self.consumers, consumers)
+            && self.referenced.iter().all(|(namespace, name, then)| {
+                match (secrets.object(namespace, name), then) {
+                    (Some(now), Some(then)) => Arc::ptr_eq(now, then),
+                    (None, None) => true,
+                    _ => false,
+                }
+            })
+    }
 }
 
 impl CompileCache {
     /// True when the next compile of `snapshot` can reuse the consumers' part.
     pub fn holds_consumers_of(&self, snapshot: &Snapshot) -> bool {
         self.consumers.as_ref().is_some_and(|cached| {
-            same_objects(&cached.consumers, &by_address(&snapshot.consumers))
-                && same_objects(&cached.secrets, &by_address(&snapshot.secrets))
+            cached.still_valid(
+                &by_address(&snapshot.consumers),
+                &secrets::SecretIndex::new(&snapshot.secrets),
+            )
         })
     }
 
@@ -81,21 +103,27 @@ impl CompileCache {
         secrets: &secrets::SecretIndex<'_>,
     ) -> Arc<consumer::ConsumerSection> {
         let consumers = by_address(&snapshot.consumers);
-        let secret_objects = by_address(&snapshot.secrets);
-        if let Some(cached) = &self.consumers {
-            if same_objects(&cached.consumers, &consumers)
-                && same_objects(&cached.secrets, &secret_objects)
-            {
-                return cached.section.clone();
-            }
+        if let Some(cached) = self
+            .consumers
+            .as_ref()
+            .filter(|c| c.still_valid(&consumers, secrets))
+        {
+            return cached.section.clone();
         }
         let section = Arc::new(consumer::compile_consumers(
             &sorted(&snapshot.consumers),
             secrets,
         ));
+        let referenced = consumer::referenced_secrets(&consumers)
+            .into_iter()
+            .map(|(namespace, name)| {
+                let found = secrets.object(&namespace, &name).cloned();
+                (namespace, name, found)
+            })
+            .collect();
         self.consumers = Some(CachedConsumers {
             consumers,
-            secrets: secret_objects,
+            referenced,
             section: section.clone(),
         });
         section

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 
 pub(crate) struct SecretIndex<'a> {
-    by_name: BTreeMap<(&'a str, &'a str), &'a Secret>,
+    by_name: BTreeMap<(&'a str, &'a str), &'a Arc<Secret>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -23,10 +23,15 @@ impl<'a> SecretIndex<'a> {
             .map(|s| {
                 let ns = s.metadata.namespace.as_deref().unwrap_or("default");
                 let name = s.metadata.name.as_deref().unwrap_or("");
-                ((ns, name), &**s)
+                ((ns, name), s)
             })
             .collect();
         Self { by_name }
+    }
+
+    /// The Secret object itself, shared.
+    pub fn object(&self, namespace: &str, name: &str) -> Option<&'a Arc<Secret>> {
+        self.by_name.get(&(namespace, name)).copied()
     }
 
     pub fn get(&self, namespace: &str, name: &str, key: &str) -> SecretLookup {
