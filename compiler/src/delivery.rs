@@ -173,6 +173,8 @@ pub struct Encoded {
     pub secret_content: String,
     /// Compressed bytes of both halves together.
     pub compressed_bytes: usize,
+    /// The compiler's digest of the Secret half, when the caller had one.
+    pub secret_digest: Option<[u8; 32]>,
 }
 
 /// The ConfigMap half: the config without consumers and secrets, written from borrowed
@@ -271,19 +273,32 @@ fn split(bytes: &[u8], generation: &str, content: Option<&str>) -> Vec<Shard> {
 
 /// Splits a config into its ConfigMap and Secret halves.
 pub fn encode(config: &GatewayConfig) -> Result<Encoded, DeliveryError> {
-    encode_reusing(config, None)
+    encode_reusing(config, None, None)
 }
 
 /// [`encode`], reusing the compressed Secret half of `previous` when its content is the
 /// same (a change of routes or policies only): at 100k consumers that skips compressing
 /// most of the config. The halves are compressed on two threads.
+///
+/// `secret_digest` is the compiler's digest of this config's Secret half
+/// ([`crate::CompileCache::secret_half_digest`]); when `previous` was encoded with the same
+/// one, the half is not even serialized again (~5 MB of JSON at 100k consumers).
 pub fn encode_reusing(
     config: &GatewayConfig,
     previous: Option<&Encoded>,
+    secret_digest: Option<[u8; 32]>,
 ) -> Result<Encoded, DeliveryError> {
+    let unchanged_secret_half =
+        previous.filter(|p| secret_digest.is_some() && p.secret_digest == secret_digest);
     let (public_bytes, secret) = std::thread::scope(|scope| {
         let public = scope.spawn(|| to_json(&PublicHalf::of(config)).and_then(|j| gzip(&j)));
         let secret = (|| {
+            if let Some(previous) = unchanged_secret_half {
+                return Ok((
+                    previous.secret_content.clone(),
+                    joined(&previous.secret_shards),
+                ));
+            }
             let json = to_json(&SecretHalfRef {
                 consumers: &config.consumers,
                 secrets: &config.secrets,
@@ -317,6 +332,7 @@ pub fn encode_reusing(
         secret_shards,
         secret_content,
         compressed_bytes,
+        secret_digest,
     })
 }
 
@@ -586,7 +602,7 @@ mod tests {
         let mut second = first.clone();
         second.generation = "g2".into();
         second.objects.pop();
-        let after = encode_reusing(&second, Some(&before)).unwrap();
+        let after = encode_reusing(&second, Some(&before), None).unwrap();
         assert_eq!(after.secret_content, before.secret_content);
         assert_eq!(after.secret_shards[0].generation, "g2");
         let payload = |e: &Encoded| -> Vec<u8> {
@@ -612,7 +628,7 @@ mod tests {
         let mut third = second.clone();
         third.generation = "g3".into();
         third.consumers[0].groups.push("silver".into());
-        let changed = encode_reusing(&third, Some(&after)).unwrap();
+        let changed = encode_reusing(&third, Some(&after), None).unwrap();
         assert_ne!(changed.secret_content, after.secret_content);
         let decoded = decode_reusing(
             &changed.config_shards,

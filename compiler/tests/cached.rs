@@ -229,3 +229,41 @@ fn a_changed_consumer_changes_the_generation_and_an_unchanged_one_does_not() {
     copy.consumers[0] = Arc::new(changed);
     assert_ne!(compile_cached(&copy, &mut cache).0.generation, first);
 }
+
+/// The Secret half reused on the cache's digest is the one a fresh encode writes, and a
+/// consumer change is never hidden by it.
+#[test]
+fn encoding_with_the_cache_digest_matches_a_fresh_encode() {
+    use portcullis_compiler::delivery::{encode, encode_reusing};
+    for (name, mut snapshot) in inputs() {
+        if snapshot.consumers.is_empty() {
+            continue;
+        }
+        let mut cache = CompileCache::default();
+        let mut previous = None;
+        for (edit, apply, _) in edits() {
+            if snapshot.consumers.is_empty() {
+                break;
+            }
+            apply(&mut snapshot);
+            let (config, _) = compile_cached(&snapshot, &mut cache);
+            let digest = cache.secret_half_digest();
+            assert!(digest.is_some());
+            let reused = encode_reusing(&config, previous.as_ref(), digest).unwrap();
+            let fresh = encode(&config).unwrap();
+            assert_eq!(
+                reused.secret_content, fresh.secret_content,
+                "{name}: {edit:?}"
+            );
+            assert_eq!(
+                reused.secret_shards, fresh.secret_shards,
+                "{name}: {edit:?}"
+            );
+            assert_eq!(
+                reused.config_shards, fresh.config_shards,
+                "{name}: {edit:?}"
+            );
+            previous = Some(reused);
+        }
+    }
+}

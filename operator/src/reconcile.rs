@@ -245,8 +245,9 @@ impl Reconciler {
         if self.last_published.as_deref() != Some(generation.as_str()) {
             let started = Instant::now();
             let previous = self.last_encoded.clone();
+            let secret_digest = self.compile_cache.secret_half_digest();
             let (config, encoded) = tokio::task::spawn_blocking(move || {
-                let encoded = delivery::encode_reusing(&config, previous.as_deref());
+                let encoded = delivery::encode_reusing(&config, previous.as_deref(), secret_digest);
                 (config, encoded)
             })
             .await?;
