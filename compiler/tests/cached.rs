@@ -94,7 +94,55 @@ fn edits() -> Vec<Edit> {
                     *c = Arc::new((**c).clone());
                 }
             },
+            Reuse::Yes,
+        ),
+        (
+            "every consumer's status and resourceVersion change (a status write)",
+            |s| {
+                for c in &mut s.consumers {
+                    let mut written = (**c).clone();
+                    written.metadata.resource_version = Some("written".into());
+                    written.status = Some(Default::default());
+                    *c = Arc::new(written);
+                }
+            },
+            Reuse::Yes,
+        ),
+        (
+            "two consumers swap their specs",
+            |s| {
+                if s.consumers.len() > 1 {
+                    let (mut a, mut b) = ((*s.consumers[0]).clone(), (*s.consumers[1]).clone());
+                    std::mem::swap(&mut a.spec, &mut b.spec);
+                    s.consumers[0] = Arc::new(a);
+                    s.consumers[1] = Arc::new(b);
+                } else {
+                    let mut c = (*s.consumers[0]).clone();
+                    c.spec.groups.push("swapped".into());
+                    s.consumers[0] = Arc::new(c);
+                }
+            },
             Reuse::No,
+        ),
+        (
+            "a consumer's generation changes, its spec does not",
+            |s| {
+                let mut c = (*s.consumers[0]).clone();
+                c.metadata.generation = Some(c.metadata.generation.unwrap_or(1) + 1);
+                s.consumers[0] = Arc::new(c);
+            },
+            Reuse::No,
+        ),
+        (
+            "every Secret replaced by an equal copy with new metadata",
+            |s| {
+                for secret in &mut s.secrets {
+                    let mut copy = (**secret).clone();
+                    copy.metadata.resource_version = Some("relabelled".into());
+                    *secret = Arc::new(copy);
+                }
+            },
+            Reuse::Yes,
         ),
         (
             "a consumer gets a group",
@@ -135,6 +183,9 @@ fn edits() -> Vec<Edit> {
                     let mut changed = (**secret).clone();
                     for value in changed.data.iter_mut().flat_map(|d| d.values_mut()) {
                         *value = ByteString(b"a-completely-different-key-value".to_vec());
+                    }
+                    for value in changed.string_data.iter_mut().flat_map(|d| d.values_mut()) {
+                        *value = "another-completely-different-value-of-32-bytes".into();
                     }
                     *secret = Arc::new(changed);
                 }
@@ -223,6 +274,7 @@ fn a_changed_consumer_changes_the_generation_and_an_unchanged_one_does_not() {
     let first = compile_cached(&snapshot, &mut cache).0.generation;
     let mut copy = snapshot.clone();
     copy.consumers[0] = Arc::new((*copy.consumers[0]).clone());
+    assert!(cache.holds_consumers_of(&copy));
     assert_eq!(compile_cached(&copy, &mut cache).0.generation, first);
     let mut changed = (*copy.consumers[0]).clone();
     changed.spec.groups.push("another-group".into());

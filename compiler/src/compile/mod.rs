@@ -2,6 +2,7 @@
 //! then routes, then cross-route conflicts, then the generation hash.
 
 mod auth;
+mod cache;
 mod conflicts;
 mod consumer;
 mod issues;
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{GatewayConfig, ObjectKind};
 use crate::ObjectStatus;
+pub use cache::CompileCache;
 pub use consumer::hash_api_key;
 pub(crate) use issues::Issues;
 
@@ -42,110 +44,6 @@ pub struct Snapshot {
 /// config, statuses and generation id.
 pub fn compile(snapshot: &Snapshot) -> (GatewayConfig, Vec<ObjectStatus>) {
     compile_cached(snapshot, &mut CompileCache::default())
-}
-
-/// What one compile leaves for the next: the consumers' part of the config, reused while
-/// the snapshot holds the very same consumer objects and the very same Secrets where they
-/// reference one.
-///
-/// "The same" means the same `Arc`s, which is what kube's reflector stores hand out for
-/// objects that did not change; the objects behind an `Arc` are immutable, and the cache
-/// holds its own references, so an address cannot be freed and reused by another object
-/// while it is remembered. A store that replaces every `Arc` (a re-list, a standalone
-/// reload) only costs a full compile. The output is the same as [`compile`]'s either way.
-#[derive(Debug, Default)]
-pub struct CompileCache {
-    consumers: Option<CachedConsumers>,
-    secret_half: Option<[u8; 32]>,
-}
-
-#[derive(Debug)]
-struct CachedConsumers {
-    /// By address.
-    consumers: Vec<Arc<ConsumerCredential>>,
-    /// Every Secret the consumers name (namespace, name), with the object found then. The
-    /// others may change at will: in a cluster, unrelated Secrets (certificates, tokens)
-    /// change all the time.
-    referenced: Vec<(String, String, Option<Arc<Secret>>)>,
-    section: Arc<consumer::ConsumerSection>,
-}
-
-impl CachedConsumers {
-    fn still_valid(
-        &self,
-        consumers: &[Arc<ConsumerCredential>],
-        secrets: &secrets::SecretIndex<'_>,
-    ) -> bool {
-        same_objects(&self.consumers, consumers)
-            && self.referenced.iter().all(|(namespace, name, then)| {
-                match (secrets.object(namespace, name), then) {
-                    (Some(now), Some(then)) => Arc::ptr_eq(now, then),
-                    (None, None) => true,
-                    _ => false,
-                }
-            })
-    }
-}
-
-impl CompileCache {
-    /// A digest of the last compiled config's Secret half (consumers and secrets): equal
-    /// digests mean equal halves. Computed from the consumers' part's own digest, so the
-    /// encoder can tell an unchanged half without serializing 100,000 consumers.
-    pub fn secret_half_digest(&self) -> Option<[u8; 32]> {
-        self.secret_half
-    }
-
-    /// True when the next compile of `snapshot` can reuse the consumers' part.
-    pub fn holds_consumers_of(&self, snapshot: &Snapshot) -> bool {
-        self.consumers.as_ref().is_some_and(|cached| {
-            cached.still_valid(
-                &by_address(&snapshot.consumers),
-                &secrets::SecretIndex::new(&snapshot.secrets),
-            )
-        })
-    }
-
-    fn consumer_section(
-        &mut self,
-        snapshot: &Snapshot,
-        secrets: &secrets::SecretIndex<'_>,
-    ) -> Arc<consumer::ConsumerSection> {
-        let consumers = by_address(&snapshot.consumers);
-        if let Some(cached) = self
-            .consumers
-            .as_ref()
-            .filter(|c| c.still_valid(&consumers, secrets))
-        {
-            return cached.section.clone();
-        }
-        let section = Arc::new(consumer::compile_consumers(
-            &sorted(&snapshot.consumers),
-            secrets,
-        ));
-        let referenced = consumer::referenced_secrets(&consumers)
-            .into_iter()
-            .map(|(namespace, name)| {
-                let found = secrets.object(&namespace, &name).cloned();
-                (namespace, name, found)
-            })
-            .collect();
-        self.consumers = Some(CachedConsumers {
-            consumers,
-            referenced,
-            section: section.clone(),
-        });
-        section
-    }
-}
-
-fn by_address<K>(objects: &[Arc<K>]) -> Vec<Arc<K>> {
-    let mut objects = objects.to_vec();
-    objects.sort_unstable_by_key(|o| Arc::as_ptr(o));
-    objects
-}
-
-fn same_objects<K>(a: &[Arc<K>], b: &[Arc<K>]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b))
 }
 
 /// [`compile`], reusing what `cache` kept from the previous compile where its inputs are
