@@ -4,7 +4,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use portcullis_compiler::config::ObjectRef;
@@ -16,8 +16,15 @@ use portcullis_crds::{Condition, EnforcementStatus, ObjectStatusFields, ProxiesS
 /// running an older one that contains the same object generation counts as programmed.
 const REMEMBERED_GENERATIONS: usize = 32;
 
-/// The objects (with their generations) of one compiled config.
-pub type ObjectSet = Arc<HashSet<Arc<ObjectRef>>>;
+/// The objects (with their generations) of one compiled config. foldhash, not SipHash:
+/// building and probing sets of 110,000 names is part of every change's latency, and the
+/// names come from the API server's own objects (no untrusted flooding of this table).
+pub type ObjectSet = Arc<HashSet<Arc<ObjectRef>, foldhash::fast::RandomState>>;
+
+/// A hasher for fingerprints compared within this process only.
+fn fingerprint_hasher() -> impl Hasher {
+    foldhash::fast::FixedState::default().build_hasher()
+}
 
 /// Which objects (with their generations) each recently published config contains.
 ///
@@ -389,7 +396,7 @@ impl Desired<'_> {
     /// whole first-pass backlog look freshly changed (tying with the change a user just
     /// made), and would have every write still on its way into the cache written again.
     pub fn fingerprints(&self, verdict: u64) -> Fingerprints {
-        let mut hasher = DefaultHasher::new();
+        let mut hasher = fingerprint_hasher();
         let p = &self.programmed;
         (verdict, p.status, p.reason, p.ready, p.total, p.error).hash(&mut hasher);
         let core = hasher.finish();
@@ -414,7 +421,7 @@ impl Desired<'_> {
 
 /// Identifies the compiler's verdict on one object (its generation and conditions).
 pub fn verdict_hash(compiled: &ObjectStatus) -> u64 {
-    let mut hasher = DefaultHasher::new();
+    let mut hasher = fingerprint_hasher();
     compiled.generation.hash(&mut hasher);
     for c in &compiled.conditions {
         (&c.type_, c.status, c.reason.as_str(), &c.message).hash(&mut hasher);
