@@ -1142,7 +1142,10 @@ impl<'a> SqliState<'a> {
     }
 
     pub(crate) fn check_is_sqli(&self, fingerprint: &Fingerprint) -> bool {
-        let is_bl = blacklist::is_blacklisted(fingerprint.as_str());
+        // PORTCULLIS: the fingerprint's bytes (was `as_str`, a UTF-8 check of what
+        // `generate_fingerprint` wrote: ASCII type letters only, so the check never
+        // failed; the string stopped at the first NUL, as `is_blacklisted_bytes` does).
+        let is_bl = blacklist::is_blacklisted_bytes(fingerprint.as_bytes());
         if is_bl {
             let result = self.is_not_whitelist();
             result

@@ -1,10 +1,56 @@
 use super::blacklists::{
-    html_decode_char_at, AttributeType, BLACK_ATTRS, BLACK_ATTR_EVENTS, BLACK_TAGS,
+    html_decode_char_at, AttributeType, StringType, BLACK_ATTRS, BLACK_ATTR_EVENTS, BLACK_TAGS,
     BLACK_URL_PROTOCOLS,
 };
 use super::html5::{Html5Flags, Html5State, TokenType};
 
 use core::fmt;
+use std::sync::OnceLock;
+
+/// PORTCULLIS: longest name in `BLACK_ATTR_EVENTS` and `BLACK_ATTRS` (test
+/// `name_tables_fit_find_name`).
+const NAME_MAX: usize = 48;
+
+/// PORTCULLIS: a name table sorted for binary search: names of up to 16 bytes packed
+/// into integers (one comparison per step instead of a `memcmp` call), longer ones as bytes.
+struct NameTable {
+    short: Vec<(u128, AttributeType)>,
+    long: Vec<(&'static [u8], AttributeType)>,
+}
+
+/// PORTCULLIS: `b` as a big-endian integer when it has at most 16 bytes. Only for bytes
+/// without NUL (folded names and table names have none): the first byte is then non-zero,
+/// so the integer determines the length too, and equal integers are equal names.
+fn pack(b: &[u8]) -> Option<u128> {
+    if b.len() > 16 {
+        return None;
+    }
+    Some(b.iter().fold(0u128, |acc, &x| acc << 8 | u128::from(x)))
+}
+
+fn sorted(table: &'static [StringType]) -> NameTable {
+    let mut short = Vec::new();
+    let mut long = Vec::new();
+    for e in table {
+        match pack(e.name.as_bytes()) {
+            Some(p) => short.push((p, e.atype)),
+            None => long.push((e.name.as_bytes(), e.atype)),
+        }
+    }
+    short.sort_unstable_by_key(|e| e.0);
+    long.sort_unstable_by_key(|e| e.0);
+    NameTable { short, long }
+}
+
+fn black_attr_events() -> &'static NameTable {
+    static SORTED: OnceLock<NameTable> = OnceLock::new();
+    SORTED.get_or_init(|| sorted(BLACK_ATTR_EVENTS))
+}
+
+fn black_attrs() -> &'static NameTable {
+    static SORTED: OnceLock<NameTable> = OnceLock::new();
+    SORTED.get_or_init(|| sorted(BLACK_ATTRS))
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum XssResult {
@@ -182,11 +228,10 @@ impl XssDetector {
             if (attr_name[0] == b'o' || attr_name[0] == b'O')
                 && (attr_name[1] == b'n' || attr_name[1] == b'N')
             {
-                let event_name = &attr_name[2..];
-                for event in BLACK_ATTR_EVENTS {
-                    if Self::cstrcasecmp_with_null(event.name.as_bytes(), event_name) {
-                        return event.atype;
-                    }
+                // PORTCULLIS: one lookup in a sorted copy of the table (was
+                // `cstrcasecmp_with_null` against each of its 298 names in turn).
+                if let Some(atype) = Self::find_name(black_attr_events(), &attr_name[2..]) {
+                    return atype;
                 }
             }
 
@@ -199,13 +244,40 @@ impl XssDetector {
         }
 
         // Check other blacklisted attributes
-        for attr in BLACK_ATTRS {
-            if Self::cstrcasecmp_with_null(attr.name.as_bytes(), attr_name) {
-                return attr.atype;
-            }
-        }
+        // PORTCULLIS: as above, one lookup in a sorted copy.
+        Self::find_name(black_attrs(), attr_name).unwrap_or(AttributeType::None)
+    }
 
-        AttributeType::None
+    /// PORTCULLIS: the entry of `table` that `cstrcasecmp_with_null(name, input)` accepts.
+    /// That comparison is true exactly when `input` without its NUL bytes, ASCII
+    /// lowercase letters made uppercase, equals the name byte for byte (every non-NUL
+    /// input byte must match the next name byte, and the name must be used up): so fold
+    /// `input` that way once and look the result up. Names are unique, so the first match
+    /// in table order is the only one. A folded input longer than `NAME_MAX` bytes (the
+    /// longest name) equals no name.
+    fn find_name(table: &NameTable, input: &[u8]) -> Option<AttributeType> {
+        let mut folded = [0u8; NAME_MAX];
+        let mut n = 0;
+        for &b in input {
+            if b == 0 {
+                continue;
+            }
+            *folded.get_mut(n)? = b.to_ascii_uppercase();
+            n += 1;
+        }
+        let key = &folded[..n];
+        match pack(key) {
+            Some(packed) => table
+                .short
+                .binary_search_by(|(name, _)| name.cmp(&packed))
+                .ok()
+                .map(|i| table.short[i].1),
+            None => table
+                .long
+                .binary_search_by(|(name, _)| (*name).cmp(key))
+                .ok()
+                .map(|i| table.long[i].1),
+        }
     }
 
     fn is_black_url(url: &[u8]) -> bool {
@@ -414,5 +486,65 @@ impl XssDetector {
 impl Default for XssDetector {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod portcullis_tests {
+    use super::*;
+
+    /// The original linear scan, for comparison.
+    fn linear(table: &[StringType], input: &[u8]) -> Option<AttributeType> {
+        table
+            .iter()
+            .find(|e| XssDetector::cstrcasecmp_with_null(e.name.as_bytes(), input))
+            .map(|e| e.atype)
+    }
+
+    #[test]
+    fn name_tables_fit_find_name() {
+        for table in [BLACK_ATTR_EVENTS, BLACK_ATTRS] {
+            let mut names: Vec<&str> = table.iter().map(|e| e.name).collect();
+            assert!(names.iter().all(|n| n.len() <= NAME_MAX && !n.contains('\0')));
+            names.sort_unstable();
+            names.dedup();
+            assert_eq!(names.len(), table.len(), "names are unique");
+        }
+    }
+
+    #[test]
+    fn find_name_agrees_with_linear_scan() {
+        let mut inputs: Vec<Vec<u8>> = vec![b"".to_vec(), b"\0".to_vec(), vec![0, 0]];
+        for e in BLACK_ATTR_EVENTS.iter().chain(BLACK_ATTRS) {
+            let name = e.name.as_bytes();
+            inputs.push(name.to_vec());
+            inputs.push(name.to_ascii_lowercase());
+            let mut nul = name.to_vec();
+            nul.insert(name.len() / 2, 0);
+            nul.push(0);
+            inputs.push(nul);
+            inputs.push(name[..name.len() - 1].to_vec());
+            let mut longer = name.to_vec();
+            longer.push(b'x');
+            inputs.push(longer);
+            let mut other = name.to_vec();
+            other[0] ^= 0x01;
+            inputs.push(other);
+            inputs.push([name, name].concat());
+            let mut long = name.to_vec();
+            long.extend(std::iter::repeat(0).take(100));
+            inputs.push(long);
+        }
+        inputs.push(vec![b'A'; 60]);
+        for input in &inputs {
+            for table in [BLACK_ATTR_EVENTS, BLACK_ATTRS] {
+                let sorted = sorted(table);
+                assert_eq!(
+                    XssDetector::find_name(&sorted, input),
+                    linear(table, input),
+                    "{input:?}"
+                );
+            }
+        }
     }
 }

@@ -174,12 +174,12 @@ impl<'a> Html5State<'a> {
             return None;
         }
 
-        for i in start..self.len {
-            if self.s[i] == byte {
-                return Some(i);
-            }
-        }
-        None
+        // PORTCULLIS: an iterator search (was an indexed loop, bounds-checked per byte).
+        self.s
+            .get(start..self.len)?
+            .iter()
+            .position(|&b| b == byte)
+            .map(|p| start + p)
     }
 
     fn find_comment_end(&self, start: usize) -> Option<(usize, usize)> {
