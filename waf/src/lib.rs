@@ -2246,4 +2246,68 @@ mod tests {
             assert_eq!(in_place(&e, doc.as_bytes()), collected(&e, doc.as_bytes()));
         }
     }
+
+    /// Rule 942360's literals stand for `order` only before whitespace, `/` or `*`: every
+    /// text on which the rule matches, as normalized or as the SQL-comment alternate the
+    /// engine also tries, must still hold one of its literals in the normalized text.
+    #[test]
+    fn order_literals_cover_every_order_by_match() {
+        let rule = rules::builtin().iter().find(|r| r.id == 942360).unwrap();
+        let re = build_regex(rule.pattern).unwrap();
+        let pieces = [
+            "order", "ORDER", "by", " ", "\t", "\n", "\r", "\x0b", "\x0c", "\0", "/*", "*/", "/*!",
+            "/*!500", "1", "--", ";", "#", "*", "/", "x", "_id", "(", "'",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rand = |n: usize| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) as usize % n
+        };
+        // Separators that may or may not become `\s+` once comments are removed.
+        let gaps = [
+            " ", "\t", "\n", "\0", "/**/", "/*x*/", "/*!", "*/", "/*!500", "*", "/", "",
+        ];
+        let mut matched = 0;
+        for i in 0..120_000 {
+            let mut t = String::new();
+            if i % 2 == 0 {
+                // Shaped like `order by 1` with random gaps and a random end.
+                for _ in 0..rand(2) {
+                    t.push_str(pieces[rand(pieces.len())]);
+                }
+                t.push_str(["order", "ORDER", "/*!order", "/*!5order"][rand(4)]);
+                for _ in 0..rand(3) + 1 {
+                    t.push_str(gaps[rand(gaps.len())]);
+                }
+                t.push_str("by");
+                for _ in 0..rand(3) + 1 {
+                    t.push_str(gaps[rand(gaps.len())]);
+                }
+                t.push('1');
+                for _ in 0..rand(2) {
+                    t.push_str(pieces[rand(pieces.len())]);
+                }
+            } else {
+                for _ in 0..rand(9) + 1 {
+                    t.push_str(pieces[rand(pieces.len())]);
+                }
+            }
+            // As the engine normalizes it, and lowercased only (the argument does not
+            // depend on how the text the set sees was made).
+            for text in [
+                transform::lower_compress(&t).into_owned(),
+                t.to_ascii_lowercase(),
+            ] {
+                let alt = transform::remove_sql_comments(&text);
+                if re.is_match(text.as_bytes()) || re.is_match(alt.as_bytes()) {
+                    matched += 1;
+                    assert!(
+                        rule.literals.iter().any(|l| text.contains(l)),
+                        "{text:?} matches 942360 without a literal"
+                    );
+                }
+            }
+        }
+        assert!(matched > 1_000, "only {matched} matches");
+    }
 }

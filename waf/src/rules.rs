@@ -129,7 +129,15 @@ fn build() -> Vec<RuleDef> {
             &[";"],
             r#"(?:['"`)]|\d|\bnull|\bend)\s*;\s*(?:drop|alter|create|truncate|insert|update|delete|exec|execute|declare|select|shutdown|grant|revoke|rename|replace|merge|load|set\s+@|call|waitfor|begin|if\b)"#),
         rule(942360, SqlInjection, 1, 5, ANY | PATH, "SQL injection: multi-word keywords libinjection misses",
-            &["into", "load", "lock", "boolean", "expansion", "update", "procedure", "order", "group", "having", "select"],
+            // `order` only counts before a byte that can start the `\s+` of `\border\s+by`
+            // in the text the set sees (the normalized value) or in its SQL-comment
+            // alternate: whitespace itself, `/` (a `/*` comment becomes a space), or `*`
+            // (`/*!order*/` becomes ` order `). The alternate copies everything outside
+            // comments verbatim and pads what it inserts with spaces, so an `order` it
+            // shows before whitespace is one of those three cases in the normalized
+            // value; the bare literal fired on every `order_id` and `/orders` path
+            // (test `order_literals_cover_every_order_by_match`).
+            &["into", "load", "lock", "boolean", "expansion", "update", "procedure", "order ", "order\t", "order\n", "order\x0b", "order\x0c", "order\r", "order/", "order*", "group", "having", "select"],
             r"\binto\s+(?:out|dump)file\b|\bload\s+data\s+(?:low_priority\s+|concurrent\s+|local\s+)*infile\b|\block\s+in\s+share\s+mode\b|\bin\s+boolean\s+mode\b|\bwith\s+query\s+expansion\b|\bfor\s+update\s+(?:of|nowait|skip\s+locked)\b|\bprocedure\s+analyse\b|\bselect\b.{0,100}\binto\s+@|\border\s+by\s+\d+\s*(?:--|#|/\*|;|$)|\bgroup\s+by\s+.{1,60}\bhaving\s+\d|\bselect\s+(?:\*|[\w@(),.`' ]{1,80})\s+from\s+[\w.`]+.{0,40}\bwhere\b"),
         rule(942500, SqlInjection, 1, 5, ANY | PATH, "SQL injection: MySQL executable comment",
             &["/*!", "/*+"],
