@@ -14,6 +14,8 @@
 #   CONNS=64 RUNS="1 3" PORTCULLIS_BIN=... bench/ratelimit-instructions.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 CONNS=${CONNS:-8 64}
 REDIS_CONNS=${REDIS_CONNS:-8}
 RUNS=${RUNS:-1 2 3}
@@ -31,22 +33,11 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-rl-instr.XXXXXX")
 PIDS=()
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    stop_pids
     rm -rf "$TMP"
 }
 trap cleanup EXIT
 
-free_port() {
-    local p
-    for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 12000))
-        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-    done
-    echo "no free port" >&2
-    exit 1
-}
 
 UP=$(free_port)
 cat >"$TMP/up.conf" <<CONF

@@ -20,6 +20,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -51,9 +53,8 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench-https.XXXXXX")
 chmod 755 "$TMP"
 PIDS=()
 cleanup() {
-    local rc=$? pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    local rc=$?
+    stop_pids
     if [[ $KEEP_TMP == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
     exit "$rc"
 }
@@ -61,14 +62,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    local p
-    for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 12000))
-        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-    done
-    die "no free port"
-}
 wait_ok() { # port
     for _ in $(seq 1 300); do
         [[ $(curl -sk -o /dev/null -w '%{http_code}' --max-time 1 --resolve "bench.test:$1:127.0.0.1" "https://bench.test:$1/" || true) == 200 ]] && return 0

@@ -13,6 +13,8 @@
 #   N=1000 PORTCULLIS_BIN=... bench/waf-proxy-instructions.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 N=${N:-400}
 PORTCULLIS_BIN=${PORTCULLIS_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis-proxy}
 for tool in valgrind callgrind_control nginx python3 curl; do
@@ -25,23 +27,12 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-waf-instr.XXXXXX")
 PIDS=()
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    stop_pids
     if [[ -n ${KEEP_PROFILES:-} ]]; then cp "$TMP"/cg-* "$KEEP_PROFILES"/ 2>/dev/null || true; fi
     rm -rf "$TMP"
 }
 trap cleanup EXIT
 
-free_port() {
-    local p
-    for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 12000))
-        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-    done
-    echo "no free port" >&2
-    exit 1
-}
 
 UP=$(free_port)
 cat >"$TMP/up.conf" <<EOF
