@@ -67,8 +67,11 @@ impl CompileCache {
             .as_mut()
             .filter(|c| c.still_valid(&consumers, secrets))
         {
-            // The new Arcs, so that the next check finds them by address.
+            // The new Arcs, so that the next check finds them by address (not by content).
             cached.consumers = consumers;
+            for (namespace, name, then) in &mut cached.referenced {
+                *then = secrets.object(namespace, name).cloned();
+            }
             return cached.section.clone();
         }
         let section = Arc::new(consumer::compile_consumers(
