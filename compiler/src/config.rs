@@ -144,13 +144,15 @@ pub struct RouteConfig {
     pub strip_path: bool,
     pub rewrite_prefix: Option<String>,
     pub upstream: UpstreamConfig,
-    pub authentication: Option<AuthenticationConfig>,
-    pub authorization: Option<AuthorizationConfig>,
-    pub ip_restriction: Option<IpRestrictionConfig>,
-    pub request_validation: Option<ValidationConfig>,
+    // The optional policies are boxed: most routes have few of them, and a proxy holds two
+    // copies of every route while it swaps configs (10k routes: ~8 MB less per copy).
+    pub authentication: Option<Box<AuthenticationConfig>>,
+    pub authorization: Option<Box<AuthorizationConfig>>,
+    pub ip_restriction: Option<Box<IpRestrictionConfig>>,
+    pub request_validation: Option<Box<ValidationConfig>>,
     pub response_headers: ResponseHeadersConfig,
     pub security_headers: bool,
-    pub cors: Option<CorsConfig>,
+    pub cors: Option<Box<CorsConfig>>,
     pub sanitize_upstream_errors: bool,
     /// Ids of the RateLimitPolicies that apply: the route's own, then its namespace's
     /// global ones, without duplicates.

@@ -232,6 +232,9 @@ impl Upstream {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut targets = targets;
+        // `collect` through a `Result` starts at capacity 4: three unused slots per
+        // single-target route, and a swap holds two copies of every route.
+        targets.shrink_to_fit();
         let direct = config.direct_response.as_ref().map(direct_response);
         let tls = config.tls.clone().unwrap_or_default();
         if tls.insecure_skip_verify && targets.iter().any(|t| t.scheme == Scheme::HTTPS) {

@@ -58,17 +58,17 @@ async fn introspection_cache_scopes_consumer_and_timeout() {
         ..Default::default()
     };
     let mut read = route("shop/read", PathKind::Prefix, "/read", &[&up]);
-    read.authentication = Some(auth.clone());
-    read.authorization = Some(AuthorizationConfig {
+    read.authentication = Some(Box::new(auth.clone()));
+    read.authorization = Some(Box::new(AuthorizationConfig {
         required_scopes: vec!["read".into()],
         ..Default::default()
-    });
+    }));
     let mut admin = route("shop/admin", PathKind::Prefix, "/admin", &[&up]);
-    admin.authentication = Some(auth);
-    admin.authorization = Some(AuthorizationConfig {
+    admin.authentication = Some(Box::new(auth));
+    admin.authorization = Some(Box::new(AuthorizationConfig {
         required_scopes: vec!["admin".into()],
         ..Default::default()
-    });
+    }));
     let mut cfg = config(vec![read, admin]);
     cfg.consumers.push(ConsumerConfig {
         id: "shop/mobile-app".into(),
@@ -168,7 +168,7 @@ async fn forward_auth_semantics_cache_and_timeout() {
     .await;
     let up = upstream("u", Behaviour::Echo).await;
     let mut r = route("shop/app", PathKind::Prefix, "/app", &[&up]);
-    r.authentication = Some(AuthenticationConfig {
+    r.authentication = Some(Box::new(AuthenticationConfig {
         methods: vec![AuthMethodConfig::ForwardAuth],
         hide_credentials: true,
         forward_auth: Some(ForwardAuthConfig {
@@ -179,7 +179,7 @@ async fn forward_auth_semantics_cache_and_timeout() {
             timeout_ms: 300,
         }),
         ..Default::default()
-    });
+    }));
     let clock = ManualClock::starting_now();
     let proxy = start_with(clocked(&clock), config(vec![r])).await;
     let (c, a) = (client(), proxy.local_addr());
@@ -248,11 +248,11 @@ async fn api_keys_rotation_disabled_and_mixed_methods() {
     let sha = |k: &str| hex::encode(Sha256::digest(k.as_bytes()));
     let up = upstream("u", Behaviour::Echo).await;
     let mut r = route("shop/keys", PathKind::Prefix, "/", &[&up]);
-    r.authentication = Some(AuthenticationConfig {
+    r.authentication = Some(Box::new(AuthenticationConfig {
         methods: vec![AuthMethodConfig::ApiKey],
         hide_credentials: true,
         ..Default::default()
-    });
+    }));
     let mut cfg = config(vec![r]);
     cfg.consumers.push(ConsumerConfig {
         id: "shop/app".into(),

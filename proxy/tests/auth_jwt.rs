@@ -119,7 +119,7 @@ async fn wycheproof_jws_vectors_through_the_proxy() {
                 .iter()
                 .any(|s| s.key_id == key["kid"].as_str().unwrap())
             {
-                r.authentication = Some(jwt_auth(jwt));
+                r.authentication = Some(Box::new(jwt_auth(jwt)));
                 routes.push(r);
                 continue;
             }
@@ -148,7 +148,7 @@ async fn wycheproof_jws_vectors_through_the_proxy() {
                 json!({ "keys": [public] }).to_string(),
             );
         }
-        r.authentication = Some(jwt_auth(jwt));
+        r.authentication = Some(Box::new(jwt_auth(jwt)));
         routes.push(r);
     }
     cfg.routes = routes;
@@ -255,22 +255,22 @@ async fn setup(keys: &[&str]) -> Setup {
     .await;
     let up = upstream("u", Behaviour::Echo).await;
     let mut issuer = route("shop/issuer", PathKind::Prefix, "/issuer", &[&up]);
-    issuer.authentication = Some(jwt_auth(issuer_jwt(
+    issuer.authentication = Some(Box::new(jwt_auth(issuer_jwt(
         "https://idp.test",
         &jwks.url("/jwks"),
         &["api"],
-    )));
+    ))));
     let mut keyed = route("shop/keyed", PathKind::Prefix, "/keyed", &[&up]);
     let mut consumer_jwt = issuer_jwt("unused", "http://127.0.0.1:1/", &[]);
     consumer_jwt.issuers.clear();
     consumer_jwt.consumer_keys = true;
-    keyed.authentication = Some(jwt_auth(consumer_jwt));
-    keyed.authorization = Some(AuthorizationConfig {
+    keyed.authentication = Some(Box::new(jwt_auth(consumer_jwt)));
+    keyed.authorization = Some(Box::new(AuthorizationConfig {
         required_scopes: vec!["read".into()],
         required_roles: vec!["admin".into()],
         roles_claim: Some("realm_access.roles".into()),
         ..Default::default()
-    });
+    }));
     let mut cfg = config(vec![issuer, keyed]);
     cfg.consumers.push(ConsumerConfig {
         id: "shop/mobile".into(),
@@ -679,11 +679,11 @@ async fn jwks_rotation_cooldown_and_outages() {
     let down = refused_addr().await;
     let up = upstream("u2", Behaviour::Echo).await;
     let mut r2 = route("cold", PathKind::Prefix, "/", &[&up]);
-    r2.authentication = Some(jwt_auth(issuer_jwt(
+    r2.authentication = Some(Box::new(jwt_auth(issuer_jwt(
         "https://idp.test",
         &format!("http://{down}/jwks"),
         &["api"],
-    )));
+    ))));
     let cold = start(config(vec![r2])).await;
     let r = send(
         &c,
@@ -768,7 +768,7 @@ async fn oidc_discovery_over_https_with_a_test_ca() {
     let mut jwt = issuer_jwt(&issuer, "unused", &[]);
     jwt.issuers[0].jwks_uri = None;
     jwt.issuers[0].oidc_discovery = true;
-    r.authentication = Some(jwt_auth(jwt));
+    r.authentication = Some(Box::new(jwt_auth(jwt)));
     let options = ProxyOptions {
         auth: AuthOptions {
             extra_ca_pem: Some(ca.pem().into_bytes()),

@@ -174,13 +174,13 @@ fn gateway(tag: &str) -> GatewayConfig {
     hello.upstream.direct_response = Some(direct(200, tag));
     let mut strict = route("default/strict", PathKind::Prefix, "/strict", &[]);
     strict.upstream.direct_response = Some(direct(200, "strict"));
-    strict.request_validation = Some(ValidationConfig {
+    strict.request_validation = Some(Box::new(ValidationConfig {
         max_body_bytes: None,
         allowed_content_types: vec![],
         json_schema: None,
         max_json_depth: None,
         required_headers: vec!["x-tenant".into()],
-    });
+    }));
     GatewayConfig {
         generation: tag.into(),
         ..config(vec![hello, strict])

@@ -129,15 +129,15 @@ async fn forwarded_headers_request_id_and_hop_by_hop() {
 async fn trusted_proxies_xff_and_ip_restriction() {
     let up = upstream("u", Behaviour::Echo).await;
     let mut r = route("r", PathKind::Prefix, "/", &[&up]);
-    r.ip_restriction = Some(IpRestrictionConfig {
+    r.ip_restriction = Some(Box::new(IpRestrictionConfig {
         allow: vec!["10.0.0.0/8".parse().unwrap()],
         deny: vec!["10.9.0.0/16".parse().unwrap()],
-    });
+    }));
     let mut open = route("open", PathKind::Prefix, "/open", &[&up]);
-    open.ip_restriction = Some(IpRestrictionConfig {
+    open.ip_restriction = Some(Box::new(IpRestrictionConfig {
         allow: vec![],
         deny: vec!["10.66.0.0/16".parse().unwrap()],
-    });
+    }));
     let options = ProxyOptions {
         trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
         ..ProxyOptions::default()
@@ -194,14 +194,14 @@ async fn trusted_proxies_xff_and_ip_restriction() {
 async fn api_keys_groups_and_optional() {
     let up = upstream("u", Behaviour::Echo).await;
     let mut strict = route("strict", PathKind::Prefix, "/strict", &[&up]);
-    strict.authentication = Some(api_key_auth(false));
-    strict.authorization = Some(AuthorizationConfig {
+    strict.authentication = Some(Box::new(api_key_auth(false)));
+    strict.authorization = Some(Box::new(AuthorizationConfig {
         allow_groups: vec!["gold".into()],
         deny_groups: vec!["suspended".into()],
         ..Default::default()
-    });
+    }));
     let mut optional = route("optional", PathKind::Prefix, "/optional", &[&up]);
-    optional.authentication = Some(api_key_auth(true));
+    optional.authentication = Some(Box::new(api_key_auth(true)));
     let lines = Arc::new(Mutex::new(Vec::new()));
     let options = ProxyOptions {
         audit: AuditSink::Memory(lines.clone()),
@@ -299,15 +299,15 @@ async fn response_headers_security_headers_and_cors() {
         .add
         .insert("Cache-Control".into(), "no-store".into());
     r.response_headers.remove = vec!["server".into(), "x-powered-by".into()];
-    r.cors = Some(CorsConfig {
+    r.cors = Some(Box::new(CorsConfig {
         allow_origins: vec!["https://app.example.com".into()],
         allow_methods: vec!["GET".into()],
         allow_headers: vec!["Authorization".into()],
         expose_headers: vec!["X-Request-ID".into()],
         allow_credentials: false,
         max_age_secs: Some(600),
-    });
-    r.authentication = Some(api_key_auth(false));
+    }));
+    r.authentication = Some(Box::new(api_key_auth(false)));
     let proxy = start(keyed_config(vec![r])).await;
     let c = client();
     let a = proxy.local_addr();

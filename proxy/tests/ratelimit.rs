@@ -219,14 +219,14 @@ async fn tiers_pick_their_groups_limits() {
         }],
     }];
     let mut cfg = limited(vec![p]);
-    cfg.routes[0].authentication = Some(AuthenticationConfig {
+    cfg.routes[0].authentication = Some(Box::new(AuthenticationConfig {
         methods: vec![AuthMethodConfig::ApiKey],
         optional: false,
         hide_credentials: true,
         api_key_header: None,
         api_key_query_param: None,
         ..AuthenticationConfig::default()
-    });
+    }));
     cfg.consumers = ["gold-app", "free-app"]
         .iter()
         .map(|n| ConsumerConfig {
@@ -318,14 +318,14 @@ async fn pre_auth_limits_stop_brute_force_before_authentication() {
         &[(5, 60_000, None)],
     );
     let mut cfg = limited(vec![p]);
-    cfg.routes[0].authentication = Some(AuthenticationConfig {
+    cfg.routes[0].authentication = Some(Box::new(AuthenticationConfig {
         methods: vec![AuthMethodConfig::ApiKey],
         optional: false,
         hide_credentials: true,
         api_key_header: None,
         api_key_query_param: None,
         ..AuthenticationConfig::default()
-    });
+    }));
     let proxy = start_at(&clock, cfg).await;
     let c = client();
     let mut codes = Vec::new();

@@ -37,9 +37,9 @@ async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
 async fn request_validation_limits_types_headers_and_schema() {
     let up = upstream("u", Behaviour::Echo).await;
     let mut r = route("v", PathKind::Prefix, "/v", &[&up]);
-    r.request_validation = Some(validation(Some(16)));
+    r.request_validation = Some(Box::new(validation(Some(16))));
     let mut s = route("s", PathKind::Prefix, "/schema", &[&up]);
-    s.request_validation = Some(ValidationConfig {
+    s.request_validation = Some(Box::new(ValidationConfig {
         max_body_bytes: None,
         allowed_content_types: vec![],
         json_schema: Some(
@@ -47,7 +47,7 @@ async fn request_validation_limits_types_headers_and_schema() {
         ),
         max_json_depth: Some(3),
         required_headers: vec![],
-    });
+    }));
     let proxy = start(config(vec![r, s])).await;
     let c = client();
     let a = proxy.local_addr();

@@ -290,13 +290,13 @@ async fn mtls_proxy(ca: &Ca, clients: &Ca) -> RunningProxy {
         ..Default::default()
     };
     let mut secure = hosted("shop/secure", &["secure.example.com"], &up);
-    secure.authentication = Some(auth.clone());
+    secure.authentication = Some(Box::new(auth.clone()));
     let mut open = hosted("shop/open", &["open.example.com"], &up);
-    open.authentication = Some(AuthenticationConfig {
+    open.authentication = Some(Box::new(AuthenticationConfig {
         methods: vec![AuthMethodConfig::MutualTls, AuthMethodConfig::ApiKey],
         api_key_header: Some("x-api-key".into()),
         ..auth
-    });
+    }));
     let plain = hosted("shop/plain", &["plain.example.com"], &up);
     let mut cfg = config(vec![plain, secure, open]);
     terminate(&mut cfg, 0, "shop/tls", &server, None);

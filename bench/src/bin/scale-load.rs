@@ -4,6 +4,7 @@
 //! swap), then loads a changed config (one route edited) to model a reload. Prints resident
 //! memory (VmRSS) and its peak (VmHWM) after each step, as one JSON line per step.
 //! Usage: scale-load [ROUTES] [CONSUMERS] [RELOADS]   (`scale-load emit R C EDIT`: child mode)
+//! With `CHANGE=consumers` each reload removes a consumer instead of editing a route.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -130,9 +131,16 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::INFO)
         .init();
+    // `CHANGE=consumers`: each reload has one consumer fewer instead of one route edited,
+    // so the Secret half (100k consumers' key index) is decoded and rebuilt while the
+    // previous one still serves, as during a bulk creation of consumers.
+    let consumer_change = std::env::var("CHANGE").is_ok_and(|c| c == "consumers");
     // Every config up front, so that generating them does not blur the proxy's figures.
     let generations = (0..=reloads)
-        .map(|edit| objects(routes, consumers, edit))
+        .map(|edit| match consumer_change {
+            true => objects(routes, consumers - edit.min(consumers), 0),
+            false => objects(routes, consumers, edit),
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     report("generated", None)?;
     let proxy = ProxyServer::start_unloaded(ProxyOptions {

@@ -42,7 +42,10 @@ pub struct ConsumerJwtKey {
 pub struct KeyStore {
     by_digest: HashMap<[u8; 32], usize>,
     consumers: Vec<Consumer>,
-    by_id: HashMap<String, usize>,
+    /// Positions in `consumers` sorted by id: the by-id index without a second copy of
+    /// every id and a hash table of them (~8 MB at 100k consumers, held twice while a
+    /// reload builds the next config next to the running one).
+    by_id: Vec<usize>,
     jwt_keys: HashMap<String, ConsumerJwtKey>,
     client_ids: HashMap<String, usize>,
     /// Client-certificate identities (MutualTls).
@@ -56,12 +59,26 @@ pub struct KeyStoreError {
     message: &'static str,
 }
 
+/// Positions of `consumers` sorted by id, equal ids by position.
+fn sorted_by_id(consumers: &[Consumer]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..consumers.len()).collect();
+    // The compiler delivers consumers sorted by id, which this sort recognizes in one pass.
+    order.sort_by(|&a, &b| consumers[a].id.cmp(&consumers[b].id).then(a.cmp(&b)));
+    order
+}
+
+/// The consumer with this id; of several with the same id the last, as a map would keep.
+fn find_by_id(consumers: &[Consumer], order: &[usize], id: &str) -> Option<usize> {
+    let end = order.partition_point(|&i| consumers.get(i).is_some_and(|c| c.id.as_str() <= id));
+    let &i = order.get(end.checked_sub(1)?)?;
+    consumers.get(i).is_some_and(|c| c.id == id).then_some(i)
+}
+
 impl KeyStore {
     pub fn build(
         consumers: &[ConsumerConfig],
         secrets: &SecretConfig,
     ) -> Result<Self, KeyStoreError> {
-        let mut index = HashMap::new();
         let mut built = Vec::with_capacity(consumers.len());
         for c in consumers {
             let header = |s: &str| {
@@ -70,7 +87,6 @@ impl KeyStore {
                     message: "name or group is not a valid header value",
                 })
             };
-            index.insert(c.id.as_str(), built.len());
             built.push(Consumer {
                 id: c.id.clone(),
                 username: c.username.clone(),
@@ -80,10 +96,11 @@ impl KeyStore {
                 groups_header: header(&c.groups.join(","))?,
             });
         }
+        let by_id = sorted_by_id(&built);
         let mut by_digest = HashMap::with_capacity(secrets.api_keys.len());
         for entry in &secrets.api_keys {
             // Keys of consumers that are not in the config (disabled) simply do not resolve.
-            let Some(&consumer) = index.get(entry.consumer.as_str()) else {
+            let Some(consumer) = find_by_id(&built, &by_id, &entry.consumer) else {
                 continue;
             };
             let mut digest = [0u8; 32];
@@ -95,11 +112,6 @@ impl KeyStore {
             }
             by_digest.insert(digest, consumer);
         }
-        let by_id: HashMap<String, usize> = consumers
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.id.clone(), i))
-            .collect();
         let mut jwt_keys = HashMap::new();
         let mut ambiguous = Vec::new();
         let mut add_key = |id: &str, consumer: usize, key: VerifyKey| {
@@ -128,7 +140,7 @@ impl KeyStore {
             }
         }
         for entry in &secrets.jwt_secrets {
-            let Some(&consumer) = by_id.get(&entry.consumer) else {
+            let Some(consumer) = find_by_id(&built, &by_id, &entry.consumer) else {
                 continue;
             };
             let alg = entry.algorithm.parse::<Algorithm>().ok();
@@ -180,9 +192,9 @@ impl KeyStore {
     /// A consumer named by a token: a full id (`namespace/name`) or a name in `namespace`.
     pub fn consumer_by_name(&self, namespace: &str, name: &str) -> Option<usize> {
         if name.contains('/') {
-            return self.by_id.get(name).copied();
+            return find_by_id(&self.consumers, &self.by_id, name);
         }
-        self.by_id.get(&format!("{namespace}/{name}")).copied()
+        find_by_id(&self.consumers, &self.by_id, &format!("{namespace}/{name}"))
     }
 
     pub fn consumer(&self, index: usize) -> Option<&Consumer> {
@@ -305,4 +317,58 @@ fn public_key(algorithm: &str, pem: &str) -> Option<VerifyKey> {
         family,
         key,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use portcullis_compiler::config::ApiKeyEntry;
+
+    fn consumer(id: &str) -> ConsumerConfig {
+        let (namespace, username) = id.split_once('/').unwrap();
+        ConsumerConfig {
+            id: id.into(),
+            namespace: namespace.into(),
+            username: username.into(),
+            ..ConsumerConfig::default()
+        }
+    }
+
+    #[test]
+    fn consumers_are_found_by_id_and_name_in_any_delivered_order() {
+        let ids = ["b/x", "a/y", "c/a", "a/b", "b/a"];
+        let consumers: Vec<ConsumerConfig> = ids.iter().map(|id| consumer(id)).collect();
+        let secrets = SecretConfig {
+            api_keys: ids
+                .iter()
+                .chain(["gone/z"].iter())
+                .map(|id| ApiKeyEntry {
+                    sha256: portcullis_compiler::hash_api_key(format!("key-{id}").as_bytes()),
+                    consumer: id.to_string(),
+                })
+                .collect(),
+            ..SecretConfig::default()
+        };
+        let store = KeyStore::build(&consumers, &secrets).unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            let (namespace, name) = id.split_once('/').unwrap();
+            assert_eq!(store.consumer_by_name("other", id), Some(i), "{id}");
+            assert_eq!(store.consumer_by_name(namespace, name), Some(i), "{id}");
+            assert_eq!(store.lookup(format!("key-{id}").as_bytes()), Some(i));
+        }
+        for missing in ["a/a", "a/z", "", "/", "zz/zz", "0/0"] {
+            assert_eq!(store.consumer_by_name("a", missing), None, "{missing}");
+        }
+        assert_eq!(store.consumer_by_name("a", "x"), None);
+        assert_eq!(store.lookup(b"key-gone/z"), None);
+    }
+
+    #[test]
+    fn of_two_consumers_with_one_id_the_last_is_found() {
+        let consumers = vec![consumer("a/x"), consumer("b/y"), consumer("a/x")];
+        let store = KeyStore::build(&consumers, &SecretConfig::default()).unwrap();
+        assert_eq!(store.consumer_by_name("a", "x"), Some(2));
+        assert_eq!(store.consumer_by_name("b", "y"), Some(1));
+    }
 }
