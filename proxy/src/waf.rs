@@ -327,11 +327,15 @@ pub struct FindingAudit<'a> {
 
 /// Borrowed view of the request head for the engine.
 fn with_head<T>(parts: &Parts, client_ip: IpAddr, f: impl FnOnce(&RequestHead<'_>) -> T) -> T {
-    let mut headers: Vec<(&str, &[u8])> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_bytes()))
-        .collect();
+    // Sized up front (one more for `:authority`): collecting from the map's iterator
+    // grew the vector from its lower size bound.
+    let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(parts.headers.len() + 1);
+    headers.extend(
+        parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes())),
+    );
     // HTTP/2 carries the host in `:authority`; the engine checks for a Host.
     let authority = parts.uri.authority().map(|a| a.as_str());
     if let (false, Some(a)) = (parts.headers.contains_key(header::HOST), authority) {
@@ -378,17 +382,36 @@ pub async fn check_body(
     exceeded: &Arc<AtomicBool>,
     state: &mut WafState,
 ) -> Result<ProxyBody, crate::errors::GatewayError> {
-    let mut prefix = BytesMut::new();
+    // A small body usually arrives as one frame: it is kept as it came (no copy); a
+    // second frame starts the copy into `joined`.
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut len = 0;
     let mut pending: Option<Frame<Bytes>> = None;
-    let mut ended = false;
-    while prefix.len() < waf.body_limit {
+    // The end of the stream is seen without one more poll when the body knows it (its
+    // length was given and all of it has arrived).
+    let mut ended = body.is_end_stream();
+    while !ended && len < waf.body_limit {
         match body.frame().await {
             None => {
                 ended = true;
                 break;
             }
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => prefix.extend_from_slice(&data),
+                Ok(data) => {
+                    len += data.len();
+                    match (&mut joined, first.take()) {
+                        (Some(j), _) => j.extend_from_slice(&data),
+                        (None, None) => first = Some(data),
+                        (None, Some(f)) => {
+                            let mut j = BytesMut::with_capacity(f.len() + data.len());
+                            j.extend_from_slice(&f);
+                            j.extend_from_slice(&data);
+                            joined = Some(j);
+                        }
+                    }
+                    ended = body.is_end_stream();
+                }
                 Err(trailers) => {
                     pending = Some(trailers);
                     ended = true;
@@ -404,7 +427,10 @@ pub async fn check_body(
             Some(Err(_)) => return Err(WafError::Unreadable.into()),
         }
     }
-    let prefix = prefix.freeze();
+    let prefix = match joined {
+        Some(j) => j.freeze(),
+        None => first.unwrap_or_default(),
+    };
     let truncated = !ended && (prefix.len() >= waf.body_limit) && !body.is_end_stream();
     with_head(parts, client_ip, |head| {
         for ((_, engine), (_, eval, decision, _)) in

@@ -226,3 +226,104 @@ async fn detect_mode_logs_and_counts_but_never_blocks() {
         "{metrics}"
     );
 }
+
+/// Sends a chunked POST whose chunks are written one at a time (each flushed, with a pause),
+/// so that the proxy receives them as separate body frames; returns status line and body.
+async fn post_in_frames(addr: std::net::SocketAddr, chunks: &[&[u8]]) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"POST /notes HTTP/1.1\r\nHost: example.com\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    for chunk in chunks {
+        s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .unwrap();
+        s.write_all(chunk).await.unwrap();
+        s.write_all(b"\r\n").await.unwrap();
+        s.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        // One chunk is enough for these small JSON answers.
+        body.split("\r\n").nth(1).unwrap_or_default().to_string()
+    } else {
+        body.to_string()
+    };
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn bodies_arriving_in_several_frames_are_inspected_whole_and_forwarded_intact() {
+    use sha2::Digest;
+    let (proxy, up, lines) = start_waf(WafModeConfig::Block).await;
+    let a = proxy.local_addr();
+
+    // A benign JSON body in three frames reaches the upstream byte for byte.
+    let parts: [&[u8]; 3] = [
+        br#"{"title": "Weekly upd"#,
+        br#"ate", "text": "We will pick a vendor"#,
+        br#" from the shortlist."}"#,
+    ];
+    let whole = parts.concat();
+    let (status, echo) = post_in_frames(a, &parts).await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(echo["body_len"], whole.len());
+    assert_eq!(
+        echo["body_sha256"],
+        hex::encode(sha2::Sha256::digest(&whole))
+    );
+
+    // An attack split across frames is seen whole and blocked before the upstream.
+    let hits = up.hits();
+    let (status, answer) = post_in_frames(
+        a,
+        &[
+            br#"{"user": {"name": "<scr"#,
+            br#"ipt>alert(1)</scr"#,
+            br#"ipt>"}}"#,
+        ],
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(up.hits(), hits);
+    let audit = last_audit(&lines);
+    assert!(audit.to_string().contains("Json:$.user.name"), "{audit}");
+
+    // Frames past inspectBodyBytes (1 KiB): the inspected prefix spans frames, the rest
+    // streams on, and the upstream gets every byte in order.
+    let frames: Vec<Vec<u8>> = (0..5u8)
+        .map(|i| {
+            let mut f = vec![b'a' + i; 600];
+            if i == 0 {
+                f.splice(0..0, br#"{"notes": ""#.iter().copied());
+            }
+            if i == 4 {
+                f.extend_from_slice(br#""}"#);
+            }
+            f
+        })
+        .collect();
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    let whole = frames.concat();
+    let (status, echo) = post_in_frames(a, &refs).await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(echo["body_len"], whole.len());
+    assert_eq!(
+        echo["body_sha256"],
+        hex::encode(sha2::Sha256::digest(&whole))
+    );
+    let audit = last_audit(&lines);
+    assert_eq!(audit["waf"][0]["body_truncated"], true, "{audit}");
+    assert_eq!(audit["waf"][0]["body_inspected_bytes"], 1024, "{audit}");
+}

@@ -364,6 +364,7 @@ struct CleanMemo<'a> {
 struct ShortKey(u64, u64, u32);
 
 impl ShortKey {
+    #[inline(always)]
     fn of(kind: Kind, value: &str) -> Option<ShortKey> {
         let b = value.as_bytes();
         let len = b.len();
@@ -385,6 +386,7 @@ impl ShortKey {
         Some(ShortKey(lo, hi, tag))
     }
 
+    #[inline(always)]
     fn slot(self) -> usize {
         // Multiplicative hashing: the top bits of the product depend on every input bit.
         let x = (self.0 ^ self.1.rotate_left(29) ^ u64::from(self.2))
@@ -429,6 +431,7 @@ impl<'a> CleanMemo<'a> {
         (x ^ (x >> 33)) as usize % MEMO_SLOTS
     }
 
+    #[inline(always)]
     fn contains(&self, kind: Kind, value: &str) -> bool {
         match ShortKey::of(kind, value) {
             Some(key) => self.short[key.slot()] == key,
@@ -816,7 +819,7 @@ impl Engine {
         let path_norm = normalized_path(req.path_raw());
         let content_type = req
             .header("content-type")
-            .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase())
+            .map(lossy_lowercase)
             .unwrap_or_default();
         let media = content_type.split(';').next().unwrap_or("").trim();
         let mut c = Collector::new(&self.parse_limits);
@@ -969,6 +972,12 @@ impl Engine {
     /// Returns whether nothing matched (no rule set, no libinjection), before exclusions.
     /// `scratch` is a buffer for the lowercased value, reused across the values of a
     /// request.
+    ///
+    /// This part is inlined into its callers and the rest ([`Engine::run_triggered`]) is
+    /// not: most values end at the identifier check below, and the full function's entry
+    /// and exit (its frame, the drop flags of its buffers) cost ~150 instructions per
+    /// value, more than the checks themselves.
+    #[inline(always)]
     fn inspect_target(
         &self,
         t: &Target<'_>,
@@ -981,8 +990,6 @@ impl Engine {
         if value.is_empty() {
             return true;
         }
-        let mut clean = true;
-        let label = || t.label(keys);
         let double_space =
             t.class & class::SPACE != 0 && value.as_bytes().windows(2).any(|w| w == b"  ");
         let needs_norm = t.class & class::NEEDS_NORM != 0 || double_space;
@@ -1022,6 +1029,27 @@ impl Engine {
             // Identifiers, codes and numbers, most keys and leaves, end here.
             return true;
         }
+        self.run_triggered(t, keys, path_norm, eval, &norm, norm_class, triggered)
+    }
+
+    /// The rule sets of `triggered` and libinjection on a value that
+    /// [`Engine::inspect_target`] could not clear; `norm` is its normalized text and
+    /// `norm_class` the classes of `norm`. Returns whether nothing matched.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn run_triggered(
+        &self,
+        t: &Target<'_>,
+        keys: &str,
+        path_norm: &str,
+        eval: &mut Evaluation,
+        norm: &str,
+        norm_class: u64,
+        mut triggered: SlotMask,
+    ) -> bool {
+        let value: &str = &t.value;
+        let mut clean = true;
+        let label = || t.label(keys);
         let mut sql_stripped: Option<String> = None;
         let mut cmd_line: Option<String> = None;
         while triggered != 0 {
@@ -1031,7 +1059,7 @@ impl Engine {
                 break;
             };
             let text: &str = match slot.input {
-                Input::Normalized => &norm,
+                Input::Normalized => norm,
                 Input::Decoded => value,
             };
             // Most triggered sets do not match: `is_match` stops at the first match and
@@ -1054,13 +1082,13 @@ impl Engine {
                             && norm.contains("/*") =>
                     {
                         Some(sql_stripped.get_or_insert_with(|| {
-                            transform::remove_sql_comments(&norm).into_owned()
+                            transform::remove_sql_comments(norm).into_owned()
                         }))
                     }
                     Group::CommandInjection
                         if slot.input == Input::Normalized && norm_class & CMD_QUOTES != 0 =>
                     {
-                        Some(cmd_line.get_or_insert_with(|| transform::cmd_line(&norm)))
+                        Some(cmd_line.get_or_insert_with(|| transform::cmd_line(norm)))
                     }
                     _ => None,
                 };
@@ -1269,7 +1297,7 @@ impl Engine {
             }
         }
         if let Some(te) = te {
-            let text = String::from_utf8_lossy(te).to_ascii_lowercase();
+            let text = lossy_lowercase(te);
             if text.split(',').any(|t| {
                 !matches!(
                     t.trim(),
@@ -1338,7 +1366,7 @@ impl Engine {
             }
         }
         if let Some(ct) = req.header("content-type") {
-            let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
+            let ct = lossy_lowercase(ct);
             let media = ct.split(';').next().unwrap_or("").trim();
             let well_formed = media.split_once('/').is_some_and(|(a, b)| {
                 !a.is_empty()
@@ -1879,6 +1907,16 @@ fn is_filename_header(lower: &str) -> bool {
 }
 
 /// Header names arrive lowercase from hyper; tests and other callers may capitalize.
+/// `String::from_utf8_lossy(v).to_ascii_lowercase()` without the copy when it would
+/// change nothing (valid UTF-8, no capitals): `application/json` is checked twice per
+/// request (protocol checks, body dispatch), and two allocations cost more than the checks.
+fn lossy_lowercase(v: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(v) {
+        Ok(text) if !text.bytes().any(|b| b.is_ascii_uppercase()) => Cow::Borrowed(text),
+        _ => Cow::Owned(String::from_utf8_lossy(v).to_ascii_lowercase()),
+    }
+}
+
 fn ascii_lowercase(name: &str) -> Cow<'_, str> {
     if name.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(name.to_ascii_lowercase())
@@ -1941,7 +1979,8 @@ fn is_sql_word(word: &[u8]) -> bool {
     let packed = word.iter().fold(0u128, |acc, &b| {
         (acc << 8) | u128::from(b.to_ascii_lowercase())
     });
-    SQL_WORDS_PACKED.contains(&packed)
+    // Sorted at compile time: a binary search is six comparisons, a scan up to 38.
+    SQL_WORDS_PACKED.binary_search(&packed).is_ok()
 }
 
 const fn pack(word: &[u8]) -> u128 {
@@ -2001,6 +2040,18 @@ const SQL_WORDS_PACKED: [u128; 38] = {
     let mut i = 0;
     while i < words.len() {
         packed[i] = pack(words[i]);
+        i += 1;
+    }
+    // Insertion sort (const context), for `binary_search`.
+    let mut i = 1;
+    while i < packed.len() {
+        let mut j = i;
+        while j > 0 && packed[j - 1] > packed[j] {
+            let t = packed[j];
+            packed[j] = packed[j - 1];
+            packed[j - 1] = t;
+            j -= 1;
+        }
         i += 1;
     }
     packed

@@ -881,6 +881,13 @@ pub(crate) mod json {
 
     /// `[i]`, without the formatting machinery (one per array element).
     fn push_index(path: &mut String, mut i: usize) {
+        if i < 10 {
+            // Most arrays are short: no digit buffer.
+            path.push('[');
+            path.push(char::from(b'0' + i as u8));
+            path.push(']');
+            return;
+        }
         let mut digits = [0u8; 20];
         let mut n = digits.len();
         loop {

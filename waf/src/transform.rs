@@ -411,10 +411,17 @@ fn decode_chain(raw: &[u8]) -> String {
 /// Shell command-line normalization (like CRS `t:cmdLine`): quotes, backslashes and carets
 /// removed, so `w'h'o\am^i` reads `whoami`.
 pub fn cmd_line(input: &str) -> String {
-    input
-        .chars()
-        .filter(|c| !matches!(c, '\'' | '"' | '\\' | '^'))
-        .collect()
+    // Copied run by run into one allocation of the input's size (collecting the kept
+    // chars one by one grew the string several times: ~600 instructions on `Jane O'Neil`).
+    // The removed characters are ASCII, so every cut is on a char boundary.
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(at) = rest.find(['\'', '"', '\\', '^']) {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Removes `#...` and `//...` line comments (PHP, shell) from text that still has its
@@ -440,6 +447,26 @@ pub fn remove_line_comments(input: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn cmd_line_drops_exactly_quotes_backslashes_and_carets() {
+        let pieces = ["w", "'", "\"", "\\", "^", "é", "😀", " ", "ab", "''", "^\\"];
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..5_000 {
+            let mut input = String::new();
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            for k in 0..(seed % 12) {
+                input.push_str(pieces[((seed >> (4 * k)) % pieces.len() as u64) as usize]);
+            }
+            let expected: String = input
+                .chars()
+                .filter(|c| !matches!(c, '\'' | '"' | '\\' | '^'))
+                .collect();
+            assert_eq!(cmd_line(&input), expected, "{input:?}");
+        }
+    }
 
     #[test]
     fn url_decoding_is_repeated_and_bounded() {

@@ -207,6 +207,7 @@ async fn echo(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "uri": parts.uri.to_string(),
         "headers": headers,
         "body_len": body.len(),
+        "body_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)),
     });
     let mut r = Response::new(Full::new(Bytes::from(json.to_string())));
     r.headers_mut()
