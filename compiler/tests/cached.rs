@@ -39,6 +39,14 @@ enum Reuse {
 /// An edit of the snapshot, and whether the consumers' part may be reused after it.
 type Edit = (&'static str, fn(&mut Snapshot), Reuse);
 
+/// Puts an edited copy in a new `Arc`, as a watch delivers a changed object: the cache
+/// compares addresses first, so an edit in place would not model one.
+fn replaced<T: Clone>(slot: &mut Arc<T>, edit: impl FnOnce(&mut T)) {
+    let mut copy = (**slot).clone();
+    edit(&mut copy);
+    *slot = Arc::new(copy);
+}
+
 fn consumers_reference_a_secret(snapshot: &Snapshot) -> bool {
     snapshot.consumers.iter().any(|c| {
         let namespace = c.metadata.namespace.as_deref().unwrap_or("default");
@@ -73,9 +81,7 @@ fn edits() -> Vec<Edit> {
             "a route replaced by a changed copy",
             |s| {
                 if let Some(route) = s.routes.first_mut() {
-                    let mut changed = (**route).clone();
-                    changed.spec.hosts.push("changed.example.com".into());
-                    *route = Arc::new(changed);
+                    replaced(route, |r| r.spec.hosts.push("changed.example.com".into()));
                 }
             },
             Reuse::Yes,
@@ -91,7 +97,7 @@ fn edits() -> Vec<Edit> {
             "a consumer replaced by an equal copy",
             |s| {
                 if let Some(c) = s.consumers.first_mut() {
-                    *c = Arc::new((**c).clone());
+                    replaced(c, |_| {});
                 }
             },
             Reuse::Yes,
@@ -100,10 +106,10 @@ fn edits() -> Vec<Edit> {
             "every consumer's status and resourceVersion change (a status write)",
             |s| {
                 for c in &mut s.consumers {
-                    let mut written = (**c).clone();
-                    written.metadata.resource_version = Some("written".into());
-                    written.status = Some(Default::default());
-                    *c = Arc::new(written);
+                    replaced(c, |written| {
+                        written.metadata.resource_version = Some("written".into());
+                        written.status = Some(Default::default());
+                    });
                 }
             },
             Reuse::Yes,
@@ -117,9 +123,9 @@ fn edits() -> Vec<Edit> {
                     s.consumers[0] = Arc::new(a);
                     s.consumers[1] = Arc::new(b);
                 } else {
-                    let mut c = (*s.consumers[0]).clone();
-                    c.spec.groups.push("swapped".into());
-                    s.consumers[0] = Arc::new(c);
+                    replaced(&mut s.consumers[0], |c| {
+                        c.spec.groups.push("swapped".into())
+                    });
                 }
             },
             Reuse::No,
@@ -127,9 +133,9 @@ fn edits() -> Vec<Edit> {
         (
             "a consumer's generation changes, its spec does not",
             |s| {
-                let mut c = (*s.consumers[0]).clone();
-                c.metadata.generation = Some(c.metadata.generation.unwrap_or(1) + 1);
-                s.consumers[0] = Arc::new(c);
+                replaced(&mut s.consumers[0], |c| {
+                    c.metadata.generation = Some(c.metadata.generation.unwrap_or(1) + 1)
+                });
             },
             Reuse::No,
         ),
@@ -137,9 +143,9 @@ fn edits() -> Vec<Edit> {
             "every Secret replaced by an equal copy with new metadata",
             |s| {
                 for secret in &mut s.secrets {
-                    let mut copy = (**secret).clone();
-                    copy.metadata.resource_version = Some("relabelled".into());
-                    *secret = Arc::new(copy);
+                    replaced(secret, |copy| {
+                        copy.metadata.resource_version = Some("relabelled".into())
+                    });
                 }
             },
             Reuse::Yes,
@@ -148,9 +154,7 @@ fn edits() -> Vec<Edit> {
             "a consumer gets a group",
             |s| {
                 if let Some(c) = s.consumers.last_mut() {
-                    let mut changed = (**c).clone();
-                    changed.spec.groups.push("added".into());
-                    *c = Arc::new(changed);
+                    replaced(c, |changed| changed.spec.groups.push("added".into()));
                 }
             },
             Reuse::No,
@@ -159,9 +163,7 @@ fn edits() -> Vec<Edit> {
             "a consumer is disabled",
             |s| {
                 if let Some(c) = s.consumers.first_mut() {
-                    let mut changed = (**c).clone();
-                    changed.spec.disabled = Some(true);
-                    *c = Arc::new(changed);
+                    replaced(c, |changed| changed.spec.disabled = Some(true));
                 }
             },
             Reuse::No,
@@ -180,14 +182,14 @@ fn edits() -> Vec<Edit> {
             "every Secret's values change",
             |s| {
                 for secret in &mut s.secrets {
-                    let mut changed = (**secret).clone();
-                    for value in changed.data.iter_mut().flat_map(|d| d.values_mut()) {
-                        *value = ByteString(b"a-completely-different-key-value".to_vec());
-                    }
-                    for value in changed.string_data.iter_mut().flat_map(|d| d.values_mut()) {
-                        *value = "another-completely-different-value-of-32-bytes".into();
-                    }
-                    *secret = Arc::new(changed);
+                    replaced(secret, |changed| {
+                        for value in changed.data.iter_mut().flat_map(|d| d.values_mut()) {
+                            *value = ByteString(b"a-completely-different-key-value".to_vec());
+                        }
+                        for value in changed.string_data.iter_mut().flat_map(|d| d.values_mut()) {
+                            *value = "another-completely-different-value-of-32-bytes".into();
+                        }
+                    });
                 }
             },
             Reuse::UnlessSecretsReferenced,
@@ -273,12 +275,12 @@ fn a_changed_consumer_changes_the_generation_and_an_unchanged_one_does_not() {
     let mut cache = CompileCache::default();
     let first = compile_cached(&snapshot, &mut cache).0.generation;
     let mut copy = snapshot.clone();
-    copy.consumers[0] = Arc::new((*copy.consumers[0]).clone());
+    replaced(&mut copy.consumers[0], |_| {});
     assert!(cache.holds_consumers_of(&copy));
     assert_eq!(compile_cached(&copy, &mut cache).0.generation, first);
-    let mut changed = (*copy.consumers[0]).clone();
-    changed.spec.groups.push("another-group".into());
-    copy.consumers[0] = Arc::new(changed);
+    replaced(&mut copy.consumers[0], |c| {
+        c.spec.groups.push("another-group".into())
+    });
     assert_ne!(compile_cached(&copy, &mut cache).0.generation, first);
 }
 
