@@ -263,9 +263,16 @@ async fn post_in_frames(addr: std::net::SocketAddr, chunks: &[&[u8]]) -> (u16, s
     (status, serde_json::from_str(&body).unwrap_or_default())
 }
 
+/// The echo upstream answered and got exactly `body`.
+fn assert_forwarded(status: u16, echo: &serde_json::Value, body: &[u8]) {
+    use sha2::Digest;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(echo["body_len"], body.len());
+    assert_eq!(echo["body_sha256"], hex::encode(sha2::Sha256::digest(body)));
+}
+
 #[tokio::test]
 async fn bodies_arriving_in_several_frames_are_inspected_whole_and_forwarded_intact() {
-    use sha2::Digest;
     let (proxy, up, lines) = start_waf(WafModeConfig::Block).await;
     let a = proxy.local_addr();
 
@@ -277,12 +284,7 @@ async fn bodies_arriving_in_several_frames_are_inspected_whole_and_forwarded_int
     ];
     let whole = parts.concat();
     let (status, echo) = post_in_frames(a, &parts).await;
-    assert_eq!(status, 200, "{echo}");
-    assert_eq!(echo["body_len"], whole.len());
-    assert_eq!(
-        echo["body_sha256"],
-        hex::encode(sha2::Sha256::digest(&whole))
-    );
+    assert_forwarded(status, &echo, &whole);
 
     // An attack split across frames is seen whole and blocked before the upstream.
     let hits = up.hits();
@@ -317,12 +319,7 @@ async fn bodies_arriving_in_several_frames_are_inspected_whole_and_forwarded_int
     let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
     let whole = frames.concat();
     let (status, echo) = post_in_frames(a, &refs).await;
-    assert_eq!(status, 200, "{echo}");
-    assert_eq!(echo["body_len"], whole.len());
-    assert_eq!(
-        echo["body_sha256"],
-        hex::encode(sha2::Sha256::digest(&whole))
-    );
+    assert_forwarded(status, &echo, &whole);
     let audit = last_audit(&lines);
     assert_eq!(audit["waf"][0]["body_truncated"], true, "{audit}");
     assert_eq!(audit["waf"][0]["body_inspected_bytes"], 1024, "{audit}");

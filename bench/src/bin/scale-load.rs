@@ -137,9 +137,12 @@ async fn main() -> anyhow::Result<()> {
     let consumer_change = std::env::var("CHANGE").is_ok_and(|c| c == "consumers");
     // Every config up front, so that generating them does not blur the proxy's figures.
     let generations = (0..=reloads)
-        .map(|edit| match consumer_change {
-            true => objects(routes, consumers - edit.min(consumers), 0),
-            false => objects(routes, consumers, edit),
+        .map(|edit| {
+            if consumer_change {
+                objects(routes, consumers - edit.min(consumers), 0)
+            } else {
+                objects(routes, consumers, edit)
+            }
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     report("generated", None)?;
