@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell helpers shared by the bench scripts (sourced, not run).
 
 # A loopback TCP port nothing listens on (random in 20000-31999, so that parallel runs
@@ -17,4 +18,15 @@ stop_pids() {
     local pid
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+
+# Exits unless every tool named after the first argument is on PATH or in /usr/sbin (where
+# Debian puts nginx); the first argument is the install hint printed with the missing ones.
+require_tools() {
+    local hint=$1 tool missing=()
+    shift
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] || missing+=("$tool")
+    done
+    ((${#missing[@]} == 0)) || { echo "missing: ${missing[*]} ($hint)" >&2; exit 1; }
 }

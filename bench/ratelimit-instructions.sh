@@ -23,10 +23,8 @@ DURATION=${DURATION:-10s}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 PORTCULLIS_BIN=${PORTCULLIS_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis-proxy}
-for tool in valgrind callgrind_control nginx redis-server redis-cli wrk curl; do
-    command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] ||
-        { echo "$tool is missing" >&2; exit 1; }
-done
+require_tools "apt-get install valgrind nginx redis-server redis-tools wrk curl" \
+    valgrind callgrind_control nginx redis-server redis-cli wrk curl
 [[ -x $PORTCULLIS_BIN ]] || (cd "$ROOT" && cargo build --release -p portcullis-proxy >&2)
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 

@@ -38,10 +38,7 @@ TLS12_CIPHERS="ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE
 log() { printf '[bench-https] %s\n' "$*" >&2; }
 die() { printf '[bench-https] error: %s\n' "$*" >&2; exit 1; }
 
-for tool in nginx wrk curl openssl taskset; do
-    command -v "$tool" >/dev/null || [[ $tool == nginx && -x /usr/sbin/nginx ]] ||
-        die "$tool is missing (Debian: apt-get install nginx wrk curl openssl util-linux)"
-done
+require_tools "Debian: apt-get install nginx wrk curl openssl util-linux" nginx wrk curl openssl taskset
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 if [[ ! -x $PORTCULLIS_BIN ]]; then
     log "building $PORTCULLIS_BIN"

@@ -36,10 +36,7 @@ PORTCULLIS_BIN=${PORTCULLIS_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/portc
 log() { printf '[bench-waf] %s\n' "$*" >&2; }
 die() { printf '[bench-waf] error: %s\n' "$*" >&2; exit 1; }
 
-for tool in nginx wrk curl taskset; do
-    command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] ||
-        die "$tool is missing (apt-get install nginx wrk curl util-linux)"
-done
+require_tools "apt-get install nginx wrk curl util-linux" nginx wrk curl taskset
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 if [[ ! -x $PORTCULLIS_BIN ]]; then
     log "building portcullis-proxy (release)"

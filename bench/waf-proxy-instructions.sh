@@ -17,10 +17,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/bench/lib.sh"
 N=${N:-400}
 PORTCULLIS_BIN=${PORTCULLIS_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis-proxy}
-for tool in valgrind callgrind_control nginx python3 curl; do
-    command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] ||
-        { echo "$tool is missing (apt-get install valgrind nginx python3 curl)" >&2; exit 1; }
-done
+require_tools "apt-get install valgrind nginx python3 curl" valgrind callgrind_control nginx python3 curl
 [[ -x $PORTCULLIS_BIN ]] || (cd "$ROOT" && cargo build --release -p portcullis-proxy >&2)
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
