@@ -1906,17 +1906,17 @@ fn is_filename_header(lower: &str) -> bool {
     matches!(&buf[..n], b"xfilename" | b"xfile" | b"filename")
 }
 
-/// Header names arrive lowercase from hyper; tests and other callers may capitalize.
 /// `String::from_utf8_lossy(v).to_ascii_lowercase()` without the copy when it would
 /// change nothing (valid UTF-8, no capitals): `application/json` is checked twice per
 /// request (protocol checks, body dispatch), and two allocations cost more than the checks.
 fn lossy_lowercase(v: &[u8]) -> Cow<'_, str> {
     match std::str::from_utf8(v) {
-        Ok(text) if !text.bytes().any(|b| b.is_ascii_uppercase()) => Cow::Borrowed(text),
-        _ => Cow::Owned(String::from_utf8_lossy(v).to_ascii_lowercase()),
+        Ok(text) => ascii_lowercase(text),
+        Err(_) => Cow::Owned(String::from_utf8_lossy(v).to_ascii_lowercase()),
     }
 }
 
+/// Header names arrive lowercase from hyper; tests and other callers may capitalize.
 fn ascii_lowercase(name: &str) -> Cow<'_, str> {
     if name.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(name.to_ascii_lowercase())
