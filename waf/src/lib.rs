@@ -32,6 +32,7 @@ pub mod parse;
 pub mod rules;
 pub mod transform;
 
+use parse::json::JsonPath;
 use parse::{Collector, JsonSink, Kind, ParseLimits, Target};
 use rules::{Input, RuleDef};
 
@@ -874,6 +875,7 @@ impl Engine {
             fallback: false,
             // Room for a typical lowercased value: no regrowth on the first few.
             scratch: String::with_capacity(64),
+            path_buf: String::new(),
         };
         let done = match parse::json::walk(body, &mut inspector) {
             Ok(depth) => !inspector.fallback && depth <= self.parse_limits.max_json_depth,
@@ -955,7 +957,8 @@ impl Engine {
             if memo && clean.contains(&(target.kind, &*target.value)) {
                 continue;
             }
-            if self.inspect_target(target, &c.keys, path_norm, eval, &mut scratch) && memo {
+            let key = || target.key(&c.keys);
+            if self.inspect_target(target, key, path_norm, eval, &mut scratch) && memo {
                 clean.insert((target.kind, &target.value));
             }
         }
@@ -970,18 +973,19 @@ impl Engine {
     /// an automaton pass, no allocation.
     ///
     /// Returns whether nothing matched (no rule set, no libinjection), before exclusions.
-    /// `scratch` is a buffer for the lowercased value, reused across the values of a
-    /// request.
+    /// `key` gives the target's key (name or JSON path); it is only called when a rule
+    /// set or libinjection has to run. `scratch` is a buffer for the lowercased value,
+    /// reused across the values of a request.
     ///
     /// This part is inlined into its callers and the rest ([`Engine::run_triggered`]) is
     /// not: most values end at the identifier check below, and the full function's entry
     /// and exit (its frame, the drop flags of its buffers) cost ~150 instructions per
     /// value, more than the checks themselves.
     #[inline(always)]
-    fn inspect_target(
+    fn inspect_target<'k>(
         &self,
         t: &Target<'_>,
-        keys: &str,
+        key: impl FnOnce() -> &'k str,
         path_norm: &str,
         eval: &mut Evaluation,
         scratch: &mut String,
@@ -1029,18 +1033,18 @@ impl Engine {
             // Identifiers, codes and numbers, most keys and leaves, end here.
             return true;
         }
-        self.run_triggered(t, keys, path_norm, eval, &norm, norm_class, triggered)
+        self.run_triggered(t, key(), path_norm, eval, &norm, norm_class, triggered)
     }
 
     /// The rule sets of `triggered` and libinjection on a value that
-    /// [`Engine::inspect_target`] could not clear; `norm` is its normalized text and
-    /// `norm_class` the classes of `norm`. Returns whether nothing matched.
+    /// [`Engine::inspect_target`] could not clear; `key` is its key, `norm` its normalized
+    /// text and `norm_class` the classes of `norm`. Returns whether nothing matched.
     #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     fn run_triggered(
         &self,
         t: &Target<'_>,
-        keys: &str,
+        key: &str,
         path_norm: &str,
         eval: &mut Evaluation,
         norm: &str,
@@ -1049,7 +1053,7 @@ impl Engine {
     ) -> bool {
         let value: &str = &t.value;
         let mut clean = true;
-        let label = || t.label(keys);
+        let label = || t.label_of(key);
         let mut sql_stripped: Option<String> = None;
         let mut cmd_line: Option<String> = None;
         while triggered != 0 {
@@ -1098,7 +1102,7 @@ impl Engine {
                 for i in again.iter() {
                     if !matched.as_ref().is_some_and(|m| m.matched(i)) {
                         let rule = self.rules[slot.rules[i]];
-                        if rules::applies(rule, t.kind, t.key(keys)) {
+                        if rules::applies(rule, t.kind, key) {
                             let excerpt = self.excerpt_of(slot.rules[i], alt);
                             self.record(
                                 eval,
@@ -1120,7 +1124,7 @@ impl Engine {
             for i in matched.iter() {
                 let ri = slot.rules[i];
                 let rule = self.rules[ri];
-                if rules::applies(rule, t.kind, t.key(keys)) {
+                if rules::applies(rule, t.kind, key) {
                     let excerpt = self.excerpt_of(ri, text);
                     self.record(
                         eval,
@@ -1550,6 +1554,8 @@ struct JsonInspector<'e, 'a> {
     fallback: bool,
     /// See [`Engine::inspect_target`].
     scratch: String,
+    /// The path of a key or leaf that a rule set or libinjection inspects, rendered.
+    path_buf: String,
 }
 
 impl<'a> JsonInspector<'_, 'a> {
@@ -1567,7 +1573,7 @@ impl<'a> JsonInspector<'_, 'a> {
         &mut self,
         kind: Kind,
         collection: &'static str,
-        path: &str,
+        path: &JsonPath<'_>,
         (value, class): (Cow<'_, str>, u64),
         borrowed: Option<&'a str>,
         raw_len: usize,
@@ -1576,10 +1582,17 @@ impl<'a> JsonInspector<'_, 'a> {
         if memo.is_some_and(|v| self.clean.contains(kind, v)) {
             return;
         }
-        let target = Target::in_place(kind, collection, path, value, class, raw_len);
+        let target = Target::in_place(kind, collection, value, class, raw_len);
+        let path_buf = &mut self.path_buf;
+        let key = move || {
+            // Moved out of the closure's capture: the key borrows the buffer for as long
+            // as the inspection needs it (an `FnOnce`).
+            let buf = path_buf;
+            path.render_key(buf)
+        };
         let clean =
             self.engine
-                .inspect_target(&target, path, self.path_norm, self.eval, &mut self.scratch);
+                .inspect_target(&target, key, self.path_norm, self.eval, &mut self.scratch);
         if let Some(v) = memo.filter(|_| clean) {
             self.clean.insert(kind, v);
         }
@@ -1600,7 +1613,7 @@ impl<'a> JsonSink<'a> for JsonInspector<'_, 'a> {
         &mut self,
         kind: Kind,
         collection: &'static str,
-        path: &str,
+        path: &JsonPath<'_>,
         value: &'a str,
         classes: u64,
     ) {
@@ -1622,7 +1635,7 @@ impl<'a> JsonSink<'a> for JsonInspector<'_, 'a> {
         );
     }
 
-    fn owned(&mut self, kind: Kind, collection: &'static str, path: &str, value: &[u8]) {
+    fn owned(&mut self, kind: Kind, collection: &'static str, path: &JsonPath<'_>, value: &[u8]) {
         if self.too_long(value.len()) {
             return;
         }
@@ -1630,7 +1643,7 @@ impl<'a> JsonSink<'a> for JsonInspector<'_, 'a> {
         self.inspect(kind, collection, path, (decoded, class), None, value.len());
     }
 
-    fn number(&mut self, path: &str, value: &'a str) {
+    fn number(&mut self, path: &JsonPath<'_>, value: &'a str) {
         if self.too_long(value.len()) {
             return;
         }
@@ -2234,6 +2247,52 @@ mod tests {
             .iter()
             .map(|f| (f.rule_id, f.target.clone()))
             .collect()
+    }
+
+    /// The in-place walk renders a path only for a value that a rule set or libinjection
+    /// inspects: the label must still name the member exactly (escaped keys, array
+    /// positions past the first, nesting) and be clipped like the collector's keys.
+    #[test]
+    fn json_in_place_labels_name_the_member() {
+        let e = Engine::new(PolicyConfig::default()).unwrap();
+        let attack = "1' or '1'='1";
+        let doc = format!(
+            r#"{{"a": {{"b": [1, 2, {{"c\u0041": "{attack}"}}], "k": "x"}}, "d": [[], ["{attack}"]]}}"#
+        );
+        let targets: Vec<String> = in_place(&e, doc.as_bytes())
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        assert!(
+            targets.contains(&"Json:$.a.b[2].cA".to_string()),
+            "{targets:?}"
+        );
+        assert!(
+            targets.contains(&"Json:$.d[1][0]".to_string()),
+            "{targets:?}"
+        );
+        // A key that is itself the attack is labelled with its own path.
+        let doc = format!(r#"{{"a": [{{"ok": 1}}, {{"{attack}": 2}}]}}"#);
+        let targets: Vec<String> = in_place(&e, doc.as_bytes())
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        assert!(
+            targets.contains(&format!("JsonKey:$.a[1].{attack}")),
+            "{targets:?}"
+        );
+        // Long member names: each container's path is clipped to 128 bytes before its
+        // member is appended, and the label's key to 128 bytes.
+        let long = "m".repeat(100);
+        let doc = format!(r#"{{"{long}": {{"{long}": {{"{long}": "{attack}"}}}}}}"#);
+        let targets: Vec<String> = in_place(&e, doc.as_bytes())
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        let key = format!("$.{long}.{long}");
+        let expected = format!("Json:{}", &key[..128]);
+        assert!(targets.contains(&expected), "{targets:?}");
+        assert_eq!(in_place(&e, doc.as_bytes()), collected(&e, doc.as_bytes()));
     }
 
     #[test]

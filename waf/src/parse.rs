@@ -87,12 +87,11 @@ pub struct Target<'a> {
 }
 
 impl<'a> Target<'a> {
-    /// A target whose key is `keys` itself, clipped as the collector clips keys (the JSON
-    /// walk inspecting a leaf in place, with its path as `keys`).
+    /// A target without a key in an arena: the JSON walk inspecting a key or leaf in
+    /// place gives the engine its path itself ([`json::JsonPath::render_key`]).
     pub(crate) fn in_place(
         kind: Kind,
         collection: &'static str,
-        keys: &str,
         value: Cow<'a, str>,
         class: u64,
         raw_len: usize,
@@ -100,7 +99,7 @@ impl<'a> Target<'a> {
         Target {
             kind,
             collection,
-            key: 0..clip(keys, MAX_KEY_LEN).len(),
+            key: 0..0,
             value,
             class,
             raw_len,
@@ -115,7 +114,11 @@ impl<'a> Target<'a> {
 
     /// `Query:q`, `Json:$.user.name`, `Path`.
     pub fn label(&self, keys: &str) -> String {
-        let key = self.key(keys);
+        self.label_of(self.key(keys))
+    }
+
+    /// [`Target::label`] with the key given.
+    pub(crate) fn label_of(&self, key: &str) -> String {
         if key.is_empty() {
             self.collection.to_string()
         } else {
@@ -166,6 +169,8 @@ pub struct Collector<'l, 'a> {
     pub keys: String,
     pub issues: ParseIssues,
     pub args: usize,
+    /// The JSON walk's current path, rendered (see [`Collector::render_path`]).
+    path_buf: String,
 }
 
 impl<'l, 'a> Collector<'l, 'a> {
@@ -176,6 +181,7 @@ impl<'l, 'a> Collector<'l, 'a> {
             keys: String::new(),
             issues: ParseIssues::default(),
             args: 0,
+            path_buf: String::new(),
         }
     }
 
@@ -476,14 +482,20 @@ pub(crate) trait JsonSink<'a> {
         &mut self,
         kind: Kind,
         collection: &'static str,
-        path: &str,
+        path: &json::JsonPath<'_>,
         value: &'a str,
         classes: u64,
     );
     /// A key or string leaf the walk had to unescape.
-    fn owned(&mut self, kind: Kind, collection: &'static str, path: &str, value: &[u8]);
+    fn owned(
+        &mut self,
+        kind: Kind,
+        collection: &'static str,
+        path: &json::JsonPath<'_>,
+        value: &[u8],
+    );
     /// A number, as written.
-    fn number(&mut self, path: &str, value: &'a str);
+    fn number(&mut self, path: &json::JsonPath<'_>, value: &'a str);
 }
 
 impl<'a> JsonSink<'a> for Collector<'_, 'a> {
@@ -491,16 +503,45 @@ impl<'a> JsonSink<'a> for Collector<'_, 'a> {
         Collector::count_arg(self)
     }
 
-    fn text(&mut self, kind: Kind, collection: &'static str, path: &str, value: &'a str, _: u64) {
-        self.push_text(kind, collection, path, value);
+    fn text(
+        &mut self,
+        kind: Kind,
+        collection: &'static str,
+        path: &json::JsonPath<'_>,
+        value: &'a str,
+        _: u64,
+    ) {
+        let key = self.render_path(path);
+        self.push_text(kind, collection, &key, value);
+        self.path_buf = key;
     }
 
-    fn owned(&mut self, kind: Kind, collection: &'static str, path: &str, value: &[u8]) {
-        self.push_owned(kind, collection, path, value);
+    fn owned(
+        &mut self,
+        kind: Kind,
+        collection: &'static str,
+        path: &json::JsonPath<'_>,
+        value: &[u8],
+    ) {
+        let key = self.render_path(path);
+        self.push_owned(kind, collection, &key, value);
+        self.path_buf = key;
     }
 
-    fn number(&mut self, path: &str, value: &'a str) {
-        self.push(Kind::Arg, "Json", path, value.as_bytes());
+    fn number(&mut self, path: &json::JsonPath<'_>, value: &'a str) {
+        let key = self.render_path(path);
+        self.push(Kind::Arg, "Json", &key, value.as_bytes());
+        self.path_buf = key;
+    }
+}
+
+impl Collector<'_, '_> {
+    /// `path` rendered into the collector's reusable buffer, taken out of it so that the
+    /// caller can push with it (and put it back): no allocation per key or leaf.
+    fn render_path(&mut self, path: &json::JsonPath<'_>) -> String {
+        let mut key = std::mem::take(&mut self.path_buf);
+        path.render(&mut key);
+        key
     }
 }
 
@@ -517,9 +558,47 @@ pub(crate) mod json {
     #[derive(Debug)]
     pub struct Invalid;
 
-    enum Frame {
-        Object { base: usize },
-        Array { base: usize, next: usize },
+    /// An open container and where the walk is in it.
+    enum Frame<'a> {
+        /// The member being walked: its key (empty before the first key is read).
+        Object { key: Cow<'a, str> },
+        /// The element being walked is `next - 1`.
+        Array { next: usize },
+    }
+
+    /// The path of the key or value being walked (`$.items[3].sku`), kept as the open
+    /// containers' current members and only rendered when asked: most keys and leaves
+    /// match nothing, and their paths are never read.
+    pub struct JsonPath<'a> {
+        frames: Vec<Frame<'a>>,
+    }
+
+    impl JsonPath<'_> {
+        /// Writes the path into `out` (replacing its contents). Each container's path is
+        /// clipped to `MAX_KEY_LEN` before its member is appended, so a path holds at most
+        /// that plus one member name however deep the document.
+        pub fn render(&self, out: &mut String) {
+            out.clear();
+            out.push('$');
+            for frame in &self.frames {
+                let base = clip(out, MAX_KEY_LEN).len();
+                out.truncate(base);
+                match frame {
+                    Frame::Object { key } => {
+                        out.push('.');
+                        out.push_str(key);
+                    }
+                    Frame::Array { next } => push_index(out, next.saturating_sub(1)),
+                }
+            }
+        }
+
+        /// The path as a target key: rendered into `out` and clipped as the collector
+        /// clips keys.
+        pub fn render_key<'b>(&self, out: &'b mut String) -> &'b str {
+            self.render(out);
+            clip(out, MAX_KEY_LEN)
+        }
     }
 
     struct Reader<'a> {
@@ -735,10 +814,7 @@ pub(crate) mod json {
             b: body,
             i: 0,
         };
-        let mut stack: Vec<Frame> = Vec::new();
-        // Paths are clipped to MAX_KEY_LEN at each container, plus one member name.
-        let mut path = String::with_capacity(2 * MAX_KEY_LEN);
-        path.push('$');
+        let mut path = JsonPath { frames: Vec::new() };
         let mut max_depth = 0;
         // Past `maxArgs` the walk goes on (the document must still be valid) but keeps
         // nothing more.
@@ -750,30 +826,29 @@ pub(crate) mod json {
             match r.peek().ok_or(Invalid)? {
                 open @ (b'{' | b'[') => {
                     r.i += 1;
-                    if stack.len() >= MAX_DEPTH {
+                    if path.frames.len() >= MAX_DEPTH {
                         return Err(Invalid);
                     }
-                    let base = clip(&path, MAX_KEY_LEN).len();
-                    path.truncate(base);
                     r.skip_ws();
                     if open == b'{' {
-                        stack.push(Frame::Object { base });
-                        max_depth = max_depth.max(stack.len());
+                        path.frames.push(Frame::Object {
+                            key: Cow::Borrowed(""),
+                        });
+                        max_depth = max_depth.max(path.frames.len());
                         if r.peek() != Some(b'}') {
-                            keep = key(&mut r, c, &mut path, base, keep)?;
+                            keep = key(&mut r, c, &mut path, keep)?;
                             continue 'value;
                         }
                         r.i += 1;
                     } else {
-                        stack.push(Frame::Array { base, next: 1 });
-                        max_depth = max_depth.max(stack.len());
+                        path.frames.push(Frame::Array { next: 1 });
+                        max_depth = max_depth.max(path.frames.len());
                         if r.peek() != Some(b']') {
-                            path.push_str("[0]");
                             continue 'value;
                         }
                         r.i += 1;
                     }
-                    stack.pop();
+                    path.frames.pop();
                 }
                 b'"' => {
                     let (s, classes) = r.string()?;
@@ -807,7 +882,7 @@ pub(crate) mod json {
             // After a value: a separator or the end of its container (or of the document).
             loop {
                 r.skip_ws();
-                match stack.last_mut() {
+                match path.frames.last_mut() {
                     None => {
                         return if r.i == body.len() {
                             Ok(max_depth)
@@ -815,32 +890,27 @@ pub(crate) mod json {
                             Err(Invalid)
                         };
                     }
-                    Some(Frame::Object { base }) => {
-                        let base = *base;
-                        match r.peek() {
-                            Some(b',') => {
-                                r.i += 1;
-                                keep = key(&mut r, c, &mut path, base, keep)?;
-                                continue 'value;
-                            }
-                            Some(b'}') => {
-                                r.i += 1;
-                                stack.pop();
-                            }
-                            _ => return Err(Invalid),
-                        }
-                    }
-                    Some(Frame::Array { base, next }) => match r.peek() {
+                    Some(Frame::Object { .. }) => match r.peek() {
                         Some(b',') => {
                             r.i += 1;
-                            path.truncate(*base);
-                            push_index(&mut path, *next);
+                            keep = key(&mut r, c, &mut path, keep)?;
+                            continue 'value;
+                        }
+                        Some(b'}') => {
+                            r.i += 1;
+                            path.frames.pop();
+                        }
+                        _ => return Err(Invalid),
+                    },
+                    Some(Frame::Array { next }) => match r.peek() {
+                        Some(b',') => {
+                            r.i += 1;
                             *next += 1;
                             continue 'value;
                         }
                         Some(b']') => {
                             r.i += 1;
-                            stack.pop();
+                            path.frames.pop();
                         }
                         _ => return Err(Invalid),
                     },
@@ -849,13 +919,12 @@ pub(crate) mod json {
         }
     }
 
-    /// `"key":` of an object member; sets `path` to the member's path and inspects the
-    /// key itself (attacker-chosen data too: payloads are split across keys).
+    /// `"key":` of an object member; makes it the innermost object's current member and
+    /// inspects the key itself (attacker-chosen data too: payloads are split across keys).
     fn key<'a, S: JsonSink<'a>>(
         r: &mut Reader<'a>,
         c: &mut S,
-        path: &mut String,
-        base: usize,
+        path: &mut JsonPath<'a>,
         keep: bool,
     ) -> Result<bool, Invalid> {
         r.skip_ws();
@@ -864,16 +933,23 @@ pub(crate) mod json {
         }
         let (k, classes) = r.string()?;
         r.expect(b':')?;
-        path.truncate(base);
-        path.push('.');
-        path.push_str(&k);
+        let borrowed = match (&k, classes) {
+            (Cow::Borrowed(k), Some(classes)) => Some((*k, classes)),
+            _ => None,
+        };
+        let Some(Frame::Object { key: current }) = path.frames.last_mut() else {
+            return Err(Invalid);
+        };
+        *current = k;
         let keep = keep && c.count_arg();
         if keep {
-            match (k, classes) {
-                (Cow::Borrowed(k), Some(classes)) => {
-                    c.text(Kind::ArgName, "JsonKey", path, k, classes)
+            match borrowed {
+                Some((k, classes)) => c.text(Kind::ArgName, "JsonKey", path, k, classes),
+                None => {
+                    if let Some(Frame::Object { key }) = path.frames.last() {
+                        c.owned(Kind::ArgName, "JsonKey", path, key.as_bytes());
+                    }
                 }
-                (k, _) => c.owned(Kind::ArgName, "JsonKey", path, k.as_bytes()),
             }
         }
         Ok(keep)
