@@ -1566,8 +1566,17 @@ impl<'a> JsonInspector<'_, 'a> {
         self.fallback
     }
 
-    // Inlined into `text` and `number`: one call layer less per key and leaf (most of
-    // them end at the memo).
+    /// Whether `value` (a key or leaf as written, without escapes) is known clean as
+    /// `kind`. Only values that decoding left unchanged are remembered, so a value with
+    /// the same bytes is the same target: the check can come before the value's classes
+    /// are even computed.
+    #[inline(always)]
+    fn known_clean(&self, kind: Kind, value: &str) -> bool {
+        value.len() <= MEMO_MAX && self.clean.contains(kind, value)
+    }
+
+    /// Decodes a key or leaf that is not [`JsonInspector::known_clean`] and inspects it.
+    // Inlined into `text` and `number`: one call layer less per key and leaf.
     #[inline(always)]
     fn inspect(
         &mut self,
@@ -1579,9 +1588,6 @@ impl<'a> JsonInspector<'_, 'a> {
         raw_len: usize,
     ) {
         let memo = borrowed.filter(|v| v.len() <= MEMO_MAX);
-        if memo.is_some_and(|v| self.clean.contains(kind, v)) {
-            return;
-        }
         let target = Target::in_place(kind, collection, value, class, raw_len);
         let path_buf = &mut self.path_buf;
         let key = move || {
@@ -1609,18 +1615,11 @@ impl<'a> JsonSink<'a> for JsonInspector<'_, 'a> {
         true
     }
 
-    fn text(
-        &mut self,
-        kind: Kind,
-        collection: &'static str,
-        path: &JsonPath<'_>,
-        value: &'a str,
-        classes: u64,
-    ) {
-        if self.too_long(value.len()) {
+    fn text(&mut self, kind: Kind, collection: &'static str, path: &JsonPath<'_>, value: &'a str) {
+        if self.too_long(value.len()) || self.known_clean(kind, value) {
             return;
         }
-        let (decoded, class) = parse::decode_classified(value, classes);
+        let (decoded, class) = parse::decode_text(value);
         let borrowed = match decoded {
             Cow::Borrowed(v) => Some(v),
             Cow::Owned(_) => None,
@@ -1644,12 +1643,12 @@ impl<'a> JsonSink<'a> for JsonInspector<'_, 'a> {
     }
 
     fn number(&mut self, path: &JsonPath<'_>, value: &'a str) {
-        if self.too_long(value.len()) {
+        if self.too_long(value.len()) || self.known_clean(Kind::Arg, value) {
             return;
         }
         // Digits, `-`, `+`, `.`, `e`: ASCII, so no UTF-8 check; a `+` (exponent only) is
         // still decoded to a space, as the collecting path does.
-        let (decoded, class) = parse::decode_classified(value, class::of(value.as_bytes()));
+        let (decoded, class) = parse::decode_text(value);
         let borrowed = match decoded {
             Cow::Borrowed(v) => Some(v),
             Cow::Owned(_) => None,

@@ -476,15 +476,13 @@ fn xml_values(text: &str) -> Vec<(&'static str, Range<usize>)> {
 pub(crate) trait JsonSink<'a> {
     /// Counts one key or leaf; `false` once `maxArgs` is passed (nothing more is kept).
     fn count_arg(&mut self) -> bool;
-    /// A key or string leaf without escapes, borrowed from the document, and its byte
-    /// classes ([`class::of`]).
+    /// A key or string leaf without escapes, borrowed from the document.
     fn text(
         &mut self,
         kind: Kind,
         collection: &'static str,
         path: &json::JsonPath<'_>,
         value: &'a str,
-        classes: u64,
     );
     /// A key or string leaf the walk had to unescape.
     fn owned(
@@ -509,7 +507,6 @@ impl<'a> JsonSink<'a> for Collector<'_, 'a> {
         collection: &'static str,
         path: &json::JsonPath<'_>,
         value: &'a str,
-        _: u64,
     ) {
         let key = self.render_path(path);
         self.push_text(kind, collection, &key, value);
@@ -601,6 +598,35 @@ pub(crate) mod json {
         }
     }
 
+    /// The length of the run of `bytes` up to the first `"`, `\\` or control character
+    /// (`bytes.len()` if there is none): eight bytes per step, with the word tricks of
+    /// `memchr` (a byte equal to `v` is a zero byte of `w ^ v`; `w - 0x01..` sets the top
+    /// bit of a zero byte, and of a byte below `0x20` for `w - 0x20..`). Bytes above a
+    /// match can be flagged falsely by the borrow, never below it, so the lowest flag is
+    /// exact.
+    pub(super) fn plain_run(bytes: &[u8]) -> usize {
+        const LO: u64 = u64::from_le_bytes([0x01; 8]);
+        const HI: u64 = u64::from_le_bytes([0x80; 8]);
+        let zero = |w: u64| w.wrapping_sub(LO) & !w & HI;
+        let mut n = 0;
+        while let Some(chunk) = bytes.get(n..n + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            let w = u64::from_le_bytes(word);
+            let stop = zero(w ^ (LO * u64::from(b'"')))
+                | zero(w ^ (LO * u64::from(b'\\')))
+                | (w.wrapping_sub(LO * 0x20) & !w & HI);
+            if stop != 0 {
+                return n + (stop.trailing_zeros() / 8) as usize;
+            }
+            n += 8;
+        }
+        n + bytes[n..]
+            .iter()
+            .position(|&b| class::BYTE_CLASS[usize::from(b)] & class::JSON_STOP != 0)
+            .unwrap_or(bytes.len() - n)
+    }
+
     struct Reader<'a> {
         /// The document, valid UTF-8 (checked once: JSON outside strings is ASCII and
         /// strings must be UTF-8, so a document that is not is invalid anyway).
@@ -639,24 +665,14 @@ pub(crate) mod json {
             }
         }
 
-        /// A string whose opening quote is at `self.i`: borrowed when it has no escapes,
-        /// with its byte classes ([`class::of`]; `None` for an unescaped copy). The scan
-        /// for the closing quote reads the class table anyway, so the value is not
-        /// scanned a second time for its classes.
-        fn string(&mut self) -> Result<(Cow<'a, str>, Option<u64>), Invalid> {
+        /// A string whose opening quote is at `self.i`: borrowed when it has no escapes.
+        /// Its byte classes are left to the sink, which needs them only for a value it
+        /// has not seen before in the request (most keys repeat).
+        fn string(&mut self) -> Result<Cow<'a, str>, Invalid> {
             self.i += 1;
             let start = self.i;
             let rest = self.b.get(start..).ok_or(Invalid)?;
-            let mut classes = 0;
-            let mut run = rest.len();
-            for (n, &b) in rest.iter().enumerate() {
-                let c = class::BYTE_CLASS[usize::from(b)];
-                if c & class::JSON_STOP != 0 {
-                    run = n;
-                    break;
-                }
-                classes |= c;
-            }
+            let run = plain_run(rest);
             if run == rest.len() {
                 return Err(Invalid);
             }
@@ -665,11 +681,7 @@ pub(crate) mod json {
             if self.b[end] == b'"' {
                 self.i += 1;
                 // Both ends are ASCII quotes, so this is a char boundary slice.
-                return self
-                    .text
-                    .get(start..end)
-                    .map(|t| (Cow::Borrowed(t), Some(classes)))
-                    .ok_or(Invalid);
+                return self.text.get(start..end).map(Cow::Borrowed).ok_or(Invalid);
             }
             let mut out = String::from(self.text.get(start..end).ok_or(Invalid)?);
             loop {
@@ -682,7 +694,7 @@ pub(crate) mod json {
                 out.push_str(self.text.get(seg..end).ok_or(Invalid)?);
                 self.i = end + 1;
                 match self.b[end] {
-                    b'"' => return Ok((Cow::Owned(out), None)),
+                    b'"' => return Ok(Cow::Owned(out)),
                     b'\\' => {}
                     _ => return Err(Invalid),
                 }
@@ -851,14 +863,12 @@ pub(crate) mod json {
                     path.frames.pop();
                 }
                 b'"' => {
-                    let (s, classes) = r.string()?;
+                    let s = r.string()?;
                     keep = keep && c.count_arg();
                     if keep {
-                        match (s, classes) {
-                            (Cow::Borrowed(s), Some(classes)) => {
-                                c.text(Kind::Arg, "Json", &path, s, classes)
-                            }
-                            (s, _) => c.owned(Kind::Arg, "Json", &path, s.as_bytes()),
+                        match s {
+                            Cow::Borrowed(s) => c.text(Kind::Arg, "Json", &path, s),
+                            Cow::Owned(s) => c.owned(Kind::Arg, "Json", &path, s.as_bytes()),
                         }
                     }
                 }
@@ -931,11 +941,11 @@ pub(crate) mod json {
         if r.peek() != Some(b'"') {
             return Err(Invalid);
         }
-        let (k, classes) = r.string()?;
+        let k = r.string()?;
         r.expect(b':')?;
-        let borrowed = match (&k, classes) {
-            (Cow::Borrowed(k), Some(classes)) => Some((*k, classes)),
-            _ => None,
+        let borrowed = match k {
+            Cow::Borrowed(k) => Some(k),
+            Cow::Owned(_) => None,
         };
         let Some(Frame::Object { key: current }) = path.frames.last_mut() else {
             return Err(Invalid);
@@ -944,7 +954,7 @@ pub(crate) mod json {
         let keep = keep && c.count_arg();
         if keep {
             match borrowed {
-                Some((k, classes)) => c.text(Kind::ArgName, "JsonKey", path, k, classes),
+                Some(k) => c.text(Kind::ArgName, "JsonKey", path, k),
                 None => {
                     if let Some(Frame::Object { key }) = path.frames.last() {
                         c.owned(Kind::ArgName, "JsonKey", path, key.as_bytes());
@@ -1202,6 +1212,35 @@ mod tests {
 
     fn doc_number(v: &str) -> bool {
         v.parse::<f64>().is_ok() && !v.contains(['i', 'n', 'I', 'N'])
+    }
+
+    /// The word-at-a-time scan finds the first `"`, `\\` or control byte exactly: every
+    /// byte value at every offset of a word and of the tail, over fillers that include
+    /// the bytes around the thresholds (0x20, 0x7f, 0x80, 0xff), with a second stop
+    /// byte after the first (the borrow can only flag bytes above a real match).
+    #[test]
+    fn plain_run_finds_the_first_stop_byte() {
+        let reference = |b: &[u8]| {
+            b.iter()
+                .position(|&x| x == b'"' || x == b'\\' || x < 0x20)
+                .unwrap_or(b.len())
+        };
+        for filler in [b'a', b' ', 0x7f, 0x80, 0xff, 0x21, 0x5b, 0x5d] {
+            for len in [0, 1, 7, 8, 9, 15, 16, 17, 23] {
+                let base = vec![filler; len];
+                assert_eq!(json::plain_run(&base), reference(&base));
+                for at in 0..len {
+                    for b in 0..=255u8 {
+                        let mut v = base.clone();
+                        v[at] = b;
+                        if at + 1 < len {
+                            v[at + 1] = 0;
+                        }
+                        assert_eq!(json::plain_run(&v), reference(&v), "{v:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
