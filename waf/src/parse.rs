@@ -668,6 +668,9 @@ pub(crate) mod json {
         /// A string whose opening quote is at `self.i`: borrowed when it has no escapes.
         /// Its byte classes are left to the sink, which needs them only for a value it
         /// has not seen before in the request (most keys repeat).
+        // Inlined: the escape handling is out of line, so what is left is a scan and a few
+        // compares, less than a call's prologue and epilogue (most strings have no escape).
+        #[inline(always)]
         fn string(&mut self) -> Result<Cow<'a, str>, Invalid> {
             self.i += 1;
             let start = self.i;
@@ -683,6 +686,13 @@ pub(crate) mod json {
                 // Both ends are ASCII quotes, so this is a char boundary slice.
                 return self.text.get(start..end).map(Cow::Borrowed).ok_or(Invalid);
             }
+            self.escaped(start, end).map(Cow::Owned)
+        }
+
+        /// The rest of a string whose plain run `start..end` ended at an escape (or at an
+        /// invalid control character), unescaped into a copy.
+        #[inline(never)]
+        fn escaped(&mut self, start: usize, end: usize) -> Result<String, Invalid> {
             let mut out = String::from(self.text.get(start..end).ok_or(Invalid)?);
             loop {
                 let seg = self.i;
@@ -694,7 +704,7 @@ pub(crate) mod json {
                 out.push_str(self.text.get(seg..end).ok_or(Invalid)?);
                 self.i = end + 1;
                 match self.b[end] {
-                    b'"' => return Ok(Cow::Owned(out)),
+                    b'"' => return Ok(out),
                     b'\\' => {}
                     _ => return Err(Invalid),
                 }
