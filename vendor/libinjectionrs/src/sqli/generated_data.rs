@@ -9633,20 +9633,9 @@ pub fn lookup_word(word: &str) -> TokenType {
 /// treats as it treated the UTF-8 check failing (no keyword), without running that check
 /// on every word of every token.
 pub fn lookup_word_bytes(word: &[u8]) -> TokenType {
-    // PORTCULLIS: uppercase into a stack buffer instead of a String (one allocation per
-    // word looked up); keywords are at most 32 bytes, so a longer word is no keyword.
-    let mut buf = [0u8; 64];
-    let Some(dst) = buf.get_mut(..word.len()) else {
-        return TokenType::Bareword;
-    };
-    for (d, s) in dst.iter_mut().zip(word.iter().copied()) {
-        *d = s.to_ascii_uppercase();
-    }
-    let upper: &[u8] = dst;
-
-    // PORTCULLIS: a hash index over the 9,353 keywords (built once) instead of a binary
-    // search: each step of that called memcmp, ~14 per word and a word per token.
-    let result = keyword_index(upper);
+    // PORTCULLIS: the word is uppercased while it is hashed and compared (was a String
+    // per word, then a stack buffer); a word longer than every keyword is none.
+    let result = keyword_index(word);
 
     if let Some(idx) = result {
         match SQL_KEYWORDS[idx].token_type {
@@ -9703,58 +9692,142 @@ pub enum CharType {
     Other,
 }
 
-/// PORTCULLIS: index of `upper` in [`SQL_KEYWORDS`].
+/// PORTCULLIS: the longest keyword (the table is checked against it by a test).
+const MAX_KEYWORD_LEN: usize = 29;
+
+/// PORTCULLIS: index in [`SQL_KEYWORDS`] of `word` uppercased (ASCII), if it is there.
+///
+/// An open-addressing table over the keywords' hashes, built once: the word is hashed
+/// while it is uppercased, a slot holds the upper half of its keyword's hash and the
+/// keyword's index, so a probe compares words only when the halves agree. The keywords
+/// are uppercase ASCII, so comparing the table word with the uppercased bytes is exactly
+/// the comparison with the uppercased word (was: uppercase into a buffer, then a
+/// `HashMap` lookup hashing and comparing it again).
 #[cfg(feature = "std")]
-fn keyword_index(upper: &[u8]) -> Option<usize> {
-    use std::collections::HashMap;
+fn keyword_index(word: &[u8]) -> Option<usize> {
     use std::sync::OnceLock;
-    static INDEX: OnceLock<HashMap<&'static [u8], usize, FnvBuild>> = OnceLock::new();
-    INDEX
-        .get_or_init(|| {
-            let mut map = HashMap::with_capacity_and_hasher(SQL_KEYWORDS.len(), FnvBuild);
-            for (i, k) in SQL_KEYWORDS.iter().enumerate() {
-                // The table is sorted and unique; keep the first entry as binary search
-                // would find the only one.
-                map.entry(k.word.as_bytes()).or_insert(i);
+    static TABLE: OnceLock<KeywordTable> = OnceLock::new();
+    if word.len() > MAX_KEYWORD_LEN {
+        return None;
+    }
+    let table = TABLE.get_or_init(KeywordTable::build);
+    let h = folded_hash(word);
+    let tag = (h >> 32) as u32;
+    let mut i = h as usize & table.mask;
+    loop {
+        let (slot_tag, slot) = *table.slots.get(i)?;
+        let index = slot.checked_sub(1)? as usize;
+        if slot_tag == tag {
+            let k = SQL_KEYWORDS.get(index)?.word.as_bytes();
+            if k.len() == word.len()
+                && k.iter().zip(word).all(|(&k, &w)| k == w.to_ascii_uppercase())
+            {
+                return Some(index);
             }
-            map
-        })
-        .get(upper)
-        .copied()
+        }
+        i = (i + 1) & table.mask;
+    }
 }
 
 #[cfg(not(feature = "std"))]
-fn keyword_index(upper: &[u8]) -> Option<usize> {
+fn keyword_index(word: &[u8]) -> Option<usize> {
+    let mut buf = [0u8; MAX_KEYWORD_LEN];
+    let upper = buf.get_mut(..word.len())?;
+    for (d, s) in upper.iter_mut().zip(word.iter().copied()) {
+        *d = s.to_ascii_uppercase();
+    }
     SQL_KEYWORDS
         .binary_search_by(|k| k.word.as_bytes().cmp(upper))
         .ok()
 }
 
-/// FNV-1a: keywords are short, so a cheap hash beats SipHash (no DoS concern: the keys are
-/// the fixed keyword table; lookups only read).
+/// FNV-1a of the ASCII-uppercased bytes. Keywords are short, so a cheap hash beats
+/// SipHash (no DoS concern: the table is fixed, and a collision costs a comparison).
 #[cfg(feature = "std")]
-#[derive(Clone, Copy, Default)]
-struct FnvBuild;
+fn folded_hash(word: &[u8]) -> u64 {
+    word.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b.to_ascii_uppercase())).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
+/// Slots: (upper half of the keyword's hash, index + 1), `(_, 0)` empty; at most a
+/// quarter full, so probes are short.
 #[cfg(feature = "std")]
-struct Fnv(u64);
-
-#[cfg(feature = "std")]
-impl core::hash::BuildHasher for FnvBuild {
-    type Hasher = Fnv;
-    fn build_hasher(&self) -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
+struct KeywordTable {
+    slots: Vec<(u32, u32)>,
+    mask: usize,
 }
 
 #[cfg(feature = "std")]
-impl core::hash::Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+impl KeywordTable {
+    fn build() -> KeywordTable {
+        let size = (SQL_KEYWORDS.len() * 4).next_power_of_two();
+        let mask = size - 1;
+        let mut slots = vec![(0u32, 0u32); size];
+        for (index, k) in SQL_KEYWORDS.iter().enumerate() {
+            let h = folded_hash(k.word.as_bytes());
+            let mut i = h as usize & mask;
+            // The keywords are unique (a test checks it): no entry replaces another.
+            while slots[i].1 != 0 {
+                i = (i + 1) & mask;
+            }
+            slots[i] = ((h >> 32) as u32, index as u32 + 1);
+        }
+        KeywordTable { slots, mask }
+    }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod keyword_tests {
+    use super::*;
+
+    /// The old lookup, as reference: uppercase the word, binary-search the sorted table.
+    fn by_search(word: &[u8]) -> Option<usize> {
+        let upper: Vec<u8> = word.iter().map(u8::to_ascii_uppercase).collect();
+        SQL_KEYWORDS
+            .binary_search_by(|k| k.word.as_bytes().cmp(&upper[..]))
+            .ok()
+    }
+
+    #[test]
+    fn keyword_table_is_sorted_unique_uppercase_and_bounded() {
+        for pair in SQL_KEYWORDS.windows(2) {
+            assert!(pair[0].word < pair[1].word, "{} {}", pair[0].word, pair[1].word);
+        }
+        for k in SQL_KEYWORDS {
+            assert!(k.word.len() <= MAX_KEYWORD_LEN, "{}", k.word);
+            assert!(k.word.is_ascii() && k.word == k.word.to_ascii_uppercase(), "{}", k.word);
         }
     }
-    fn finish(&self) -> u64 {
-        self.0
+
+    #[test]
+    fn keyword_index_agrees_with_binary_search() {
+        for (i, k) in SQL_KEYWORDS.iter().enumerate() {
+            let lower = k.word.to_ascii_lowercase();
+            assert_eq!(keyword_index(k.word.as_bytes()), Some(i), "{}", k.word);
+            assert_eq!(keyword_index(lower.as_bytes()), Some(i), "{}", k.word);
+            // Near misses: one byte more, one byte less, a changed last byte.
+            let mut longer = lower.clone().into_bytes();
+            longer.push(b'x');
+            assert_eq!(keyword_index(&longer), by_search(&longer));
+            let shorter = &lower.as_bytes()[..lower.len() - 1];
+            assert_eq!(keyword_index(shorter), by_search(shorter));
+            let mut changed = lower.into_bytes();
+            let last = changed.len() - 1;
+            changed[last] ^= 0x01;
+            assert_eq!(keyword_index(&changed), by_search(&changed));
+        }
+        for word in [
+            &b""[..],
+            b"Jane",
+            b"O",
+            b"neil",
+            b"\xff\xfeSELECT",
+            b"select\x00",
+            &[b'a'; 40][..],
+            &[0xc3, 0xa9],
+        ] {
+            assert_eq!(keyword_index(word), by_search(word), "{word:?}");
+        }
     }
 }
