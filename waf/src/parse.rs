@@ -508,9 +508,7 @@ impl<'a> JsonSink<'a> for Collector<'_, 'a> {
         path: &json::JsonPath<'_>,
         value: &'a str,
     ) {
-        let key = self.render_path(path);
-        self.push_text(kind, collection, &key, value);
-        self.path_buf = key;
+        self.with_path(path, |c, key| c.push_text(kind, collection, key, value));
     }
 
     fn owned(
@@ -520,25 +518,24 @@ impl<'a> JsonSink<'a> for Collector<'_, 'a> {
         path: &json::JsonPath<'_>,
         value: &[u8],
     ) {
-        let key = self.render_path(path);
-        self.push_owned(kind, collection, &key, value);
-        self.path_buf = key;
+        self.with_path(path, |c, key| c.push_owned(kind, collection, key, value));
     }
 
     fn number(&mut self, path: &json::JsonPath<'_>, value: &'a str) {
-        let key = self.render_path(path);
-        self.push(Kind::Arg, "Json", &key, value.as_bytes());
-        self.path_buf = key;
+        self.with_path(path, |c, key| {
+            c.push(Kind::Arg, "Json", key, value.as_bytes())
+        });
     }
 }
 
 impl Collector<'_, '_> {
-    /// `path` rendered into the collector's reusable buffer, taken out of it so that the
-    /// caller can push with it (and put it back): no allocation per key or leaf.
-    fn render_path(&mut self, path: &json::JsonPath<'_>) -> String {
+    /// Calls `push` with `path` rendered into the collector's reusable buffer (taken out
+    /// of it for the call and put back): no allocation per key or leaf.
+    fn with_path(&mut self, path: &json::JsonPath<'_>, push: impl FnOnce(&mut Self, &str)) {
         let mut key = std::mem::take(&mut self.path_buf);
         path.render(&mut key);
-        key
+        push(self, &key);
+        self.path_buf = key;
     }
 }
 
