@@ -9698,8 +9698,8 @@ const MAX_KEYWORD_LEN: usize = 29;
 /// PORTCULLIS: index in [`SQL_KEYWORDS`] of `word` uppercased (ASCII), if it is there.
 ///
 /// An open-addressing table over the keywords' hashes, built once: the word is hashed
-/// while it is uppercased, a slot holds the upper half of its keyword's hash and the
-/// keyword's index, so a probe compares words only when the halves agree. The keywords
+/// while it is uppercased, a slot holds the top 16 bits of its keyword's hash and the
+/// keyword's index, so a probe compares words only when those bits agree. The keywords
 /// are uppercase ASCII, so comparing the table word with the uppercased bytes is exactly
 /// the comparison with the uppercased word (was: uppercase into a buffer, then a
 /// `HashMap` lookup hashing and comparing it again).
@@ -9712,12 +9712,12 @@ fn keyword_index(word: &[u8]) -> Option<usize> {
     }
     let table = TABLE.get_or_init(KeywordTable::build);
     let h = folded_hash(word);
-    let tag = (h >> 32) as u32;
+    let tag = KeywordTable::tag(h);
     let mut i = h as usize & table.mask;
     loop {
-        let (slot_tag, slot) = *table.slots.get(i)?;
-        let index = slot.checked_sub(1)? as usize;
-        if slot_tag == tag {
+        let slot = *table.slots.get(i)?;
+        let index = usize::from((slot as u16).checked_sub(1)?);
+        if slot >> 16 == tag {
             let k = SQL_KEYWORDS.get(index)?.word.as_bytes();
             if k.len() == word.len()
                 && k.iter().zip(word).all(|(&k, &w)| k == w.to_ascii_uppercase())
@@ -9750,28 +9750,34 @@ fn folded_hash(word: &[u8]) -> u64 {
     })
 }
 
-/// Slots: (upper half of the keyword's hash, index + 1), `(_, 0)` empty; at most a
-/// quarter full, so probes are short.
+/// Slots: the top 16 bits of the keyword's hash, then its index + 1 (0: empty). Four bytes
+/// a slot and under a third full: 128 KiB, and a word that is no keyword (most words)
+/// ends after one or two probes.
 #[cfg(feature = "std")]
 struct KeywordTable {
-    slots: Vec<(u32, u32)>,
+    slots: Vec<u32>,
     mask: usize,
 }
 
 #[cfg(feature = "std")]
 impl KeywordTable {
+    fn tag(hash: u64) -> u32 {
+        (hash >> 48) as u32
+    }
+
     fn build() -> KeywordTable {
-        let size = (SQL_KEYWORDS.len() * 4).next_power_of_two();
+        // Index + 1 must fit the slot's low 16 bits (a test checks the table's size).
+        let size = (SQL_KEYWORDS.len() * 3).next_power_of_two();
         let mask = size - 1;
-        let mut slots = vec![(0u32, 0u32); size];
+        let mut slots = vec![0u32; size];
         for (index, k) in SQL_KEYWORDS.iter().enumerate() {
             let h = folded_hash(k.word.as_bytes());
             let mut i = h as usize & mask;
             // The keywords are unique (a test checks it): no entry replaces another.
-            while slots[i].1 != 0 {
+            while slots[i] != 0 {
                 i = (i + 1) & mask;
             }
-            slots[i] = ((h >> 32) as u32, index as u32 + 1);
+            slots[i] = Self::tag(h) << 16 | (index as u32 + 1);
         }
         KeywordTable { slots, mask }
     }
@@ -9794,6 +9800,7 @@ mod keyword_tests {
         for pair in SQL_KEYWORDS.windows(2) {
             assert!(pair[0].word < pair[1].word, "{} {}", pair[0].word, pair[1].word);
         }
+        assert!(SQL_KEYWORDS.len() < usize::from(u16::MAX));
         for k in SQL_KEYWORDS {
             assert!(k.word.len() <= MAX_KEYWORD_LEN, "{}", k.word);
             assert!(k.word.is_ascii() && k.word == k.word.to_ascii_uppercase(), "{}", k.word);
