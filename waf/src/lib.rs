@@ -1615,10 +1615,44 @@ impl<'a> JsonSink<'a> for JsonInspector<'_, 'a> {
         true
     }
 
+    // The memo answers most keys and leaves: that check is inlined into the walk, and
+    // the inspection of a new value is a call (`text_new`). The whole of it inlined grew
+    // the walk; the whole of it as one call paid a large frame for every memo hit.
+    #[inline(always)]
     fn text(&mut self, kind: Kind, collection: &'static str, path: &JsonPath<'_>, value: &'a str) {
         if self.too_long(value.len()) || self.known_clean(kind, value) {
             return;
         }
+        self.text_new(kind, collection, path, value);
+    }
+
+    fn owned(&mut self, kind: Kind, collection: &'static str, path: &JsonPath<'_>, value: &[u8]) {
+        if self.too_long(value.len()) {
+            return;
+        }
+        let (decoded, class) = parse::decode(value);
+        self.inspect(kind, collection, path, (decoded, class), None, value.len());
+    }
+
+    #[inline(always)]
+    fn number(&mut self, path: &JsonPath<'_>, value: &'a str) {
+        if self.too_long(value.len()) || self.known_clean(Kind::Arg, value) {
+            return;
+        }
+        self.number_new(path, value);
+    }
+}
+
+impl<'a> JsonInspector<'_, 'a> {
+    /// [`JsonSink::text`] for a value the memo does not know.
+    #[inline(never)]
+    fn text_new(
+        &mut self,
+        kind: Kind,
+        collection: &'static str,
+        path: &JsonPath<'_>,
+        value: &'a str,
+    ) {
         let (decoded, class) = parse::decode_text(value);
         let borrowed = match decoded {
             Cow::Borrowed(v) => Some(v),
@@ -1634,18 +1668,9 @@ impl<'a> JsonSink<'a> for JsonInspector<'_, 'a> {
         );
     }
 
-    fn owned(&mut self, kind: Kind, collection: &'static str, path: &JsonPath<'_>, value: &[u8]) {
-        if self.too_long(value.len()) {
-            return;
-        }
-        let (decoded, class) = parse::decode(value);
-        self.inspect(kind, collection, path, (decoded, class), None, value.len());
-    }
-
-    fn number(&mut self, path: &JsonPath<'_>, value: &'a str) {
-        if self.too_long(value.len()) || self.known_clean(Kind::Arg, value) {
-            return;
-        }
+    /// [`JsonSink::number`] for a number the memo does not know.
+    #[inline(never)]
+    fn number_new(&mut self, path: &JsonPath<'_>, value: &'a str) {
         // Digits, `-`, `+`, `.`, `e`: ASCII, so no UTF-8 check; a `+` (exponent only) is
         // still decoded to a space, as the collecting path does.
         let (decoded, class) = parse::decode_text(value);
