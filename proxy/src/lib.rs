@@ -20,6 +20,7 @@ pub mod forward_headers;
 pub mod ip_filter;
 pub mod ip_text;
 pub mod metrics;
+pub mod monotonic;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod request_id;

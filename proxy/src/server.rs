@@ -7,9 +7,9 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -32,6 +32,7 @@ use crate::config_store::{ConfigError, ConfigStore, RuntimeConfig};
 use crate::connection_limits::{self, ConnectionLimits, ConnectionPermit};
 use crate::counters::CounterRegistry;
 use crate::metrics::Metrics;
+use crate::monotonic::now_ms;
 use crate::pipeline::{self, Shared};
 use crate::upstream::ClientPool;
 
@@ -467,11 +468,6 @@ async fn accept_loop(
             None,
         ));
     }
-}
-
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// Per-connection activity, for the idle and header read timeouts.

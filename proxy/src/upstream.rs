@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -32,6 +32,7 @@ use portcullis_compiler::config::{
 };
 
 use crate::body::{empty, ProxyBody};
+use crate::monotonic::now_ms;
 use crate::tls::upstream_tls::UpstreamTlsError;
 use crate::upstream_pool::{self, ConnPool, Connector, HttpsConnector, PoolKey, PoolRegistry};
 use crate::upstream_timeouts::{self, ReadTimeoutBody};
@@ -133,11 +134,6 @@ impl ClientPool {
         connectors.insert(key, connector.clone());
         Ok(connector)
     }
-}
-
-fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 pub struct Target {
