@@ -169,7 +169,7 @@ pub struct Collector<'l, 'a> {
     pub keys: String,
     pub issues: ParseIssues,
     pub args: usize,
-    /// The JSON walk's current path, rendered (see [`Collector::render_path`]).
+    /// The JSON walk's current path, rendered (see [`Collector::with_path`]).
     path_buf: String,
 }
 
@@ -568,9 +568,14 @@ pub(crate) mod json {
     }
 
     impl JsonPath<'_> {
-        /// Writes the path into `out` (replacing its contents). Each container's path is
-        /// clipped to `MAX_KEY_LEN` before its member is appended, so a path holds at most
-        /// that plus one member name however deep the document.
+        /// Writes the path into `out` (replacing its contents), as far as a key of at most
+        /// `MAX_KEY_LEN` bytes can tell: each container's path is clipped to `MAX_KEY_LEN`
+        /// before its member is appended, and a member name is appended up to a char
+        /// boundary past byte `MAX_KEY_LEN` (every reader clips the path to `MAX_KEY_LEN`,
+        /// and what it keeps is decided by the bytes up to that index). So a render copies
+        /// at most ~`MAX_KEY_LEN` bytes per level however long the keys are: a deep
+        /// document of long keys whose every leaf triggers a rule does not make each
+        /// render copy all of them (unit test `json_path_render_is_the_clipped_path`).
         pub fn render(&self, out: &mut String) {
             out.clear();
             out.push('$');
@@ -580,7 +585,10 @@ pub(crate) mod json {
                 match frame {
                     Frame::Object { key } => {
                         out.push('.');
-                        out.push_str(key);
+                        // At least MAX_KEY_LEN + 1 bytes of the key when it is longer
+                        // (a char is at most 4 bytes), so `out` then reaches past index
+                        // MAX_KEY_LEN and clips exactly as with the whole key.
+                        out.push_str(clip(key, MAX_KEY_LEN + 4));
                     }
                     Frame::Array { next } => push_index(out, next.saturating_sub(1)),
                 }
@@ -1358,6 +1366,59 @@ mod tests {
             );
         }
         assert!(valid > 1000, "{valid} valid documents");
+    }
+
+    /// The rendered path of a leaf, as readers see it (clipped to `MAX_KEY_LEN`), is the
+    /// path the walk used to build incrementally: `$`, and at each level the path so far
+    /// clipped to `MAX_KEY_LEN`, then `.key` whole; long keys, multi-byte characters
+    /// around the clipping points, and escaped (owned) keys.
+    #[test]
+    fn json_path_render_is_the_clipped_path() {
+        let reference = |keys: &[String]| {
+            let mut path = String::from("$");
+            for k in keys {
+                let base = clip(&path, MAX_KEY_LEN).len();
+                path.truncate(base);
+                path.push('.');
+                path.push_str(k);
+            }
+            clip(&path, MAX_KEY_LEN).to_string()
+        };
+        let pieces = ["k", "é", "😀", "ab"];
+        let mut cases: Vec<Vec<String>> = Vec::new();
+        for len in [1, 60, 125, 126, 127, 128, 129, 131, 133, 200, 5000] {
+            for (p, piece) in pieces.iter().enumerate() {
+                let long: String = piece.repeat(len / piece.len() + 1);
+                let other = pieces[(p + 1) % pieces.len()].repeat(40);
+                cases.push(vec![long.clone()]);
+                cases.push(vec![long.clone(), other.clone()]);
+                cases.push(vec![other.clone(), long.clone()]);
+                cases.push(vec!["a".into(), long.clone(), long.clone(), "b".into()]);
+                cases.push(vec![
+                    long[..long.len() / 2 / piece.len() * piece.len()].to_string(),
+                    long,
+                ]);
+            }
+        }
+        for keys in cases {
+            // Nested objects, the last key holding a leaf; the first key's `k`s written as
+            // `\u006b` escapes, which makes it an owned (unescaped) key.
+            let mut doc = String::new();
+            for (i, k) in keys.iter().enumerate() {
+                let k = if i == 0 {
+                    k.replace('k', "\\u006b")
+                } else {
+                    k.clone()
+                };
+                doc.push_str(&format!("{{\"{k}\": "));
+            }
+            doc.push('1');
+            doc.push_str(&"}".repeat(keys.len()));
+            let mut c = Collector::new(&LIMITS);
+            c.json(doc.as_bytes(), false);
+            let leaf = c.targets.iter().find(|t| t.kind == Kind::Arg).unwrap();
+            assert_eq!(leaf.key(&c.keys), reference(&keys), "{keys:?}");
+        }
     }
 
     #[test]

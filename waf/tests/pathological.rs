@@ -73,6 +73,34 @@ fn ten_thousand_levels_of_nesting() {
 }
 
 #[test]
+fn deep_paths_of_long_keys_with_a_finding_in_every_leaf() {
+    // Each leaf's label renders its JSON path; keys of 4 KiB on every level and a SQL
+    // quote-break in every leaf make each of the `maxArgs` leaves render one: the render
+    // copies ~128 bytes per level (the label is clipped to 128), not the keys whole.
+    let key = "k".repeat(4096);
+    let depth = 20;
+    let mut body = String::new();
+    for _ in 0..depth {
+        body.push_str(&format!("{{\"{key}\": "));
+    }
+    body.push('[');
+    body.push_str(&vec!["\"1' or '1'='1\""; 200].join(","));
+    body.push(']');
+    body.push_str(&"}".repeat(depth));
+    let eval = timed(
+        "20 levels of 4 KiB keys, 200 attack leaves",
+        &Req::new("POST", "/j").json(&body),
+    );
+    let label = eval
+        .findings
+        .iter()
+        .find(|f| f.target.starts_with("Json:"))
+        .map(|f| f.target.clone())
+        .unwrap();
+    assert_eq!(label.len(), "Json:".len() + 128, "{label}");
+}
+
+#[test]
 fn ten_thousand_multipart_parts() {
     let mut body = Vec::new();
     for i in 0..10_000 {
