@@ -1575,8 +1575,9 @@ impl<'a> JsonInspector<'_, 'a> {
         value.len() <= MEMO_MAX && self.clean.contains(kind, value)
     }
 
-    /// Decodes a key or leaf that is not [`JsonInspector::known_clean`] and inspects it.
-    // Inlined into `text` and `number`: one call layer less per key and leaf.
+    /// Inspects a decoded key or leaf that was not [`JsonInspector::known_clean`], and
+    /// remembers it when it is clean and `borrowed` (decoding left it as written).
+    // Inlined into its callers: one call layer less per key and leaf.
     #[inline(always)]
     fn inspect(
         &mut self,
@@ -1634,17 +1635,16 @@ impl<'a> JsonSink<'a> for JsonInspector<'_, 'a> {
         self.inspect(kind, collection, path, (decoded, class), None, value.len());
     }
 
+    /// Digits, `-`, `+`, `.`, `e`: inspected as a string leaf (a `+`, exponent only, is
+    /// still decoded to a space, as the collecting path does).
     #[inline(always)]
     fn number(&mut self, path: &JsonPath<'_>, value: &'a str) {
-        if self.too_long(value.len()) || self.known_clean(Kind::Arg, value) {
-            return;
-        }
-        self.number_new(path, value);
+        self.text(Kind::Arg, "Json", path, value);
     }
 }
 
 impl<'a> JsonInspector<'_, 'a> {
-    /// [`JsonSink::text`] for a value the memo does not know.
+    /// [`JsonSink::text`] (and `number`) for a value the memo does not know.
     #[inline(never)]
     fn text_new(
         &mut self,
@@ -1661,26 +1661,6 @@ impl<'a> JsonInspector<'_, 'a> {
         self.inspect(
             kind,
             collection,
-            path,
-            (decoded, class),
-            borrowed,
-            value.len(),
-        );
-    }
-
-    /// [`JsonSink::number`] for a number the memo does not know.
-    #[inline(never)]
-    fn number_new(&mut self, path: &JsonPath<'_>, value: &'a str) {
-        // Digits, `-`, `+`, `.`, `e`: ASCII, so no UTF-8 check; a `+` (exponent only) is
-        // still decoded to a space, as the collecting path does.
-        let (decoded, class) = parse::decode_text(value);
-        let borrowed = match decoded {
-            Cow::Borrowed(v) => Some(v),
-            Cow::Owned(_) => None,
-        };
-        self.inspect(
-            Kind::Arg,
-            "Json",
             path,
             (decoded, class),
             borrowed,
@@ -2280,13 +2260,16 @@ mod tests {
     fn json_in_place_labels_name_the_member() {
         let e = Engine::new(PolicyConfig::default()).unwrap();
         let attack = "1' or '1'='1";
+        let labels_of = |doc: &str| -> Vec<String> {
+            in_place(&e, doc.as_bytes())
+                .into_iter()
+                .map(|(_, t)| t)
+                .collect()
+        };
         let doc = format!(
             r#"{{"a": {{"b": [1, 2, {{"c\u0041": "{attack}"}}], "k": "x"}}, "d": [[], ["{attack}"]]}}"#
         );
-        let targets: Vec<String> = in_place(&e, doc.as_bytes())
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect();
+        let targets = labels_of(&doc);
         assert!(
             targets.contains(&"Json:$.a.b[2].cA".to_string()),
             "{targets:?}"
@@ -2297,10 +2280,7 @@ mod tests {
         );
         // A key that is itself the attack is labelled with its own path.
         let doc = format!(r#"{{"a": [{{"ok": 1}}, {{"{attack}": 2}}]}}"#);
-        let targets: Vec<String> = in_place(&e, doc.as_bytes())
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect();
+        let targets = labels_of(&doc);
         assert!(
             targets.contains(&format!("JsonKey:$.a[1].{attack}")),
             "{targets:?}"
@@ -2309,10 +2289,7 @@ mod tests {
         // member is appended, and the label's key to 128 bytes.
         let long = "m".repeat(100);
         let doc = format!(r#"{{"{long}": {{"{long}": {{"{long}": "{attack}"}}}}}}"#);
-        let targets: Vec<String> = in_place(&e, doc.as_bytes())
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect();
+        let targets = labels_of(&doc);
         let key = format!("$.{long}.{long}");
         let expected = format!("Json:{}", &key[..128]);
         assert!(targets.contains(&expected), "{targets:?}");
