@@ -372,6 +372,48 @@ pub fn check_head(
     state.decide()
 }
 
+/// The body frames read for inspection. A small body usually arrives as one frame: it is
+/// kept as it came (no copy); a second frame starts the copy.
+enum Prefix {
+    Empty,
+    One(Bytes),
+    Joined(BytesMut),
+}
+
+impl Prefix {
+    fn len(&self) -> usize {
+        match self {
+            Prefix::Empty => 0,
+            Prefix::One(b) => b.len(),
+            Prefix::Joined(j) => j.len(),
+        }
+    }
+
+    fn push(&mut self, data: Bytes) {
+        *self = match std::mem::replace(self, Prefix::Empty) {
+            Prefix::Empty => Prefix::One(data),
+            Prefix::One(first) => {
+                let mut j = BytesMut::with_capacity(first.len() + data.len());
+                j.extend_from_slice(&first);
+                j.extend_from_slice(&data);
+                Prefix::Joined(j)
+            }
+            Prefix::Joined(mut j) => {
+                j.extend_from_slice(&data);
+                Prefix::Joined(j)
+            }
+        };
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            Prefix::Empty => Bytes::new(),
+            Prefix::One(b) => b,
+            Prefix::Joined(j) => j.freeze(),
+        }
+    }
+}
+
 /// Step 9: the first `inspectBodyBytes` of the body. Returns the body to forward: the
 /// buffered prefix followed by whatever was not read.
 pub async fn check_body(
@@ -382,16 +424,12 @@ pub async fn check_body(
     exceeded: &Arc<AtomicBool>,
     state: &mut WafState,
 ) -> Result<ProxyBody, crate::errors::GatewayError> {
-    // A small body usually arrives as one frame: it is kept as it came (no copy); a
-    // second frame starts the copy into `joined`.
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
-    let mut len = 0;
+    let mut prefix = Prefix::Empty;
     let mut pending: Option<Frame<Bytes>> = None;
     // The end of the stream is seen without one more poll when the body knows it (its
     // length was given and all of it has arrived).
     let mut ended = body.is_end_stream();
-    while !ended && len < waf.body_limit {
+    while !ended && prefix.len() < waf.body_limit {
         match body.frame().await {
             None => {
                 ended = true;
@@ -399,17 +437,7 @@ pub async fn check_body(
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
-                    len += data.len();
-                    match (&mut joined, first.take()) {
-                        (Some(j), _) => j.extend_from_slice(&data),
-                        (None, None) => first = Some(data),
-                        (None, Some(f)) => {
-                            let mut j = BytesMut::with_capacity(f.len() + data.len());
-                            j.extend_from_slice(&f);
-                            j.extend_from_slice(&data);
-                            joined = Some(j);
-                        }
-                    }
+                    prefix.push(data);
                     ended = body.is_end_stream();
                 }
                 Err(trailers) => {
@@ -427,10 +455,7 @@ pub async fn check_body(
             Some(Err(_)) => return Err(WafError::Unreadable.into()),
         }
     }
-    let prefix = match joined {
-        Some(j) => j.freeze(),
-        None => first.unwrap_or_default(),
-    };
+    let prefix = prefix.freeze();
     let truncated = !ended && (prefix.len() >= waf.body_limit) && !body.is_end_stream();
     with_head(parts, client_ip, |head| {
         for ((_, engine), (_, eval, decision, _)) in
