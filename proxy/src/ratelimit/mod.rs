@@ -24,6 +24,8 @@ pub mod headers;
 pub mod keys;
 pub mod local;
 pub mod redis;
+pub mod redis_pipe;
+mod resp;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

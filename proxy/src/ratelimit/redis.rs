@@ -1,10 +1,13 @@
 //! Shared counters in Redis: one Lua script decides all the counters of a request in one
 //! round trip, atomically, with the Redis server's clock.
 //!
-//! - `EVALSHA`, falling back to `SCRIPT LOAD` on `NOSCRIPT` (as the `redis` crate's
-//!   `Script::invoke_async` does), so a restarted or failed-over Redis needs no proxy restart.
-//! - One multiplexed connection per backend (`ConnectionManager`, or the cluster client's
-//!   connection), shared by all requests; it reconnects on its own after errors.
+//! - A single Redis is reached through our own pipelined connection
+//!   ([`super::redis_pipe`]): the decisions of all requests queued since it last wrote go
+//!   out in one `EVALSHA`, each still decided alone, atomically and in order inside the
+//!   script. A cluster goes through the `redis` crate's cluster connection, one request per
+//!   call (different requests' keys live in different slots).
+//! - `EVALSHA`, falling back to the script's text on `NOSCRIPT`, so a restarted or
+//!   failed-over Redis needs no proxy restart.
 //! - Connecting happens in the background with exponential backoff; until connected, and
 //!   whenever a call exceeds the hard timeout, the caller gets [`RedisError::Unavailable`]
 //!   at once and applies the policy's `onBackendFailure`.
@@ -16,15 +19,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, IntoConnectionInfo, Script};
+use redis::{Cmd, Script};
 
 use super::algorithms::{Kind, Rule, Verdict, Verdicts};
 use super::keys::RedisKeys;
+use super::redis_pipe::{Pipe, Setup, Values};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
 pub enum RedisError {
     #[error("rate-limit backend unavailable")]
     Unavailable,
@@ -39,15 +42,12 @@ pub struct RedisSettings {
     pub timeout: Duration,
 }
 
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
 pub struct RedisBackend {
     settings: RedisSettings,
-    conn: ArcSwapOption<Conn>,
+    /// A single Redis: its connection. `None` for a cluster.
+    pipe: Option<Arc<Pipe>>,
+    /// A cluster: its connection once made.
+    cluster: ArcSwapOption<ClusterConnection>,
     connecting: AtomicBool,
     runtime: tokio::runtime::Handle,
     script: Script,
@@ -58,9 +58,13 @@ const BACKOFF_START: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// KEYS[i] is a counter; ARGV[i] its rule: four little-endian f64 (algorithm code as in
-/// [`Kind::script_code`], limit, period in ms, burst). Returns 4 integers per counter:
-/// admitted (0/1), remaining, reset (ms), retry after (ms). Counters are written only when
-/// every one admits. Mirrors `algorithms.rs`.
+/// [`Kind::script_code`], limit, period in ms, burst). The last ARGV says how the counters
+/// split into requests: two bytes (big-endian count) per request, in order. Each request is
+/// decided as if alone, in order: its counters are written only when every one of them
+/// admits. A key is read with one `GET` and written with one `SET` per call, whatever the
+/// number of requests counting on it: the requests in between see each other's counts in
+/// the script, and the last write is the one a `SET` per request would have left. Returns 4 integers per counter: admitted (0/1), remaining, reset (ms), retry
+/// after (ms). Mirrors `algorithms.rs`.
 ///
 /// What it costs Redis (callgrind, per call): every `redis.call` costs a few thousand
 /// instructions and every decimal string turned into a number (`tonumber`, i.e. `strtod`)
@@ -72,108 +76,130 @@ pub const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local sec, usec = tonumber(t[1]), tonumber(t[2])
 local floor, ceil, max = math.floor, math.ceil, math.max
-local pack, unpack = struct.pack, struct.unpack
+local pack, unpack, byte = struct.pack, struct.unpack, string.byte
 local now = sec * 1000 + floor(usec / 1000)
 local now_us = sec * 1000000 + usec
-local n = #KEYS
+local sizes = ARGV[#KEYS + 1]
 local out = {}
 local writes = {}
-local all = true
-for i = 1, n do
-  local kind, limit, period, burst = unpack('<dddd', ARGV[i])
-  local raw = redis.call('GET', KEYS[i])
-  local a, b, c = nil, 0, 0
-  if raw then a, b, c = unpack('<ddd', raw) end
-  local ok, remaining, reset, retry, na, nb, nc, ttl
-  if kind == 1 then
-    local w = floor(now / period)
-    local e = now - w * period
-    local cur, prev = 0, 0
-    if a == w then cur = b; prev = c elseif a == w - 1 then prev = b end
-    local weighted = prev * (period - e)
-    ok = weighted + (cur + 1) * period <= limit * period
-    local counted = cur
-    if ok then counted = cur + 1 end
-    remaining = max(limit - ceil((weighted + counted * period) / period), 0)
-    local to_end = period - e
-    if counted > 0 then reset = to_end + period elseif prev > 0 then reset = to_end else reset = 0 end
-    if ok then
-      retry = 0
-    elseif cur < limit and prev > 0 then
-      local free = floor((limit - cur - 1) * period / prev)
-      retry = max(max(period - free, 0) - e, 1)
-    else
-      local free = floor((limit - 1) * period / max(cur, 1))
-      retry = to_end + max(period - free, 0)
+-- Each key is read once and written once per call, however many requests of the batch
+-- count on it (a limited client's requests share their key): `seen` holds a key's value
+-- as the requests decided so far left it (false: absent), `ttls` the expiry of its last
+-- write, `dirty` the keys to write back, in first-write order.
+local seen, ttls, dirty = {}, {}, {}
+local k = 0
+for r = 1, #sizes, 2 do
+  local n = byte(sizes, r) * 256 + byte(sizes, r + 1)
+  local all = true
+  for j = 1, n do
+    local i = k + j
+    local kind, limit, period, burst = unpack('<dddd', ARGV[i])
+    local raw = seen[KEYS[i]]
+    if raw == nil then
+      raw = redis.call('GET', KEYS[i])
+      seen[KEYS[i]] = raw
     end
-    na = w; nb = cur + 1; nc = prev; ttl = 2 * period
-  elseif kind == 2 then
-    local interval = max(floor(period * 1000 / limit), 1)
-    local tolerance = interval * burst
-    local tat = now_us
-    if a and a > now_us then tat = a end
-    local new_tat = tat + interval
-    ok = new_tat - now_us <= tolerance
-    if ok then
-      remaining = floor((tolerance - (new_tat - now_us)) / interval)
-      reset = ceil((new_tat - now_us) / 1000); retry = 0
-    else
-      remaining = 0
-      reset = ceil((tat - now_us) / 1000)
-      retry = ceil((new_tat - tolerance - now_us) / 1000)
-    end
-    na = new_tat; nb = 0; nc = 0; ttl = ceil((new_tat - now_us) / 1000) + 1000
-  else
-    local w, wend
-    if kind == 3 then
-      w = floor(now / period); wend = (w + 1) * period
-    elseif kind == 4 then
-      w = floor(now / 86400000); wend = (w + 1) * 86400000
-    else
-      local function days_from_civil(y, m, d)
-        if m <= 2 then y = y - 1 end
-        local era = floor(y / 400)
-        local yoe = y - era * 400
-        local mp = (m + 9) % 12
-        local doy = floor((153 * mp + 2) / 5) + d - 1
-        local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
-        return era * 146097 + doe - 719468
+    local a, b, c = nil, 0, 0
+    if raw then a, b, c = unpack('<ddd', raw) end
+    local ok, remaining, reset, retry, na, nb, nc, ttl
+    if kind == 1 then
+      local w = floor(now / period)
+      local e = now - w * period
+      local cur, prev = 0, 0
+      if a == w then cur = b; prev = c elseif a == w - 1 then prev = b end
+      local weighted = prev * (period - e)
+      ok = weighted + (cur + 1) * period <= limit * period
+      local counted = cur
+      if ok then counted = cur + 1 end
+      remaining = max(limit - ceil((weighted + counted * period) / period), 0)
+      local to_end = period - e
+      if counted > 0 then reset = to_end + period elseif prev > 0 then reset = to_end else reset = 0 end
+      if ok then
+        retry = 0
+      elseif cur < limit and prev > 0 then
+        local free = floor((limit - cur - 1) * period / prev)
+        retry = max(max(period - free, 0) - e, 1)
+      else
+        local free = floor((limit - 1) * period / max(cur, 1))
+        retry = to_end + max(period - free, 0)
       end
-      local z = floor(now / 86400000) + 719468
-      local era = floor(z / 146097)
-      local doe = z - era * 146097
-      local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
-      local y = yoe + era * 400
-      local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
-      local mp = floor((5 * doy + 2) / 153)
-      local m
-      if mp < 10 then m = mp + 3 else m = mp - 9 end
-      if m <= 2 then y = y + 1 end
-      w = y * 12 + m - 1
-      local ny, nm = y, m + 1
-      if nm > 12 then ny = y + 1; nm = 1 end
-      wend = days_from_civil(ny, nm, 1) * 86400000
+      na = w; nb = cur + 1; nc = prev; ttl = 2 * period
+    elseif kind == 2 then
+      local interval = max(floor(period * 1000 / limit), 1)
+      local tolerance = interval * burst
+      local tat = now_us
+      if a and a > now_us then tat = a end
+      local new_tat = tat + interval
+      ok = new_tat - now_us <= tolerance
+      if ok then
+        remaining = floor((tolerance - (new_tat - now_us)) / interval)
+        reset = ceil((new_tat - now_us) / 1000); retry = 0
+      else
+        remaining = 0
+        reset = ceil((tat - now_us) / 1000)
+        retry = ceil((new_tat - tolerance - now_us) / 1000)
+      end
+      na = new_tat; nb = 0; nc = 0; ttl = ceil((new_tat - now_us) / 1000) + 1000
+    else
+      local w, wend
+      if kind == 3 then
+        w = floor(now / period); wend = (w + 1) * period
+      elseif kind == 4 then
+        w = floor(now / 86400000); wend = (w + 1) * 86400000
+      else
+        local function days_from_civil(y, m, d)
+          if m <= 2 then y = y - 1 end
+          local era = floor(y / 400)
+          local yoe = y - era * 400
+          local mp = (m + 9) % 12
+          local doy = floor((153 * mp + 2) / 5) + d - 1
+          local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
+          return era * 146097 + doe - 719468
+        end
+        local z = floor(now / 86400000) + 719468
+        local era = floor(z / 146097)
+        local doe = z - era * 146097
+        local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+        local y = yoe + era * 400
+        local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+        local mp = floor((5 * doy + 2) / 153)
+        local m
+        if mp < 10 then m = mp + 3 else m = mp - 9 end
+        if m <= 2 then y = y + 1 end
+        w = y * 12 + m - 1
+        local ny, nm = y, m + 1
+        if nm > 12 then ny = y + 1; nm = 1 end
+        wend = days_from_civil(ny, nm, 1) * 86400000
+      end
+      local cur = 0
+      if a == w then cur = b end
+      reset = wend - now
+      ok = cur < limit
+      remaining = max(limit - cur - 1, 0)
+      if ok then retry = 0 else retry = reset end
+      na = w; nb = cur + 1; nc = 0; ttl = reset + 1000
     end
-    local cur = 0
-    if a == w then cur = b end
-    reset = wend - now
-    ok = cur < limit
-    remaining = max(limit - cur - 1, 0)
-    if ok then retry = 0 else retry = reset end
-    na = w; nb = cur + 1; nc = 0; ttl = reset + 1000
+    local o = (i - 1) * 4
+    if ok then out[o + 1] = 1 else out[o + 1] = 0; all = false end
+    out[o + 2] = remaining; out[o + 3] = reset; out[o + 4] = retry
+    -- Packed, not formatted: a number passed to redis.call is written with 17 significant
+    -- digits (exact for these integers), but formatting costs more than the packing.
+    writes[j] = pack('<ddd', na, nb, nc)
+    writes[n + j] = max(floor(ttl), 1)
   end
-  local o = (i - 1) * 4
-  if ok then out[o + 1] = 1 else out[o + 1] = 0; all = false end
-  out[o + 2] = remaining; out[o + 3] = reset; out[o + 4] = retry
-  -- Packed, not formatted: a number passed to redis.call is written with 17 significant
-  -- digits (exact for these integers), but formatting costs more than the packing.
-  writes[i] = pack('<ddd', na, nb, nc)
-  writes[n + i] = max(floor(ttl), 1)
+  if all then
+    for j = 1, n do
+      local key = KEYS[k + j]
+      if not ttls[key] then dirty[#dirty + 1] = key end
+      seen[key] = writes[j]
+      ttls[key] = writes[n + j]
+    end
+  end
+  k = k + n
 end
-if all then
-  for i = 1, n do
-    redis.call('SET', KEYS[i], writes[i], 'PX', writes[n + i])
-  end
+for d = 1, #dirty do
+  local key = dirty[d]
+  redis.call('SET', key, seen[key], 'PX', ttls[key])
 end
 return out
 "#;
@@ -181,14 +207,27 @@ return out
 impl RedisBackend {
     /// Must be called inside a tokio runtime; starts connecting in the background.
     pub fn new(settings: RedisSettings, runtime: tokio::runtime::Handle) -> Arc<Self> {
+        let script = Script::new(SCRIPT);
+        let pipe = (!settings.cluster).then(|| {
+            let setup = Setup {
+                url: settings.urls.first().cloned().unwrap_or_default(),
+                password: settings.password.clone(),
+                script: SCRIPT,
+                sha: script.get_hash().to_owned(),
+            };
+            Pipe::start(setup, &runtime)
+        });
         let backend = Arc::new(RedisBackend {
             settings,
-            conn: ArcSwapOption::empty(),
+            pipe,
+            cluster: ArcSwapOption::empty(),
             connecting: AtomicBool::new(false),
             runtime,
-            script: Script::new(SCRIPT),
+            script,
         });
-        backend.clone().start_connecting();
+        if backend.pipe.is_none() {
+            backend.clone().start_connecting();
+        }
         backend
     }
 
@@ -200,6 +239,12 @@ impl RedisBackend {
         self.settings.timeout
     }
 
+    /// A single Redis: requests queued, and requests sent but not answered.
+    pub fn pending(&self) -> (usize, usize) {
+        self.pipe.as_ref().map_or((0, 0), |p| p.pending())
+    }
+
+    /// A cluster: connects in the background, with backoff.
     fn start_connecting(self: Arc<Self>) {
         if self.connecting.swap(true, Ordering::AcqRel) {
             return;
@@ -208,14 +253,14 @@ impl RedisBackend {
         runtime.spawn(async move {
             let mut delay = BACKOFF_START;
             loop {
-                match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
+                match tokio::time::timeout(CONNECT_TIMEOUT, self.connect_cluster()).await {
                     Ok(Ok(conn)) => {
-                        self.conn.store(Some(Arc::new(conn)));
-                        tracing::info!(urls = ?self.settings.urls, "rate-limit Redis connected");
+                        self.cluster.store(Some(Arc::new(conn)));
+                        tracing::info!(urls = ?self.settings.urls, "rate-limit Redis cluster connected");
                         break;
                     }
-                    Ok(Err(e)) => tracing::warn!(error = %e, urls = ?self.settings.urls, "rate-limit Redis connect failed; retrying"),
-                    Err(_) => tracing::warn!(urls = ?self.settings.urls, "rate-limit Redis connect timed out; retrying"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, urls = ?self.settings.urls, "rate-limit Redis cluster connect failed; retrying"),
+                    Err(_) => tracing::warn!(urls = ?self.settings.urls, "rate-limit Redis cluster connect timed out; retrying"),
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(BACKOFF_MAX);
@@ -224,76 +269,30 @@ impl RedisBackend {
         });
     }
 
-    async fn connect(&self) -> redis::RedisResult<Conn> {
+    async fn connect_cluster(&self) -> redis::RedisResult<ClusterConnection> {
         let s = &self.settings;
-        if s.cluster {
-            let mut builder = ClusterClientBuilder::new(s.urls.clone())
-                .connection_timeout(CONNECT_TIMEOUT)
-                .response_timeout(s.timeout)
-                .retries(1);
-            if let Some(p) = &s.password {
-                builder = builder.password(p.clone());
-            }
-            let client = builder.build()?;
-            Ok(Conn::Cluster(client.get_async_connection().await?))
-        } else {
-            let url = s.urls.first().map(String::as_str).unwrap_or_default();
-            let mut info = url.into_connection_info()?;
-            if s.password.is_some() {
-                info.redis.password.clone_from(&s.password);
-            }
-            let client = redis::Client::open(info)?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(CONNECT_TIMEOUT)
-                .set_response_timeout(s.timeout)
-                // Reconnects back off 50 ms, 100 ms, … up to 2 s, then start over on the
-                // next failed call.
-                .set_exponent_base(2)
-                .set_factor(25)
-                .set_max_delay(2000)
-                .set_number_of_retries(6);
-            Ok(Conn::Single(
-                ConnectionManager::new_with_config(client, config).await?,
-            ))
+        let mut builder = ClusterClientBuilder::new(s.urls.clone())
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(s.timeout)
+            .retries(1);
+        if let Some(p) = &s.password {
+            builder = builder.password(p.clone());
         }
+        builder.build()?.get_async_connection().await
     }
 
-    /// Decides `rules` (each with its Redis key) in one script call. On any failure or
-    /// timeout: `Unavailable`, never waiting longer than the timeout.
+    /// Decides `rules` (each with its Redis key) in one script call, shared with other
+    /// requests' decisions on a single Redis. On any failure or timeout: `Unavailable`,
+    /// never waiting longer than the timeout.
     pub async fn decide(
         &self,
         keys: &RedisKeys,
         rules: &[Rule],
         verdicts: &mut Verdicts,
     ) -> Result<bool, RedisError> {
-        let Some(conn) = self.conn.load_full() else {
-            return Err(RedisError::Unavailable);
-        };
-        // One buffer for the whole command (the crate's `ScriptInvocation` allocates per
-        // argument); keys and packed rules are written straight into it.
-        let mut cmd = Cmd::with_capacity(3 + 2 * rules.len(), 64 + 160 * rules.len());
-        cmd.arg("EVALSHA")
-            .arg(self.script.get_hash())
-            .arg(keys.len());
-        for key in keys.iter() {
-            cmd.arg(key);
-        }
-        for rule in rules {
-            cmd.arg(&pack_rule(rule)[..]);
-        }
-        let call = async {
-            match (*conn).clone() {
-                Conn::Single(mut c) => eval(&mut c, &self.script, &cmd).await,
-                Conn::Cluster(mut c) => eval(&mut c, &self.script, &cmd).await,
-            }
-        };
-        let values = match tokio::time::timeout(self.settings.timeout, call).await {
-            Ok(Ok(values)) => values,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "rate-limit Redis call failed");
-                return Err(RedisError::Unavailable);
-            }
-            Err(_) => return Err(RedisError::Unavailable),
+        let values = match &self.pipe {
+            Some(pipe) => pipe.decide(keys, rules, self.settings.timeout).await?,
+            None => self.call_cluster(keys, rules).await?,
         };
         if values.len() != rules.len() * 4 {
             tracing::warn!(len = values.len(), "unexpected rate-limit script reply");
@@ -319,6 +318,48 @@ impl RedisBackend {
         }
         Ok(all)
     }
+
+    /// A cluster's call: one request, its keys in one slot. One buffer for the whole
+    /// command (the crate's `ScriptInvocation` allocates per argument).
+    async fn call_cluster(&self, keys: &RedisKeys, rules: &[Rule]) -> Result<Values, RedisError> {
+        let Some(conn) = self.cluster.load_full() else {
+            return Err(RedisError::Unavailable);
+        };
+        let Ok(size) = u16::try_from(rules.len()) else {
+            return Err(RedisError::Unavailable);
+        };
+        let mut cmd = Cmd::with_capacity(4 + 2 * rules.len(), 96 + 160 * rules.len());
+        cmd.arg("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(keys.len());
+        for key in keys.iter() {
+            cmd.arg(key);
+        }
+        for rule in rules {
+            cmd.arg(&pack_rule(rule)[..]);
+        }
+        cmd.arg(&size.to_be_bytes()[..]);
+        let call = async {
+            let mut c = (*conn).clone();
+            eval(&mut c, &self.script, &cmd).await
+        };
+        match tokio::time::timeout(self.settings.timeout, call).await {
+            Ok(Ok(values)) => Ok(Values::from_vec(values)),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "rate-limit Redis call failed");
+                Err(RedisError::Unavailable)
+            }
+            Err(_) => Err(RedisError::Unavailable),
+        }
+    }
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        if let Some(pipe) = &self.pipe {
+            pipe.close();
+        }
+    }
 }
 
 /// `EVALSHA`; on `NOSCRIPT` (a restarted or failed-over Redis) loads the script and retries.
@@ -338,7 +379,7 @@ async fn eval<C: redis::aio::ConnectionLike>(
 
 /// A rule as the script reads it: `struct.unpack('<dddd', …)`. Limits and periods pass
 /// through a Lua number either way, so f64 loses nothing the script could use.
-fn pack_rule(rule: &Rule) -> [u8; 32] {
+pub(super) fn pack_rule(rule: &Rule) -> [u8; 32] {
     let mut out = [0u8; 32];
     #[allow(clippy::cast_precision_loss)]
     let fields = [
