@@ -1,7 +1,8 @@
 //! Rate limiting against a real Redis: exactness shared by three proxy processes, fail
 //! modes while Redis is down, recovery without a proxy restart, and a real three-node Redis
 //! Cluster (`clusterUrls`): counters spread over the nodes by their hash tags, each client
-//! limited exactly, a route with two Redis policies decided without cross-slot errors.
+//! limited exactly, a route with two Redis policies decided without cross-slot errors;
+//! concurrent requests during a Redis stall answered per `onBackendFailure` in time.
 #![allow(clippy::unwrap_used)]
 mod common;
 #[path = "support/redis_server.rs"]
@@ -13,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures_util::future::join_all;
 use portcullis_compiler::config::*;
 use redis_server::{free_port, RedisServer};
 
@@ -135,6 +137,7 @@ fn redis_policy(
     url: &str,
     mode: OnBackendFailureConfig,
     limit: u64,
+    timeout_ms: u64,
 ) -> RateLimitPolicyConfig {
     RateLimitPolicyConfig {
         id: id.into(),
@@ -156,7 +159,7 @@ fn redis_policy(
         backend: RateLimitBackendConfig::Redis {
             urls: vec![url.into()],
             cluster: false,
-            timeout_ms: 50,
+            timeout_ms,
             has_password: false,
         },
         on_backend_failure: mode,
@@ -164,11 +167,9 @@ fn redis_policy(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_failure_modes_and_recovery_without_restart() {
-    let Some(mut redis) = RedisServer::start() else {
-        return;
-    };
+/// `/deny`, `/allow` and `/fallback`, each limited to 5 per hour by a Redis policy with
+/// that `onBackendFailure`.
+fn failure_mode_routes(url: &str, timeout_ms: u64) -> GatewayConfig {
     let mut routes = Vec::new();
     let mut policies = Vec::new();
     for (name, mode) in [
@@ -187,14 +188,23 @@ async fn redis_failure_modes_and_recovery_without_restart() {
         routes.push(r);
         policies.push(redis_policy(
             &format!("default/{name}"),
-            &redis.url(),
+            url,
             mode,
             5,
+            timeout_ms,
         ));
     }
     let mut cfg = config(routes);
     cfg.rate_limit_policies = policies;
-    let proxy = start(cfg).await;
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_failure_modes_and_recovery_without_restart() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = start(failure_mode_routes(&redis.url(), 50)).await;
     let addr = proxy.local_addr();
     let c = client();
     // Connected: the shared limit applies (5 per hour per route).
@@ -372,4 +382,54 @@ fn cluster_backed_limits_are_exact_per_client_across_nodes() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Through the proxy: concurrent requests during a Redis stall answer per their policy's
+/// `onBackendFailure`, within the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_during_a_stall_follow_on_backend_failure() {
+    let Some(redis) = RedisServer::start_with(&["--enable-debug-command", "yes"]) else {
+        return;
+    };
+    let proxy = start(failure_mode_routes(&redis.url(), 100)).await;
+    let addr = proxy.local_addr();
+    let c = client();
+    // Connected (one of the 5 on /allow used up).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while send(&c, addr, get("/allow")).await.status != 200 {
+        assert!(Instant::now() < deadline, "never connected to Redis");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Redis is healthy: 30 concurrent requests, exactly 5 admitted.
+    let statuses = join_all((0..30).map(|_| send(&c, addr, get("/deny")))).await;
+    let ok = statuses.iter().filter(|r| r.status == 200).count();
+    assert_eq!(ok, 5);
+
+    let stall = redis.stall("1.5");
+    // Give the stall time to begin (the requests take well under a second).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let timed = |path: &'static str| {
+        let c = c.clone();
+        async move {
+            let started = Instant::now();
+            let r = send(&c, addr, get(path)).await;
+            (path, r.status.as_u16(), started.elapsed())
+        }
+    };
+    let all = join_all((0..90).map(|i| timed(["/deny", "/allow", "/fallback"][i % 3]))).await;
+    stall.join().unwrap();
+    let count = |path: &str, status: u16| {
+        all.iter()
+            .filter(|(p, s, _)| *p == path && *s == status)
+            .count()
+    };
+    assert_eq!(count("/deny", 503), 30, "{all:?}");
+    assert_eq!(count("/allow", 200), 30, "{all:?}");
+    // Limited locally while Redis is away: 5 of 30.
+    assert_eq!(count("/fallback", 200), 5, "{all:?}");
+    assert_eq!(count("/fallback", 429), 25, "{all:?}");
+    for (_, _, elapsed) in &all {
+        // Well under the 1.5 s stall: the 100 ms timeout plus a debug build's slack.
+        assert!(*elapsed < Duration::from_millis(700), "{elapsed:?}");
+    }
 }

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::future::join_all;
-use portcullis_compiler::config::*;
 use portcullis_proxy::ratelimit::algorithms::{Kind, Rule, Verdicts};
 use portcullis_proxy::ratelimit::keys::{Material, RedisKeys};
 use portcullis_proxy::ratelimit::redis::{RedisBackend, RedisError, RedisSettings};
@@ -162,13 +161,7 @@ async fn redis_stalling_or_dying_mid_batch_answers_within_the_timeout_and_strand
 
     // Redis stalls (busy for 1.5 s) while 200 decisions are queued and in flight: every one
     // answers Unavailable by its own deadline, not the batch's sender's.
-    let port = redis.port;
-    let stall = std::thread::spawn(move || {
-        std::process::Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "debug", "sleep", "1.5"])
-            .output()
-            .unwrap();
-    });
+    let stall = redis.stall("1.5");
     // Give the stall time to begin (the requests take well under a second).
     tokio::time::sleep(Duration::from_millis(200)).await;
     let timed = |i: usize| {
@@ -196,12 +189,7 @@ async fn redis_stalling_or_dying_mid_batch_answers_within_the_timeout_and_strand
 
     // Dies with batches in flight (stalled first, so that none can have finished before
     // the kill): every request answers Unavailable within the timeout; none hangs.
-    let stall = std::thread::spawn(move || {
-        // Fails when the server is killed under it: that is the point.
-        let _ = std::process::Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "debug", "sleep", "1.5"])
-            .output();
-    });
+    let stall = redis.stall("1.5");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let killer = async {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -220,104 +208,6 @@ async fn redis_stalling_or_dying_mid_batch_answers_within_the_timeout_and_strand
     let results = join_all((0..100).map(timed)).await;
     assert!(results.iter().all(|(r, _)| matches!(r, Ok(true))));
     settles(&b).await;
-}
-
-/// Through the proxy: concurrent requests during a Redis stall answer per their policy's
-/// `onBackendFailure`, within the timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_requests_during_a_stall_follow_on_backend_failure() {
-    let Some(redis) = RedisServer::start_with(&["--enable-debug-command", "yes"]) else {
-        return;
-    };
-    let mut routes = Vec::new();
-    let mut policies = Vec::new();
-    for (name, mode) in [
-        ("deny", OnBackendFailureConfig::Deny),
-        ("allow", OnBackendFailureConfig::Allow),
-        ("fallback", OnBackendFailureConfig::LocalFallback),
-    ] {
-        let mut r = route(
-            &format!("default/{name}"),
-            PathKind::Prefix,
-            &format!("/{name}"),
-            &[],
-        );
-        r.upstream.direct_response = Some(direct(200, "ok"));
-        r.rate_limit_policies = vec![format!("default/{name}")];
-        routes.push(r);
-        policies.push(RateLimitPolicyConfig {
-            id: format!("default/{name}"),
-            namespace: "default".into(),
-            global: false,
-            key: RateLimitKeyConfig::Route,
-            header: None,
-            algorithm: RateLimitAlgorithmConfig::FixedWindow,
-            limits: vec![LimitConfig {
-                requests: 5,
-                period_ms: 3_600_000,
-                burst: None,
-            }],
-            tiers: vec![],
-            quota: None,
-            backend: RateLimitBackendConfig::Redis {
-                urls: vec![redis.url()],
-                cluster: false,
-                timeout_ms: 100,
-                has_password: false,
-            },
-            on_backend_failure: mode,
-            response_headers: true,
-        });
-    }
-    let mut cfg = config(routes);
-    cfg.rate_limit_policies = policies;
-    let proxy = start(cfg).await;
-    let addr = proxy.local_addr();
-    let c = client();
-    // Connected (one of the 5 on /allow used up).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while send(&c, addr, get("/allow")).await.status != 200 {
-        assert!(Instant::now() < deadline, "never connected to Redis");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    // Redis is healthy: 30 concurrent requests, exactly 5 admitted.
-    let statuses = join_all((0..30).map(|_| send(&c, addr, get("/deny")))).await;
-    let ok = statuses.iter().filter(|r| r.status == 200).count();
-    assert_eq!(ok, 5);
-
-    let port = redis.port;
-    let stall = std::thread::spawn(move || {
-        std::process::Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "debug", "sleep", "1.5"])
-            .output()
-            .unwrap();
-    });
-    // Give the stall time to begin (the requests take well under a second).
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let timed = |path: &'static str| {
-        let c = c.clone();
-        async move {
-            let started = Instant::now();
-            let r = send(&c, addr, get(path)).await;
-            (path, r.status.as_u16(), started.elapsed())
-        }
-    };
-    let all = join_all((0..90).map(|i| timed(["/deny", "/allow", "/fallback"][i % 3]))).await;
-    stall.join().unwrap();
-    let count = |path: &str, status: u16| {
-        all.iter()
-            .filter(|(p, s, _)| *p == path && *s == status)
-            .count()
-    };
-    assert_eq!(count("/deny", 503), 30, "{all:?}");
-    assert_eq!(count("/allow", 200), 30, "{all:?}");
-    // Limited locally while Redis is away: 5 of 30.
-    assert_eq!(count("/fallback", 200), 5, "{all:?}");
-    assert_eq!(count("/fallback", 429), 25, "{all:?}");
-    for (_, _, elapsed) in &all {
-        // Well under the 1.5 s stall: the 100 ms timeout plus a debug build's slack.
-        assert!(*elapsed < Duration::from_millis(700), "{elapsed:?}");
-    }
 }
 
 /// The password from the policy's Secret, the database from the URL, and scripts flushed by

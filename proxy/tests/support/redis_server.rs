@@ -103,6 +103,18 @@ impl RedisServer {
             .unwrap_or_default()
     }
 
+    /// Makes Redis busy for `secs` (`DEBUG SLEEP`; start it with `--enable-debug-command
+    /// yes`), from a thread: returns at once. The thread ends when the sleep does, or when
+    /// the server dies under it.
+    pub fn stall(&self, secs: &str) -> std::thread::JoinHandle<()> {
+        let (port, secs) = (self.port.to_string(), secs.to_owned());
+        std::thread::spawn(move || {
+            let _ = Command::new("redis-cli")
+                .args(["-p", &port, "debug", "sleep", &secs])
+                .output();
+        })
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
