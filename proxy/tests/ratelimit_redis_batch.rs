@@ -270,3 +270,27 @@ async fn password_database_and_flushed_scripts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A Redis that answers nothing for longer than `STALL_RESET` while calls are in flight (as
+/// a peer gone without a reset would) is dropped and connected again; decisions resume
+/// once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_answers_nothing_is_dropped_and_made_again() {
+    let Some(redis) = RedisServer::start_with(&["--enable-debug-command", "yes"]) else {
+        return;
+    };
+    let b = backend(&redis, Duration::from_millis(100));
+    connected(&b).await;
+    let stall = redis.stall("6");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let results = join_all((0..20).map(|i| decide(&b, i, 1_000))).await;
+    assert!(results.iter().all(|(_, r)| r.is_err()));
+    assert!(b.pending().1 > 0, "the calls are still in flight");
+    // Given up after STALL_RESET (3 s, checked every second), well before the stall ends.
+    let gave_up = eventually(Duration::from_millis(5_000), || b.pending() == (0, 0)).await;
+    assert!(gave_up, "still waiting: {:?}", b.pending());
+    assert!(started.elapsed() < Duration::from_millis(5_500));
+    stall.join().unwrap();
+    connected(&b).await;
+}

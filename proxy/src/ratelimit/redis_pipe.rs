@@ -30,7 +30,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use redis::{ConnectionAddr, IntoConnectionInfo};
 use smallvec::SmallVec;
 use tokio::io::{Interest, Ready};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
@@ -59,7 +59,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 enum PipeError {
     #[error("invalid Redis URL: {0}")]
     Url(#[from] redis::RedisError),
-    #[error("unsupported Redis address (TLS is not built in): {0}")]
+    #[error("unsupported Redis address (only redis:// over TCP): {0}")]
     Unsupported(String),
     #[error("{0}")]
     Io(#[from] io::Error),
@@ -449,31 +449,20 @@ fn answer(waiters: Vec<Waiter>, ints: &[i64]) {
     }
 }
 
-enum Wire {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
+/// The connection's socket (the compiler admits `redis://` URLs only).
+struct Wire(TcpStream);
 
 impl Wire {
     async fn ready(&self, interest: Interest) -> io::Result<Ready> {
-        match self {
-            Wire::Tcp(s) => s.ready(interest).await,
-            Wire::Unix(s) => s.ready(interest).await,
-        }
+        self.0.ready(interest).await
     }
 
     fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        match self {
-            Wire::Tcp(s) => s.try_read_buf(buf),
-            Wire::Unix(s) => s.try_read_buf(buf),
-        }
+        self.0.try_read_buf(buf)
     }
 
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Wire::Tcp(s) => s.try_write(buf),
-            Wire::Unix(s) => s.try_write(buf),
-        }
+        self.0.try_write(buf)
     }
 
     async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
@@ -520,9 +509,8 @@ async fn connect(setup: &Setup) -> Result<Wire, PipeError> {
         ConnectionAddr::Tcp(host, port) => {
             let stream = TcpStream::connect((host.as_str(), *port)).await?;
             stream.set_nodelay(true)?;
-            Wire::Tcp(stream)
+            Wire(stream)
         }
-        ConnectionAddr::Unix(path) => Wire::Unix(UnixStream::connect(path).await?),
         other => return Err(PipeError::Unsupported(format!("{other}"))),
     };
     let mut out = Vec::new();
