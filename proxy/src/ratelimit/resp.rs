@@ -260,4 +260,52 @@ mod tests {
         put_bulk(&mut out, b"a\r\nb");
         assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$4\r\na\r\nb\r\n");
     }
+
+    /// Random bytes, and valid replies with random bytes flipped, cut or spliced: never a
+    /// panic, and a complete reply never claims more bytes than there are.
+    #[test]
+    fn random_and_mangled_replies_never_panic() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let valid: [&[u8]; 4] = [
+            b"*4\r\n:1\r\n:-5\r\n:0\r\n:12\r\n",
+            b"-NOSCRIPT No matching script\r\n",
+            b"*3\r\n:1\r\n$2\r\nab\r\n*1\r\n+x\r\n",
+            b"$5\r\nhello\r\n",
+        ];
+        let alphabet = b"*$:+-\r\n0123456789-x";
+        let mut ints = Vec::new();
+        for round in 0..200_000u64 {
+            let mut buf: Vec<u8> = if round % 2 == 0 {
+                let len = (next() % 40) as usize;
+                (0..len)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect()
+            } else {
+                valid[(next() % 4) as usize].to_vec()
+            };
+            for _ in 0..(next() % 3) {
+                if buf.is_empty() {
+                    break;
+                }
+                let at = (next() % buf.len() as u64) as usize;
+                match next() % 3 {
+                    0 => buf[at] = (next() & 0xff) as u8,
+                    1 => buf.truncate(at),
+                    _ => {
+                        let other = valid[(next() % 4) as usize];
+                        buf.splice(at..at, other.iter().copied());
+                    }
+                }
+            }
+            if let Ok(Some((_, len))) = parse(&buf, &mut ints) {
+                assert!(len <= buf.len(), "{:?}", String::from_utf8_lossy(&buf));
+            }
+        }
+    }
 }
