@@ -2,7 +2,8 @@
 //! modes while Redis is down, recovery without a proxy restart, and a real three-node Redis
 //! Cluster (`clusterUrls`): counters spread over the nodes by their hash tags, each client
 //! limited exactly, a route with two Redis policies decided without cross-slot errors;
-//! concurrent requests during a Redis stall answered per `onBackendFailure` in time.
+//! concurrent requests during a Redis stall answered per `onBackendFailure` in time; a
+//! connection no config uses any more is closed.
 #![allow(clippy::unwrap_used)]
 mod common;
 #[path = "support/redis_server.rs"]
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::future::join_all;
 use portcullis_compiler::config::*;
+use portcullis_proxy::ratelimit::{Backends, RateLimits};
 use redis_server::{free_port, RedisServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-proxy");
@@ -434,4 +436,45 @@ async fn concurrent_requests_during_a_stall_follow_on_backend_failure() {
         // Well under the 3 s stall: the 400 ms timeout plus a debug build's slack.
         assert!(*elapsed < Duration::from_millis(1_800), "{elapsed:?}");
     }
+}
+
+/// Reloads keep the connection of unchanged Redis settings; a connection that no config
+/// uses any more is closed once the last config holding it goes, not kept reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_no_config_uses_is_closed() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let config = |url: String| GatewayConfig {
+        rate_limit_policies: vec![redis_policy(
+            "default/p",
+            &url,
+            OnBackendFailureConfig::Deny,
+            5,
+            100,
+        )],
+        ..GatewayConfig::default()
+    };
+    // The server's clients, this one (`redis-cli`) included.
+    let clients = || redis.cli(&["client", "list"]).lines().count();
+    let backends = Backends::new(None);
+    let first = RateLimits::build(&config(redis.url()), &backends).unwrap();
+    assert!(eventually(Duration::from_secs(5), || clients() == 2).await);
+    // Reloaded with the same settings: the same connection.
+    let reloaded = RateLimits::build(&config(redis.url()), &backends).unwrap();
+    drop(first);
+    assert_eq!(backends.redis_connections(), 1);
+    // Moved to database 1: a second connection while the old config still runs...
+    let moved = RateLimits::build(&config(format!("{}/1", redis.url())), &backends).unwrap();
+    assert_eq!(backends.redis_connections(), 2);
+    assert!(eventually(Duration::from_secs(5), || clients() == 3).await);
+    // ...and the first one closed once that config is gone.
+    drop(reloaded);
+    assert_eq!(backends.redis_connections(), 1);
+    assert!(
+        eventually(Duration::from_secs(5), || clients() == 2).await,
+        "{}",
+        redis.cli(&["client", "list"])
+    );
+    drop(moved);
 }

@@ -29,7 +29,7 @@ mod resp;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::request::Parts;
@@ -119,7 +119,11 @@ pub enum RateLimitConfigError {
 /// connections (shared by every policy with the same Redis settings).
 pub struct Backends {
     local: LocalStore,
-    redis: Mutex<HashMap<RedisSettings, Arc<RedisBackend>>>,
+    /// Weak: the configs that use a connection own it. A reload finds the connections the
+    /// running config holds (so equal settings keep theirs), and a connection no config
+    /// uses any more closes when the last config holding it goes, instead of reconnecting to
+    /// a Redis nobody asks for.
+    redis: Mutex<HashMap<RedisSettings, Weak<RedisBackend>>>,
     runtime: Option<tokio::runtime::Handle>,
 }
 
@@ -146,11 +150,22 @@ impl Backends {
             .redis
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Some(
-            map.entry(settings.clone())
-                .or_insert_with(|| RedisBackend::new(settings, runtime))
-                .clone(),
-        )
+        map.retain(|_, backend| backend.strong_count() > 0);
+        if let Some(backend) = map.get(&settings).and_then(Weak::upgrade) {
+            return Some(backend);
+        }
+        let backend = RedisBackend::new(settings.clone(), runtime);
+        map.insert(settings, Arc::downgrade(&backend));
+        Some(backend)
+    }
+
+    /// Redis connections some config still holds.
+    pub fn redis_connections(&self) -> usize {
+        let map = self
+            .redis
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.values().filter(|b| b.strong_count() > 0).count()
     }
 }
 
