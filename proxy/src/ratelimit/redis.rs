@@ -14,7 +14,6 @@
 //! - Time comes from `TIME` inside the script, so proxies with skewed clocks agree on windows
 //!   (calendar quotas included).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +47,6 @@ pub struct RedisBackend {
     pipe: Option<Arc<Pipe>>,
     /// A cluster: its connection once made.
     cluster: ArcSwapOption<ClusterConnection>,
-    connecting: AtomicBool,
     runtime: tokio::runtime::Handle,
     script: Script,
 }
@@ -221,12 +219,11 @@ impl RedisBackend {
             settings,
             pipe,
             cluster: ArcSwapOption::empty(),
-            connecting: AtomicBool::new(false),
             runtime,
             script,
         });
         if backend.pipe.is_none() {
-            backend.clone().start_connecting();
+            backend.start_connecting();
         }
         backend
     }
@@ -244,28 +241,29 @@ impl RedisBackend {
         self.pipe.as_ref().map_or((0, 0), |p| p.pending())
     }
 
-    /// A cluster: connects in the background, with backoff.
-    fn start_connecting(self: Arc<Self>) {
-        if self.connecting.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let runtime = self.runtime.clone();
-        runtime.spawn(async move {
+    /// A cluster: connects in the background, with backoff, until connected or until no
+    /// config holds this backend any more.
+    fn start_connecting(self: &Arc<Self>) {
+        let backend = Arc::downgrade(self);
+        self.runtime.spawn(async move {
             let mut delay = BACKOFF_START;
             loop {
-                match tokio::time::timeout(CONNECT_TIMEOUT, self.connect_cluster()).await {
+                let Some(this) = backend.upgrade() else {
+                    return;
+                };
+                match tokio::time::timeout(CONNECT_TIMEOUT, this.connect_cluster()).await {
                     Ok(Ok(conn)) => {
-                        self.cluster.store(Some(Arc::new(conn)));
-                        tracing::info!(urls = ?self.settings.urls, "rate-limit Redis cluster connected");
-                        break;
+                        this.cluster.store(Some(Arc::new(conn)));
+                        tracing::info!(urls = ?this.settings.urls, "rate-limit Redis cluster connected");
+                        return;
                     }
-                    Ok(Err(e)) => tracing::warn!(error = %e, urls = ?self.settings.urls, "rate-limit Redis cluster connect failed; retrying"),
-                    Err(_) => tracing::warn!(urls = ?self.settings.urls, "rate-limit Redis cluster connect timed out; retrying"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, urls = ?this.settings.urls, "rate-limit Redis cluster connect failed; retrying"),
+                    Err(_) => tracing::warn!(urls = ?this.settings.urls, "rate-limit Redis cluster connect timed out; retrying"),
                 }
+                drop(this);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(BACKOFF_MAX);
             }
-            self.connecting.store(false, Ordering::Release);
         });
     }
 
