@@ -7,7 +7,9 @@
 # Method as bench/run-http.sh (DESIGN §6): each proxy pinned to PROXY_CPU, wrk, nginx and
 # redis on LOAD_CPU; rounds interleaved (order rotates every round); medians per target and
 # ratios measured in the same run. Targets from issue 5: redis >= 0.8x local throughput,
-# local >= 0.95x plain throughput. p99 "added latency" = p99(target) - p99(plain).
+# local >= 0.95x plain throughput. p99 "added latency" = p99(target) - p99(plain). Besides
+# the ratios of medians it prints each round's paired ratios (targets run back to back) with
+# their median, min and max: the spread shows how much of a ratio is the host drifting.
 #
 # Environment (all optional):
 #   ROUNDS=5 DURATION=10s CONNECTIONS=64 THREADS=1 WARMUP=2s PROXY_CPU=0 LOAD_CPU=1
@@ -145,7 +147,8 @@ parse() {
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 TARGETS=(plain local redis)
-declare -A RPS P99
+declare -A RPS P99 ROUND_RPS
+LOCAL_PLAIN="" REDIS_LOCAL=""
 for round in $(seq 1 "$ROUNDS"); do
     for i in 0 1 2; do
         t=${TARGETS[$(((i + round) % 3))]}
@@ -154,8 +157,13 @@ for round in $(seq 1 "$ROUNDS"); do
         read -r rps p99 non2xx < <(parse "$TMP/wrk-$t-$round.txt")
         [[ $non2xx == 0 ]] || die "$t answered $non2xx non-2xx responses in round $round"
         RPS[$t]+="$rps "; P99[$t]+="$p99 "
+        ROUND_RPS[$t]=$rps
         log "round $round $t: $rps req/s, p99 $p99 ms"
     done
+    # The same round's targets ran back to back: their ratio is less exposed to the host
+    # drifting over the run than the ratio of medians.
+    LOCAL_PLAIN+="$(awk -v a="${ROUND_RPS[local]}" -v b="${ROUND_RPS[plain]}" 'BEGIN {printf "%.3f", a/b}') "
+    REDIS_LOCAL+="$(awk -v a="${ROUND_RPS[redis]}" -v b="${ROUND_RPS[local]}" 'BEGIN {printf "%.3f", a/b}') "
 done
 
 # Fixed rate: the same request rate for every target (hey paces each worker), so p99 shows the
@@ -195,6 +203,13 @@ awk -v pr="$plain_rps" -v lr="$local_rps" -v rr="$redis_rps" -v pp="$plain_p99" 
     printf "local/plain throughput  %.3f (target >= 0.95)\n", lr/pr
     printf "redis/local throughput  %.3f (target >= 0.80)\n", rr/lr
     printf "p99 added at saturation: local %+.3f ms, redis %+.3f ms (vs plain)\n", lp-pp, rp-pp }' | tee -a "$OUT.table"
+spread() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {
+    m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2
+    printf "median %.3f, min %.3f, max %.3f", m, a[1], a[NR] }'; }
+{
+    echo "per-round local/plain: $(spread "$LOCAL_PLAIN") ($LOCAL_PLAIN)"
+    echo "per-round redis/local: $(spread "$REDIS_LOCAL") ($REDIS_LOCAL)"
+} | tee -a "$OUT.table"
 fp=$(tr ' ' '\n' <<<"${FIXED_P99[plain]}" | grep . | median)
 fl=$(tr ' ' '\n' <<<"${FIXED_P99[local]}" | grep . | median)
 fr=$(tr ' ' '\n' <<<"${FIXED_P99[redis]}" | grep . | median)
