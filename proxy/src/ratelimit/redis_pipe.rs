@@ -29,7 +29,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use redis::{ConnectionAddr, IntoConnectionInfo};
 use smallvec::SmallVec;
-use tokio::io::{Interest, Ready};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
@@ -224,11 +224,11 @@ impl Pipe {
         let mut delay = BACKOFF_START;
         while !self.closed() {
             match tokio::time::timeout(CONNECT_TIMEOUT, connect(&setup)).await {
-                Ok(Ok(wire)) => {
+                Ok(Ok(stream)) => {
                     self.lock().up = true;
                     tracing::info!(url = %setup.url, "rate-limit Redis connected");
                     delay = BACKOFF_START;
-                    let outcome = self.serve(&wire, &setup).await;
+                    let outcome = self.serve(&stream, &setup).await;
                     self.go_down();
                     match outcome {
                         Ok(()) => return,
@@ -271,13 +271,17 @@ impl Pipe {
 
     /// Writes queued calls and hands out replies until the connection fails (or the pipe is
     /// closed: `Ok`). What is in flight when it returns fails with it.
-    async fn serve(&self, wire: &Wire, setup: &Setup) -> Result<(), PipeError> {
-        let mut in_flight: VecDeque<Sent> = VecDeque::new();
-        let mut unanswered = 0usize;
-        let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
-        let mut written = 0;
-        let mut input = BytesMut::with_capacity(16 << 10);
-        let mut ints = Vec::new();
+    async fn serve(&self, stream: &TcpStream, setup: &Setup) -> Result<(), PipeError> {
+        let mut session = Session {
+            stream,
+            setup,
+            out: Vec::with_capacity(16 << 10),
+            written: 0,
+            input: BytesMut::with_capacity(16 << 10),
+            ints: Vec::new(),
+            in_flight: VecDeque::new(),
+            unanswered: 0,
+        };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut answered_at = Instant::now();
@@ -285,57 +289,75 @@ impl Pipe {
             if self.closed() {
                 return Ok(());
             }
-            if written == out.len() {
-                out.clear();
-                written = 0;
+            if session.unanswered < MAX_UNANSWERED {
+                session.take_batches(self);
             }
-            if unanswered < MAX_UNANSWERED {
-                self.take_batches(setup, &mut out, &mut in_flight, &mut unanswered);
-            }
-            while written < out.len() {
-                match wire.try_write(&out[written..]) {
-                    Ok(n) => written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            if in_flight.is_empty() {
+            session.flush()?;
+            self.unanswered.store(session.unanswered, Ordering::Release);
+            if session.in_flight.is_empty() {
                 answered_at = Instant::now();
             }
-            let interest = if written < out.len() {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
+            let interest = if session.flushed() {
                 Interest::READABLE
+            } else {
+                Interest::READABLE | Interest::WRITABLE
             };
             tokio::select! {
                 biased;
-                ready = wire.ready(interest) => {
-                    if ready?.is_readable()
-                        && self.read_replies(wire, setup, &mut input, &mut ints, &mut in_flight, &mut unanswered, &mut out)?
-                    {
+                ready = stream.ready(interest) => {
+                    if ready?.is_readable() && session.read_replies()? {
                         answered_at = Instant::now();
                     }
                 }
-                () = self.wake.notified(), if written == out.len() => {}
+                () = self.wake.notified(), if session.flushed() => {}
                 _ = tick.tick() => {
-                    if !in_flight.is_empty() && answered_at.elapsed() > STALL_RESET {
+                    if !session.in_flight.is_empty() && answered_at.elapsed() > STALL_RESET {
                         return Err(PipeError::Stalled(STALL_RESET));
                     }
                 }
             }
         }
     }
+}
+
+/// One connection's calls: the bytes not yet written, the replies not yet complete, and the
+/// calls waiting for them, in order.
+struct Session<'a> {
+    stream: &'a TcpStream,
+    setup: &'a Setup,
+    out: Vec<u8>,
+    /// How much of `out` the socket has taken.
+    written: usize,
+    input: BytesMut,
+    ints: Vec<i64>,
+    in_flight: VecDeque<Sent>,
+    /// Requests in `in_flight`.
+    unanswered: usize,
+}
+
+impl Session<'_> {
+    fn flushed(&self) -> bool {
+        self.written == self.out.len()
+    }
+
+    /// Writes what the socket takes without waiting.
+    fn flush(&mut self) -> io::Result<()> {
+        while !self.flushed() {
+            match self.stream.try_write(&self.out[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.written = 0;
+        Ok(())
+    }
 
     /// Moves every queued batch onto the wire buffer as one `EVALSHA` each.
-    fn take_batches(
-        &self,
-        setup: &Setup,
-        out: &mut Vec<u8>,
-        in_flight: &mut VecDeque<Sent>,
-        unanswered: &mut usize,
-    ) {
+    fn take_batches(&mut self, pipe: &Pipe) {
         let taken: SmallVec<[Batch; 2]> = {
-            let mut q = self.lock();
+            let mut q = pipe.lock();
             if q.batches.is_empty() {
                 return;
             }
@@ -352,66 +374,64 @@ impl Pipe {
             body.extend_from_slice(&batch.keys);
             body.extend_from_slice(&batch.rules);
             resp::put_bulk(&mut body, &batch.sizes);
-            let args = 4 + 2 * batch.counters;
-            resp::put_array(out, args);
-            resp::put_bulk(out, b"EVALSHA");
-            resp::put_bulk(out, setup.sha.as_bytes());
-            out.extend_from_slice(&body);
-            *unanswered += batch.waiters.len();
-            in_flight.push_back(Sent {
-                body: Bytes::from(body),
-                args,
-                waiters: batch.waiters,
-                retried: false,
-            });
+            let sha = self.setup.sha.as_bytes();
+            self.send(
+                b"EVALSHA",
+                sha,
+                Sent {
+                    body: Bytes::from(body),
+                    args: 4 + 2 * batch.counters,
+                    waiters: batch.waiters,
+                    retried: false,
+                },
+            );
         }
-        self.unanswered.store(*unanswered, Ordering::Release);
+    }
+
+    /// Queues one call (`verb` `script` and the call's arguments) for writing.
+    fn send(&mut self, verb: &[u8], script: &[u8], sent: Sent) {
+        resp::put_array(&mut self.out, sent.args);
+        resp::put_bulk(&mut self.out, verb);
+        resp::put_bulk(&mut self.out, script);
+        self.out.extend_from_slice(&sent.body);
+        self.unanswered += sent.waiters.len();
+        self.in_flight.push_back(sent);
     }
 
     /// Reads what has arrived and answers the calls whose replies are complete. `true` when
     /// at least one call was answered.
-    #[allow(clippy::too_many_arguments)]
-    fn read_replies(
-        &self,
-        wire: &Wire,
-        setup: &Setup,
-        input: &mut BytesMut,
-        ints: &mut Vec<i64>,
-        in_flight: &mut VecDeque<Sent>,
-        unanswered: &mut usize,
-        out: &mut Vec<u8>,
-    ) -> Result<bool, PipeError> {
+    fn read_replies(&mut self) -> Result<bool, PipeError> {
         let mut answered = false;
         loop {
-            if input.capacity() - input.len() < 4096 {
-                input.reserve(16 << 10);
+            if self.input.capacity() - self.input.len() < 4096 {
+                self.input.reserve(16 << 10);
             }
-            match wire.try_read_buf(input) {
+            match self.stream.try_read_buf(&mut self.input) {
                 Ok(0) => return Err(PipeError::Closed),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(answered),
                 Err(e) => return Err(e.into()),
             }
             let mut at = 0;
-            while let Some((reply, len)) = resp::parse(&input[at..], ints)? {
-                let sent = in_flight.pop_front().ok_or(PipeError::Unexpected)?;
-                *unanswered -= sent.waiters.len();
+            while let Some((reply, len)) = resp::parse(&self.input[at..], &mut self.ints)? {
+                let sent = self.in_flight.pop_front().ok_or(PipeError::Unexpected)?;
+                self.unanswered -= sent.waiters.len();
                 answered = true;
                 match reply {
-                    Reply::Ints => answer(sent.waiters, ints),
+                    Reply::Ints => answer(sent.waiters, &self.ints),
                     Reply::Error(text) => {
-                        let text = &input[at + text.start..at + text.end];
+                        let text = &self.input[at + text.start..at + text.end];
                         if text.starts_with(b"NOSCRIPT") && !sent.retried {
                             // The script is cached again by this `EVAL`.
-                            resp::put_array(out, sent.args);
-                            resp::put_bulk(out, b"EVAL");
-                            resp::put_bulk(out, setup.script.as_bytes());
-                            out.extend_from_slice(&sent.body);
-                            *unanswered += sent.waiters.len();
-                            in_flight.push_back(Sent {
-                                retried: true,
-                                ..sent
-                            });
+                            let script = self.setup.script.as_bytes();
+                            self.send(
+                                b"EVAL",
+                                script,
+                                Sent {
+                                    retried: true,
+                                    ..sent
+                                },
+                            );
                         } else {
                             tracing::warn!(error = %String::from_utf8_lossy(text), "rate-limit Redis call failed");
                         }
@@ -422,10 +442,8 @@ impl Pipe {
                 }
                 at += len;
             }
-            input.advance(at);
+            self.input.advance(at);
         }
-        self.unanswered.store(*unanswered, Ordering::Release);
-        Ok(answered)
     }
 }
 
@@ -449,108 +467,55 @@ fn answer(waiters: Vec<Waiter>, ints: &[i64]) {
     }
 }
 
-/// The connection's socket (the compiler admits `redis://` URLs only).
-struct Wire(TcpStream);
-
-impl Wire {
-    async fn ready(&self, interest: Interest) -> io::Result<Ready> {
-        self.0.ready(interest).await
-    }
-
-    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        self.0.try_read_buf(buf)
-    }
-
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
-    }
-
-    async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            self.ready(Interest::WRITABLE).await?;
-            match self.try_write(buf) {
-                Ok(n) => buf = &buf[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// The next whole reply: its kind and the text of an error.
-    async fn reply(&self, input: &mut BytesMut) -> Result<Result<(), String>, PipeError> {
-        let mut ints = Vec::new();
-        loop {
-            if let Some((reply, len)) = resp::parse(input, &mut ints)? {
-                let outcome = match reply {
-                    Reply::Error(text) => Err(String::from_utf8_lossy(&input[text]).into_owned()),
-                    Reply::Ints | Reply::Other => Ok(()),
-                };
-                input.advance(len);
-                return Ok(outcome);
-            }
-            self.ready(Interest::READABLE).await?;
-            input.reserve(4096);
-            match self.try_read_buf(input) {
-                Ok(0) => return Err(PipeError::Closed),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-}
-
-/// Opens the connection and sets it up: `AUTH`, `SELECT`, and `SCRIPT LOAD` so that the
-/// first calls find the script.
-async fn connect(setup: &Setup) -> Result<Wire, PipeError> {
+/// Opens the connection (the compiler admits `redis://` URLs only) and sets it up: `AUTH`,
+/// `SELECT`, and `SCRIPT LOAD` so that the first calls find the script.
+async fn connect(setup: &Setup) -> Result<TcpStream, PipeError> {
     let info = setup.url.as_str().into_connection_info()?;
-    let wire = match &info.addr {
-        ConnectionAddr::Tcp(host, port) => {
-            let stream = TcpStream::connect((host.as_str(), *port)).await?;
-            stream.set_nodelay(true)?;
-            Wire(stream)
-        }
+    let mut stream = match &info.addr {
+        ConnectionAddr::Tcp(host, port) => TcpStream::connect((host.as_str(), *port)).await?,
         other => return Err(PipeError::Unsupported(format!("{other}"))),
     };
+    stream.set_nodelay(true)?;
     let mut out = Vec::new();
     let mut replies = 0;
     if let Some(password) = setup.password.as_ref().or(info.redis.password.as_ref()) {
         match &info.redis.username {
             Some(user) => {
-                resp::put_array(&mut out, 3);
-                resp::put_bulk(&mut out, b"AUTH");
-                resp::put_bulk(&mut out, user.as_bytes());
+                resp::put_command(&mut out, &[b"AUTH", user.as_bytes(), password.as_bytes()])
             }
-            None => {
-                resp::put_array(&mut out, 2);
-                resp::put_bulk(&mut out, b"AUTH");
-            }
+            None => resp::put_command(&mut out, &[b"AUTH", password.as_bytes()]),
         }
-        resp::put_bulk(&mut out, password.as_bytes());
         replies += 1;
     }
     if info.redis.db != 0 {
-        resp::put_array(&mut out, 2);
-        resp::put_bulk(&mut out, b"SELECT");
-        resp::put_bulk(
-            &mut out,
-            itoa::Buffer::new().format(info.redis.db).as_bytes(),
-        );
+        let db = itoa::Buffer::new().format(info.redis.db).to_owned();
+        resp::put_command(&mut out, &[b"SELECT", db.as_bytes()]);
         replies += 1;
     }
-    resp::put_array(&mut out, 3);
-    resp::put_bulk(&mut out, b"SCRIPT");
-    resp::put_bulk(&mut out, b"LOAD");
-    resp::put_bulk(&mut out, setup.script.as_bytes());
+    resp::put_command(&mut out, &[b"SCRIPT", b"LOAD", setup.script.as_bytes()]);
     replies += 1;
-    wire.write_all(&out).await?;
+    stream.write_all(&out).await?;
     let mut input = BytesMut::with_capacity(4096);
-    for _ in 0..replies {
-        wire.reply(&mut input).await?.map_err(PipeError::Refused)?;
+    let mut ints = Vec::new();
+    while replies > 0 {
+        match resp::parse(&input, &mut ints)? {
+            Some((reply, len)) => {
+                if let Reply::Error(text) = reply {
+                    let text = String::from_utf8_lossy(&input[text]).into_owned();
+                    return Err(PipeError::Refused(text));
+                }
+                input.advance(len);
+                replies -= 1;
+            }
+            None => {
+                if stream.read_buf(&mut input).await? == 0 {
+                    return Err(PipeError::Closed);
+                }
+            }
+        }
     }
     if !input.is_empty() {
         return Err(PipeError::Unexpected);
     }
-    Ok(wire)
+    Ok(stream)
 }

@@ -40,6 +40,14 @@ pub fn put_bulk(out: &mut Vec<u8>, arg: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends a whole command of a few arguments.
+pub fn put_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    put_array(out, args.len());
+    for arg in args {
+        put_bulk(out, arg);
+    }
+}
+
 /// Reads one reply from the start of `buf`: `Ok(None)` when it is not all there yet,
 /// otherwise the reply and the bytes it took. An array of integers is written to `ints`
 /// (cleared first); `ints` is left unspecified for other replies.
@@ -259,6 +267,9 @@ mod tests {
         put_bulk(&mut out, b"GET");
         put_bulk(&mut out, b"a\r\nb");
         assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$4\r\na\r\nb\r\n");
+        let mut same = Vec::new();
+        put_command(&mut same, &[b"GET", b"a\r\nb"]);
+        assert_eq!(same, out);
     }
 
     /// Random bytes, and valid replies with random bytes flipped, cut or spliced: never a
