@@ -19,11 +19,15 @@ use portcullis_proxy::ratelimit::redis::{RedisBackend, RedisError, RedisSettings
 use redis_server::RedisServer;
 
 fn backend(redis: &RedisServer, timeout: Duration) -> Arc<RedisBackend> {
+    backend_at(redis.url(), None, timeout)
+}
+
+fn backend_at(url: String, password: Option<&str>, timeout: Duration) -> Arc<RedisBackend> {
     RedisBackend::new(
         RedisSettings {
-            urls: vec![redis.url()],
+            urls: vec![url],
             cluster: false,
-            password: None,
+            password: password.map(str::to_owned),
             timeout,
         },
         tokio::runtime::Handle::current(),
@@ -224,14 +228,10 @@ async fn password_database_and_flushed_scripts() {
         redis.cli(&all)
     };
     let with_password = |password: &str| {
-        RedisBackend::new(
-            RedisSettings {
-                urls: vec![format!("{}/3", redis.url())],
-                cluster: false,
-                password: Some(password.into()),
-                timeout: Duration::from_secs(5),
-            },
-            tokio::runtime::Handle::current(),
+        backend_at(
+            format!("{}/3", redis.url()),
+            Some(password),
+            Duration::from_secs(5),
         )
     };
     let wrong = with_password("not-it");

@@ -143,13 +143,16 @@ impl Backends {
         self.local.len()
     }
 
+    fn redis_map(&self) -> std::sync::MutexGuard<'_, HashMap<RedisSettings, Weak<RedisBackend>>> {
+        self.redis
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Only at config load, never per request.
     fn redis(&self, settings: RedisSettings) -> Option<Arc<RedisBackend>> {
         let runtime = self.runtime.clone()?;
-        let mut map = self
-            .redis
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.redis_map();
         map.retain(|_, backend| backend.strong_count() > 0);
         if let Some(backend) = map.get(&settings).and_then(Weak::upgrade) {
             return Some(backend);
@@ -161,11 +164,10 @@ impl Backends {
 
     /// Redis connections some config still holds.
     pub fn redis_connections(&self) -> usize {
-        let map = self
-            .redis
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.values().filter(|b| b.strong_count() > 0).count()
+        self.redis_map()
+            .values()
+            .filter(|b| b.strong_count() > 0)
+            .count()
     }
 }
 
