@@ -51,9 +51,11 @@ pub struct RedisBackend {
     script: Script,
 }
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const BACKOFF_START: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Connecting: how long one attempt may take, and the backoff between failed ones (single
+/// Redis and cluster alike).
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const BACKOFF_START: Duration = Duration::from_millis(50);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// KEYS[i] is a counter; ARGV[i] its rule: four little-endian f64 (algorithm code as in
 /// [`Kind::script_code`], limit, period in ms, burst). The last ARGV says how the counters

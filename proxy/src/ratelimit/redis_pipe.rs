@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 use super::algorithms::Rule;
 use super::keys::RedisKeys;
-use super::redis::{pack_rule, RedisError};
+use super::redis::{pack_rule, RedisError, BACKOFF_MAX, BACKOFF_START, CONNECT_TIMEOUT};
 use super::resp::{self, Reply};
 
 /// The numbers of one request's counters, 4 each, as the script returns them.
@@ -51,9 +51,6 @@ const MAX_QUEUED: usize = 16_384;
 const MAX_UNANSWERED: usize = 16_384;
 /// No answer for this long while calls are in flight: the connection is given up.
 pub const STALL_RESET: Duration = Duration::from_secs(3);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const BACKOFF_START: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 enum PipeError {
