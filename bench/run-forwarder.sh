@@ -22,6 +22,9 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 require_tools "apt-get install nginx wrk curl" nginx wrk curl
 (cd "$ROOT" && cargo build --release -p portcullis-proxy -p portcullis-bench --bin portcullis-proxy --bin forwarder >&2)
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+die() { printf '[bench-fwd] error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/nginx.sh
+source "$ROOT/bench/nginx.sh"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-fwd.XXXXXX")
 PIDS=()
@@ -32,25 +35,11 @@ cleanup() {
 trap cleanup EXIT
 
 UP=$(free_port) NP=$(free_port) PP=$(free_port) AP=$(free_port) FP=$(free_port)
-nginx_conf() { # name body
-    cat >"$TMP/$1.conf" <<CONF
-daemon off; worker_processes 1; pid $TMP/$1.pid; error_log $TMP/$1.err;
-events { worker_connections 4096; }
-http { access_log off; default_type text/plain; keepalive_requests 1000000; keepalive_timeout 75s;
-  client_body_temp_path $TMP/$1-b; proxy_temp_path $TMP/$1-p; fastcgi_temp_path $TMP/$1-f;
-  uwsgi_temp_path $TMP/$1-u; scgi_temp_path $TMP/$1-s;
-  $2 }
-CONF
-}
-nginx_conf up "server { listen 127.0.0.1:$UP backlog=4096; location / { return 200 \"ok\\n\"; } }"
-nginx_conf px "upstream backend { server 127.0.0.1:$UP; keepalive 64; keepalive_requests 1000000; }
-  server { listen 127.0.0.1:$NP backlog=4096; location / { proxy_pass http://backend;
-    proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
-taskset -c "$LOAD_CPU" "$NGINX" -p "$TMP" -c "$TMP/up.conf" &
-PIDS+=($!)
-taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP" -c "$TMP/px.conf" &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
+write_upstream_conf "$TMP/upstream" "$UP"
+write_proxy_conf "$TMP/nginx" "$NP" "$UP" off
+start_nginx upstream "$TMP/upstream" "$LOAD_CPU"
+start_nginx "nginx proxy" "$TMP/nginx" "$PROXY_CPU"
+NGINX_PID=$LAST_PID
 mkdir -p "$TMP/m"
 cat >"$TMP/m/route.yaml" <<YAML
 apiVersion: portcullis.dev/v1alpha1
@@ -74,28 +63,19 @@ for port in $NP $PP $FP; do
         [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/") == 200 ]] && continue 2
         sleep 0.1
     done
-    echo "proxy on port $port did not answer" >&2
-    exit 1
+    die "proxy on port $port did not answer"
 done
 
-HZ=$(getconf CLK_TCK)
-ticks() { # PID: utime+stime of the process and its children (nginx's worker)
-    local t=0 p
-    for p in "$1" $(pgrep -P "$1" || true); do
-        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-    done
-    echo "$t"
-}
 idle() { awk -v c="cpu$1" '$1 == c { print $5 }' /proc/stat; }
 printf '%-5s %-10s %9s %13s %15s %14s\n' round proxy req/s "CPU µs/req" "proxy idle %" "load idle %"
 for round in $(seq 1 "$ROUNDS"); do
     for t in "nginx:$NP:$NGINX_PID" "portcullis:$PP:$PORTCULLIS_PID" "forwarder:$FP:$FORWARDER_PID"; do
         IFS=: read -r name port pid <<<"$t"
         taskset -c "$LOAD_CPU" wrk -t1 -c64 -d2s "http://127.0.0.1:$port/" >/dev/null 2>&1
-        t0=$(ticks "$pid") p0=$(idle "$PROXY_CPU") l0=$(idle "$LOAD_CPU") s0=$(date +%s.%N)
+        t0=$(proc_ticks "$pid") p0=$(idle "$PROXY_CPU") l0=$(idle "$LOAD_CPU") s0=$(now)
         taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"$DURATION" "http://127.0.0.1:$port/" >"$TMP/wrk.txt" 2>&1
-        t1=$(ticks "$pid") p1=$(idle "$PROXY_CPU") l1=$(idle "$LOAD_CPU") s1=$(date +%s.%N)
-        awk -v round="$round" -v name="$name" -v hz="$HZ" -v t=$((t1 - t0)) -v p=$((p1 - p0)) \
+        t1=$(proc_ticks "$pid") p1=$(idle "$PROXY_CPU") l1=$(idle "$LOAD_CPU") s1=$(now)
+        awk -v round="$round" -v name="$name" -v hz="$CLK_TCK" -v t=$((t1 - t0)) -v p=$((p1 - p0)) \
             -v l=$((l1 - l0)) -v secs="$(awk -v a="$s0" -v b="$s1" 'BEGIN {print b - a}')" '
             /requests in/ { reqs = $1 } /Requests\/sec/ { rps = $2 }
             END { printf "%-5s %-10s %9.0f %13.2f %15.1f %14.1f\n", round, name, rps,

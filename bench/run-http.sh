@@ -35,6 +35,8 @@ PORTCULLIS_BIN=${PORTCULLIS_BIN:-}
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/nginx.sh
+source "$ROOT/bench/nginx.sh"
 
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
 [[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer"
@@ -132,115 +134,7 @@ expect_body() {
     [[ $body == "ok" ]] || die "$2: $1 returned '$body', expected the upstream's 'ok'"
 }
 
-# ---------------------------------------------------------------------------- nginx configs
-nginx_common() { # $1 = instance dir
-    cat <<EOF
-daemon off;
-master_process on;
-worker_processes 1;
-pid $1/nginx.pid;
-events { worker_connections 4096; }
-EOF
-}
-nginx_http_common() {
-    cat <<EOF
-    client_body_temp_path $1/client_body;
-    proxy_temp_path $1/proxy_temp;
-    fastcgi_temp_path $1/fastcgi_temp;
-    uwsgi_temp_path $1/uwsgi_temp;
-    scgi_temp_path $1/scgi_temp;
-    default_type text/plain;
-    # Keep client connections open for the whole run (nginx's default closes one every
-    # 1000 requests; Portcullis does not), so both proxies see the same connection pattern.
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-EOF
-}
-
-write_upstream_conf() { # dir port
-    local d=$1 port=$2
-    mkdir -p "$d"
-    {
-        nginx_common "$d"
-        echo "http {"
-        nginx_http_common "$d"
-        cat <<EOF
-    access_log off;
-    server {
-        listen 127.0.0.1:$port backlog=4096;
-        location / { return 200 "ok\n"; }
-    }
-}
-EOF
-    } >"$d/nginx.conf"
-}
-
-write_proxy_conf() { # dir port upstream_port audit(on|off)
-    local d=$1 port=$2 up=$3 audit=$4
-    mkdir -p "$d"
-    {
-        nginx_common "$d"
-        echo "http {"
-        nginx_http_common "$d"
-        if [[ $audit == on ]]; then
-            # Roughly the fields of Portcullis' audit line, one JSON object per request,
-            # written unbuffered to /dev/null like Portcullis' stdout.
-            cat <<'EOF'
-    log_format audit escape=json '{"timestamp":"$time_iso8601","request_id":"$request_id",'
-        '"client_ip":"$remote_addr","route":"bench","method":"$request_method","path":"$uri",'
-        '"status":$status,"latency":$request_time,"upstream_latency":"$upstream_response_time",'
-        '"decision":"allow"}';
-    access_log /dev/null audit;
-EOF
-        else
-            echo "    access_log off;"
-        fi
-        cat <<EOF
-    upstream backend {
-        server 127.0.0.1:$up;
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$port backlog=4096;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
-    } >"$d/nginx.conf"
-}
-
-start_nginx() { # name dir cpu  -> sets LAST_PID
-    local name=$1 d=$2 cpu=$3
-    "$NGINX" -t -q -p "$d" -c "$d/nginx.conf" -e "$d/error.log" 2>"$d/configtest.log" ||
-        { cat "$d/configtest.log" >&2; die "$name: nginx config test failed"; }
-    taskset -c "$cpu" "$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/error.log" >"$d/stdout.log" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
-
 # ---------------------------------------------------------------------------- measurement
-CLK_TCK=$(getconf CLK_TCK)
-now() { date +%s.%N; }
-# proc_ticks PID: utime+stime of a process and its direct children (nginx master + worker).
-proc_ticks() {
-    local total=0 p t
-    for p in "$1" $(pgrep -P "$1" || true); do
-        t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
-        total=$((total + t))
-    done
-    echo "$total"
-}
-# core_ticks CPU: "busy total" jiffies of one core from /proc/stat.
-core_ticks() {
-    awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i;
-        print t - $5 - $6, t }' /proc/stat
-}
-
 # parse_wrk FILE -> "rps p50_ms p75_ms p90_ms p99_ms requests non2xx sock_errors"
 parse_wrk() {
     awk '
