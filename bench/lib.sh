@@ -30,3 +30,22 @@ require_tools() {
     done
     ((${#missing[@]} == 0)) || { echo "missing: ${missing[*]} ($hint)" >&2; exit 1; }
 }
+
+# CPU time from /proc.
+CLK_TCK=$(getconf CLK_TCK)
+now() { date +%s.%N; }
+# proc_ticks PID: utime+stime of a process and its direct children (nginx master + worker).
+proc_ticks() {
+    local total=0 p t
+    for p in "$1" $(pgrep -P "$1" || true); do
+        t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+        total=$((total + t))
+    done
+    echo "$total"
+}
+# core_ticks CPU: "busy total" jiffies of one core from /proc/stat.
+core_ticks() {
+    awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i;
+        print t - $5 - $6, t }' /proc/stat
+}
+

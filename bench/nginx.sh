@@ -1,6 +1,7 @@
+# shellcheck shell=bash
 # Shared by run-http.sh, run-auth.sh and run-forwarder.sh (which set NGINX, PIDS and die):
 # nginx configs (an upstream answering `return 200 "ok\n"`, nginx `proxy_pass` with
-# upstream keep-alive), starting nginx, and CPU time from /proc.
+# upstream keep-alive) and starting nginx.
 
 nginx_common() { # $1 = instance dir
     cat <<EOF
@@ -91,22 +92,3 @@ start_nginx() { # name dir cpu  -> sets LAST_PID
     LAST_PID=$!
     PIDS+=("$LAST_PID")
 }
-
-# CPU time from /proc.
-CLK_TCK=$(getconf CLK_TCK)
-now() { date +%s.%N; }
-# proc_ticks PID: utime+stime of a process and its direct children (nginx master + worker).
-proc_ticks() {
-    local total=0 p t
-    for p in "$1" $(pgrep -P "$1" || true); do
-        t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
-        total=$((total + t))
-    done
-    echo "$total"
-}
-# core_ticks CPU: "busy total" jiffies of one core from /proc/stat.
-core_ticks() {
-    awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i;
-        print t - $5 - $6, t }' /proc/stat
-}
-

@@ -50,6 +50,8 @@ read -r -a SCENARIOS <<<"${SCENARIOS:-${ALL_SCENARIOS[*]}}"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 # shellcheck source=bench/nginx.sh
 source "$ROOT/bench/nginx.sh"
 

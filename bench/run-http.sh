@@ -35,6 +35,8 @@ PORTCULLIS_BIN=${PORTCULLIS_BIN:-}
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 # shellcheck source=bench/nginx.sh
 source "$ROOT/bench/nginx.sh"
 

@@ -272,16 +272,6 @@ p50_of() { awk '/^ +50% / { v = $2; u = v; sub(/^[0-9.]+/, "", u); n = v + 0;
 p99_of() { awk '/^ +99% / { v = $2; u = v; sub(/^[0-9.]+/, "", u); n = v + 0;
     if (u == "us") n /= 1000; else if (u == "s") n *= 1000; print n }' "$1"; }
 non2xx_of() { awk '/Non-2xx/ { print $NF }' "$1"; }
-CLK_TCK=$(getconf CLK_TCK)
-# proc_ticks PID: utime+stime of a process and its direct children (nginx master + worker).
-proc_ticks() {
-    local total=0 p t
-    for p in "$1" $(pgrep -P "$1" || true); do
-        t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
-        total=$((total + t))
-    done
-    echo "$total"
-}
 # cpu_us_per_request TICKS WRK_OUTPUT
 cpu_us_per_request() {
     awk -v t="$1" -v hz="$CLK_TCK" '/ requests in / { r = $1 } END { printf "%.1f", t * 1e6 / hz / r }' "$2"

@@ -161,16 +161,6 @@ run_wrk() { # name scenario duration out
     taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$3" --latency "${args[@]}" "$url" >"$4" 2>&1
 }
 rps_of() { awk '/^Requests\/sec:/ { print $2 }' "$1"; }
-CLK_TCK=$(getconf CLK_TCK)
-# proc_ticks PID: utime+stime of a process and its direct children.
-proc_ticks() {
-    local total=0 p t
-    for p in "$1" $(pgrep -P "$1" || true); do
-        t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
-        total=$((total + t))
-    done
-    echo "$total"
-}
 # cpu_us_per_request TICKS WRK_OUTPUT
 cpu_us_per_request() {
     awk -v t="$1" -v hz="$CLK_TCK" '/ requests in / { r = $1 } END { printf "%.1f", t * 1e6 / hz / r }' "$2"
