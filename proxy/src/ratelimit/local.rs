@@ -11,6 +11,7 @@
 //! counters idle long enough to no longer matter, then, if still full, the counters that
 //! expire soonest.
 
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use foldhash::quality::RandomState;
 use smallvec::SmallVec;
 
-use super::algorithms::{evaluate, Rule, State, Verdicts};
+use super::algorithms::{evaluate, Rule, State, Verdict, Verdicts};
 use super::clock::Clock;
 
 const SHARDS: usize = 64;
@@ -121,6 +122,11 @@ impl LocalStore {
     pub fn decide(&self, checks: &[Check], verdicts: &mut Verdicts) -> bool {
         let now = self.clock.now_ms();
         verdicts.clear();
+        if let [check] = checks {
+            let verdict = self.decide_one(check, now);
+            verdicts.push(verdict);
+            return verdict.allowed;
+        }
         let mut order: [usize; 8] = [0; 8];
         let mut shard_ids: Vec<usize> = Vec::new();
         let few = checks.len() <= order.len();
@@ -184,6 +190,40 @@ impl LocalStore {
             }
         }
         all
+    }
+
+    /// One counter, the usual case: one lock and one probe of its map.
+    pub fn decide_one(&self, check: &Check, now: u64) -> Verdict {
+        let mut shard = self.lock(Self::shard_of(check.counter));
+        if shard.len() >= self.per_shard && !shard.contains_key(&check.counter) {
+            evict(&mut shard, now, self.per_shard);
+        }
+        let idle_until_ms = now.saturating_add(check.rule.idle_ms());
+        match shard.entry(check.counter) {
+            MapEntry::Occupied(mut stored) => {
+                let current = Some(stored.get())
+                    .filter(|e| e.idle_until_ms > now)
+                    .map(|e| e.state);
+                let (verdict, state) = evaluate(&check.rule, current, now);
+                if verdict.allowed {
+                    *stored.get_mut() = Entry {
+                        state,
+                        idle_until_ms,
+                    };
+                }
+                verdict
+            }
+            MapEntry::Vacant(empty) => {
+                let (verdict, state) = evaluate(&check.rule, None, now);
+                if verdict.allowed {
+                    empty.insert(Entry {
+                        state,
+                        idle_until_ms,
+                    });
+                }
+                verdict
+            }
+        }
     }
 
     /// Number of live counters (tests and the admin summary).
@@ -273,5 +313,56 @@ mod tests {
             assert!(store.decide(&[c], &mut v));
         }
         assert!(store.len() <= 64 * 16, "{}", store.len());
+    }
+
+    #[test]
+    fn one_counter_path_decides_as_the_general_path() {
+        let clock = ManualClock::new(1_000_000);
+        let one = LocalStore::new(Arc::new(clock.clone()), 10_000);
+        let general = LocalStore::new(Arc::new(clock.clone()), 10_000);
+        let rules = [
+            rule(5),
+            Rule {
+                kind: Kind::Sliding,
+                limit: 5,
+                period_ms: 1000,
+                burst: 5,
+            },
+            Rule {
+                kind: Kind::Gcra,
+                limit: 5,
+                period_ms: 1000,
+                burst: 3,
+            },
+        ];
+        let (mut v1, mut v2) = (Verdicts::new(), Verdicts::new());
+        let mut step = 7u64;
+        let mut denied = 0;
+        for i in 0..3_000u64 {
+            step = step
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            clock.advance((step >> 33) % 60);
+            let r = rules[(i % 3) as usize];
+            let c = Check {
+                counter: one.counter(i % 3),
+                rule: r,
+            };
+            // Same counter in the other store, decided alongside one that never limits.
+            let both = [
+                Check {
+                    counter: general.counter(i % 3),
+                    rule: r,
+                },
+                Check {
+                    counter: general.counter("other"),
+                    rule: rule(u64::MAX),
+                },
+            ];
+            assert_eq!(one.decide(&[c], &mut v1), general.decide(&both, &mut v2));
+            assert_eq!(v1[0], v2[0], "request {i}");
+            denied += usize::from(!v1[0].allowed);
+        }
+        assert!((300..2_700).contains(&denied), "{denied} denied");
     }
 }
