@@ -17,6 +17,13 @@
 #   RESULTS_DIR=<repo>/bench/results KEEP_TMP=1
 #   FIXED_RATE=5000 FIXED_CONNECTIONS=8   the fixed-rate phase (hey -q): p99 at a load every
 #                                         target sustains, so "added latency" is not queueing
+#   BREAKDOWN=1   two more targets that split what the local limit costs:
+#                   nohdr   the local policy with responseHeaders: false (the decision alone)
+#                   static  no policy; the same three RateLimit-* headers as static
+#                           responseHeaders (the headers alone, no decision, no formatting)
+# Each target's proxy CPU per request (utime+stime from /proc, over the measured run) is
+# printed too: with the proxy core saturated it is the cost behind the throughput, and its
+# per-round difference to plain ("added µs") is steadier than req/s on a noisy host.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,6 +38,7 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results}
 KEEP_TMP=${KEEP_TMP:-0}
+BREAKDOWN=${BREAKDOWN:-0}
 PORTCULLIS_BIN=${PORTCULLIS_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis-proxy}
 
 log() { printf '[bench-rl] %s\n' "$*" >&2; }
@@ -111,13 +119,19 @@ spec:
 ---
 EOF
 }
-declare -A URL
-for target in plain local redis; do
+TARGETS=(plain local redis)
+[[ $BREAKDOWN == 1 ]] && TARGETS+=(nohdr static)
+declare -A URL PROXY_PID
+for target in "${TARGETS[@]}"; do
     dir="$TMP/$target"; mkdir -p "$dir/m"
-    refs="[]"
+    refs="[]" extra=""
     case $target in
         local) policy bench "{type: Local}" >"$dir/m/policy.yaml"; refs="[bench]" ;;
         redis) policy bench "{type: Redis, redis: {url: \"redis://127.0.0.1:$REDIS_PORT\", timeout: 50ms}}" >"$dir/m/policy.yaml"; refs="[bench]" ;;
+        nohdr) { policy bench "{type: Local}" | sed '/^---$/d'; echo "  responseHeaders: false"; } >"$dir/m/policy.yaml"
+            refs="[bench]" ;;
+        # What the local target sends early in a second (limit 1e9, reset 1 s).
+        static) extra='  responseHeaders: {add: {ratelimit-limit: "1000000000", ratelimit-remaining: "999999999", ratelimit-reset: "1"}}' ;;
     esac
     cat >"$dir/m/route.yaml" <<EOF
 apiVersion: portcullis.dev/v1alpha1
@@ -126,12 +140,14 @@ metadata: {name: bench, namespace: bench}
 spec:
   paths: [{value: /}]
   rateLimitPolicies: $refs
+$extra
   upstream: {targets: [{url: "http://127.0.0.1:$UP_PORT"}]}
 EOF
     p=$(port); a=$(port)
     taskset -c "$PROXY_CPU" "$PORTCULLIS_BIN" --manifests "$dir/m" --listen "127.0.0.1:$p" \
         --admin-listen "127.0.0.1:$a" --workers 1 --no-audit >/dev/null 2>"$dir/stderr.log" &
     PIDS+=($!)
+    PROXY_PID[$target]=$!
     URL[$target]="http://127.0.0.1:$p/"
     wait_ok "${URL[$target]}" "${PIDS[-1]}" "portcullis-$target"
 done
@@ -146,24 +162,31 @@ parse() {
 }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
-TARGETS=(plain local redis)
-declare -A RPS P99 ROUND_RPS
-LOCAL_PLAIN="" REDIS_LOCAL=""
+N_TARGETS=${#TARGETS[@]}
+declare -A RPS P99 ROUND_RPS US ROUND_US PAIRED ADDED
+REDIS_LOCAL=""
 for round in $(seq 1 "$ROUNDS"); do
-    for i in 0 1 2; do
-        t=${TARGETS[$(((i + round) % 3))]}
+    for i in $(seq 0 $((N_TARGETS - 1))); do
+        t=${TARGETS[$(((i + round) % N_TARGETS))]}
         run_wrk "${URL[$t]}" "$WARMUP" /dev/null
+        ticks0=$(proc_ticks "${PROXY_PID[$t]}")
         run_wrk "${URL[$t]}" "$DURATION" "$TMP/wrk-$t-$round.txt"
+        ticks1=$(proc_ticks "${PROXY_PID[$t]}")
         read -r rps p99 non2xx < <(parse "$TMP/wrk-$t-$round.txt")
         [[ $non2xx == 0 ]] || die "$t answered $non2xx non-2xx responses in round $round"
-        RPS[$t]+="$rps "; P99[$t]+="$p99 "
-        ROUND_RPS[$t]=$rps
-        log "round $round $t: $rps req/s, p99 $p99 ms"
+        reqs=$(awk '/requests in/ { print $1 }' "$TMP/wrk-$t-$round.txt")
+        us=$(awk -v t=$((ticks1 - ticks0)) -v n="$reqs" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t * 1e6 / hz / n}')
+        RPS[$t]+="$rps "; P99[$t]+="$p99 "; US[$t]+="$us "
+        ROUND_RPS[$t]=$rps ROUND_US[$t]=$us
+        log "round $round $t: $rps req/s, p99 $p99 ms, proxy CPU $us µs/request"
     done
     # The same round's targets ran back to back: their ratio is less exposed to the host
     # drifting over the run than the ratio of medians.
-    LOCAL_PLAIN+="$(awk -v a="${ROUND_RPS[local]}" -v b="${ROUND_RPS[plain]}" 'BEGIN {printf "%.3f", a/b}') "
     REDIS_LOCAL+="$(awk -v a="${ROUND_RPS[redis]}" -v b="${ROUND_RPS[local]}" 'BEGIN {printf "%.3f", a/b}') "
+    for t in "${TARGETS[@]:1}"; do
+        PAIRED[$t]+="$(awk -v a="${ROUND_RPS[$t]}" -v b="${ROUND_RPS[plain]}" 'BEGIN {printf "%.3f", a/b}') "
+        ADDED[$t]+="$(awk -v a="${ROUND_US[$t]}" -v b="${ROUND_US[plain]}" 'BEGIN {printf "%.2f", a-b}') "
+    done
 done
 
 # Fixed rate: the same request rate for every target (hey paces each worker), so p99 shows the
@@ -189,14 +212,15 @@ done
 mkdir -p "$RESULTS_DIR"
 OUT="$RESULTS_DIR/ratelimit-$(date -u +%Y%m%dT%H%M%SZ).txt"
 {
-    printf '%-8s %12s %10s\n' target req/s p99_ms
+    printf '%-8s %12s %10s %14s\n' target req/s p99_ms proxy_us/req
     for t in "${TARGETS[@]}"; do
-        printf '%-8s %12s %10s\n' "$t" "$(tr ' ' '\n' <<<"${RPS[$t]}" | grep . | median)" "$(tr ' ' '\n' <<<"${P99[$t]}" | grep . | median)"
+        printf '%-8s %12s %10s %14s\n' "$t" "$(tr ' ' '\n' <<<"${RPS[$t]}" | grep . | median)" \
+            "$(tr ' ' '\n' <<<"${P99[$t]}" | grep . | median)" "$(tr ' ' '\n' <<<"${US[$t]}" | grep . | median)"
     done
 } | tee "$OUT.table"
-read -r _ plain_rps plain_p99 < <(sed -n 2p "$OUT.table")
-read -r _ local_rps local_p99 < <(sed -n 3p "$OUT.table")
-read -r _ redis_rps redis_p99 < <(sed -n 4p "$OUT.table")
+read -r _ plain_rps plain_p99 _ < <(sed -n 2p "$OUT.table")
+read -r _ local_rps local_p99 _ < <(sed -n 3p "$OUT.table")
+read -r _ redis_rps redis_p99 _ < <(sed -n 4p "$OUT.table")
 awk -v pr="$plain_rps" -v lr="$local_rps" -v rr="$redis_rps" -v pp="$plain_p99" -v lp="$local_p99" -v rp="$redis_p99" \
     -v rounds="$ROUNDS" -v dur="$DURATION" -v conns="$CONNECTIONS" 'BEGIN {
     printf "rounds=%s duration=%s connections=%s\n", rounds, dur, conns
@@ -207,8 +231,10 @@ spread() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {
     m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2
     printf "median %.3f, min %.3f, max %.3f", m, a[1], a[NR] }'; }
 {
-    echo "per-round local/plain: $(spread "$LOCAL_PLAIN") ($LOCAL_PLAIN)"
     echo "per-round redis/local: $(spread "$REDIS_LOCAL") ($REDIS_LOCAL)"
+    for t in "${TARGETS[@]:1}"; do
+        echo "per-round $t/plain: $(spread "${PAIRED[$t]}") (${PAIRED[$t]}); proxy CPU added over plain, µs/request: $(spread "${ADDED[$t]}")"
+    done
 } | tee -a "$OUT.table"
 fp=$(tr ' ' '\n' <<<"${FIXED_P99[plain]}" | grep . | median)
 fl=$(tr ' ' '\n' <<<"${FIXED_P99[local]}" | grep . | median)
