@@ -193,7 +193,7 @@ impl LocalStore {
     }
 
     /// One counter, the usual case: one lock and one probe of its map.
-    pub fn decide_one(&self, check: &Check, now: u64) -> Verdict {
+    fn decide_one(&self, check: &Check, now: u64) -> Verdict {
         let mut shard = self.lock(Self::shard_of(check.counter));
         if shard.len() >= self.per_shard && !shard.contains_key(&check.counter) {
             evict(&mut shard, now, self.per_shard);

@@ -472,11 +472,6 @@ impl CompiledPolicy {
         }
     }
 
-    /// The local counter of rule `ri` of this policy for a key and tier.
-    fn counter(&self, backends: &Backends, material: Material<'_>, tier: usize, ri: usize) -> u64 {
-        backends.local.counter((self.seed, material, tier, ri))
-    }
-
     /// The rules for this request and a tier slot (0 = base) that keeps tier counters apart.
     fn rules_for(&self, groups: &[String]) -> (usize, &[Rule]) {
         for (i, (group, rules)) in self.tiers.iter().enumerate() {
@@ -525,7 +520,8 @@ impl LocalChecks {
         let material = policy.material(ctx);
         let (tier, rules) = policy.rules_for(ctx.groups);
         for (ri, rule) in rules.iter().enumerate() {
-            self.push(policy.counter(backends, material, tier, ri), pi, *rule);
+            let counter = backends.local.counter((policy.seed, material, tier, ri));
+            self.push(counter, pi, *rule);
         }
     }
 
@@ -557,19 +553,6 @@ fn decide_local(
     ctx: &KeyContext<'_>,
     granted: &mut Option<RateLimitHeaders>,
 ) -> Result<(), RateLimitError> {
-    if let [pi] = *policies {
-        // One policy with one limit, the usual case: no lists to build.
-        let policy = &limits.policies[pi];
-        let (tier, rules) = policy.rules_for(ctx.groups);
-        if let [rule] = *rules {
-            let check = Check {
-                counter: policy.counter(backends, policy.material(ctx), tier, 0),
-                rule,
-            };
-            let verdict = backends.local.decide_one(&check, backends.local.now_ms());
-            return finish(limits, &[(Slot { policy: pi, rule }, verdict)], granted);
-        }
-    }
     let mut local = LocalChecks::default();
     for &pi in policies {
         local.push_policy(backends, limits, pi, ctx);

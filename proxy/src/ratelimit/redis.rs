@@ -63,8 +63,9 @@ pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// decided as if alone, in order: its counters are written only when every one of them
 /// admits. A key is read with one `GET` and written with one `SET` per call, whatever the
 /// number of requests counting on it: the requests in between see each other's counts in
-/// the script, and the last write is the one a `SET` per request would have left. Returns 4 integers per counter: admitted (0/1), remaining, reset (ms), retry
-/// after (ms). Mirrors `algorithms.rs`.
+/// the script, and the last write is the one a `SET` per request would have left. Returns
+/// 4 integers per counter: admitted (0/1), remaining, reset (ms), retry after (ms). Mirrors
+/// `algorithms.rs`.
 ///
 /// What it costs Redis (callgrind, per call): every `redis.call` costs a few thousand
 /// instructions and every decimal string turned into a number (`tonumber`, i.e. `strtod`)
