@@ -102,18 +102,18 @@ fn small(n: u64) -> Option<HeaderValue> {
 }
 
 fn number(n: u64) -> HeaderValue {
-    small(n).unwrap_or_else(|| {
-        DIGITS
-            .try_with(|d| d.borrow_mut().cut(n))
-            // Only while the thread is being torn down.
-            .unwrap_or_else(|_| HeaderValue::from(n))
-    })
+    render(n, Digits::cut)
 }
 
 fn limit_number(n: u64) -> HeaderValue {
+    render(n, Digits::limit)
+}
+
+fn render(n: u64, cut: fn(&mut Digits, u64) -> HeaderValue) -> HeaderValue {
     small(n).unwrap_or_else(|| {
         DIGITS
-            .try_with(|d| d.borrow_mut().limit(n))
+            .try_with(|d| cut(&mut d.borrow_mut(), n))
+            // Only while the thread is being torn down.
             .unwrap_or_else(|_| HeaderValue::from(n))
     })
 }
