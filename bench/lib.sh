@@ -20,6 +20,14 @@ stop_pids() {
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
 
+# Makes the script's temporary folder $TMP (named after the first argument), an empty PIDS
+# array, and an EXIT trap that stops those processes and removes the folder.
+make_tmp() {
+    # shellcheck disable=SC2034 # TMP and PIDS are the calling script's
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX") PIDS=()
+    trap 'stop_pids; rm -rf "$TMP"' EXIT
+}
+
 # Exits unless every tool named after the first argument is on PATH or in /usr/sbin (where
 # Debian puts nginx); the first argument is the install hint printed with the missing ones.
 require_tools() {

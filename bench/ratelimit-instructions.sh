@@ -28,14 +28,7 @@ require_tools "apt-get install valgrind nginx redis-server redis-tools wrk curl"
 [[ -x $PORTCULLIS_BIN ]] || (cd "$ROOT" && cargo build --release -p portcullis-proxy >&2)
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-rl-instr.XXXXXX")
-PIDS=()
-cleanup() {
-    stop_pids
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-
+make_tmp portcullis-rl-instr
 
 UP=$(free_port)
 cat >"$TMP/up.conf" <<CONF

@@ -26,13 +26,7 @@ die() { printf '[bench-fwd] error: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=bench/nginx.sh
 source "$ROOT/bench/nginx.sh"
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-fwd.XXXXXX")
-PIDS=()
-cleanup() {
-    stop_pids
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+make_tmp portcullis-fwd
 
 UP=$(free_port) NP=$(free_port) PP=$(free_port) AP=$(free_port) FP=$(free_port)
 write_upstream_conf "$TMP/upstream" "$UP"
