@@ -49,7 +49,7 @@ as_root() { if [[ $EUID -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; th
     die "need root to run: $*"; fi; }
 missing=()
 for pair in wrk:wrk taskset:util-linux curl:curl redis-server:redis-server redis-cli:redis-tools \
-    hey:hey python3:python3; do
+    hey:hey; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
@@ -77,7 +77,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_ok() { # URL PID NAME
     for _ in $(seq 1 600); do
         kill -0 "$2" 2>/dev/null || die "$3 exited during start-up (logs in $TMP)"
@@ -88,7 +87,7 @@ wait_ok() { # URL PID NAME
 }
 
 # Upstream: nginx on the load core.
-UP_PORT=$(port)
+UP_PORT=$(free_port)
 mkdir -p "$TMP/nginx"
 cat >"$TMP/nginx/nginx.conf" <<EOF
 daemon off; worker_processes 1; pid $TMP/nginx/nginx.pid; error_log $TMP/nginx/error.log;
@@ -101,7 +100,7 @@ taskset -c "$LOAD_CPU" "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$
 PIDS+=($!)
 wait_ok "http://127.0.0.1:$UP_PORT/" "${PIDS[-1]}" nginx
 
-REDIS_PORT=$(port)
+REDIS_PORT=$(free_port)
 taskset -c "$LOAD_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$TMP" >"$TMP/redis.log" 2>&1 &
 PIDS+=($!)
@@ -143,7 +142,7 @@ spec:
 $extra
   upstream: {targets: [{url: "http://127.0.0.1:$UP_PORT"}]}
 EOF
-    p=$(port); a=$(port)
+    p=$(free_port); a=$(free_port)
     taskset -c "$PROXY_CPU" "$PORTCULLIS_BIN" --manifests "$dir/m" --listen "127.0.0.1:$p" \
         --admin-listen "127.0.0.1:$a" --workers 1 --no-audit >/dev/null 2>"$dir/stderr.log" &
     PIDS+=($!)
@@ -196,6 +195,7 @@ FIXED_CONNECTIONS=${FIXED_CONNECTIONS:-8}
 declare -A FIXED_P99
 hey_p99() { awk '/ 99% in / {printf "%.3f\n", $3 * 1000}' "$1"; }
 for round in $(seq 1 "$ROUNDS"); do
+    # plain, local and redis only: the breakdown targets are about throughput.
     for i in 0 1 2; do
         t=${TARGETS[$(((i + round) % 3))]}
         taskset -c "$LOAD_CPU" hey -z "$DURATION" -c "$FIXED_CONNECTIONS" \
@@ -227,9 +227,11 @@ awk -v pr="$plain_rps" -v lr="$local_rps" -v rr="$redis_rps" -v pp="$plain_p99" 
     printf "local/plain throughput  %.3f (target >= 0.95)\n", lr/pr
     printf "redis/local throughput  %.3f (target >= 0.80)\n", rr/lr
     printf "p99 added at saturation: local %+.3f ms, redis %+.3f ms (vs plain)\n", lp-pp, rp-pp }' | tee -a "$OUT.table"
-spread() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {
-    m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2
-    printf "median %.3f, min %.3f, max %.3f", m, a[1], a[NR] }'; }
+spread() {
+    local sorted
+    sorted=$(tr ' ' '\n' <<<"$1" | grep . | sort -g)
+    printf "median %.3f, min %.3f, max %.3f" "$(median <<<"$sorted")" "$(head -1 <<<"$sorted")" "$(tail -1 <<<"$sorted")"
+}
 {
     echo "per-round redis/local: $(spread "$REDIS_LOCAL") ($REDIS_LOCAL)"
     for t in "${TARGETS[@]:1}"; do
