@@ -198,32 +198,21 @@ impl LocalStore {
         if shard.len() >= self.per_shard && !shard.contains_key(&check.counter) {
             evict(&mut shard, now, self.per_shard);
         }
-        let idle_until_ms = now.saturating_add(check.rule.idle_ms());
-        match shard.entry(check.counter) {
-            MapEntry::Occupied(mut stored) => {
-                let current = Some(stored.get())
-                    .filter(|e| e.idle_until_ms > now)
-                    .map(|e| e.state);
-                let (verdict, state) = evaluate(&check.rule, current, now);
-                if verdict.allowed {
-                    *stored.get_mut() = Entry {
-                        state,
-                        idle_until_ms,
-                    };
-                }
-                verdict
-            }
-            MapEntry::Vacant(empty) => {
-                let (verdict, state) = evaluate(&check.rule, None, now);
-                if verdict.allowed {
-                    empty.insert(Entry {
-                        state,
-                        idle_until_ms,
-                    });
-                }
-                verdict
-            }
+        let entry = shard.entry(check.counter);
+        let current = match &entry {
+            MapEntry::Occupied(stored) => Some(*stored.get())
+                .filter(|e| e.idle_until_ms > now)
+                .map(|e| e.state),
+            MapEntry::Vacant(_) => None,
+        };
+        let (verdict, state) = evaluate(&check.rule, current, now);
+        if verdict.allowed {
+            entry.insert_entry(Entry {
+                state,
+                idle_until_ms: now.saturating_add(check.rule.idle_ms()),
+            });
         }
+        verdict
     }
 
     /// Number of live counters (tests and the admin summary).
