@@ -40,6 +40,7 @@ require_tools() {
 }
 
 # CPU time from /proc.
+# shellcheck disable=SC2034 # used by the scripts that source this
 CLK_TCK=$(getconf CLK_TCK)
 now() { date +%s.%N; }
 # proc_ticks PID: utime+stime of a process and its direct children (nginx master + worker).
@@ -57,3 +58,9 @@ core_ticks() {
         print t - $5 - $6, t }' /proc/stat
 }
 
+# median: of the numbers on stdin ("nan" when there are none).
+median() {
+    sort -g | awk '{ a[NR] = $1 } END {
+        if (NR == 0) { print "nan"; exit }
+        if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}

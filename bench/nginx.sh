@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by run-http.sh, run-auth.sh and run-forwarder.sh (which set NGINX, PIDS and die):
+# Shared by the bench scripts that start nginx (they set NGINX, PIDS and die):
 # nginx configs (an upstream answering `return 200 "ok\n"`, nginx `proxy_pass` with
 # upstream keep-alive) and starting nginx.
 

@@ -27,20 +27,15 @@ require_tools "apt-get install valgrind nginx redis-server redis-tools wrk curl"
     valgrind callgrind_control nginx redis-server redis-cli wrk curl
 [[ -x $PORTCULLIS_BIN ]] || (cd "$ROOT" && cargo build --release -p portcullis-proxy >&2)
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+die() { printf '[rl-instr] error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/nginx.sh
+source "$ROOT/bench/nginx.sh"
 
 make_tmp portcullis-rl-instr
 
 UP=$(free_port)
-cat >"$TMP/up.conf" <<CONF
-daemon off; worker_processes 1; pid $TMP/up.pid; error_log $TMP/up.err;
-events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $TMP/b; proxy_temp_path $TMP/p;
-  fastcgi_temp_path $TMP/f; uwsgi_temp_path $TMP/u; scgi_temp_path $TMP/s;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } } }
-CONF
-taskset -c "$LOAD_CPU" "$NGINX" -p "$TMP" -c "$TMP/up.conf" &
-PIDS+=($!)
+write_upstream_conf "$TMP/upstream" "$UP"
+start_nginx upstream "$TMP/upstream" "$LOAD_CPU"
 
 start_redis() { # VALGRIND(0/1) -> sets RPID RPORT
     RPORT=$(free_port)
@@ -136,8 +131,8 @@ for run in $RUNS; do
         # Redis under callgrind serves a few thousand calls a second: at a high concurrency
         # the queue in front of it alone exceeds the 50 ms timeout.
         [[ $run == 2 && " $REDIS_CONNS " != *" $c "* ]] && continue
-        start_redis $([[ $run == 2 ]] && echo 1 || echo 0)
-        start_proxy $([[ $run == 1 ]] && echo 1 || echo 0)
+        start_redis "$([[ $run == 2 ]] && echo 1 || echo 0)"
+        start_proxy "$([[ $run == 1 ]] && echo 1 || echo 0)"
         measure "$run" "$c"
         stop "$PPID_"
         stop "$RPID"

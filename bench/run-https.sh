@@ -169,7 +169,6 @@ for ((r = 1; r <= ROUNDS; r++)); do
     for s in $SCENARIOS; do for p in "${order[@]}"; do run_wrk "$p" "$s" "$r"; done; done
 done
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 printf '\n%-10s %12s %12s %8s\n' scenario nginx portcullis ratio
 for s in $SCENARIOS; do
     n=$(grep "\"proxy\":\"nginx\",\"scenario\":\"$s\"" "$OUT" | sed 's/.*"rps":\([0-9.]*\).*/\1/' | median)

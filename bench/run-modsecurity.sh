@@ -276,7 +276,6 @@ non2xx_of() { awk '/Non-2xx/ { print $NF }' "$1"; }
 cpu_us_per_request() {
     awk -v t="$1" -v hz="$CLK_TCK" '/ requests in / { r = $1 } END { printf "%.1f", t * 1e6 / hz / r }' "$2"
 }
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 med_of() { tr ' ' '\n' <<<"$1" | awk NF | median; }
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)

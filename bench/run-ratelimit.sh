@@ -29,6 +29,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
+# shellcheck source=bench/nginx.sh
+source "$ROOT/bench/nginx.sh"
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -88,17 +90,9 @@ wait_ok() { # URL PID NAME
 
 # Upstream: nginx on the load core.
 UP_PORT=$(free_port)
-mkdir -p "$TMP/nginx"
-cat >"$TMP/nginx/nginx.conf" <<EOF
-daemon off; worker_processes 1; pid $TMP/nginx/nginx.pid; error_log $TMP/nginx/error.log;
-events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $TMP/nginx/cb; proxy_temp_path $TMP/nginx/pt;
-  fastcgi_temp_path $TMP/nginx/ft; uwsgi_temp_path $TMP/nginx/ut; scgi_temp_path $TMP/nginx/st;
-  server { listen 127.0.0.1:$UP_PORT; keepalive_requests 1000000; location / { return 200 "ok\n"; } } }
-EOF
-taskset -c "$LOAD_CPU" "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" &
-PIDS+=($!)
-wait_ok "http://127.0.0.1:$UP_PORT/" "${PIDS[-1]}" nginx
+write_upstream_conf "$TMP/nginx" "$UP_PORT"
+start_nginx upstream "$TMP/nginx" "$LOAD_CPU"
+wait_ok "http://127.0.0.1:$UP_PORT/" "$LAST_PID" nginx
 
 REDIS_PORT=$(free_port)
 taskset -c "$LOAD_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
@@ -159,7 +153,6 @@ parse() {
     awk '/Requests\/sec/ {rps=$2} /^ +99%/ {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; p99=v}
          /Non-2xx/ {n=$NF} END {printf "%s %s %s\n", rps, p99, (n==""?0:n)}' "$1"
 }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 N_TARGETS=${#TARGETS[@]}
 declare -A RPS P99 ROUND_RPS US ROUND_US PAIRED ADDED

@@ -168,7 +168,6 @@ cpu_us_per_request() {
 p99_of() { awk '/^ +99% / { v = $2; u = v; sub(/^[0-9.]+/, "", u); n = v + 0;
     if (u == "us") n /= 1000; else if (u == "s") n *= 1000; print n }' "$1"; }
 non2xx_of() { awk '/Non-2xx/ { print $NF }' "$1"; }
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 for s in get post; do for n in off on; do run_wrk "$n" "$s" "$WARMUP" "$TMP/warmup-$n-$s.txt"; done; done
 declare -A RPS P99 CPU
