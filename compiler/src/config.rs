@@ -141,6 +141,10 @@ pub struct RouteConfig {
     /// Header names lowercased; values compared exactly.
     pub headers: Vec<HeaderMatch>,
     pub query_params: Vec<HeaderMatch>,
+    /// How request paths are normalised for this route (the defaults are left out of the
+    /// serialised config).
+    #[serde(default, skip_serializing_if = "PathNormalizationConfig::is_default")]
+    pub path_normalization: PathNormalizationConfig,
     pub strip_path: bool,
     pub rewrite_prefix: Option<String>,
     pub upstream: UpstreamConfig,
@@ -167,6 +171,30 @@ pub struct RouteConfig {
     pub waf_policies: Vec<String>,
 }
 
+/// `ApiRoute.spec.pathNormalization`: see [`crate::path`].
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PathNormalizationConfig {
+    pub merge_slashes: bool,
+    /// `%2F`, `%5C` and `\` are forwarded encoded instead of refused with 400.
+    pub pass_encoded_slashes: bool,
+}
+
+impl Default for PathNormalizationConfig {
+    fn default() -> Self {
+        PathNormalizationConfig {
+            merge_slashes: true,
+            pass_encoded_slashes: false,
+        }
+    }
+}
+
+impl PathNormalizationConfig {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PathKind {
     Exact,
@@ -178,7 +206,8 @@ pub enum PathKind {
 #[serde(rename_all = "camelCase")]
 pub struct PathRule {
     pub kind: PathKind,
-    /// For Prefix: normalized without a trailing slash (except `/`). For Regex: anchored
+    /// For Exact and Prefix: in normal form ([`crate::path::normalize`]); a Prefix without a
+    /// trailing slash (except `/`). For Regex: matched against normalised paths, anchored
     /// by the proxy (`^(?:value)$`), validated here.
     pub value: String,
 }

@@ -10,6 +10,7 @@ pub mod report;
 pub mod units;
 
 pub mod manifests;
+pub mod path;
 
 mod compile;
 mod status;

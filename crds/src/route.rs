@@ -61,6 +61,10 @@ pub struct ApiRouteSpec {
     /// Query parameters that must be present with exactly these values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query_params: Vec<NameValue>,
+    /// How the request path is normalised before matching; the normalised path is what the
+    /// WAF, the audit log and the upstream see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_normalization: Option<PathNormalization>,
     /// Remove the matched prefix before forwarding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strip_path: Option<bool>,
@@ -103,6 +107,27 @@ pub enum PathMatchType {
     Prefix,
     Exact,
     Regex,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PathNormalization {
+    /// Merge repeated slashes (`//a///b` is `/a/b`); default true. With false, the upstream
+    /// receives the empty segments, and a path whose meaning they would change is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_slashes: Option<bool>,
+    /// What an encoded slash (`%2F`, `%5C`) or a backslash in the path does; default Reject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoded_slashes: Option<EncodedSlashes>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema, Default)]
+pub enum EncodedSlashes {
+    /// 400 Bad Request.
+    #[default]
+    Reject,
+    /// Forwarded still encoded (a backslash as `%5C`), inside its path segment.
+    PassEncoded,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema, Default)]

@@ -2,13 +2,14 @@
 //! streamed size limit used for bodies whose length is not known up front.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, SizeHint};
+
+use crate::client_body::{ClientFault, FaultKind};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
@@ -28,20 +29,20 @@ pub fn empty() -> ProxyBody {
 pub struct BodyLimitExceeded;
 
 /// Counts bytes as they stream to the upstream and fails the body once `limit` is passed.
-/// The shared flag lets the pipeline tell "client sent too much" (413) apart from an
-/// upstream failure, since the error reaches us wrapped inside the client's error.
+/// The shared fault record lets the pipeline tell "client sent too much" (413) apart from
+/// an upstream failure, since the error reaches us wrapped inside the client's error.
 pub struct LimitedBody<B> {
     inner: B,
     remaining: u64,
-    exceeded: Arc<AtomicBool>,
+    fault: Arc<ClientFault>,
 }
 
 impl<B> LimitedBody<B> {
-    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+    pub fn new(inner: B, limit: u64, fault: Arc<ClientFault>) -> Self {
         Self {
             inner,
             remaining: limit,
-            exceeded,
+            fault,
         }
     }
 }
@@ -63,7 +64,7 @@ where
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > self.remaining {
-                        self.exceeded.store(true, Ordering::Relaxed);
+                        self.fault.set(FaultKind::TooLarge);
                         return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded))));
                     }
                     self.remaining -= len;

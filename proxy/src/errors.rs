@@ -38,6 +38,12 @@ pub enum GatewayError {
     Tls(#[from] crate::tls::TlsRouteError),
     #[error(transparent)]
     Waf(#[from] WafError),
+    /// The request line or framing headers (method, target, Host, Transfer-Encoding, path).
+    #[error(transparent)]
+    Request(#[from] crate::request_target::RequestError),
+    /// The client's body failed: timeout, too slow, malformed, or no buffer room.
+    #[error(transparent)]
+    ClientBody(crate::client_body::FaultKind),
 }
 
 impl GatewayError {
@@ -54,6 +60,7 @@ impl GatewayError {
                 | ValidationError::UnreadableBody => StatusCode::BAD_REQUEST,
                 ValidationError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ValidationError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                ValidationError::Client(kind) => kind.status(),
             },
             GatewayError::Upstream(e) => match e {
                 UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -69,6 +76,8 @@ impl GatewayError {
             },
             GatewayError::Tls(e) => e.status(),
             GatewayError::Waf(e) => e.status(),
+            GatewayError::Request(e) => e.status(),
+            GatewayError::ClientBody(kind) => kind.status(),
         }
     }
 
@@ -84,6 +93,8 @@ impl GatewayError {
             GatewayError::RateLimit(e) => e.reason(),
             GatewayError::Tls(e) => e.reason(),
             GatewayError::Waf(e) => e.reason(),
+            GatewayError::Request(e) => e.reason(),
+            GatewayError::ClientBody(kind) => kind.reason(),
         }
     }
 
@@ -102,6 +113,8 @@ impl GatewayError {
             GatewayError::Waf(_) => Some(Enforcement::WafBlocked),
             // A rate-limit backend failure (503) is not a client being limited.
             GatewayError::RateLimit(_)
+            | GatewayError::Request(_)
+            | GatewayError::ClientBody(_)
             | GatewayError::NoRoute
             | GatewayError::Ip(_)
             | GatewayError::Cors(_)
@@ -123,6 +136,8 @@ impl GatewayError {
             GatewayError::RateLimit(_) => "rate_limit",
             GatewayError::Tls(_) => "tls",
             GatewayError::Waf(_) => "waf",
+            GatewayError::Request(_) => "request",
+            GatewayError::ClientBody(_) => "request_body",
         }
     }
 

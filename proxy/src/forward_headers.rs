@@ -6,7 +6,10 @@
 //!   upstream can trust them.
 //! - `X-Forwarded-For` is appended to when the peer is a trusted proxy and replaced by the
 //!   peer address otherwise (an untrusted client's list would be a forgery vector);
-//!   `X-Forwarded-Proto`/`-Host` from trusted proxies are kept, otherwise set from this hop.
+//!   `X-Forwarded-Proto`/`-Host`/`-Port` from trusted proxies are kept, otherwise set from
+//!   this hop (`X-Forwarded-Proto: https` on the TLS listener). `X-Forwarded-Prefix` and
+//!   `X-Forwarded-Ssl` are kept from trusted proxies only. `Forwarded` (RFC 7239) from a
+//!   trusted proxy gets this hop's element appended; from anyone else it is replaced by it.
 //! - `X-Real-IP` is the resolved client IP; `X-Request-ID` the request id.
 //! - `Host` is set to the upstream authority (by the HTTP client); the client's host travels
 //!   in `X-Forwarded-Host`.
@@ -51,6 +54,9 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static(crate::request_id::HEADER);
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_FORWARDED_SSL: HeaderName = HeaderName::from_static("x-forwarded-ssl");
 
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_marked(headers, HOP, true);
@@ -80,18 +86,22 @@ fn classify(name: &HeaderName) -> u8 {
     let (hop, identity, forwarded): (&[&str], &[&str], &[&str]) = match name.len() {
         2 => (&["te"], &[], &[]),
         7 => (&["trailer", "upgrade"], &[], &[]),
-        9 => (&[], &["x-user-id"], &["x-real-ip"]),
+        9 => (&[], &["x-user-id"], &["x-real-ip", "forwarded"]),
         10 => (&["connection", "keep-alive"], &[], &[]),
         12 => (&[], &[], &["x-request-id"]),
         13 => (&[], &["x-consumer-id"], &[]),
-        15 => (&[], &[], &["x-forwarded-for"]),
-        16 => (&["proxy-connection"], &[], &["x-forwarded-host"]),
+        15 => (&[], &[], &["x-forwarded-for", "x-forwarded-ssl"]),
+        16 => (
+            &["proxy-connection"],
+            &[],
+            &["x-forwarded-host", "x-forwarded-port"],
+        ),
         17 => (
             &["transfer-encoding"],
             &["x-consumer-groups", "x-credential-type"],
             &["x-forwarded-proto"],
         ),
-        18 => (&["proxy-authenticate"], &[], &[]),
+        18 => (&["proxy-authenticate"], &[], &["x-forwarded-prefix"]),
         19 => (&["proxy-authorization"], &["x-consumer-username"], &[]),
         20 => (&[], &["x-anonymous-consumer"], &[]),
         _ => return 0,
@@ -148,6 +158,10 @@ pub struct ForwardContext<'a> {
     pub original_host: Option<HeaderValue>,
     pub identity: Identity,
     pub keys: &'a KeyStore,
+    /// The request arrived on the TLS listener.
+    pub tls: bool,
+    /// The port of the listener the request arrived on.
+    pub local_port: u16,
 }
 
 /// Headers the gateway adds to the upstream request, written after the request's own
@@ -177,9 +191,10 @@ pub fn prepare(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) -> Added {
     } else {
         peer
     };
+    let own_proto = if ctx.tls { "https" } else { "http" };
     let proto = match headers.get(X_FORWARDED_PROTO) {
         Some(kept) if ctx.peer_trusted => kept.clone(),
-        _ => HeaderValue::from_static("http"),
+        _ => HeaderValue::from_static(own_proto),
     };
     let forwarded_host = match headers.get(X_FORWARDED_HOST) {
         Some(kept) if ctx.peer_trusted => Some(kept.clone()),
@@ -198,6 +213,22 @@ pub fn prepare(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) -> Added {
     }
     added.push((X_REAL_IP, real_ip));
     added.push((X_REQUEST_ID, ctx.request_id.clone()));
+    let port = match headers.get(&X_FORWARDED_PORT) {
+        Some(kept) if ctx.peer_trusted => kept.clone(),
+        _ => HeaderValue::from(ctx.local_port),
+    };
+    added.push((X_FORWARDED_PORT, port));
+    if ctx.peer_trusted {
+        for name in [X_FORWARDED_PREFIX, X_FORWARDED_SSL] {
+            for value in headers.get_all(&name) {
+                added.push((name.clone(), value.clone()));
+            }
+        }
+    }
+    added.push((
+        header::FORWARDED,
+        forwarded_element(headers, ctx, own_proto),
+    ));
 
     match ctx.identity {
         // Principals without a consumer get their headers from `AuthContext::apply_upstream`.
@@ -219,6 +250,35 @@ pub fn prepare(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) -> Added {
         }
     }
     added
+}
+
+/// This hop's RFC 7239 element, after a trusted proxy's elements.
+fn forwarded_element(headers: &HeaderMap, ctx: &ForwardContext<'_>, proto: &str) -> HeaderValue {
+    use std::fmt::Write;
+    let mut value = String::with_capacity(64);
+    if ctx.peer_trusted {
+        for earlier in headers
+            .get_all(header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
+            value.push_str(earlier);
+            value.push_str(", ");
+        }
+    }
+    let _ = match ctx.peer {
+        IpAddr::V4(v4) => write!(value, "for={v4}"),
+        IpAddr::V6(v6) => write!(value, "for=\"[{v6}]\""),
+    };
+    value.push_str(";proto=");
+    value.push_str(proto);
+    if let Some(host) = ctx.original_host.as_ref().and_then(|h| h.to_str().ok()) {
+        // A quoted-string: the host may carry a port (`:` is not a token character).
+        if !host.contains(['"', '\\']) {
+            let _ = write!(value, ";host=\"{host}\"");
+        }
+    }
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("for=unknown"))
 }
 
 fn add_consumer(added: &mut Added, consumer: &Consumer) {
@@ -363,6 +423,8 @@ mod tests {
                 original_host: None,
                 identity: Identity::Unauthenticated,
                 keys: &keys,
+                tls: false,
+                local_port: 8080,
             },
         );
         let h = upstream_view(&h, &added);
@@ -411,6 +473,8 @@ mod tests {
             original_host: Some(HeaderValue::from_static("inner.example")),
             identity: Identity::Unauthenticated,
             keys: &keys,
+            tls: false,
+            local_port: 8080,
         };
         let trusted = upstream_view(&h, &prepare(&mut h.clone(), &ctx(true)));
         assert_eq!(trusted["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");

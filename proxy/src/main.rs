@@ -67,6 +67,20 @@ struct Args {
     /// Cap on concurrent connections from one client IP; excess ones get a 503.
     #[arg(long, value_name = "N")]
     max_connections_per_ip: Option<usize>,
+    /// Keep request header names that contain `_` (by default they are dropped, as nginx
+    /// does: CGI/WSGI servers would read `X_User_ID` as `X-User-ID`).
+    #[arg(long)]
+    allow_underscores_in_headers: bool,
+    /// Longest wait for the next bytes of a request body (408 after it).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    body_read_timeout: Duration,
+    /// Minimum request body rate in bytes per second waited, after a 10 s grace (0: off).
+    #[arg(long, default_value_t = portcullis_proxy::client_body::DEFAULT_MIN_BODY_RATE)]
+    min_body_rate: u64,
+    /// Bytes of request bodies held in memory for inspection across the process (JSON
+    /// checks, the WAF); requests that would pass it get a 503.
+    #[arg(long, default_value = "128Mi", value_parser = parse_size)]
+    max_buffered_body: usize,
 }
 
 fn main() -> ExitCode {
@@ -94,6 +108,12 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| e.to_string())
 }
 
+fn parse_size(text: &str) -> Result<usize, String> {
+    portcullis_compiler::units::parse_size_bytes(text)
+        .map_err(|e| e.to_string())
+        .and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
+}
+
 fn proxy_options(args: &Args) -> ProxyOptions {
     ProxyOptions {
         listen: args.listen,
@@ -103,6 +123,13 @@ fn proxy_options(args: &Args) -> ProxyOptions {
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
         tls_listen: args.tls_listen,
+        allow_underscores_in_headers: args.allow_underscores_in_headers,
+        body_limits: portcullis_proxy::client_body::BodyLimits {
+            read_timeout: args.body_read_timeout,
+            min_rate: args.min_body_rate,
+            ..Default::default()
+        },
+        max_buffered_body_bytes: args.max_buffered_body,
         audit: if args.no_audit {
             AuditSink::Disabled
         } else {

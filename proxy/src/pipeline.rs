@@ -5,7 +5,11 @@
 //!     HTTP/2, header-read and idle timeouts (in `server`); TLS termination with per-host
 //!     certificates and client authentication (`tls`), checked against the route in step 3.
 //!  2. request id (`request_id`); W3C trace context: not yet.
-//!  3. route match (`router`); for CORS preflights by the requested method.
+//!     The request line and framing headers are checked and the path normalised
+//!     (`request_target`): method case, target form, `Host`, `Transfer-Encoding`,
+//!     underscore header names.
+//!  3. route match (`router`) on the normalised path; for CORS preflights by the requested
+//!     method. The route's `pathNormalization` decides encoded slashes and empty segments.
 //!  4. client IP (`client_ip`) and IP allow/deny (`ip_filter`).
 //!  5. pre-authentication rate limits: ClientIp, Global, Route, Header keys (`ratelimit`).
 //!  6. WAF on request line, headers and cookies (`waf`).
@@ -14,7 +18,9 @@
 //!  7. authentication (API key, JWT, OAuth2 introspection, forward auth) and authorization
 //!     (groups, scopes, roles) (`auth`).
 //!  8. per-consumer rate limits, tiers and quotas: Consumer, ApiKey keys (`ratelimit`).
-//!  9. request validation (`validate`); WAF on the body (`waf`).
+//!  9. request validation (`validate`); WAF on the body (`waf`). The client's body runs
+//!     under read timeouts, a minimum rate and the process-wide buffer budget
+//!     (`client_body`).
 //! 10. upstream (`forward_headers`, `upstream`), or the route's direct response.
 //! 11. response: upstream 5xx sanitizing, header add/remove, security headers, CORS,
 //!     `X-Request-ID` (`response_headers`, `cors`); gateway errors as JSON (`errors`).
@@ -23,7 +29,6 @@
 //! Every step fails closed: an error returns a [`GatewayError`] and nothing is forwarded.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,13 +41,17 @@ use ipnet::IpNet;
 use crate::audit::{timestamp, Audit, AuditRecord};
 use crate::auth::{self, Identity};
 use crate::body::{full, ProxyBody};
+use crate::client_body::{BodyLimits, BufferBudget, ClientBody, ClientFault, FaultKind};
 use crate::config_store::{CompiledRoute, ConfigStore, RuntimeConfig};
 use crate::errors::{json_error, GatewayError, UPSTREAM_ERROR_MESSAGE};
 use crate::metrics::Metrics;
 use crate::ratelimit::{self, RateLimitHeaders};
 use crate::router::{request_host, RequestView};
 use crate::upstream::UpstreamError;
-use crate::{client_ip, cors, forward_headers, ip_filter, request_id, response_headers, validate};
+use crate::{
+    client_ip, cors, forward_headers, ip_filter, request_id, request_target, response_headers,
+    validate,
+};
 
 /// Process-wide state shared by every connection.
 pub struct Shared {
@@ -56,6 +65,11 @@ pub struct Shared {
     pub limiter: ratelimit::Backends,
     /// Port of the TLS listener, for HTTP→HTTPS redirects.
     pub https_port: Option<u16>,
+    /// Keep header names with `_` (nginx's `underscores_in_headers on`).
+    pub allow_underscores_in_headers: bool,
+    pub body_limits: BodyLimits,
+    /// Request bodies buffered for inspection, across the process.
+    pub body_budget: Arc<BufferBudget>,
 }
 
 /// What the audit line and metrics need to know about a request once it is answered.
@@ -66,11 +80,14 @@ struct Outcome {
     upstream_latency_ms: Option<f64>,
     rate_limit: Option<RateLimitHeaders>,
     waf: crate::waf::WafState,
+    /// The normalised path, when it differs from the request's (for the audit line).
+    path: Option<Box<str>>,
 }
 
 pub async fn handle(
     shared: &Shared,
     peer: SocketAddr,
+    local_port: u16,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -95,14 +112,19 @@ pub async fn handle(
         upstream_latency_ms: None,
         rate_limit: None,
         waf: Default::default(),
+        path: None,
     };
     let result = run(
         shared,
         &runtime,
         parts,
         body,
-        peer_ip,
-        client_ip,
+        Connection {
+            peer_ip,
+            client_ip,
+            local_port,
+            tls: on_tls,
+        },
         &request_id,
         &mut outcome,
     )
@@ -182,7 +204,7 @@ pub async fn handle(
             consumer,
             route: route.map(|r| r.config.id.as_str()),
             method: method.as_str(),
-            path: uri.path(),
+            path: outcome.path.as_deref().unwrap_or(uri.path()),
             status: status.as_u16(),
             latency_ms: elapsed.as_secs_f64() * 1000.0,
             upstream_latency_ms: outcome.upstream_latency_ms,
@@ -198,17 +220,38 @@ pub async fn handle(
     response
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where a request came from and how.
+struct Connection {
+    peer_ip: IpAddr,
+    client_ip: IpAddr,
+    local_port: u16,
+    tls: bool,
+}
+
 async fn run(
     shared: &Shared,
     runtime: &Arc<RuntimeConfig>,
     mut parts: Parts,
     body: Incoming,
-    peer_ip: IpAddr,
-    client_ip: IpAddr,
+    connection: Connection,
     request_id: &HeaderValue,
     outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, GatewayError> {
+    let Connection {
+        peer_ip, client_ip, ..
+    } = connection;
+    // 2. the request line and framing; the path in normal form.
+    let target = request_target::check(&mut parts, shared.allow_underscores_in_headers)?;
+    let raw_path: Option<Box<str>> = match &target.changed {
+        Some(normal) => {
+            let raw = parts.uri.path().into();
+            parts.uri = request_target::with_path(&parts.uri, normal);
+            outcome.path = Some(normal.as_str().into());
+            Some(raw)
+        }
+        None => None,
+    };
+
     // 3. route match
     let host = request_host(&parts.uri, &parts.headers);
     let preflight_method = if cors::is_preflight(&parts.method, &parts.headers) {
@@ -238,6 +281,17 @@ async fn run(
     outcome.route = Some(found.route);
     let route: &CompiledRoute = &runtime.routes[found.route];
     let config = &route.config;
+    let rewrites = config.strip_path || config.rewrite_prefix.is_some();
+    if let Some(unmerged) = request_target::route_path(
+        raw_path.as_deref().unwrap_or(parts.uri.path()),
+        parts.uri.path(),
+        &target,
+        config.path_normalization,
+        rewrites,
+    )? {
+        parts.uri = request_target::with_path(&parts.uri, &unmerged);
+        outcome.path = Some(unmerged.into());
+    }
     // 1. (after the match) the connection's TLS policy must be the route's; HTTP → HTTPS.
     if let Some(redirect) = crate::tls::check_route(config, &parts, shared.https_port)? {
         return Ok(redirect);
@@ -303,13 +357,18 @@ async fn run(
 
     // 9. request validation
     let has_body = validate::has_body(&parts, &body);
-    let exceeded = Arc::new(AtomicBool::new(false));
+    let fault = Arc::new(ClientFault::default());
+    let body: ProxyBody = if has_body {
+        ClientBody::new(body, shared.body_limits, fault.clone()).boxed()
+    } else {
+        body.map_err(Into::into).boxed()
+    };
     let body = match &route.validation {
         Some(validation) => {
             validation.check_head(&parts, has_body)?;
-            Box::pin(validation.check_body(body, has_body, &exceeded)).await?
+            Box::pin(validation.check_body(body, has_body, &fault, &shared.body_budget)).await?
         }
-        None => body.map_err(Into::into).boxed(),
+        None => body,
     };
     // 9. WAF on the body
     let body = match &route.waf {
@@ -319,7 +378,8 @@ async fn run(
                 &parts,
                 client_ip,
                 body,
-                &exceeded,
+                &fault,
+                &shared.body_budget,
                 &mut outcome.waf,
             ))
             .await?
@@ -353,8 +413,13 @@ async fn run(
             original_host,
             identity: outcome.identity,
             keys: &runtime.keys,
+            tls: connection.tls,
+            local_port: connection.local_port,
         },
     );
+    if parts.version == http::Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
     auth_context.apply_upstream(&mut parts.headers);
     let rewritten = forward_headers::rewrite_path(
         &parts.uri,
@@ -371,19 +436,16 @@ async fn run(
     outcome.upstream_started = Some(Instant::now());
     let result = route
         .upstream
-        .forward(parts, &added, body, client_ip, replayable)
+        .forward(parts, &added, body, client_ip, replayable, &fault)
         .await;
     outcome.upstream_latency_ms = outcome
         .upstream_started
         .map(|s| s.elapsed().as_secs_f64() * 1000.0);
     let response = match result {
         Ok(response) => response,
-        Err(_) if exceeded.load(Ordering::Relaxed) => {
-            return Err(UpstreamError::BodyTooLarge.into())
-        }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(client_fault(&fault).unwrap_or(e.into())),
     };
-    if exceeded.load(Ordering::Relaxed) {
+    if fault.get() == Some(FaultKind::TooLarge) {
         // The upstream answered before reading the whole body; the client still sent too much.
         return Err(UpstreamError::BodyTooLarge.into());
     }
@@ -404,6 +466,32 @@ async fn run(
         return Ok(Response::from_parts(head, sanitized_body));
     }
     Ok(Response::from_parts(head, body.map_err(Into::into).boxed()))
+}
+
+/// The error for a body that failed on the client's side, if it did.
+fn client_fault(fault: &ClientFault) -> Option<GatewayError> {
+    Some(match fault.get()? {
+        FaultKind::TooLarge => UpstreamError::BodyTooLarge.into(),
+        kind => GatewayError::ClientBody(kind),
+    })
+}
+
+/// HTTP/2 may split `cookie` into several fields (RFC 9113 §8.2.3); an HTTP/1.1 upstream
+/// expects one, and many frameworks read only the first.
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let joined: Vec<u8> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 fn is_idempotent(method: &Method) -> bool {

@@ -15,8 +15,9 @@
 //!    parameter) wins.
 //!
 //! The host is the URI authority (HTTP/2 `:authority`, absolute-form) or else the `Host`
-//! header, without port, lowercased. Paths are matched as received (not percent-decoded),
-//! so the upstream sees exactly what was matched. Prefix matching is segment-aware (`/api`
+//! header, without port or a trailing dot, lowercased. Paths are matched in normal form
+//! (`request_target`, `portcullis_compiler::path`), and that form is what the upstream
+//! receives, so the upstream sees exactly what was matched. Prefix matching is segment-aware (`/api`
 //! matches `/api`, `/api/` and `/api/x`, not `/apix`); regexes are anchored `^(?:re)$`.
 //!
 //! A request whose path matches but whose method does not is answered 404 like any other
@@ -321,7 +322,9 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
-/// The routing host: authority (HTTP/2, absolute-form) or `Host`, without port, lowercased.
+/// The routing host: authority (HTTP/2, absolute-form) or `Host`, without port and
+/// without the trailing dot of a fully qualified name (`api.example.com.` is
+/// `api.example.com`), lowercased.
 pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Cow<'a, str> {
     let raw = match uri.host() {
         Some(host) => host,
@@ -330,6 +333,10 @@ pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Cow<'a, s
             .and_then(|v| v.to_str().ok())
             .map(strip_port)
             .unwrap_or(""),
+    };
+    let raw = match raw.strip_suffix('.') {
+        Some(name) if !name.is_empty() && !name.ends_with('.') => name,
+        _ => raw,
     };
     if raw.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(raw.to_ascii_lowercase())

@@ -58,6 +58,12 @@ pub struct ProxyOptions {
     pub auth: crate::auth::AuthOptions,
     /// TLS listener (`--tls-listen`); `None` disables it.
     pub tls_listen: Option<SocketAddr>,
+    /// Keep request header names that contain `_` (dropped by default).
+    pub allow_underscores_in_headers: bool,
+    /// Read timeout and minimum rate of request bodies.
+    pub body_limits: crate::client_body::BodyLimits,
+    /// Bytes of request bodies buffered for inspection across the process (503 past it).
+    pub max_buffered_body_bytes: usize,
 }
 
 impl Default for ProxyOptions {
@@ -76,6 +82,9 @@ impl Default for ProxyOptions {
             rate_limit_clock: None,
             auth: crate::auth::AuthOptions::default(),
             tls_listen: None,
+            allow_underscores_in_headers: false,
+            body_limits: crate::client_body::BodyLimits::default(),
+            max_buffered_body_bytes: crate::client_body::DEFAULT_BUFFER_BUDGET,
         }
     }
 }
@@ -146,6 +155,9 @@ impl ProxyServer {
             clients,
             limiter,
             https_port: tls_listener.as_ref().map(|(_, a)| a.port()),
+            allow_underscores_in_headers: options.allow_underscores_in_headers,
+            body_limits: options.body_limits,
+            body_budget: crate::client_body::BufferBudget::new(options.max_buffered_body_bytes),
         });
         let (listener, local_addr) = bind(options.listen).await?;
         let admin = match options.admin_listen {
@@ -409,6 +421,7 @@ async fn accept_loop(
 ) {
     let builder = Arc::new(builder(&options));
     let limits = ConnectionLimits::new(options.max_connections, options.max_connections_per_ip);
+    let local_port = listener.local_addr().map_or(0, |a| a.port());
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -442,7 +455,7 @@ async fn accept_loop(
                     Ok((stream, info)) => {
                         serve_connection(
                             stream,
-                            peer,
+                            (peer, local_port),
                             shared,
                             builder,
                             timeouts,
@@ -459,7 +472,7 @@ async fn accept_loop(
         }
         tokio::spawn(serve_connection(
             stream,
-            peer,
+            (peer, local_port),
             shared.clone(),
             builder.clone(),
             Timeouts::from(&*options),
@@ -538,7 +551,7 @@ impl From<&ProxyOptions> for Timeouts {
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection<S>(
     stream: S,
-    peer: SocketAddr,
+    (peer, local_port): (SocketAddr, u16),
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     timeouts: Timeouts,
@@ -565,7 +578,7 @@ async fn serve_connection<S>(
         service_activity.in_flight.fetch_add(1, Ordering::Relaxed);
         let active = ActiveRequest(service_activity.clone());
         async move {
-            let response = pipeline::handle(&shared, peer, request).await;
+            let response = pipeline::handle(&shared, peer, local_port, request).await;
             Ok::<_, Infallible>(response.map(|inner| TrackedBody {
                 inner,
                 _active: active,

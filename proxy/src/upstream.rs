@@ -32,6 +32,7 @@ use portcullis_compiler::config::{
 };
 
 use crate::body::{empty, ProxyBody};
+use crate::client_body::ClientFault;
 use crate::monotonic::now_ms;
 use crate::tls::upstream_tls::UpstreamTlsError;
 use crate::upstream_pool::{self, ConnPool, Connector, HttpsConnector, PoolKey, PoolRegistry};
@@ -272,7 +273,8 @@ impl Upstream {
 
     /// Sends the request. `parts.uri` holds the origin-form path and query to forward;
     /// `added` the headers this hop adds. `replayable` allows retries (idempotent method,
-    /// no body).
+    /// no body). A failure while `client_fault` holds a fault was the client's (its body
+    /// stalled, broke or was too large): it is not charged to the target's health.
     pub async fn forward(
         &self,
         mut parts: Parts,
@@ -280,6 +282,7 @@ impl Upstream {
         body: ProxyBody,
         client_ip: IpAddr,
         replayable: bool,
+        client_fault: &ClientFault,
     ) -> Result<Response<ReadTimeoutBody>, UpstreamError> {
         if self.targets.is_empty() {
             return Err(UpstreamError::NoTargets);
@@ -319,7 +322,11 @@ impl Upstream {
                 self.read_timeout,
                 |body| pool.send(parts, added, body),
             );
-            match sent.await {
+            let outcome = sent.await;
+            if outcome.as_ref().map_or(true, Result::is_err) && client_fault.get().is_some() {
+                return Err(UpstreamError::Failed);
+            }
+            match outcome {
                 Err(_) => {
                     target.record_failure();
                     // A timed-out request may have had effects upstream: never retried.

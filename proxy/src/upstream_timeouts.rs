@@ -36,6 +36,9 @@ pub enum TimeoutKind {
 struct SendProgress {
     last_activity_ms: AtomicU64,
     finished: AtomicBool,
+    /// The body has no frame ready: the client is the one being slow, and its own body
+    /// timeouts ([`crate::client_body`]) govern, not the upstream send timeout.
+    waiting_on_client: AtomicBool,
 }
 
 /// Wraps the request body to record each frame handed to the connection.
@@ -53,6 +56,9 @@ impl Body for ProgressBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        self.progress
+            .waiting_on_client
+            .store(polled.is_pending(), Ordering::Relaxed);
         match &polled {
             Poll::Ready(Some(Ok(_))) => {
                 self.progress
@@ -115,9 +121,13 @@ where
         } else {
             (send_timeout, TimeoutKind::Send)
         };
-        let last = progress.last_activity_ms.load(Ordering::Relaxed);
-        let deadline_ms = last.saturating_add(limit.as_millis() as u64);
+        let mut last = progress.last_activity_ms.load(Ordering::Relaxed);
         let now = now_ms();
+        if !finished && progress.waiting_on_client.load(Ordering::Relaxed) {
+            // Waiting on the client does not count against the upstream.
+            last = now;
+        }
+        let deadline_ms = last.saturating_add(limit.as_millis() as u64);
         if now >= deadline_ms {
             return Err(kind);
         }

@@ -4,18 +4,18 @@
 //! Bodies are only buffered when a JSON check needs the whole document; everything else
 //! streams through [`LimitedBody`] so a large upload never sits in gateway memory.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{header, HeaderName};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use portcullis_compiler::config::ValidationConfig;
 use serde_json::Value;
 
 use crate::body::{full, LimitedBody, ProxyBody};
+use crate::client_body::{BufferBudget, ClientFault, FaultKind, ReservedBody};
 
 /// Cap on bodies buffered for JSON checks when the route sets no `maxBodySize`.
 pub const DEFAULT_JSON_BUFFER_LIMIT: u64 = 10 * 1024 * 1024;
@@ -38,6 +38,10 @@ pub enum ValidationError {
     Schema(Vec<String>),
     #[error("request body could not be read")]
     UnreadableBody,
+    /// The client failed while the body was being buffered (timeout, too slow, too large
+    /// for the process-wide buffer budget).
+    #[error("{0}")]
+    Client(FaultKind),
 }
 
 impl ValidationError {
@@ -50,6 +54,7 @@ impl ValidationError {
             ValidationError::JsonTooDeep => "json_too_deep",
             ValidationError::Schema(_) => "schema_mismatch",
             ValidationError::UnreadableBody => "unreadable_body",
+            ValidationError::Client(kind) => kind.reason(),
         }
     }
 }
@@ -124,29 +129,25 @@ impl CompiledValidation {
         self.schema.is_some() || self.max_json_depth.is_some()
     }
 
-    /// Wraps or buffers the body. `exceeded` is raised if a streamed body passes the limit.
+    /// Wraps or buffers the body. `fault` records a streamed body passing the limit;
+    /// buffered bytes are reserved from `budget` until the body is dropped.
     pub async fn check_body(
         &self,
-        body: Incoming,
+        body: ProxyBody,
         has_body: bool,
-        exceeded: &Arc<AtomicBool>,
+        fault: &Arc<ClientFault>,
+        budget: &Arc<BufferBudget>,
     ) -> Result<ProxyBody, ValidationError> {
         if has_body && self.needs_json() {
             let limit = self.max_body_bytes.unwrap_or(DEFAULT_JSON_BUFFER_LIMIT);
             let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-            let bytes = match Limited::new(body, limit).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    return Err(ValidationError::BodyTooLarge)
-                }
-                Err(_) => return Err(ValidationError::UnreadableBody),
-            };
+            let (bytes, reservation) = buffer(body, limit, fault, budget).await?;
             self.check_json(&bytes)?;
-            return Ok(full(bytes));
+            return Ok(ReservedBody::new(full(bytes), reservation).boxed());
         }
         Ok(match self.max_body_bytes {
-            Some(max) => LimitedBody::new(body, max, exceeded.clone()).boxed(),
-            None => body.map_err(Into::into).boxed(),
+            Some(max) => LimitedBody::new(body, max, fault.clone()).boxed(),
+            None => body,
         })
     }
 
@@ -177,6 +178,49 @@ impl CompiledValidation {
         }
         Ok(())
     }
+}
+
+/// Reads the whole body (at most `limit` bytes), reserving it from `budget` as it arrives.
+async fn buffer(
+    mut body: ProxyBody,
+    limit: usize,
+    fault: &Arc<ClientFault>,
+    budget: &Arc<BufferBudget>,
+) -> Result<(Bytes, crate::client_body::Reservation), ValidationError> {
+    let mut reservation = budget.reservation();
+    let mut one: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| match fault.get() {
+            Some(kind) => ValidationError::Client(kind),
+            None => ValidationError::UnreadableBody,
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            fault.set(FaultKind::TooLarge);
+            return Err(ValidationError::BodyTooLarge);
+        }
+        if !reservation.grow(data.len()) {
+            fault.set(FaultKind::Busy);
+            return Err(ValidationError::Client(FaultKind::Busy));
+        }
+        // A small body usually arrives as one frame: kept as it came, without a copy.
+        match one.take() {
+            None if joined.is_empty() => one = Some(data),
+            None => joined.extend_from_slice(&data),
+            Some(first) => {
+                joined.reserve(first.len() + data.len());
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    let bytes = one.unwrap_or_else(|| joined.freeze());
+    Ok((bytes, reservation))
 }
 
 /// Whether the request carries a body (by framing, not by guessing from the method).

@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -26,6 +25,7 @@ use portcullis_waf::{
 use serde::Serialize;
 
 use crate::body::{BoxError, ProxyBody};
+use crate::client_body::{BufferBudget, ClientFault, FaultKind, Reservation};
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -421,10 +421,12 @@ pub async fn check_body(
     parts: &Parts,
     client_ip: IpAddr,
     mut body: ProxyBody,
-    exceeded: &Arc<AtomicBool>,
+    fault: &Arc<ClientFault>,
+    budget: &Arc<BufferBudget>,
     state: &mut WafState,
 ) -> Result<ProxyBody, crate::errors::GatewayError> {
     let mut prefix = Prefix::Empty;
+    let mut reservation = budget.reservation();
     let mut pending: Option<Frame<Bytes>> = None;
     // The end of the stream is seen without one more poll when the body knows it (its
     // length was given and all of it has arrived).
@@ -437,6 +439,10 @@ pub async fn check_body(
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
+                    if !reservation.grow(data.len()) {
+                        fault.set(FaultKind::Busy);
+                        return Err(crate::errors::GatewayError::ClientBody(FaultKind::Busy));
+                    }
                     prefix.push(data);
                     ended = body.is_end_stream();
                 }
@@ -447,9 +453,14 @@ pub async fn check_body(
                 }
             },
             // The streamed size limit (validation) fails the body: that is a 413, not an
-            // inspection problem.
-            Some(Err(_)) if exceeded.load(Ordering::Relaxed) => {
+            // inspection problem; likewise a client that stalls or breaks its framing.
+            Some(Err(_)) if fault.get() == Some(FaultKind::TooLarge) => {
                 return Err(crate::upstream::UpstreamError::BodyTooLarge.into())
+            }
+            Some(Err(_)) if fault.get().is_some() => {
+                return Err(crate::errors::GatewayError::ClientBody(
+                    fault.get().unwrap_or(FaultKind::Broken),
+                ))
             }
             // Fail closed: a body we cannot read is a body we cannot inspect.
             Some(Err(_)) => return Err(WafError::Unreadable.into()),
@@ -476,6 +487,7 @@ pub async fn check_body(
         prefix: (!prefix.is_empty()).then_some(prefix),
         pending,
         rest: (!ended).then_some(body),
+        _reservation: reservation,
     }
     .boxed())
 }
@@ -500,6 +512,8 @@ struct PrefixedBody {
     prefix: Option<Bytes>,
     pending: Option<Frame<Bytes>>,
     rest: Option<ProxyBody>,
+    /// The prefix's bytes in the process-wide buffer budget, until the body is dropped.
+    _reservation: Reservation,
 }
 
 impl Body for PrefixedBody {

@@ -4,15 +4,15 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use portcullis_crds::{ApiRoute, PathMatchType};
+use portcullis_crds::{ApiRoute, EncodedSlashes, PathMatchType};
 
 use super::kube_meta::Meta;
 use super::policy::PolicyIndex;
 use super::Issues;
 use crate::config::{
     AuthenticationConfig, AuthorizationConfig, CorsConfig, DirectResponseConfig, HeaderMatch,
-    IpRestrictionConfig, LoadBalancing, PathKind, PathRule, ResponseHeadersConfig, RouteConfig,
-    TargetConfig, UpstreamConfig, ValidationConfig,
+    IpRestrictionConfig, LoadBalancing, PathKind, PathNormalizationConfig, PathRule,
+    ResponseHeadersConfig, RouteConfig, TargetConfig, UpstreamConfig, ValidationConfig,
 };
 use crate::units::{parse_duration_ms, parse_size_bytes};
 
@@ -80,6 +80,33 @@ fn normalize_prefix(value: &str) -> String {
     }
 }
 
+/// A configured path in the form requests are matched in, so that `/%61pi` and `/api`
+/// configure the same route; `None` (with an issue) when no request could ever match it.
+fn normal_path(
+    value: &str,
+    normalization: PathNormalizationConfig,
+    field: &str,
+    issues: &mut Issues,
+) -> Option<String> {
+    match crate::path::normalize(value, normalization.merge_slashes) {
+        Ok(normal) if normal.encoded_slash && !normalization.pass_encoded_slashes => {
+            issues.invalid(
+                field,
+                format!(
+                    "{value:?} holds an encoded slash or a backslash, which requests may only \
+                     carry with pathNormalization.encodedSlashes: PassEncoded"
+                ),
+            );
+            None
+        }
+        Ok(normal) => Some(normal.path.into_owned()),
+        Err(e) => {
+            issues.invalid(field, format!("{value:?}: {e}"));
+            None
+        }
+    }
+}
+
 fn valid_path(value: &str) -> bool {
     value.starts_with('/')
         && value
@@ -113,10 +140,16 @@ pub(crate) fn compile_route(
     if spec.paths.is_empty() {
         issues.invalid("spec.paths", "at least one path is required");
     }
+    let normalization = spec.path_normalization.as_ref();
+    let path_normalization = PathNormalizationConfig {
+        merge_slashes: normalization.and_then(|n| n.merge_slashes).unwrap_or(true),
+        pass_encoded_slashes: normalization.and_then(|n| n.encoded_slashes)
+            == Some(EncodedSlashes::PassEncoded),
+    };
     let mut paths = Vec::new();
     for (i, path) in spec.paths.iter().enumerate() {
         let field = format!("spec.paths[{i}].value");
-        match path.type_ {
+        let normal = match path.type_ {
             PathMatchType::Exact | PathMatchType::Prefix if !valid_path(&path.value) => {
                 issues.invalid(
                     &field,
@@ -125,14 +158,24 @@ pub(crate) fn compile_route(
                         path.value
                     ),
                 );
+                continue;
             }
+            PathMatchType::Exact | PathMatchType::Prefix => {
+                match normal_path(&path.value, path_normalization, &field, issues) {
+                    Some(normal) => normal,
+                    None => continue,
+                }
+            }
+            PathMatchType::Regex => String::new(),
+        };
+        match path.type_ {
             PathMatchType::Exact => paths.push(PathRule {
                 kind: PathKind::Exact,
-                value: path.value.clone(),
+                value: normal,
             }),
             PathMatchType::Prefix => paths.push(PathRule {
                 kind: PathKind::Prefix,
-                value: normalize_prefix(&path.value),
+                value: normalize_prefix(&normal),
             }),
             PathMatchType::Regex => {
                 match regex::RegexBuilder::new(&format!("^(?:{})$", path.value))
@@ -169,12 +212,15 @@ pub(crate) fn compile_route(
     let headers = name_values(&spec.headers, "spec.headers", true, issues);
     let query_params = name_values(&spec.query_params, "spec.queryParams", false, issues);
 
+    let mut rewrite_prefix = None;
     if let Some(prefix) = &spec.rewrite_prefix {
         if !valid_path(prefix) {
             issues.invalid(
                 "spec.rewritePrefix",
                 format!("{prefix:?} must start with /"),
             );
+        } else {
+            rewrite_prefix = normal_path(prefix, path_normalization, "spec.rewritePrefix", issues);
         }
     }
     let rewrites = spec.strip_path == Some(true) || spec.rewrite_prefix.is_some();
@@ -215,8 +261,9 @@ pub(crate) fn compile_route(
         methods,
         headers,
         query_params,
+        path_normalization,
         strip_path: spec.strip_path.unwrap_or(false),
-        rewrite_prefix: spec.rewrite_prefix.clone(),
+        rewrite_prefix,
         upstream,
         authentication: authentication.map(Box::new),
         authorization: authorization.map(Box::new),

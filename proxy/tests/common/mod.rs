@@ -39,6 +39,7 @@ pub fn route(id: &str, kind: PathKind, path: &str, targets: &[&Upstream]) -> Rou
         methods: vec![],
         headers: vec![],
         query_params: vec![],
+        path_normalization: PathNormalizationConfig::default(),
         strip_path: false,
         rewrite_prefix: None,
         upstream: UpstreamConfig {
