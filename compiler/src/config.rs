@@ -307,7 +307,7 @@ pub struct IpRestrictionConfig {
     pub deny: Vec<IpNet>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ValidationConfig {
     pub max_body_bytes: Option<u64>,
