@@ -22,6 +22,7 @@ pub mod ip_filter;
 pub mod ip_text;
 pub mod metrics;
 pub mod monotonic;
+pub mod overload;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod request_id;

@@ -81,6 +81,13 @@ struct Args {
     /// checks, the WAF); requests that would pass it get a 503.
     #[arg(long, default_value = "128Mi", value_parser = parse_size)]
     max_buffered_body: usize,
+    /// Cap on requests in flight across the process; past it, 503 with Retry-After at once.
+    #[arg(long, value_name = "N")]
+    max_in_flight: Option<usize>,
+    /// Concurrent streams per HTTP/2 connection (with --max-connections-per-ip, it bounds
+    /// one client's concurrency).
+    #[arg(long, default_value_t = portcullis_proxy::overload::DEFAULT_HTTP2_MAX_STREAMS)]
+    http2_max_streams: u32,
 }
 
 fn main() -> ExitCode {
@@ -130,6 +137,8 @@ fn proxy_options(args: &Args) -> ProxyOptions {
             ..Default::default()
         },
         max_buffered_body_bytes: args.max_buffered_body,
+        max_in_flight: args.max_in_flight,
+        http2_max_concurrent_streams: args.http2_max_streams,
         audit: if args.no_audit {
             AuditSink::Disabled
         } else {

@@ -59,6 +59,7 @@ pub struct Metrics {
     rate_limited: Family<RateLimitLabels, Counter>,
     waf_blocked: Family<WafLabels, Counter>,
     waf_detected: Family<WafLabels, Counter>,
+    shed: Counter,
     /// Requests that matched no route.
     pub unmatched: RouteMetrics,
 }
@@ -78,6 +79,12 @@ impl Metrics {
         let rate_limited = Family::<RateLimitLabels, Counter>::default();
         let waf_blocked = Family::<WafLabels, Counter>::default();
         let waf_detected = Family::<WafLabels, Counter>::default();
+        let shed = Counter::default();
+        registry.register(
+            "api_requests_shed",
+            "Requests answered 503 at once because the in-flight cap was reached",
+            shed.clone(),
+        );
         registry.register(
             "api_requests",
             "Requests handled, by route, method and status class",
@@ -116,6 +123,7 @@ impl Metrics {
             rate_limited,
             waf_blocked,
             waf_detected,
+            shed,
             unmatched: RouteMetrics::new("none"),
         }
     }
@@ -150,6 +158,10 @@ impl Metrics {
                     .clone()
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn shed(&self) {
+        self.shed.inc();
     }
 
     pub fn auth_failure(&self, route: &str, reason: &str) {

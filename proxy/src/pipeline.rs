@@ -70,6 +70,8 @@ pub struct Shared {
     pub body_limits: BodyLimits,
     /// Request bodies buffered for inspection, across the process.
     pub body_budget: Arc<BufferBudget>,
+    /// Requests in flight, across the process (load shedding).
+    pub in_flight: Arc<crate::overload::InFlightLimit>,
 }
 
 /// What the audit line and metrics need to know about a request once it is answered.

@@ -64,6 +64,10 @@ pub struct ProxyOptions {
     pub body_limits: crate::client_body::BodyLimits,
     /// Bytes of request bodies buffered for inspection across the process (503 past it).
     pub max_buffered_body_bytes: usize,
+    /// Requests in flight across the process; past it, 503 at once (`None`: no cap).
+    pub max_in_flight: Option<usize>,
+    /// Concurrent streams per HTTP/2 connection.
+    pub http2_max_concurrent_streams: u32,
 }
 
 impl Default for ProxyOptions {
@@ -85,6 +89,8 @@ impl Default for ProxyOptions {
             allow_underscores_in_headers: false,
             body_limits: crate::client_body::BodyLimits::default(),
             max_buffered_body_bytes: crate::client_body::DEFAULT_BUFFER_BUDGET,
+            max_in_flight: None,
+            http2_max_concurrent_streams: crate::overload::DEFAULT_HTTP2_MAX_STREAMS,
         }
     }
 }
@@ -158,6 +164,7 @@ impl ProxyServer {
             allow_underscores_in_headers: options.allow_underscores_in_headers,
             body_limits: options.body_limits,
             body_budget: crate::client_body::BufferBudget::new(options.max_buffered_body_bytes),
+            in_flight: crate::overload::InFlightLimit::new(options.max_in_flight),
         });
         let (listener, local_addr) = bind(options.listen).await?;
         let admin = match options.admin_listen {
@@ -407,6 +414,7 @@ fn builder(options: &ProxyOptions) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(options.http2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(options.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
@@ -508,6 +516,7 @@ impl Drop for ActiveRequest {
 struct TrackedBody {
     inner: ProxyBody,
     _active: ActiveRequest,
+    _admitted: Option<crate::overload::InFlightPermit>,
 }
 
 impl Body for TrackedBody {
@@ -578,10 +587,21 @@ async fn serve_connection<S>(
         service_activity.in_flight.fetch_add(1, Ordering::Relaxed);
         let active = ActiveRequest(service_activity.clone());
         async move {
+            // Shed before any work: the permit lives until the response body is sent.
+            let Some(admitted) = shared.in_flight.try_admit() else {
+                let request_id = crate::request_id::assign(request.headers());
+                shared.metrics.shed();
+                return Ok(crate::overload::shed(&request_id).map(|inner| TrackedBody {
+                    inner,
+                    _active: active,
+                    _admitted: None,
+                }));
+            };
             let response = pipeline::handle(&shared, peer, local_port, request).await;
             Ok::<_, Infallible>(response.map(|inner| TrackedBody {
                 inner,
                 _active: active,
+                _admitted: Some(admitted),
             }))
         }
     });

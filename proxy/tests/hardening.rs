@@ -671,3 +671,134 @@ async fn a_stalled_http2_stream_times_out_alone() {
     drop(tx);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn past_the_in_flight_cap_requests_are_shed_at_once() {
+    let up = upstream("u", Behaviour::Slow(Duration::from_millis(800))).await;
+    let proxy = start_with(
+        ProxyOptions {
+            max_in_flight: Some(2),
+            ..ProxyOptions::default()
+        },
+        config(vec![route("r", PathKind::Prefix, "/", &[&up])]),
+    )
+    .await;
+    let addr = proxy.local_addr();
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let reply = send(&client(), addr, get("/slow")).await;
+            (
+                reply.status,
+                reply.header("retry-after").map(str::to_string),
+                started.elapsed(),
+            )
+        }));
+        // Let the first two be admitted before the rest arrive.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut ok = 0;
+    for task in tasks {
+        let (status, retry_after, elapsed) = task.await.unwrap();
+        match status.as_u16() {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(retry_after.as_deref(), Some("1"));
+                assert!(elapsed < Duration::from_millis(400), "{elapsed:?}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ok, 2);
+    assert_eq!(send(&client(), addr, get("/after")).await.status, 200);
+    let metrics = reqwest_metrics(proxy.admin_addr().unwrap()).await;
+    assert!(metrics.contains("api_requests_shed_total 4"), "{metrics}");
+    proxy.shutdown().await;
+}
+
+async fn reqwest_metrics(admin: SocketAddr) -> String {
+    let reply = send(&client(), admin, get("/metrics")).await;
+    String::from_utf8_lossy(&reply.body).into_owned()
+}
+
+#[tokio::test]
+async fn one_http2_connection_cannot_exceed_its_stream_cap() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // An upstream that records the most requests it ever held at once.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = listener.local_addr().unwrap();
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (now_c, peak_c) = (now.clone(), peak.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (now, peak) = (now_c.clone(), peak_c.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    let (now, peak) = (now.clone(), peak.clone());
+                    async move {
+                        let held = now.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(held, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        now.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let mut r = route("r", PathKind::Prefix, "/", &[]);
+    r.upstream.targets = vec![target(format!("http://{up_addr}"))];
+    let proxy = start_with(
+        ProxyOptions {
+            http2_max_concurrent_streams: 3,
+            max_connections_per_ip: Some(1),
+            ..ProxyOptions::default()
+        },
+        config(vec![r]),
+    )
+    .await;
+    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let url = format!("http://{}/s", proxy.local_addr());
+    // One request first, so the client has the server's SETTINGS (a client that opens
+    // streams past the cap before reading them gets REFUSED_STREAM for the excess).
+    let first = h2
+        .request(
+            hyper::Request::get(&url)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (h2, url) = (h2.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            h2.request(
+                hyper::Request::get(url)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .map(|r| r.status().as_u16())
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap(), 200);
+    }
+    let peak = peak.load(Ordering::SeqCst);
+    assert!((1..=3).contains(&peak), "peak {peak}");
+    proxy.shutdown().await;
+}
