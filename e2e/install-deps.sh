@@ -10,6 +10,12 @@ PACKAGES=(
   "redis-server redis-server"
   "redis-cli redis-tools"
   "kubectl kubectl"
+  # Hardening tests: upstream frameworks (Python WSGI, Node) and peers for differential
+  # parsing (nginx, HAProxy).
+  "python3 python3"
+  "node nodejs"
+  "nginx nginx"
+  "haproxy haproxy"
 )
 
 missing=()

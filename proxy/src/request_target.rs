@@ -74,6 +74,7 @@ impl RequestError {
             RequestError::Path(PathError::BadEncoding) => "path_bad_encoding",
             RequestError::Path(PathError::EncodedNul) => "path_encoded_nul",
             RequestError::Path(PathError::DotSegmentParameter) => "path_dot_parameter",
+            RequestError::Path(PathError::AboveRoot) => "path_above_root",
             RequestError::EncodedSlash => "path_encoded_slash",
             RequestError::AmbiguousPath => "path_ambiguous",
         }
