@@ -1,15 +1,20 @@
-//! The audit log: one JSON object per request on stdout.
+//! The audit log: one JSON object per request on stdout or in a file (`--audit-file`,
+//! reopened on SIGHUP for log rotation).
 //!
 //! Lines are handed to a writer thread through a bounded channel so request handling never
-//! blocks on stdout; if the writer falls behind, lines are dropped and counted rather than
-//! stalling traffic. Only the path is logged (never the query, which may carry credentials),
+//! blocks on the output; if the writer falls behind, or the output fails (a full disk),
+//! lines are dropped and counted (`api_audit_lines_dropped_total`) rather than stalling
+//! traffic or ending the process. Only the path is logged (never the query, which may carry credentials),
 //! and never header values.
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::counter::Counter;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -50,6 +55,8 @@ pub enum AuditSink {
     /// JSON lines on stdout through a writer thread.
     #[default]
     Stdout,
+    /// JSON lines appended to a file through a writer thread; reopened on request.
+    File(PathBuf),
     /// Collected in memory (tests).
     Memory(Arc<Mutex<Vec<String>>>),
     Disabled,
@@ -58,28 +65,88 @@ pub enum AuditSink {
 pub struct Audit {
     sink: AuditSink,
     sender: Option<SyncSender<Vec<u8>>>,
-    dropped: AtomicU64,
+    /// Lines lost: the writer was behind, or the output failed.
+    dropped: Counter,
+    reopen: Arc<AtomicBool>,
+}
+
+/// Asks the audit writer to reopen its file (log rotation); cheap to clone.
+#[derive(Clone)]
+pub struct AuditReopener(Arc<AtomicBool>);
+
+impl AuditReopener {
+    pub fn reopen(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn open_append(path: &PathBuf) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// The writer thread: batches what is queued, writes it in one call, and counts what a
+/// failed write loses (a full disk must cost lines, never the process or the traffic).
+fn write_loop(
+    rx: Receiver<Vec<u8>>,
+    mut out: Box<dyn Write + Send>,
+    path: Option<PathBuf>,
+    reopen: Arc<AtomicBool>,
+    dropped: Counter,
+) {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    let mut failures: u64 = 0;
+    while let Ok(line) = rx.recv() {
+        batch.extend_from_slice(&line);
+        let mut lines = 1u64;
+        // Write only when idle or at 1 MiB, so bursts become few large writes.
+        while batch.len() < (1 << 20) {
+            match rx.try_recv() {
+                Ok(line) => {
+                    batch.extend_from_slice(&line);
+                    lines += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if reopen.swap(false, Ordering::Relaxed) {
+            if let Some(path) = &path {
+                match open_append(path) {
+                    Ok(file) => out = Box::new(file),
+                    Err(e) => tracing::error!(path = %path.display(), error = %e,
+                        "cannot reopen the audit file; still writing to the old one"),
+                }
+            }
+        }
+        if let Err(e) = out.write_all(&batch).and_then(|()| out.flush()) {
+            dropped.inc_by(lines);
+            failures += 1;
+            if failures.is_power_of_two() {
+                tracing::error!(error = %e, failures, "audit write failed; lines dropped");
+            }
+        }
+        batch.clear();
+    }
 }
 
 impl Audit {
-    pub fn new(sink: AuditSink) -> Self {
-        let sender = match sink {
-            AuditSink::Stdout => {
+    /// Starts the writer for `sink`. Fails only when an audit file cannot be opened.
+    pub fn new(sink: AuditSink, dropped: Counter) -> std::io::Result<Self> {
+        let reopen = Arc::new(AtomicBool::new(false));
+        let output: Option<(Box<dyn Write + Send>, Option<PathBuf>)> = match &sink {
+            AuditSink::Stdout => Some((Box::new(std::io::stdout()), None)),
+            AuditSink::File(path) => Some((Box::new(open_append(path)?), Some(path.clone()))),
+            AuditSink::Memory(_) | AuditSink::Disabled => None,
+        };
+        let sender = match output {
+            Some((out, path)) => {
                 let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
+                let (reopen, dropped) = (reopen.clone(), dropped.clone());
                 let spawned = std::thread::Builder::new()
                     .name("audit-writer".into())
-                    .spawn(move || {
-                        let stdout = std::io::stdout();
-                        let mut out = std::io::BufWriter::new(stdout.lock());
-                        while let Ok(line) = rx.recv() {
-                            let _ = out.write_all(&line);
-                            // Flush only when idle, so bursts become few large writes.
-                            while let Ok(line) = rx.try_recv() {
-                                let _ = out.write_all(&line);
-                            }
-                            let _ = out.flush();
-                        }
-                    });
+                    .spawn(move || write_loop(rx, out, path, reopen, dropped));
                 match spawned {
                     Ok(_) => Some(tx),
                     Err(e) => {
@@ -88,13 +155,18 @@ impl Audit {
                     }
                 }
             }
-            _ => None,
+            None => None,
         };
-        Audit {
+        Ok(Audit {
             sink,
             sender,
-            dropped: AtomicU64::new(0),
-        }
+            dropped,
+            reopen,
+        })
+    }
+
+    pub fn reopener(&self) -> AuditReopener {
+        AuditReopener(self.reopen.clone())
     }
 
     pub fn enabled(&self) -> bool {
@@ -108,10 +180,10 @@ impl Audit {
         };
         line.push(b'\n');
         match &self.sink {
-            AuditSink::Stdout => {
+            AuditSink::Stdout | AuditSink::File(_) => {
                 if let Some(sender) = &self.sender {
                     if let Err(TrySendError::Full(_)) = sender.try_send(line) {
-                        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                        let dropped = self.dropped.inc() + 1;
                         if dropped.is_power_of_two() {
                             tracing::warn!(dropped, "audit writer is behind; lines dropped");
                         }

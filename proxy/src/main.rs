@@ -61,6 +61,9 @@ struct Args {
     /// Disable the audit log on stdout.
     #[arg(long)]
     no_audit: bool,
+    /// Write the audit log to this file instead of stdout (appended; reopened on SIGHUP).
+    #[arg(long, value_name = "PATH", conflicts_with = "no_audit")]
+    audit_file: Option<PathBuf>,
     /// Cap on concurrent client connections (NGINX limit_conn); excess ones get a 503.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
@@ -141,6 +144,8 @@ fn proxy_options(args: &Args) -> ProxyOptions {
         http2_max_concurrent_streams: args.http2_max_streams,
         audit: if args.no_audit {
             AuditSink::Disabled
+        } else if let Some(path) = &args.audit_file {
+            AuditSink::File(path.clone())
         } else {
             AuditSink::Stdout
         },
@@ -186,6 +191,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         let proxy = ProxyServer::start(proxy_options(&args), config).await?;
         let _watcher = standalone::watch(args.manifests.clone(), proxy.config_handle())
             .context("watching the manifests")?;
+        reopen_audit_on_sighup(proxy.audit_reopener());
         wait_for_signal().await;
         tracing::info!("shutting down; draining connections");
         let drained = proxy.shutdown().await;
@@ -204,6 +210,7 @@ fn run_kube(args: Args) -> anyhow::Result<ExitCode> {
             .await
             .context("no Kubernetes credentials (in-cluster service account or $KUBECONFIG)")?;
         let proxy = ProxyServer::start_unloaded(proxy_options(&args)).await?;
+        reopen_audit_on_sighup(proxy.audit_reopener());
         let replica = cluster::replica_id(args.replica_id.as_deref());
         tracing::info!(%replica, namespace = %args.namespace, "cluster mode");
         let cluster = cluster::start(
@@ -222,6 +229,21 @@ fn run_kube(args: Args) -> anyhow::Result<ExitCode> {
         tracing::info!(drained, "stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Log rotation: SIGHUP reopens the audit file.
+fn reopen_audit_on_sighup(reopener: portcullis_proxy::audit::AuditReopener) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reopening the audit file");
+            reopener.reopen();
+        }
+    });
 }
 
 async fn wait_for_signal() {

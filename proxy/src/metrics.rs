@@ -60,6 +60,7 @@ pub struct Metrics {
     waf_blocked: Family<WafLabels, Counter>,
     waf_detected: Family<WafLabels, Counter>,
     shed: Counter,
+    audit_dropped: Counter,
     /// Requests that matched no route.
     pub unmatched: RouteMetrics,
 }
@@ -80,6 +81,12 @@ impl Metrics {
         let waf_blocked = Family::<WafLabels, Counter>::default();
         let waf_detected = Family::<WafLabels, Counter>::default();
         let shed = Counter::default();
+        let audit_dropped = Counter::default();
+        registry.register(
+            "api_audit_lines_dropped",
+            "Audit lines lost because the writer was behind or the output failed",
+            audit_dropped.clone(),
+        );
         registry.register(
             "api_requests_shed",
             "Requests answered 503 at once because the in-flight cap was reached",
@@ -124,6 +131,7 @@ impl Metrics {
             waf_blocked,
             waf_detected,
             shed,
+            audit_dropped,
             unmatched: RouteMetrics::new("none"),
         }
     }
@@ -158,6 +166,11 @@ impl Metrics {
                     .clone()
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The counter the audit writer adds lost lines to.
+    pub fn audit_dropped(&self) -> Counter {
+        self.audit_dropped.clone()
     }
 
     pub fn shed(&self) {

@@ -106,6 +106,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthRuntimeError),
+    #[error("cannot open the audit file: {0}")]
+    Audit(std::io::Error),
 }
 
 pub struct ProxyServer;
@@ -152,11 +154,14 @@ impl ProxyServer {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
+        let metrics = Metrics::new();
+        let audit = Audit::new(options.audit.clone(), metrics.audit_dropped())
+            .map_err(StartError::Audit)?;
         let shared = Arc::new(Shared {
             store: ConfigStore::new(runtime, loaded),
             counters,
-            metrics: Metrics::new(),
-            audit: Audit::new(options.audit.clone()),
+            metrics,
+            audit,
             trusted_proxies: options.trusted_proxies.clone(),
             clients,
             limiter,
@@ -261,6 +266,11 @@ impl RunningProxy {
 
     pub fn generation(&self) -> String {
         self.shared.store.load().generation.clone()
+    }
+
+    /// Reopens the audit file (after log rotation; main calls it on SIGHUP).
+    pub fn audit_reopener(&self) -> crate::audit::AuditReopener {
+        self.shared.audit.reopener()
     }
 
     /// A cheap handle that can swap configs from another task (the file watcher).
