@@ -160,8 +160,8 @@ pub struct ForwardContext<'a> {
     pub keys: &'a KeyStore,
     /// The request arrived on the TLS listener.
     pub tls: bool,
-    /// The port of the listener the request arrived on.
-    pub local_port: u16,
+    /// The port of the listener the request arrived on, as `X-Forwarded-Port` writes it.
+    pub local_port: &'a HeaderValue,
 }
 
 /// Headers the gateway adds to the upstream request, written after the request's own
@@ -215,7 +215,7 @@ pub fn prepare(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) -> Added {
     added.push((X_REQUEST_ID, ctx.request_id.clone()));
     let port = match headers.get(&X_FORWARDED_PORT) {
         Some(kept) if ctx.peer_trusted => kept.clone(),
-        _ => HeaderValue::from(ctx.local_port),
+        _ => ctx.local_port.clone(),
     };
     added.push((X_FORWARDED_PORT, port));
     if ctx.peer_trusted {
@@ -424,7 +424,7 @@ mod tests {
                 identity: Identity::Unauthenticated,
                 keys: &keys,
                 tls: false,
-                local_port: 8080,
+                local_port: &HeaderValue::from_static("8080"),
             },
         );
         let h = upstream_view(&h, &added);
@@ -465,6 +465,7 @@ mod tests {
             "x-forwarded-host",
             HeaderValue::from_static("public.example"),
         );
+        let port = HeaderValue::from_static("8080");
         let ctx = |trusted| ForwardContext {
             peer: "10.0.0.1".parse().unwrap(),
             peer_trusted: trusted,
@@ -474,7 +475,7 @@ mod tests {
             identity: Identity::Unauthenticated,
             keys: &keys,
             tls: false,
-            local_port: 8080,
+            local_port: &port,
         };
         let trusted = upstream_view(&h, &prepare(&mut h.clone(), &ctx(true)));
         assert_eq!(trusted["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");

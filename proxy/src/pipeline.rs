@@ -89,7 +89,7 @@ struct Outcome {
 pub async fn handle(
     shared: &Shared,
     peer: SocketAddr,
-    local_port: u16,
+    local_port: &HeaderValue,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -223,10 +223,10 @@ pub async fn handle(
 }
 
 /// Where a request came from and how.
-struct Connection {
+struct Connection<'a> {
     peer_ip: IpAddr,
     client_ip: IpAddr,
-    local_port: u16,
+    local_port: &'a HeaderValue,
     tls: bool,
 }
 
@@ -235,7 +235,7 @@ async fn run(
     runtime: &Arc<RuntimeConfig>,
     mut parts: Parts,
     body: Incoming,
-    connection: Connection,
+    connection: Connection<'_>,
     request_id: &HeaderValue,
     outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, GatewayError> {

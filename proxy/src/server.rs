@@ -439,7 +439,10 @@ async fn accept_loop(
 ) {
     let builder = Arc::new(builder(&options));
     let limits = ConnectionLimits::new(options.max_connections, options.max_connections_per_ip);
-    let local_port = listener.local_addr().map_or(0, |a| a.port());
+    // `X-Forwarded-Port` for every request of this listener: a static value costs no
+    // reference counting per request (one leaked string per listener).
+    let port = listener.local_addr().map_or(0, |a| a.port()).to_string();
+    let local_port: &'static str = Box::leak(port.into_boxed_str());
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -570,7 +573,7 @@ impl From<&ProxyOptions> for Timeouts {
 #[allow(clippy::too_many_arguments)]
 async fn serve_connection<S>(
     stream: S,
-    (peer, local_port): (SocketAddr, u16),
+    (peer, local_port): (SocketAddr, &'static str),
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     timeouts: Timeouts,
@@ -607,7 +610,8 @@ async fn serve_connection<S>(
                     _admitted: None,
                 }));
             };
-            let response = pipeline::handle(&shared, peer, local_port, request).await;
+            let port = http::HeaderValue::from_static(local_port);
+            let response = pipeline::handle(&shared, peer, &port, request).await;
             Ok::<_, Infallible>(response.map(|inner| TrackedBody {
                 inner,
                 _active: active,

@@ -63,6 +63,17 @@ async fn tls13_and_tls12_handshakes_succeed_and_hsts_is_sent_only_on_tls() {
         let reply = conn.get("api.example.com", "/x", &[]).await.unwrap();
         assert_eq!(reply.status, 200);
         assert!(reply.headers.contains_key("strict-transport-security"));
+        // The upstream learns the request came over TLS, whatever the client claims.
+        let reply = conn
+            .get("api.example.com", "/x", &[("x-forwarded-proto", "http")])
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.upstream_header("x-forwarded-proto").as_deref(),
+            Some("https")
+        );
+        let forwarded = reply.upstream_header("forwarded").unwrap_or_default();
+        assert!(forwarded.contains(";proto=https"), "{forwarded}");
     }
     let plain = send(
         &client(),
@@ -487,6 +498,10 @@ async fn http2_over_tls_with_an_h2_only_client() {
         assert_eq!(reply.status, 200);
         assert_eq!(reply.version, http::Version::HTTP_2);
         assert_eq!(reply.json()["uri"], format!("/h2/{i}"));
+        assert_eq!(
+            reply.upstream_header("x-forwarded-proto").as_deref(),
+            Some("https")
+        );
     }
 }
 
