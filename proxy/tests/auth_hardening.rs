@@ -422,3 +422,351 @@ async fn cors_vary_origin_once_on_every_response() {
     assert_eq!(refused.status, 403);
     assert_eq!(vary_origin_count(&refused), 1);
 }
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-hardening-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A disabled consumer's `oauth2ClientIds` no longer authenticate through introspection
+/// (through the real compiler: disabled consumers are not in the delivered config at all).
+#[tokio::test]
+async fn disabled_consumer_client_ids_do_not_authenticate_via_introspection() {
+    let exp = now_secs() + 3600;
+    let server = idp(Arc::new(move |seen: &Seen| {
+        let body = String::from_utf8_lossy(&seen.body).to_string();
+        let client = if body.contains("token=disabled-token") {
+            "disabled-app"
+        } else if body.contains("token=shared-token") {
+            "shared-app"
+        } else if body.contains("token=unknown-token") {
+            "someone-else"
+        } else {
+            "enabled-app"
+        };
+        json(
+            200,
+            &json!({"active": true, "client_id": client, "sub": "u", "exp": exp}).to_string(),
+        )
+    }))
+    .await;
+    let up = upstream("u", Behaviour::Echo).await;
+    let yaml = format!(
+        r#"
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: intro, namespace: shop}}
+spec:
+  paths: [{{type: Prefix, value: /}}]
+  upstream: {{targets: [{{url: "{upstream}"}}]}}
+  authentication:
+    methods: [OAuth2Introspection]
+    oauth2Introspection: {{url: "{idp}", clientId: gw, clientSecretRef: {{name: idp, key: secret}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: idp, namespace: shop}}
+stringData: {{secret: s3cret}}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ConsumerCredential
+metadata: {{name: enabled, namespace: shop}}
+spec:
+  oauth2ClientIds: [enabled-app, shared-app]
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ConsumerCredential
+metadata: {{name: disabled, namespace: shop}}
+spec:
+  disabled: true
+  oauth2ClientIds: [disabled-app, shared-app]
+"#,
+        upstream = up.url(),
+        idp = server.url("/introspect"),
+    );
+    let dir = tempdir("disabled");
+    std::fs::write(dir.join("all.yaml"), yaml).unwrap();
+    let cfg = portcullis_proxy::standalone::load(std::slice::from_ref(&dir)).unwrap();
+    let proxy = start(cfg).await;
+    let (c, a) = (client(), proxy.local_addr());
+
+    let r = send(
+        &c,
+        a,
+        get("/").header("authorization", "Bearer enabled-token"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("x-consumer-id").as_deref(),
+        Some("shop/enabled")
+    );
+    let r = send(
+        &c,
+        a,
+        get("/").header("authorization", "Bearer disabled-token"),
+    )
+    .await;
+    assert_eq!(r.status, 401, "a disabled consumer's client authenticated");
+    assert_eq!(reason(&r), "unknown_consumer");
+    // Claimed by an enabled consumer too: that one is the client.
+    let r = send(
+        &c,
+        a,
+        get("/").header("authorization", "Bearer shared-token"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.upstream_header("x-consumer-id").as_deref(),
+        Some("shop/enabled")
+    );
+    // A client no consumer lists stays a principal without a consumer, as documented.
+    let r = send(
+        &c,
+        a,
+        get("/").header("authorization", "Bearer unknown-token"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-consumer-id"), None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+mod mtls {
+    use super::*;
+    use common::tls::*;
+    use portcullis_proxy::{ProxyOptions, RunningProxy};
+    use rcgen::{CertificateParams, DnType, DnValue};
+
+    const HOST: &str = "secure.example.com";
+
+    /// One MutualTls route on `HOST` trusting every CA in `trusted`.
+    async fn proxy(
+        server_ca: &Ca,
+        trusted: &[&Ca],
+        consumers: Vec<ConsumerConfig>,
+    ) -> RunningProxy {
+        let up = upstream("u", Behaviour::Echo).await;
+        let mut r = route("shop/secure", PathKind::Prefix, "/", &[&up]);
+        r.hosts = vec![HOST.into()];
+        r.authentication = Some(Box::new(AuthenticationConfig {
+            methods: vec![AuthMethodConfig::MutualTls],
+            hide_credentials: true,
+            ..Default::default()
+        }));
+        let mut cfg = config(vec![r]);
+        let server = server_ca.server(&[HOST], false);
+        let ca_pem: String = trusted.iter().map(|ca| ca.pem()).collect();
+        terminate(
+            &mut cfg,
+            0,
+            "shop/tls",
+            &server,
+            Some(ClientAuthConfig {
+                ca_pem,
+                mode: ClientAuthModeConfig::Require,
+            }),
+        );
+        cfg.consumers = consumers;
+        let options = ProxyOptions {
+            tls_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..ProxyOptions::default()
+        };
+        start_with(options, cfg).await
+    }
+
+    fn subject_consumer(name: &str, subject: &str, cas: &[&Ca]) -> ConsumerConfig {
+        ConsumerConfig {
+            mtls: Some(MtlsConfig {
+                subjects: vec![parse_dn(subject).unwrap()],
+                ca_fingerprints_sha256: cas.iter().map(|ca| ca.fingerprint()).collect(),
+                ..Default::default()
+            }),
+            ..consumer(&format!("shop/{name}"))
+        }
+    }
+
+    /// The consumer the proxy maps `cert` to (`None` for a 401).
+    async fn who(proxy: &RunningProxy, cert: &Issued) -> Option<String> {
+        let options = ClientOptions {
+            client_cert: Some(cert),
+            ..Default::default()
+        };
+        let reply = https_get(proxy.tls_addr().unwrap(), HOST, HOST, "/", &options)
+            .await
+            .unwrap();
+        match reply.status {
+            200 => reply.upstream_header("x-consumer-username"),
+            401 => None,
+            other => panic!("status {other}"),
+        }
+    }
+
+    fn params(attributes: &[(DnType, DnValue)]) -> CertificateParams {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        for (t, v) in attributes {
+            params.distinguished_name.push(t.clone(), v.clone());
+        }
+        params
+    }
+
+    fn oid(arcs: &[u64]) -> DnType {
+        DnType::CustomDnType(arcs.to_vec())
+    }
+
+    fn utf8(v: &str) -> DnValue {
+        DnValue::Utf8String(v.into())
+    }
+
+    /// `SN` is the surname (2.5.4.4), not the serial number (2.5.4.5).
+    #[tokio::test]
+    async fn subject_sn_is_the_surname() {
+        let (server_ca, clients) = (Ca::new("Server CA"), Ca::new("Clients CA"));
+        let proxy = proxy(
+            &server_ca,
+            &[&clients],
+            vec![
+                subject_consumer("by-surname", "CN=pat,SN=Smith", &[]),
+                subject_consumer("by-serial", "CN=pat,serialNumber=Smith", &[]),
+            ],
+        )
+        .await;
+        let surname = clients.client_with(params(&[
+            (DnType::CommonName, utf8("pat")),
+            (oid(&[2, 5, 4, 4]), utf8("Smith")),
+        ]));
+        let serial = clients.client_with(params(&[
+            (DnType::CommonName, utf8("pat")),
+            (
+                oid(&[2, 5, 4, 5]),
+                DnValue::PrintableString("Smith".try_into().unwrap()),
+            ),
+        ]));
+        assert_eq!(who(&proxy, &surname).await.as_deref(), Some("by-surname"));
+        assert_eq!(who(&proxy, &serial).await.as_deref(), Some("by-serial"));
+    }
+
+    /// Every attribute name docs/tls.md allows, as a user writes it, matches a certificate
+    /// carrying that attribute (and only that one).
+    #[tokio::test]
+    async fn every_documented_subject_attribute_matches() {
+        let ia5 = |v: &str| DnValue::Ia5String(v.try_into().unwrap());
+        let printable = |v: &str| DnValue::PrintableString(v.try_into().unwrap());
+        // (name as written in a ConsumerCredential, OID, value as the certificate encodes it)
+        let cases: Vec<(&str, DnType, DnValue, &str)> = vec![
+            ("L", DnType::LocalityName, utf8("Berlin"), "Berlin"),
+            (
+                "ST",
+                DnType::StateOrProvinceName,
+                utf8("Bavaria"),
+                "Bavaria",
+            ),
+            ("O", DnType::OrganizationName, utf8("Example"), "Example"),
+            ("OU", DnType::OrganizationalUnitName, utf8("Ops"), "Ops"),
+            ("C", DnType::CountryName, printable("DE"), "DE"),
+            ("STREET", oid(&[2, 5, 4, 9]), utf8("Main St 1"), "Main St 1"),
+            (
+                "DC",
+                oid(&[0, 9, 2342, 19200300, 100, 1, 25]),
+                ia5("example"),
+                "example",
+            ),
+            (
+                "UID",
+                oid(&[0, 9, 2342, 19200300, 100, 1, 1]),
+                utf8("u-1"),
+                "u-1",
+            ),
+            ("SN", oid(&[2, 5, 4, 4]), utf8("Smith"), "Smith"),
+            (
+                "serialNumber",
+                oid(&[2, 5, 4, 5]),
+                printable("A-123"),
+                "A-123",
+            ),
+            ("GN", oid(&[2, 5, 4, 42]), utf8("Pat"), "Pat"),
+            ("title", oid(&[2, 5, 4, 12]), utf8("Engineer"), "Engineer"),
+            ("initials", oid(&[2, 5, 4, 43]), utf8("PS"), "PS"),
+            (
+                "generationQualifier",
+                oid(&[2, 5, 4, 44]),
+                utf8("III"),
+                "III",
+            ),
+            ("dnQualifier", oid(&[2, 5, 4, 46]), printable("q1"), "q1"),
+            ("pseudonym", oid(&[2, 5, 4, 65]), utf8("patty"), "patty"),
+            ("postalCode", oid(&[2, 5, 4, 17]), utf8("10115"), "10115"),
+            (
+                "emailAddress",
+                oid(&[1, 2, 840, 113549, 1, 9, 1]),
+                ia5("pat@example.com"),
+                "pat@example.com",
+            ),
+        ];
+        // The table covers every name the compiler accepts (CN is in every subject below).
+        assert_eq!(cases.len() + 1, DN_ATTRIBUTES.len());
+        let (server_ca, clients) = (Ca::new("Server CA"), Ca::new("Clients CA"));
+        let consumers = cases
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _, _, value))| {
+                subject_consumer(&format!("c{i}"), &format!("CN=pat-{i},{name}={value}"), &[])
+            })
+            .collect();
+        let proxy = proxy(&server_ca, &[&clients], consumers).await;
+        for (i, (name, t, v, _)) in cases.into_iter().enumerate() {
+            let cert = clients.client_with(params(&[
+                (DnType::CommonName, utf8(&format!("pat-{i}"))),
+                (t, v),
+            ]));
+            assert_eq!(
+                who(&proxy, &cert).await,
+                Some(format!("c{i}")),
+                "attribute {name}"
+            );
+        }
+    }
+
+    /// A consumer bound to a CA (`caSecretRef`) is not matched by the same subject from
+    /// another CA the route trusts; the same subject under two CAs can be two consumers.
+    #[tokio::test]
+    async fn consumer_subject_is_bound_to_its_ca() {
+        let server_ca = Ca::new("Server CA");
+        let (partners, internal, other) = (
+            Ca::new("Partners CA"),
+            Ca::new("Internal CA"),
+            Ca::new("Other CA"),
+        );
+        let proxy = proxy(
+            &server_ca,
+            &[&partners, &internal, &other],
+            vec![
+                subject_consumer("partner", "CN=app,O=Example", &[&partners]),
+                subject_consumer("internal", "CN=app,O=Example", &[&internal]),
+                subject_consumer("anyone", "CN=free,O=Example", &[]),
+            ],
+        )
+        .await;
+        let from = |ca: &Ca, cn: &str| ca.client(cn, "Example", &[], false);
+        assert_eq!(
+            who(&proxy, &from(&partners, "app")).await.as_deref(),
+            Some("partner")
+        );
+        assert_eq!(
+            who(&proxy, &from(&internal, "app")).await.as_deref(),
+            Some("internal")
+        );
+        assert_eq!(who(&proxy, &from(&other, "app")).await, None, "foreign CA");
+        assert_eq!(
+            who(&proxy, &from(&other, "free")).await.as_deref(),
+            Some("anyone"),
+            "unbound: any trusted CA"
+        );
+    }
+}

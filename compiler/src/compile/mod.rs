@@ -122,6 +122,7 @@ pub fn compile_cached(
     config.consumers = consumers.consumers.clone();
     config.secrets.api_keys = consumers.api_keys.clone();
     config.secrets.jwt_secrets = consumers.jwt_secrets.clone();
+    config.secrets.disabled_oauth2_client_ids = consumers.disabled_oauth2_client_ids.clone();
     // Consumers sort between routes and policies in both lists (kind first).
     let at = config
         .objects

@@ -347,10 +347,18 @@ pub(crate) fn mark_tls_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issue
 /// `ConsumerCredential.spec.mtls`, normalized; malformed entries make the credential invalid.
 pub(crate) fn compile_mtls(
     consumer: &ConsumerCredential,
+    secrets: &SecretIndex<'_>,
+    meta: &Meta,
     issues: &mut Issues,
 ) -> Option<MtlsConfig> {
     let mtls = consumer.spec.mtls.as_ref()?;
     let mut out = MtlsConfig::default();
+    if let Some(ca) = &mtls.ca_secret_ref {
+        // Without the CA the identities would match a certificate from any CA the route
+        // trusts, which is what the reference exists to prevent: they are dropped instead
+        // (the consumer's other credentials keep working).
+        out.ca_fingerprints_sha256 = consumer_ca(secrets, meta, &ca.name, issues)?;
+    }
     for (i, subject) in mtls.subjects.iter().enumerate() {
         match parse_dn(subject) {
             Ok(dn) => out.subjects.push(dn),
@@ -378,6 +386,7 @@ pub(crate) fn compile_mtls(
         &mut out.subjects,
         &mut out.sans,
         &mut out.fingerprints_sha256,
+        &mut out.ca_fingerprints_sha256,
     ] {
         list.sort();
         list.dedup();
@@ -389,4 +398,59 @@ pub(crate) fn compile_mtls(
         );
     }
     Some(out)
+}
+
+/// SHA-256 of each usable CA certificate in `ca.crt` of a consumer's `spec.mtls.caSecretRef`;
+/// `None` (with the reason on ResolvedRefs) when there is none.
+fn consumer_ca(
+    secrets: &SecretIndex<'_>,
+    meta: &Meta,
+    name: &str,
+    issues: &mut Issues,
+) -> Option<Vec<String>> {
+    const FIELD: &str = "spec.mtls.caSecretRef";
+    let dropped = "the mtls identities are ignored without it";
+    let pem = match secrets.get(&meta.namespace, name, CA_KEY) {
+        SecretLookup::Found(value) => value,
+        SecretLookup::SecretMissing => {
+            issues.unresolved(
+                FIELD,
+                format!("Secret {}/{name} not found; {dropped}", meta.namespace),
+                false,
+            );
+            return None;
+        }
+        SecretLookup::KeyMissing => {
+            issues.unresolved(
+                FIELD,
+                format!(
+                    "Secret {}/{name} has no key {CA_KEY:?}; {dropped}",
+                    meta.namespace
+                ),
+                false,
+            );
+            return None;
+        }
+    };
+    let fingerprints: Vec<String> = CertificateDer::pem_slice_iter(&pem)
+        .filter_map(Result::ok)
+        .filter(|der| {
+            // The same test the proxy's trust store applies, so a fingerprint listed here
+            // can be one a chain verifies to.
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates([der.clone()]).0 == 1
+        })
+        .map(|der| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(der.as_ref())))
+        .collect();
+    if fingerprints.is_empty() {
+        issues.invalid_ref(
+            FIELD,
+            format!(
+                "Secret {}/{name}: {CA_KEY} contains no usable CA certificate; {dropped}",
+                meta.namespace
+            ),
+        );
+        return None;
+    }
+    Some(fingerprints)
 }

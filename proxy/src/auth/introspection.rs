@@ -133,10 +133,12 @@ impl CompiledIntrospection {
         if seconds_ms(&answer, "nbf")?.is_some_and(|nbf| nbf > now_ms) {
             return Err(TokenError::NotYetValid.into());
         }
-        let consumer = answer
-            .get("client_id")
-            .and_then(Value::as_str)
-            .and_then(|c| keys.consumer_by_client_id(c));
+        let client_id = answer.get("client_id").and_then(Value::as_str);
+        if client_id.is_some_and(|c| keys.is_disabled_client_id(c)) {
+            // A disabled consumer's client: its tokens stop working like its keys do.
+            return Err(TokenError::UnknownConsumer.into());
+        }
+        let consumer = client_id.and_then(|c| keys.consumer_by_client_id(c));
         let principal = Arc::new(Principal {
             consumer,
             subject: answer
