@@ -770,3 +770,131 @@ mod mtls {
         );
     }
 }
+
+/// An expired or not-yet-valid serving certificate is still served but reported: a warning
+/// condition on the route (`--check` prints it) and a log line at load.
+mod certificate_validity {
+    use super::*;
+    use common::tls::*;
+    use portcullis_proxy::ProxyOptions;
+    use rcgen::{CertificateParams, DnType};
+
+    fn server_cert(ca: &Ca, host: &str, years: Option<(i32, i32)>) -> Issued {
+        let mut params = CertificateParams::new(vec![host.to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, host);
+        if let Some((from, to)) = years {
+            params.not_before = rcgen::date_time_ymd(from, 1, 1);
+            params.not_after = rcgen::date_time_ymd(to, 1, 1);
+        }
+        ca.client_with(params)
+    }
+
+    fn indent(pem: &str) -> String {
+        pem.lines()
+            .map(|l| format!("      {l}\n"))
+            .collect::<String>()
+    }
+
+    fn manifests(name: &str, issued: &Issued) -> String {
+        format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: {name}-tls}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{crt}  tls.key: |
+{key}---
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: {name}}}
+spec:
+  hosts: [{name}.example.com]
+  paths: [{{type: Prefix, value: /}}]
+  tls: {{secretName: {name}-tls}}
+  upstream: {{directResponse: {{status: 200, body: "{name}"}}}}
+---
+"#,
+            crt = indent(&issued.chain_pem),
+            key = indent(&issued.key_pem),
+        )
+    }
+
+    #[tokio::test]
+    async fn expired_and_future_certificates_are_reported_and_still_served() {
+        let ca = Ca::new("Server CA");
+        let certs = [
+            (
+                "expired",
+                server_cert(&ca, "expired.example.com", Some((2020, 2021))),
+            ),
+            (
+                "future",
+                server_cert(&ca, "future.example.com", Some((2100, 2101))),
+            ),
+            ("valid", server_cert(&ca, "valid.example.com", None)),
+        ];
+        let dir = tempdir("validity");
+        let yaml: String = certs.iter().map(|(n, c)| manifests(n, c)).collect();
+        std::fs::write(dir.join("all.yaml"), yaml).unwrap();
+
+        let mut out = Vec::new();
+        let ok = portcullis_proxy::check::run(std::slice::from_ref(&dir), &mut out).unwrap();
+        let report = String::from_utf8(out).unwrap();
+        assert!(ok, "a warning does not fail --check:\n{report}");
+        let line = |route: &str| {
+            report
+                .lines()
+                .find(|l| l.starts_with(&format!("ApiRoute default/{route}:")))
+                .unwrap_or_else(|| panic!("{route} missing:\n{report}"))
+                .to_string()
+        };
+        let expired = line("expired");
+        assert!(
+            expired.contains("Accepted=True")
+                && expired.contains("ResolvedRefs=False (CertificateExpired)")
+                && expired.contains("expired on"),
+            "{expired}"
+        );
+        let future = line("future");
+        assert!(
+            future.contains("ResolvedRefs=False (CertificateNotYetValid)")
+                && future.contains("not valid before"),
+            "{future}"
+        );
+        assert!(line("valid").contains("ResolvedRefs=True"), "{report}");
+        assert!(
+            report.contains("warning: ApiRoute default/expired: spec.tls.secretName"),
+            "{report}"
+        );
+
+        // Still served, as the status says: the handshake presents the expired certificate.
+        let cfg = portcullis_proxy::standalone::load(std::slice::from_ref(&dir)).unwrap();
+        let options = ProxyOptions {
+            tls_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..ProxyOptions::default()
+        };
+        let proxy = start_with(options, cfg).await;
+        let recorder = Arc::new(Recorder::default());
+        let host = "expired.example.com";
+        let reply = https_get(
+            proxy.tls_addr().unwrap(),
+            host,
+            host,
+            "/",
+            &ClientOptions {
+                recorder: Some(recorder.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            recorder.seen.lock().unwrap().as_ref(),
+            Some(&certs[0].1.der)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

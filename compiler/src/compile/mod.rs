@@ -41,7 +41,8 @@ pub struct Snapshot {
 }
 
 /// Compiles a snapshot. Pure and deterministic: the same objects in any order give the same
-/// config, statuses and generation id.
+/// config, statuses and generation id — except that a route whose certificate is outside its
+/// validity period at compile time gets a warning condition (the config is unaffected).
 pub fn compile(snapshot: &Snapshot) -> (GatewayConfig, Vec<ObjectStatus>) {
     compile_cached(snapshot, &mut CompileCache::default())
 }

@@ -16,9 +16,11 @@ use super::kube_meta::Meta;
 use super::secrets::{SecretIndex, SecretLookup};
 use super::Issues;
 use crate::config::{
-    normalize_fingerprint, parse_dn, ClientAuthConfig, ClientAuthModeConfig, MtlsConfig,
-    RouteConfig, RouteTlsConfig, TlsVersionConfig, UpstreamTlsConfig,
+    certificate_validity_problem, normalize_fingerprint, parse_dn, CertificateValidity,
+    ClientAuthConfig, ClientAuthModeConfig, MtlsConfig, RouteConfig, RouteTlsConfig,
+    TlsVersionConfig, UpstreamTlsConfig,
 };
+use crate::Reason;
 
 pub(crate) const CERT_KEY: &str = "tls.crt";
 pub(crate) const PRIVATE_KEY_KEY: &str = "tls.key";
@@ -44,6 +46,14 @@ impl RouteTls {
         route.tls = self.route.clone();
         route.upstream.tls = self.upstream.clone();
     }
+}
+
+/// Seconds since the epoch. The one input of the compiler besides the snapshot: it only
+/// decides certificate-validity warnings in statuses, never the config or its generation.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Checks that a chain and key load in rustls and belong together.
@@ -202,6 +212,22 @@ pub(crate) fn compile_route_tls(
             if let (Some(chain), Some(key)) = (chain, key) {
                 match validate_certificate(&chain, &key) {
                     Ok(()) => {
+                        // A warning, not a refusal: the Secret is what cert-manager or a
+                        // person renews, and refusing it would take the host down (or leave
+                        // an older certificate) rather than make anyone notice sooner.
+                        if let Some((validity, message)) =
+                            certificate_validity_problem(&chain, unix_now())
+                        {
+                            let reason = match validity {
+                                CertificateValidity::Expired => Reason::CertificateExpired,
+                                CertificateValidity::NotYetValid => Reason::CertificateNotYetValid,
+                            };
+                            issues.warn_ref(
+                                reason,
+                                field,
+                                format!("Secret {}/{}: {message}", meta.namespace, tls.secret_name),
+                            );
+                        }
                         let id = format!("{}/{}", meta.namespace, tls.secret_name);
                         out.certificate = Some((
                             id,

@@ -225,6 +225,49 @@ pub fn parse_dn(text: &str) -> Result<String, String> {
     ))
 }
 
+/// Why the first certificate of a PEM chain is not valid at `now_unix` (seconds), if it is
+/// not: shared by the compiler (route status) and the proxy (a warning at load), so both say
+/// the same thing. `None` also when the chain does not parse (reported elsewhere).
+pub fn certificate_validity_problem(
+    chain_pem: &[u8],
+    now_unix: i64,
+) -> Option<(CertificateValidity, String)> {
+    use rustls_pki_types::pem::PemObject;
+    let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(chain_pem)
+        .next()?
+        .ok()?;
+    let (_, cert) = <x509_parser::certificate::X509Certificate as x509_parser::prelude::FromDer<
+        x509_parser::error::X509Error,
+    >>::from_der(leaf.as_ref())
+    .ok()?;
+    let validity = cert.validity();
+    if now_unix > validity.not_after.timestamp() {
+        return Some((
+            CertificateValidity::Expired,
+            format!(
+                "the certificate expired on {} and is still served; clients will refuse it",
+                validity.not_after
+            ),
+        ));
+    }
+    if now_unix < validity.not_before.timestamp() {
+        return Some((
+            CertificateValidity::NotYetValid,
+            format!(
+                "the certificate is not valid before {} and is still served; clients will refuse it",
+                validity.not_before
+            ),
+        ));
+    }
+    None
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateValidity {
+    Expired,
+    NotYetValid,
+}
+
 /// `AB:cd:…` or `abcd…` → 64 lowercase hex digits, or `None`.
 pub fn normalize_fingerprint(text: &str) -> Option<String> {
     let hex: String = text

@@ -242,6 +242,17 @@ impl TlsRuntime {
                 cert.id.as_str(),
                 load_certificate(&cert.id, &cert.chain_pem, key, &provider)?,
             );
+            // Served anyway (the route's status says so too): refusing the config would keep
+            // an older certificate or take the host down, and the renewal is outside our hands.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            if let Some((_, problem)) = portcullis_compiler::config::certificate_validity_problem(
+                cert.chain_pem.as_bytes(),
+                now,
+            ) {
+                tracing::warn!(certificate = %cert.id, "{problem}");
+            }
         }
 
         let mut index = SniIndex::default();
