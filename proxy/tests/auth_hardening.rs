@@ -301,8 +301,9 @@ async fn optional_route_refuses_malformed_authorization() {
         assert_eq!(r.status, 401, "{headers:?}");
         assert_eq!(reason(&r), "malformed", "{headers:?}");
     }
-    // An API key that authenticates does not excuse a garbled bearer next to it... it is
-    // simply the first success; the malformed header is then hidden from the upstream.
+    // Methods are tried in order and the first success authenticates (docs/authentication.md):
+    // a valid API key wins over a garbled bearer next to it, which then never reaches the
+    // upstream (hideCredentials).
     let r = send(
         &c,
         a,
