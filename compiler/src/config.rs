@@ -59,6 +59,10 @@ pub struct SecretConfig {
     /// HMAC keys of consumers (JWT HS*).
     #[serde(default)]
     pub jwt_secrets: Vec<JwtSecretEntry>,
+    /// `oauth2ClientIds` of disabled consumers, sorted: an introspected token of one of these
+    /// clients is refused, instead of being accepted as a principal without a consumer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled_oauth2_client_ids: Vec<String>,
     /// OAuth2 introspection client secrets, by route.
     #[serde(default)]
     pub introspection_secrets: Vec<ClientSecretEntry>,

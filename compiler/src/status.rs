@@ -15,9 +15,21 @@ pub enum Reason {
     RefNotFound,
     InvalidRef,
     Disabled,
+    /// The serving certificate's `notAfter` has passed (still served: a warning).
+    CertificateExpired,
+    /// The serving certificate's `notBefore` is still ahead (still served: a warning).
+    CertificateNotYetValid,
 }
 
 impl Reason {
+    /// False conditions with this reason are warnings: the object is served as configured.
+    pub fn is_warning(self) -> bool {
+        matches!(
+            self,
+            Reason::CertificateExpired | Reason::CertificateNotYetValid
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Accepted => "Accepted",
@@ -28,6 +40,8 @@ impl Reason {
             Reason::RefNotFound => "RefNotFound",
             Reason::InvalidRef => "InvalidRef",
             Reason::Disabled => "Disabled",
+            Reason::CertificateExpired => "CertificateExpired",
+            Reason::CertificateNotYetValid => "CertificateNotYetValid",
         }
     }
 }
@@ -61,8 +75,19 @@ impl ObjectStatus {
     }
 
     /// Accepted with every reference resolved: what standalone mode requires of every object.
+    /// A warning (an expired certificate, still served) does not make an object unhealthy:
+    /// refusing the load would keep serving something else than what the files say.
     pub fn is_healthy(&self) -> bool {
-        self.conditions.iter().all(|c| c.status)
+        self.conditions
+            .iter()
+            .all(|c| c.status || c.reason.is_warning())
+    }
+
+    /// The conditions that are false only as a warning.
+    pub fn warnings(&self) -> impl Iterator<Item = &ConditionOut> {
+        self.conditions
+            .iter()
+            .filter(|c| !c.status && c.reason.is_warning())
     }
 
     pub fn condition(&self, type_: &str) -> Option<&ConditionOut> {

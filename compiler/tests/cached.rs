@@ -56,7 +56,12 @@ fn consumers_reference_a_secret(snapshot: &Snapshot) -> bool {
             .jwt
             .iter()
             .filter_map(|j| j.secret_ref.as_ref().map(|r| r.name.clone()));
-        names.chain(jwt).any(|name| {
+        let mtls_ca = c
+            .spec
+            .mtls
+            .iter()
+            .filter_map(|m| m.ca_secret_ref.as_ref().map(|r| r.name.clone()));
+        names.chain(jwt).chain(mtls_ca).any(|name| {
             snapshot.secrets.iter().any(|s| {
                 s.metadata.namespace.as_deref().unwrap_or("default") == namespace
                     && s.metadata.name.as_deref() == Some(name.as_str())

@@ -2,7 +2,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{ObjectStatusFields, SecretKeyRef};
+use crate::{ObjectStatusFields, SecretKeyRef, SecretRef};
 
 /// A consumer of APIs and the credentials that identify it.
 #[derive(
@@ -87,6 +87,11 @@ pub struct MtlsCredential {
     pub sans: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fingerprints_sha256: Vec<String>,
+    /// The CA (`ca.crt` of this Secret, in the consumer's namespace) that must have issued
+    /// the certificate: the identities above then match only a chain that verifies to one of
+    /// its certificates, not one from another CA the route also trusts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretRef>,
 }
 
 /// Status of a ConsumerCredential: the shared fields plus a credential summary.

@@ -1,45 +1,117 @@
 //! The admin listener: `/healthz` (process is up), `/readyz` (a config is loaded),
 //! `/metrics` (Prometheus text) and `/config` (generation and a summary, never secrets).
+//!
+//! Its connections have a timeout of their own, fixed because nothing legitimate talks to it
+//! slowly (probes, scrapers, an operator's curl): a connection on which no request has been
+//! answered for [`QUIET_TIMEOUT`] (a head that never completes, an idle keep-alive
+//! connection) is closed, so half-sent requests cannot pile up open sockets. Accept errors
+//! (EMFILE when the process is out of file descriptors) back off like the main listener
+//! instead of spinning.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::body::{full, ProxyBody};
+use crate::monotonic::now_ms;
 use crate::pipeline::Shared;
+
+/// The longest a connection stays open without a request being answered: from its start
+/// or the previous response to the next complete head, HTTP/1 or HTTP/2.
+pub const QUIET_TIMEOUT: Duration = Duration::from_secs(5);
+/// The pause after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
-                Err(_) => continue,
+                Err(e) => {
+                    // Usually EMFILE: the listener stays readable, so retrying at once would
+                    // spin a core until a descriptor frees up.
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                        _ = shutdown.changed() => break,
+                    }
+                }
             },
             _ = shutdown.changed() => break,
         };
+        tokio::spawn(serve_connection(
+            stream,
+            shared.clone(),
+            builder.clone(),
+            shutdown.clone(),
+        ));
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // When the last response was produced (or the connection opened). Admin responses are
+    // small complete bodies, so "answered" is close enough to "sent" for an idle clock.
+    let last = Arc::new(AtomicU64::new(now_ms()));
+    let service_last = last.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
         let shared = shared.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(respond(&shared, &request)) }
-            });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        let last = service_last.clone();
+        async move {
+            let response = respond(&shared, &request);
+            last.store(now_ms(), Ordering::Relaxed);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    // One timer per connection: a slow head and an idle keep-alive wait look alike from here
+    // (nothing answered lately), and both end the same way.
+    let limit_ms = QUIET_TIMEOUT.as_millis() as u64;
+    let tick = Duration::from_millis((limit_ms / 4).max(50));
+    let mut closing_since = None;
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => break,
+            _ = shutdown.changed(), if closing_since.is_none() => {
+                closing_since = Some(now_ms());
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep(tick) => {
+                let now = now_ms();
+                match closing_since {
+                    None if now.saturating_sub(last.load(Ordering::Relaxed)) >= limit_ms => {
+                        closing_since = Some(now);
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    // A graceful close waits for a head being read; a client that never
+                    // finishes it is cut off one more period later.
+                    Some(since) if now.saturating_sub(since) >= limit_ms => break,
+                    _ => {}
+                }
+            }
+        }
     }
 }
 

@@ -17,6 +17,17 @@ pub fn run(paths: &[PathBuf], out: &mut dyn Write) -> Result<bool, LoadError> {
     for status in &compiled.statuses {
         ok &= status.is_healthy();
         let _ = writeln!(out, "{}", describe_status(status));
+        for warning in status.warnings() {
+            let _ = writeln!(
+                out,
+                "warning: {} {}/{}: {} ({})",
+                status.kind.as_str(),
+                status.namespace,
+                status.name,
+                warning.message,
+                warning.reason.as_str()
+            );
+        }
     }
     let _ = writeln!(
         out,

@@ -115,12 +115,12 @@ impl CompiledCors {
             }
         };
         out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods);
-        let allow_headers = self
-            .headers_value
-            .clone()
-            .or_else(|| headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned());
-        if let Some(v) = allow_headers {
-            out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+        // Without `allowHeaders` nothing is echoed: the browser then sends only the
+        // CORS-safelisted request headers (Fetch §2.2.2), which it never lists in
+        // `Access-Control-Request-Headers`. Reflecting the request would allow any header
+        // (Authorization, X-Api-Key, …) on any route that did not ask for it.
+        if let Some(v) = &self.headers_value {
+            out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
         }
         if let Some(v) = &self.max_age_value {
             out.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
@@ -131,11 +131,16 @@ impl CompiledCors {
                 HeaderValue::from_static("true"),
             );
         }
-        out.insert(header::VARY, HeaderValue::from_static("Origin"));
+        vary_origin(out);
         Ok(response)
     }
 
+    /// Runs on every response of the route (preflights and gateway errors too).
     pub fn apply_actual(&self, origin: Option<&HeaderValue>, out: &mut HeaderMap) {
+        // Whatever the origin (allowed, other, absent), the answer depends on it: a cache
+        // that stored the no-CORS answer must not hand it to an allowed origin, or the
+        // reverse.
+        vary_origin(out);
         let Some(origin) = origin.filter(|o| self.origin_allowed(o)) else {
             return;
         };
@@ -152,6 +157,19 @@ impl CompiledCors {
                 HeaderValue::from_static("true"),
             );
         }
+    }
+}
+
+/// Adds `Vary: Origin` unless some `Vary` already names it (or is `*`), so a response that
+/// passes here twice (a preflight) or whose upstream already varies on Origin carries it once.
+fn vary_origin(out: &mut HeaderMap) {
+    let present = out.get_all(header::VARY).iter().any(|value| {
+        value.as_bytes().split(|&b| b == b',').any(|item| {
+            let item = item.trim_ascii();
+            item == b"*" || item.eq_ignore_ascii_case(b"origin")
+        })
+    });
+    if !present {
         out.append(header::VARY, HeaderValue::from_static("Origin"));
     }
 }

@@ -35,6 +35,8 @@ pub(crate) struct ConsumerSection {
     pub api_keys: Vec<ApiKeyEntry>,
     /// Sorted.
     pub jwt_secrets: Vec<JwtSecretEntry>,
+    /// `oauth2ClientIds` of accepted but disabled consumers, sorted, without duplicates.
+    pub disabled_oauth2_client_ids: Vec<String>,
     /// Accepted consumers, sorted as `GatewayConfig::objects` is.
     pub objects: Vec<ObjectRef>,
     /// Every consumer's verdict, by namespace and name.
@@ -88,7 +90,7 @@ pub(crate) fn compile_consumers(
             }
         }
         let (jwt_keys, jwt_secrets) = compile_jwt(consumer, secrets, &meta, &mut issues);
-        let mtls = super::tls::compile_mtls(consumer, &mut issues);
+        let mtls = super::tls::compile_mtls(consumer, secrets, &meta, &mut issues);
 
         let mut keys = Vec::new();
         for (i, key_ref) in spec.api_keys.iter().enumerate() {
@@ -150,7 +152,13 @@ pub(crate) fn compile_consumers(
             .objects
             .push(meta.object_ref(ObjectKind::ConsumerCredential));
         if spec.disabled == Some(true) {
-            continue; // accepted, but its credentials stop working
+            // Accepted, but its credentials stop working. Keys and JWT keys simply vanish;
+            // client ids must be named, because introspection authenticates any active
+            // token and would otherwise take one of these as a consumer-less principal.
+            section
+                .disabled_oauth2_client_ids
+                .extend(spec.oauth2_client_ids.iter().cloned());
+            continue;
         }
         for hash in keys {
             key_owner.insert(hash.clone(), id.clone());
@@ -187,6 +195,8 @@ pub(crate) fn compile_consumers(
     section.api_keys.sort();
     section.api_keys.dedup();
     section.jwt_secrets.sort();
+    section.disabled_oauth2_client_ids.sort();
+    section.disabled_oauth2_client_ids.dedup();
     section.objects.sort();
     section
         .statuses
@@ -195,6 +205,10 @@ pub(crate) fn compile_consumers(
     super::hash_json(&mut hasher, &section.consumers);
     super::hash_json(&mut hasher, &section.api_keys);
     super::hash_json(&mut hasher, &section.jwt_secrets);
+    if !section.disabled_oauth2_client_ids.is_empty() {
+        // Only when present, so generations of configs without disabled clients stay put.
+        super::hash_json(&mut hasher, &section.disabled_oauth2_client_ids);
+    }
     super::hash_json(&mut hasher, &section.objects);
     section.digest = hasher.finalize().into();
     section
@@ -214,7 +228,12 @@ pub(crate) fn referenced_secrets(
             .jwt
             .iter()
             .filter_map(|j| j.secret_ref.as_ref().map(|r| &r.name));
-        for name in api_keys.chain(jwt) {
+        let mtls_ca = consumer
+            .spec
+            .mtls
+            .iter()
+            .filter_map(|m| m.ca_secret_ref.as_ref().map(|r| &r.name));
+        for name in api_keys.chain(jwt).chain(mtls_ca) {
             names.insert((namespace, name.as_str()));
         }
     }

@@ -53,6 +53,12 @@ impl Issues {
         self.refs.push((Reason::InvalidRef, text));
     }
 
+    /// A reference that resolves to material that works but deserves attention (an expired
+    /// certificate): ResolvedRefs=False with `reason`, the object stays Accepted and served.
+    pub fn warn_ref(&mut self, reason: Reason, field: &str, message: impl std::fmt::Display) {
+        self.refs.push((reason, format!("{field}: {message}")));
+    }
+
     pub fn is_accepted(&self) -> bool {
         self.invalid.is_empty()
     }

@@ -41,7 +41,8 @@ pub struct Snapshot {
 }
 
 /// Compiles a snapshot. Pure and deterministic: the same objects in any order give the same
-/// config, statuses and generation id.
+/// config, statuses and generation id — except that a route whose certificate is outside its
+/// validity period at compile time gets a warning condition (the config is unaffected).
 pub fn compile(snapshot: &Snapshot) -> (GatewayConfig, Vec<ObjectStatus>) {
     compile_cached(snapshot, &mut CompileCache::default())
 }
@@ -122,6 +123,7 @@ pub fn compile_cached(
     config.consumers = consumers.consumers.clone();
     config.secrets.api_keys = consumers.api_keys.clone();
     config.secrets.jwt_secrets = consumers.jwt_secrets.clone();
+    config.secrets.disabled_oauth2_client_ids = consumers.disabled_oauth2_client_ids.clone();
     // Consumers sort between routes and policies in both lists (kind first).
     let at = config
         .objects

@@ -16,9 +16,11 @@ use super::kube_meta::Meta;
 use super::secrets::{SecretIndex, SecretLookup};
 use super::Issues;
 use crate::config::{
-    normalize_fingerprint, parse_dn, ClientAuthConfig, ClientAuthModeConfig, MtlsConfig,
-    RouteConfig, RouteTlsConfig, TlsVersionConfig, UpstreamTlsConfig,
+    certificate_validity_problem, normalize_fingerprint, parse_dn, CertificateValidity,
+    ClientAuthConfig, ClientAuthModeConfig, MtlsConfig, RouteConfig, RouteTlsConfig,
+    TlsVersionConfig, UpstreamTlsConfig,
 };
+use crate::Reason;
 
 pub(crate) const CERT_KEY: &str = "tls.crt";
 pub(crate) const PRIVATE_KEY_KEY: &str = "tls.key";
@@ -44,6 +46,14 @@ impl RouteTls {
         route.tls = self.route.clone();
         route.upstream.tls = self.upstream.clone();
     }
+}
+
+/// Seconds since the epoch. The one input of the compiler besides the snapshot: it only
+/// decides certificate-validity warnings in statuses, never the config or its generation.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Checks that a chain and key load in rustls and belong together.
@@ -202,6 +212,22 @@ pub(crate) fn compile_route_tls(
             if let (Some(chain), Some(key)) = (chain, key) {
                 match validate_certificate(&chain, &key) {
                     Ok(()) => {
+                        // A warning, not a refusal: the Secret is what cert-manager or a
+                        // person renews, and refusing it would take the host down (or leave
+                        // an older certificate) rather than make anyone notice sooner.
+                        if let Some((validity, message)) =
+                            certificate_validity_problem(&chain, unix_now())
+                        {
+                            let reason = match validity {
+                                CertificateValidity::Expired => Reason::CertificateExpired,
+                                CertificateValidity::NotYetValid => Reason::CertificateNotYetValid,
+                            };
+                            issues.warn_ref(
+                                reason,
+                                field,
+                                format!("Secret {}/{}: {message}", meta.namespace, tls.secret_name),
+                            );
+                        }
                         let id = format!("{}/{}", meta.namespace, tls.secret_name);
                         out.certificate = Some((
                             id,
@@ -347,10 +373,18 @@ pub(crate) fn mark_tls_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issue
 /// `ConsumerCredential.spec.mtls`, normalized; malformed entries make the credential invalid.
 pub(crate) fn compile_mtls(
     consumer: &ConsumerCredential,
+    secrets: &SecretIndex<'_>,
+    meta: &Meta,
     issues: &mut Issues,
 ) -> Option<MtlsConfig> {
     let mtls = consumer.spec.mtls.as_ref()?;
     let mut out = MtlsConfig::default();
+    if let Some(ca) = &mtls.ca_secret_ref {
+        // Without the CA the identities would match a certificate from any CA the route
+        // trusts, which is what the reference exists to prevent: they are dropped instead
+        // (the consumer's other credentials keep working).
+        out.ca_fingerprints_sha256 = consumer_ca(secrets, meta, &ca.name, issues)?;
+    }
     for (i, subject) in mtls.subjects.iter().enumerate() {
         match parse_dn(subject) {
             Ok(dn) => out.subjects.push(dn),
@@ -378,6 +412,7 @@ pub(crate) fn compile_mtls(
         &mut out.subjects,
         &mut out.sans,
         &mut out.fingerprints_sha256,
+        &mut out.ca_fingerprints_sha256,
     ] {
         list.sort();
         list.dedup();
@@ -389,4 +424,59 @@ pub(crate) fn compile_mtls(
         );
     }
     Some(out)
+}
+
+/// SHA-256 of each usable CA certificate in `ca.crt` of a consumer's `spec.mtls.caSecretRef`;
+/// `None` (with the reason on ResolvedRefs) when there is none.
+fn consumer_ca(
+    secrets: &SecretIndex<'_>,
+    meta: &Meta,
+    name: &str,
+    issues: &mut Issues,
+) -> Option<Vec<String>> {
+    const FIELD: &str = "spec.mtls.caSecretRef";
+    let dropped = "the mtls identities are ignored without it";
+    let pem = match secrets.get(&meta.namespace, name, CA_KEY) {
+        SecretLookup::Found(value) => value,
+        SecretLookup::SecretMissing => {
+            issues.unresolved(
+                FIELD,
+                format!("Secret {}/{name} not found; {dropped}", meta.namespace),
+                false,
+            );
+            return None;
+        }
+        SecretLookup::KeyMissing => {
+            issues.unresolved(
+                FIELD,
+                format!(
+                    "Secret {}/{name} has no key {CA_KEY:?}; {dropped}",
+                    meta.namespace
+                ),
+                false,
+            );
+            return None;
+        }
+    };
+    let fingerprints: Vec<String> = CertificateDer::pem_slice_iter(&pem)
+        .filter_map(Result::ok)
+        .filter(|der| {
+            // The same test the proxy's trust store applies, so a fingerprint listed here
+            // can be one a chain verifies to.
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates([der.clone()]).0 == 1
+        })
+        .map(|der| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(der.as_ref())))
+        .collect();
+    if fingerprints.is_empty() {
+        issues.invalid_ref(
+            FIELD,
+            format!(
+                "Secret {}/{name}: {CA_KEY} contains no usable CA certificate; {dropped}",
+                meta.namespace
+            ),
+        );
+        return None;
+    }
+    Some(fingerprints)
 }

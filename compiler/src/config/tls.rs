@@ -81,22 +81,71 @@ pub struct MtlsConfig {
     pub sans: Vec<String>,
     /// SHA-256 of the leaf certificate's DER, lowercase hex without separators.
     pub fingerprints_sha256: Vec<String>,
+    /// SHA-256 (lowercase hex) of the CA certificates of `caSecretRef`: when not empty, the
+    /// identities above match only a certificate whose chain verifies to one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ca_fingerprints_sha256: Vec<String>,
 }
 
-/// Attribute short names as users write them, keyed by the name used in canonical form.
-const DN_ALIASES: [(&str, &str); 4] = [
-    ("E", "EMAILADDRESS"),
-    ("EMAIL", "EMAILADDRESS"),
-    ("S", "ST"),
-    ("SN", "SERIALNUMBER"),
+/// The subject attributes a ConsumerCredential may name, by OID: the name used in canonical
+/// form (RFC 4514 §3 where it defines one) and the other spellings accepted for it, compared
+/// case-insensitively. `SN` is the surname (2.5.4.4) as in RFC 4519 and OpenSSL, never the
+/// serial number, which is spelled `serialNumber`. Dotted OIDs are accepted for every
+/// attribute, listed or not.
+pub const DN_ATTRIBUTES: [(&str, &str, &[&str]); 19] = [
+    ("2.5.4.3", "CN", &["COMMONNAME"]),
+    ("2.5.4.4", "SN", &["SURNAME"]),
+    ("2.5.4.5", "SERIALNUMBER", &[]),
+    ("2.5.4.6", "C", &["COUNTRYNAME"]),
+    ("2.5.4.7", "L", &["LOCALITYNAME"]),
+    ("2.5.4.8", "ST", &["S", "STATEORPROVINCENAME"]),
+    ("2.5.4.9", "STREET", &["STREETADDRESS"]),
+    ("2.5.4.10", "O", &["ORGANIZATIONNAME"]),
+    ("2.5.4.11", "OU", &["ORGANIZATIONALUNITNAME"]),
+    ("2.5.4.12", "TITLE", &[]),
+    ("2.5.4.17", "POSTALCODE", &[]),
+    ("2.5.4.42", "GN", &["G", "GIVENNAME"]),
+    ("2.5.4.43", "INITIALS", &[]),
+    ("2.5.4.44", "GENERATIONQUALIFIER", &[]),
+    ("2.5.4.46", "DNQUALIFIER", &[]),
+    ("2.5.4.65", "PSEUDONYM", &[]),
+    ("0.9.2342.19200300.100.1.1", "UID", &["USERID"]),
+    ("0.9.2342.19200300.100.1.25", "DC", &["DOMAINCOMPONENT"]),
+    ("1.2.840.113549.1.9.1", "EMAILADDRESS", &["E", "EMAIL"]),
 ];
 
-fn canonical_type(t: &str) -> String {
-    let upper = t.trim().to_ascii_uppercase();
-    DN_ALIASES
+/// The canonical name of the attribute with this dotted OID, if it is one of
+/// [`DN_ATTRIBUTES`]; a certificate's other attributes keep their dotted OID.
+pub fn dn_attribute_name(oid: &str) -> Option<&'static str> {
+    DN_ATTRIBUTES
         .iter()
-        .find(|(alias, _)| *alias == upper)
-        .map_or(upper, |(_, name)| (*name).to_string())
+        .find(|(o, _, _)| *o == oid)
+        .map(|(_, name, _)| *name)
+}
+
+fn is_dotted_oid(t: &str) -> bool {
+    !t.is_empty()
+        && t.split('.').count() >= 2
+        && t.split('.')
+            .all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The canonical name of an attribute type as a user or a certificate spells it: a listed
+/// name or alias, or a dotted OID (a listed one becomes its name). `None` for anything else.
+fn known_type(t: &str) -> Option<String> {
+    let t = t.trim();
+    if is_dotted_oid(t) {
+        return Some(dn_attribute_name(t).map_or_else(|| t.to_string(), str::to_string));
+    }
+    let upper = t.to_ascii_uppercase();
+    DN_ATTRIBUTES
+        .iter()
+        .find(|(_, name, aliases)| *name == upper || aliases.contains(&upper.as_str()))
+        .map(|(_, name, _)| (*name).to_string())
+}
+
+fn canonical_type(t: &str) -> String {
+    known_type(t).unwrap_or_else(|| t.trim().to_ascii_uppercase())
 }
 
 fn escape(value: &str) -> String {
@@ -149,8 +198,14 @@ pub fn parse_dn(text: &str) -> Result<String, String> {
             return Err(format!("{piece:?} is not TYPE=value"));
         };
         let t = t.trim();
-        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.') {
-            return Err(format!("{t:?} is not an attribute type like CN or O"));
+        if known_type(t).is_none() {
+            // Refused rather than kept: a name read differently here and in the certificate
+            // (as `SN` once was) silently matches the wrong attribute or nothing.
+            let names: Vec<&str> = DN_ATTRIBUTES.iter().map(|(_, name, _)| *name).collect();
+            return Err(format!(
+                "{t:?} is not a known attribute type ({}, or a dotted OID)",
+                names.join(", ")
+            ));
         }
         let mut value = String::new();
         let mut it = v.chars();
@@ -168,6 +223,49 @@ pub fn parse_dn(text: &str) -> Result<String, String> {
     Ok(canonical_dn(
         attributes.iter().map(|(t, v)| (t.as_str(), v.as_str())),
     ))
+}
+
+/// Why the first certificate of a PEM chain is not valid at `now_unix` (seconds), if it is
+/// not: shared by the compiler (route status) and the proxy (a warning at load), so both say
+/// the same thing. `None` also when the chain does not parse (reported elsewhere).
+pub fn certificate_validity_problem(
+    chain_pem: &[u8],
+    now_unix: i64,
+) -> Option<(CertificateValidity, String)> {
+    use rustls_pki_types::pem::PemObject;
+    let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(chain_pem)
+        .next()?
+        .ok()?;
+    let (_, cert) = <x509_parser::certificate::X509Certificate as x509_parser::prelude::FromDer<
+        x509_parser::error::X509Error,
+    >>::from_der(leaf.as_ref())
+    .ok()?;
+    let validity = cert.validity();
+    if now_unix > validity.not_after.timestamp() {
+        return Some((
+            CertificateValidity::Expired,
+            format!(
+                "the certificate expired on {} and is still served; clients will refuse it",
+                validity.not_after
+            ),
+        ));
+    }
+    if now_unix < validity.not_before.timestamp() {
+        return Some((
+            CertificateValidity::NotYetValid,
+            format!(
+                "the certificate is not valid before {} and is still served; clients will refuse it",
+                validity.not_before
+            ),
+        ));
+    }
+    None
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateValidity {
+    Expired,
+    NotYetValid,
 }
 
 /// `AB:cd:…` or `abcd…` → 64 lowercase hex digits, or `None`.
@@ -197,6 +295,27 @@ mod tests {
         );
         assert_eq!(parse_dn("E=a@b").unwrap(), "EMAILADDRESS=a@b");
         assert!(parse_dn("mobile-app").is_err());
+    }
+
+    #[test]
+    fn dn_attribute_names_follow_rfc_4519() {
+        assert_eq!(parse_dn("CN=pat,SN=Smith").unwrap(), "CN=pat,SN=Smith");
+        assert_eq!(parse_dn("cn=pat,surname=Smith").unwrap(), "CN=pat,SN=Smith");
+        assert_eq!(parse_dn("CN=pat,2.5.4.4=Smith").unwrap(), "CN=pat,SN=Smith");
+        assert_eq!(
+            parse_dn("CN=pat,serialNumber=Smith").unwrap(),
+            "CN=pat,SERIALNUMBER=Smith"
+        );
+        assert_eq!(parse_dn("GN=Pat,S=Bavaria").unwrap(), "GN=Pat,ST=Bavaria");
+        assert_eq!(parse_dn("CN=x,1.2.3.4=y").unwrap(), "1.2.3.4=y,CN=x");
+        for bad in ["FOO=x", "CN=a,Serial=1", "1.=x", "=x"] {
+            assert!(parse_dn(bad).is_err(), "{bad}");
+        }
+        for (oid, name, _) in DN_ATTRIBUTES {
+            assert_eq!(dn_attribute_name(oid), Some(name));
+            assert_eq!(parse_dn(&format!("{name}=v")).unwrap(), format!("{name}=v"));
+            assert_eq!(parse_dn(&format!("{oid}=v")).unwrap(), format!("{name}=v"));
+        }
     }
 
     #[test]

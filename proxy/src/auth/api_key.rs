@@ -48,6 +48,8 @@ pub struct KeyStore {
     by_id: Vec<usize>,
     jwt_keys: HashMap<String, ConsumerJwtKey>,
     client_ids: HashMap<String, usize>,
+    /// `oauth2ClientIds` of disabled consumers that no enabled consumer claims.
+    disabled_client_ids: std::collections::HashSet<String>,
     /// Client-certificate identities (MutualTls).
     pub mtls: super::mtls::MtlsIndex,
 }
@@ -171,12 +173,19 @@ impl KeyStore {
                 client_ids.entry(client.clone()).or_insert(i);
             }
         }
+        let disabled_client_ids = secrets
+            .disabled_oauth2_client_ids
+            .iter()
+            .filter(|id| !client_ids.contains_key(id.as_str()))
+            .cloned()
+            .collect();
         Ok(KeyStore {
             by_digest,
             consumers: built,
             by_id,
             jwt_keys,
             client_ids,
+            disabled_client_ids,
             mtls: super::mtls::MtlsIndex::build(consumers),
         })
     }
@@ -187,6 +196,11 @@ impl KeyStore {
 
     pub fn consumer_by_client_id(&self, client_id: &str) -> Option<usize> {
         self.client_ids.get(client_id).copied()
+    }
+
+    /// Whether this OAuth2 client belongs to a disabled consumer (and to no enabled one).
+    pub fn is_disabled_client_id(&self, client_id: &str) -> bool {
+        !self.disabled_client_ids.is_empty() && self.disabled_client_ids.contains(client_id)
     }
 
     /// A consumer named by a token: a full id (`namespace/name`) or a name in `namespace`.

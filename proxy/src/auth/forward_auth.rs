@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderName, HeaderValue, Request, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use http_body_util::Full;
 use portcullis_compiler::config::ForwardAuthConfig;
 
@@ -76,6 +76,19 @@ impl CompiledForwardAuth {
                 .request_headers
                 .iter()
                 .any(|h| parts.headers.contains_key(h))
+    }
+
+    /// Whether `name` is one of the request headers sent to the auth service.
+    pub fn copies(&self, name: &HeaderName) -> bool {
+        self.request_headers.contains(name)
+    }
+
+    /// Removes the client's copies of every `copyResponseHeaders` name; the granted values
+    /// are added back afterwards (`AuthContext::apply_upstream`).
+    pub fn strip_response_headers(&self, headers: &mut HeaderMap) {
+        for name in &self.response_headers {
+            headers.remove(name);
+        }
     }
 
     pub async fn check(&self, parts: &Parts) -> Result<Granted, ForwardAuthError> {

@@ -57,6 +57,20 @@ fn form_encode(value: &str) -> String {
     out
 }
 
+/// RFC 7662 §2.2: `exp` and `nbf` are integer seconds since the epoch. A member that is
+/// present but not a non-negative integer (a float, a string, a negative number, `null`)
+/// makes the answer invalid: read as "no expiry" it would be accepted and cached for the
+/// whole `cacheTtl`.
+fn seconds_ms(answer: &Value, member: &str) -> Result<Option<u64>, IntrospectionError> {
+    match answer.get(member) {
+        None => Ok(None),
+        Some(value) => value
+            .as_u64()
+            .map(|secs| Some(secs.saturating_mul(1000)))
+            .ok_or(IntrospectionError::Token(TokenError::InvalidClaims)),
+    }
+}
+
 impl CompiledIntrospection {
     pub fn new(config: &IntrospectionConfig, secret: Option<&str>, runtime: &AuthRuntime) -> Self {
         let credentials = format!(
@@ -112,24 +126,19 @@ impl CompiledIntrospection {
             return Err(TokenError::Inactive.into());
         }
         let now_ms = self.clock.now_ms();
-        let exp_ms = answer
-            .get("exp")
-            .and_then(Value::as_u64)
-            .map(|exp| exp.saturating_mul(1000));
+        let exp_ms = seconds_ms(&answer, "exp")?;
         if exp_ms.is_some_and(|exp| exp <= now_ms) {
             return Err(TokenError::Expired.into());
         }
-        if answer
-            .get("nbf")
-            .and_then(Value::as_u64)
-            .is_some_and(|nbf| nbf.saturating_mul(1000) > now_ms)
-        {
+        if seconds_ms(&answer, "nbf")?.is_some_and(|nbf| nbf > now_ms) {
             return Err(TokenError::NotYetValid.into());
         }
-        let consumer = answer
-            .get("client_id")
-            .and_then(Value::as_str)
-            .and_then(|c| keys.consumer_by_client_id(c));
+        let client_id = answer.get("client_id").and_then(Value::as_str);
+        if client_id.is_some_and(|c| keys.is_disabled_client_id(c)) {
+            // A disabled consumer's client: its tokens stop working like its keys do.
+            return Err(TokenError::UnknownConsumer.into());
+        }
+        let consumer = client_id.and_then(|c| keys.consumer_by_client_id(c));
         let principal = Arc::new(Principal {
             consumer,
             subject: answer

@@ -241,11 +241,53 @@ enum Attempt {
     Done(Result<AuthContext, AuthError>),
 }
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+/// What the `Authorization` header holds for the bearer methods.
+enum BearerCredential<'a> {
+    /// No `Authorization` header, or (with `other_scheme_absent`) a scheme other than Bearer.
+    Absent,
+    Token(&'a str),
+    /// Present but not exactly one `Bearer <token>`: several headers, a separator other than
+    /// one space (a tab, say), an empty token, bytes that are not visible ASCII.
+    Malformed,
+}
+
+/// RFC 6750 §2.1: `Bearer` (any case), one SP, a token68. Anything else that is present is
+/// a presented-but-invalid credential rather than none, so an `optional` route never lets a
+/// garbled credential through as anonymous (and a proxy in front that parses the header
+/// differently cannot make the gateway see "no credential" where it sees one).
+fn bearer(parts: &Parts, other_scheme_absent: bool) -> BearerCredential<'_> {
+    let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return BearerCredential::Absent;
+    };
+    if values.next().is_some() {
+        return BearerCredential::Malformed;
+    }
+    let Ok(value) = value.to_str() else {
+        return BearerCredential::Malformed;
+    };
+    let scheme_end = value.find([' ', '\t']).unwrap_or(value.len());
+    let (scheme, rest) = value.split_at(scheme_end);
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return if other_scheme_absent {
+            BearerCredential::Absent
+        } else {
+            BearerCredential::Malformed
+        };
+    }
+    match rest.strip_prefix(' ') {
+        Some(token) if is_token68(token) => BearerCredential::Token(token),
+        _ => BearerCredential::Malformed,
+    }
+}
+
+/// RFC 7235 token68: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_token68(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
 fn context(credential: CredentialType, principal: Arc<Principal>) -> AuthContext {
@@ -302,17 +344,12 @@ impl CompiledAuth {
         parts: &mut Parts,
     ) -> Result<AuthContext, AuthError> {
         let mut first_error = None;
-        let mut used_bearer = false;
         let mut result = None;
         for method in 0..5 {
             let attempt = match method {
                 0 => self.try_mutual_tls(store, parts),
                 1 => self.try_api_key(store, parts),
-                2 | 3 => {
-                    let attempt = self.try_bearer(method == 2, store, parts).await;
-                    used_bearer |= !matches!(attempt, Attempt::Absent);
-                    attempt
-                }
+                2 | 3 => self.try_bearer(method == 2, store, parts).await,
                 4 => self.try_forward_auth(parts).await,
                 _ => Attempt::Absent,
             };
@@ -328,12 +365,20 @@ impl CompiledAuth {
             }
         }
         if self.config.hide_credentials {
+            // Every credential the route accepts goes, not only the one that authenticated:
+            // on an [ApiKey, Jwt] route a valid key must not carry a bearer token (perhaps
+            // someone else's) past the gateway.
             if let Some(source) = &self.api_key {
                 source.hide(parts);
             }
-            if used_bearer {
+            if self.uses_bearer() {
                 parts.headers.remove(header::AUTHORIZATION);
             }
+        }
+        if let Some(forward) = &self.forward_auth {
+            // The auth service's answer is the only source of these names upstream: a
+            // client's own `X-Auth-Role` must not get through when the service omits it.
+            forward.strip_response_headers(&mut parts.headers);
         }
         match (result, first_error) {
             (Some(ok), _) => ok,
@@ -388,8 +433,22 @@ impl CompiledAuth {
     }
 
     async fn try_bearer(&self, as_jwt: bool, store: &KeyStore, parts: &Parts) -> Attempt {
-        let Some(token) = bearer(parts) else {
+        if !self.uses_bearer() {
             return Attempt::Absent;
+        }
+        // Another scheme (Basic, say) may be forward auth's to judge when it copies the header.
+        let other_scheme_absent = self
+            .forward_auth
+            .as_ref()
+            .is_some_and(|f| f.copies(&header::AUTHORIZATION));
+        let token = match bearer(parts, other_scheme_absent) {
+            BearerCredential::Absent => return Attempt::Absent,
+            BearerCredential::Token(token) => token,
+            // Reported once, by the Jwt attempt (or introspection when there is no Jwt).
+            BearerCredential::Malformed if as_jwt || self.jwt.is_none() => {
+                return Attempt::Done(Err(AuthError::Token(TokenError::Malformed)))
+            }
+            BearerCredential::Malformed => return Attempt::Absent,
         };
         // One bearer token goes to exactly one verifier, so an opaque token is never
         // "half-verified" as a JWT and a JWT never leaks to the introspection endpoint.

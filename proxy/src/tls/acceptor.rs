@@ -36,20 +36,18 @@ pub async fn accept(
             .client_hello()
             .server_name()
             .map(str::to_ascii_lowercase);
-        let (policy, config) = shared
+        let (policy, config, anchors) = shared
             .store
             .load()
             .tls
             .select(sni.as_deref())
             .ok_or(HandshakeError::NoCertificate)?;
         let stream = start.into_stream(config).await?;
-        let peer = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(|leaf| PeerCertificate::parse(leaf.as_ref()))
-            .map(Arc::new);
+        let peer = stream.get_ref().1.peer_certificates().and_then(|chain| {
+            let mut peer = PeerCertificate::parse(chain.first()?.as_ref())?;
+            peer.anchors = super::sni::verified_anchors(&anchors, chain);
+            Some(Arc::new(peer))
+        });
         Ok((stream, ConnectionTls { sni, policy, peer }))
     };
     tokio::time::timeout(timeout, handshake)

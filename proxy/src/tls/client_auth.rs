@@ -5,7 +5,7 @@
 //! canonical form as the compiler ([`canonical_dn`]), so `CN=a,O=b` in a
 //! ConsumerCredential matches whatever RDN order the CA wrote.
 
-use portcullis_compiler::config::canonical_dn;
+use portcullis_compiler::config::{canonical_dn, dn_attribute_name};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -17,24 +17,9 @@ pub struct PeerCertificate {
     pub sans: Vec<String>,
     /// SHA-256 of the DER, lowercase hex.
     pub fingerprint: String,
-}
-
-/// Short names of the attributes certificates commonly carry; others keep their dotted OID.
-fn attribute_name(oid: &str) -> Option<&'static str> {
-    Some(match oid {
-        "2.5.4.3" => "CN",
-        "2.5.4.5" => "SERIALNUMBER",
-        "2.5.4.6" => "C",
-        "2.5.4.7" => "L",
-        "2.5.4.8" => "ST",
-        "2.5.4.9" => "STREET",
-        "2.5.4.10" => "O",
-        "2.5.4.11" => "OU",
-        "0.9.2342.19200300.100.1.1" => "UID",
-        "0.9.2342.19200300.100.1.25" => "DC",
-        "1.2.840.113549.1.9.1" => "EMAILADDRESS",
-        _ => return None,
-    })
+    /// SHA-256 (lowercase hex) of the route's client CAs that the chain verifies to, for
+    /// consumers bound to a CA (`spec.mtls.caSecretRef`); filled in by the acceptor.
+    pub anchors: Vec<String>,
 }
 
 impl PeerCertificate {
@@ -43,13 +28,23 @@ impl PeerCertificate {
     pub fn parse(der: &[u8]) -> Option<Self> {
         let (_, cert) = X509Certificate::from_der(der).ok()?;
         let mut attributes = Vec::new();
+        let mut readable = true;
         for attr in cert.subject().iter_attributes() {
             let oid = attr.attr_type().to_id_string();
-            let name = attribute_name(&oid).map_or(oid, str::to_string);
-            let value = attr.as_str().ok()?.to_string();
-            attributes.push((name, value));
+            // The compiler's table, so a name means the same attribute on both sides.
+            let name = dn_attribute_name(&oid).map_or(oid, str::to_string);
+            match attr.as_str() {
+                Ok(value) => attributes.push((name, value.to_string())),
+                Err(_) => readable = false,
+            }
         }
-        let subject = canonical_dn(attributes.iter().map(|(t, v)| (t.as_str(), v.as_str())));
+        // A value in a string type we do not read (BMPString, say) leaves a subject that no
+        // configured DN can equal; the SANs and the fingerprint still identify the client.
+        let subject = if readable {
+            canonical_dn(attributes.iter().map(|(t, v)| (t.as_str(), v.as_str())))
+        } else {
+            String::new()
+        };
         let mut sans = Vec::new();
         if let Ok(Some(ext)) = cert.subject_alternative_name() {
             for name in &ext.value.general_names {
@@ -75,6 +70,7 @@ impl PeerCertificate {
             subject,
             sans,
             fingerprint: hex::encode(Sha256::digest(der)),
+            anchors: Vec::new(),
         })
     }
 }

@@ -82,6 +82,66 @@ impl ResolvesServerCert for SniIndex {
 struct Policy {
     key: PolicyKey,
     config: Arc<ServerConfig>,
+    anchors: Arc<[ClientAnchor]>,
+}
+
+/// One CA of a policy's client CA bundle. rustls says that a chain verified, not to which
+/// anchor; consumers bound to a CA need the latter, so with several CAs each one gets a
+/// verifier of its own, run once per handshake (never per request).
+pub struct ClientAnchor {
+    /// SHA-256 of the CA certificate's DER, lowercase hex.
+    pub fingerprint: String,
+    /// `None` when the bundle has only this CA: rustls's verification already named it.
+    verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
+/// The fingerprints of the anchors a verified client chain (leaf first) verifies to.
+pub fn verified_anchors(anchors: &[ClientAnchor], chain: &[CertificateDer<'_>]) -> Vec<String> {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Vec::new();
+    };
+    let now = rustls_pki_types::UnixTime::now();
+    anchors
+        .iter()
+        .filter(|anchor| {
+            anchor
+                .verifier
+                .as_ref()
+                .is_none_or(|v| v.verify_client_cert(leaf, intermediates, now).is_ok())
+        })
+        .map(|anchor| anchor.fingerprint.clone())
+        .collect()
+}
+
+fn client_anchors(
+    certs: &[CertificateDer<'static>],
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Vec<ClientAnchor>, rustls::server::VerifierBuilderError> {
+    let mut usable = Vec::new();
+    for der in certs {
+        let mut roots = rustls::RootCertStore::empty();
+        if roots.add_parsable_certificates([der.clone()]).0 == 1 {
+            usable.push((der, roots));
+        }
+    }
+    let single = usable.len() == 1;
+    usable
+        .into_iter()
+        .map(|(der, roots)| {
+            let verifier = if single {
+                None
+            } else {
+                Some(
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()?,
+                )
+            };
+            Ok(ClientAnchor {
+                fingerprint: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(der.as_ref())),
+                verifier,
+            })
+        })
+        .collect()
 }
 
 /// Everything the TLS listener needs from one config generation.
@@ -118,6 +178,7 @@ fn server_config(
     route: &str,
     index: &Arc<SniIndex>,
     provider: &Arc<rustls::crypto::CryptoProvider>,
+    anchors: &mut Vec<ClientAnchor>,
 ) -> Result<ServerConfig, TlsConfigError> {
     let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
         TlsVersionConfig::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -136,6 +197,7 @@ fn server_config(
             let certs = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| ca_err(e.to_string()))?;
+            *anchors = client_anchors(&certs, provider).map_err(|e| ca_err(e.to_string()))?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(ca_err("no usable CA certificate".into()));
@@ -180,6 +242,17 @@ impl TlsRuntime {
                 cert.id.as_str(),
                 load_certificate(&cert.id, &cert.chain_pem, key, &provider)?,
             );
+            // Served anyway (the route's status says so too): refusing the config would keep
+            // an older certificate or take the host down, and the renewal is outside our hands.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            if let Some((_, problem)) = portcullis_compiler::config::certificate_validity_problem(
+                cert.chain_pem.as_bytes(),
+                now,
+            ) {
+                tracing::warn!(certificate = %cert.id, "{problem}");
+            }
         }
 
         let mut index = SniIndex::default();
@@ -227,9 +300,12 @@ impl TlsRuntime {
         let policies = policy_settings
             .iter()
             .map(|(tls, route)| {
+                let mut anchors = Vec::new();
+                let config = server_config(tls, route, &index, &provider, &mut anchors)?;
                 Ok(Policy {
                     key: PolicyKey::of(tls),
-                    config: Arc::new(server_config(tls, route, &index, &provider)?),
+                    config: Arc::new(config),
+                    anchors: anchors.into(),
                 })
             })
             .collect::<Result<_, TlsConfigError>>()?;
@@ -238,12 +314,16 @@ impl TlsRuntime {
 
     /// The server config for a ClientHello's SNI, with the key of its policy; `None` when no
     /// route terminates TLS at all.
-    pub fn select(&self, sni: Option<&str>) -> Option<(PolicyKey, Arc<ServerConfig>)> {
+    /// With it, the policy's client CAs (see [`verified_anchors`]).
+    pub fn select(
+        &self,
+        sni: Option<&str>,
+    ) -> Option<(PolicyKey, Arc<ServerConfig>, Arc<[ClientAnchor]>)> {
         let entry = self.index.entry(sni)?;
         let (_, policy) = self.index.entries.get(entry)?;
         self.policies
             .get(*policy)
-            .map(|p| (p.key, p.config.clone()))
+            .map(|p| (p.key, p.config.clone(), p.anchors.clone()))
     }
 
     pub fn is_empty(&self) -> bool {

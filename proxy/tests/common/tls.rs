@@ -91,6 +91,16 @@ impl Ca {
         )
     }
 
+    /// A client certificate with the subject (and anything else) `params` say.
+    pub fn client_with(&self, params: CertificateParams) -> Issued {
+        self.issue(params, KeyPair::generate().unwrap())
+    }
+
+    /// SHA-256 of the CA certificate's DER, lowercase hex.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(self.cert.der()))
+    }
+
     /// A client certificate `CN=cn,O=org` with DNS SANs, valid until `not_after` (year).
     pub fn client(&self, cn: &str, org: &str, sans: &[&str], expired: bool) -> Issued {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
