@@ -17,4 +17,12 @@ mod status;
 
 pub use compile::{compile, compile_cached, hash_api_key, CompileCache, Snapshot};
 pub use config::GatewayConfig;
+
+/// Seconds since the epoch, for [`Snapshot::now_unix_secs`]: the callers' clock, so that
+/// `compile` itself reads none.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
 pub use status::{ConditionOut, ObjectStatus, Reason};

@@ -322,6 +322,7 @@ fn snapshot(stores: &Stores) -> Snapshot {
         rate_limit_policies: live(stores.rate_limits.state()),
         waf_policies: live(stores.wafs.state()),
         secrets: live(stores.secrets.state()),
+        now_unix_secs: Some(portcullis_compiler::unix_now()),
     }
 }
 

@@ -44,7 +44,10 @@ pub fn validate(object: &serde_json::Value, namespace: &str, stores: Option<&Sto
             meta.insert("name".into(), json!("pending-name"));
         }
     }
-    let mut snapshot = Snapshot::default();
+    let mut snapshot = Snapshot {
+        now_unix_secs: Some(portcullis_compiler::unix_now()),
+        ..Snapshot::default()
+    };
     let text = object.to_string();
     let errors = parse_into(&mut snapshot, "object", &text);
     if let Some(error) = errors.first() {

@@ -64,7 +64,10 @@ pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
 }
 
 pub fn compile_paths(paths: &[PathBuf]) -> Result<Compiled, LoadError> {
-    let mut snapshot = Snapshot::default();
+    let mut snapshot = Snapshot {
+        now_unix_secs: Some(portcullis_compiler::unix_now()),
+        ..Snapshot::default()
+    };
     let mut manifest_errors = Vec::new();
     for path in paths {
         for file in manifest_files(path)? {

@@ -38,11 +38,15 @@ pub struct Snapshot {
     pub rate_limit_policies: Vec<Arc<RateLimitPolicy>>,
     pub waf_policies: Vec<Arc<WafPolicy>>,
     pub secrets: Vec<Arc<Secret>>,
+    /// Seconds since the epoch at which time-dependent statuses are judged (a certificate
+    /// outside its validity period gets a warning condition). The caller supplies it so
+    /// that `compile` stays pure; `None` skips those warnings (golden tests).
+    pub now_unix_secs: Option<i64>,
 }
 
-/// Compiles a snapshot. Pure and deterministic: the same objects in any order give the same
-/// config, statuses and generation id — except that a route whose certificate is outside its
-/// validity period at compile time gets a warning condition (the config is unaffected).
+/// Compiles a snapshot. Pure and deterministic: the same objects (and `now_unix_secs`) in
+/// any order give the same config, statuses and generation id. The time only decides
+/// certificate-validity warnings in statuses, never the config or its generation.
 pub fn compile(snapshot: &Snapshot) -> (GatewayConfig, Vec<ObjectStatus>) {
     compile_cached(snapshot, &mut CompileCache::default())
 }
@@ -68,7 +72,8 @@ pub fn compile_cached(
         let mut issues = Issues::default();
         let compiled = route::compile_route(route, &meta, &policies, &mut issues);
         let client_secret = auth::introspection_secret(route, &meta, &secrets, &mut issues);
-        let route_tls = tls::compile_route_tls(route, &meta, &secrets, &mut issues);
+        let route_tls =
+            tls::compile_route_tls(route, &meta, &secrets, snapshot.now_unix_secs, &mut issues);
         let mut compiled = compiled.filter(|_| issues.is_accepted());
         if let Some(compiled) = compiled.as_mut() {
             route_tls.apply(compiled);

@@ -48,14 +48,6 @@ impl RouteTls {
     }
 }
 
-/// Seconds since the epoch. The one input of the compiler besides the snapshot: it only
-/// decides certificate-validity warnings in statuses, never the config or its generation.
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 /// Checks that a chain and key load in rustls and belong together.
 pub(crate) fn validate_certificate(chain_pem: &[u8], key_pem: &[u8]) -> Result<(), String> {
     let chain = CertificateDer::pem_slice_iter(chain_pem)
@@ -173,10 +165,12 @@ fn min_version(value: Option<&str>, issues: &mut Issues) -> TlsVersionConfig {
 }
 
 /// `spec.tls`, `upstream.tls` and the MutualTls method's prerequisites of one route.
+/// `now` (seconds since the epoch) judges the certificate's validity period; `None` skips it.
 pub(crate) fn compile_route_tls(
     route: &ApiRoute,
     meta: &Meta,
     secrets: &SecretIndex<'_>,
+    now: Option<i64>,
     issues: &mut Issues,
 ) -> RouteTls {
     let spec = &route.spec;
@@ -216,7 +210,7 @@ pub(crate) fn compile_route_tls(
                         // person renews, and refusing it would take the host down (or leave
                         // an older certificate) rather than make anyone notice sooner.
                         if let Some((validity, message)) =
-                            certificate_validity_problem(&chain, unix_now())
+                            now.and_then(|now| certificate_validity_problem(&chain, now))
                         {
                             let reason = match validity {
                                 CertificateValidity::Expired => Reason::CertificateExpired,
