@@ -100,9 +100,6 @@ configuration, its certificate Secret and the leader Lease. So one release per c
 {{- if and .Values.redis.enabled .Values.redis.externalUrl -}}
 {{- fail "set redis.enabled or redis.externalUrl, not both" -}}
 {{- end -}}
-{{- if and .Values.proxy.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.proxy.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.proxy.podDisruptionBudget.maxUnavailable)) -}}
-{{- fail "proxy.podDisruptionBudget: set minAvailable or maxUnavailable, not both" -}}
-{{- end -}}
 {{- if and .Values.proxy.autoscaling.enabled (gt (int .Values.proxy.autoscaling.minReplicas) (int .Values.proxy.autoscaling.maxReplicas)) -}}
 {{- fail "proxy.autoscaling.minReplicas must not exceed maxReplicas" -}}
 {{- end -}}
