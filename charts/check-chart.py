@@ -588,6 +588,20 @@ def _():
     expect("kubectl get apiroutes" in notes, notes)
 
 
+@check("Dockerfile (not built here: no container engine): multi-stage, both binaries where the chart runs them, the chart's non-root user")
+def _():
+    text = (ROOT / "Dockerfile").read_text()
+    stages = [l for l in text.splitlines() if l.startswith("FROM ")]
+    expect(len(stages) == 2 and " AS build" in stages[0], f"stages {stages}")
+    expect("cargo build --release --locked" in text, "cargo build --release")
+    commands = {c["command"][0] for o in by_kind(RENDERED["default"], "Deployment") for c in pod_spec(o)["containers"]}
+    expect(commands == {"/usr/local/bin/portcullis-operator", "/usr/local/bin/portcullis-proxy"}, f"{commands}")
+    expect("COPY --from=build /out/ /usr/local/bin/" in text, "binaries not copied to /usr/local/bin")
+    user = [l.split()[1] for l in text.splitlines() if l.startswith("USER ")][-1]
+    uid = pod_spec(deployment(RENDERED["default"], "proxy"))["securityContext"]["runAsUser"]
+    expect(user.split(":")[0] == str(uid) != "0", f"USER {user} vs runAsUser {uid}")
+
+
 # ---- values.schema.json ----------------------------------------------------------------------
 BAD_VALUES = [
     ({"proxy": {"replicas": -1}}, "/proxy/replicas"),
