@@ -168,10 +168,12 @@ def _():
     return f"{len(src)} CRDs, also what Helm loads from crds/"
 
 
-for label, vals in [("default values", None), ("ci/all-on-values.yaml", ALL_ON)]:
+for label, vals, kube in [("default values", None, None), ("ci/all-on-values.yaml", ALL_ON, None),
+                          ("default values, Kubernetes 1.27", None, "v1.27.0"),
+                          ("ci/all-on-values.yaml, Kubernetes 1.33", ALL_ON, "v1.33.0")]:
     @check(f"helm lint --strict ({label})")
-    def _(vals=vals):
-        report = helm.lint(CHART, vals, strict=True, namespace=NS)
+    def _(vals=vals, kube=kube):
+        report = helm.lint(CHART, vals, strict=True, namespace=NS, kube_version=kube)
         bad = [m for m in report["messages"] if m["severity"] >= 2]
         expect(not bad and not report["errors"], f"{bad} {report['errors']}")
         infos = [m["error"] for m in report["messages"]]
