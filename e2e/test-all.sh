@@ -11,6 +11,10 @@ fi
 
 ./e2e/install-deps.sh
 
+# The Helm chart, without a cluster (charts/test-chart.sh installs helm-python-sdk and promtool).
+echo "== chart: lint, render, rules"
+./charts/test-chart.sh
+
 echo "== building the binaries the end-to-end tests run as processes"
 cargo build --workspace --bins --locked
 
