@@ -31,6 +31,7 @@ fn policy(id: &str, key: RateLimitKeyConfig, requests: u64) -> RateLimitPolicyCo
         backend: RateLimitBackendConfig::Local,
         on_backend_failure: OnBackendFailureConfig::Deny,
         response_headers: true,
+        ipv6_prefix_length: 64,
     }
 }
 
