@@ -1,5 +1,6 @@
 //! A fake Redis on a loopback port that speaks just enough RESP to be connected to (`AUTH`,
-//! `SELECT`, `SCRIPT LOAD`) and then answers every script call with a reply that never
+//! `SELECT`, `SCRIPT LOAD`, `PING`; `CLUSTER SLOTS`, as a one-node cluster owning every
+//! slot) and then answers every script call with a reply that never
 //! ends: an array header of the test's choosing followed by integers, streamed in chunks.
 //! It runs on its own thread and runtime, so a proxy that hogs its own runtime cannot slow
 //! the attacker down (as a real remote peer would not be).
@@ -72,7 +73,7 @@ impl FakeRedis {
                         streamed.clone(),
                         stop.clone(),
                     );
-                    tokio::spawn(serve(stream, hostile, calls, streamed, stop));
+                    tokio::spawn(serve(stream, addr, hostile, calls, streamed, stop));
                 }
             });
         });
@@ -92,6 +93,7 @@ impl Drop for FakeRedis {
 
 async fn serve(
     mut stream: TcpStream,
+    addr: SocketAddr,
     hostile: Hostile,
     calls: Arc<AtomicUsize>,
     streamed: Arc<AtomicUsize>,
@@ -115,6 +117,16 @@ async fn serve(
             Some(b"SCRIPT") => {
                 // A script's SHA-1 is 40 hex digits; any will do.
                 let reply = format!("$40\r\n{}\r\n", "0".repeat(40));
+                if stream.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            Some(b"CLUSTER") => {
+                // [[first slot, last slot, [host, port]]]: this node owns every slot.
+                let reply = format!(
+                    "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:{}\r\n",
+                    addr.port()
+                );
                 if stream.write_all(reply.as_bytes()).await.is_err() {
                     return;
                 }
