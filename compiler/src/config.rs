@@ -371,6 +371,17 @@ pub struct RateLimitPolicyConfig {
     pub backend: RateLimitBackendConfig,
     pub on_backend_failure: OnBackendFailureConfig,
     pub response_headers: bool,
+    /// Client IPv6 addresses count by this many leading bits (1-128); IPv4 by address.
+    /// Defaulted so that a config compiled before the field existed still loads.
+    #[serde(default = "default_ipv6_prefix_length")]
+    pub ipv6_prefix_length: u8,
+}
+
+/// One IPv6 host commonly holds a whole /64 (SLAAC, RFC 6177 assignments).
+pub const DEFAULT_IPV6_PREFIX_LENGTH: u8 = 64;
+
+fn default_ipv6_prefix_length() -> u8 {
+    DEFAULT_IPV6_PREFIX_LENGTH
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -64,6 +64,12 @@ pub struct RateLimitPolicySpec {
     /// RateLimit-* headers and Retry-After; default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<bool>,
+    /// Client IPv6 addresses (key ClientIp, and the client-IP fallback of other keys)
+    /// count by this many leading bits, 1-128; default 64, as one host commonly holds a
+    /// whole /64. IPv4 addresses count whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 128))]
+    pub ipv6_prefix_length: Option<u8>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema, Default)]

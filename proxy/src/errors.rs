@@ -73,6 +73,7 @@ impl GatewayError {
                 RateLimitError::Exceeded(_) => StatusCode::TOO_MANY_REQUESTS,
                 // Fail closed: the shared counters cannot be consulted.
                 RateLimitError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                RateLimitError::DuplicateKeyHeader { .. } => StatusCode::BAD_REQUEST,
             },
             GatewayError::Tls(e) => e.status(),
             GatewayError::Waf(e) => e.status(),
@@ -111,6 +112,10 @@ impl GatewayError {
                 Some(Enforcement::RateLimited)
             }
             GatewayError::Waf(_) => Some(Enforcement::WafBlocked),
+            // A malformed request refused with 400, as validation refuses one.
+            GatewayError::RateLimit(crate::ratelimit::RateLimitError::DuplicateKeyHeader {
+                ..
+            }) => Some(Enforcement::ValidationFailed),
             // A rate-limit backend failure (503) is not a client being limited.
             GatewayError::RateLimit(_)
             | GatewayError::Request(_)

@@ -347,6 +347,7 @@ async fn run(
         client_ip,
         &parts,
         outcome.identity,
+        auth_context.credential,
         auth_context
             .principal
             .as_ref()

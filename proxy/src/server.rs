@@ -54,6 +54,8 @@ pub struct ProxyOptions {
     pub max_connections_per_ip: Option<usize>,
     /// Time source of the local rate-limit counters (tests inject one).
     pub rate_limit_clock: Option<Arc<dyn crate::ratelimit::clock::Clock>>,
+    /// Local rate-limit counters each policy may hold (tests set a small one).
+    pub rate_limit_counters_per_policy: usize,
     /// Clock, extra CA and JWKS timing for authentication.
     pub auth: crate::auth::AuthOptions,
     /// TLS listener (`--tls-listen`); `None` disables it.
@@ -84,6 +86,8 @@ impl Default for ProxyOptions {
             max_connections: None,
             max_connections_per_ip: None,
             rate_limit_clock: None,
+            rate_limit_counters_per_policy:
+                crate::ratelimit::local::DEFAULT_MAX_COUNTERS_PER_POLICY,
             auth: crate::auth::AuthOptions::default(),
             tls_listen: None,
             allow_underscores_in_headers: false,
@@ -131,7 +135,10 @@ impl ProxyServer {
         initial: Option<GatewayConfig>,
     ) -> Result<RunningProxy, StartError> {
         let clients = ClientPool::new(crate::auth::AuthRuntime::new(&options.auth)?);
-        let limiter = crate::ratelimit::Backends::new(options.rate_limit_clock.clone());
+        let limiter = crate::ratelimit::Backends::with_capacity(
+            options.rate_limit_clock.clone(),
+            options.rate_limit_counters_per_policy,
+        );
         let counters = CounterRegistry::default();
         let loaded = initial.is_some();
         let runtime = RuntimeConfig::build(

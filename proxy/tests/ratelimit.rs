@@ -40,6 +40,7 @@ fn policy(
         backend: RateLimitBackendConfig::Local,
         on_backend_failure: OnBackendFailureConfig::Deny,
         response_headers: true,
+        ipv6_prefix_length: 64,
     }
 }
 

@@ -166,6 +166,7 @@ fn redis_policy(
         },
         on_backend_failure: mode,
         response_headers: true,
+        ipv6_prefix_length: 64,
     }
 }
 

@@ -17,6 +17,7 @@ use super::Issues;
 use crate::config::{
     LimitConfig, OnBackendFailureConfig, QuotaConfig, QuotaPeriodConfig, RateLimitAlgorithmConfig,
     RateLimitBackendConfig, RateLimitKeyConfig, RateLimitPolicyConfig, TierConfig,
+    DEFAULT_IPV6_PREFIX_LENGTH,
 };
 use crate::units::parse_duration_ms;
 
@@ -168,6 +169,14 @@ pub(crate) fn compile_rate_limit(
         }
         _ => RateLimitBackendConfig::Local,
     };
+    let ipv6_prefix_length = match spec.ipv6_prefix_length {
+        None => DEFAULT_IPV6_PREFIX_LENGTH,
+        Some(bits @ 1..=128) => bits,
+        Some(_) => {
+            issues.invalid("spec.ipv6PrefixLength", "must be between 1 and 128");
+            DEFAULT_IPV6_PREFIX_LENGTH
+        }
+    };
     if !issues.is_accepted() {
         return None;
     }
@@ -198,6 +207,7 @@ pub(crate) fn compile_rate_limit(
             OnBackendFailure::LocalFallback => OnBackendFailureConfig::LocalFallback,
         },
         response_headers: spec.response_headers.unwrap_or(true),
+        ipv6_prefix_length,
     };
     Some((config, password))
 }

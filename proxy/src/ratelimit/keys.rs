@@ -2,7 +2,7 @@
 //! truncated SHA-256 first: counters (and Redis keys) never carry an API key.
 
 use std::fmt::{self, Write as _};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
@@ -18,6 +18,20 @@ pub enum Material<'a> {
     Header([u8; 16]),
     /// Hash of the presented API key.
     ApiKey([u8; 16]),
+}
+
+/// What a client IP counts as: an IPv4 address itself, an IPv6 address by its first
+/// `prefix` bits (the rest zeroed). One IPv6 host commonly holds a whole /64 and can pick any
+/// source address in it; counted by full address it would get 2^64 fresh allowances and
+/// flood the counters. An IPv4-mapped address is IPv4.
+pub fn client_prefix(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() && prefix < 128 => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & mask))
+        }
+        other => other,
+    }
 }
 
 pub fn digest(bytes: &[u8]) -> [u8; 16] {
@@ -131,5 +145,30 @@ mod tests {
             let m = Material::Ip(ip.parse().unwrap());
             assert_eq!(m.to_string(), format!("ip:{ip}"));
         }
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_prefix() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let a = ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd");
+        assert_eq!(client_prefix(a, 64), ip("2001:db8:1:2::"));
+        assert_eq!(client_prefix(a, 48), ip("2001:db8:1::"));
+        assert_eq!(client_prefix(a, 128), a);
+        assert_eq!(client_prefix(a, 0), ip("::"));
+        assert_eq!(
+            client_prefix(ip("2001:db8:1:2:ffff::1"), 64),
+            client_prefix(a, 64)
+        );
+        assert_ne!(
+            client_prefix(ip("2001:db8:1:3::1"), 64),
+            client_prefix(a, 64)
+        );
+        for v4 in ["10.1.2.3", "::ffff:10.1.2.3"] {
+            assert_eq!(client_prefix(ip(v4), 64), ip(v4));
+        }
+        assert_eq!(
+            Material::Ip(client_prefix(a, 64)).to_string(),
+            "ip:2001:db8:1:2::"
+        );
     }
 }

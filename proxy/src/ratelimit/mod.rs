@@ -15,8 +15,17 @@
 //! counters then deny.
 //!
 //! Identity fallbacks (as Kong does): a Consumer key on an unauthenticated or anonymous
-//! request, an ApiKey key without a presented key, and a Header key without the header all
-//! count by client IP instead.
+//! request, and a Header key without the header count by client IP instead. A post-auth
+//! key is only ever what authenticated: an ApiKey key counts by the API key only when that
+//! key authenticated the request; a request authenticated otherwise (a JWT, mTLS...) counts
+//! by its consumer (or token subject), and by client IP without one. A key that did not
+//! authenticate never becomes a counter key: a client sending a fresh invalid key with each
+//! JWT-authenticated request would otherwise get a fresh counter each time.
+//!
+//! A client IP is an IPv4 address or an IPv6 prefix (`ipv6PrefixLength`, /64 by default):
+//! one host usually holds a whole /64, so counting full IPv6 addresses would give it 2^64
+//! counters. A Header key sent more than once is refused (400): which of its values would
+//! count is ambiguous, and all of them are forwarded.
 
 pub mod algorithms;
 pub mod clock;
@@ -40,14 +49,14 @@ use portcullis_compiler::config::{
 };
 use portcullis_compiler::GatewayConfig;
 
-use crate::auth::{Identity, DEFAULT_API_KEY_HEADER};
+use crate::auth::{CredentialType, Identity, DEFAULT_API_KEY_HEADER};
 use crate::config_store::RuntimeConfig;
 use crate::router::query_pairs;
 use algorithms::{Kind, Rule, Verdict, Verdicts};
 use clock::{Clock, SystemClock};
 pub use headers::RateLimitHeaders;
 use keys::{Material, RedisKeys};
-use local::{Check, LocalStore};
+use local::{Check, LocalStore, Partition};
 use redis::{RedisBackend, RedisSettings};
 use smallvec::SmallVec;
 
@@ -59,6 +68,10 @@ pub enum RateLimitError {
     /// The shared backend did not answer within its timeout and the policy fails closed.
     #[error("rate limiting is unavailable")]
     Unavailable { policy: Arc<str> },
+    /// A Header-keyed policy's header came more than once: which value counts would be a
+    /// guess, and every copy is forwarded, so the request is refused (400).
+    #[error("the rate-limit key header must be sent once")]
+    DuplicateKeyHeader { policy: Arc<str> },
 }
 
 #[derive(Debug)]
@@ -76,20 +89,22 @@ impl RateLimitError {
         match self {
             RateLimitError::Exceeded(_) => "rate_limited",
             RateLimitError::Unavailable { .. } => "rate_limit_backend_unavailable",
+            RateLimitError::DuplicateKeyHeader { .. } => "duplicate_rate_limit_key_header",
         }
     }
 
     pub fn policy(&self) -> &str {
         match self {
             RateLimitError::Exceeded(e) => &e.policy,
-            RateLimitError::Unavailable { policy } => policy,
+            RateLimitError::Unavailable { policy }
+            | RateLimitError::DuplicateKeyHeader { policy } => policy,
         }
     }
 
     pub fn limit(&self) -> Option<&str> {
         match self {
             RateLimitError::Exceeded(e) => Some(&e.limit),
-            RateLimitError::Unavailable { .. } => None,
+            RateLimitError::Unavailable { .. } | RateLimitError::DuplicateKeyHeader { .. } => None,
         }
     }
 
@@ -115,8 +130,8 @@ pub enum RateLimitConfigError {
     Header(String),
 }
 
-/// Process-wide limiter state that outlives config reloads: local counters and Redis
-/// connections (shared by every policy with the same Redis settings).
+/// Process-wide limiter state that outlives config reloads: local counters (a partition per
+/// policy) and Redis connections (shared by every policy with the same Redis settings).
 pub struct Backends {
     local: LocalStore,
     /// Weak: the configs that use a connection own it. A reload finds the connections the
@@ -129,10 +144,15 @@ pub struct Backends {
 
 impl Backends {
     pub fn new(clock: Option<Arc<dyn Clock>>) -> Self {
+        Self::with_capacity(clock, local::DEFAULT_MAX_COUNTERS_PER_POLICY)
+    }
+
+    /// `max_counters_per_policy`: the local counters each policy may hold.
+    pub fn with_capacity(clock: Option<Arc<dyn Clock>>, max_counters_per_policy: usize) -> Self {
         Backends {
             local: LocalStore::new(
                 clock.unwrap_or_else(|| Arc::new(SystemClock)),
-                local::DEFAULT_MAX_COUNTERS,
+                max_counters_per_policy,
             ),
             redis: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::try_current().ok(),
@@ -175,7 +195,11 @@ struct CompiledPolicy {
     id: Arc<str>,
     /// The policy's part of its local counter ids ([`LocalStore::seed`]).
     seed: u64,
+    /// Its local counters (and fallback counters), apart from every other policy's.
+    counters: Arc<Partition>,
     key: RateLimitKeyConfig,
+    /// Client IPv6 addresses count by this prefix.
+    ipv6_prefix: u8,
     header: Option<HeaderName>,
     /// Limits, then the quota.
     rules: Vec<Rule>,
@@ -295,7 +319,9 @@ impl RateLimits {
             policies.push(CompiledPolicy {
                 id: Arc::from(p.id.as_str()),
                 seed: backends.local.seed(&p.id),
+                counters: backends.local.partition(&p.id),
                 key: p.key,
+                ipv6_prefix: p.ipv6_prefix_length.min(128),
                 header,
                 rules: rules_of(p.algorithm, &p.limits, p.quota.as_ref()),
                 tiers: p
@@ -414,6 +440,7 @@ pub async fn post_auth(
     client_ip: IpAddr,
     parts: &Parts,
     identity: Identity,
+    credential: Option<CredentialType>,
     subject: Option<&str>,
     pre: PreAuth,
     granted: &mut Option<RateLimitHeaders>,
@@ -438,7 +465,10 @@ pub async fn post_auth(
         headers: &parts.headers,
         consumer: consumer_key,
         groups: consumer.map_or(&[], |c| c.groups.as_slice()),
-        api_key: pre.api_key,
+        // Only a key that authenticated this request; any other is the client's word.
+        api_key: pre
+            .api_key
+            .filter(|_| credential == Some(CredentialType::ApiKey)),
     };
     if rp.post_local {
         return decide_local(backends, limits, &rp.post, &ctx, granted);
@@ -452,24 +482,40 @@ struct KeyContext<'a> {
     headers: &'a HeaderMap,
     consumer: Option<&'a str>,
     groups: &'a [String],
+    /// Digest of the API key, only when that key authenticated the request.
     api_key: Option<[u8; 16]>,
 }
 
 impl CompiledPolicy {
-    fn material<'a>(&self, ctx: &KeyContext<'a>) -> Material<'a> {
-        let ip = Material::Ip(ctx.client_ip);
-        match self.key {
+    fn material<'a>(&self, ctx: &KeyContext<'a>) -> Result<Material<'a>, RateLimitError> {
+        let ip = Material::Ip(keys::client_prefix(ctx.client_ip, self.ipv6_prefix));
+        Ok(match self.key {
             RateLimitKeyConfig::ClientIp => ip,
             RateLimitKeyConfig::Global => Material::Global,
             RateLimitKeyConfig::Route => Material::Route(ctx.route_id),
-            RateLimitKeyConfig::Header => self
-                .header
-                .as_ref()
-                .and_then(|h| ctx.headers.get(h))
-                .map_or(ip, |v| Material::Header(keys::digest(v.as_bytes()))),
+            RateLimitKeyConfig::Header => {
+                let Some(name) = &self.header else {
+                    return Ok(ip);
+                };
+                let mut values = ctx.headers.get_all(name).iter();
+                match (values.next(), values.next()) {
+                    (None, _) => ip,
+                    (Some(v), None) => Material::Header(keys::digest(v.as_bytes())),
+                    (Some(_), Some(_)) => {
+                        return Err(RateLimitError::DuplicateKeyHeader {
+                            policy: self.id.clone(),
+                        })
+                    }
+                }
+            }
             RateLimitKeyConfig::Consumer => ctx.consumer.map_or(ip, Material::Consumer),
-            RateLimitKeyConfig::ApiKey => ctx.api_key.map_or(ip, Material::ApiKey),
-        }
+            // Authenticated otherwise (or not at all): the identity that did authenticate.
+            RateLimitKeyConfig::ApiKey => match (ctx.api_key, ctx.consumer) {
+                (Some(key), _) => Material::ApiKey(key),
+                (None, Some(consumer)) => Material::Consumer(consumer),
+                (None, None) => ip,
+            },
+        })
     }
 
     /// The rules for this request and a tier slot (0 = base) that keeps tier counters apart.
@@ -497,14 +543,18 @@ type Few<T> = SmallVec<[T; 4]>;
 
 /// The local counters of one step, with the slot each verdict belongs to.
 #[derive(Default)]
-struct LocalChecks {
-    checks: Few<Check>,
+struct LocalChecks<'a> {
+    checks: Few<Check<'a>>,
     slots: Few<Slot>,
 }
 
-impl LocalChecks {
-    fn push(&mut self, counter: u64, policy: usize, rule: Rule) {
-        self.checks.push(Check { counter, rule });
+impl<'a> LocalChecks<'a> {
+    fn push(&mut self, partition: &'a Partition, counter: u64, policy: usize, rule: Rule) {
+        self.checks.push(Check {
+            partition,
+            counter,
+            rule,
+        });
         self.slots.push(Slot { policy, rule });
     }
 
@@ -512,17 +562,18 @@ impl LocalChecks {
     fn push_policy(
         &mut self,
         backends: &Backends,
-        limits: &RateLimits,
+        limits: &'a RateLimits,
         pi: usize,
         ctx: &KeyContext<'_>,
-    ) {
+    ) -> Result<(), RateLimitError> {
         let policy = &limits.policies[pi];
-        let material = policy.material(ctx);
+        let material = policy.material(ctx)?;
         let (tier, rules) = policy.rules_for(ctx.groups);
         for (ri, rule) in rules.iter().enumerate() {
             let counter = backends.local.counter((policy.seed, material, tier, ri));
-            self.push(counter, pi, *rule);
+            self.push(&policy.counters, counter, pi, *rule);
         }
+        Ok(())
     }
 
     /// Decides them all (atomically) and appends the verdicts to `all`.
@@ -555,7 +606,7 @@ fn decide_local(
 ) -> Result<(), RateLimitError> {
     let mut local = LocalChecks::default();
     for &pi in policies {
-        local.push_policy(backends, limits, pi, ctx);
+        local.push_policy(backends, limits, pi, ctx)?;
     }
     let mut all = Few::new();
     local.decide(backends, &mut all);
@@ -579,10 +630,10 @@ async fn decide(
     for &pi in policies {
         let policy = &limits.policies[pi];
         if !policy.redis_configured {
-            local.push_policy(backends, limits, pi, ctx);
+            local.push_policy(backends, limits, pi, ctx)?;
             continue;
         }
-        let material = policy.material(ctx);
+        let material = policy.material(ctx)?;
         let (tier, rules) = policy.rules_for(ctx.groups);
         let group = groups.iter().position(|g| {
             let other = &limits.policies[g.first];
@@ -640,7 +691,7 @@ async fn decide(
                         }
                         OnBackendFailureConfig::Allow => {}
                         OnBackendFailureConfig::LocalFallback => {
-                            let material = policy.material(ctx);
+                            let material = policy.material(ctx)?;
                             let (tier, _) = policy.rules_for(ctx.groups);
                             // The rule's index within its policy.
                             let ri = group.slots[..i]
@@ -654,7 +705,7 @@ async fn decide(
                                 tier,
                                 ri,
                             ));
-                            local.push(counter, slot.policy, slot.rule);
+                            local.push(&policy.counters, counter, slot.policy, slot.rule);
                         }
                     }
                 }

@@ -5,7 +5,9 @@
 //!   ([`super::redis_pipe`]): the decisions of all requests queued since it last wrote go
 //!   out in one `EVALSHA`, each still decided alone, atomically and in order inside the
 //!   script. A cluster goes through the `redis` crate's cluster connection, one request per
-//!   call (different requests' keys live in different slots).
+//!   call (different requests' keys live in different slots), over node connections whose
+//!   replies are bounded by our parser's limits ([`Bounded`]): the crate's parser keeps
+//!   whatever a reply claims.
 //! - `EVALSHA`, falling back to the script's text on `NOSCRIPT`, so a restarted or
 //!   failed-over Redis needs no proxy restart.
 //! - Connecting happens in the background with exponential backoff; until connected, and
@@ -14,17 +16,28 @@
 //! - Time comes from `TIME` inside the script, so proxies with skewed clocks agree on windows
 //!   (calendar quotas included).
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use futures_util::FutureExt;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Script};
+use redis::cluster_async::{ClusterConnection, Connect};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisFuture, Script,
+    Value,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::algorithms::{Kind, Rule, Verdict, Verdicts};
 use super::keys::RedisKeys;
 use super::redis_pipe::{Pipe, Setup, Values};
+use super::resp;
 
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 pub enum RedisError {
@@ -46,7 +59,7 @@ pub struct RedisBackend {
     /// A single Redis: its connection. `None` for a cluster.
     pipe: Option<Arc<Pipe>>,
     /// A cluster: its connection once made.
-    cluster: ArcSwapOption<ClusterConnection>,
+    cluster: ArcSwapOption<ClusterConnection<BoundedConnection>>,
     runtime: tokio::runtime::Handle,
     script: Script,
 }
@@ -270,7 +283,7 @@ impl RedisBackend {
         });
     }
 
-    async fn connect_cluster(&self) -> redis::RedisResult<ClusterConnection> {
+    async fn connect_cluster(&self) -> redis::RedisResult<ClusterConnection<BoundedConnection>> {
         let s = &self.settings;
         let mut builder = ClusterClientBuilder::new(s.urls.clone())
             .connection_timeout(CONNECT_TIMEOUT)
@@ -279,7 +292,11 @@ impl RedisBackend {
         if let Some(p) = &s.password {
             builder = builder.password(p.clone());
         }
-        builder.build()?.get_async_connection().await
+        // The generic connection is the crate's way to supply node connections (`Connect`).
+        builder
+            .build()?
+            .get_async_generic_connection::<BoundedConnection>()
+            .await
     }
 
     /// Decides `rules` (each with its Redis key) in one script call, shared with other
@@ -360,6 +377,132 @@ impl Drop for RedisBackend {
         if let Some(pipe) = &self.pipe {
             pipe.close();
         }
+    }
+}
+
+/// A cluster node's connection: the crate's multiplexed connection over a [`Bounded`]
+/// socket.
+#[derive(Clone)]
+pub struct BoundedConnection(MultiplexedConnection);
+
+impl ConnectionLike for BoundedConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.0.req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+impl Connect for BoundedConnection {
+    fn connect_with_config<'a, T>(info: T, config: AsyncConnectionConfig) -> RedisFuture<'a, Self>
+    where
+        T: IntoConnectionInfo + Send + 'a,
+    {
+        async move {
+            let mut info = info.into_connection_info()?;
+            // What [`Bounded`] checks: RESP2, as our own connection speaks.
+            info.redis.protocol = redis::ProtocolVersion::RESP2;
+            // The compiler admits `redis://` URLs only, and the cluster names nodes by
+            // host and port.
+            let ConnectionAddr::Tcp(host, port) = &info.addr else {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "unsupported Redis cluster node address (only TCP)",
+                )));
+            };
+            let stream =
+                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), *port)))
+                    .await
+                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+            stream.set_nodelay(true)?;
+            let (conn, driver) =
+                MultiplexedConnection::new_with_config(&info.redis, Bounded::new(stream), config)
+                    .await?;
+            // Ends when the connection's last handle is dropped or the socket fails.
+            tokio::spawn(driver);
+            Ok(BoundedConnection(conn))
+        }
+        .boxed()
+    }
+}
+
+/// A socket whose replies are checked as they arrive, with the limits of our own RESP
+/// parser ([`resp::parse`]): an array header above [`resp::MAX_ELEMENTS`] (`*1000000000`),
+/// nesting too deep, or a reply not complete within [`resp::MAX_REPLY`] fails the
+/// connection at once, before the crate's parser (which keeps whatever a reply claims)
+/// has more than that. Costs a copy of the bytes of the reply under way, never more than
+/// [`resp::MAX_REPLY`]: cluster replies are a few dozen bytes.
+struct Bounded {
+    inner: TcpStream,
+    /// The reply under way, from its first byte.
+    reply: Vec<u8>,
+    ints: Vec<i64>,
+}
+
+impl Bounded {
+    fn new(inner: TcpStream) -> Self {
+        Bounded {
+            inner,
+            reply: Vec::new(),
+            ints: Vec::new(),
+        }
+    }
+
+    /// Takes in bytes the crate is about to read; an error when they break a limit.
+    fn check(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.reply.extend_from_slice(bytes);
+        let mut at = 0;
+        loop {
+            match resp::parse(&self.reply[at..], &mut self.ints) {
+                Ok(Some((_, len))) => at += len,
+                Ok(None) => break,
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+        self.reply.drain(..at);
+        Ok(())
+    }
+}
+
+impl AsyncRead for Bounded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        Poll::Ready(this.check(&buf.filled()[before..]))
+    }
+}
+
+impl AsyncWrite for Bounded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -302,8 +302,16 @@ impl Pipe {
             tokio::select! {
                 biased;
                 ready = stream.ready(interest) => {
-                    if ready?.is_readable() && session.read_replies()? {
-                        answered_at = Instant::now();
+                    if ready?.is_readable() {
+                        let read = session.read_replies()?;
+                        if read.answered {
+                            answered_at = Instant::now();
+                        }
+                        if read.more {
+                            // A peer that sends without pause must not keep this task
+                            // (and the requests queued on its worker) from the runtime.
+                            tokio::task::yield_now().await;
+                        }
                     }
                 }
                 () = self.wake.notified(), if session.flushed() => {}
@@ -315,6 +323,18 @@ impl Pipe {
             }
         }
     }
+}
+
+/// Bytes read per readiness at most before the task yields: a few large replies' worth.
+const READ_BUDGET: usize = 256 << 10;
+
+/// What one [`Session::read_replies`] did.
+#[derive(Default)]
+struct Read {
+    /// At least one call was answered.
+    answered: bool,
+    /// Stopped at [`READ_BUDGET`] with more possibly waiting.
+    more: bool,
 }
 
 /// One connection's calls: the bytes not yet written, the replies not yet complete, and the
@@ -395,25 +415,32 @@ impl Session<'_> {
         self.in_flight.push_back(sent);
     }
 
-    /// Reads what has arrived and answers the calls whose replies are complete. `true` when
-    /// at least one call was answered.
-    fn read_replies(&mut self) -> Result<bool, PipeError> {
-        let mut answered = false;
+    /// Reads what has arrived, at most [`READ_BUDGET`] bytes, and answers the calls whose
+    /// replies are complete. The buffer never holds more than one incomplete reply, which
+    /// [`resp::parse`] refuses beyond [`resp::MAX_REPLY`]: a peer streaming an endless reply
+    /// costs a bounded buffer, then the connection.
+    fn read_replies(&mut self) -> Result<Read, PipeError> {
+        let mut read = Read::default();
+        let mut taken = 0;
         loop {
+            if taken >= READ_BUDGET {
+                read.more = true;
+                return Ok(read);
+            }
             if self.input.capacity() - self.input.len() < 4096 {
                 self.input.reserve(16 << 10);
             }
             match self.stream.try_read_buf(&mut self.input) {
                 Ok(0) => return Err(PipeError::Closed),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(answered),
+                Ok(n) => taken += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(read),
                 Err(e) => return Err(e.into()),
             }
             let mut at = 0;
             while let Some((reply, len)) = resp::parse(&self.input[at..], &mut self.ints)? {
                 let sent = self.in_flight.pop_front().ok_or(PipeError::Unexpected)?;
                 self.unanswered -= sent.waiters.len();
-                answered = true;
+                read.answered = true;
                 match reply {
                     Reply::Ints => answer(sent.waiters, &self.ints),
                     Reply::Error(text) => {

@@ -4,8 +4,17 @@
 
 use std::ops::Range;
 
-/// A reply larger than this is a broken or hostile peer, not a script's numbers.
-pub const MAX_REPLY: usize = 16 << 20;
+/// A reply larger than this, complete or not, is a broken or hostile peer, not a script's
+/// numbers: the largest real one ([`MAX_ELEMENTS`] integers of at most 24 bytes each) is
+/// smaller. Checked on what is buffered, so an incomplete reply cannot grow the buffer
+/// beyond it either.
+pub const MAX_REPLY: usize = 1 << 20;
+
+/// Elements of one array, at most. Checked on the header before any element is read (and
+/// nothing is ever reserved from a header's count), so `*1000000000` costs nothing. A
+/// script call decides at most `MAX_BATCH` (64) requests of a few counters, 4 integers
+/// each: 32,768 leaves room for 128 counters per request.
+pub const MAX_ELEMENTS: i64 = 1 << 15;
 
 /// Nesting deeper than this is not a reply to anything we send.
 const MAX_DEPTH: usize = 8;
@@ -51,7 +60,19 @@ pub fn put_command(out: &mut Vec<u8>, args: &[&[u8]]) {
 /// Reads one reply from the start of `buf`: `Ok(None)` when it is not all there yet,
 /// otherwise the reply and the bytes it took. An array of integers is written to `ints`
 /// (cleared first); `ints` is left unspecified for other replies.
+///
+/// Bounded whatever the peer sends: an array header above [`MAX_ELEMENTS`], nesting deeper
+/// than [`MAX_DEPTH`] and an incomplete reply already larger than [`MAX_REPLY`] are errors,
+/// so the caller never buffers more than that for one reply.
 pub fn parse(buf: &[u8], ints: &mut Vec<i64>) -> Result<Option<(Reply, usize)>, ProtocolError> {
+    let parsed = parse_bounded(buf, ints)?;
+    if parsed.is_none() && buf.len() > MAX_REPLY {
+        return Err(ProtocolError);
+    }
+    Ok(parsed)
+}
+
+fn parse_bounded(buf: &[u8], ints: &mut Vec<i64>) -> Result<Option<(Reply, usize)>, ProtocolError> {
     ints.clear();
     let Some((head, next)) = line(buf, 0)? else {
         return Ok(None);
@@ -63,10 +84,7 @@ pub fn parse(buf: &[u8], ints: &mut Vec<i64>) -> Result<Option<(Reply, usize)>, 
     match kind {
         b'-' => Ok(Some((Reply::Error(1..head.len()), next))),
         b'*' => {
-            let n = number(rest)?;
-            if n < -1 {
-                return Err(ProtocolError);
-            }
+            let n = array_len(rest)?;
             if n == -1 {
                 return Ok(Some((Reply::Other, next)));
             }
@@ -134,10 +152,7 @@ fn skip(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, ProtocolEr
             }
         }
         b'*' => {
-            let n = number(rest)?;
-            if n < -1 {
-                return Err(ProtocolError);
-            }
+            let n = array_len(rest)?;
             let mut at = next;
             for _ in 0..n.max(0) {
                 match skip(buf, at, depth + 1)? {
@@ -162,6 +177,16 @@ fn line(buf: &[u8], at: usize) -> Result<Option<(&[u8], usize)>, ProtocolError> 
         Some(_) => Err(ProtocolError),
         None if rest.len() > MAX_REPLY => Err(ProtocolError),
         None => Ok(None),
+    }
+}
+
+/// An array header's count: -1 (nil) up to [`MAX_ELEMENTS`].
+fn array_len(digits: &[u8]) -> Result<i64, ProtocolError> {
+    let n = number(digits)?;
+    if (-1..=MAX_ELEMENTS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(ProtocolError)
     }
 }
 
@@ -245,6 +270,7 @@ mod tests {
             b"$3\r\nabcd\r\n",
             b"$99999999999999999999\r\n",
             b"$20000000\r\n",
+            b"$1048577\r\n",
             b"*-7\r\n+x\r\n*1\r\n*-2\r\n",
             b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n",
         ] {
@@ -258,6 +284,47 @@ mod tests {
         let long = vec![b'+'; MAX_REPLY + 2];
         assert!(one(&long).is_err());
         assert_eq!(one(&long[..1000]).unwrap(), None);
+    }
+
+    /// A header claiming 10^9 elements (or one more than the limit) is refused on the
+    /// header alone: nothing is reserved from it and no element is waited for.
+    #[test]
+    fn huge_array_headers_are_refused_before_any_element() {
+        let mut ints = Vec::new();
+        for header in [
+            &b"*1000000000\r\n"[..],
+            b"*1000000000\r\n:1\r\n:1\r\n",
+            b"*9223372036854775807\r\n",
+            b"*32769\r\n",
+            b"*1\r\n*1000000000\r\n",
+            b"*2\r\n$1\r\na\r\n*32769\r\n",
+        ] {
+            assert!(
+                parse(header, &mut ints).is_err(),
+                "{:?} accepted",
+                String::from_utf8_lossy(header)
+            );
+            assert!(ints.capacity() < 1024, "{}", ints.capacity());
+        }
+        // The largest array allowed still waits for its elements.
+        assert_eq!(one(b"*32768\r\n:1\r\n").unwrap(), None);
+    }
+
+    /// Elements within every limit that never end the reply: refused once the buffered
+    /// part is larger than any reply can be, so the caller's buffer stays bounded.
+    #[test]
+    fn an_endless_reply_is_refused_past_max_reply() {
+        let element = b"$40\r\n0123456789012345678901234567890123456789\r\n";
+        let mut nested = b"*1\r\n*32768\r\n".to_vec();
+        let mut flat = b"*32768\r\n".to_vec();
+        while flat.len() <= MAX_REPLY {
+            nested.extend_from_slice(element);
+            flat.extend_from_slice(element);
+        }
+        for buf in [&nested, &flat] {
+            assert_eq!(one(&buf[..MAX_REPLY - 64]).unwrap(), None);
+            assert!(one(buf).is_err());
+        }
     }
 
     #[test]
