@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Soak: the full policy stack (API key, rate limit, WAF on head and body, JSON Schema,
-# response and security headers, CORS) at ~70% of the proxy's measured capacity for
+# response and security headers, CORS) at ~70% of what the load core can sustain for
 # DURATION seconds (default 600), with a config reload every RELOAD seconds (default 5).
 # Passes when no request failed and RSS stayed flat; writes per-second CSVs and an SVG
 # chart under bench/results/soak-<UTC time>/.
@@ -12,7 +12,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DURATION=${DURATION:-600}
 RELOAD=${RELOAD:-5}
-LOAD_SHARE=${LOAD_SHARE:-0.7}
+# wrk measures capacity with less work per request than soak-load (which times every
+# request and shares the load core with the upstream): 70% of wrk's figure overran the
+# load core here, 55% is ~70% of what the generator can sustain.
+LOAD_SHARE=${LOAD_SHARE:-0.55}
 CONNECTIONS=${CONNECTIONS:-32}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -126,7 +129,9 @@ say "capacity ${capacity} req/s; soaking at ${RATE} req/s for ${DURATION}s, relo
 # RSS and the loaded generation, once a second; a reload every RELOAD seconds.
 (
     echo "second,rss_kib,generation" >"$OUT/rss.csv"
-    for s in $(seq 0 "$DURATION"); do
+    started=$(date +%s)
+    while (($(date +%s) - started <= DURATION)); do
+        s=$(($(date +%s) - started))
         rss=$(awk '/VmRSS/ {print $2}' "/proc/$PROXY/status" 2>/dev/null || echo 0)
         gen=$(curl -fsS "http://127.0.0.1:$ADMIN/config" 2>/dev/null |
             python3 -c 'import json,sys; print(json.load(sys.stdin).get("generation","")[:12])' 2>/dev/null || echo "")
