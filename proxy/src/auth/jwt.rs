@@ -154,6 +154,68 @@ fn scopes_of(claims: &Map<String, Value>) -> Vec<String> {
     scopes
 }
 
+/// A JWS compact serialisation split, its header checked and its segments decoded: what
+/// can be known of a token before any key is chosen or signature checked.
+pub struct CompactToken<'t> {
+    /// `header.payload`, what the signature covers.
+    pub signing_input: &'t str,
+    /// The signature segment, still base64url (checked to decode).
+    pub signature: &'t str,
+    /// The decoded protected header (a JSON object).
+    pub header_bytes: Vec<u8>,
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+    /// The payload when it is a JSON object; not to be trusted before the signature holds.
+    pub claims: Option<Map<String, Value>>,
+}
+
+/// Parses the compact serialisation strictly, in the order [`CompiledJwt::verify`] relies
+/// on: three segments (header and signature non-empty), a strict base64url header whose `alg` is in
+/// `allowed`, no `crit`/`b64`, a decodable signature and payload, a string `kid`. A
+/// function of its own so that fuzzing reaches everything before the signature check.
+pub fn parse_compact<'t>(
+    token: &'t str,
+    allowed: &[Algorithm],
+) -> Result<CompactToken<'t>, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::Malformed);
+    }
+    let (signing_input, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+    let (header_b64, payload_b64) = signing_input.split_once('.').ok_or(TokenError::Malformed)?;
+    if header_b64.is_empty() || signature.is_empty() || payload_b64.contains('.') {
+        return Err(TokenError::Malformed);
+    }
+    let header_bytes = b64(header_b64)?;
+    let header: Header =
+        serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Malformed)?;
+    // Exact, case-sensitive names only: "none", "None", "NONE" are not algorithms here.
+    let alg = Algorithm::from_str(&header.alg).map_err(|_| TokenError::BadAlgorithm)?;
+    if !allowed.contains(&alg) {
+        return Err(TokenError::BadAlgorithm);
+    }
+    // We implement no JWS extension, so any `crit` (RFC 7515 §4.1.11), and `b64`
+    // (RFC 7797, which changes what is signed), is refused.
+    if header.crit.is_some() || header.b64.is_some() {
+        return Err(TokenError::UnsupportedCritical);
+    }
+    b64(signature)?;
+    let payload = b64(payload_b64)?;
+    let claims: Option<Map<String, Value>> = serde_json::from_slice(&payload).ok();
+    let kid = match header.kid {
+        None => None,
+        Some(Value::String(kid)) => Some(kid),
+        Some(_) => return Err(TokenError::Malformed),
+    };
+    Ok(CompactToken {
+        signing_input,
+        signature,
+        header_bytes,
+        alg,
+        kid,
+        claims,
+    })
+}
+
 impl CompiledJwt {
     pub fn new(config: &JwtConfig, namespace: &str, runtime: &AuthRuntime) -> Self {
         let issuers = config
@@ -202,33 +264,15 @@ impl CompiledJwt {
             return Ok(hit);
         }
 
-        let (signing_input, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-        let (header_b64, payload_b64) =
-            signing_input.split_once('.').ok_or(TokenError::Malformed)?;
-        if header_b64.is_empty() || signature.is_empty() || payload_b64.contains('.') {
-            return Err(TokenError::Malformed);
-        }
-        let header_bytes = b64(header_b64)?;
-        let header: Header =
-            serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Malformed)?;
-        // Exact, case-sensitive names only: "none", "None", "NONE" are not algorithms here.
-        let alg = Algorithm::from_str(&header.alg).map_err(|_| TokenError::BadAlgorithm)?;
-        if !self.algorithms.contains(&alg) {
-            return Err(TokenError::BadAlgorithm);
-        }
-        // We implement no JWS extension, so any `crit` (RFC 7515 §4.1.11), and `b64`
-        // (RFC 7797, which changes what is signed), is refused.
-        if header.crit.is_some() || header.b64.is_some() {
-            return Err(TokenError::UnsupportedCritical);
-        }
-        b64(signature)?;
-        let payload = b64(payload_b64)?;
-        let claims: Option<Map<String, Value>> = serde_json::from_slice(&payload).ok();
-        let kid = match &header.kid {
-            None => None,
-            Some(Value::String(kid)) => Some(kid.as_str()),
-            Some(_) => return Err(TokenError::Malformed),
-        };
+        let CompactToken {
+            signing_input,
+            signature,
+            header_bytes,
+            alg,
+            kid,
+            claims,
+        } = parse_compact(token, &self.algorithms)?;
+        let kid = kid.as_deref();
 
         // 1. A consumer key named by keyClaim (header parameter first, then claim).
         let consumer_key = if self.consumer_keys {
