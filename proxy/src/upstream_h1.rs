@@ -985,6 +985,18 @@ mod tests {
         }
     }
 
+    /// Fuzz crash (upstream_head): a non-ASCII token in `Connection` made the whole value
+    /// unreadable as text, so the fields it named (`x-private`) reached the client.
+    #[test]
+    fn fuzz_connection_with_obs_text_still_drops_named_fields() {
+        let raw =
+            b"HTTP/1.1 200 OK\r\nconnection: \xd3eep-alive, x-private\r\nkeep-alive: timeout=0\r\n\
+                    x-private: 1\r\ntransfe'-encodt: 2\r\n\r\n";
+        let h = head(raw, false);
+        let names: Vec<_> = h.response.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["transfe'-encodt"]);
+    }
+
     #[test]
     fn lengths_parse_strictly() {
         assert_eq!(parse_length(b" 42 "), Some(42));

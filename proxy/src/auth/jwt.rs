@@ -186,8 +186,11 @@ pub fn parse_compact<'t>(
         return Err(TokenError::Malformed);
     }
     let header_bytes = b64(header_b64)?;
-    let header: Header =
-        serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Malformed)?;
+    // UTF-8 first (RFC 7515 §4: the header is UTF-8 JSON): serde_json skips the members a
+    // struct ignores without validating them, so `"typ":"JW\x80"` passed (found by fuzzing,
+    // issue #19) where every strict JSON reader refuses the header.
+    let header_text = std::str::from_utf8(&header_bytes).map_err(|_| TokenError::Malformed)?;
+    let header: Header = serde_json::from_str(header_text).map_err(|_| TokenError::Malformed)?;
     // Exact, case-sensitive names only: "none", "None", "NONE" are not algorithms here.
     let alg = Algorithm::from_str(&header.alg).map_err(|_| TokenError::BadAlgorithm)?;
     if !allowed.contains(&alg) {
@@ -425,4 +428,44 @@ fn check_signature(
 /// tokens go to introspection instead.
 pub fn looks_like_jwt(token: &str) -> bool {
     token.bytes().filter(|b| *b == b'.').count() == 2
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn encoded(header: &[u8], payload: &[u8], signature: &[u8]) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.{}",
+            b64.encode(header),
+            b64.encode(payload),
+            b64.encode(signature)
+        )
+    }
+
+    /// Fuzz crash (jwt_compact): invalid UTF-8 inside a header member the parser ignores
+    /// (`typ`) was accepted; the header must be UTF-8 JSON as a whole.
+    #[test]
+    fn fuzz_header_with_invalid_utf8_in_an_ignored_member_is_malformed() {
+        let token = encoded(
+            b"{\"alg\":\"RS256\",\"kid\":\"key-1\",\"typ\":\"JW\x80\"}",
+            b"{\"sub\":\"alice\"}",
+            &[1; 64],
+        );
+        assert!(matches!(
+            parse_compact(&token, &[Algorithm::RS256]),
+            Err(TokenError::Malformed)
+        ));
+        // The same header in valid UTF-8 parses.
+        let token = encoded(
+            b"{\"alg\":\"RS256\",\"kid\":\"key-1\",\"typ\":\"JW\xc2\x80\"}",
+            b"{\"sub\":\"alice\"}",
+            &[1; 64],
+        );
+        let parsed = parse_compact(&token, &[Algorithm::RS256]).unwrap();
+        assert_eq!(parsed.kid.as_deref(), Some("key-1"));
+        assert_eq!(parsed.alg, Algorithm::RS256);
+    }
 }
