@@ -24,3 +24,8 @@ cargo test --workspace --all-targets --locked
 # workspace member: its unit tests (keyword and XSS name tables against the original lookups) run here.
 echo "== cargo test -p libinjectionrs (vendored, patched)"
 cargo test -p libinjectionrs --locked
+
+# Parsers of hostile input under cargo fuzz (issue #19, docs/fuzzing.md): every target built
+# once on nightly, then FUZZ_SECONDS (default 20) each from its committed seed corpus.
+echo "== fuzz smoke runs"
+./fuzz/smoke.sh
