@@ -27,5 +27,7 @@ cargo test -p libinjectionrs --locked
 
 # Parsers of hostile input under cargo fuzz (issue #19, docs/fuzzing.md): every target built
 # once on nightly, then FUZZ_SECONDS (default 20) each from its committed seed corpus.
+# The nightly build of the proxy's dependency tree is most of the step's time: it is kept
+# next to the kube-apiserver cache, so later runs on this machine rebuild only our crates.
 echo "== fuzz smoke runs"
-./fuzz/smoke.sh
+FUZZ_TARGET_DIR="${FUZZ_TARGET_DIR:-${PORTCULLIS_CACHE:-/var/cache/portcullis}/fuzz-target}" ./fuzz/smoke.sh

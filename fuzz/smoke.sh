@@ -22,7 +22,12 @@ fi
 # slower on CI's two cores. FUZZ_SANITIZER=address for a run that wants it.
 sanitizer="${FUZZ_SANITIZER:-none}"
 # Sixteen codegen units per crate instead of cargo fuzz's one: the two cores stay busy.
-cgu="--codegen-units 16"
+# FUZZ_TARGET_DIR keeps the nightly build outside the checkout (test-all.sh points it at the
+# machine's cache), so a fresh clone on the same machine rebuilds only our three crates.
+build_flags="--codegen-units 16"
+if [ -n "${FUZZ_TARGET_DIR:-}" ]; then
+  build_flags="$build_flags --target-dir $FUZZ_TARGET_DIR"
+fi
 
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   echo "the nightly toolchain is required (cargo fuzz builds with -Z flags)" >&2
@@ -35,7 +40,7 @@ fi
 
 started=$(date +%s)
 echo "== building the fuzz targets (nightly, sanitizer: $sanitizer)"
-cargo +nightly fuzz build -s "$sanitizer" $cgu
+cargo +nightly fuzz build -s "$sanitizer" $build_flags
 built=$(date +%s)
 echo "built in $((built - started)) s"
 
@@ -52,7 +57,7 @@ for target in $(cargo +nightly fuzz list); do
     chunked_body) extra=(-max_len=20000) ;;
   esac
   t0=$(date +%s)
-  if cargo +nightly fuzz run -s "$sanitizer" $cgu "$target" "$scratch" "corpus/$target" -- \
+  if cargo +nightly fuzz run -s "$sanitizer" $build_flags "$target" "$scratch" "corpus/$target" -- \
     -max_total_time="$seconds" -timeout=10 -print_final_stats=1 "${extra[@]}" \
     >"$logs/$target.log" 2>&1; then
     status=ok

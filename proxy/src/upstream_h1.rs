@@ -729,7 +729,9 @@ impl BodyReader {
                     return BodyStep::Invalid;
                 }
                 match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
+                    // The bound holds for a line that arrived whole too: otherwise whether a
+                    // long line is refused depends on how the upstream's bytes were split.
+                    Ok(httparse::Status::Complete((used, size))) if used <= MAX_CHUNK_LINE => {
                         self.state = if size == 0 {
                             BodyState::Trailers
                         } else {
@@ -755,7 +757,9 @@ impl BodyReader {
                     self.state = BodyState::Done;
                     return BodyStep::End(2);
                 }
-                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                // Looked for within the bound only, for the same reason as chunk lines.
+                let window = &buf[..available.min(MAX_TRAILERS)];
+                if let Some(end) = window.windows(4).position(|w| w == b"\r\n\r\n") {
                     self.state = BodyState::Done;
                     return BodyStep::End(end + 4);
                 }
@@ -995,6 +999,48 @@ mod tests {
         let h = head(raw, false);
         let names: Vec<_> = h.response.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["transfe'-encodt"]);
+    }
+
+    /// The chunked_body property (same outcome however the bytes arrive) on inputs past the
+    /// line and trailer bounds: a chunk-size line longer than `MAX_CHUNK_LINE`, or trailers
+    /// longer than `MAX_TRAILERS`, were accepted when they arrived in one read and refused
+    /// when they trickled in.
+    #[test]
+    fn fuzz_long_chunk_lines_and_trailers_do_not_depend_on_reads() {
+        let mut long_line = b"1;".to_vec();
+        long_line.extend(std::iter::repeat_n(b'a', MAX_CHUNK_LINE));
+        long_line.extend_from_slice(b"\r\nx\r\n0\r\n\r\n");
+        let mut long_trailers = b"1\r\nx\r\n0\r\nx-t: ".to_vec();
+        long_trailers.extend(std::iter::repeat_n(b'a', MAX_TRAILERS));
+        long_trailers.extend_from_slice(b"\r\n\r\n");
+        for input in [long_line, long_trailers] {
+            let whole = decode_body(ResponseFraming::Chunked, &[&input]);
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            let trickled = decode_body(ResponseFraming::Chunked, &bytes);
+            assert!(matches!(whole, Err(BodyError::InvalidChunk)), "{whole:?}");
+            assert!(
+                matches!(trickled, Err(BodyError::InvalidChunk)),
+                "{trickled:?}"
+            );
+        }
+        // Just inside the bounds, both are read.
+        let mut line = b"1;".to_vec();
+        line.extend(std::iter::repeat_n(b'a', MAX_CHUNK_LINE - 4));
+        line.extend_from_slice(b"\r\nx\r\n0\r\n\r\n");
+        let mut trailers = b"1\r\nx\r\n0\r\nx-t: ".to_vec();
+        trailers.extend(std::iter::repeat_n(b'a', MAX_TRAILERS - 11));
+        trailers.extend_from_slice(b"\r\n\r\n");
+        for input in [line, trailers] {
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            assert_eq!(
+                decode_body(ResponseFraming::Chunked, &[&input]).unwrap(),
+                (b"x".to_vec(), input.len())
+            );
+            assert_eq!(
+                decode_body(ResponseFraming::Chunked, &bytes).unwrap(),
+                (b"x".to_vec(), input.len())
+            );
+        }
     }
 
     #[test]
