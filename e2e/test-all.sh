@@ -28,3 +28,10 @@ cargo test --workspace --all-targets --locked
 # workspace member: its unit tests (keyword and XSS name tables against the original lookups) run here.
 echo "== cargo test -p libinjectionrs (vendored, patched)"
 cargo test -p libinjectionrs --locked
+
+# Parsers of hostile input under cargo fuzz (issue #19, docs/fuzzing.md): every target built
+# once on nightly, then FUZZ_SECONDS (default 20) each from its committed seed corpus.
+# The nightly build of the proxy's dependency tree is most of the step's time: it is kept
+# next to the kube-apiserver cache, so later runs on this machine rebuild only our crates.
+echo "== fuzz smoke runs"
+FUZZ_TARGET_DIR="${FUZZ_TARGET_DIR:-${PORTCULLIS_CACHE:-/var/cache/portcullis}/fuzz-target}" ./fuzz/smoke.sh

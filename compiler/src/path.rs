@@ -15,7 +15,7 @@
 //! - `\` and the encoded slashes `%2F` and `%5C` are reported ([`Normalized::encoded_slash`]):
 //!   they stay inside their segment (a raw `\` is written `%5C`), and the caller decides
 //!   whether the route allows them;
-//! - malformed encodings (`%4`, `%zz`), an encoded NUL (`%00`) and dot segments carrying
+//! - malformed encodings (`%4`, `%zz`), a NUL (`%00` or raw) and dot segments carrying
 //!   path parameters (`..;x`, which Java servlet containers read as `..`) are errors.
 //!
 //! Normalising a normalised path changes nothing (tested), and a path that needs no change
@@ -29,7 +29,8 @@ pub enum PathError {
     NotAbsolute,
     #[error("the path has a malformed percent-encoding")]
     BadEncoding,
-    #[error("the path contains an encoded NUL")]
+    /// `%00`, or a raw NUL byte.
+    #[error("the path contains an encoded or raw NUL")]
     EncodedNul,
     #[error("a dot segment in the path carries parameters")]
     DotSegmentParameter,
@@ -136,6 +137,11 @@ pub fn normalize(path: &str, merge_slashes: bool) -> Result<Normalized<'_>, Path
             }
             if b == b'\\' {
                 encoded_slash = true;
+            }
+            if b == 0 {
+                // A raw NUL would be written `%00`, which is refused: refuse it here too, or
+                // the normal form is not normal (found by fuzzing, issue #19).
+                return Err(PathError::EncodedNul);
             }
             if is_pchar(b) {
                 segment.push(char::from(b));
@@ -257,6 +263,9 @@ mod tests {
     #[test]
     fn errors() {
         assert_eq!(normalize("/a%00", true), Err(PathError::EncodedNul));
+        // Fuzz crash (path_normalize): a raw NUL became `%00`, which the second pass refused.
+        assert_eq!(normalize("/a\0", true), Err(PathError::EncodedNul));
+        assert_eq!(normalize("/a\0b/c", false), Err(PathError::EncodedNul));
         assert_eq!(normalize("/a%4", true), Err(PathError::BadEncoding));
         assert_eq!(normalize("/a%zz", true), Err(PathError::BadEncoding));
         assert_eq!(normalize("/a%", true), Err(PathError::BadEncoding));

@@ -133,13 +133,14 @@ fn remove_marked(headers: &mut HeaderMap, class: u8, connection_named: bool) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+            // Bytes, not `to_str`: one non-ASCII (obs-text) token must not make the whole
+            // value, and so every field it names, pass (found by fuzzing, issue #19).
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
             // The connection options themselves name no header to drop (`keep-alive` is
             // removed as hop-by-hop anyway).
-            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+            .filter_map(|name| HeaderName::from_bytes(name).ok())
             .collect();
         for name in named {
             headers.remove(name);

@@ -154,6 +154,75 @@ fn scopes_of(claims: &Map<String, Value>) -> Vec<String> {
     scopes
 }
 
+/// A JWS compact serialisation split, its header checked and its segments decoded: what
+/// can be known of a token before any key is chosen or signature checked.
+pub struct CompactToken<'t> {
+    /// `header.payload`, what the signature covers.
+    pub signing_input: &'t str,
+    /// The signature segment, still base64url (checked to decode).
+    pub signature: &'t str,
+    /// The decoded protected header (a JSON object).
+    pub header_bytes: Vec<u8>,
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+    /// The payload when it is a JSON object; not to be trusted before the signature holds.
+    pub claims: Option<Map<String, Value>>,
+}
+
+/// Parses the compact serialisation strictly, in the order [`CompiledJwt::verify`] relies
+/// on: three segments (header and signature non-empty), a strict base64url header whose `alg` is in
+/// `allowed`, no `crit`/`b64`, a decodable signature and payload, a string `kid`. A
+/// function of its own so that fuzzing reaches everything before the signature check.
+pub fn parse_compact<'t>(
+    token: &'t str,
+    allowed: &[Algorithm],
+) -> Result<CompactToken<'t>, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::Malformed);
+    }
+    let (signing_input, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+    let (header_b64, payload_b64) = signing_input.split_once('.').ok_or(TokenError::Malformed)?;
+    if header_b64.is_empty() || signature.is_empty() || payload_b64.contains('.') {
+        return Err(TokenError::Malformed);
+    }
+    let header_bytes = b64(header_b64)?;
+    // The whole header must be valid UTF-8 JSON (RFC 7515 §4), checked as such: the derived
+    // `Header` skips the members it ignores without validating them, so `"typ":"JW\x80"` or
+    // `"x":1e999999` passed (found by fuzzing, issue #19) where every strict JSON reader
+    // refuses the header. The derived parse stays: it is what refuses duplicate members.
+    let header_text = std::str::from_utf8(&header_bytes).map_err(|_| TokenError::Malformed)?;
+    if serde_json::from_str::<Value>(header_text).is_err() {
+        return Err(TokenError::Malformed);
+    }
+    let header: Header = serde_json::from_str(header_text).map_err(|_| TokenError::Malformed)?;
+    // Exact, case-sensitive names only: "none", "None", "NONE" are not algorithms here.
+    let alg = Algorithm::from_str(&header.alg).map_err(|_| TokenError::BadAlgorithm)?;
+    if !allowed.contains(&alg) {
+        return Err(TokenError::BadAlgorithm);
+    }
+    // We implement no JWS extension, so any `crit` (RFC 7515 §4.1.11), and `b64`
+    // (RFC 7797, which changes what is signed), is refused.
+    if header.crit.is_some() || header.b64.is_some() {
+        return Err(TokenError::UnsupportedCritical);
+    }
+    b64(signature)?;
+    let payload = b64(payload_b64)?;
+    let claims: Option<Map<String, Value>> = serde_json::from_slice(&payload).ok();
+    let kid = match header.kid {
+        None => None,
+        Some(Value::String(kid)) => Some(kid),
+        Some(_) => return Err(TokenError::Malformed),
+    };
+    Ok(CompactToken {
+        signing_input,
+        signature,
+        header_bytes,
+        alg,
+        kid,
+        claims,
+    })
+}
+
 impl CompiledJwt {
     pub fn new(config: &JwtConfig, namespace: &str, runtime: &AuthRuntime) -> Self {
         let issuers = config
@@ -202,33 +271,15 @@ impl CompiledJwt {
             return Ok(hit);
         }
 
-        let (signing_input, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-        let (header_b64, payload_b64) =
-            signing_input.split_once('.').ok_or(TokenError::Malformed)?;
-        if header_b64.is_empty() || signature.is_empty() || payload_b64.contains('.') {
-            return Err(TokenError::Malformed);
-        }
-        let header_bytes = b64(header_b64)?;
-        let header: Header =
-            serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Malformed)?;
-        // Exact, case-sensitive names only: "none", "None", "NONE" are not algorithms here.
-        let alg = Algorithm::from_str(&header.alg).map_err(|_| TokenError::BadAlgorithm)?;
-        if !self.algorithms.contains(&alg) {
-            return Err(TokenError::BadAlgorithm);
-        }
-        // We implement no JWS extension, so any `crit` (RFC 7515 §4.1.11), and `b64`
-        // (RFC 7797, which changes what is signed), is refused.
-        if header.crit.is_some() || header.b64.is_some() {
-            return Err(TokenError::UnsupportedCritical);
-        }
-        b64(signature)?;
-        let payload = b64(payload_b64)?;
-        let claims: Option<Map<String, Value>> = serde_json::from_slice(&payload).ok();
-        let kid = match &header.kid {
-            None => None,
-            Some(Value::String(kid)) => Some(kid.as_str()),
-            Some(_) => return Err(TokenError::Malformed),
-        };
+        let CompactToken {
+            signing_input,
+            signature,
+            header_bytes,
+            alg,
+            kid,
+            claims,
+        } = parse_compact(token, &self.algorithms)?;
+        let kid = kid.as_deref();
 
         // 1. A consumer key named by keyClaim (header parameter first, then claim).
         let consumer_key = if self.consumer_keys {
@@ -381,4 +432,53 @@ fn check_signature(
 /// tokens go to introspection instead.
 pub fn looks_like_jwt(token: &str) -> bool {
     token.bytes().filter(|b| *b == b'.').count() == 2
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn encoded(header: &[u8], payload: &[u8], signature: &[u8]) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.{}",
+            b64.encode(header),
+            b64.encode(payload),
+            b64.encode(signature)
+        )
+    }
+
+    /// Fuzz crashes (jwt_compact): invalid UTF-8 or an out-of-range number inside a header
+    /// member the parser ignores was accepted; the header must be UTF-8 JSON as a whole.
+    #[test]
+    fn fuzz_header_members_the_parser_ignores_must_be_valid_json() {
+        let token = encoded(
+            b"{\"alg\":\"EdDSA\",\"cr)t\":[244.44e99999999\t\t\t\t\t]}",
+            b";HHHHHH}",
+            b"zx",
+        );
+        assert!(matches!(
+            parse_compact(&token, &[Algorithm::EdDSA]),
+            Err(TokenError::Malformed)
+        ));
+        let token = encoded(
+            b"{\"alg\":\"RS256\",\"kid\":\"key-1\",\"typ\":\"JW\x80\"}",
+            b"{\"sub\":\"alice\"}",
+            &[1; 64],
+        );
+        assert!(matches!(
+            parse_compact(&token, &[Algorithm::RS256]),
+            Err(TokenError::Malformed)
+        ));
+        // The same header in valid UTF-8 parses.
+        let token = encoded(
+            b"{\"alg\":\"RS256\",\"kid\":\"key-1\",\"typ\":\"JW\xc2\x80\"}",
+            b"{\"sub\":\"alice\"}",
+            &[1; 64],
+        );
+        let parsed = parse_compact(&token, &[Algorithm::RS256]).unwrap();
+        assert_eq!(parsed.kid.as_deref(), Some("key-1"));
+        assert_eq!(parsed.alg, Algorithm::RS256);
+    }
 }

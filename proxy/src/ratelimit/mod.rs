@@ -58,7 +58,19 @@ pub use headers::RateLimitHeaders;
 use keys::{Material, RedisKeys};
 use local::{Check, LocalStore, Partition};
 use redis::{RedisBackend, RedisSettings};
+pub use resp::{ProtocolError as RespProtocolError, Reply as RespReply};
 use smallvec::SmallVec;
+
+/// Reads one Redis (RESP2) reply from the start of `buf`, as the rate limiter's pipelined
+/// connection does: `Ok(None)` when incomplete, else the reply and the bytes it took (an
+/// array of integers lands in `ints`). The module stays private; this is the one entry
+/// point fuzzing and tests outside the crate need.
+pub fn parse_resp_reply(
+    buf: &[u8],
+    ints: &mut Vec<i64>,
+) -> Result<Option<(RespReply, usize)>, RespProtocolError> {
+    resp::parse(buf, ints)
+}
 
 /// Why a request was stopped by this step.
 #[derive(Debug, thiserror::Error)]
