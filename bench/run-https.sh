@@ -9,7 +9,7 @@
 # Each proxy is pinned to PROXY_CPU (and runs one worker), wrk and the upstream to LOAD_CPU.
 # Rounds are interleaved (the proxy order alternates every round); medians per proxy and
 # scenario, and the Portcullis/nginx ratio measured in the same run, are printed and written
-# to RESULTS_DIR/https-STAMP.jsonl. The method is that of bench/run-http.sh (DESIGN §6).
+# to RESULTS_DIR/https-STAMP.jsonl. The method is that of bench/run-http.sh (bench/README.md).
 #
 # Environment (all optional):
 #   ROUNDS=5 DURATION=10s CONNECTIONS=64 THREADS=1 PROXY_CPU=0 LOAD_CPU=1

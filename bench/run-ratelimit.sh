@@ -4,7 +4,7 @@
 #   plain   no RateLimitPolicy
 #   local   one ClientIp policy, local backend (limit high enough to never deny)
 #   redis   the same policy with a Redis backend (redis-server on the load core)
-# Method as bench/run-http.sh (DESIGN §6): each proxy pinned to PROXY_CPU, wrk, nginx and
+# Method as bench/run-http.sh (bench/README.md): each proxy pinned to PROXY_CPU, wrk, nginx and
 # redis on LOAD_CPU; rounds interleaved (order rotates every round); medians per target and
 # ratios measured in the same run. Targets from issue 5: redis >= 0.8x local throughput,
 # local >= 0.95x plain throughput. p99 "added latency" = p99(target) - p99(plain). Besides

@@ -1,6 +1,6 @@
 //! The four Portcullis custom resources (`portcullis.dev/v1alpha1`).
 //!
-//! These types are the user-facing contract of `shared/API.md`. They carry no behaviour:
+//! These types are the user-facing contract (docs/status.md per field). They carry no behaviour:
 //! validation and translation live in `portcullis-compiler`, so that the same checks run in
 //! the operator, its admission webhook and the standalone proxy.
 

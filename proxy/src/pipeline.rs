@@ -1,6 +1,6 @@
 //! The request pipeline: the one function that fixes the order of the policy steps.
 //!
-//! Order (DESIGN §2; steps not implemented yet are marked and simply absent):
+//! Order (docs/architecture.md; steps not implemented yet are marked and simply absent):
 //!  1. connection: global and per-IP connection limits (`connection_limits`), HTTP/1.1 +
 //!     HTTP/2, header-read and idle timeouts (in `server`); TLS termination with per-host
 //!     certificates and client authentication (`tls`), checked against the route in step 3.

@@ -14,8 +14,8 @@ use hyper::body::{Body, Incoming};
 use portcullis_compiler::config::ValidationConfig;
 use serde_json::Value;
 
-use crate::body::{full, LimitedBody, ProxyBody};
-use crate::client_body::{BufferBudget, ClientFault, FaultKind, ReservedBody};
+use crate::body::{full, ProxyBody};
+use crate::client_body::{BufferBudget, ClientFault, FaultKind, LimitedBody, ReservedBody};
 
 /// Cap on bodies buffered for JSON checks when the route sets no `maxBodySize`.
 pub const DEFAULT_JSON_BUFFER_LIMIT: u64 = 10 * 1024 * 1024;

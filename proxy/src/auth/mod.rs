@@ -1,4 +1,4 @@
-//! Authentication and authorization (DESIGN §2 step 7).
+//! Authentication and authorization (pipeline step 7, docs/architecture.md).
 //!
 //! Methods: client certificate (`mtls`), API key (`api_key`), JWT (`jwt`, keys from `jwks`), OAuth2 introspection
 //! (`introspection`), forward auth (`forward_auth`); then `authorize`; `identity` carries the

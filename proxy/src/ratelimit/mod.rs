@@ -1,4 +1,4 @@
-//! Rate limits and quotas (DESIGN §2 steps 5 and 8).
+//! Rate limits and quotas (pipeline steps 5 and 8, docs/architecture.md).
 //!
 //! - [`pre_auth`] (step 5) decides the policies whose key needs no identity (ClientIp,
 //!   Global, Route, Header), so a brute-force run is stopped before authentication.
