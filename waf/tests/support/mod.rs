@@ -4,18 +4,17 @@
 
 use std::path::PathBuf;
 
-/// `<repo>/../shared/corpora`, or `None` (tests then skip with a message).
+/// `waf/tests/corpora`: the attack corpora, copied into the repository with their licences
+/// (`waf/CRS-LICENSE`, `waf/libinjection/COPYING`). Always `Some`: a missing corpus fails
+/// the test that reads it instead of skipping it.
 pub fn corpora() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIPPED: corpus folder {} is absent (it lives beside the repository on the dev machines)",
-            dir.display()
-        );
-        None
-    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpora");
+    assert!(
+        dir.join("waf").is_dir(),
+        "corpus folder {} is missing: it is part of the repository",
+        dir.display()
+    );
+    Some(dir)
 }
 
 /// An owned request: method, URI, headers, body.
