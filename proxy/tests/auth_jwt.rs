@@ -58,9 +58,15 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-fn corpus_dir() -> Option<std::path::PathBuf> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/jwt");
-    dir.is_dir().then_some(dir)
+/// Wycheproof's JWS vectors, in the repository with their licence (`WYCHEPROOF-LICENSE`).
+fn corpus_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wycheproof");
+    assert!(
+        dir.is_dir(),
+        "{} is missing: it is part of the repository",
+        dir.display()
+    );
+    dir
 }
 
 /// Every Wycheproof JWS vector through a real proxy. The corpus payloads are not JSON claim
@@ -71,10 +77,7 @@ fn corpus_dir() -> Option<std::path::PathBuf> {
 /// counted as rejected by policy and must be rejected too.
 #[tokio::test]
 async fn wycheproof_jws_vectors_through_the_proxy() {
-    let Some(dir) = corpus_dir() else {
-        eprintln!("SKIP: corpus folder ../shared/corpora/jwt is absent");
-        return;
-    };
+    let dir = corpus_dir();
     let corpus: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("wycheproof_json_web_signature_test.json")).unwrap(),
     )

@@ -1,5 +1,5 @@
 //! The OWASP CRS v4 regression corpus, scored per category at PL1 and PL2 as described in
-//! `shared/corpora/README.md`: detection = share of `attack` cases with `pl <= N` blocked;
+//! `waf/tests/corpora/README.md`: detection = share of `attack` cases with `pl <= N` blocked;
 //! false positives = share of `rule_must_not_fire` cases blocked by a rule of the same
 //! category (same CRS id range).
 #![allow(clippy::unwrap_used)]

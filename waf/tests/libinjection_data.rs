@@ -1,4 +1,4 @@
-//! libinjection's own data files (`shared/corpora/waf/libinjection`): detection on the
+//! libinjection's own data files (`waf/tests/corpora/waf/libinjection`): detection on the
 //! `sqli-*` and `xss-*` files and the false-positive rate on `false_positives.txt`, for
 //! libinjection alone (the `libinjectionrs` port) and for the whole engine at PL1 with each
 //! input as a query argument.
