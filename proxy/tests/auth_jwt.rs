@@ -503,6 +503,17 @@ async fn hostile_tokens_are_rejected() {
         Algorithm::RS256,
     );
     cases.push(("unknown crit".into(), crit, "unsupported_crit"));
+    // Present but null is still present: serde reads `"crit": null` as an absent Option.
+    for (member, reason) in [
+        ("crit", "unsupported_crit"),
+        ("b64", "unsupported_crit"),
+        ("kid", "malformed"),
+    ] {
+        let mut header = json!({"alg": "RS256", "kid": "rsa1"});
+        header[member] = Value::Null;
+        let token = sign_raw(&header, &good, &rsa_key("rsa1"), Algorithm::RS256);
+        cases.push((format!("{member}: null"), token, reason));
+    }
     let dup = format!(
         "{}.{body}.AAAA",
         b64u(br#"{"alg":"RS256","alg":"none","kid":"rsa1"}"#)

@@ -92,10 +92,6 @@ struct Header {
     alg: String,
     #[serde(default)]
     kid: Option<Value>,
-    #[serde(default)]
-    crit: Option<Value>,
-    #[serde(default)]
-    b64: Option<Value>,
 }
 
 struct CompiledIssuer {
@@ -191,9 +187,9 @@ pub fn parse_compact<'t>(
     // `"x":1e999999` passed (found by fuzzing, issue #19) where every strict JSON reader
     // refuses the header. The derived parse stays: it is what refuses duplicate members.
     let header_text = std::str::from_utf8(&header_bytes).map_err(|_| TokenError::Malformed)?;
-    if serde_json::from_str::<Value>(header_text).is_err() {
+    let Ok(Value::Object(header_members)) = serde_json::from_str::<Value>(header_text) else {
         return Err(TokenError::Malformed);
-    }
+    };
     let header: Header = serde_json::from_str(header_text).map_err(|_| TokenError::Malformed)?;
     // Exact, case-sensitive names only: "none", "None", "NONE" are not algorithms here.
     let alg = Algorithm::from_str(&header.alg).map_err(|_| TokenError::BadAlgorithm)?;
@@ -202,13 +198,16 @@ pub fn parse_compact<'t>(
     }
     // We implement no JWS extension, so any `crit` (RFC 7515 §4.1.11), and `b64`
     // (RFC 7797, which changes what is signed), is refused.
-    if header.crit.is_some() || header.b64.is_some() {
+    // Presence is what counts: `"crit": null` deserializes to `None` in `Header`, yet it is a
+    // malformed critical header, not an absent one.
+    if header_members.contains_key("crit") || header_members.contains_key("b64") {
         return Err(TokenError::UnsupportedCritical);
     }
     b64(signature)?;
     let payload = b64(payload_b64)?;
     let claims: Option<Map<String, Value>> = serde_json::from_slice(&payload).ok();
     let kid = match header.kid {
+        None if header_members.contains_key("kid") => return Err(TokenError::Malformed),
         None => None,
         Some(Value::String(kid)) => Some(kid),
         Some(_) => return Err(TokenError::Malformed),
