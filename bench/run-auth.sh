@@ -8,7 +8,7 @@
 #   {hs,rs,es}256-cold    a different valid JWT per request (wrk Lua walks a pre-signed file;
 #                         the file is never re-read within a run unless it is exhausted)
 #   stack-warm            route `methods: [ApiKey, Jwt]` (RS256), API key + warm RS256 token
-#                         sent. The contract (shared/API.md) only has "any one method that
+#                         sent. The contract (docs/authentication.md) only has "any one method that
 #                         succeeds authenticates", so this is NOT "both required": the API key
 #                         is tried first and decides. An estimate of a true AND (API key check
 #                         + warm RS256 check on every request) is derived from the per-request

@@ -395,7 +395,7 @@ pub enum RateLimitKeyConfig {
 }
 
 impl RateLimitKeyConfig {
-    /// Keys that need no identity are checked before authentication (DESIGN §2 step 5).
+    /// Keys that need no identity are checked before authentication (docs/architecture.md, pipeline step 5).
     pub fn is_pre_auth(self) -> bool {
         matches!(
             self,

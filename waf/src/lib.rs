@@ -1764,7 +1764,7 @@ fn apply_transforms(value: &str, transforms: &[TransformKind]) -> String {
     v
 }
 
-/// Custom-rule target selectors (API.md): `Path`, `Method`, `Query`, `Args`, `ArgNames`,
+/// Custom-rule target selectors (docs/waf.md): `Path`, `Method`, `Query`, `Args`, `ArgNames`,
 /// `Headers`, `Header:NAME`, `Cookies`, `Cookie:NAME`, `Body`, `JsonValues`, `Json:PATH`,
 /// `Query:NAME`, `Args:NAME`.
 fn selects(selector: &str, label: &str) -> bool {

@@ -1,4 +1,4 @@
-//! TLS (DESIGN §2 step 1): termination on `--tls-listen`, per-host certificates and client
+//! TLS (docs/architecture.md, pipeline step 1): termination on `--tls-listen`, per-host certificates and client
 //! authentication, and TLS to upstreams.
 //!
 //! - [`sni`]: per config generation, the certificates by host and one rustls `ServerConfig`
