@@ -87,6 +87,12 @@ pub enum RuleGroup {
     JavaInjection,
     ProtocolEnforcement,
     ScannerDetection,
+    NoSqlInjection,
+    TemplateInjection,
+    ServerSideIncludes,
+    LdapInjection,
+    MailHeaderInjection,
+    Deserialization,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema, Default)]

@@ -108,6 +108,12 @@ fn build_engine(p: &WafPolicyConfig) -> Result<Engine, WafConfigError> {
                 "JavaInjection" => Group::JavaInjection,
                 "ProtocolEnforcement" => Group::ProtocolEnforcement,
                 "ScannerDetection" => Group::ScannerDetection,
+                "NoSqlInjection" => Group::NoSqlInjection,
+                "TemplateInjection" => Group::TemplateInjection,
+                "ServerSideIncludes" => Group::ServerSideIncludes,
+                "LdapInjection" => Group::LdapInjection,
+                "MailHeaderInjection" => Group::MailHeaderInjection,
+                "Deserialization" => Group::Deserialization,
                 other => return Err(unknown(&p.id, "rule group", other)),
             })
         })

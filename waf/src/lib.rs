@@ -48,12 +48,18 @@ pub enum Group {
     JavaInjection,
     ProtocolEnforcement,
     ScannerDetection,
+    NoSqlInjection,
+    TemplateInjection,
+    ServerSideIncludes,
+    LdapInjection,
+    MailHeaderInjection,
+    Deserialization,
     /// The policy's own `customRules`.
     Custom,
 }
 
 impl Group {
-    pub const BUILTIN: [Group; 9] = [
+    pub const BUILTIN: [Group; 15] = [
         Group::SqlInjection,
         Group::CrossSiteScripting,
         Group::PathTraversal,
@@ -63,6 +69,12 @@ impl Group {
         Group::JavaInjection,
         Group::ProtocolEnforcement,
         Group::ScannerDetection,
+        Group::NoSqlInjection,
+        Group::TemplateInjection,
+        Group::ServerSideIncludes,
+        Group::LdapInjection,
+        Group::MailHeaderInjection,
+        Group::Deserialization,
     ];
 
     /// Metric label (`rule_group`) and audit field.
@@ -77,6 +89,12 @@ impl Group {
             Group::JavaInjection => "java",
             Group::ProtocolEnforcement => "protocol",
             Group::ScannerDetection => "scanner",
+            Group::NoSqlInjection => "nosql",
+            Group::TemplateInjection => "ssti",
+            Group::ServerSideIncludes => "ssi",
+            Group::LdapInjection => "ldap",
+            Group::MailHeaderInjection => "mail",
+            Group::Deserialization => "deserialization",
             Group::Custom => "custom",
         }
     }

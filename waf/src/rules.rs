@@ -19,6 +19,8 @@
 use crate::parse::Kind;
 use crate::Group;
 
+mod beyond_crs;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Input {
     Normalized,
@@ -168,7 +170,9 @@ fn build() -> Vec<RuleDef> {
             r"\bdeclare\s*[@#]\w|\w::\s*(?:int|integer|bigint|smallint|text|varchar|numeric|bool|boolean|jsonb?|regclass|oid|bytea|inet|xml)\b|\bexec\s*\(\s*@|\bcreate\s+(?:or\s+replace\s+)?(?:procedure|function)\s+\w"),
         rule(942540, SqlInjection, 1, 5, ANY | PATH, "SQL injection: quote closed and statement ended",
             &["'", "\"", "`"],
-            r#"['"`]\s*;\s*(?:--|#|/\*|$)"#),
+            // A backtick and `;` at the very end also end every JavaScript template literal
+            // statement, which has two backticks: a lone one closes the application's quote.
+            r#"['"]\s*;\s*(?:--|#|/\*|$)|`\s*;\s*(?:--|#|/\*)|^[^`]*`\s*;\s*$"#),
         rule(942550, SqlInjection, 1, 5, ANY | PATH, "SQL injection: JSON operators",
             &["'", "\"", "json_"],
             r#"['"]\s*[\[{][^'"]*(?:"[^"]*"[^'"]*)*[\]}]\s*['"]\s*(?:::\s*jsonb?\b|@>|<@|\?[|&]?|#>>?|->>?|#-|\|\||[<>]=?|=|-\s*\d)|\bjson_(?:extract|contains|search|keys|value|query)\s*\("#),
@@ -274,13 +278,15 @@ fn build() -> Vec<RuleDef> {
             r"\binvoke-(?:webrequest|expression|command|restmethod|item|wmimethod|shellcode|mimikatz)\b|\biex\s*[(\x22'$]|\bnew-object\s+(?:-typename\s+)?(?:system\.)?net\.(?:webclient|sockets)|\.download(?:string|file|data)\s*\(|\bstart-process\b|\bget-(?:childitem|content|process|wmiobject|itemproperty|credential|acl|service|localuser)\b|\bset-(?:content|itemproperty|executionpolicy|mppreference)\b|\bremove-item\b|\s-(?:e|ec|en|enc|enco|encodedcommand)\s+[a-z0-9+/=]{12,}|\s-(?:nop|noprofile|noninteractive|windowstyle\s+hidden|w\s+hidden|executionpolicy\s+bypass|ep\s+bypass|exec\s+bypass)\b|\b(?:powershell|pwsh)(?:\.exe)?\b\s+-|frombase64string\s*\("),
         rule(932370, CommandInjection, 1, 5, ANY, "Windows command injection",
             &["cmd", "certutil", "bitsadmin", "mshta", "rundll32", "regsvr32", "wmic", "net ", "reg ", "schtasks", "tasklist", "taskkill", "systeminfo", "ipconfig", "type ", "dir ", "del ", "copy ", "xcopy", "attrib", "icacls", "sc ", "powershell", "cscript", "wscript", "msiexec", "vssadmin", "bcdedit", "netsh", "findstr", "whoami", "bcd", "diskpart", "cipher", "fsutil", "takeown", "wevtutil", "forfiles", "mklink", "runas", "psexec", "iwr", "irm", "iex", "icm", "saps"],
-            r#"\bcmd(?:\.exe)?\s*/[ckqsv]\b|(?:^|[;&|`\n(]|\$\()\s*(?:[a-z]:\\[^\s]*\\)?(?:cmd(?:\.exe)?|powershell(?:\.exe)?|certutil(?:\.exe)?\s+-|bitsadmin\s+/|mshta(?:\.exe)?\s|rundll32(?:\.exe)?\s|regsvr32(?:\.exe)?\s|wmic\s|net1?\s+(?:user|localgroup|group|share|view|use|start|stop)\b|reg\s+(?:add|query|delete|save|export)\b|schtasks\s+/|tasklist\b|taskkill\s+/|systeminfo\b|ipconfig\b|type\s+[a-z%.\\]|dir\s+[a-z%.\\/]|del\s+/|copy\s+[a-z%\\]|xcopy\s|attrib\s|icacls\s|sc\s+(?:query|create|start|stop|config)\b|cscript\s|wscript\s|msiexec\s|vssadmin\s|bcdedit\b|netsh\s|findstr\s|whoami\b|bcdboot\b|bcdedit\b|diskpart\b|cipher\s+/|fsutil\s|takeown\s|wevtutil\s|forfiles\s|mklink\s|runas\s|psexec\b|iwr\s|irm\s|iex\s|icm\s|saps\s)|\b(?:certutil|bitsadmin|mshta|rundll32|regsvr32|wmic)(?:\.exe)?\s+[/-]?\w"#),
+            r#"\bcmd(?:\.exe)?\s*/[ckqsv]\b|(?:^|[;&|`\n(]|\$\()\s*(?:[a-z]:\\[^\s]*\\)?(?:cmd(?:\.exe)?|powershell(?:\.exe)?|certutil(?:\.exe)?\s+-|bitsadmin\s+/|mshta(?:\.exe)?\s|rundll32(?:\.exe)?\s|regsvr32(?:\.exe)?\s|wmic\s|net1?\s+(?:user|localgroup|group|share|view|use|start|stop)\b|reg\s+(?:add|query|delete|save|export)\b|schtasks\s+/|tasklist\b|taskkill\s+/|systeminfo\b|ipconfig\b|type\s+(?:[a-z]:|%\w+%|\\)|dir\s+[a-z%.\\/]|del\s+/|copy\s+(?:/[a-z]\s+)*(?:[a-z]:|%\w+%|\\)|xcopy\s|attrib\s|icacls\s|sc\s+(?:query|create|start|stop|config)\b|cscript\s|wscript\s|msiexec\s|vssadmin\s|bcdedit\b|netsh\s|findstr\s|whoami\b|bcdboot\b|bcdedit\b|diskpart\b|cipher\s+/|fsutil\s|takeown\s|wevtutil\s|forfiles\s|mklink\s|runas\s|psexec\b|iwr\s|irm\s|iex\s|icm\s|saps\s)|\b(?:certutil|bitsadmin|mshta|rundll32|regsvr32|wmic)(?:\.exe)?\s+[/-]?\w"#),
         rule(932130, CommandInjection, 1, 5, ANY, "Unix shell expression",
             &["$(", "`", "<(", ">(", "${ifs", "$ifs", "${", "[", "$shell", "${shell"],
             r"\$\(\s*[a-z/.$\\'\x22][^)]*\)|`\s*(?:[\w/.]*/)?CMD\b[^`]*`|[<>]\(\s*[a-z/][^)]*\)|\$\{?ifs\b|\$\{[a-z_]*[#%:/^,][^}]*\}|\$\{\s*!|/[\w.-]*\[!?[a-z][a-z-]*\]|\$\[[^\]]*\]|\$\(\(|\$\{?shell\b"),
         rule(932230, CommandInjection, 1, 5, ANY, "Unix command injection: command after a shell separator",
             &[";", "|", "&", "`", "$(", "{"],
-            "(?:[;|&`{]|\\$\\()\\s*(?:\\$\\w+\\s*)?WRAPPER(?:\\\\)?(?:[\\w/.]*/)?\\\\?CMD(?:\\$\\w+|\\$\\{\\w*\\})*(?:[\\s;|&<>`)},'\"]|$)"),
+            // `${id}` expands a variable (and is every template literal): a brace opens a
+            // command group only without a `$` before it.
+            "(?:[;|&`]|(?:^|[^$])\\{|\\$\\()\\s*(?:\\$\\w+\\s*)?WRAPPER(?:\\\\)?(?:[\\w/.]*/)?\\\\?CMD(?:\\$\\w+|\\$\\{\\w*\\})*(?:[\\s;|&<>`)},'\"]|$)"),
         rule(932231, CommandInjection, 1, 5, ANY, "Unix command injection: command run through a wrapper or escaped at the start of a value",
             &[" ", "\\"],
             "^(?:\\s*['\"]?WRAPPLUS|\\s*\\\\)(?:\\\\)?(?:[\\w/.]*/)?\\\\?CMD(?:\\$\\w+|\\$\\{\\w*\\})*(?:[\\s;|&<>`)},'\"]|$)"),
@@ -414,6 +420,7 @@ fn build() -> Vec<RuleDef> {
             r"\b(?:nikto|sqlmap|nmap|nessus|openvas|acunetix|netsparker|w3af|dirbuster|gobuster|dirb|wfuzz|masscan|zgrab|nuclei|arachni|skipfish|havij|jbrofuzz|webinspect|appscan|paros|whatweb|wpscan|joomscan|fimap|commix|hydra|metasploit|morfeus|zmeu|blackwidow|n-stealth|nstalker|grabber|webshag|sqlninja|pangolin|bsqlbf|ffuf|feroxbuster|owasp[ _-]?zap|zaproxy|burp(?:suite|collaborator)?|xsser|brutus|nasl|absinthe|mysqloit|webvulnscan|floodgate|struts-pwn|jorgee|crimscanner|cgichk|interactsh|leviathan)\b"),
         "user-agent",
     ));
+    rules.extend(beyond_crs::rules());
     for r in &mut rules {
         if ["CMD", "WORDARG", "WRAPPER", "WRAPPLUS", "UNIX_WORD"]
             .iter()

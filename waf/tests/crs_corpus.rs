@@ -1,7 +1,7 @@
 //! The OWASP CRS v4 regression corpus, scored per category at PL1 and PL2 as described in
 //! `waf/tests/corpora/README.md`: detection = share of `attack` cases with `pl <= N` blocked;
 //! false positives = share of `rule_must_not_fire` cases blocked by a rule of the same
-//! category (same CRS id range).
+//! category (same CRS id range), or by one of our own rules (which have no CRS category).
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -86,8 +86,12 @@ fn score(pl: u8) -> BTreeMap<String, Score> {
             }
             Some("rule_must_not_fire") => {
                 entry.must_not_fire += 1;
+                // Rules of our own (935xxx, and x9xx additions to a CRS file) have no CRS
+                // category: any block they cause on a must-not-fire case counts against them.
                 let same = eval.findings.iter().any(|f| {
                     f.rule_id / 1000 == number
+                        || f.rule_id / 1000 == 935
+                        || f.rule_id % 1000 >= 900
                         || (number == 921 && f.rule_id / 1000 == 920)
                         || (number == 920 && f.rule_id / 1000 == 921)
                 });

@@ -44,10 +44,16 @@ fn group_name(g: RuleGroup) -> &'static str {
         RuleGroup::JavaInjection => "JavaInjection",
         RuleGroup::ProtocolEnforcement => "ProtocolEnforcement",
         RuleGroup::ScannerDetection => "ScannerDetection",
+        RuleGroup::NoSqlInjection => "NoSqlInjection",
+        RuleGroup::TemplateInjection => "TemplateInjection",
+        RuleGroup::ServerSideIncludes => "ServerSideIncludes",
+        RuleGroup::LdapInjection => "LdapInjection",
+        RuleGroup::MailHeaderInjection => "MailHeaderInjection",
+        RuleGroup::Deserialization => "Deserialization",
     }
 }
 
-const ALL_GROUPS: [RuleGroup; 9] = [
+const ALL_GROUPS: [RuleGroup; 15] = [
     RuleGroup::SqlInjection,
     RuleGroup::CrossSiteScripting,
     RuleGroup::PathTraversal,
@@ -57,6 +63,12 @@ const ALL_GROUPS: [RuleGroup; 9] = [
     RuleGroup::JavaInjection,
     RuleGroup::ProtocolEnforcement,
     RuleGroup::ScannerDetection,
+    RuleGroup::NoSqlInjection,
+    RuleGroup::TemplateInjection,
+    RuleGroup::ServerSideIncludes,
+    RuleGroup::LdapInjection,
+    RuleGroup::MailHeaderInjection,
+    RuleGroup::Deserialization,
 ];
 
 /// Builds the config of a policy that `policy::validate_waf` accepted so far.
