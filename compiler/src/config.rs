@@ -249,9 +249,35 @@ pub struct UpstreamConfig {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetConfig {
-    /// `http://host:port` or `https://host:port` (no path).
+    /// `http://host:port` or `https://host:port` (no path). For a Service target, its DNS
+    /// name (`http://NAME.NAMESPACE.svc:PORT`): what a proxy dials when it does not resolve
+    /// endpoints itself (standalone mode, `--endpoints-source off`), and the `Host` header
+    /// it sends to the Service's endpoints.
     pub url: String,
     pub weight: u32,
+    /// The Service whose ready endpoints a cluster-mode proxy balances over instead of
+    /// dialling `url` (the Service's virtual IP would hide the pods from load balancing and
+    /// passive health).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceBackendConfig>,
+}
+
+/// A Service port, as the route names it: by number or by name.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceBackendConfig {
+    pub namespace: String,
+    pub name: String,
+    /// The Service's `spec.ports[].port`; 0 when the port is named.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub port: u16,
+    /// The Service's `spec.ports[].name`, when the route names the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_name: Option<String>,
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config_store;
 pub mod connection_limits;
 pub mod cors;
+pub mod endpoints;
 pub mod counters;
 pub mod errors;
 pub mod forward_headers;

@@ -48,6 +48,7 @@ pub fn route(id: &str, kind: PathKind, path: &str, targets: &[&Upstream]) -> Rou
                 .map(|u| TargetConfig {
                     url: u.url(),
                     weight: 1,
+                    service: None,
                 })
                 .collect(),
             load_balancing: LoadBalancing::RoundRobin,
