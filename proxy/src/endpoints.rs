@@ -222,7 +222,12 @@ impl EndpointRegistry {
     }
 
     /// The endpoint groups one object (`source`) holds for a Service; `None` when deleted.
-    pub fn set_endpoints(&self, key: ServiceKey, source: String, groups: Option<Vec<EndpointGroup>>) {
+    pub fn set_endpoints(
+        &self,
+        key: ServiceKey,
+        source: String,
+        groups: Option<Vec<EndpointGroup>>,
+    ) {
         let mut state = self.lock();
         let by_source = state.endpoints.entry(key.clone()).or_default();
         let changed = match groups {
@@ -257,12 +262,7 @@ fn changed_keys<V: PartialEq>(
         .iter()
         .filter(|(k, v)| after.get(*k) != Some(*v))
         .map(|(k, _)| k.clone())
-        .chain(
-            after
-                .keys()
-                .filter(|k| !before.contains_key(*k))
-                .cloned(),
-        )
+        .chain(after.keys().filter(|k| !before.contains_key(*k)).cloned())
         .collect();
     keys.sort();
     keys.dedup();
@@ -314,7 +314,10 @@ mod tests {
             registry.view().resolve(&backend(80, None)),
             Err(EndpointGap::ServiceNotFound)
         );
-        registry.set_service(key.clone(), Some(vec![port("http", 80), port("admin", 9000)]));
+        registry.set_service(
+            key.clone(),
+            Some(vec![port("http", 80), port("admin", 9000)]),
+        );
         assert_eq!(
             registry.view().resolve(&backend(81, None)),
             Err(EndpointGap::PortNotFound)
@@ -353,7 +356,10 @@ mod tests {
             addrs(backend(80, None)),
             ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8081"]
         );
-        assert_eq!(addrs(backend(0, Some("admin"))), ["10.0.0.1:9901", "10.0.0.2:9901"]);
+        assert_eq!(
+            addrs(backend(0, Some("admin"))),
+            ["10.0.0.1:9901", "10.0.0.2:9901"]
+        );
         registry.set_endpoints(key.clone(), "web-abc".into(), None);
         assert_eq!(addrs(backend(80, None)), ["10.0.0.3:8081"]);
         registry.replace_endpoints(HashMap::new());

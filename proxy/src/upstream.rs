@@ -249,7 +249,9 @@ impl TargetFactory {
             &PathAndQuery::from_static("/"),
         );
         let connector = if target.scheme == Scheme::HTTPS {
-            self.tls.clone().ok_or("https target without TLS settings")?
+            self.tls
+                .clone()
+                .ok_or("https target without TLS settings")?
         } else {
             self.plain.clone()
         };
@@ -303,7 +305,12 @@ impl TargetsCell {
         let mut gap = None;
         // Per backend: its weight, its endpoints before weighting (with the Host they are
         // sent), or the fixed target.
-        type Group<'h> = (u32, Vec<Target>, Option<&'h HeaderValue>, Option<Arc<Target>>);
+        type Group<'h> = (
+            u32,
+            Vec<Target>,
+            Option<&'h HeaderValue>,
+            Option<Arc<Target>>,
+        );
         let mut groups: Vec<Group<'_>> = Vec::new();
         for backend in &self.backends {
             match backend {
@@ -383,7 +390,11 @@ impl TargetsCell {
             }
         }
         out.shrink_to_fit();
-        let gap = if out.is_empty() { gap.or(Some(EndpointGap::NoReadyEndpoints)) } else { None };
+        let gap = if out.is_empty() {
+            gap.or(Some(EndpointGap::NoReadyEndpoints))
+        } else {
+            None
+        };
         TargetSet::new(out, gap)
     }
 }
@@ -471,10 +482,7 @@ impl Upstream {
                 );
             }
             if factory.is_none() {
-                let https = config
-                    .targets
-                    .iter()
-                    .any(|t| t.url.starts_with("https://"));
+                let https = config.targets.iter().any(|t| t.url.starts_with("https://"));
                 factory = Some(
                     pool.factory(config.connect_timeout_ms, https.then_some(&tls))
                         .map_err(|e| err(&e.to_string()))?,
@@ -713,7 +721,6 @@ impl Upstream {
             .find(|&i| !was_tried(i))
             .unwrap_or(preferred)
     }
-
 }
 
 fn rendezvous_score(target: &Target, ip: IpAddr) -> f64 {

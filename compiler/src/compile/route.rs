@@ -487,7 +487,9 @@ fn compile_upstream(route: &ApiRoute, meta: &Meta, issues: &mut Issues) -> Optio
         }
         let resolved = match (&target.url, &target.service) {
             (Some(url), None) => normalize_target_url(url).map(|url| (url, None)),
-            (None, Some(service)) => service_target(service, &meta.namespace, upstream.tls.is_some()),
+            (None, Some(service)) => {
+                service_target(service, &meta.namespace, upstream.tls.is_some())
+            }
             _ => Err("set exactly one of url and service".to_string()),
         };
         match resolved {

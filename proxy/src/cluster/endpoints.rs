@@ -46,7 +46,10 @@ pub async fn run(client: Client, registry: Arc<EndpointRegistry>, source: Source
     let source = match source {
         Source::Auto => {
             let slices: Api<EndpointSlice> = Api::all(client.clone());
-            match slices.list(&kube::api::ListParams::default().limit(1)).await {
+            match slices
+                .list(&kube::api::ListParams::default().limit(1))
+                .await
+            {
                 Err(kube::Error::Api(e)) if e.code == 404 => Source::Endpoints,
                 _ => Source::Slices,
             }
