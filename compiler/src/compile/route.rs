@@ -278,6 +278,10 @@ pub(crate) fn compile_route(
         // Filled in by `tls::compile_route_tls`, which resolves the Secrets.
         tls: None,
         waf_policies,
+        // Gateway API filters: set by the HTTPRoute translation (`gateway.rs`).
+        request_headers: None,
+        rewrite_path: None,
+        redirect: None,
     })
 }
 

@@ -70,6 +70,9 @@ pub fn route(id: &str, kind: PathKind, path: &str, targets: &[&Upstream]) -> Rou
         rate_limit_policies: vec![],
         tls: None,
         waf_policies: vec![],
+        request_headers: None,
+        rewrite_path: None,
+        redirect: None,
     }
 }
 
