@@ -26,6 +26,8 @@ pub mod monotonic;
 pub mod overload;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod redirect;
+pub mod request_headers;
 pub mod request_id;
 pub mod request_target;
 pub mod response_headers;
