@@ -313,14 +313,17 @@ pub fn http(
     Some((status, body))
 }
 
-/// One HTTP/1.1 request with the given `Host`: (status, headers in lowercase, body).
+/// Status, headers (names in lowercase) and body of a response.
+pub type FullResponse = (u16, Vec<(String, String)>, String);
+
+/// One HTTP/1.1 request with the given `Host`.
 pub fn http_full(
     port: u16,
     method: &str,
     host: &str,
     path: &str,
     headers: &[(&str, &str)],
-) -> Option<(u16, Vec<(String, String)>, String)> {
+) -> Option<FullResponse> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");

@@ -510,7 +510,7 @@ impl Upstream {
                     let mut target = Target::new(t.url.clone(), scheme, authority, t.weight);
                     factory
                         .attach_pool(&mut target, None)
-                        .map_err(|message| err(message))?;
+                        .map_err(err)?;
                     backends.push(Backend::Fixed(Arc::new(target)));
                 }
             }
