@@ -367,6 +367,7 @@ impl Bridge {
                 String::from_utf8_lossy(&out.stderr)
             );
         };
+        // Creating links needs CAP_NET_ADMIN: the test fails (never skips) without it.
         run(&["link", "add", &name, "type", "bridge"]);
         let mut addresses = Vec::new();
         for i in 0..count {
