@@ -229,3 +229,105 @@ spec:
     until_only(proxy_port, &["pod-c"], Instant::now());
     drop(first);
 }
+
+/// A rolling update as the endpoints show it: a new pod becomes ready, then an old one stops
+/// being ready (and then exits), one at a time. Requests run throughout, none fails.
+#[test]
+fn no_request_fails_while_endpoints_roll() {
+    let Some(cluster) = Cluster::start("endpoints-roll") else {
+        return;
+    };
+    let bridge = Bridge::create("er", 3);
+    let first = Echo::start(bridge.addresses[0], "pod-a");
+    let port = first.addr.port();
+    let mut pods = vec![
+        Some(first),
+        Some(Echo::start_on(
+            std::net::SocketAddr::new(bridge.addresses[1], port),
+            "pod-b",
+        )),
+        Some(Echo::start_on(
+            std::net::SocketAddr::new(bridge.addresses[2], port),
+            "pod-c",
+        )),
+    ];
+    let [a, b, c] = [
+        bridge.addresses[0],
+        bridge.addresses[1],
+        bridge.addresses[2],
+    ];
+    let _operator = spawn_operator(&cluster, "operator", &[]);
+    let (_proxy, proxy_port, _) = spawn_proxy(&cluster, "proxy", &[]);
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {NS}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: {port}}}]
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  hosts: [web.test]
+  paths: [{{value: /}}]
+  upstream: {{targets: [{{service: {{name: web, port: 80}}}}]}}
+{}"#,
+            endpoints("web", &[a], &[], port)
+        ))
+        .unwrap();
+    until_only(proxy_port, &["pod-a"], Instant::now());
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut answers: BTreeMap<String, usize> = BTreeMap::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = match http_full(proxy_port, "GET", "web.test", "/", &[]) {
+                    Some((200, _, body)) => body,
+                    Some((status, _, body)) => format!("{status} {body}"),
+                    None => "no answer".to_string(),
+                };
+                *answers.entry(key).or_insert(0) += 1;
+            }
+            answers
+        })
+    };
+    // (ready, not ready, the pod that exits after leaving the endpoints)
+    let steps: [(&[std::net::IpAddr], &[std::net::IpAddr], Option<usize>); 4] = [
+        (&[a, b], &[], None),
+        (&[b], &[a], Some(0)),
+        (&[b, c], &[], None),
+        (&[c], &[b], Some(1)),
+    ];
+    for (ready, not_ready, exits) in steps {
+        cluster
+            .apply(&endpoints("web", ready, not_ready, port))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        if let Some(i) = exits {
+            // The pod exits once it is out of the endpoints (preStop, then SIGTERM).
+            pods[i] = None;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = client.join().unwrap();
+    let failed: Vec<(&String, &usize)> = answers
+        .iter()
+        .filter(|(k, _)| !k.starts_with("pod-"))
+        .collect();
+    eprintln!("answers during the roll: {answers:?}");
+    assert!(
+        failed.is_empty(),
+        "failed requests during the roll: {answers:?}"
+    );
+    assert!(answers.keys().any(|k| k == "pod-b") && answers.contains_key("pod-c"));
+}

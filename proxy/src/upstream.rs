@@ -508,9 +508,7 @@ impl Upstream {
                 }
                 _ => {
                     let mut target = Target::new(t.url.clone(), scheme, authority, t.weight);
-                    factory
-                        .attach_pool(&mut target, None)
-                        .map_err(err)?;
+                    factory.attach_pool(&mut target, None).map_err(err)?;
                     backends.push(Backend::Fixed(Arc::new(target)));
                 }
             }
