@@ -433,3 +433,115 @@ spec:
             .cloned()
     });
 }
+
+#[test]
+fn ingress_tls_terminates_with_the_listed_secret() {
+    let Some(cluster) = Cluster::start("ingress-tls") else {
+        return;
+    };
+    let bridge = Bridge::create("it", 1);
+    let secure = Echo::start(bridge.addresses[0], "secure");
+    let (cert, key) = (cluster.state.join("tls.crt"), cluster.state.join("tls.key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=secure.test"])
+        .args(["-addext", "subjectAltName=DNS:secure.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tls_port = free_port();
+    let _operator = spawn_operator(&cluster, "operator", &[]);
+    let (_proxy, port, _) = spawn_proxy(
+        &cluster,
+        "proxy",
+        &["--tls-listen", &format!("127.0.0.1:{tls_port}")],
+    );
+    cluster
+        .apply(&format!(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {{name: portcullis}}
+spec: {{controller: portcullis.dev/ingress-controller}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop}}
+{}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: secure
+  namespace: shop
+  annotations: {{portcullis.dev/ssl-redirect: "true"}}
+spec:
+  ingressClassName: portcullis
+  tls: [{{hosts: [secure.test], secretName: secure-tls}}]
+  rules:
+    - host: secure.test
+      http:
+        paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: secure, port: {{number: 80}}}}}}}}]
+"#,
+            service("shop", "secure", secure.addr.port(), &bridge.addresses),
+        ))
+        .unwrap();
+    let created = cluster.kubectl(
+        &[
+            "create",
+            "secret",
+            "tls",
+            "secure-tls",
+            "-n",
+            "shop",
+            "--cert",
+            &cert.to_string_lossy(),
+            "--key",
+            &key.to_string_lossy(),
+        ],
+        None,
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+
+    // HTTPS with the Secret's certificate (verified against it), served by the endpoints.
+    let body = wait_for("HTTPS on secure.test", Duration::from_secs(30), || {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--cacert"])
+            .arg(&cert)
+            .args([
+                "--resolve",
+                &format!("secure.test:{tls_port}:127.0.0.1"),
+                &format!("https://secure.test:{tls_port}/hello"),
+            ])
+            .output()
+            .ok()?;
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && body == "secure").then_some(body)
+    });
+    assert_eq!(body, "secure");
+    // Plain HTTP is redirected (portcullis.dev/ssl-redirect).
+    let (status, headers, _) = get(port, "secure.test", "/hello");
+    assert_eq!(status, 308);
+    assert_eq!(
+        header(&headers, "location"),
+        Some(format!("https://secure.test:{tls_port}/hello").as_str())
+    );
+}
