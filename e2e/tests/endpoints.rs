@@ -240,7 +240,7 @@ fn no_request_fails_while_endpoints_roll() {
     let bridge = Bridge::create("er", 3);
     let first = Echo::start(bridge.addresses[0], "pod-a");
     let port = first.addr.port();
-    let mut pods = vec![
+    let mut pods = [
         Some(first),
         Some(Echo::start_on(
             std::net::SocketAddr::new(bridge.addresses[1], port),
