@@ -204,7 +204,14 @@ KNOWN = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate"),
 }
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration", "IngressClass"}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration", "IngressClass",
+                  "GatewayClass"}
+KNOWN.add(("gateway.networking.k8s.io/v1", "GatewayClass"))
+
+
+def upstream_crd(o):
+    """The Gateway API CRDs, rendered verbatim from gateway-api/ (checked on their own)."""
+    return o.get("kind") == "CustomResourceDefinition" and o["metadata"]["name"].endswith(".gateway.networking.k8s.io")
 
 
 @check("every object (and pod template) has the app.kubernetes.io labels, a known kind and its namespace")
@@ -212,6 +219,8 @@ def _():
     n = 0
     for case, objs in RENDERED.items():
         for o in objs:
+            if upstream_crd(o):
+                continue
             where = f"[{case}] {o['kind']}/{o['metadata'].get('name')}"
             expect((o.get("apiVersion"), o.get("kind")) in KNOWN, f"{where}: unexpected {o.get('apiVersion')}")
             labels = o["metadata"].get("labels") or {}
@@ -447,12 +456,28 @@ def sa_name(objs, component):
     return pod_spec(deployment(objs, component))["serviceAccountName"]
 
 
-@check("RBAC, proxy: only a namespaced Role (no ClusterRole, so no Secrets outside its namespace), no Portcullis kinds, no write verbs but its Lease")
+def rule_set(rules):
+    return {(g, r, v) for x in rules for g in x["apiGroups"] for r in x["resources"] for v in x["verbs"]}
+
+
+# What the proxy may read cluster-wide: Services and their endpoints, so that `service:`
+# targets balance over pods (proxy/src/cluster/endpoints.rs); nothing else, never Secrets.
+PROXY_ENDPOINT_RULES = {("", "services", "list"), ("", "services", "watch"), ("", "endpoints", "list"),
+                        ("", "endpoints", "watch"), ("discovery.k8s.io", "endpointslices", "list"),
+                        ("discovery.k8s.io", "endpointslices", "watch")}
+
+
+@check("RBAC, proxy: a namespaced Role (no Secrets outside its namespace), no Portcullis kinds, no write verbs but its Lease; cluster-wide only list/watch of Services and endpoints")
 def _():
     for case, objs in RENDERED.items():
         bound = bound_rules(objs, sa_name(objs, "proxy"))
         expect(bound, f"[{case}] proxy has no RBAC")
+        endpoints_off = values_for(CASES[case])["proxy"]["endpointsSource"] == "off"
         for kind, ns, rules in bound:
+            if kind == "ClusterRoleBinding":
+                expect(not endpoints_off, f"[{case}] proxy ClusterRole with endpointsSource off")
+                expect(rule_set(rules) == PROXY_ENDPOINT_RULES, f"[{case}] proxy cluster-wide {rule_set(rules)}")
+                continue
             expect(kind == "RoleBinding" and ns == NS, f"[{case}] proxy bound by {kind} in {ns}")
             for r in rules:
                 expect("portcullis.dev" not in r["apiGroups"], f"[{case}] proxy rule on the CRDs: {r}")
@@ -462,9 +487,8 @@ def _():
                            f"[{case}] proxy writes {r['resources']}")
                 if "secrets" in r["resources"]:
                     expect(set(r["verbs"]) <= {"get", "list", "watch"}, f"[{case}] proxy secret verbs {r['verbs']}")
-        for crb in by_kind(objs, "ClusterRoleBinding"):
-            expect(all(s["name"] != sa_name(objs, "proxy") for s in crb["subjects"]), f"[{case}] proxy in a ClusterRoleBinding")
-    (_, _, rules), = bound_rules(RENDERED["default"], sa_name(RENDERED["default"], "proxy"))
+    (_, _, rules), = [b for b in bound_rules(RENDERED["default"], sa_name(RENDERED["default"], "proxy"))
+                      if b[0] == "RoleBinding"]
     return "; ".join(f"{','.join(r['resources'])}: {','.join(r['verbs'])}" for r in rules)
 
 
@@ -492,6 +516,14 @@ def _():
                 expect(set(r["verbs"]) == {"get", "list", "watch"}, f"[{case}] cluster-wide secret verbs {r['verbs']}")
             elif res == {"events"}:
                 expect(set(r["verbs"]) == {"create", "patch"}, f"[{case}] {r}")
+            elif r["apiGroups"] == ["networking.k8s.io"]:
+                expect((res, set(r["verbs"])) in [({"ingresses", "ingressclasses"}, {"get", "list", "watch"}),
+                                                  ({"ingresses/status"}, {"get", "patch"})], f"[{case}] {r}")
+            elif r["apiGroups"] == ["gateway.networking.k8s.io"]:
+                read = {"gatewayclasses", "gateways", "httproutes", "referencegrants"}
+                status = {"gatewayclasses/status", "gateways/status", "httproutes/status"}
+                expect((res, set(r["verbs"])) in [(read, {"get", "list", "watch"}), (status, {"get", "patch"})],
+                       f"[{case}] {r}")
             elif res == {"validatingwebhookconfigurations"}:
                 expect(r.get("resourceNames") == ["portcullis-validation"] and set(r["verbs"]) == {"get", "patch"},
                        f"[{case}] webhook configuration rule {r}")
@@ -501,15 +533,15 @@ def _():
         expect(has_vwc == (v["webhook"]["enabled"] and not v["webhook"]["certManager"]["enabled"]),
                f"[{case}] webhook configuration access only when the operator patches its caBundle")
         for r in local:
+            if r["resources"] == ["services"]:
+                # Only the proxy Service's address, for Ingress and Gateway status.
+                expect(set(r["verbs"]) == {"get"} and len(r.get("resourceNames", [])) == 1, f"[{case}] {r}")
+                continue
             expect(set(r["resources"]) <= {"configmaps", "secrets", "leases"}, f"[{case}] namespaced {r}")
         writes = {x for r in local if set(r["verbs"]) & WRITE_VERBS for x in r["resources"]}
         expect(writes == {"configmaps", "secrets", "leases"}, f"[{case}] namespaced writes {writes}")
     bound = bound_rules(RENDERED["default"], sa_name(RENDERED["default"], "operator"))
     return f"{sum(len(r) for _, _, r in bound)} rules in 1 ClusterRole + 1 Role"
-
-
-def rule_set(rules):
-    return {(g, r, v) for x in rules for g in x["apiGroups"] for r in x["resources"] for v in x["verbs"]}
 
 
 @check("RBAC, proxy: the Role equals the one proxy/src/cluster/mod.rs documents (and proxy/tests/kube_mode.rs runs with)")
@@ -518,7 +550,7 @@ def _():
     block = src.split("//! ```yaml", 1)[1].split("//! ```", 1)[0]
     documented = yaml.safe_load("\n".join(l[4:] if l.startswith("//! ") else l[3:] for l in block.splitlines()))
     objs = RENDERED["default"]
-    ((_, _, rules),) = bound_rules(objs, sa_name(objs, "proxy"))
+    ((_, _, rules),) = [b for b in bound_rules(objs, sa_name(objs, "proxy")) if b[0] == "RoleBinding"]
     expect(rule_set(rules) == rule_set(documented["rules"]),
            f"chart {sorted(rule_set(rules))} vs documented {sorted(rule_set(documented['rules']))}")
     return f"{len(rule_set(rules))} (group, resource, verb) grants"
@@ -537,6 +569,28 @@ def _():
     expect(local <= e2e_local, f"beyond e2e: {sorted(local - e2e_local)}")
     dropped = sorted(f"{r}:{v}" for g, r, v in (e2e_cluster - cluster) | (e2e_local - local))
     return "narrower than e2e by " + ", ".join(dropped) + " (unused by the code; the webhook rule is also limited by name)"
+
+
+@check("Gateway API CRDs: the files of gateway-api/ unchanged (v1.6.1, with their LICENSE), rendered only with gatewayApi.installCRDs")
+def _():
+    folder = ROOT / "charts" / "portcullis" / "gateway-api"
+    shipped = {yaml.safe_load(p.read_text())["metadata"]["name"]: yaml.safe_load(p.read_text())
+               for p in sorted(folder.glob("*.yaml"))}
+    expect((folder / "LICENSE").read_text().startswith("\n                                 Apache License")
+           or "Apache License" in (folder / "LICENSE").read_text(), "gateway-api/LICENSE")
+    expect(set(shipped) == {f"{k}.gateway.networking.k8s.io" for k in
+                            ["gatewayclasses", "gateways", "httproutes", "referencegrants"]}, f"{sorted(shipped)}")
+    for crd in shipped.values():
+        expect(crd["metadata"]["annotations"]["gateway.networking.k8s.io/bundle-version"] == "v1.6.1", "version")
+    for case, objs in RENDERED.items():
+        rendered = {o["metadata"]["name"]: o for o in objs if upstream_crd(o)}
+        wanted = values_for(CASES[case])["gatewayApi"]["installCRDs"]
+        expect(bool(rendered) == wanted, f"[{case}] CRDs rendered: {sorted(rendered)}")
+        if wanted:
+            plain = {n: {k: v for k, v in o.items() if k != "__source"} for n, o in rendered.items()}
+            differ = sorted(n for n in shipped if plain.get(n) != shipped[n])
+            expect(not differ, f"[{case}] rendered CRDs differ from gateway-api/: {differ}")
+    return f"{len(shipped)} CRDs"
 
 
 # ---- optional parts ----------------------------------------------------------------------------

@@ -16,6 +16,9 @@ PACKAGES=(
   "node nodejs"
   "nginx nginx"
   "haproxy haproxy"
+  # Endpoint tests (e2e/tests/endpoints.rs, ingress.rs): a bridge of the test's own carries
+  # the pod addresses (the API server refuses loopback endpoints). Needs root (CAP_NET_ADMIN).
+  "ip iproute2"
 )
 
 missing=()

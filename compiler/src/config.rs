@@ -96,6 +96,13 @@ pub enum ObjectKind {
     RateLimitPolicy,
     WafPolicy,
     Secret,
+    /// `networking.k8s.io/v1` Ingress of a Portcullis IngressClass.
+    Ingress,
+    /// Gateway API kinds of a Portcullis GatewayClass.
+    GatewayClass,
+    Gateway,
+    #[serde(rename = "HTTPRoute")]
+    HttpRoute,
 }
 
 impl ObjectKind {
@@ -106,6 +113,10 @@ impl ObjectKind {
             ObjectKind::RateLimitPolicy => "RateLimitPolicy",
             ObjectKind::WafPolicy => "WafPolicy",
             ObjectKind::Secret => "Secret",
+            ObjectKind::Ingress => "Ingress",
+            ObjectKind::GatewayClass => "GatewayClass",
+            ObjectKind::Gateway => "Gateway",
+            ObjectKind::HttpRoute => "HTTPRoute",
         }
     }
 }
@@ -173,6 +184,51 @@ pub struct RouteConfig {
     /// global ones. Each is enforced; any of them may block.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waf_policies: Vec<String>,
+    /// Request headers changed before forwarding (Gateway API `RequestHeaderModifier`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<Box<RequestHeadersConfig>>,
+    /// The whole path forwarded instead of the request's (`URLRewrite` `ReplaceFullPath`);
+    /// the query is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_path: Option<String>,
+    /// Answer with a redirect instead of forwarding (`RequestRedirect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Box<RedirectConfig>>,
+}
+
+/// Request header changes, applied in this order: remove, set (replacing), add (appending).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestHeadersConfig {
+    /// Lowercased names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    /// Lowercased names with their values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<HeaderMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<HeaderMatch>,
+}
+
+/// A redirect: each part left `None` keeps the request's.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedirectConfig {
+    /// `http` or `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Replaces the whole path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_path: Option<String>,
+    /// Replaces the matched prefix (the route's Prefix path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// 301 or 302.
+    pub status: u16,
 }
 
 /// `ApiRoute.spec.pathNormalization`: see [`crate::path`].
@@ -249,9 +305,35 @@ pub struct UpstreamConfig {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetConfig {
-    /// `http://host:port` or `https://host:port` (no path).
+    /// `http://host:port` or `https://host:port` (no path). For a Service target, its DNS
+    /// name (`http://NAME.NAMESPACE.svc:PORT`): what a proxy dials when it does not resolve
+    /// endpoints itself (standalone mode, `--endpoints-source off`), and the `Host` header
+    /// it sends to the Service's endpoints.
     pub url: String,
     pub weight: u32,
+    /// The Service whose ready endpoints a cluster-mode proxy balances over instead of
+    /// dialling `url` (the Service's virtual IP would hide the pods from load balancing and
+    /// passive health).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceBackendConfig>,
+}
+
+/// A Service port, as the route names it: by number or by name.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceBackendConfig {
+    pub namespace: String,
+    pub name: String,
+    /// The Service's `spec.ports[].port`; 0 when the port is named.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub port: u16,
+    /// The Service's `spec.ports[].name`, when the route names the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_name: Option<String>,
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

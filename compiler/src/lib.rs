@@ -15,6 +15,8 @@ pub mod path;
 mod compile;
 mod status;
 
+pub use compile::gateway::GATEWAY_CONTROLLER;
+pub use compile::ingress::{INGRESS_CONTROLLER, LEGACY_CLASS_ANNOTATION};
 pub use compile::{compile, compile_cached, hash_api_key, CompileCache, Snapshot};
 pub use config::GatewayConfig;
 
@@ -25,4 +27,4 @@ pub fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
-pub use status::{ConditionOut, ObjectStatus, Reason};
+pub use status::{ConditionOut, ObjectStatus, Reason, SectionStatus};

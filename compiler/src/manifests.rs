@@ -1,4 +1,5 @@
-//! Reads the YAML documents of standalone mode (the four kinds plus `v1` Secrets) into a
+//! Reads the YAML documents of standalone mode (the four kinds plus `v1` Secrets, Ingresses
+//! and the Gateway API kinds) into a
 //! [`Snapshot`]. Parsing is pure; reading files is the caller's job.
 //!
 //! Unlike the API server, which silently prunes unknown fields, standalone mode reports them:
@@ -7,6 +8,8 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use portcullis_crds::gateway::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use portcullis_crds::{ApiRoute, ConsumerCredential, RateLimitPolicy, WafPolicy};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -69,14 +72,19 @@ fn add_document(snapshot: &mut Snapshot, mut value: Value) -> Result<(), String>
         "ApiRoute" | "ConsumerCredential" | "RateLimitPolicy" | "WafPolicy" => {
             portcullis_crds::API_VERSION
         }
+        "Ingress" | "IngressClass" => "networking.k8s.io/v1",
+        "GatewayClass" | "Gateway" | "HTTPRoute" => "gateway.networking.k8s.io/v1",
+        "ReferenceGrant" => "gateway.networking.k8s.io/v1beta1",
         "" => return Err("missing `kind`".into()),
         other => {
             return Err(format!(
                 "unsupported kind {other:?}: expected ApiRoute, ConsumerCredential, \
-                 RateLimitPolicy, WafPolicy or v1 Secret"
+                 RateLimitPolicy, WafPolicy, v1 Secret, Ingress, IngressClass, GatewayClass, \
+                 Gateway, HTTPRoute or ReferenceGrant"
             ))
         }
     };
+    let cluster_scoped = matches!(kind.as_str(), "IngressClass" | "GatewayClass");
     if api_version != expected_api {
         return Err(format!(
             "{kind}: apiVersion must be {expected_api:?}, found {api_version:?}"
@@ -90,7 +98,7 @@ fn add_document(snapshot: &mut Snapshot, mut value: Value) -> Result<(), String>
     if name.is_empty() {
         return Err(format!("{kind}: metadata.name is required"));
     }
-    if value.pointer("/metadata/namespace").is_none() {
+    if value.pointer("/metadata/namespace").is_none() && !cluster_scoped {
         if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("namespace".into(), Value::String(DEFAULT_NAMESPACE.into()));
         }
@@ -109,6 +117,24 @@ fn add_document(snapshot: &mut Snapshot, mut value: Value) -> Result<(), String>
         "WafPolicy" => snapshot
             .waf_policies
             .push(Arc::new(typed::<WafPolicy>(&label, value)?)),
+        "Ingress" => snapshot
+            .ingresses
+            .push(Arc::new(typed::<Ingress>(&label, value)?)),
+        "IngressClass" => snapshot
+            .ingress_classes
+            .push(Arc::new(typed::<IngressClass>(&label, value)?)),
+        "GatewayClass" => snapshot
+            .gateway_classes
+            .push(Arc::new(typed::<GatewayClass>(&label, value)?)),
+        "Gateway" => snapshot
+            .gateways
+            .push(Arc::new(typed::<Gateway>(&label, value)?)),
+        "HTTPRoute" => snapshot
+            .http_routes
+            .push(Arc::new(typed::<HTTPRoute>(&label, value)?)),
+        "ReferenceGrant" => snapshot
+            .reference_grants
+            .push(Arc::new(typed::<ReferenceGrant>(&label, value)?)),
         _ => snapshot
             .secrets
             .push(Arc::new(typed::<Secret>(&label, value)?)),
@@ -213,7 +239,7 @@ spec:
   upstream: {targets: [{url: "http://a:1"}]}
 ---
 apiVersion: portcullis.dev/v1alpha1
-kind: Gateway
+kind: Gizmo
 metadata: {name: g}
 ---
 apiVersion: portcullis.dev/v1alpha1

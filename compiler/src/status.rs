@@ -19,6 +19,18 @@ pub enum Reason {
     CertificateExpired,
     /// The serving certificate's `notBefore` is still ahead (still served: a warning).
     CertificateNotYetValid,
+    // Gateway API reasons (gateway.networking.k8s.io conventions).
+    Programmed,
+    NotAllowedByListeners,
+    NoMatchingListenerHostname,
+    NoMatchingParent,
+    RefNotPermitted,
+    InvalidKind,
+    InvalidCertificateRef,
+    UnsupportedProtocol,
+    InvalidRouteKinds,
+    ListenersNotValid,
+    AddressNotAssigned,
 }
 
 impl Reason {
@@ -42,6 +54,17 @@ impl Reason {
             Reason::Disabled => "Disabled",
             Reason::CertificateExpired => "CertificateExpired",
             Reason::CertificateNotYetValid => "CertificateNotYetValid",
+            Reason::Programmed => "Programmed",
+            Reason::NotAllowedByListeners => "NotAllowedByListeners",
+            Reason::NoMatchingListenerHostname => "NoMatchingListenerHostname",
+            Reason::NoMatchingParent => "NoMatchingParent",
+            Reason::RefNotPermitted => "RefNotPermitted",
+            Reason::InvalidKind => "InvalidKind",
+            Reason::InvalidCertificateRef => "InvalidCertificateRef",
+            Reason::UnsupportedProtocol => "UnsupportedProtocol",
+            Reason::InvalidRouteKinds => "InvalidRouteKinds",
+            Reason::ListenersNotValid => "ListenersNotValid",
+            Reason::AddressNotAssigned => "AddressNotAssigned",
         }
     }
 }
@@ -66,6 +89,27 @@ pub struct ObjectStatus {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    pub conditions: Vec<ConditionOut>,
+    /// Gateway API: an HTTPRoute's status per parent Gateway, a Gateway's per listener.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sections: Vec<SectionStatus>,
+}
+
+/// Conditions of one part of an object: an HTTPRoute parent or a Gateway listener.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SectionStatus {
+    /// A listener's name; for a parent, the Gateway's `namespace/name`.
+    pub name: String,
+    /// A parent's `sectionName`, when the route names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    /// A parent's `port`, when the route names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    /// A listener's number of attached routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached_routes: Option<i32>,
     pub conditions: Vec<ConditionOut>,
 }
 

@@ -55,7 +55,15 @@ fn golden_files_match() {
 
 #[test]
 fn output_does_not_depend_on_input_order() {
-    for name in ["basic", "conflicts", "invalid", "policies", "ratelimit"] {
+    for name in [
+        "basic",
+        "conflicts",
+        "invalid",
+        "policies",
+        "ratelimit",
+        "ingress",
+        "gateway",
+    ] {
         let text = std::fs::read_to_string(testdata().join(format!("{name}.in.yaml"))).unwrap();
         let mut docs: Vec<&str> = text.split("\n---\n").collect();
         docs.reverse();

@@ -9,6 +9,7 @@
 
 mod common;
 mod consumer;
+pub mod gateway;
 mod rate_limit;
 mod route;
 mod status;

@@ -172,8 +172,19 @@ pub struct Target {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceTarget {
+    /// A Service in the route's namespace. In cluster mode the proxies balance over its
+    /// ready endpoints (pods), not its virtual IP.
     pub name: String,
+    /// The Service port (`spec.ports[].port`); set this or `portName`.
+    #[serde(default, skip_serializing_if = "is_zero_port")]
     pub port: u16,
+    /// The Service port's name (`spec.ports[].name`); set this or `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_name: Option<String>,
+}
+
+fn is_zero_port(port: &u16) -> bool {
+    *port == 0
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema, Default)]

@@ -312,3 +312,207 @@ pub fn http(
         .unwrap_or_default();
     Some((status, body))
 }
+
+/// Status, headers (names in lowercase) and body of a response.
+pub type FullResponse = (u16, Vec<(String, String)>, String);
+
+/// One HTTP/1.1 request with the given `Host`.
+pub fn http_full(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<FullResponse> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some((status, headers, body.to_string()))
+}
+
+/// A Linux bridge with addresses of its own, so that Services can have endpoints the API
+/// server accepts (it refuses loopback addresses) while no packet leaves the machine.
+/// Removed on drop. The addresses are 198.18.X.Y (RFC 2544 benchmarking space) with X from
+/// the process id, so that tests running side by side do not collide.
+pub struct Bridge {
+    pub name: String,
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+impl Bridge {
+    pub fn create(tag: &str, count: u8) -> Bridge {
+        let pid = std::process::id();
+        let name = format!("pc{tag}{}", pid % 100_000);
+        let third = (pid % 250) as u8 + 1;
+        let _ = Command::new("ip").args(["link", "del", &name]).status();
+        let run = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        // Creating links needs CAP_NET_ADMIN: the test fails (never skips) without it.
+        run(&["link", "add", &name, "type", "bridge"]);
+        let mut addresses = Vec::new();
+        for i in 0..count {
+            let addr = format!("198.18.{third}.{}", i + 10);
+            run(&["addr", "add", &format!("{addr}/32"), "dev", &name]);
+            addresses.push(addr.parse().unwrap());
+        }
+        run(&["link", "set", &name, "up"]);
+        Bridge { name, addresses }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .status();
+    }
+}
+
+/// An HTTP/1.1 upstream on one address that answers every request with its name (and the
+/// request's path and headers as `x-seen-*` response headers). Stopped on drop.
+pub struct Echo {
+    pub addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Echo {
+    /// On a free port of `ip`.
+    pub fn start(ip: std::net::IpAddr, name: &str) -> Echo {
+        Self::start_on(std::net::SocketAddr::new(ip, 0), name)
+    }
+
+    pub fn start_on(addr: std::net::SocketAddr, name: &str) -> Echo {
+        let listener = TcpListener::bind(addr).unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let name = name.clone();
+                        std::thread::spawn(move || serve_echo(stream, &name));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Echo { addr, stop }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn serve_echo(mut stream: TcpStream, name: &str) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // Requests without bodies only: a head ends the request.
+        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+            buffer.drain(..end + 4);
+            let mut lines = head.lines();
+            let path = lines
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .unwrap_or("")
+                .to_string();
+            let mut seen = format!("x-seen-path: {path}\r\n");
+            for line in lines {
+                if let Some((n, v)) = line.split_once(':') {
+                    let n = n.trim().to_ascii_lowercase();
+                    if n.starts_with("x-") || n == "host" {
+                        seen.push_str(&format!("x-seen-{n}: {}\r\n", v.trim()));
+                    }
+                }
+            }
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n{seen}\r\n{name}",
+                name.len()
+            );
+            if stream.write_all(response.as_bytes()).is_err() {
+                return;
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A cluster-mode proxy (`--kube`) as the proxy ServiceAccount: (process, port, admin port).
+pub fn spawn_proxy(cluster: &Cluster, name: &str, extra: &[&str]) -> (Process, u16, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let mut args = vec![
+        "--kube".to_string(),
+        "--namespace".into(),
+        "portcullis-system".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--admin-listen".into(),
+        format!("127.0.0.1:{admin}"),
+        "--replica-id".into(),
+        name.into(),
+        "--no-audit".into(),
+        "--report-interval".into(),
+        "1s".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let process = Process::spawn(
+        name,
+        &binary("portcullis-proxy"),
+        &args,
+        &cluster.kubeconfig("proxy"),
+        &cluster.state,
+    );
+    (process, port, admin)
+}
+
+/// The operator as its ServiceAccount, without the webhook.
+pub fn spawn_operator(cluster: &Cluster, name: &str, extra: &[&str]) -> Process {
+    let mut args = vec![
+        "--namespace".to_string(),
+        "portcullis-system".into(),
+        "--admin-listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--identity".into(),
+        name.into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Process::spawn(
+        name,
+        &binary("portcullis-operator"),
+        &args,
+        &cluster.kubeconfig("operator"),
+        &cluster.state,
+    )
+}

@@ -4,6 +4,7 @@
 
 pub mod backlog;
 pub mod events;
+pub mod gateway_status;
 pub mod leader;
 pub mod metrics;
 pub mod publish;

@@ -10,6 +10,7 @@ use clap::Parser;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::Client;
 use portcullis_operator::events::EventSink;
+use portcullis_operator::gateway_status::GatewayStatusWriter;
 use portcullis_operator::leader::{Elector, LeaderConfig};
 use portcullis_operator::metrics::{ErrorLabels, Metrics};
 use portcullis_operator::reconcile::{Reconciler, RETRY_AFTER};
@@ -65,6 +66,21 @@ struct Args {
     /// marks invalid objects Accepted=False).
     #[arg(long)]
     webhook_fail_closed: bool,
+    /// The proxies' Service in --namespace: its address goes into the status of Ingresses
+    /// and Gateways.
+    #[arg(long, default_value = "portcullis-proxy")]
+    proxy_service: String,
+    /// Read the Gateway API kinds: auto (when the API server serves
+    /// gateway.networking.k8s.io/v1), on or off.
+    #[arg(long, value_enum, default_value = "auto")]
+    gateway_api: Switch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    Auto,
+    On,
+    Off,
 }
 
 fn identity(args: &Args) -> String {
@@ -111,7 +127,17 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting to the Kubernetes API")?;
     let metrics = Arc::new(Metrics::new());
     let trigger = Arc::new(Trigger::default());
-    let stores = watch::start(&client, &args.namespace, trigger.clone());
+    let gateway_api = match args.gateway_api {
+        Switch::On => true,
+        Switch::Off => false,
+        // The CRDs are an option of the chart: without them, watching would fail forever.
+        Switch::Auto => client
+            .list_api_group_resources("gateway.networking.k8s.io/v1")
+            .await
+            .is_ok(),
+    };
+    tracing::info!(gateway_api, "Gateway API");
+    let stores = watch::start(&client, &args.namespace, trigger.clone(), gateway_api);
 
     let admin = Arc::new(AdminState {
         metrics: metrics.clone(),
@@ -187,6 +213,15 @@ async fn main() -> anyhow::Result<()> {
             })
             .run(reconciler.plans(), reconciler.publishing()),
         );
+        let gateway_writer = tokio::spawn(
+            GatewayStatusWriter::new(
+                client.clone(),
+                stores.clone(),
+                events.clone(),
+                (args.namespace.clone(), args.proxy_service.clone()),
+            )
+            .run(reconciler.plans()),
+        );
         let lost = {
             let elector = elector.clone();
             let enabled = !args.no_leader_election;
@@ -224,6 +259,7 @@ async fn main() -> anyhow::Result<()> {
                 () = tokio::time::sleep(resync) => {}
                 error = &mut lost => {
                     writer.abort();
+                    gateway_writer.abort();
                     metrics.leader.set(0);
                     tracing::warn!(%error, "stepped down; competing for the lease again");
                     break;
@@ -231,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
                 () = &mut shutdown => {
                     tracing::info!("shutting down");
                     writer.abort();
+                    gateway_writer.abort();
                     if !args.no_leader_election {
                         elector.release().await;
                     }

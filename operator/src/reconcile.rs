@@ -316,12 +316,21 @@ impl Reconciler {
 }
 
 fn snapshot(stores: &Stores) -> Snapshot {
+    let gateway = stores.gateway.as_ref();
     Snapshot {
         routes: live(stores.routes.state()),
         consumers: live(stores.consumers.state()),
         rate_limit_policies: live(stores.rate_limits.state()),
         waf_policies: live(stores.wafs.state()),
         secrets: live(stores.secrets.state()),
+        ingresses: live(stores.ingresses.state()),
+        ingress_classes: live(stores.ingress_classes.state()),
+        gateway_classes: gateway.map(|g| live(g.classes.state())).unwrap_or_default(),
+        gateways: gateway
+            .map(|g| live(g.gateways.state()))
+            .unwrap_or_default(),
+        http_routes: gateway.map(|g| live(g.routes.state())).unwrap_or_default(),
+        reference_grants: gateway.map(|g| live(g.grants.state())).unwrap_or_default(),
         now_unix_secs: Some(portcullis_compiler::unix_now()),
     }
 }

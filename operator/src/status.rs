@@ -578,6 +578,7 @@ mod tests {
                 reason: Reason::Accepted,
                 message: "valid".into(),
             }],
+            sections: Vec::new(),
         }
     }
 

@@ -16,11 +16,13 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
+use portcullis_crds::gateway::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use portcullis_crds::{ApiRoute, ConsumerCredential, RateLimitPolicy, WafPolicy};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -37,11 +39,32 @@ pub struct Stores {
     pub wafs: Store<WafPolicy>,
     pub secrets: Store<Secret>,
     pub reports: Store<Lease>,
+    pub ingresses: Store<Ingress>,
+    pub ingress_classes: Store<IngressClass>,
+    /// `None` where the API server does not serve the Gateway API.
+    pub gateway: Option<GatewayStores>,
+}
+
+/// The Gateway API kinds.
+#[derive(Clone)]
+pub struct GatewayStores {
+    pub classes: Store<GatewayClass>,
+    pub gateways: Store<Gateway>,
+    pub routes: Store<HTTPRoute>,
+    pub grants: Store<ReferenceGrant>,
 }
 
 impl Stores {
     /// True once every reflector has listed its objects at least once.
     pub async fn wait_ready(&self) {
+        let _ = self.ingresses.wait_until_ready().await;
+        let _ = self.ingress_classes.wait_until_ready().await;
+        if let Some(gateway) = &self.gateway {
+            let _ = gateway.classes.wait_until_ready().await;
+            let _ = gateway.gateways.wait_until_ready().await;
+            let _ = gateway.routes.wait_until_ready().await;
+            let _ = gateway.grants.wait_until_ready().await;
+        }
         let _ = self.routes.wait_until_ready().await;
         let _ = self.consumers.wait_until_ready().await;
         let _ = self.rate_limits.wait_until_ready().await;
@@ -89,6 +112,28 @@ fn spec_fingerprint<K: Resource>(object: &K) -> String {
         meta.generation,
         meta.deletion_timestamp.is_some()
     )
+}
+
+/// Generation plus annotations: Portcullis policies are attached to Ingresses and
+/// HTTPRoutes by annotation, and an annotation change does not bump the generation.
+fn annotated_fingerprint<K: Resource>(object: &K) -> String {
+    let meta = object.meta();
+    let annotations: Vec<(&String, &String)> = meta
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| *k != "kubectl.kubernetes.io/last-applied-configuration")
+        .collect();
+    format!(
+        "{:?}/{}/{annotations:?}",
+        meta.generation,
+        meta.deletion_timestamp.is_some()
+    )
+}
+
+/// Objects without a generation that counts (IngressClass, ReferenceGrant): any change.
+fn version_fingerprint<K: Resource>(object: &K) -> String {
+    object.meta().resource_version.clone().unwrap_or_default()
 }
 
 fn data_fingerprint(object: &Secret) -> String {
@@ -167,9 +212,56 @@ where
 
 /// Starts every reflector. CRDs and Secrets are watched in all namespaces (routes reference
 /// Secrets in their own namespace); proxy reports only in the operator's namespace.
-pub fn start(client: &Client, namespace: &str, trigger: Arc<Trigger>) -> Stores {
+///
+/// With `gateway_api`, the Gateway API kinds too (their CRDs must be installed).
+pub fn start(client: &Client, namespace: &str, trigger: Arc<Trigger>, gateway_api: bool) -> Stores {
     let all = watcher::Config::default();
+    let gateway = gateway_api.then(|| GatewayStores {
+        classes: spawn_reflector(
+            Api::all(client.clone()),
+            all.clone(),
+            trigger.clone(),
+            Role::Input,
+            spec_fingerprint,
+        ),
+        gateways: spawn_reflector(
+            Api::all(client.clone()),
+            all.clone(),
+            trigger.clone(),
+            Role::Input,
+            spec_fingerprint,
+        ),
+        routes: spawn_reflector(
+            Api::all(client.clone()),
+            all.clone(),
+            trigger.clone(),
+            Role::Input,
+            annotated_fingerprint,
+        ),
+        grants: spawn_reflector(
+            Api::all(client.clone()),
+            all.clone(),
+            trigger.clone(),
+            Role::Input,
+            version_fingerprint,
+        ),
+    });
     Stores {
+        ingresses: spawn_reflector(
+            Api::all(client.clone()),
+            all.clone(),
+            trigger.clone(),
+            Role::Input,
+            annotated_fingerprint,
+        ),
+        ingress_classes: spawn_reflector(
+            Api::all(client.clone()),
+            all.clone(),
+            trigger.clone(),
+            Role::Input,
+            version_fingerprint,
+        ),
+        gateway,
         routes: spawn_reflector(
             Api::all(client.clone()),
             all.clone(),

@@ -176,7 +176,11 @@ impl StoreKey {
             ObjectKind::ConsumerCredential => StoreKey::Consumer(store_key(name, namespace)),
             ObjectKind::RateLimitPolicy => StoreKey::RateLimit(store_key(name, namespace)),
             ObjectKind::WafPolicy => StoreKey::Waf(store_key(name, namespace)),
-            ObjectKind::Secret => StoreKey::None,
+            ObjectKind::Secret
+            | ObjectKind::Ingress
+            | ObjectKind::GatewayClass
+            | ObjectKind::Gateway
+            | ObjectKind::HttpRoute => StoreKey::None,
         }
     }
 }
@@ -383,7 +387,12 @@ fn compare_any(stores: &Stores, plan: &Plan, fleet: &Fleet, index: usize) -> Opt
         ObjectKind::ConsumerCredential => compare::<ConsumerCredential>(stores, plan, fleet, index),
         ObjectKind::RateLimitPolicy => compare::<RateLimitPolicy>(stores, plan, fleet, index),
         ObjectKind::WafPolicy => compare::<WafPolicy>(stores, plan, fleet, index),
-        ObjectKind::Secret => None,
+        // Ingress and Gateway API statuses have their own writer (gateway_status.rs).
+        ObjectKind::Secret
+        | ObjectKind::Ingress
+        | ObjectKind::GatewayClass
+        | ObjectKind::Gateway
+        | ObjectKind::HttpRoute => None,
     }
 }
 
@@ -686,7 +695,11 @@ async fn write_one(
         }
         ObjectKind::RateLimitPolicy => write_kind::<RateLimitPolicy>(&context, &plan, index).await,
         ObjectKind::WafPolicy => write_kind::<WafPolicy>(&context, &plan, index).await,
-        ObjectKind::Secret => Outcome::Skipped,
+        ObjectKind::Secret
+        | ObjectKind::Ingress
+        | ObjectKind::GatewayClass
+        | ObjectKind::Gateway
+        | ObjectKind::HttpRoute => Outcome::Skipped,
     };
     if let Outcome::Failed(error) = &outcome {
         context
@@ -905,6 +918,7 @@ mod tests {
                 reason: portcullis_compiler::Reason::Accepted,
                 message: message.into(),
             }],
+            sections: Vec::new(),
         };
         let first = [
             status("a", 1, "ok"),
@@ -975,6 +989,15 @@ mod tests {
             wafs: filled::<WafPolicy, WafPolicy>(&[]),
             secrets: filled::<Secret, Secret>(&[]),
             reports: filled::<Lease, Lease>(&[]),
+            ingresses: filled::<
+                k8s_openapi::api::networking::v1::Ingress,
+                k8s_openapi::api::networking::v1::Ingress,
+            >(&[]),
+            ingress_classes: filled::<
+                k8s_openapi::api::networking::v1::IngressClass,
+                k8s_openapi::api::networking::v1::IngressClass,
+            >(&[]),
+            gateway: None,
         };
         let plan = Arc::new(Plan {
             statuses: Arc::new(statuses),

@@ -48,6 +48,11 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsConfigError),
+    #[error("route {route}: {source}")]
+    RequestHeaders {
+        route: String,
+        source: crate::request_headers::RequestHeaderError,
+    },
     #[error("the Secret half was skipped as unchanged, but the loaded config has another one")]
     SecretHalfGone,
 }
@@ -65,6 +70,7 @@ pub struct CompiledRoute {
     /// Report counters; shared with every other config that has this route.
     pub counters: Arc<RouteCounters>,
     pub waf: Option<RouteWaf>,
+    pub request_headers: Option<Box<crate::request_headers::CompiledRequestHeaders>>,
 }
 
 impl CompiledRoute {
@@ -121,6 +127,15 @@ impl CompiledRoute {
             metrics: RouteMetrics::new(&config.id),
             counters,
             waf: RouteWaf::new(&config.id, &config.waf_policies, engines)?,
+            request_headers: config
+                .request_headers
+                .as_deref()
+                .map(|h| crate::request_headers::CompiledRequestHeaders::new(h).map(Box::new))
+                .transpose()
+                .map_err(|source| ConfigError::RequestHeaders {
+                    route: route(),
+                    source,
+                })?,
             // Last: every field above borrows it.
             config,
         })

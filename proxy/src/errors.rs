@@ -68,6 +68,8 @@ impl GatewayError {
                 UpstreamError::Connect | UpstreamError::Failed | UpstreamError::NoTargets => {
                     StatusCode::BAD_GATEWAY
                 }
+                // Nothing was tried: the Service has nowhere to send to right now.
+                UpstreamError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
             GatewayError::RateLimit(e) => match e {
                 RateLimitError::Exceeded(_) => StatusCode::TOO_MANY_REQUESTS,

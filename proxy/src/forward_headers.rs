@@ -309,6 +309,15 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
 }
 
 /// The path and query to forward, after `stripPath`/`rewritePrefix`. `None` = unchanged.
+/// The forwarded path and query with the whole path replaced (`URLRewrite`
+/// `ReplaceFullPath`); the query is kept.
+pub fn replace_path(uri: &Uri, path: &str) -> Option<PathAndQuery> {
+    match uri.query() {
+        Some(query) => format!("{path}?{query}").parse().ok(),
+        None => path.parse().ok(),
+    }
+}
+
 pub fn rewrite_path(
     uri: &Uri,
     matched_prefix: Option<usize>,

@@ -51,6 +51,10 @@ struct Args {
     /// How often the replica reports its generation and counters (e.g. 5s).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     report_interval: Duration,
+    /// Where `service:` targets find their pods (cluster mode): EndpointSlices, v1
+    /// Endpoints, auto (slices where served), or off (dial the Service's DNS name).
+    #[arg(long, value_enum, default_value = "auto")]
+    endpoints_source: portcullis_proxy::cluster::endpoints::Source,
     /// Runtime worker threads (default: the cores this process may run on). With one, the
     /// proxy runs a single-threaded runtime.
     #[arg(long)]
@@ -220,6 +224,7 @@ fn run_kube(args: Args) -> anyhow::Result<ExitCode> {
                 namespace: args.namespace.clone(),
                 replica,
                 report_interval: args.report_interval,
+                endpoints: args.endpoints_source,
             },
         );
         wait_for_signal().await;

@@ -21,7 +21,9 @@
 //!  9. request validation (`validate`); WAF on the body (`waf`). The client's body runs
 //!     under read timeouts, a minimum rate and the process-wide buffer budget
 //!     (`client_body`).
-//! 10. upstream (`forward_headers`, `upstream`), or the route's direct response.
+//! 10. a redirect (`redirect`, Gateway API `RequestRedirect`), the route's direct response,
+//!     or the upstream (`forward_headers`, `request_headers`, `upstream`: a Service target's
+//!     ready endpoints, `endpoints`).
 //! 11. response: upstream 5xx sanitizing, header add/remove, security headers, CORS,
 //!     `X-Request-ID` (`response_headers`, `cors`); gateway errors as JSON (`errors`).
 //! 12. audit line (`audit`) and metrics (`metrics`) for every request.
@@ -390,7 +392,15 @@ async fn run(
         _ => body,
     };
 
-    // 10. upstream
+    // 10. upstream: a redirect, the direct response, or forwarding
+    if let Some(redirect) = &config.redirect {
+        let tls = connection.tls;
+        if let Some(response) =
+            crate::redirect::respond(redirect, &parts, found.matched_prefix, tls)
+        {
+            return Ok(response);
+        }
+    }
     if let Some(direct) = &route.upstream.direct {
         let mut response = Response::new(full(direct.body.clone()));
         *response.status_mut() = direct.status;
@@ -424,12 +434,18 @@ async fn run(
         join_cookies(&mut parts.headers);
     }
     auth_context.apply_upstream(&mut parts.headers);
-    let rewritten = forward_headers::rewrite_path(
-        &parts.uri,
-        found.matched_prefix,
-        config.strip_path,
-        config.rewrite_prefix.as_deref(),
-    );
+    if let Some(modifier) = &route.request_headers {
+        modifier.apply(&mut parts.headers);
+    }
+    let rewritten = match &config.rewrite_path {
+        Some(full) => forward_headers::replace_path(&parts.uri, full),
+        None => forward_headers::rewrite_path(
+            &parts.uri,
+            found.matched_prefix,
+            config.strip_path,
+            config.rewrite_prefix.as_deref(),
+        ),
+    };
     let path_and_query = rewritten.or_else(|| parts.uri.path_and_query().cloned());
     let mut uri_parts = http::uri::Parts::default();
     uri_parts.path_and_query = path_and_query;

@@ -313,6 +313,11 @@ pub struct ConfigHandle {
 }
 
 impl ConfigHandle {
+    /// The Service endpoints the upstreams of every config resolve against.
+    pub fn endpoint_registry(&self) -> Arc<crate::endpoints::EndpointRegistry> {
+        self.shared.clients.endpoints.clone()
+    }
+
     pub fn swap_config(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
         self.swap_config_owned(config.clone())
     }

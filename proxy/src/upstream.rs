@@ -18,9 +18,11 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,11 +30,12 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderName, HeaderValue, Response, StatusCode, Uri};
 use portcullis_compiler::config::{
-    DirectResponseConfig, LoadBalancing, UpstreamConfig, UpstreamTlsConfig,
+    DirectResponseConfig, LoadBalancing, ServiceBackendConfig, UpstreamConfig, UpstreamTlsConfig,
 };
 
 use crate::body::{empty, ProxyBody};
 use crate::client_body::ClientFault;
+use crate::endpoints::{EndpointGap, EndpointRegistry};
 use crate::monotonic::now_ms;
 use crate::tls::upstream_tls::UpstreamTlsError;
 use crate::upstream_pool::{self, ConnPool, Connector, HttpsConnector, PoolKey, PoolRegistry};
@@ -53,6 +56,9 @@ pub enum UpstreamError {
     Failed,
     #[error("no upstream targets")]
     NoTargets,
+    /// A Service target without an address to send to (503).
+    #[error("{}", .0.message())]
+    NoEndpoints(EndpointGap),
     #[error("request body too large")]
     BodyTooLarge,
 }
@@ -64,6 +70,7 @@ impl UpstreamError {
             UpstreamError::Timeout => "upstream_timeout",
             UpstreamError::Failed => "upstream_failed",
             UpstreamError::NoTargets => "no_targets",
+            UpstreamError::NoEndpoints(gap) => gap.reason(),
             UpstreamError::BodyTooLarge => "body_too_large",
         }
     }
@@ -78,41 +85,42 @@ pub struct TargetError {
 
 /// Keep-alive pools shared across config swaps: one per target and connect setting.
 pub struct ClientPool {
-    pools: PoolRegistry,
+    pools: Arc<PoolRegistry>,
     /// HTTPS connectors by TLS setting (CA, SNI, verification) and connect timeout: building
     /// one loads the system roots, so it is done once per distinct setting.
     tls_connectors: Mutex<HashMap<(u64, UpstreamTlsConfig), HttpsConnector>>,
     /// Identity-provider client and JWKS caches; like the pools, they outlive config swaps.
     pub auth: crate::auth::AuthRuntime,
+    /// Ready endpoints of Services; like the pools, it outlives config swaps.
+    pub endpoints: Arc<EndpointRegistry>,
 }
 
 impl ClientPool {
     pub fn new(auth: crate::auth::AuthRuntime) -> Self {
         ClientPool {
-            pools: PoolRegistry::default(),
+            pools: Arc::new(PoolRegistry::default()),
             tls_connectors: Mutex::new(HashMap::new()),
             auth,
+            endpoints: Arc::new(EndpointRegistry::default()),
         }
     }
 
-    /// The pool for one target; `tls` is `Some` for `https://` targets.
-    fn pool(
+    /// What one upstream's targets are dialled with: one plain and (for `https://`
+    /// targets) one TLS connector per upstream, built once.
+    fn factory(
         &self,
-        dial: Uri,
         connect_timeout_ms: u64,
         tls: Option<&UpstreamTlsConfig>,
-    ) -> Result<Arc<ConnPool>, UpstreamTlsError> {
-        let connector = match tls {
-            None => Connector::Plain(upstream_pool::plain_connector(connect_timeout_ms)),
-            Some(tls) => Connector::Tls(self.tls_connector(connect_timeout_ms, tls)?),
-        };
-        let key = PoolKey {
-            dial: dial.to_string(),
+    ) -> Result<TargetFactory, UpstreamTlsError> {
+        Ok(TargetFactory {
+            pools: self.pools.clone(),
+            plain: Connector::Plain(upstream_pool::plain_connector(connect_timeout_ms)),
+            tls: match tls {
+                Some(tls) => Some(Connector::Tls(self.tls_connector(connect_timeout_ms, tls)?)),
+                None => None,
+            },
             settings: format!("{connect_timeout_ms} {tls:?}"),
-        };
-        Ok(self
-            .pools
-            .get_or_create(key, || ConnPool::new(dial, connector)))
+        })
     }
 
     fn tls_connector(
@@ -149,6 +157,19 @@ pub struct Target {
 }
 
 impl Target {
+    fn new(url: String, scheme: Scheme, authority: Authority, weight: u32) -> Self {
+        Target {
+            url,
+            scheme,
+            authority,
+            pool: None,
+            weight,
+            in_flight: AtomicUsize::new(0),
+            failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        }
+    }
+
     fn healthy(&self, now: u64) -> bool {
         self.ejected_until_ms.load(Ordering::Relaxed) <= now
     }
@@ -185,10 +206,247 @@ pub struct DirectResponse {
     pub content_type: Option<HeaderValue>,
 }
 
-pub struct Upstream {
-    targets: Vec<Target>,
-    load_balancing: LoadBalancing,
+/// The targets a request picks from, with the round-robin schedule over their weights.
+pub struct TargetSet {
+    targets: Vec<Arc<Target>>,
     schedule: Vec<u32>,
+    /// Why there is no target, when a Service target resolved to nothing.
+    gap: Option<EndpointGap>,
+}
+
+impl TargetSet {
+    fn new(targets: Vec<Arc<Target>>, gap: Option<EndpointGap>) -> Self {
+        TargetSet {
+            schedule: smooth_schedule(&targets),
+            targets,
+            gap,
+        }
+    }
+
+    pub fn targets(&self) -> &[Arc<Target>] {
+        &self.targets
+    }
+}
+
+/// What builds one upstream's targets: the shared pools and this upstream's connectors.
+struct TargetFactory {
+    pools: Arc<PoolRegistry>,
+    plain: Connector,
+    tls: Option<Connector>,
+    settings: String,
+}
+
+impl TargetFactory {
+    /// Gives `target` its connection pool; `host` overrides the `Host` header.
+    fn attach_pool(
+        &self,
+        target: &mut Target,
+        host: Option<&HeaderValue>,
+    ) -> Result<(), &'static str> {
+        let dial = build_uri(
+            &target.scheme,
+            &target.authority,
+            &PathAndQuery::from_static("/"),
+        );
+        let connector = if target.scheme == Scheme::HTTPS {
+            self.tls
+                .clone()
+                .ok_or("https target without TLS settings")?
+        } else {
+            self.plain.clone()
+        };
+        let host = host
+            .cloned()
+            .unwrap_or_else(|| upstream_pool::host_header(&dial));
+        let key = PoolKey {
+            dial: dial.to_string(),
+            settings: format!("{} {:?}", self.settings, host),
+        };
+        target.pool = Some(
+            self.pools
+                .get_or_create(key, || ConnPool::with_host(dial, host, connector)),
+        );
+        Ok(())
+    }
+}
+
+/// One configured target: a fixed address (`url:`, or a Service dialled by DNS), or a
+/// Service whose ready endpoints stand in for it.
+enum Backend {
+    Fixed(Arc<Target>),
+    Service {
+        service: ServiceBackendConfig,
+        weight: u32,
+        scheme: Scheme,
+        /// The Service's DNS name: the `Host` header its endpoints receive.
+        host: HeaderValue,
+    },
+}
+
+/// The targets of an upstream with Service targets, swapped whole when the Service's
+/// endpoints change ([`crate::endpoints`]). Requests load the current set without a lock.
+pub struct TargetsCell {
+    current: ArcSwap<TargetSet>,
+    backends: Vec<Backend>,
+    factory: TargetFactory,
+}
+
+type Resolver<'a> = dyn Fn(&ServiceBackendConfig) -> Result<Vec<SocketAddr>, EndpointGap> + 'a;
+
+impl TargetsCell {
+    /// Rebuilds the set from the Services' current endpoints. Targets whose address and
+    /// weight are unchanged are kept, with their in-flight counts and passive health.
+    pub(crate) fn rebuild(&self, resolve: &Resolver<'_>) {
+        let set = self.build(resolve, Some(&self.current.load()));
+        self.current.store(Arc::new(set));
+    }
+
+    fn build(&self, resolve: &Resolver<'_>, previous: Option<&TargetSet>) -> TargetSet {
+        let mut gap = None;
+        // Per backend: its weight, its endpoints before weighting (with the Host they are
+        // sent), or the fixed target.
+        type Group<'h> = (
+            u32,
+            Vec<Target>,
+            Option<&'h HeaderValue>,
+            Option<Arc<Target>>,
+        );
+        let mut groups: Vec<Group<'_>> = Vec::new();
+        for backend in &self.backends {
+            match backend {
+                Backend::Fixed(target) => {
+                    groups.push((target.weight, Vec::new(), None, Some(target.clone())))
+                }
+                Backend::Service {
+                    service,
+                    weight,
+                    scheme,
+                    host,
+                } => match resolve(service) {
+                    Ok(addresses) => {
+                        let targets = addresses
+                            .iter()
+                            .filter_map(|addr| {
+                                let authority: Authority = addr.to_string().parse().ok()?;
+                                Some(Target::new(
+                                    format!("{}://{addr}", scheme.as_str()),
+                                    scheme.clone(),
+                                    authority,
+                                    0,
+                                ))
+                            })
+                            .collect();
+                        groups.push((*weight, targets, Some(host), None));
+                    }
+                    Err(e) => {
+                        gap.get_or_insert(e);
+                    }
+                },
+            }
+        }
+        let counts: Vec<(u32, usize)> = groups
+            .iter()
+            .map(|(w, targets, _, fixed)| (*w, if fixed.is_some() { 1 } else { targets.len() }))
+            .collect();
+        let weights = endpoint_weights(&counts);
+        let reusable: HashMap<(&str, u32), &Arc<Target>> = previous
+            .map(|p| {
+                p.targets
+                    .iter()
+                    .map(|t| ((t.url.as_str(), t.weight), t))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for ((_, targets, host, fixed), weight) in groups.into_iter().zip(weights) {
+            if let Some(fixed) = fixed {
+                if fixed.weight == weight {
+                    out.push(fixed);
+                } else if let Some(kept) = reusable.get(&(fixed.url.as_str(), weight)) {
+                    out.push(Arc::clone(kept));
+                } else {
+                    let mut scaled = Target::new(
+                        fixed.url.clone(),
+                        fixed.scheme.clone(),
+                        fixed.authority.clone(),
+                        weight,
+                    );
+                    scaled.pool = fixed.pool.clone();
+                    out.push(Arc::new(scaled));
+                }
+                continue;
+            }
+            for mut target in targets {
+                if let Some(kept) = reusable.get(&(target.url.as_str(), weight)) {
+                    out.push(Arc::clone(kept));
+                    continue;
+                }
+                target.weight = weight;
+                if let Err(message) = self.factory.attach_pool(&mut target, host) {
+                    tracing::warn!(target = %target.url, message, "cannot build an endpoint target");
+                    continue;
+                }
+                out.push(Arc::new(target));
+            }
+        }
+        out.shrink_to_fit();
+        let gap = if out.is_empty() {
+            gap.or(Some(EndpointGap::NoReadyEndpoints))
+        } else {
+            None
+        };
+        TargetSet::new(out, gap)
+    }
+}
+
+/// Per-target weights for backends given as (weight, number of targets): a Service's weight
+/// is shared by its endpoints, so that `weight: 90` and `weight: 10` split traffic 90/10
+/// whatever the number of pods behind each. Exact while the least common multiple of the
+/// endpoint counts stays small; approximated (each endpoint at least 1) beyond.
+fn endpoint_weights(groups: &[(u32, usize)]) -> Vec<u32> {
+    const MAX_SCALE: u64 = 100_000;
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let mut scale: u64 = 1;
+    for &(_, n) in groups {
+        let n = n.max(1) as u64;
+        scale = scale / gcd(scale, n) * n;
+        if scale > MAX_SCALE {
+            scale = MAX_SCALE;
+            break;
+        }
+    }
+    let raw: Vec<u64> = groups
+        .iter()
+        .map(|&(w, n)| {
+            let w = u64::from(w);
+            if w == 0 {
+                0
+            } else {
+                (w * scale / n.max(1) as u64).max(1)
+            }
+        })
+        .collect();
+    let common = raw.iter().copied().filter(|&w| w > 0).fold(0, gcd).max(1);
+    raw.iter()
+        .map(|&w| u32::try_from(w / common).unwrap_or(u32::MAX))
+        .collect()
+}
+
+/// An upstream's targets: fixed at config load, or following Service endpoints.
+enum Targets {
+    Static(TargetSet),
+    Dynamic(Arc<TargetsCell>),
+}
+
+pub struct Upstream {
+    targets: Targets,
+    load_balancing: LoadBalancing,
     cursor: AtomicUsize,
     send_timeout: Duration,
     read_timeout: Duration,
@@ -198,65 +456,94 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig, pool: &ClientPool) -> Result<Self, TargetError> {
-        let targets = config
-            .targets
-            .iter()
-            .map(|t| {
-                let err = |message: &str| TargetError {
-                    url: t.url.clone(),
-                    message: message.to_string(),
-                };
-                let uri: Uri = t.url.parse().map_err(|_| err("not a URL"))?;
-                let scheme = uri
-                    .scheme()
-                    .filter(|s| **s == Scheme::HTTP || **s == Scheme::HTTPS)
-                    .cloned()
-                    .ok_or_else(|| err("only http:// and https:// targets are supported"))?;
-                let authority = uri
-                    .authority()
-                    .cloned()
-                    .ok_or_else(|| err("missing host"))?;
-                Ok(Target {
-                    url: t.url.clone(),
-                    scheme,
-                    authority,
-                    pool: None,
-                    weight: t.weight,
-                    in_flight: AtomicUsize::new(0),
-                    failures: AtomicU32::new(0),
-                    ejected_until_ms: AtomicU64::new(0),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut targets = targets;
-        // `collect` through a `Result` starts at capacity 4: three unused slots per
-        // single-target route, and a swap holds two copies of every route.
-        targets.shrink_to_fit();
-        let direct = config.direct_response.as_ref().map(direct_response);
         let tls = config.tls.clone().unwrap_or_default();
-        if tls.insecure_skip_verify && targets.iter().any(|t| t.scheme == Scheme::HTTPS) {
-            tracing::warn!(
-                targets = ?targets.iter().map(|t| t.url.as_str()).collect::<Vec<_>>(),
-                "upstream.tls.insecureSkipVerify: upstream certificates are NOT verified"
-            );
+        let mut factory = None;
+        let mut backends = Vec::with_capacity(config.targets.len());
+        let mut resolves_services = false;
+        for t in &config.targets {
+            let err = |message: &str| TargetError {
+                url: t.url.clone(),
+                message: message.to_string(),
+            };
+            let uri: Uri = t.url.parse().map_err(|_| err("not a URL"))?;
+            let scheme = uri
+                .scheme()
+                .filter(|s| **s == Scheme::HTTP || **s == Scheme::HTTPS)
+                .cloned()
+                .ok_or_else(|| err("only http:// and https:// targets are supported"))?;
+            let authority = uri
+                .authority()
+                .cloned()
+                .ok_or_else(|| err("missing host"))?;
+            if scheme == Scheme::HTTPS && tls.insecure_skip_verify {
+                tracing::warn!(
+                    target = %t.url,
+                    "upstream.tls.insecureSkipVerify: upstream certificates are NOT verified"
+                );
+            }
+            if factory.is_none() {
+                let https = config.targets.iter().any(|t| t.url.starts_with("https://"));
+                factory = Some(
+                    pool.factory(config.connect_timeout_ms, https.then_some(&tls))
+                        .map_err(|e| err(&e.to_string()))?,
+                );
+            }
+            let Some(factory) = factory.as_ref() else {
+                return Err(err("no connector"));
+            };
+            match &t.service {
+                Some(service) if pool.endpoints.is_enabled() => {
+                    resolves_services = true;
+                    let host = upstream_pool::host_header(&build_uri(
+                        &scheme,
+                        &authority,
+                        &PathAndQuery::from_static("/"),
+                    ));
+                    backends.push(Backend::Service {
+                        service: service.clone(),
+                        weight: t.weight,
+                        scheme,
+                        host,
+                    });
+                }
+                _ => {
+                    let mut target = Target::new(t.url.clone(), scheme, authority, t.weight);
+                    factory.attach_pool(&mut target, None).map_err(err)?;
+                    backends.push(Backend::Fixed(Arc::new(target)));
+                }
+            }
         }
-        for target in &mut targets {
-            let dial = build_uri(
-                &target.scheme,
-                &target.authority,
-                &PathAndQuery::from_static("/"),
-            );
-            let tls = (target.scheme == Scheme::HTTPS).then_some(&tls);
-            let pool = pool
-                .pool(dial, config.connect_timeout_ms, tls)
-                .map_err(|e| TargetError {
-                    url: target.url.clone(),
-                    message: e.to_string(),
-                })?;
-            target.pool = Some(pool);
-        }
+        let direct = config.direct_response.as_ref().map(direct_response);
+        let targets = match factory {
+            Some(factory) if resolves_services => {
+                let cell = Arc::new(TargetsCell {
+                    current: ArcSwap::from_pointee(TargetSet::new(Vec::new(), None)),
+                    backends,
+                    factory,
+                });
+                let mut view = pool.endpoints.view();
+                for backend in &cell.backends {
+                    if let Backend::Service { service, .. } = backend {
+                        view.subscribe((service.namespace.clone(), service.name.clone()), &cell);
+                    }
+                }
+                let set = cell.build(&|b| view.resolve(b), None);
+                cell.current.store(Arc::new(set));
+                drop(view);
+                Targets::Dynamic(cell)
+            }
+            _ => {
+                let targets = backends
+                    .into_iter()
+                    .filter_map(|b| match b {
+                        Backend::Fixed(t) => Some(t),
+                        Backend::Service { .. } => None,
+                    })
+                    .collect();
+                Targets::Static(TargetSet::new(targets, None))
+            }
+        };
         Ok(Upstream {
-            schedule: smooth_schedule(&targets),
             targets,
             load_balancing: config.load_balancing,
             cursor: AtomicUsize::new(0),
@@ -267,8 +554,18 @@ impl Upstream {
         })
     }
 
-    pub fn targets(&self) -> &[Target] {
-        &self.targets
+    /// The targets requests are sent to right now.
+    pub fn current_targets(&self) -> Vec<String> {
+        match &self.targets {
+            Targets::Static(set) => set.targets.iter().map(|t| t.url.clone()).collect(),
+            Targets::Dynamic(cell) => cell
+                .current
+                .load()
+                .targets
+                .iter()
+                .map(|t| t.url.clone())
+                .collect(),
+        }
     }
 
     /// Sends the request. `parts.uri` holds the origin-form path and query to forward;
@@ -284,8 +581,21 @@ impl Upstream {
         replayable: bool,
         client_fault: &ClientFault,
     ) -> Result<Response<ReadTimeoutBody>, UpstreamError> {
-        if self.targets.is_empty() {
-            return Err(UpstreamError::NoTargets);
+        // A Service's set is held for the whole exchange (retries included): one reference
+        // count, never a lock; an endpoint change meanwhile applies to the next request.
+        let dynamic;
+        let set: &TargetSet = match &self.targets {
+            Targets::Static(set) => set,
+            Targets::Dynamic(cell) => {
+                dynamic = cell.current.load_full();
+                &dynamic
+            }
+        };
+        if set.targets.is_empty() {
+            return Err(match set.gap {
+                Some(gap) => UpstreamError::NoEndpoints(gap),
+                None => UpstreamError::NoTargets,
+            });
         }
         let attempts = if replayable {
             1 + self.retries as usize
@@ -300,9 +610,9 @@ impl Upstream {
         let mut body = Some(body);
         let mut last_error = UpstreamError::Failed;
         for attempt in 0..attempts {
-            let index = self.pick(client_ip, tried);
+            let index = self.pick(set, client_ip, tried);
             tried |= 1u64 << (index % 64);
-            let target = &self.targets[index];
+            let target = &set.targets[index];
             let Some(pool) = &target.pool else {
                 return Err(UpstreamError::NoTargets);
             };
@@ -359,18 +669,18 @@ impl Upstream {
         Err(last_error)
     }
 
-    fn pick(&self, client_ip: IpAddr, tried: u64) -> usize {
-        let n = self.targets.len();
+    fn pick(&self, set: &TargetSet, client_ip: IpAddr, tried: u64) -> usize {
+        let n = set.targets.len();
         if n == 1 {
             return 0;
         }
         let now = now_ms();
         let was_tried = |i: usize| tried & (1u64 << (i % 64)) != 0;
-        let usable = |i: usize| !was_tried(i) && self.targets[i].healthy(now);
+        let usable = |i: usize| !was_tried(i) && set.targets[i].healthy(now);
         let preferred = match self.load_balancing {
             LoadBalancing::RoundRobin => {
-                let slot = self.cursor.fetch_add(1, Ordering::Relaxed) % self.schedule.len().max(1);
-                self.schedule.get(slot).map_or(0, |&i| i as usize)
+                let slot = self.cursor.fetch_add(1, Ordering::Relaxed) % set.schedule.len().max(1);
+                set.schedule.get(slot).map_or(0, |&i| i as usize)
             }
             LoadBalancing::LeastRequest => {
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
@@ -378,7 +688,7 @@ impl Upstream {
                 let best = |filter: &dyn Fn(usize) -> bool| {
                     candidates.clone().filter(|&i| filter(i)).min_by(|&a, &b| {
                         let load = |i: usize| {
-                            let t = &self.targets[i];
+                            let t = &set.targets[i];
                             (t.in_flight.load(Ordering::Relaxed) as f64 + 1.0)
                                 / f64::from(t.weight.max(1))
                         };
@@ -390,8 +700,8 @@ impl Upstream {
             LoadBalancing::ConsistentHash => {
                 let best = |filter: &dyn Fn(usize) -> bool| {
                     (0..n).filter(|&i| filter(i)).max_by(|&a, &b| {
-                        self.rendezvous_score(client_ip, a)
-                            .total_cmp(&self.rendezvous_score(client_ip, b))
+                        rendezvous_score(&set.targets[a], client_ip)
+                            .total_cmp(&rendezvous_score(&set.targets[b], client_ip))
                     })
                 };
                 best(&usable).or_else(|| best(&|_| true)).unwrap_or(0)
@@ -409,16 +719,15 @@ impl Upstream {
             .find(|&i| !was_tried(i))
             .unwrap_or(preferred)
     }
+}
 
-    fn rendezvous_score(&self, ip: IpAddr, index: usize) -> f64 {
-        let target = &self.targets[index];
-        let mut hasher = DefaultHasher::new();
-        ip.hash(&mut hasher);
-        target.url.hash(&mut hasher);
-        // Map the hash into (0, 1) and weight it: score = -w / ln(u).
-        let unit = ((hasher.finish() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        -f64::from(target.weight.max(1)) / unit.ln()
-    }
+fn rendezvous_score(target: &Target, ip: IpAddr) -> f64 {
+    let mut hasher = DefaultHasher::new();
+    ip.hash(&mut hasher);
+    target.url.hash(&mut hasher);
+    // Map the hash into (0, 1) and weight it: score = -w / ln(u).
+    let unit = ((hasher.finish() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -f64::from(target.weight.max(1)) / unit.ln()
 }
 
 fn build_uri(scheme: &Scheme, authority: &Authority, path_and_query: &PathAndQuery) -> Uri {
@@ -441,7 +750,7 @@ fn direct_response(config: &DirectResponseConfig) -> DirectResponse {
 }
 
 /// nginx's smooth weighted round robin, unrolled into one full cycle.
-fn smooth_schedule(targets: &[Target]) -> Vec<u32> {
+fn smooth_schedule(targets: &[Arc<Target>]) -> Vec<u32> {
     let mut weights: Vec<u64> = targets.iter().map(|t| u64::from(t.weight)).collect();
     if weights.iter().all(|&w| w == 0) {
         weights.iter_mut().for_each(|w| *w = 1);
@@ -477,17 +786,24 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn target(weight: u32) -> Target {
-        Target {
-            url: "http://a:1".into(),
-            scheme: Scheme::HTTP,
-            authority: Authority::from_static("a:1"),
-            pool: None,
+    fn target(weight: u32) -> Arc<Target> {
+        Arc::new(Target::new(
+            "http://a:1".into(),
+            Scheme::HTTP,
+            Authority::from_static("a:1"),
             weight,
-            in_flight: AtomicUsize::new(0),
-            failures: AtomicU32::new(0),
-            ejected_until_ms: AtomicU64::new(0),
-        }
+        ))
+    }
+
+    #[test]
+    fn a_services_weight_is_shared_by_its_endpoints() {
+        // One backend: every endpoint alike.
+        assert_eq!(endpoint_weights(&[(1, 3)]), vec![1]);
+        // 90/10 across Services of 3 and 2 pods: per pod 30 and 5, totals 90 and 10.
+        assert_eq!(endpoint_weights(&[(90, 3), (10, 2)]), vec![6, 1]);
+        // A fixed target (one address) beside a Service of 4 pods, equal weights.
+        assert_eq!(endpoint_weights(&[(1, 1), (1, 4)]), vec![4, 1]);
+        assert_eq!(endpoint_weights(&[(0, 2), (5, 2)]), vec![0, 1]);
     }
 
     #[test]

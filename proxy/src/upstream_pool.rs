@@ -72,6 +72,12 @@ pub struct ConnPool {
 impl ConnPool {
     pub fn new(dial: Uri, connector: Connector) -> Self {
         let host = host_header(&dial);
+        Self::with_host(dial, host, connector)
+    }
+
+    /// A pool whose requests carry `host` instead of the dialled authority: a Service's
+    /// endpoints are dialled by address but addressed by the Service's name.
+    pub fn with_host(dial: Uri, host: HeaderValue, connector: Connector) -> Self {
         ConnPool {
             dial,
             host,
@@ -191,7 +197,7 @@ impl ConnPool {
 }
 
 /// `Host` for a target: the authority without the scheme's default port.
-fn host_header(dial: &Uri) -> HeaderValue {
+pub(crate) fn host_header(dial: &Uri) -> HeaderValue {
     let Some(authority) = dial.authority() else {
         return HeaderValue::from_static("localhost");
     };

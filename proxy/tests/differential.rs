@@ -381,6 +381,7 @@ async fn portcullis_is_never_less_strict_than_nginx_or_haproxy() {
     r.upstream.targets = vec![TargetConfig {
         url: format!("http://{ours_up}"),
         weight: 1,
+        service: None,
     }];
     let proxy = start(config(vec![r])).await;
     let nginx = start_nginx(&dir, nginx_up);

@@ -67,7 +67,11 @@ impl Drop for Framework {
 }
 
 fn target(url: String) -> TargetConfig {
-    TargetConfig { url, weight: 1 }
+    TargetConfig {
+        url,
+        weight: 1,
+        service: None,
+    }
 }
 
 /// A public catch-all route and a protected `/private` route (API key), both to `url`.

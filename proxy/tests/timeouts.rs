@@ -28,7 +28,11 @@ where
 
 fn raw_route(url: String, send_ms: u64, read_ms: u64) -> portcullis_compiler::GatewayConfig {
     let mut r = route("t", PathKind::Prefix, "/", &[]);
-    r.upstream.targets = vec![TargetConfig { url, weight: 1 }];
+    r.upstream.targets = vec![TargetConfig {
+        url,
+        weight: 1,
+        service: None,
+    }];
     r.upstream.send_timeout_ms = send_ms;
     r.upstream.read_timeout_ms = read_ms;
     config(vec![r])

@@ -75,6 +75,7 @@ async fn refused_upstream_is_502_json_with_request_id() {
     r.upstream.targets = vec![TargetConfig {
         url: format!("http://{refused}"),
         weight: 1,
+        service: None,
     }];
     let proxy = start(config(vec![r])).await;
     let reply = send(
@@ -138,6 +139,7 @@ async fn connect_failure_is_retried_on_another_target() {
         TargetConfig {
             url: format!("http://{refused}"),
             weight: 1,
+            service: None,
         },
     );
     r.upstream.retries = 1;
@@ -158,6 +160,7 @@ async fn passive_health_ejects_failing_target() {
         TargetConfig {
             url: format!("http://{refused}"),
             weight: 1,
+            service: None,
         },
     );
     let proxy = start(config(vec![r])).await;

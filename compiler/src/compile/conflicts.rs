@@ -78,14 +78,14 @@ pub(crate) fn mark_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issues)])
             issues.conflicted(
                 "spec.paths",
                 format!(
-                    "{:?} {} on {host} is already served by ApiRoute {owner} with the same methods, headers and query matches",
+                    "{:?} {} on {host} is already served by {owner} with the same methods, headers and query matches",
                     key.1, key.2
                 ),
             );
             continue;
         }
         for key in keys {
-            owners.insert(key, meta.id());
+            owners.insert(key, meta.describe());
         }
     }
 }

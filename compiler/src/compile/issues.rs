@@ -78,11 +78,54 @@ impl Issues {
             name: meta.name.clone(),
             generation: meta.generation,
             conditions: vec![accepted, resolved],
+            sections: Vec::new(),
         }
+    }
+
+    /// Takes `other`'s problems, each message prefixed with `prefix` (where in this object
+    /// the derived part came from).
+    pub fn absorb(&mut self, other: Issues, prefix: &str) {
+        let prefixed = |(reason, text): (Reason, String)| (reason, format!("{prefix}{text}"));
+        self.invalid.extend(other.invalid.into_iter().map(prefixed));
+        self.refs.extend(other.refs.into_iter().map(prefixed));
+    }
+
+    /// A reference the object may not make (a cross-namespace reference without a
+    /// ReferenceGrant): ResolvedRefs=False, the object is still accepted.
+    pub fn ref_with_reason(
+        &mut self,
+        reason: Reason,
+        field: &str,
+        message: impl std::fmt::Display,
+    ) {
+        self.refs.push((reason, format!("{field}: {message}")));
+    }
+
+    /// Not accepted, with a reason of the Gateway API.
+    pub fn refuse(&mut self, reason: Reason, field: &str, message: impl std::fmt::Display) {
+        self.invalid.push((reason, format!("{field}: {message}")));
+    }
+
+    /// The Accepted and ResolvedRefs conditions alone.
+    pub fn conditions(&self) -> Vec<ConditionOut> {
+        let accepted = match self.invalid.first() {
+            None => condition("Accepted", true, Reason::Accepted, String::new()),
+            Some((reason, _)) => condition("Accepted", false, *reason, join(&self.invalid)),
+        };
+        let resolved = match self.refs.first() {
+            None => condition("ResolvedRefs", true, Reason::ResolvedRefs, String::new()),
+            Some((reason, _)) => condition("ResolvedRefs", false, *reason, join(&self.refs)),
+        };
+        vec![accepted, resolved]
     }
 }
 
-fn condition(type_: &str, status: bool, reason: Reason, message: String) -> ConditionOut {
+pub(crate) fn condition(
+    type_: &str,
+    status: bool,
+    reason: Reason,
+    message: String,
+) -> ConditionOut {
     let message = if message.is_empty() && status {
         match type_ {
             "Accepted" => "valid".to_string(),

@@ -1,10 +1,14 @@
 //! Orchestrates one compilation: policies first (routes reference them), then consumers,
 //! then routes, then cross-route conflicts, then the generation hash.
 
+mod annotations;
 mod auth;
 mod cache;
 mod conflicts;
 mod consumer;
+mod derived;
+pub mod gateway;
+pub mod ingress;
 mod issues;
 mod policy;
 mod rate_limit;
@@ -16,7 +20,9 @@ mod waf;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube_meta::Meta;
+use portcullis_crds::gateway::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use portcullis_crds::{ApiRoute, ConsumerCredential, RateLimitPolicy, WafPolicy};
 use sha2::{Digest, Sha256};
 
@@ -38,6 +44,15 @@ pub struct Snapshot {
     pub rate_limit_policies: Vec<Arc<RateLimitPolicy>>,
     pub waf_policies: Vec<Arc<WafPolicy>>,
     pub secrets: Vec<Arc<Secret>>,
+    /// Ingresses and IngressClasses: the Ingresses of a Portcullis class compile into routes.
+    pub ingresses: Vec<Arc<Ingress>>,
+    pub ingress_classes: Vec<Arc<IngressClass>>,
+    /// Gateway API objects: HTTPRoutes attached to Gateways of a Portcullis GatewayClass
+    /// compile into routes.
+    pub gateway_classes: Vec<Arc<GatewayClass>>,
+    pub gateways: Vec<Arc<Gateway>>,
+    pub http_routes: Vec<Arc<HTTPRoute>>,
+    pub reference_grants: Vec<Arc<ReferenceGrant>>,
     /// Seconds since the epoch at which time-dependent statuses are judged (a certificate
     /// outside its validity period gets a warning condition). The caller supplies it so
     /// that `compile` stays pure; `None` skips those warnings (golden tests).
@@ -82,8 +97,59 @@ pub fn compile_cached(
         route_secrets.extend(client_secret);
         compiled_routes.push((meta, compiled, issues));
     }
+    // Ingresses and HTTPRoutes: routes derived from them go through the same steps.
+    let mut sources = derived::Sources::default();
+    let mut derived_routes = Vec::new();
+    ingress::derive(
+        &sorted(&snapshot.ingresses),
+        &sorted(&snapshot.ingress_classes),
+        &mut sources,
+        &mut derived_routes,
+    );
+    gateway::derive(
+        &gateway::Inputs {
+            classes: sorted(&snapshot.gateway_classes),
+            gateways: sorted(&snapshot.gateways),
+            routes: sorted(&snapshot.http_routes),
+            grants: &snapshot.reference_grants,
+            secrets: &snapshot.secrets,
+        },
+        &mut sources,
+        &mut derived_routes,
+    );
+    let first_derived = compiled_routes.len();
+    for derived in &derived_routes {
+        let route = &derived.route;
+        let meta = Meta::of(&route.metadata);
+        let mut issues = Issues::default();
+        let compiled = route::compile_route(route, &meta, &policies, &mut issues);
+        let client_secret = auth::introspection_secret(route, &meta, &secrets, &mut issues);
+        let tls_meta = match &derived.tls_namespace {
+            Some(namespace) => Meta {
+                namespace: namespace.clone(),
+                ..meta.clone()
+            },
+            None => meta.clone(),
+        };
+        let route_tls = tls::compile_route_tls(
+            route,
+            &tls_meta,
+            &secrets,
+            snapshot.now_unix_secs,
+            &mut issues,
+        );
+        let mut compiled = compiled.filter(|_| issues.is_accepted());
+        if let Some(compiled) = compiled.as_mut() {
+            route_tls.apply(compiled);
+            derived.finish(compiled);
+        }
+        certificates.extend(route_tls.certificate);
+        route_secrets.extend(client_secret);
+        compiled_routes.push((meta, compiled, issues));
+    }
     conflicts::mark_conflicts(&mut compiled_routes);
     tls::mark_tls_conflicts(&mut compiled_routes);
+    let derived_compiled = compiled_routes.split_off(first_derived);
     for (meta, compiled, issues) in compiled_routes {
         let accepted = issues.is_accepted();
         statuses.push(issues.into_status(ObjectKind::ApiRoute, &meta));
@@ -92,6 +158,16 @@ pub fn compile_cached(
             config.routes.push(route);
         }
     }
+    for ((_, compiled, issues), derived) in derived_compiled.into_iter().zip(&derived_routes) {
+        let source = &mut sources.items[derived.source];
+        let accepted = issues.is_accepted();
+        source.issues.absorb(issues, &derived.origin);
+        if let (true, Some(route)) = (accepted, compiled) {
+            source.served = true;
+            config.routes.push(route);
+        }
+    }
+    statuses.extend(sources.into_statuses());
     // Only routes that made it into the config keep their client secrets.
     route_secrets.retain(|s: &crate::config::ClientSecretEntry| {
         config.routes.iter().any(|r| r.id == s.route)
@@ -200,7 +276,12 @@ mod kube_meta {
         portcullis_crds::ApiRoute,
         portcullis_crds::ConsumerCredential,
         portcullis_crds::RateLimitPolicy,
-        portcullis_crds::WafPolicy
+        portcullis_crds::WafPolicy,
+        k8s_openapi::api::networking::v1::Ingress,
+        k8s_openapi::api::networking::v1::IngressClass,
+        portcullis_crds::gateway::GatewayClass,
+        portcullis_crds::gateway::Gateway,
+        portcullis_crds::gateway::HTTPRoute
     );
 
     /// Namespace, name, generation and creation time of one object.
@@ -226,6 +307,21 @@ mod kube_meta {
 
         pub fn id(&self) -> String {
             format!("{}/{}", self.namespace, self.name)
+        }
+
+        /// The object a route comes from, for messages: `ApiRoute ns/name`, or the Ingress
+        /// or HTTPRoute a derived route (`ingress:NAME:...`) was made from.
+        pub fn describe(&self) -> String {
+            let mut parts = self.name.splitn(3, ':');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some("ingress"), Some(name), Some(_)) => {
+                    format!("Ingress {}/{name}", self.namespace)
+                }
+                (Some("httproute"), Some(name), Some(_)) => {
+                    format!("HTTPRoute {}/{name}", self.namespace)
+                }
+                _ => format!("ApiRoute {}", self.id()),
+            }
         }
 
         pub fn object_ref(&self, kind: ObjectKind) -> ObjectRef {

@@ -12,7 +12,8 @@ use super::Issues;
 use crate::config::{
     AuthenticationConfig, AuthorizationConfig, CorsConfig, DirectResponseConfig, HeaderMatch,
     IpRestrictionConfig, LoadBalancing, PathKind, PathNormalizationConfig, PathRule,
-    ResponseHeadersConfig, RouteConfig, TargetConfig, UpstreamConfig, ValidationConfig,
+    ResponseHeadersConfig, RouteConfig, ServiceBackendConfig, TargetConfig, UpstreamConfig,
+    ValidationConfig,
 };
 use crate::units::{parse_duration_ms, parse_size_bytes};
 
@@ -277,6 +278,10 @@ pub(crate) fn compile_route(
         // Filled in by `tls::compile_route_tls`, which resolves the Secrets.
         tls: None,
         waf_policies,
+        // Gateway API filters: set by the HTTPRoute translation (`gateway.rs`).
+        request_headers: None,
+        rewrite_path: None,
+        redirect: None,
     })
 }
 
@@ -356,6 +361,70 @@ fn normalize_target_url(url: &str) -> Result<String, String> {
     Ok(format!("{scheme}://{host}:{port}"))
 }
 
+/// A Service target: its DNS URL (what standalone proxies dial, and the `Host` header sent to
+/// its endpoints) and the Service reference cluster-mode proxies resolve to endpoints.
+/// With `upstream.tls`, Services are reached over TLS.
+pub(crate) fn service_target(
+    service: &portcullis_crds::ServiceTarget,
+    namespace: &str,
+    tls: bool,
+) -> Result<(String, Option<ServiceBackendConfig>), String> {
+    let valid_name = valid_host(&service.name) && !service.name.contains('.');
+    let port_name = service.port_name.as_deref();
+    let port_ok = match (service.port, port_name) {
+        (0, Some(name)) => valid_port_name(name),
+        (p, None) => p > 0,
+        _ => false,
+    };
+    if !valid_name || !port_ok {
+        return Err(match port_name {
+            Some(name) if service.port > 0 => format!(
+                "service {:?}: set port or portName, not both (port {}, portName {name:?})",
+                service.name, service.port
+            ),
+            Some(name) => format!(
+                "service {:?} port name {name:?} is not a valid Service reference",
+                service.name
+            ),
+            None => format!(
+                "service {:?} port {} is not a valid Service reference",
+                service.name, service.port
+            ),
+        });
+    }
+    let scheme = if tls { "https" } else { "http" };
+    // A named port has no number to dial by DNS: the name's own default port stands in
+    // (only standalone proxies, which have no endpoints, dial this URL).
+    let dns_port = match service.port {
+        0 if tls => 443,
+        0 => 80,
+        p => p,
+    };
+    Ok((
+        format!("{scheme}://{}.{namespace}.svc:{dns_port}", service.name),
+        Some(ServiceBackendConfig {
+            namespace: namespace.to_string(),
+            name: service.name.clone(),
+            port: service.port,
+            port_name: port_name.map(str::to_string),
+        }),
+    ))
+}
+
+/// An IANA_SVC_NAME, as Service port names are: at most 15 lowercase letters, digits and
+/// inner dashes, with at least one letter.
+fn valid_port_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 fn compile_upstream(route: &ApiRoute, meta: &Meta, issues: &mut Issues) -> Option<UpstreamConfig> {
     let upstream = &route.spec.upstream;
     let timeouts = upstream.timeouts.clone().unwrap_or_default();
@@ -420,31 +489,19 @@ fn compile_upstream(route: &ApiRoute, meta: &Meta, issues: &mut Issues) -> Optio
                 format!("{weight} is more than {MAX_WEIGHT}"),
             );
         }
-        let url = match (&target.url, &target.service) {
-            (Some(url), None) => normalize_target_url(url),
+        let resolved = match (&target.url, &target.service) {
+            (Some(url), None) => normalize_target_url(url).map(|url| (url, None)),
             (None, Some(service)) => {
-                if valid_host(&service.name) && !service.name.contains('.') && service.port > 0 {
-                    // With upstream.tls, Services are reached over TLS.
-                    let scheme = if upstream.tls.is_some() {
-                        "https"
-                    } else {
-                        "http"
-                    };
-                    Ok(format!(
-                        "{scheme}://{}.{}.svc:{}",
-                        service.name, meta.namespace, service.port
-                    ))
-                } else {
-                    Err(format!(
-                        "service {:?} port {} is not a valid Service reference",
-                        service.name, service.port
-                    ))
-                }
+                service_target(service, &meta.namespace, upstream.tls.is_some())
             }
             _ => Err("set exactly one of url and service".to_string()),
         };
-        match url {
-            Ok(url) => targets.push(TargetConfig { url, weight }),
+        match resolved {
+            Ok((url, service)) => targets.push(TargetConfig {
+                url,
+                weight,
+                service,
+            }),
             Err(e) => issues.invalid(&field, e),
         }
     }

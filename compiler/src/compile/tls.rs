@@ -342,7 +342,7 @@ pub(crate) fn mark_tls_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issue
             if let Some((owner, settings)) = owners.get(host) {
                 if *settings != tls_key {
                     conflict = Some(format!(
-                        "host {host:?} is already terminated by ApiRoute {owner} with a different certificate, minVersion or clientAuth"
+                        "host {host:?} is already terminated by {owner} with a different certificate, minVersion or clientAuth"
                     ));
                     break;
                 }
@@ -357,7 +357,7 @@ pub(crate) fn mark_tls_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issue
                 for host in &route.hosts {
                     owners
                         .entry(host.clone())
-                        .or_insert_with(|| (meta.id(), tls_key.clone()));
+                        .or_insert_with(|| (meta.describe(), tls_key.clone()));
                 }
             }
         }

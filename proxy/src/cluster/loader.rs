@@ -50,6 +50,10 @@ impl Backoff for RetryBackoff {
     }
 }
 
+/// How long the first config waits for the endpoint lists: until then, a Service target
+/// would answer 503 for endpoints that merely are not listed yet.
+const ENDPOINTS_SYNC_LIMIT: Duration = Duration::from_secs(10);
+
 /// Identity of what was last looked at: kind, name and resourceVersion of every object.
 /// The watch re-delivers unchanged objects (relists after reconnecting); this spares
 /// decoding a large config again for nothing, and repeating the same warning.
@@ -126,6 +130,13 @@ async fn reconcile(
         return;
     }
     *last = Some(fp);
+    let registry = handle.endpoint_registry();
+    if handle.loaded_generation().is_none()
+        && registry.is_enabled()
+        && !registry.wait_synced(ENDPOINTS_SYNC_LIMIT).await
+    {
+        tracing::warn!("Services and endpoints not listed yet; loading the config anyway");
+    }
     if load(cms, secrets, handle.clone()).await == Loaded::Swapped {
         swapped.notify_one();
     }

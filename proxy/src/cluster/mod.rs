@@ -25,8 +25,22 @@
 //! ```
 //! (`delete` only lets a replica remove its report on graceful shutdown; without it the
 //! Lease simply expires after `LEASE_DURATION_SECONDS`.)
+//!
+//! To resolve `service:` targets to endpoints ([`endpoints`]; `--endpoints-source off`
+//! needs none of it), read-only access cluster-wide (a ClusterRole):
+//!
+//! ```yaml
+//! rules:
+//!   - apiGroups: [""]
+//!     resources: [services, endpoints]
+//!     verbs: [list, watch]
+//!   - apiGroups: [discovery.k8s.io]
+//!     resources: [endpointslices]
+//!     verbs: [list, watch]
+//! ```
 
 pub mod assemble;
+pub mod endpoints;
 mod loader;
 pub use loader::{load, Loaded};
 mod reporter;
@@ -49,11 +63,14 @@ pub struct ClusterOptions {
     pub replica: String,
     /// How often the report is renewed (it is also sent right after each config swap).
     pub report_interval: Duration,
+    /// Where Service targets' endpoints come from ([`endpoints`]).
+    pub endpoints: endpoints::Source,
 }
 
 /// The running watch and reporter tasks.
 pub struct ClusterMode {
     loader: JoinHandle<()>,
+    endpoints: Option<JoinHandle<()>>,
     reporter: JoinHandle<()>,
     stop: watch::Sender<bool>,
 }
@@ -67,6 +84,13 @@ pub fn start(client: kube::Client, handle: ConfigHandle, options: ClusterOptions
     let _ = rustls::crypto::ring::default_provider().install_default();
     let swapped = Arc::new(Notify::new());
     let (stop, stop_rx) = watch::channel(false);
+    // Enabled before the loader starts, so that the first config's Service targets already
+    // resolve to endpoints.
+    let endpoints = (options.endpoints != endpoints::Source::Off).then(|| {
+        let registry = handle.endpoint_registry();
+        registry.enable();
+        tokio::spawn(endpoints::run(client.clone(), registry, options.endpoints))
+    });
     let loader = tokio::spawn(loader::run(
         client.clone(),
         options.namespace.clone(),
@@ -76,6 +100,7 @@ pub fn start(client: kube::Client, handle: ConfigHandle, options: ClusterOptions
     let reporter = tokio::spawn(reporter::run(client, options, handle, swapped, stop_rx));
     ClusterMode {
         loader,
+        endpoints,
         reporter,
         stop,
     }
@@ -86,6 +111,9 @@ impl ClusterMode {
     /// operator stops counting the replica at once instead of after the Lease expires.
     pub async fn shutdown(mut self) {
         self.loader.abort();
+        if let Some(endpoints) = &self.endpoints {
+            endpoints.abort();
+        }
         let _ = self.stop.send(true);
         let _ = (&mut self.reporter).await;
     }
@@ -95,6 +123,9 @@ impl Drop for ClusterMode {
     fn drop(&mut self) {
         // Dropped without shutdown (e.g. a test ending): do not leave tasks behind.
         self.loader.abort();
+        if let Some(endpoints) = &self.endpoints {
+            endpoints.abort();
+        }
         let _ = self.stop.send(true);
     }
 }

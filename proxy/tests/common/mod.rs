@@ -48,6 +48,7 @@ pub fn route(id: &str, kind: PathKind, path: &str, targets: &[&Upstream]) -> Rou
                 .map(|u| TargetConfig {
                     url: u.url(),
                     weight: 1,
+                    service: None,
                 })
                 .collect(),
             load_balancing: LoadBalancing::RoundRobin,
@@ -69,6 +70,9 @@ pub fn route(id: &str, kind: PathKind, path: &str, targets: &[&Upstream]) -> Rou
         rate_limit_policies: vec![],
         tls: None,
         waf_policies: vec![],
+        request_headers: None,
+        rewrite_path: None,
+        redirect: None,
     }
 }
 
