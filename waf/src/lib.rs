@@ -855,7 +855,7 @@ impl Engine {
                 }
             }
         } else if media.ends_with("/xml") || media.ends_with("+xml") {
-            c.xml(body);
+            c.xml(body, truncated);
         } else if media == "application/x-www-form-urlencoded" || media.is_empty() {
             // Without a content type servers commonly still parse a form; so do attackers.
             c.urlencoded("Form", body);

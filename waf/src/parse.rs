@@ -373,7 +373,9 @@ impl<'l, 'a> Collector<'l, 'a> {
         // The preamble before the first delimiter is ignored by servers; so are we.
         parts.next();
         let mut closed = false;
+        let mut found_part = false;
         for part in parts {
+            found_part = true;
             if part.starts_with(b"--") {
                 closed = true;
                 break;
@@ -416,12 +418,20 @@ impl<'l, 'a> Collector<'l, 'a> {
         if !closed && !truncated {
             self.issues.body_parse_error = Some("multipart body without a closing boundary");
         }
+        // Not multipart at all (the boundary never occurs): inspected as what it is.
+        if !found_part {
+            self.push(Kind::Body, "Body", "", body);
+        }
     }
 
-    /// XML: element text and attribute values (what CRS calls `XML:/*`).
-    pub fn xml(&mut self, body: &'a [u8]) {
+    /// XML: element text and attribute values (what CRS calls `XML:/*`), and the text of
+    /// CDATA sections, comments, processing instructions and the DOCTYPE (entity values):
+    /// an application that reads a CDATA section gets its payload as element text. A body
+    /// that claims XML and is not well formed is a parse error and is inspected whole.
+    pub fn xml(&mut self, body: &'a [u8], truncated: bool) {
         let text = String::from_utf8_lossy(body);
-        for (key, range) in xml_values(&text) {
+        let (values, well_formed) = xml_values(&text);
+        for (key, range) in values {
             if !self.count_arg() {
                 return;
             }
@@ -433,42 +443,87 @@ impl<'l, 'a> Collector<'l, 'a> {
                 Cow::Owned(t) => self.push_owned(Kind::Arg, "Xml", key, t[range].as_bytes()),
             }
         }
+        // A document cut at `inspectBodyBytes` ends inside markup without being malformed.
+        if !well_formed && !truncated {
+            self.issues.body_parse_error = Some("invalid XML");
+            self.push(Kind::Body, "Body", "", body);
+        }
     }
 }
 
-/// Element text (key `""`) and attribute values (key `"@"`) of an XML text, in order.
-fn xml_values(text: &str) -> Vec<(&'static str, Range<usize>)> {
+/// Markup whose content is text to an application, with its opening and closing.
+const XML_TEXT_MARKUP: [(&str, &str, &str); 4] = [
+    ("<![CDATA[", "]]>", "#cdata"),
+    ("<!--", "-->", "#comment"),
+    ("<?", "?>", "#pi"),
+    ("<!DOCTYPE", ">", "#doctype"),
+];
+
+/// Element text (key `""`), attribute values (key `"@"`) and the content of CDATA sections,
+/// comments, processing instructions and DOCTYPE declarations of an XML text, in order, and
+/// whether every piece of markup was closed.
+fn xml_values(text: &str) -> (Vec<(&'static str, Range<usize>)>, bool) {
     let mut out = Vec::new();
     let mut at = 0;
+    let mut well_formed = true;
     let range_of = |s: &str| {
         let start = s.as_ptr() as usize - text.as_ptr() as usize;
         start..start + s.len()
     };
     while at < text.len() {
         let rest = &text[at..];
-        match rest.find('<') {
-            Some(start) => {
-                let before = rest[..start].trim();
-                if !before.is_empty() {
-                    out.push(("", range_of(before)));
-                }
-                let tag_rest = &rest[start..];
-                let end = tag_rest.find('>').map_or(tag_rest.len(), |e| e + 1);
-                for value in quoted_values(&tag_rest[..end]) {
-                    out.push(("@", range_of(value)));
-                }
-                at += start + end;
+        let Some(start) = rest.find('<') else {
+            let tail = rest.trim();
+            if !tail.is_empty() {
+                out.push(("", range_of(tail)));
             }
-            None => {
-                let tail = rest.trim();
-                if !tail.is_empty() {
-                    out.push(("", range_of(tail)));
-                }
-                break;
-            }
+            break;
+        };
+        let before = rest[..start].trim();
+        if !before.is_empty() {
+            out.push(("", range_of(before)));
         }
+        let markup = &rest[start..];
+        let special = XML_TEXT_MARKUP.iter().find(|(open, _, _)| {
+            markup
+                .get(..open.len())
+                .is_some_and(|m| m.eq_ignore_ascii_case(open))
+        });
+        if let Some((open, close, key)) = special {
+            let inner = &markup[open.len()..];
+            // The DOCTYPE's internal subset (`[ <!ENTITY …> ]`) holds `>`: it ends at `]>`.
+            let end = if *key == "#doctype" && inner.contains('[') {
+                inner.find("]>").map(|e| e + 1)
+            } else {
+                inner.find(close)
+            };
+            let (content, used) = match end {
+                Some(e) => (&inner[..e], open.len() + e + close.len()),
+                None => {
+                    well_formed = false;
+                    (inner, markup.len())
+                }
+            };
+            let content = content.trim();
+            if !content.is_empty() {
+                out.push((key, range_of(content)));
+            }
+            at += start + used.min(markup.len());
+            continue;
+        }
+        let end = match markup.find('>') {
+            Some(e) => e + 1,
+            None => {
+                well_formed = false;
+                markup.len()
+            }
+        };
+        for value in quoted_values(&markup[..end]) {
+            out.push(("@", range_of(value)));
+        }
+        at += start + end;
     }
-    out
+    (out, well_formed)
 }
 
 /// What the JSON walk hands over: the collector (every key and leaf, inspected later), or
