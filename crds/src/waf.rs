@@ -107,6 +107,17 @@ pub struct WafLimits {
     /// e.g. `128Ki`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inspect_body_bytes: Option<String>,
+    /// A body longer than `inspectBodyBytes`: `Block` (default) answers 413, `InspectPartial`
+    /// inspects the first `inspectBodyBytes` and forwards the rest uninspected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oversize_action: Option<OversizeAction>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema, Default)]
+pub enum OversizeAction {
+    #[default]
+    Block,
+    InspectPartial,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema, Default)]

@@ -17,10 +17,10 @@ use http::request::Parts;
 use http::{header, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
-use portcullis_compiler::config::{WafModeConfig, WafPolicyConfig};
+use portcullis_compiler::config::{WafModeConfig, WafOversizeActionConfig, WafPolicyConfig};
 use portcullis_waf::{
     Action, CustomRule, Decision, Engine, Evaluation, Exclusion, Group, Limits, Mode, Operator,
-    PolicyConfig, RequestHead, TransformKind,
+    OversizeAction, PolicyConfig, RequestHead, TransformKind,
 };
 use serde::Serialize;
 
@@ -55,6 +55,9 @@ pub enum WafError {
     /// The body could not be read for inspection: fail closed.
     #[error("request body could not be inspected")]
     Unreadable,
+    /// Longer than a policy inspects (`inspectBodyBytes`), with `oversizeAction: Block`.
+    #[error("request body is larger than the web application firewall inspects")]
+    BodyTooLarge,
 }
 
 impl WafError {
@@ -63,6 +66,7 @@ impl WafError {
             WafError::Blocked => StatusCode::FORBIDDEN,
             WafError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             WafError::Unreadable => StatusCode::BAD_REQUEST,
+            WafError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -71,6 +75,7 @@ impl WafError {
             WafError::Blocked => "waf_blocked",
             WafError::MethodNotAllowed => "method_not_allowed",
             WafError::Unreadable => "waf_body_unreadable",
+            WafError::BodyTooLarge => "waf_body_too_large",
         }
     }
 }
@@ -177,6 +182,10 @@ fn build_engine(p: &WafPolicyConfig) -> Result<Engine, WafConfigError> {
             max_args: p.limits.max_args,
             max_arg_length: p.limits.max_arg_length,
             inspect_body_bytes: p.limits.inspect_body_bytes,
+            oversize_action: match p.limits.oversize_action {
+                WafOversizeActionConfig::Block => OversizeAction::Block,
+                WafOversizeActionConfig::InspectPartial => OversizeAction::InspectPartial,
+            },
         },
         custom_rules,
         exclusions: p
@@ -199,6 +208,8 @@ fn build_engine(p: &WafPolicyConfig) -> Result<Engine, WafConfigError> {
 pub struct RouteWaf {
     policies: Vec<(String, Arc<Engine>)>,
     body_limit: usize,
+    /// Some policy answers 413 to a body longer than it inspects.
+    refuses_oversize: bool,
 }
 
 impl RouteWaf {
@@ -228,9 +239,11 @@ impl RouteWaf {
             .map(|(_, e)| usize::try_from(e.inspect_body_bytes()).unwrap_or(usize::MAX))
             .max()
             .unwrap_or(0);
+        let refuses_oversize = policies.iter().any(|(_, e)| e.refuses_oversize_bodies());
         Ok(Some(RouteWaf {
             policies,
             body_limit,
+            refuses_oversize,
         }))
     }
 }
@@ -437,7 +450,12 @@ pub async fn check_body(
     // The end of the stream is seen without one more poll when the body knows it (its
     // length was given and all of it has arrived).
     let mut ended = body.is_end_stream();
-    while !ended && prefix.len() < waf.body_limit {
+    // A policy that refuses bodies it cannot inspect to the end needs to know whether one
+    // byte follows the limit: a chunked body of exactly the limit is not oversized.
+    let read_limit = waf
+        .body_limit
+        .saturating_add(usize::from(waf.refuses_oversize));
+    while !ended && prefix.len() < read_limit {
         match body.frame().await {
             None => {
                 ended = true;
@@ -473,7 +491,9 @@ pub async fn check_body(
         }
     }
     let prefix = prefix.freeze();
-    let truncated = !ended && (prefix.len() >= waf.body_limit) && !body.is_end_stream();
+    let truncated = prefix.len() > waf.body_limit
+        || (!ended && prefix.len() >= waf.body_limit && !body.is_end_stream());
+    let mut oversize_refused = false;
     with_head(parts, client_ip, |head| {
         for ((_, engine), (_, eval, decision, _)) in
             waf.policies.iter().zip(state.evaluations.iter_mut())
@@ -486,9 +506,14 @@ pub async fn check_body(
             };
             engine.inspect_body(head, eval, view, cut);
             *decision = engine.decision(eval);
+            oversize_refused |= cut && engine.refuses_oversize_bodies();
         }
     });
+    // An attack found in the inspected part says more than the size: 403 first.
     state.decide()?;
+    if oversize_refused {
+        return Err(WafError::BodyTooLarge.into());
+    }
     Ok(PrefixedBody {
         prefix: (!prefix.is_empty()).then_some(prefix),
         pending,

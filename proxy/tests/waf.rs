@@ -10,7 +10,7 @@ use common::*;
 use portcullis_compiler::config::*;
 use portcullis_proxy::{AuditSink, ProxyOptions};
 
-fn policy(id: &str, mode: WafModeConfig) -> WafPolicyConfig {
+fn policy(id: &str, mode: WafModeConfig, oversize: WafOversizeActionConfig) -> WafPolicyConfig {
     WafPolicyConfig {
         id: id.into(),
         namespace: "default".into(),
@@ -38,6 +38,7 @@ fn policy(id: &str, mode: WafModeConfig) -> WafPolicyConfig {
             max_args: 64,
             max_arg_length: 4096,
             inspect_body_bytes: 1024,
+            oversize_action: oversize,
         },
         custom_rules: vec![WafCustomRuleConfig {
             id: 10001,
@@ -64,11 +65,22 @@ async fn start_waf(
     Upstream,
     Arc<Mutex<Vec<String>>>,
 ) {
+    start_waf_with(mode, WafOversizeActionConfig::InspectPartial).await
+}
+
+async fn start_waf_with(
+    mode: WafModeConfig,
+    oversize: WafOversizeActionConfig,
+) -> (
+    portcullis_proxy::RunningProxy,
+    Upstream,
+    Arc<Mutex<Vec<String>>>,
+) {
     let up = upstream("u", Behaviour::Echo).await;
     let mut r = route("default/api", PathKind::Prefix, "/", &[&up]);
     r.waf_policies = vec!["default/strict".into()];
     let mut cfg = config(vec![r]);
-    cfg.waf_policies = vec![policy("default/strict", mode)];
+    cfg.waf_policies = vec![policy("default/strict", mode, oversize)];
     let lines = Arc::new(Mutex::new(Vec::new()));
     let options = ProxyOptions {
         audit: AuditSink::Memory(lines.clone()),
@@ -236,18 +248,20 @@ async fn post_in_frames(addr: std::net::SocketAddr, chunks: &[&[u8]]) -> (u16, s
     s.write_all(b"POST /notes HTTP/1.1\r\nHost: example.com\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
+    // The proxy may answer (413) and close before the last chunk: stop writing then, and
+    // read its answer.
     for chunk in chunks {
-        s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
-            .await
-            .unwrap();
-        s.write_all(chunk).await.unwrap();
-        s.write_all(b"\r\n").await.unwrap();
-        s.flush().await.unwrap();
+        let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
+        if s.write_all(&frame).await.is_err() || s.flush().await.is_err() {
+            break;
+        }
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     }
-    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let _ = s.write_all(b"0\r\n\r\n").await;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
+    // A reset after the answer (the proxy closed with our chunks unread) ends the read.
+    let _ = s.read_to_end(&mut raw).await;
+    assert!(raw.len() > 12, "no answer: {raw:?}");
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text[9..12].parse().unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
@@ -323,4 +337,93 @@ async fn bodies_arriving_in_several_frames_are_inspected_whole_and_forwarded_int
     let audit = last_audit(&lines);
     assert_eq!(audit["waf"][0]["body_truncated"], true, "{audit}");
     assert_eq!(audit["waf"][0]["body_inspected_bytes"], 1024, "{audit}");
+}
+
+/// `oversizeAction: Block` (the default): a body longer than `inspectBodyBytes` (1 KiB here)
+/// is refused with 413 JSON, chunked or not, so an attack padded past the limit never reaches
+/// the upstream; a body of exactly the limit passes, and `Detect` mode only records it.
+#[tokio::test]
+async fn bodies_past_the_inspected_size_are_refused_by_default() {
+    let (proxy, up, lines) =
+        start_waf_with(WafModeConfig::Block, WafOversizeActionConfig::Block).await;
+    let a = proxy.local_addr();
+    let c = client();
+
+    // An attack at the end of a JSON body padded past the limit, with a Content-Length.
+    let padded = format!(
+        r#"{{"pad": "{}", "q": "1' UNION SELECT password FROM users--"}}"#,
+        "a".repeat(2000)
+    );
+    let r = send(
+        &c,
+        a,
+        get("/notes")
+            .method("POST")
+            .header("content-type", "application/json")
+            .body(padded.as_bytes()),
+    )
+    .await;
+    assert_eq!(r.status, 413, "{:?}", r.body);
+    let answer: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        answer["error"], "request body is larger than the web application firewall inspects",
+        "{answer}"
+    );
+    let audit = last_audit(&lines);
+    assert_eq!(audit["status"], 413, "{audit}");
+    assert!(answer["request_id"]
+        .as_str()
+        .is_some_and(|id| !id.is_empty()));
+    assert_eq!(up.hits(), 0);
+
+    // The same in frames of a chunked body.
+    let frames: Vec<Vec<u8>> = (0..4u8).map(|i| vec![b'a' + i; 400]).collect();
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    let (status, answer) = post_in_frames(a, &refs).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(up.hits(), 0);
+
+    // Exactly the limit, chunked: the end is seen, nothing is left uninspected.
+    let exact = {
+        let mut b = br#"{"notes": ""#.to_vec();
+        b.resize(1024 - 2, b'x');
+        b.extend_from_slice(br#""}"#);
+        b
+    };
+    assert_eq!(exact.len(), 1024);
+    let (status, echo) = post_in_frames(a, &[&exact[..600], &exact[600..]]).await;
+    assert_forwarded(status, &echo, &exact);
+
+    // An attack inside the inspected part is a 403, not a 413.
+    let early = format!(
+        r#"{{"q": "<script>alert(1)</script>", "pad": "{}"}}"#,
+        "a".repeat(2000)
+    );
+    let r = send(
+        &c,
+        a,
+        get("/notes")
+            .method("POST")
+            .header("content-type", "application/json")
+            .body(early.as_bytes()),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+
+    // Detect mode never blocks: the body is forwarded and the audit line says it was cut.
+    let (proxy, _up, lines) =
+        start_waf_with(WafModeConfig::Detect, WafOversizeActionConfig::Block).await;
+    let big = format!(r#"{{"pad": "{}"}}"#, "a".repeat(3000));
+    let r = send(
+        &c,
+        proxy.local_addr(),
+        get("/notes")
+            .method("POST")
+            .header("content-type", "application/json")
+            .body(big.as_bytes()),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let audit = last_audit(&lines);
+    assert_eq!(audit["waf"][0]["body_truncated"], true, "{audit}");
 }

@@ -165,6 +165,17 @@ pub struct Limits {
     pub max_args: u32,
     pub max_arg_length: u32,
     pub inspect_body_bytes: u64,
+    pub oversize_action: OversizeAction,
+}
+
+/// What a body longer than `inspect_body_bytes` gets: the part past the limit is never
+/// inspected, so by default such a body is refused (ModSecurity's recommended setup does the
+/// same) instead of carrying an attack past the WAF at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OversizeAction {
+    #[default]
+    Block,
+    InspectPartial,
 }
 
 impl Default for Limits {
@@ -174,6 +185,7 @@ impl Default for Limits {
             max_args: 255,
             max_arg_length: 8192,
             inspect_body_bytes: 128 * 1024,
+            oversize_action: OversizeAction::Block,
         }
     }
 }
@@ -746,6 +758,13 @@ impl Engine {
     /// Bytes of body the proxy should buffer for [`Engine::inspect_body`].
     pub fn inspect_body_bytes(&self) -> u64 {
         self.config.limits.inspect_body_bytes
+    }
+
+    /// Whether a body this policy could not inspect to its end is refused: `Block` mode with
+    /// `oversizeAction: Block`. In `Detect` mode it is only recorded (`body_truncated`).
+    pub fn refuses_oversize_bodies(&self) -> bool {
+        self.config.mode == Mode::Block
+            && self.config.limits.oversize_action == OversizeAction::Block
     }
 
     pub fn decision(&self, eval: &Evaluation) -> Decision {

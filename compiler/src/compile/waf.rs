@@ -7,12 +7,15 @@
 
 use std::collections::BTreeMap;
 
-use portcullis_crds::{RuleAction, RuleGroup, RuleOperator, Transform, WafMode, WafPolicy};
+use portcullis_crds::{
+    OversizeAction, RuleAction, RuleGroup, RuleOperator, Transform, WafMode, WafPolicy,
+};
 
 use super::kube_meta::Meta;
 use super::Issues;
 use crate::config::{
-    WafCustomRuleConfig, WafExclusionConfig, WafLimitsConfig, WafModeConfig, WafPolicyConfig,
+    WafCustomRuleConfig, WafExclusionConfig, WafLimitsConfig, WafModeConfig,
+    WafOversizeActionConfig, WafPolicyConfig,
 };
 use crate::units::parse_size_bytes;
 
@@ -132,6 +135,10 @@ pub(crate) fn compile_waf(
             max_args: limits.max_args.unwrap_or(DEFAULT_MAX_ARGS),
             max_arg_length: limits.max_arg_length.unwrap_or(DEFAULT_MAX_ARG_LENGTH),
             inspect_body_bytes,
+            oversize_action: match limits.oversize_action.unwrap_or_default() {
+                OversizeAction::Block => WafOversizeActionConfig::Block,
+                OversizeAction::InspectPartial => WafOversizeActionConfig::InspectPartial,
+            },
         },
         custom_rules: spec
             .custom_rules

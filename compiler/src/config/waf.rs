@@ -36,6 +36,20 @@ pub struct WafLimitsConfig {
     pub max_args: u32,
     pub max_arg_length: u32,
     pub inspect_body_bytes: u64,
+    /// Absent in configs written before it existed: those meant `InspectPartial`'s behaviour,
+    /// but a config is rebuilt from the CRDs on every change, so the safe default wins.
+    #[serde(default)]
+    pub oversize_action: WafOversizeActionConfig,
+}
+
+/// What a body longer than `inspectBodyBytes` gets.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WafOversizeActionConfig {
+    /// 413 (in `Block` mode; `Detect` mode records it).
+    #[default]
+    Block,
+    /// The first `inspectBodyBytes` are inspected; the audit line says the rest was not.
+    InspectPartial,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
