@@ -286,6 +286,10 @@ pub struct AuthenticationConfig {
     pub oauth2_introspection: Option<IntrospectionConfig>,
     #[serde(default)]
     pub forward_auth: Option<ForwardAuthConfig>,
+    /// Namespaces besides the route's own whose consumers may authenticate here, in the
+    /// order they are tried (sorted, without the route's own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumer_namespaces: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]

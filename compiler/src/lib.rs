@@ -10,6 +10,7 @@ pub mod report;
 pub mod units;
 
 pub mod manifests;
+pub mod tenancy;
 pub mod path;
 
 mod compile;
@@ -17,6 +18,7 @@ mod status;
 
 pub use compile::{compile, compile_cached, hash_api_key, CompileCache, Snapshot};
 pub use config::GatewayConfig;
+pub use tenancy::Tenancy;
 
 /// Seconds since the epoch, for [`Snapshot::now_unix_secs`]: the callers' clock, so that
 /// `compile` itself reads none.

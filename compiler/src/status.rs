@@ -19,6 +19,12 @@ pub enum Reason {
     CertificateExpired,
     /// The serving certificate's `notBefore` is still ahead (still served: a warning).
     CertificateNotYetValid,
+    /// A host (or a wildcard/host-less route) that belongs to another namespace.
+    HostNotAllowed,
+    /// An upstream target the gateway refuses (loopback, link-local, its own address).
+    TargetNotAllowed,
+    /// The namespace's budget of routes, consumers or config bytes is used up.
+    QuotaExceeded,
 }
 
 impl Reason {
@@ -42,6 +48,9 @@ impl Reason {
             Reason::Disabled => "Disabled",
             Reason::CertificateExpired => "CertificateExpired",
             Reason::CertificateNotYetValid => "CertificateNotYetValid",
+            Reason::HostNotAllowed => "HostNotAllowed",
+            Reason::TargetNotAllowed => "TargetNotAllowed",
+            Reason::QuotaExceeded => "QuotaExceeded",
         }
     }
 }

@@ -70,6 +70,11 @@ pub(crate) fn mark_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issues)])
             .iter()
             .find_map(|k| owners.get(k).map(|owner| (k, owner.clone())));
         if let Some((key, owner)) = clash {
+            // Never name another tenant's object (a shared host can put two namespaces here).
+            let owner = match owner.split_once('/') {
+                Some((ns, _)) if ns == meta.namespace => format!("ApiRoute {owner}"),
+                _ => "a route of another namespace".to_string(),
+            };
             let host = if key.0.is_empty() {
                 "any host"
             } else {
@@ -78,7 +83,7 @@ pub(crate) fn mark_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issues)])
             issues.conflicted(
                 "spec.paths",
                 format!(
-                    "{:?} {} on {host} is already served by ApiRoute {owner} with the same methods, headers and query matches",
+                    "{:?} {} on {host} is already served by {owner} with the same methods, headers and query matches",
                     key.1, key.2
                 ),
             );

@@ -330,7 +330,7 @@ pub(crate) fn compile_route_tls(
 pub(crate) fn mark_tls_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issues)]) {
     let mut owners: BTreeMap<String, (String, RouteTlsConfig)> = BTreeMap::new();
     for (meta, compiled, issues) in routes.iter_mut() {
-        let Some(route) = compiled.as_ref() else {
+        let Some(route) = compiled.as_ref().filter(|_| issues.is_accepted()) else {
             continue;
         };
         let Some(tls) = &route.tls else { continue };
@@ -342,7 +342,11 @@ pub(crate) fn mark_tls_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issue
             if let Some((owner, settings)) = owners.get(host) {
                 if *settings != tls_key {
                     conflict = Some(format!(
-                        "host {host:?} is already terminated by ApiRoute {owner} with a different certificate, minVersion or clientAuth"
+                        "host {host:?} is already terminated by {} with a different certificate, minVersion or clientAuth",
+                        match owner.split_once('/') {
+                            Some((ns, _)) if ns == meta.namespace => format!("ApiRoute {owner}"),
+                            _ => "a route of another namespace".to_string(),
+                        }
                     ));
                     break;
                 }
