@@ -5,7 +5,10 @@
 pub mod backlog;
 pub mod events;
 pub mod leader;
+pub mod lenient;
+pub mod logs;
 pub mod metrics;
+pub mod outputs;
 pub mod publish;
 pub mod reconcile;
 pub mod server;

@@ -342,6 +342,8 @@ async fn cluster_mode_against_a_real_api_server() {
             namespace: NS.into(),
             replica: REPLICA.into(),
             report_interval: Duration::from_secs(1),
+            // Delivery mechanics only: signatures are tested by the e2e tenancy tests.
+            config_key_secret: None,
         },
     );
     let http = client();

@@ -14,6 +14,11 @@ fn sha(key: &str) -> String {
 
 fn keyed_config(routes: Vec<RouteConfig>) -> portcullis_compiler::GatewayConfig {
     let mut cfg = config(routes);
+    // Consumers authenticate only on routes of their own namespace.
+    for route in &mut cfg.routes {
+        route.namespace = "shop".into();
+        route.id = format!("shop/{}", route.name);
+    }
     cfg.consumers = vec![
         ConsumerConfig {
             id: "shop/gold-app".into(),

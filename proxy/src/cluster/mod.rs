@@ -28,7 +28,7 @@
 
 pub mod assemble;
 mod loader;
-pub use loader::{load, Loaded};
+pub use loader::{load, load_verified, Loaded, Verification};
 mod reporter;
 
 use std::sync::Arc;
@@ -49,6 +49,10 @@ pub struct ClusterOptions {
     pub replica: String,
     /// How often the report is renewed (it is also sent right after each config swap).
     pub report_interval: Duration,
+    /// The Secret (in `namespace`) with the operator's config signing key: only configs
+    /// signed with it load. `None` loads unsigned configs (tests of other behaviour only;
+    /// the `--kube` command line always verifies).
+    pub config_key_secret: Option<String>,
 }
 
 /// The running watch and reporter tasks.
@@ -70,6 +74,7 @@ pub fn start(client: kube::Client, handle: ConfigHandle, options: ClusterOptions
     let loader = tokio::spawn(loader::run(
         client.clone(),
         options.namespace.clone(),
+        options.config_key_secret.clone(),
         handle.clone(),
         swapped.clone(),
     ));
