@@ -539,6 +539,21 @@ def _():
     return "narrower than e2e by " + ", ".join(dropped) + " (unused by the code; the webhook rule is also limited by name)"
 
 
+@check("RBAC, tenants: the chart's portcullis-tenant ClusterRole equals the one the e2e tenancy tests bind tenants to")
+def _():
+    e2e = [d for d in yaml.safe_load_all((ROOT / "e2e" / "manifests" / "rbac.yaml").read_text()) if d]
+    e2e_rules = rule_set(one(e2e, "ClusterRole", "portcullis-tenant")["rules"])
+    role = one(RENDERED["default"], "ClusterRole", "portcullis-tenant")
+    chart_rules = rule_set(role["rules"])
+    expect(chart_rules == e2e_rules, f"chart {sorted(chart_rules ^ e2e_rules)} differ from e2e")
+    for _, resource, verb in chart_rules:
+        expect(not resource.endswith("/status") or verb in {"get", "list", "watch"}, f"tenants write status: {resource}")
+        expect(resource not in {"configmaps", "leases", "roles", "rolebindings"}, f"tenant grant {resource}")
+    bindings = [b for b in by_kind(RENDERED["all-on"], "RoleBinding") if b["roleRef"]["name"] == "portcullis-tenant"]
+    expect(len(bindings) == 1 and bindings[0]["metadata"]["namespace"] == "team-a", f"tenant bindings {bindings}")
+    return f"{len(chart_rules)} (group, resource, verb) grants, bound per namespace"
+
+
 # ---- optional parts ----------------------------------------------------------------------------
 @check("IngressClass portcullis (controller portcullis.dev/ingress-controller), on by default, optional")
 def _():

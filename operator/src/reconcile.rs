@@ -62,7 +62,7 @@ pub struct Reconciler {
     /// The signing key of the published configs.
     key: Option<Vec<u8>>,
     /// The undecodable objects whose status this term has written, with what was written.
-    quarantine_written: std::collections::HashMap<(String, String, String), (Option<i64>, String)>,
+    quarantine_written: std::collections::HashMap<(String, String, String), Option<i64>>,
     /// Repeated failures are logged once a minute.
     log_limiter: crate::logs::Limiter,
     metrics: Arc<Metrics>,
@@ -389,7 +389,9 @@ impl Reconciler {
                 poisoned.namespace.clone(),
                 poisoned.name.clone(),
             );
-            let written = (poisoned.generation, poisoned.error.clone());
+            // Once per generation: the status write itself changes the object (and with it
+            // where in the text the decoder gives up), which must not write again.
+            let written = poisoned.generation;
             if self.quarantine_written.get(&key) == Some(&written) {
                 continue;
             }
