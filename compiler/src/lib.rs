@@ -10,8 +10,8 @@ pub mod report;
 pub mod units;
 
 pub mod manifests;
-pub mod tenancy;
 pub mod path;
+pub mod tenancy;
 
 mod compile;
 mod status;

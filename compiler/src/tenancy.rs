@@ -82,8 +82,10 @@ impl Budget {
                 "consumers" => budget.consumers = Some(count()?),
                 "configBytes" => {
                     budget.config_bytes = Some(
-                        usize::try_from(crate::units::parse_size_bytes(value).map_err(|e| e.to_string())?)
-                            .map_err(|_| format!("configBytes: {value:?} is too large"))?,
+                        usize::try_from(
+                            crate::units::parse_size_bytes(value).map_err(|e| e.to_string())?,
+                        )
+                        .map_err(|_| format!("configBytes: {value:?} is too large"))?,
                     )
                 }
                 other => {
@@ -279,7 +281,11 @@ pub fn decide_hosts(claims: &[HostClaim<'_>], tenancy: &Tenancy) -> Vec<Result<(
 
 /// Whether a consumer of `consumer_namespace` may authenticate on a route of
 /// `route_namespace` that admits `shared` namespaces' consumers.
-pub fn consumer_admitted(consumer_namespace: &str, route_namespace: &str, shared: &[String]) -> bool {
+pub fn consumer_admitted(
+    consumer_namespace: &str,
+    route_namespace: &str,
+    shared: &[String],
+) -> bool {
     consumer_namespace == route_namespace || shared.iter().any(|n| n == consumer_namespace)
 }
 
@@ -377,7 +383,12 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn claim<'a>(ns: &'a str, created: Option<i64>, order: usize, hosts: &'a [String]) -> HostClaim<'a> {
+    fn claim<'a>(
+        ns: &'a str,
+        created: Option<i64>,
+        order: usize,
+        hosts: &'a [String],
+    ) -> HostClaim<'a> {
         HostClaim {
             namespace: ns,
             created,
@@ -416,7 +427,11 @@ mod tests {
         let claims = [claim("b", None, 0, &hosts), claim("a", None, 1, &hosts)];
         let verdicts = decide_hosts(&claims, &Tenancy::default());
         assert!(verdicts.iter().all(Result::is_err), "{verdicts:?}");
-        assert!(verdicts[0].as_ref().unwrap_err().message().contains("standalone"));
+        assert!(verdicts[0]
+            .as_ref()
+            .unwrap_err()
+            .message()
+            .contains("standalone"));
         let mut admitting = claims[1].clone();
         admitting.share_with = &share;
         let verdicts = decide_hosts(&[claims[0].clone(), admitting], &Tenancy::default());
@@ -437,8 +452,14 @@ mod tests {
             claim("platform", Some(2), 3, &[]),
         ];
         let verdicts = decide_hosts(&claims, &tenancy);
-        assert!(matches!(verdicts[0], Err(HostRefusal::CatchAllReserved { .. })));
-        assert!(matches!(verdicts[1], Err(HostRefusal::CatchAllReserved { .. })));
+        assert!(matches!(
+            verdicts[0],
+            Err(HostRefusal::CatchAllReserved { .. })
+        ));
+        assert!(matches!(
+            verdicts[1],
+            Err(HostRefusal::CatchAllReserved { .. })
+        ));
         assert!(verdicts[2].is_ok() && verdicts[3].is_ok());
     }
 
@@ -462,7 +483,10 @@ mod tests {
             "10.1.2.3",
         ] {
             assert!(internal_target(host, &cluster).is_some(), "{host}");
-            assert!(internal_target(host, &Tenancy::default()).is_none(), "{host}");
+            assert!(
+                internal_target(host, &Tenancy::default()).is_none(),
+                "{host}"
+            );
         }
         for host in ["10.0.0.7", "users.shop.svc", "[2001:db8::1]"] {
             assert!(internal_target(host, &cluster).is_none(), "{host}");

@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use portcullis_compiler::tenancy::{Budget, Budgets, Tenancy};
-use portcullis_compiler::{compile, compile_cached, manifests, CompileCache, ObjectStatus, Snapshot};
+use portcullis_compiler::{
+    compile, compile_cached, manifests, CompileCache, ObjectStatus, Snapshot,
+};
 
 fn snapshot(yaml: &str, tenancy: Tenancy) -> Snapshot {
     let mut snapshot = Snapshot {
@@ -59,7 +61,13 @@ spec: {{groups: [gold]}}
 fn the_newest_objects_past_a_namespace_budget_are_refused_and_others_are_untouched() {
     let mut yaml = String::new();
     for i in 0..6 {
-        yaml.push_str(&route("flood", &format!("r{i}"), i, &format!("f{i}.example.com"), 10_000));
+        yaml.push_str(&route(
+            "flood",
+            &format!("r{i}"),
+            i,
+            &format!("f{i}.example.com"),
+            10_000,
+        ));
     }
     for i in 0..4 {
         yaml.push_str(&consumer("flood", &format!("c{i}"), i));
@@ -93,7 +101,10 @@ fn the_newest_objects_past_a_namespace_budget_are_refused_and_others_are_untouch
     for i in 3..6 {
         let (ok, reason, message) = accepted(&statuses, "flood", &format!("r{i}"));
         assert!(!ok && reason == "QuotaExceeded", "r{i}: {reason} {message}");
-        assert!(message.contains("flood") && !message.contains("quiet"), "{message}");
+        assert!(
+            message.contains("flood") && !message.contains("quiet"),
+            "{message}"
+        );
     }
     for i in 0..2 {
         assert!(accepted(&statuses, "flood", &format!("c{i}")).0, "c{i}");
@@ -148,11 +159,17 @@ spec:
     let (_, statuses) = compile(&snapshot(yaml, cluster));
     let (ok, reason, message) = accepted(&statuses, "ten-a", "admin");
     assert!(!ok && reason == "TargetNotAllowed", "{message}");
-    assert!(message.contains("127.0.0.1") && message.contains("169.254.169.254"), "{message}");
+    assert!(
+        message.contains("127.0.0.1") && message.contains("169.254.169.254"),
+        "{message}"
+    );
     assert!(accepted(&statuses, "ten-a", "fine").0);
     let (ok, reason, _) = accepted(&statuses, "ten-a", "catch-all");
     assert!(!ok && reason == "HostNotAllowed");
     // Standalone: the administrator's files may use loopback targets and catch-alls.
     let (_, statuses) = compile(&snapshot(yaml, Tenancy::default()));
-    assert!(statuses.iter().all(|s| s.conditions[0].status), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| s.conditions[0].status),
+        "{statuses:?}"
+    );
 }

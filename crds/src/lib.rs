@@ -59,7 +59,10 @@ fn with_bounds(crd: CustomResourceDefinition) -> CustomResourceDefinition {
             return;
         };
         let type_ = map.get("type").and_then(|t| t.as_str()).map(str::to_string);
-        let format = map.get("format").and_then(|t| t.as_str()).map(str::to_string);
+        let format = map
+            .get("format")
+            .and_then(|t| t.as_str())
+            .map(str::to_string);
         match type_.as_deref() {
             Some("integer") if !map.contains_key("maximum") => {
                 let max: u64 = match (name, format.as_deref()) {

@@ -81,10 +81,12 @@ pub struct Poisoned {
     pub error: String,
 }
 
+type Entries = BTreeMap<(String, String, String), Poisoned>;
+
 /// Undecodable objects by (kind, namespace, name).
 #[derive(Debug, Default, Clone)]
 pub struct Quarantine {
-    inner: Arc<Mutex<BTreeMap<(String, String, String), Poisoned>>>,
+    inner: Arc<Mutex<Entries>>,
     /// Woken on every change: the reconciler writes the statuses.
     trigger: Arc<crate::watch::Trigger>,
 }
@@ -97,7 +99,7 @@ impl Quarantine {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String, String), Poisoned>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         match self.inner.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -209,7 +211,9 @@ where
 enum Applied<K> {
     Decoded(K),
     /// Quarantined; `stale` is the version the cache still holds, if any.
-    Poisoned { stale: Option<K> },
+    Poisoned {
+        stale: Option<K>,
+    },
 }
 
 fn apply<K>(

@@ -55,9 +55,15 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(limiter.allow_at("list failed", t0), Some(0));
         for i in 1..=100 {
-            assert_eq!(limiter.allow_at("list failed", t0 + Duration::from_millis(i)), None);
+            assert_eq!(
+                limiter.allow_at("list failed", t0 + Duration::from_millis(i)),
+                None
+            );
         }
         assert_eq!(limiter.allow_at("another cause", t0), Some(0));
-        assert_eq!(limiter.allow_at("list failed", t0 + LOG_INTERVAL), Some(100));
+        assert_eq!(
+            limiter.allow_at("list failed", t0 + LOG_INTERVAL),
+            Some(100)
+        );
     }
 }

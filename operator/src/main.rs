@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::Client;
+use portcullis_compiler::tenancy::{Budget, Budgets, Tenancy};
 use portcullis_operator::events::EventSink;
 use portcullis_operator::leader::{Elector, LeaderConfig};
 use portcullis_operator::metrics::{ErrorLabels, Metrics};
@@ -16,7 +17,6 @@ use portcullis_operator::reconcile::{Reconciler, RETRY_AFTER};
 use portcullis_operator::server::{self, AdminState};
 use portcullis_operator::watch::{self, Trigger};
 use portcullis_operator::webhook::{self, Endpoint, WebhookState};
-use portcullis_compiler::tenancy::{Budget, Budgets, Tenancy};
 use portcullis_operator::writer::{StatusWriter, WriterContext};
 
 // glibc's malloc spent a third of a 100k-consumer compile in its own bookkeeping

@@ -92,11 +92,12 @@ pub fn differences(
     secrets: &[Arc<Secret>],
 ) -> Differences {
     let mut problems = Vec::new();
-    let same = |shard: &Shard, annotations: &BTreeMap<String, String>, payload: Option<&ByteString>| {
-        let expected = shard.config_map();
-        expected.metadata.annotations.as_ref() == Some(annotations)
-            && payload.is_some_and(|p| p.0 == shard.payload)
-    };
+    let same =
+        |shard: &Shard, annotations: &BTreeMap<String, String>, payload: Option<&ByteString>| {
+            let expected = shard.config_map();
+            expected.metadata.annotations.as_ref() == Some(annotations)
+                && payload.is_some_and(|p| p.0 == shard.payload)
+        };
     for shard in &encoded.config_shards {
         let name = shard.object_name();
         match config_maps.iter().find(|o| o.name_any() == name) {

@@ -195,7 +195,8 @@ impl Reconciler {
         // Take the flags before reading the stores: a change after this point sets them again.
         let inputs_changed = self.trigger.take_inputs_changed();
         let outputs_changed = self.trigger.take_outputs_changed();
-        let key = crate::outputs::ensure_key(&self.client, &self.namespace, &self.owned.key).await?;
+        let key =
+            crate::outputs::ensure_key(&self.client, &self.namespace, &self.owned.key).await?;
         if self.key.as_ref().is_some_and(|old| *old != key) {
             // A new key (someone deleted the Secret): sign and publish afresh.
             tracing::warn!("the config signing key changed; publishing the config signed with it");

@@ -220,9 +220,7 @@ fn run_kube(args: Args) -> anyhow::Result<ExitCode> {
                 namespace: args.namespace.clone(),
                 replica,
                 report_interval: args.report_interval,
-                config_key_secret: Some(
-                    portcullis_compiler::delivery::KEY_SECRET_NAME.to_string(),
-                ),
+                config_key_secret: Some(portcullis_compiler::delivery::KEY_SECRET_NAME.to_string()),
             },
         );
         wait_for_signal().await;

@@ -53,9 +53,9 @@ impl CompileCache {
         self.consumers.as_ref().is_some_and(|cached| {
             cached.budgets == snapshot.tenancy.budgets
                 && cached.still_valid(
-                &by_address(&snapshot.consumers),
-                &SecretIndex::new(&snapshot.secrets),
-            )
+                    &by_address(&snapshot.consumers),
+                    &SecretIndex::new(&snapshot.secrets),
+                )
         })
     }
 

@@ -2,6 +2,7 @@
 //! then routes, then cross-route conflicts, then the generation hash.
 
 mod auth;
+mod budgets;
 mod cache;
 mod conflicts;
 mod consumer;
@@ -9,7 +10,6 @@ mod issues;
 mod policy;
 mod rate_limit;
 mod route;
-mod budgets;
 mod secrets;
 mod tls;
 mod waf;

@@ -498,12 +498,21 @@ mod tests {
             ..SecretConfig::default()
         };
         let store = KeyStore::build(&consumers, &secrets).unwrap();
-        assert_eq!(store.lookup(&ConsumerScope::new("a", &[]), b"the-same-key"), Some(0));
-        assert_eq!(store.lookup(&ConsumerScope::new("b", &[]), b"the-same-key"), Some(1));
+        assert_eq!(
+            store.lookup(&ConsumerScope::new("a", &[]), b"the-same-key"),
+            Some(0)
+        );
+        assert_eq!(
+            store.lookup(&ConsumerScope::new("b", &[]), b"the-same-key"),
+            Some(1)
+        );
         // Sharing: the route's own namespace first.
         let b_sharing_a = ConsumerScope::new("b", &["a".to_string()]);
         assert_eq!(store.lookup(&b_sharing_a, b"the-same-key"), Some(1));
-        assert_eq!(store.lookup(&ConsumerScope::new("c", &[]), b"the-same-key"), None);
+        assert_eq!(
+            store.lookup(&ConsumerScope::new("c", &[]), b"the-same-key"),
+            None
+        );
     }
 
     #[test]
