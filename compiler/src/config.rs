@@ -244,6 +244,10 @@ pub struct UpstreamConfig {
     /// Verification of `https://` targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTlsConfig>,
+    /// Cluster mode: connect only to addresses that are not loopback, link-local or
+    /// unspecified, also when a target's name resolves to one (docs/multi-tenancy.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refuse_internal_addresses: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -843,12 +843,13 @@ mod tests {
             ),
             Err(DeliveryError::BadSignature)
         );
+        // A partial config (one consumer instead of three) under the real signature.
         let mut partial = encode(&sample(1)).unwrap();
-        for shard in partial.config_shards.iter_mut() {
+        for shard in partial.secret_shards.iter_mut() {
             shard.signature = encoded.config_shards[0].signature.clone();
         }
         assert_eq!(
-            verify_signature(&partial.config_shards, &encoded.secret_shards, "g1", key),
+            verify_signature(&encoded.config_shards, &partial.secret_shards, "g1", key),
             Err(DeliveryError::BadSignature)
         );
     }

@@ -81,7 +81,7 @@ pub struct ClientPool {
     pools: PoolRegistry,
     /// HTTPS connectors by TLS setting (CA, SNI, verification) and connect timeout: building
     /// one loads the system roots, so it is done once per distinct setting.
-    tls_connectors: Mutex<HashMap<(u64, UpstreamTlsConfig), HttpsConnector>>,
+    tls_connectors: Mutex<HashMap<(u64, bool, UpstreamTlsConfig), HttpsConnector>>,
     /// Identity-provider client and JWKS caches; like the pools, they outlive config swaps.
     pub auth: crate::auth::AuthRuntime,
 }
@@ -100,15 +100,21 @@ impl ClientPool {
         &self,
         dial: Uri,
         connect_timeout_ms: u64,
+        refuse_internal: bool,
         tls: Option<&UpstreamTlsConfig>,
     ) -> Result<Arc<ConnPool>, UpstreamTlsError> {
         let connector = match tls {
-            None => Connector::Plain(upstream_pool::plain_connector(connect_timeout_ms)),
-            Some(tls) => Connector::Tls(self.tls_connector(connect_timeout_ms, tls)?),
+            None => Connector::Plain(upstream_pool::plain_connector(
+                connect_timeout_ms,
+                refuse_internal,
+            )),
+            Some(tls) => {
+                Connector::Tls(self.tls_connector(connect_timeout_ms, refuse_internal, tls)?)
+            }
         };
         let key = PoolKey {
             dial: dial.to_string(),
-            settings: format!("{connect_timeout_ms} {tls:?}"),
+            settings: format!("{connect_timeout_ms} {refuse_internal} {tls:?}"),
         };
         Ok(self
             .pools
@@ -118,19 +124,20 @@ impl ClientPool {
     fn tls_connector(
         &self,
         connect_timeout_ms: u64,
+        refuse_internal: bool,
         tls: &UpstreamTlsConfig,
     ) -> Result<HttpsConnector, UpstreamTlsError> {
         let mut connectors = match self.tls_connectors.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let key = (connect_timeout_ms, tls.clone());
+        let key = (connect_timeout_ms, refuse_internal, tls.clone());
         if let Some(connector) = connectors.get(&key) {
             return Ok(connector.clone());
         }
         let connector = crate::tls::upstream_tls::connector(
             tls,
-            upstream_pool::plain_connector(connect_timeout_ms),
+            upstream_pool::plain_connector(connect_timeout_ms, refuse_internal),
         )?;
         connectors.insert(key, connector.clone());
         Ok(connector)
@@ -248,7 +255,12 @@ impl Upstream {
             );
             let tls = (target.scheme == Scheme::HTTPS).then_some(&tls);
             let pool = pool
-                .pool(dial, config.connect_timeout_ms, tls)
+                .pool(
+                    dial,
+                    config.connect_timeout_ms,
+                    config.refuse_internal_addresses,
+                    tls,
+                )
                 .map_err(|e| TargetError {
                     url: target.url.clone(),
                     message: e.to_string(),

@@ -508,6 +508,7 @@ fn compile_upstream(
         retries: retries.min(MAX_RETRIES),
         direct_response,
         tls: None,
+        refuse_internal_addresses: tenancy.refuse_internal_targets,
     })
 }
 
