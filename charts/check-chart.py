@@ -220,6 +220,9 @@ def _():
             expect(labels["app.kubernetes.io/version"] == str(CHART_META["appVersion"]), f"{where}: version label")
             if o["kind"] in CLUSTER_SCOPED:
                 expect("namespace" not in o["metadata"], f"{where}: cluster-scoped with a namespace")
+            elif o["kind"] == "RoleBinding" and o["roleRef"]["name"] == "portcullis-tenant":
+                # Tenant bindings live in the tenants' namespaces (tenancy.tenantRole.bindings).
+                expect(o["metadata"].get("namespace") not in (None, NS), f"{where}: tenant binding in {o['metadata'].get('namespace')}")
             else:
                 expect(o["metadata"].get("namespace") == NS, f"{where}: namespace {o['metadata'].get('namespace')}")
             if o["kind"] == "Deployment":

@@ -204,16 +204,19 @@ impl Reconciler {
             self.last_published = None;
         }
         self.key = Some(key);
-        if !inputs_changed && outputs_changed && self.compiled.is_some() {
-            self.repair_outputs().await?;
-        }
         self.write_quarantine().await;
+        let published_before = self.last_published.clone();
         if inputs_changed || self.compiled.is_none() {
             if let Err(e) = self.compile_and_publish().await {
                 // Compile again on the retry: the config was not kept.
                 self.compiled = None;
                 return Err(e);
             }
+        }
+        // A publish in this pass wrote every shard anyway (and the watch has not seen those
+        // writes yet); otherwise check the owned objects against what was published.
+        if outputs_changed && self.compiled.is_some() && self.last_published == published_before {
+            self.repair_outputs().await?;
         }
         let replicas = classify_reports(&self.stores.reports.state(), Timestamp::now());
         self.metrics.proxies_live.set(replicas.live.len() as i64);
