@@ -523,4 +523,95 @@ mod tests {
         assert_eq!(store.consumer_by_name(&scope("a"), "x"), Some(2));
         assert_eq!(store.consumer_by_name(&scope("b"), "y"), Some(1));
     }
+
+    #[test]
+    fn jwt_key_ids_and_client_ids_are_per_namespace() {
+        use portcullis_compiler::config::JwtSecretEntry;
+        let mut a = consumer("a/x");
+        a.oauth2_client_ids = vec!["shared-client".into()];
+        let mut b = consumer("b/y");
+        b.oauth2_client_ids = vec!["shared-client".into()];
+        // Two consumers of one namespace claiming one key id: neither.
+        let c = consumer("c/one");
+        let d = consumer("c/two");
+        let secret = |id: &str, kid: &str| JwtSecretEntry {
+            consumer: id.into(),
+            key_id: kid.into(),
+            algorithm: "HS256".into(),
+            secret_base64: "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==".into(),
+        };
+        let secrets = SecretConfig {
+            jwt_secrets: vec![
+                secret("a/x", "kid-1"),
+                secret("b/y", "kid-1"),
+                secret("c/one", "kid-2"),
+                secret("c/two", "kid-2"),
+            ],
+            ..SecretConfig::default()
+        };
+        let store = KeyStore::build(&[a, b, c, d], &secrets).unwrap();
+        let scope = |own: &str, shared: &[&str]| {
+            ConsumerScope::new(
+                own,
+                &shared.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        // The same key id in two namespaces is each namespace's own consumer, not ambiguous.
+        assert_eq!(
+            store.jwt_key(&scope("a", &[]), "kid-1").map(|k| k.consumer),
+            Some(0)
+        );
+        assert_eq!(
+            store.jwt_key(&scope("b", &[]), "kid-1").map(|k| k.consumer),
+            Some(1)
+        );
+        assert!(store.jwt_key(&scope("z", &[]), "kid-1").is_none());
+        assert_eq!(
+            store
+                .jwt_key(&scope("z", &["b"]), "kid-1")
+                .map(|k| k.consumer),
+            Some(1)
+        );
+        assert!(store.jwt_key(&scope("c", &[]), "kid-2").is_none());
+        assert_eq!(
+            store.consumer_by_client_id(&scope("a", &[]), "shared-client"),
+            Some(0)
+        );
+        assert_eq!(
+            store.consumer_by_client_id(&scope("b", &["a"]), "shared-client"),
+            Some(1)
+        );
+        assert_eq!(
+            store.consumer_by_client_id(&scope("z", &[]), "shared-client"),
+            None
+        );
+    }
+
+    #[test]
+    fn certificate_identities_are_per_namespace() {
+        use portcullis_compiler::config::MtlsConfig;
+        let with_subject = |id: &str| {
+            let mut c = consumer(id);
+            c.mtls = Some(MtlsConfig {
+                subjects: vec!["CN=client".into()],
+                sans: vec![],
+                fingerprints_sha256: vec![],
+                ca_fingerprints_sha256: vec![],
+            });
+            c
+        };
+        // ten-a claims the subject ten-b's consumer uses: ten-b's identity stays its own.
+        let consumers = vec![with_subject("ten-a/intruder"), with_subject("ten-b/client")];
+        let store = KeyStore::build(&consumers, &SecretConfig::default()).unwrap();
+        let peer = crate::tls::PeerCertificate {
+            subject: "CN=client".into(),
+            sans: vec![],
+            fingerprint: "00".into(),
+            anchors: vec![],
+        };
+        let scope = |ns: &str| ConsumerScope::new(ns, &[]);
+        assert_eq!(store.mtls_lookup(&scope("ten-b"), &peer), Some(1));
+        assert_eq!(store.mtls_lookup(&scope("ten-a"), &peer), Some(0));
+        assert_eq!(store.mtls_lookup(&scope("ten-c"), &peer), None);
+    }
 }
