@@ -229,6 +229,9 @@ def _():
             expect(labels["app.kubernetes.io/version"] == str(CHART_META["appVersion"]), f"{where}: version label")
             if o["kind"] in CLUSTER_SCOPED:
                 expect("namespace" not in o["metadata"], f"{where}: cluster-scoped with a namespace")
+            elif o["kind"] == "RoleBinding" and o["roleRef"]["name"] == "portcullis-tenant":
+                # Tenant bindings live in the tenants' namespaces (tenancy.tenantRole.bindings).
+                expect(o["metadata"].get("namespace") not in (None, NS), f"{where}: tenant binding in {o['metadata'].get('namespace')}")
             else:
                 expect(o["metadata"].get("namespace") == NS, f"{where}: namespace {o['metadata'].get('namespace')}")
             if o["kind"] == "Deployment":
@@ -591,6 +594,21 @@ def _():
             differ = sorted(n for n in shipped if plain.get(n) != shipped[n])
             expect(not differ, f"[{case}] rendered CRDs differ from gateway-api/: {differ}")
     return f"{len(shipped)} CRDs"
+
+
+@check("RBAC, tenants: the chart's portcullis-tenant ClusterRole equals the one the e2e tenancy tests bind tenants to")
+def _():
+    e2e = [d for d in yaml.safe_load_all((ROOT / "e2e" / "manifests" / "rbac.yaml").read_text()) if d]
+    e2e_rules = rule_set(one(e2e, "ClusterRole", "portcullis-tenant")["rules"])
+    role = one(RENDERED["default"], "ClusterRole", "portcullis-tenant")
+    chart_rules = rule_set(role["rules"])
+    expect(chart_rules == e2e_rules, f"chart {sorted(chart_rules ^ e2e_rules)} differ from e2e")
+    for _, resource, verb in chart_rules:
+        expect(not resource.endswith("/status") or verb in {"get", "list", "watch"}, f"tenants write status: {resource}")
+        expect(resource not in {"configmaps", "leases", "roles", "rolebindings"}, f"tenant grant {resource}")
+    bindings = [b for b in by_kind(RENDERED["all-on"], "RoleBinding") if b["roleRef"]["name"] == "portcullis-tenant"]
+    expect(len(bindings) == 1 and bindings[0]["metadata"]["namespace"] == "team-a", f"tenant bindings {bindings}")
+    return f"{len(chart_rules)} (group, resource, verb) grants, bound per namespace"
 
 
 # ---- optional parts ----------------------------------------------------------------------------

@@ -300,6 +300,10 @@ pub struct UpstreamConfig {
     /// Verification of `https://` targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTlsConfig>,
+    /// Cluster mode: connect only to addresses that are not loopback, link-local or
+    /// unspecified, also when a target's name resolves to one (docs/multi-tenancy.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refuse_internal_addresses: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -368,6 +372,10 @@ pub struct AuthenticationConfig {
     pub oauth2_introspection: Option<IntrospectionConfig>,
     #[serde(default)]
     pub forward_auth: Option<ForwardAuthConfig>,
+    /// Namespaces besides the route's own whose consumers may authenticate here, in the
+    /// order they are tried (sorted, without the route's own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumer_namespaces: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]

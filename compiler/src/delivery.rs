@@ -10,6 +10,12 @@
 //! At 100k consumers that half is most of the config, and a route change leaves it as it
 //! was: the operator then reuses its compressed bytes, and a proxy that runs the same
 //! content keeps its consumer index instead of decoding and rebuilding it.
+//!
+//! Every shard also carries the config's signature ([`SIGNATURE_ANNOTATION`]): an
+//! HMAC-SHA256, with a key that only the operator and the proxies can read
+//! ([`KEY_SECRET_NAME`]), over the generation and both halves' compressed bytes. A proxy
+//! loads only configs whose signature verifies, so a ConfigMap or Secret written by anyone
+//! else — a partial config, an old one replayed under a new generation — is refused.
 
 use std::io::{Read, Write};
 
@@ -40,6 +46,11 @@ pub const CONTENT_ANNOTATION: &str = "portcullis.dev/content";
 pub const SHARD_ANNOTATION: &str = "portcullis.dev/shard";
 /// Base name of the ConfigMaps and Secrets; shard `i > 0` is `NAME-i`.
 pub const OBJECT_NAME: &str = "portcullis-config";
+/// Annotation with the config's HMAC-SHA256 (hex), the same on every shard of both halves.
+pub const SIGNATURE_ANNOTATION: &str = "portcullis.dev/signature";
+/// The Secret (in the operator's namespace) holding the signing key under [`KEY_SECRET_KEY`].
+pub const KEY_SECRET_NAME: &str = "portcullis-config-key";
+pub const KEY_SECRET_KEY: &str = "hmac-sha256";
 /// Data key of the payload in each shard.
 pub const PAYLOAD_KEY: &str = "payload.json.gz";
 /// Payload bytes per shard: leaves room for metadata below the 1 MiB object limit.
@@ -74,6 +85,10 @@ pub enum DeliveryError {
     Decode { half: &'static str, message: String },
     #[error("the Secret shards disagree on their content digest")]
     MixedContent,
+    #[error("the config carries no signature (it was not written by the operator)")]
+    Unsigned,
+    #[error("the config's signature does not verify (it was not written, or not completely written, by the operator)")]
+    BadSignature,
 }
 
 /// One shard of one half, as stored in a ConfigMap or Secret.
@@ -84,6 +99,8 @@ pub struct Shard {
     pub generation: String,
     /// [`CONTENT_ANNOTATION`] of Secret shards.
     pub content: Option<String>,
+    /// [`SIGNATURE_ANNOTATION`].
+    pub signature: Option<String>,
     pub payload: Vec<u8>,
 }
 
@@ -129,6 +146,7 @@ impl Shard {
                     (GENERATION_ANNOTATION, Some(&self.generation)),
                     (SHARD_ANNOTATION, Some(&self.annotation())),
                     (CONTENT_ANNOTATION, self.content.as_ref()),
+                    (SIGNATURE_ANNOTATION, self.signature.as_ref()),
                 ]
                 .into_iter()
                 .filter_map(|(key, value)| Some((key.to_string(), value?.clone())))
@@ -266,6 +284,7 @@ fn split(bytes: &[u8], generation: &str, content: Option<&str>) -> Vec<Shard> {
             count,
             generation: generation.to_string(),
             content: content.map(str::to_string),
+            signature: None,
             payload: chunk.to_vec(),
         })
         .collect()
@@ -334,6 +353,76 @@ pub fn encode_reusing(
         compressed_bytes,
         secret_digest,
     })
+}
+
+impl Encoded {
+    /// Signs the config: every shard of both halves gets the signature.
+    pub fn sign(&mut self, key: &[u8]) {
+        let signature = signature(
+            key,
+            &self.generation,
+            &joined(&self.config_shards),
+            &joined(&self.secret_shards),
+        );
+        for shard in self
+            .config_shards
+            .iter_mut()
+            .chain(self.secret_shards.iter_mut())
+        {
+            shard.signature = Some(signature.clone());
+        }
+    }
+}
+
+/// HMAC-SHA256 (hex) of a config: its generation and both halves' compressed bytes.
+pub fn signature(key: &[u8], generation: &str, public: &[u8], secret: &[u8]) -> String {
+    use hmac::Mac;
+    // HMAC takes keys of any length; the error case cannot happen.
+    let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(b"portcullis-config-v1\n");
+    mac.update(generation.as_bytes());
+    mac.update(b"\n");
+    mac.update(&Sha256::digest(public));
+    mac.update(&Sha256::digest(secret));
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Checks that the config of `generation` carries a valid signature under `key`: every
+/// shard of both halves has the same one, and it is the HMAC of what they hold.
+pub fn verify_signature(
+    config_shards: &[Shard],
+    secret_shards: &[Shard],
+    generation: &str,
+    key: &[u8],
+) -> Result<(), DeliveryError> {
+    use hmac::Mac;
+    let public = ordered("ConfigMap", config_shards, generation)?;
+    let secret = ordered("Secret", secret_shards, generation)?;
+    let first = public
+        .first()
+        .and_then(|s| s.signature.as_deref())
+        .ok_or(DeliveryError::Unsigned)?;
+    if public
+        .iter()
+        .chain(secret.iter())
+        .any(|s| s.signature.as_deref() != Some(first))
+    {
+        return Err(DeliveryError::BadSignature);
+    }
+    let expected = hex::decode(first).map_err(|_| DeliveryError::BadSignature)?;
+    let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(key) else {
+        return Err(DeliveryError::BadSignature);
+    };
+    mac.update(b"portcullis-config-v1\n");
+    mac.update(generation.as_bytes());
+    mac.update(b"\n");
+    mac.update(&Sha256::digest(joined(public.iter().copied())));
+    mac.update(&Sha256::digest(joined(secret.iter().copied())));
+    // Constant-time comparison.
+    mac.verify_slice(&expected)
+        .map_err(|_| DeliveryError::BadSignature)
 }
 
 /// Orders and checks the shards of one half: all of `generation`'s are there.
@@ -725,11 +814,43 @@ mod tests {
             count: 1,
             generation: "g".into(),
             content: None,
+            signature: None,
             payload: b"not gzip".to_vec(),
         };
         assert!(decode(std::slice::from_ref(&bad), std::slice::from_ref(&bad)).is_err());
         assert!(Shard::parse_annotation("3/2").is_err());
         assert!(Shard::parse_annotation("0/0").is_err());
         assert_eq!(Shard::parse_annotation("1/3"), Ok((1, 3)));
+    }
+
+    #[test]
+    fn only_configs_signed_with_the_key_verify() {
+        let key = b"0123456789abcdef0123456789abcdef";
+        let mut encoded = encode(&sample(3)).unwrap();
+        assert_eq!(
+            verify_signature(&encoded.config_shards, &encoded.secret_shards, "g1", key),
+            Err(DeliveryError::Unsigned)
+        );
+        encoded.sign(key);
+        verify_signature(&encoded.config_shards, &encoded.secret_shards, "g1", key).unwrap();
+        // Another key, another half, or a replayed signature: refused.
+        assert_eq!(
+            verify_signature(
+                &encoded.config_shards,
+                &encoded.secret_shards,
+                "g1",
+                b"another key"
+            ),
+            Err(DeliveryError::BadSignature)
+        );
+        // A partial config (one consumer instead of three) under the real signature.
+        let mut partial = encode(&sample(1)).unwrap();
+        for shard in partial.secret_shards.iter_mut() {
+            shard.signature = encoded.config_shards[0].signature.clone();
+        }
+        assert_eq!(
+            verify_signature(&encoded.config_shards, &partial.secret_shards, "g1", key),
+            Err(DeliveryError::BadSignature)
+        );
     }
 }

@@ -11,6 +11,7 @@ pub mod units;
 
 pub mod manifests;
 pub mod path;
+pub mod tenancy;
 
 mod compile;
 mod status;
@@ -19,6 +20,7 @@ pub use compile::gateway::GATEWAY_CONTROLLER;
 pub use compile::ingress::{INGRESS_CONTROLLER, LEGACY_CLASS_ANNOTATION};
 pub use compile::{compile, compile_cached, hash_api_key, CompileCache, Snapshot};
 pub use config::GatewayConfig;
+pub use tenancy::Tenancy;
 
 /// Seconds since the epoch, for [`Snapshot::now_unix_secs`]: the callers' clock, so that
 /// `compile` itself reads none.

@@ -31,6 +31,12 @@ pub enum Reason {
     InvalidRouteKinds,
     ListenersNotValid,
     AddressNotAssigned,
+    /// A host (or a wildcard/host-less route) that belongs to another namespace.
+    HostNotAllowed,
+    /// An upstream target the gateway refuses (loopback, link-local, its own address).
+    TargetNotAllowed,
+    /// The namespace's budget of routes, consumers or config bytes is used up.
+    QuotaExceeded,
 }
 
 impl Reason {
@@ -65,6 +71,9 @@ impl Reason {
             Reason::InvalidRouteKinds => "InvalidRouteKinds",
             Reason::ListenersNotValid => "ListenersNotValid",
             Reason::AddressNotAssigned => "AddressNotAssigned",
+            Reason::HostNotAllowed => "HostNotAllowed",
+            Reason::TargetNotAllowed => "TargetNotAllowed",
+            Reason::QuotaExceeded => "QuotaExceeded",
         }
     }
 }

@@ -39,7 +39,96 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
     ]
     .into_iter()
     .map(without_null_enum_values)
+    .map(with_bounds)
     .collect()
+}
+
+/// Largest string, in bytes, of fields with no bound of their own.
+pub const MAX_STRING_LENGTH: u64 = 4096;
+/// Most items of lists with no bound of their own.
+pub const MAX_ITEMS: u64 = 1000;
+
+/// Bounds on every field, so that the API server refuses values the operator could not
+/// decode (`weight: 4294967296` in a `u32`) or that no tenant needs (megabyte strings,
+/// lists of millions). Set here, over the generated schema, so that no field is forgotten;
+/// the fields that need other bounds are named. Nesting depth of free-form JSON (a JSON
+/// Schema) cannot be bounded in a structural schema without CEL: the webhook and the
+/// compiler refuse it.
+fn with_bounds(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn bound(name: &str, value: &mut serde_json::Value) {
+        let serde_json::Value::Object(map) = value else {
+            return;
+        };
+        let type_ = map.get("type").and_then(|t| t.as_str()).map(str::to_string);
+        let format = map
+            .get("format")
+            .and_then(|t| t.as_str())
+            .map(str::to_string);
+        match type_.as_deref() {
+            Some("integer") if !map.contains_key("maximum") => {
+                let max: u64 = match (name, format.as_deref()) {
+                    ("weight", _) => 10_000,
+                    ("attempts", _) => 10,
+                    ("status", _) => 599,
+                    (_, Some("uint8")) => u8::MAX.into(),
+                    (_, Some("uint16")) => u16::MAX.into(),
+                    (_, Some("int32")) => i32::MAX as u64,
+                    (_, Some("uint32")) => u32::MAX.into(),
+                    // JSON numbers are exact up to 2^53 in every client.
+                    _ => (1 << 53) - 1,
+                };
+                map.insert("maximum".into(), max.into());
+            }
+            Some("string") if !map.contains_key("maxLength") && !map.contains_key("enum") => {
+                let max = match name {
+                    // A direct response's body and PEM documents are the large strings.
+                    "body" => 1 << 20,
+                    "publicKey" => 16 * 1024,
+                    _ => MAX_STRING_LENGTH,
+                };
+                map.insert("maxLength".into(), max.into());
+            }
+            Some("array") if !map.contains_key("maxItems") => {
+                let max = match name {
+                    "hosts" | "paths" | "targets" | "methods" => 100,
+                    _ => MAX_ITEMS,
+                };
+                map.insert("maxItems".into(), max.into());
+            }
+            _ => {}
+        }
+        if let Some(serde_json::Value::Object(properties)) = map.get_mut("properties") {
+            for (child, schema) in properties.iter_mut() {
+                bound(child, schema);
+            }
+        }
+        if let Some(items) = map.get_mut("items") {
+            bound(name, items);
+        }
+        if let Some(serde_json::Value::Object(_)) = map.get("additionalProperties") {
+            if let Some(values) = map.get_mut("additionalProperties") {
+                bound("", values);
+            }
+        }
+        for key in ["anyOf", "oneOf", "allOf"] {
+            if let Some(serde_json::Value::Array(options)) = map.get_mut(key) {
+                for option in options {
+                    bound(name, option);
+                }
+            }
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    if let Some(serde_json::Value::Array(versions)) = value.pointer_mut("/spec/versions") {
+        for version in versions {
+            if let Some(spec) = version.pointer_mut("/schema/openAPIV3Schema/properties/spec") {
+                bound("spec", spec);
+            }
+        }
+    }
+    serde_json::from_value(value).unwrap_or(crd)
 }
 
 /// schemars lists `null` among the values of an optional enum. Kubernetes 1.20 rejects a

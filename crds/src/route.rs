@@ -98,6 +98,11 @@ pub struct ApiRouteSpec {
     /// Replace upstream 5xx bodies with the gateway's JSON error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sanitize_upstream_errors: Option<bool>,
+    /// Other namespaces allowed to serve routes on the hosts this route claims. Effective
+    /// only while this route's namespace owns the host (it claimed it first); see
+    /// docs/multi-tenancy.md.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub share_hosts_with: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema, Default)]
@@ -296,6 +301,11 @@ pub struct Authentication {
     pub oauth2_introspection: Option<OAuth2Introspection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward_auth: Option<ForwardAuth>,
+    /// Namespaces whose ConsumerCredentials may authenticate on this route besides the
+    /// route's own (API keys, JWT consumer keys, mTLS identities, OAuth2 client ids). By
+    /// default only consumers of the route's namespace do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumer_namespaces: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema, Default)]

@@ -8,6 +8,8 @@
 #   kubeconfig            admin (user "admin", group system:masters)
 #   kubeconfig-operator   static token for system:serviceaccount:$NS:portcullis-operator
 #   kubeconfig-proxy      static token for system:serviceaccount:$NS:portcullis-proxy
+#   kubeconfig-tenant-a   static token for the user tenant-a (no group; no rights until bound)
+#   kubeconfig-tenant-b   static token for the user tenant-b (likewise)
 #   env                   shell exports (KUBECONFIG, APISERVER_URL, ADMIN_TOKEN, pids, ...)
 #   etcd.pid apiserver.pid etcd.log apiserver.log pki/ etcd/ certs/ tokens.csv
 # The operator/proxy identities carry ServiceAccount user names and groups
@@ -122,6 +124,8 @@ openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
 ADMIN_TOKEN=$(openssl rand -hex 24)
 OPERATOR_TOKEN=$(openssl rand -hex 24)
 PROXY_TOKEN=$(openssl rand -hex 24)
+TENANT_A_TOKEN=$(openssl rand -hex 24)
+TENANT_B_TOKEN=$(openssl rand -hex 24)
 OPERATOR_USER="system:serviceaccount:$NS:$OPERATOR_SA"
 PROXY_USER="system:serviceaccount:$NS:$PROXY_SA"
 SA_GROUPS="system:serviceaccounts,system:serviceaccounts:$NS"
@@ -130,6 +134,8 @@ cat > "$STATE/tokens.csv" <<TOK
 $ADMIN_TOKEN,admin,admin,"system:masters"
 $OPERATOR_TOKEN,$OPERATOR_USER,portcullis-e2e-operator,"$SA_GROUPS"
 $PROXY_TOKEN,$PROXY_USER,portcullis-e2e-proxy,"$SA_GROUPS"
+$TENANT_A_TOKEN,tenant-a,portcullis-e2e-tenant-a
+$TENANT_B_TOKEN,tenant-b,portcullis-e2e-tenant-b
 TOK
 
 # --- etcd -------------------------------------------------------------------------------
@@ -232,6 +238,8 @@ KC
 write_kubeconfig "$STATE/kubeconfig" admin "$ADMIN_TOKEN" default
 write_kubeconfig "$STATE/kubeconfig-operator" "$OPERATOR_SA" "$OPERATOR_TOKEN" "$NS"
 write_kubeconfig "$STATE/kubeconfig-proxy" "$PROXY_SA" "$PROXY_TOKEN" "$NS"
+write_kubeconfig "$STATE/kubeconfig-tenant-a" tenant-a "$TENANT_A_TOKEN" ten-a
+write_kubeconfig "$STATE/kubeconfig-tenant-b" tenant-b "$TENANT_B_TOKEN" ten-b
 
 {
   echo "# written by e2e/env/start.sh; stop with: e2e/env/stop.sh $(q "$STATE")"

@@ -108,9 +108,14 @@ impl Cluster {
     }
 
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.kubectl_as("admin", args, stdin)
+    }
+
+    /// `kubectl` as `who` (`admin`, `tenant-a`, `tenant-b`, `operator`, `proxy`).
+    pub fn kubectl_as(&self, who: &str, args: &[&str], stdin: Option<&str>) -> Output {
         let mut child = Command::new("kubectl")
             .args(args)
-            .env("KUBECONFIG", self.kubeconfig("admin"))
+            .env("KUBECONFIG", self.kubeconfig(who))
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -134,6 +139,16 @@ impl Cluster {
     /// `kubectl apply -f -`; Err carries kubectl's error output.
     pub fn apply(&self, yaml: &str) -> Result<String, String> {
         let out = self.kubectl(&["apply", "-f", "-"], Some(yaml));
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// `kubectl apply -f -` as `who`.
+    pub fn apply_as(&self, who: &str, yaml: &str) -> Result<String, String> {
+        let out = self.kubectl_as(who, &["apply", "-f", "-"], Some(yaml));
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -294,10 +309,20 @@ pub fn http(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Option<(u16, String)> {
+    http_host(port, "localhost", method, path, headers)
+}
+
+/// [`http`] with this `Host`.
+pub fn http_host(
+    port: u16,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::Client;
+use portcullis_compiler::tenancy::{Budget, Budgets, Tenancy};
 use portcullis_operator::events::EventSink;
 use portcullis_operator::gateway_status::GatewayStatusWriter;
 use portcullis_operator::leader::{Elector, LeaderConfig};
@@ -74,6 +75,58 @@ struct Args {
     /// gateway.networking.k8s.io/v1), on or off.
     #[arg(long, value_enum, default_value = "auto")]
     gateway_api: Switch,
+    /// Accept upstream targets on loopback, link-local or the gateway's own addresses
+    /// (tests and development only: such a target reaches the gateway's admin listener).
+    #[arg(long)]
+    allow_loopback_targets: bool,
+    /// The gateway's own addresses (e.g. the proxies' pod IPs), refused as targets.
+    #[arg(long = "gateway-address", value_delimiter = ',')]
+    gateway_addresses: Vec<std::net::IpAddr>,
+    /// Only these namespaces may have wildcard (`*.example.com`) or host-less routes
+    /// (default: any namespace; such routes never catch a host another namespace owns).
+    #[arg(long, value_delimiter = ',')]
+    catch_all_namespaces: Option<Vec<String>>,
+    /// Budget of every namespace: `routes=N,consumers=N,configBytes=SIZE` (any subset;
+    /// `0` refuses all). Objects past it get Accepted=False, reason QuotaExceeded.
+    #[arg(
+        long,
+        default_value = "routes=1000,consumers=20000,configBytes=8Mi",
+        value_parser = parse_budget
+    )]
+    namespace_budget: Budget,
+    /// A namespace's own budget, replacing the default: `NAMESPACE:routes=N,...`
+    /// (repeatable; `NAMESPACE:unlimited` for none).
+    #[arg(long = "namespace-budget-override", value_parser = parse_override)]
+    namespace_budget_overrides: Vec<(String, Budget)>,
+}
+
+fn parse_budget(text: &str) -> Result<Budget, String> {
+    if text == "unlimited" {
+        return Ok(Budget::default());
+    }
+    Budget::parse(text)
+}
+
+fn parse_override(text: &str) -> Result<(String, Budget), String> {
+    let (namespace, budget) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not NAMESPACE:BUDGET"))?;
+    Ok((namespace.to_string(), parse_budget(budget)?))
+}
+
+fn tenancy(args: &Args) -> Tenancy {
+    Tenancy {
+        refuse_internal_targets: !args.allow_loopback_targets,
+        gateway_addresses: args.gateway_addresses.clone(),
+        catch_all_namespaces: args
+            .catch_all_namespaces
+            .as_ref()
+            .map(|n| n.iter().cloned().collect()),
+        budgets: Budgets {
+            default: args.namespace_budget,
+            overrides: args.namespace_budget_overrides.iter().cloned().collect(),
+        },
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -137,7 +190,7 @@ async fn main() -> anyhow::Result<()> {
             .is_ok(),
     };
     tracing::info!(gateway_api, "Gateway API");
-    let stores = watch::start(&client, &args.namespace, trigger.clone(), gateway_api);
+    let (stores, owned) = watch::start(&client, &args.namespace, trigger.clone(), gateway_api);
 
     let admin = Arc::new(AdminState {
         metrics: metrics.clone(),
@@ -185,10 +238,13 @@ async fn main() -> anyhow::Result<()> {
         client.clone(),
         &args.namespace,
         stores.clone(),
+        owned,
+        tenancy(&args),
         metrics.clone(),
         trigger.clone(),
     );
     let debounce = Duration::from_millis(args.debounce_ms);
+    let mut failures = portcullis_operator::logs::Limiter::default();
     let resync = Duration::from_secs(args.resync_seconds.max(1));
 
     // Leadership terms: a replica that loses the lease (say, the API server was away for
@@ -243,7 +299,9 @@ async fn main() -> anyhow::Result<()> {
                         reason: e.reason().into(),
                     })
                     .inc();
-                tracing::warn!(error = %e, "reconcile failed; retrying");
+                if let Some(suppressed) = failures.allow(&e.to_string()) {
+                    tracing::warn!(error = %e, suppressed, "reconcile failed; retrying");
+                }
                 // Level-triggered: the next pass redoes everything, so retry soon.
                 let trigger = trigger.clone();
                 tokio::spawn(async move {

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub status_evaluate_seconds: Histogram,
     pub events_dropped: Counter,
     pub leader: Gauge,
+    pub config_repairs: Counter,
 }
 
 impl Metrics {
@@ -39,6 +40,12 @@ impl Metrics {
         let status_evaluate_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let events_dropped = Counter::default();
         let leader = Gauge::default();
+        let config_repairs = Counter::default();
+        registry.register(
+            "config_repairs",
+            "Times the published config objects were written again after someone else changed or deleted them",
+            config_repairs.clone(),
+        );
         registry.register("reconciles", "Full reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -93,6 +100,7 @@ impl Metrics {
             status_evaluate_seconds,
             events_dropped,
             leader,
+            config_repairs,
         }
     }
 

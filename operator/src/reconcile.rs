@@ -18,13 +18,15 @@ use tokio::sync::watch;
 use crate::metrics::Metrics;
 use crate::publish;
 use crate::status::Published;
-use crate::watch::{Stores, Trigger};
+use crate::watch::{Owned, Stores, Trigger};
 use crate::writer::{self, Plan, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     #[error(transparent)]
     Publish(#[from] publish::PublishError),
+    #[error("the config signing key: {0}")]
+    Key(#[from] crate::outputs::KeyError),
     #[error("compile task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -34,6 +36,7 @@ impl ReconcileError {
     pub fn reason(&self) -> &'static str {
         match self {
             ReconcileError::Publish(_) => "publish",
+            ReconcileError::Key(_) => "key",
             ReconcileError::Task(_) => "task",
         }
     }
@@ -52,6 +55,16 @@ pub struct Reconciler {
     client: Client,
     namespace: String,
     stores: Stores,
+    /// What the operator writes (to repair), and the undecodable objects.
+    owned: Owned,
+    /// The namespace rules the compiler applies in cluster mode.
+    tenancy: portcullis_compiler::Tenancy,
+    /// The signing key of the published configs.
+    key: Option<Vec<u8>>,
+    /// The undecodable objects whose status this term has written, with what was written.
+    quarantine_written: std::collections::HashMap<(String, String, String), Option<i64>>,
+    /// Repeated failures are logged once a minute.
+    log_limiter: crate::logs::Limiter,
     metrics: Arc<Metrics>,
     trigger: Arc<Trigger>,
     plans: watch::Sender<Option<Arc<Plan>>>,
@@ -130,6 +143,8 @@ impl Reconciler {
         client: Client,
         namespace: &str,
         stores: Stores,
+        owned: Owned,
+        tenancy: portcullis_compiler::Tenancy,
         metrics: Arc<Metrics>,
         trigger: Arc<Trigger>,
     ) -> Self {
@@ -137,6 +152,11 @@ impl Reconciler {
             client,
             namespace: namespace.to_string(),
             stores,
+            owned,
+            tenancy,
+            key: None,
+            quarantine_written: Default::default(),
+            log_limiter: Default::default(),
             metrics,
             trigger,
             plans: watch::Sender::new(None),
@@ -168,17 +188,35 @@ impl Reconciler {
     pub fn start_term(&mut self) {
         self.last_published = None;
         self.compiled = None;
+        self.quarantine_written.clear();
     }
 
     pub async fn reconcile(&mut self) -> Result<(), ReconcileError> {
-        // Take the flag before reading the stores: a change after this point sets it again.
+        // Take the flags before reading the stores: a change after this point sets them again.
         let inputs_changed = self.trigger.take_inputs_changed();
+        let outputs_changed = self.trigger.take_outputs_changed();
+        let key =
+            crate::outputs::ensure_key(&self.client, &self.namespace, &self.owned.key).await?;
+        if self.key.as_ref().is_some_and(|old| *old != key) {
+            // A new key (someone deleted the Secret): sign and publish afresh.
+            tracing::warn!("the config signing key changed; publishing the config signed with it");
+            self.compiled = None;
+            self.last_published = None;
+        }
+        self.key = Some(key);
+        self.write_quarantine().await;
+        let published_before = self.last_published.clone();
         if inputs_changed || self.compiled.is_none() {
             if let Err(e) = self.compile_and_publish().await {
                 // Compile again on the retry: the config was not kept.
                 self.compiled = None;
                 return Err(e);
             }
+        }
+        // A publish in this pass wrote every shard anyway (and the watch has not seen those
+        // writes yet); otherwise check the owned objects against what was published.
+        if outputs_changed && self.compiled.is_some() && self.last_published == published_before {
+            self.repair_outputs().await?;
         }
         let replicas = classify_reports(&self.stores.reports.state(), Timestamp::now());
         self.metrics.proxies_live.set(replicas.live.len() as i64);
@@ -203,6 +241,7 @@ impl Reconciler {
 
     async fn compile_and_publish(&mut self) -> Result<(), ReconcileError> {
         let stores = self.stores.clone();
+        let tenancy = self.tenancy.clone();
         let published = self.published.clone();
         // The last compile's objects, to tell the status writer which ones this one changed.
         let previous = self.last_targets.clone();
@@ -212,7 +251,7 @@ impl Reconciler {
         let (config, statuses, targets, changed, timings, cache) =
             tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
-                let snapshot = snapshot(&stores);
+                let snapshot = snapshot(&stores, tenancy);
                 let snapshot_took = started.elapsed();
                 let started = Instant::now();
                 let (config, statuses) = compile_cached(&snapshot, &mut cache);
@@ -253,7 +292,10 @@ impl Reconciler {
             .await?;
             let encode_took = started.elapsed();
             match encoded {
-                Ok(encoded) => {
+                Ok(mut encoded) => {
+                    if let Some(key) = &self.key {
+                        encoded.sign(key);
+                    }
                     let started = Instant::now();
                     self.publishing.send_replace(true);
                     let published = publish::publish(&self.client, &self.namespace, &encoded).await;
@@ -283,7 +325,9 @@ impl Reconciler {
                 }
                 Err(e) => {
                     // Keep the last published config; say why on every object.
-                    tracing::error!(error = %e, "cannot publish the compiled config");
+                    if let Some(suppressed) = self.log_limiter.allow(&e.to_string()) {
+                        tracing::error!(error = %e, suppressed, "cannot publish the compiled config");
+                    }
                     self.publish_error = Some(e.to_string());
                 }
             }
@@ -297,6 +341,82 @@ impl Reconciler {
             changed,
         });
         Ok(())
+    }
+
+    /// Puts back the config objects when someone deleted or edited them: the published
+    /// config is written again, as it was (its compressed bytes are kept).
+    async fn repair_outputs(&mut self) -> Result<(), ReconcileError> {
+        let Some(encoded) = self.last_encoded.clone() else {
+            return Ok(());
+        };
+        if self.last_published.as_deref() != Some(encoded.generation.as_str()) {
+            return Ok(());
+        }
+        let mut encoded = (*encoded).clone();
+        if let Some(key) = &self.key {
+            encoded.sign(key);
+        }
+        let differences = crate::outputs::differences(
+            &encoded,
+            &self.owned.config_maps.state(),
+            &self.owned.config_secrets.state(),
+        );
+        if differences.problems.is_empty() {
+            return Ok(());
+        }
+        crate::outputs::remove_strays(&self.client, &self.namespace, &differences).await;
+        tracing::warn!(
+            generation = %encoded.generation,
+            problems = %differences.problems.join("; "),
+            "the published config objects were changed by someone else; writing them again"
+        );
+        self.metrics.config_repairs.inc();
+        self.publishing.send_replace(true);
+        let published = publish::publish(&self.client, &self.namespace, &encoded).await;
+        self.publishing.send_replace(false);
+        published?;
+        Ok(())
+    }
+
+    /// Gives each undecodable object `Accepted=False` (reason `Undecodable`) once per
+    /// generation, with a raw status patch (the object cannot be read as its type).
+    async fn write_quarantine(&mut self) {
+        let entries = self.owned.quarantine.entries();
+        let current: std::collections::HashSet<_> = entries
+            .iter()
+            .map(|p| (p.kind.to_string(), p.namespace.clone(), p.name.clone()))
+            .collect();
+        self.quarantine_written.retain(|k, _| current.contains(k));
+        for poisoned in entries {
+            let key = (
+                poisoned.kind.to_string(),
+                poisoned.namespace.clone(),
+                poisoned.name.clone(),
+            );
+            // Once per generation: the status write itself changes the object (and with it
+            // where in the text the decoder gives up), which must not write again.
+            let written = poisoned.generation;
+            if self.quarantine_written.get(&key) == Some(&written) {
+                continue;
+            }
+            match crate::outputs::patch_undecodable(&self.client, &poisoned).await {
+                Ok(()) => {
+                    tracing::warn!(
+                        kind = poisoned.kind,
+                        namespace = %poisoned.namespace,
+                        name = %poisoned.name,
+                        error = %poisoned.error,
+                        "object cannot be decoded; marked Accepted=False and left out of the config"
+                    );
+                    self.quarantine_written.insert(key, written);
+                }
+                Err(e) => {
+                    if let Some(suppressed) = self.log_limiter.allow(&format!("quarantine {e}")) {
+                        tracing::warn!(error = %e, suppressed, "cannot write the status of an undecodable object");
+                    }
+                }
+            }
+        }
     }
 
     /// Deletes the report Leases of replicas gone for good.
@@ -315,9 +435,10 @@ impl Reconciler {
     }
 }
 
-fn snapshot(stores: &Stores) -> Snapshot {
+fn snapshot(stores: &Stores, tenancy: portcullis_compiler::Tenancy) -> Snapshot {
     let gateway = stores.gateway.as_ref();
     Snapshot {
+        tenancy,
         routes: live(stores.routes.state()),
         consumers: live(stores.consumers.state()),
         rate_limit_policies: live(stores.rate_limits.state()),

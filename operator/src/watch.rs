@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
@@ -27,7 +27,7 @@ use portcullis_crds::{ApiRoute, ConsumerCredential, RateLimitPolicy, WafPolicy};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-use portcullis_compiler::delivery::CONFIG_LABEL;
+use portcullis_compiler::delivery::{CONFIG_LABEL, KEY_SECRET_NAME};
 use portcullis_compiler::report::REPORT_LABEL;
 
 /// The local view of the cluster.
@@ -74,11 +74,25 @@ impl Stores {
     }
 }
 
+/// What the operator writes itself, watched so that it can repair them, and the objects
+/// that could not be decoded.
+#[derive(Clone)]
+pub struct Owned {
+    /// The config's ConfigMap shards.
+    pub config_maps: Store<ConfigMap>,
+    /// The config's Secret shards.
+    pub config_secrets: Store<Secret>,
+    /// The signing key Secret (at most one object).
+    pub key: Store<Secret>,
+    pub quarantine: crate::lenient::Quarantine,
+}
+
 /// Wakes the reconciler, and says whether the compiler's inputs changed since it last looked.
 #[derive(Debug, Default)]
 pub struct Trigger {
     notify: Notify,
     inputs_changed: AtomicBool,
+    outputs_changed: AtomicBool,
 }
 
 impl Trigger {
@@ -93,6 +107,17 @@ impl Trigger {
     /// Only something outside the compiler's inputs changed (a proxy report).
     pub fn wake(&self) {
         self.notify.notify_one();
+    }
+
+    /// An object the operator owns changed (perhaps by someone else): check and repair.
+    pub fn outputs_changed(&self) {
+        self.outputs_changed.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    /// True if an owned object changed since the last call.
+    pub fn take_outputs_changed(&self) -> bool {
+        self.outputs_changed.swap(false, Ordering::SeqCst)
     }
 
     /// True if a compiler input changed since the last call.
@@ -152,6 +177,8 @@ enum Role {
     Input,
     /// A proxy report.
     Report,
+    /// An object the operator writes (the config shards, the signing key).
+    Output,
 }
 
 fn spawn_reflector<K>(
@@ -172,11 +199,26 @@ where
             .default_backoff()
             .modify(|object| object.meta_mut().managed_fields = None),
     );
+    tokio::spawn(watch_events(stream, trigger, role, fingerprint));
+    reader
+}
+
+/// Wakes the reconciler for the events of one reflector that matter.
+async fn watch_events<K>(
+    stream: impl futures_util::Stream<Item = watcher::Result<Event<K>>>,
+    trigger: Arc<Trigger>,
+    role: Role,
+    fingerprint: fn(&K) -> String,
+) where
+    K: Resource<DynamicType = ()>,
+{
     let notify = move || match role {
         Role::Input => trigger.inputs_changed(),
         Role::Report => trigger.wake(),
+        Role::Output => trigger.outputs_changed(),
     };
-    tokio::spawn(async move {
+    let mut errors = crate::logs::Limiter::default();
+    {
         let mut seen: HashMap<String, String> = HashMap::new();
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
@@ -203,10 +245,35 @@ where
                 }
                 Ok(Event::InitDone) => notify(),
                 Ok(Event::Init) => {}
-                Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
+                Err(e) => {
+                    // A failing watch retries every few seconds for as long as the cause
+                    // lasts: one line per cause and minute, not megabytes.
+                    if let Some(suppressed) = errors.allow(&e.to_string()) {
+                        tracing::warn!(kind = %K::kind(&()), error = %e, suppressed, "watch failed; retrying with backoff");
+                    }
+                }
             }
         }
-    });
+    }
+}
+
+/// Like [`spawn_reflector`] for a kind that tenants write: objects are decoded one by one
+/// ([`crate::lenient`]), so an undecodable one is quarantined instead of failing the list.
+fn spawn_lenient_reflector<K>(
+    api: Api<crate::lenient::Lenient<K>>,
+    config: watcher::Config,
+    trigger: Arc<Trigger>,
+    quarantine: crate::lenient::Quarantine,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let events = watcher::watcher(api, config).default_backoff();
+    let decoded = crate::lenient::decoded(events, reader.clone(), quarantine)
+        .modify(|object| object.meta_mut().managed_fields = None);
+    let stream = reflector::reflector(writer, decoded);
+    tokio::spawn(watch_events(stream, trigger, Role::Input, spec_fingerprint));
     reader
 }
 
@@ -214,8 +281,14 @@ where
 /// Secrets in their own namespace); proxy reports only in the operator's namespace.
 ///
 /// With `gateway_api`, the Gateway API kinds too (their CRDs must be installed).
-pub fn start(client: &Client, namespace: &str, trigger: Arc<Trigger>, gateway_api: bool) -> Stores {
+pub fn start(
+    client: &Client,
+    namespace: &str,
+    trigger: Arc<Trigger>,
+    gateway_api: bool,
+) -> (Stores, Owned) {
     let all = watcher::Config::default();
+    let quarantine = crate::lenient::Quarantine::new(trigger.clone());
     let gateway = gateway_api.then(|| GatewayStores {
         classes: spawn_reflector(
             Api::all(client.clone()),
@@ -246,7 +319,31 @@ pub fn start(client: &Client, namespace: &str, trigger: Arc<Trigger>, gateway_ap
             version_fingerprint,
         ),
     });
-    Stores {
+    let owned = Owned {
+        config_maps: spawn_reflector(
+            Api::namespaced(client.clone(), namespace),
+            watcher::Config::default().labels(&format!("{CONFIG_LABEL}=true")),
+            trigger.clone(),
+            Role::Output,
+            |o: &ConfigMap| o.metadata.resource_version.clone().unwrap_or_default(),
+        ),
+        config_secrets: spawn_reflector(
+            Api::namespaced(client.clone(), namespace),
+            watcher::Config::default().labels(&format!("{CONFIG_LABEL}=true")),
+            trigger.clone(),
+            Role::Output,
+            data_fingerprint,
+        ),
+        key: spawn_reflector(
+            Api::namespaced(client.clone(), namespace),
+            watcher::Config::default().fields(&format!("metadata.name={KEY_SECRET_NAME}")),
+            trigger.clone(),
+            Role::Output,
+            data_fingerprint,
+        ),
+        quarantine: quarantine.clone(),
+    };
+    let stores = Stores {
         ingresses: spawn_reflector(
             Api::all(client.clone()),
             all.clone(),
@@ -262,33 +359,29 @@ pub fn start(client: &Client, namespace: &str, trigger: Arc<Trigger>, gateway_ap
             version_fingerprint,
         ),
         gateway,
-        routes: spawn_reflector(
+        routes: spawn_lenient_reflector(
             Api::all(client.clone()),
             all.clone(),
             trigger.clone(),
-            Role::Input,
-            spec_fingerprint,
+            quarantine.clone(),
         ),
-        consumers: spawn_reflector(
+        consumers: spawn_lenient_reflector(
             Api::all(client.clone()),
             all.clone(),
             trigger.clone(),
-            Role::Input,
-            spec_fingerprint,
+            quarantine.clone(),
         ),
-        rate_limits: spawn_reflector(
+        rate_limits: spawn_lenient_reflector(
             Api::all(client.clone()),
             all.clone(),
             trigger.clone(),
-            Role::Input,
-            spec_fingerprint,
+            quarantine.clone(),
         ),
-        wafs: spawn_reflector(
+        wafs: spawn_lenient_reflector(
             Api::all(client.clone()),
             all.clone(),
             trigger.clone(),
-            Role::Input,
-            spec_fingerprint,
+            quarantine.clone(),
         ),
         // Only Secrets that can be referenced matter; skip service-account and Helm noise.
         secrets: spawn_reflector(
@@ -307,5 +400,6 @@ pub fn start(client: &Client, namespace: &str, trigger: Arc<Trigger>, gateway_ap
             Role::Report,
             report_fingerprint,
         ),
-    }
+    };
+    (stores, owned)
 }

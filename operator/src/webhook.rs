@@ -133,11 +133,7 @@ pub fn validate(object: &serde_json::Value, namespace: &str, stores: Option<&Sto
 pub fn review(body: &[u8], stores: Option<&Stores>) -> serde_json::Value {
     let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
         Ok(review) => review,
-        Err(e) => {
-            return json!(
-                AdmissionResponse::invalid(format!("bad AdmissionReview: {e}")).into_review()
-            )
-        }
+        Err(e) => return undecodable(body, &e),
     };
     let request: AdmissionRequest<DynamicObject> = match review.try_into() {
         Ok(request) => request,
@@ -158,6 +154,43 @@ pub fn review(body: &[u8], stores: Option<&Stores>) -> serde_json::Value {
         }
     }
     json!(response.into_review())
+}
+
+/// The answer to a review whose object cannot be decoded (nested past serde_json's limit, a
+/// value its type cannot hold): refused, under the request's uid, read without decoding
+/// the object, so the API server takes the answer instead of calling it a webhook failure.
+fn undecodable(body: &[u8], error: &serde_json::Error) -> serde_json::Value {
+    #[derive(serde::Deserialize)]
+    struct Shallow {
+        request: Option<ShallowRequest>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ShallowRequest {
+        uid: String,
+    }
+    match serde_json::from_slice::<Shallow>(body) {
+        Ok(Shallow {
+            request: Some(request),
+        }) => json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {
+                "uid": request.uid,
+                "allowed": false,
+                "status": {
+                    "code": 400,
+                    "reason": "Invalid",
+                    "message": format!(
+                        "the object cannot be decoded (JSON nested deeper than {} levels is refused in specs): {error}",
+                        portcullis_compiler::tenancy::MAX_JSON_DEPTH
+                    ),
+                },
+            },
+        }),
+        _ => {
+            json!(AdmissionResponse::invalid(format!("bad AdmissionReview: {error}")).into_review())
+        }
+    }
 }
 
 /// The webhook's serving certificate: a self-signed CA-less certificate kept in a Secret so
@@ -339,6 +372,43 @@ mod tests {
             verdict.message.contains("ApiRoute shop/r"),
             "{}",
             verdict.message
+        );
+    }
+
+    #[test]
+    fn objects_too_deep_to_decode_are_refused_under_the_request_uid() {
+        let mut schema = json!(1);
+        for _ in 0..130 {
+            schema = json!({ "a": schema });
+        }
+        let object = route(
+            json!({"paths": [{"value": "/"}], "requestValidation": {"jsonSchema": schema},
+                                  "upstream": {"directResponse": {"status": 200}}}),
+        );
+        let body = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                          "request": {"uid": "u-1", "kind": {"group": "portcullis.dev", "version": "v1alpha1", "kind": "ApiRoute"},
+                                      "resource": {"group": "portcullis.dev", "version": "v1alpha1", "resource": "apiroutes"},
+                                      "operation": "CREATE", "namespace": "shop", "name": "r",
+                                      "userInfo": {}, "object": object}});
+        let answer = review(&serde_json::to_vec(&body).unwrap_or_default(), None);
+        assert_eq!(answer["response"]["uid"], "u-1", "{answer}");
+        assert_eq!(answer["response"]["allowed"], false, "{answer}");
+        // Deep, but within the decoder's limit: the compiler's depth limit refuses it.
+        let mut schema = json!(1);
+        for _ in 0..40 {
+            schema = json!({ "a": schema });
+        }
+        let verdict = validate(
+            &route(
+                json!({"paths": [{"value": "/"}], "requestValidation": {"jsonSchema": schema},
+                          "upstream": {"directResponse": {"status": 200}}}),
+            ),
+            "shop",
+            None,
+        );
+        assert!(
+            !verdict.allowed && verdict.message.contains("levels deep"),
+            "{verdict:?}"
         );
     }
 

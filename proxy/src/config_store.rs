@@ -353,7 +353,13 @@ mod tests {
             .build_delivered(decoded(&g1, Some(&empty)), &pool, &limiter, &counters)
             .unwrap();
         assert!(first.secret_content().is_some());
-        assert_eq!(first.keys.lookup(b"key-number-two"), Some(1));
+        assert_eq!(
+            first.keys.lookup(
+                &crate::auth::ConsumerScope::new("ns", &[]),
+                b"key-number-two"
+            ),
+            Some(1)
+        );
 
         // Same consumers and keys, new generation: the Secret half is skipped and the
         // index is the same one.
@@ -376,8 +382,20 @@ mod tests {
             .build_delivered(decoded(&g3, Some(&second)), &pool, &limiter, &counters)
             .unwrap();
         assert!(!Arc::ptr_eq(&second.keys, &third.keys));
-        assert_eq!(third.keys.lookup(b"key-number-two"), None);
-        assert_eq!(third.keys.lookup(b"key-number-one"), Some(0));
+        assert_eq!(
+            third.keys.lookup(
+                &crate::auth::ConsumerScope::new("ns", &[]),
+                b"key-number-two"
+            ),
+            None
+        );
+        assert_eq!(
+            third.keys.lookup(
+                &crate::auth::ConsumerScope::new("ns", &[]),
+                b"key-number-one"
+            ),
+            Some(0)
+        );
 
         // A skipped half that the loaded runtime does not have is refused, not guessed.
         let stale = decoded(&g2, Some(&second));

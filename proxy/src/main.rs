@@ -225,6 +225,7 @@ fn run_kube(args: Args) -> anyhow::Result<ExitCode> {
                 replica,
                 report_interval: args.report_interval,
                 endpoints: args.endpoints_source,
+                config_key_secret: Some(portcullis_compiler::delivery::KEY_SECRET_NAME.to_string()),
             },
         );
         wait_for_signal().await;

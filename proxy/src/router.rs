@@ -14,6 +14,14 @@
 //!    The first pair whose route fully matches (path rule, methods, every header, every query
 //!    parameter) wins.
 //!
+//! # Owned hosts (docs/multi-tenancy.md)
+//! A host that some route lists exactly is owned: when none of its exact routes matches,
+//! the wildcard and host-less routes that may catch the request are only those of the
+//! namespaces serving the host (the owner and the namespaces it admitted; the compiler has
+//! refused everyone else's exact routes on it). Likewise a host matched by a wildcard is
+//! caught by host-less routes only of the namespaces serving that wildcard. So a tenant's
+//! `*.example.com` or catch-all route never answers for another tenant's host.
+//!
 //! The host is the URI authority (HTTP/2 `:authority`, absolute-form) or else the `Host`
 //! header, without port or a trailing dot, lowercased. Paths are matched in normal form
 //! (`request_target`, `portcullis_compiler::path`), and that form is what the upstream
@@ -78,6 +86,8 @@ struct Entry {
 }
 
 struct Criteria {
+    /// The route's namespace, for the owned-host rule.
+    namespace: Box<str>,
     methods: Vec<Method>,
     headers: Vec<(HeaderName, Box<[u8]>)>,
     query: Vec<(Box<str>, Box<str>)>,
@@ -100,10 +110,16 @@ pub struct RouteMatch {
     pub matched_prefix: Option<usize>,
 }
 
+/// The routes of one exact host or wildcard, and the namespaces they belong to.
+struct HostEntries {
+    entries: Vec<Entry>,
+    namespaces: Box<[Box<str>]>,
+}
+
 pub struct Router {
-    exact: HashMap<Box<str>, Vec<Entry>>,
+    exact: HashMap<Box<str>, HostEntries>,
     /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<Box<str>, Vec<Entry>>,
+    wildcard: HashMap<Box<str>, HostEntries>,
     any: Vec<Entry>,
     criteria: Vec<Criteria>,
 }
@@ -187,32 +203,68 @@ impl Router {
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v.into_iter().map(|(_, e)| e).collect()
         }
+        let host_entries = |v: Vec<(Rank, Entry)>| {
+            let entries = sorted(v);
+            let mut namespaces: Vec<Box<str>> = entries
+                .iter()
+                .map(|e| criteria[e.route].namespace.clone())
+                .collect();
+            namespaces.sort();
+            namespaces.dedup();
+            HostEntries {
+                entries,
+                namespaces: namespaces.into(),
+            }
+        };
+        let exact = exact
+            .into_iter()
+            .map(|(k, v)| (k, host_entries(v)))
+            .collect();
+        let wildcard = wildcard
+            .into_iter()
+            .map(|(k, v)| (k, host_entries(v)))
+            .collect();
         Ok(Router {
-            exact: exact.into_iter().map(|(k, v)| (k, sorted(v))).collect(),
-            wildcard: wildcard.into_iter().map(|(k, v)| (k, sorted(v))).collect(),
+            exact,
+            wildcard,
             any: sorted(any),
             criteria,
         })
     }
 
     pub fn find(&self, req: &RequestView<'_>) -> Option<RouteMatch> {
-        if let Some(entries) = self.exact.get(req.host) {
-            if let Some(found) = self.first_match(entries, req) {
+        // The namespaces that may answer for this host, once it turns out to be owned.
+        let mut owners: Option<&[Box<str>]> = None;
+        if let Some(host) = self.exact.get(req.host) {
+            if let Some(found) = self.first_match(&host.entries, req, None) {
                 return Some(found);
             }
+            owners = Some(&host.namespaces);
         }
         if let Some((_, suffix)) = req.host.split_once('.') {
-            if let Some(entries) = self.wildcard.get(suffix) {
-                if let Some(found) = self.first_match(entries, req) {
+            if let Some(wildcard) = self.wildcard.get(suffix) {
+                if let Some(found) = self.first_match(&wildcard.entries, req, owners) {
                     return Some(found);
                 }
+                owners = owners.or(Some(&wildcard.namespaces));
             }
         }
-        self.first_match(&self.any, req)
+        self.first_match(&self.any, req, owners)
     }
 
-    fn first_match(&self, entries: &[Entry], req: &RequestView<'_>) -> Option<RouteMatch> {
+    fn first_match(
+        &self,
+        entries: &[Entry],
+        req: &RequestView<'_>,
+        owners: Option<&[Box<str>]>,
+    ) -> Option<RouteMatch> {
         entries.iter().find_map(|entry| {
+            if let Some(owners) = owners {
+                let namespace = &self.criteria[entry.route].namespace;
+                if !owners.contains(namespace) {
+                    return None;
+                }
+            }
             let matched_prefix = entry.matcher.matches(req.path)?;
             self.criteria[entry.route]
                 .matches(req)
@@ -254,6 +306,7 @@ impl Criteria {
             .map(|q| (q.name.as_str().into(), q.value.as_str().into()))
             .collect();
         Ok(Criteria {
+            namespace: route.namespace.as_str().into(),
             methods,
             headers,
             query,
@@ -380,5 +433,55 @@ mod tests {
         assert_eq!(strip_port("a.example.com:8080"), "a.example.com");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("host"), "host");
+    }
+
+    fn route(namespace: &str, name: &str, hosts: &[&str], prefix: &str) -> RouteConfig {
+        let json = serde_json::json!({
+            "id": format!("{namespace}/{name}"), "namespace": namespace, "name": name,
+            "hosts": hosts, "paths": [{"kind": "Prefix", "value": prefix}],
+            "methods": [], "headers": [], "queryParams": [], "stripPath": false,
+            "rewritePrefix": null,
+            "upstream": {"targets": [], "loadBalancing": "RoundRobin", "connectTimeoutMs": 1,
+                         "readTimeoutMs": 1, "sendTimeoutMs": 1, "retries": 0,
+                         "directResponse": {"status": 200, "body": "", "contentType": null}},
+            "authentication": null, "authorization": null, "ipRestriction": null,
+            "requestValidation": null, "responseHeaders": {"add": {}, "remove": []},
+            "securityHeaders": true, "cors": null, "sanitizeUpstreamErrors": false
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn found(router: &Router, host: &str, path: &str) -> Option<usize> {
+        let headers = HeaderMap::new();
+        router
+            .find(&RequestView {
+                host,
+                path,
+                query: None,
+                method: &Method::GET,
+                headers: &headers,
+            })
+            .map(|m| m.route)
+    }
+
+    #[test]
+    fn catch_alls_of_other_namespaces_never_answer_for_an_owned_host() {
+        let routes = vec![
+            route("ten-b", "b", &["b.example.com"], "/b"),
+            route("ten-a", "wild", &["*.example.com"], "/"),
+            route("ten-a", "any", &[], "/"),
+            route("ten-b", "b-any", &[], "/b-fallback"),
+        ];
+        let router = Router::build(&routes).unwrap();
+        assert_eq!(found(&router, "b.example.com", "/b/x"), Some(0));
+        // Not under /b: ten-a's wildcard and catch-all must not answer on ten-b's host.
+        assert_eq!(found(&router, "b.example.com", "/other"), None);
+        // ten-b's own catch-all may.
+        assert_eq!(found(&router, "b.example.com", "/b-fallback"), Some(3));
+        // Unowned hosts are caught as before.
+        assert_eq!(found(&router, "x.example.com", "/any"), Some(1));
+        assert_eq!(found(&router, "elsewhere.test", "/any"), Some(2));
+        // A host under ten-a's wildcard: ten-b's catch-all does not answer for it.
+        assert_eq!(found(&router, "x.example.com", "/b-fallback"), Some(1));
     }
 }

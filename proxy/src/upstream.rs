@@ -88,7 +88,7 @@ pub struct ClientPool {
     pools: Arc<PoolRegistry>,
     /// HTTPS connectors by TLS setting (CA, SNI, verification) and connect timeout: building
     /// one loads the system roots, so it is done once per distinct setting.
-    tls_connectors: Mutex<HashMap<(u64, UpstreamTlsConfig), HttpsConnector>>,
+    tls_connectors: Mutex<HashMap<(u64, bool, UpstreamTlsConfig), HttpsConnector>>,
     /// Identity-provider client and JWKS caches; like the pools, they outlive config swaps.
     pub auth: crate::auth::AuthRuntime,
     /// Ready endpoints of Services; like the pools, it outlives config swaps.
@@ -110,35 +110,44 @@ impl ClientPool {
     fn factory(
         &self,
         connect_timeout_ms: u64,
+        refuse_internal: bool,
         tls: Option<&UpstreamTlsConfig>,
     ) -> Result<TargetFactory, UpstreamTlsError> {
         Ok(TargetFactory {
             pools: self.pools.clone(),
-            plain: Connector::Plain(upstream_pool::plain_connector(connect_timeout_ms)),
+            plain: Connector::Plain(upstream_pool::plain_connector(
+                connect_timeout_ms,
+                refuse_internal,
+            )),
             tls: match tls {
-                Some(tls) => Some(Connector::Tls(self.tls_connector(connect_timeout_ms, tls)?)),
+                Some(tls) => Some(Connector::Tls(self.tls_connector(
+                    connect_timeout_ms,
+                    refuse_internal,
+                    tls,
+                )?)),
                 None => None,
             },
-            settings: format!("{connect_timeout_ms} {tls:?}"),
+            settings: format!("{connect_timeout_ms} {refuse_internal} {tls:?}"),
         })
     }
 
     fn tls_connector(
         &self,
         connect_timeout_ms: u64,
+        refuse_internal: bool,
         tls: &UpstreamTlsConfig,
     ) -> Result<HttpsConnector, UpstreamTlsError> {
         let mut connectors = match self.tls_connectors.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let key = (connect_timeout_ms, tls.clone());
+        let key = (connect_timeout_ms, refuse_internal, tls.clone());
         if let Some(connector) = connectors.get(&key) {
             return Ok(connector.clone());
         }
         let connector = crate::tls::upstream_tls::connector(
             tls,
-            upstream_pool::plain_connector(connect_timeout_ms),
+            upstream_pool::plain_connector(connect_timeout_ms, refuse_internal),
         )?;
         connectors.insert(key, connector.clone());
         Ok(connector)
@@ -484,8 +493,12 @@ impl Upstream {
             if factory.is_none() {
                 let https = config.targets.iter().any(|t| t.url.starts_with("https://"));
                 factory = Some(
-                    pool.factory(config.connect_timeout_ms, https.then_some(&tls))
-                        .map_err(|e| err(&e.to_string()))?,
+                    pool.factory(
+                        config.connect_timeout_ms,
+                        config.refuse_internal_addresses,
+                        https.then_some(&tls),
+                    )
+                    .map_err(|e| err(&e.to_string()))?,
                 );
             }
             let Some(factory) = factory.as_ref() else {

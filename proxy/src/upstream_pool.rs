@@ -25,7 +25,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Response, Uri};
 use hyper::body::{Body, Frame, SizeHint};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use tower_service::Service;
 
 use crate::body::{BoxError, ProxyBody};
@@ -36,7 +36,72 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per target; more are closed when they fall idle.
 pub const MAX_IDLE: usize = 256;
 
+pub type HttpConnector = hyper_util::client::legacy::connect::HttpConnector<GuardedResolver>;
 pub type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The system resolver, refusing loopback, link-local and unspecified addresses when the
+/// route's config says so (cluster mode): a tenant's target name that resolves to the
+/// gateway's own host cannot reach its admin listener. Literal addresses never get here;
+/// the compiler refuses those.
+#[derive(Clone)]
+pub struct GuardedResolver {
+    inner: GaiResolver,
+    refuse_internal: bool,
+}
+
+fn is_internal(ip: std::net::IpAddr) -> bool {
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.is_unspecified(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+type Resolved = std::vec::IntoIter<std::net::SocketAddr>;
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = Resolved;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Resolved, std::io::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let resolving = self.inner.call(name);
+        let refuse = self.refuse_internal;
+        Box::pin(async move {
+            let addresses: Vec<std::net::SocketAddr> = resolving.await?.collect();
+            if !refuse {
+                return Ok(addresses.into_iter());
+            }
+            let allowed: Vec<std::net::SocketAddr> = addresses
+                .into_iter()
+                .filter(|a| !is_internal(a.ip()))
+                .collect();
+            if allowed.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the target resolves only to loopback or link-local addresses, which the gateway does not connect to",
+                ));
+            }
+            Ok(allowed.into_iter())
+        })
+    }
+}
 
 /// Opens new connections: plain TCP, or TLS for `https://` targets.
 #[derive(Clone)]
@@ -317,8 +382,11 @@ impl PoolRegistry {
 }
 
 /// The TCP connector every target uses (directly, or under TLS).
-pub fn plain_connector(connect_timeout_ms: u64) -> HttpConnector {
-    let mut connector = HttpConnector::new();
+pub fn plain_connector(connect_timeout_ms: u64, refuse_internal: bool) -> HttpConnector {
+    let mut connector = HttpConnector::new_with_resolver(GuardedResolver {
+        inner: GaiResolver::new(),
+        refuse_internal,
+    });
     connector.enforce_http(false);
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_millis(connect_timeout_ms.max(1))));
@@ -358,7 +426,45 @@ mod tests {
         assert_eq!(Arc::strong_count(&c), 1);
     }
 
+    #[tokio::test]
+    async fn names_resolving_to_internal_addresses_are_refused_when_asked() {
+        use std::str::FromStr;
+        use tower_service::Service;
+        let mut guarded = GuardedResolver {
+            inner: GaiResolver::new(),
+            refuse_internal: true,
+        };
+        let error = guarded
+            .call(Name::from_str("localhost").unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied);
+        let mut open = GuardedResolver {
+            inner: GaiResolver::new(),
+            refuse_internal: false,
+        };
+        let found: Vec<_> = open
+            .call(Name::from_str("localhost").unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert!(found.iter().all(|a| a.ip().is_loopback()) && !found.is_empty());
+        for ip in [
+            "127.0.0.1",
+            "::1",
+            "169.254.169.254",
+            "fe80::1",
+            "0.0.0.0",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_internal(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["10.0.0.1", "192.168.1.1", "2001:db8::1"] {
+            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
     fn plain(connect_timeout_ms: u64) -> Connector {
-        Connector::Plain(plain_connector(connect_timeout_ms))
+        Connector::Plain(plain_connector(connect_timeout_ms, false))
     }
 }

@@ -343,6 +343,8 @@ async fn cluster_mode_against_a_real_api_server() {
             replica: REPLICA.into(),
             report_interval: Duration::from_secs(1),
             endpoints: portcullis_proxy::cluster::endpoints::Source::Off,
+            // Delivery mechanics only: signatures are tested by the e2e tenancy tests.
+            config_key_secret: None,
         },
     );
     let http = client();

@@ -14,6 +14,11 @@ fn sha(key: &str) -> String {
 
 fn keyed_config(routes: Vec<RouteConfig>) -> portcullis_compiler::GatewayConfig {
     let mut cfg = config(routes);
+    // Consumers authenticate only on routes of their own namespace.
+    for route in &mut cfg.routes {
+        route.namespace = "shop".into();
+        route.id = format!("shop/{}", route.name);
+    }
     cfg.consumers = vec![
         ConsumerConfig {
             id: "shop/gold-app".into(),
@@ -268,7 +273,7 @@ async fn api_keys_groups_and_optional() {
     let metrics = String::from_utf8(send(&c, admin, get("/metrics")).await.body.to_vec()).unwrap();
     assert!(
         metrics.contains(
-            "api_auth_failures_total{route=\"default/strict\",reason=\"missing_credentials\"} 1"
+            "api_auth_failures_total{route=\"shop/strict\",reason=\"missing_credentials\"} 1"
         ),
         "{metrics}"
     );
@@ -282,7 +287,7 @@ async fn api_keys_groups_and_optional() {
     let denied: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
     assert_eq!(denied["decision"], "deny");
     assert_eq!(denied["reason"], "missing_credentials");
-    assert_eq!(denied["route"], "default/strict");
+    assert_eq!(denied["route"], "shop/strict");
     let allowed: serde_json::Value = serde_json::from_str(&lines[3]).unwrap();
     assert_eq!(allowed["consumer"], "shop/gold-app");
     assert_eq!(allowed["path"], "/strict");

@@ -108,6 +108,7 @@ fn objects(routes: usize, consumers: usize, edit: usize) -> anyhow::Result<Objec
             count: fields[2].parse()?,
             generation: fields[3].to_string(),
             content: Some(fields[4]).filter(|c| *c != "-").map(str::to_string),
+            signature: None,
             payload,
         };
         if fields[0] == "C" {

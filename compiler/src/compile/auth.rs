@@ -153,7 +153,10 @@ pub(crate) fn compile_authentication(
         (_, false) => None,
     };
 
+    let consumer_namespaces =
+        crate::tenancy::consumer_namespaces(&auth.consumer_namespaces, route, issues);
     Some(AuthenticationConfig {
+        consumer_namespaces,
         methods,
         optional: auth.optional.unwrap_or(false),
         hide_credentials: auth.hide_credentials.unwrap_or(true),

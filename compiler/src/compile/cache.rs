@@ -36,6 +36,8 @@ struct CachedConsumers {
     /// change all the time.
     referenced: Vec<(String, String, Option<Arc<Secret>>)>,
     section: Arc<ConsumerSection>,
+    /// The budgets the section was compiled with.
+    budgets: crate::tenancy::Budgets,
 }
 
 impl CompileCache {
@@ -49,10 +51,11 @@ impl CompileCache {
     /// True when the next compile of `snapshot` can reuse the consumers' part.
     pub fn holds_consumers_of(&self, snapshot: &Snapshot) -> bool {
         self.consumers.as_ref().is_some_and(|cached| {
-            cached.still_valid(
-                &by_address(&snapshot.consumers),
-                &SecretIndex::new(&snapshot.secrets),
-            )
+            cached.budgets == snapshot.tenancy.budgets
+                && cached.still_valid(
+                    &by_address(&snapshot.consumers),
+                    &SecretIndex::new(&snapshot.secrets),
+                )
         })
     }
 
@@ -65,7 +68,7 @@ impl CompileCache {
         if let Some(cached) = self
             .consumers
             .as_mut()
-            .filter(|c| c.still_valid(&consumers, secrets))
+            .filter(|c| c.budgets == snapshot.tenancy.budgets && c.still_valid(&consumers, secrets))
         {
             // The new Arcs, so that the next check finds them by address (not by content).
             cached.consumers = consumers;
@@ -77,6 +80,7 @@ impl CompileCache {
         let section = Arc::new(consumer::compile_consumers(
             &super::sorted(&snapshot.consumers),
             secrets,
+            &snapshot.tenancy.budgets,
         ));
         let referenced = consumer::referenced_secrets(&consumers)
             .into_iter()
@@ -89,6 +93,7 @@ impl CompileCache {
             consumers,
             referenced,
             section: section.clone(),
+            budgets: snapshot.tenancy.budgets.clone(),
         });
         section
     }

@@ -56,7 +56,8 @@ pub(crate) fn mark_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issues)])
         let meta = &routes[index].0;
         (meta.created.is_none(), meta.created, meta.id())
     });
-    let mut owners: BTreeMap<MatchKey, String> = BTreeMap::new();
+    // Key -> (the owner as a person reads it, its namespace).
+    let mut owners: BTreeMap<MatchKey, (String, String)> = BTreeMap::new();
     for index in order {
         let (meta, compiled, issues) = &mut routes[index];
         let Some(route) = compiled.as_ref() else {
@@ -70,6 +71,13 @@ pub(crate) fn mark_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issues)])
             .iter()
             .find_map(|k| owners.get(k).map(|owner| (k, owner.clone())));
         if let Some((key, owner)) = clash {
+            // Never name another tenant's object (a shared host can put two namespaces here).
+            let (owner, owner_namespace) = owner;
+            let owner = if owner_namespace == meta.namespace {
+                owner
+            } else {
+                "a route of another namespace".to_string()
+            };
             let host = if key.0.is_empty() {
                 "any host"
             } else {
@@ -85,7 +93,7 @@ pub(crate) fn mark_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issues)])
             continue;
         }
         for key in keys {
-            owners.insert(key, meta.describe());
+            owners.insert(key, (meta.describe(), meta.namespace.clone()));
         }
     }
 }

@@ -43,16 +43,23 @@ pub(crate) struct ConsumerSection {
     pub statuses: Vec<ObjectStatus>,
     /// SHA-256 of the delivered parts above, for the generation id.
     pub digest: [u8; 32],
+    /// Bytes of config the accepted consumers of each namespace take (their budget).
+    pub bytes_by_namespace: BTreeMap<String, usize>,
 }
 
 pub(crate) fn compile_consumers(
     consumers: &[&ConsumerCredential],
     secrets: &SecretIndex<'_>,
+    budgets: &crate::tenancy::Budgets,
 ) -> ConsumerSection {
     let mut section = ConsumerSection::default();
     // Which consumer first claimed a name or key; later claimants are the conflicting ones.
+    // Keys are unique per namespace: a consumer only authenticates on its own namespace's
+    // routes (and those that name its namespace), so a key reused across namespaces is no
+    // ambiguity, and refusing it would tell one tenant another tenant's key.
     let mut names: BTreeMap<String, String> = BTreeMap::new();
-    let mut key_owner: BTreeMap<String, String> = BTreeMap::new();
+    let mut key_owner: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut accepted_in: BTreeMap<String, usize> = BTreeMap::new();
     let mut ordered: Vec<&&ConsumerCredential> = consumers.iter().collect();
     // Cached: the key copies the namespace and name, and sort_by_key would do that on every
     // comparison (3.4M times for 100k consumers).
@@ -128,10 +135,13 @@ pub(crate) fn compile_consumers(
                         );
                     } else {
                         let hash = hash_api_key(trimmed);
-                        match key_owner.get(&hash) {
+                        match key_owner.get(&(meta.namespace.clone(), hash.clone())) {
                             Some(owner) if owner != &id => issues.conflicted(
                                 &field,
-                                format!("this API key is already used by consumer {owner}"),
+                                format!(
+                                    "this API key is already used by consumer {} of this namespace",
+                                    owner.split_once('/').map_or(owner.as_str(), |(_, n)| n)
+                                ),
                             ),
                             _ => keys.push(hash),
                         }
@@ -140,6 +150,50 @@ pub(crate) fn compile_consumers(
             }
         }
 
+        let budget = budgets.of(&meta.namespace);
+        if issues.is_accepted() {
+            let count = accepted_in.get(&meta.namespace).copied().unwrap_or(0);
+            let bytes = section
+                .bytes_by_namespace
+                .get(&meta.namespace)
+                .copied()
+                .unwrap_or(0);
+            // About what this consumer adds to the config: its spec and its key digests.
+            // Measured only where a byte budget applies (100k consumers take ~0.1 s).
+            let size = if budget.config_bytes.is_some() {
+                super::budgets::json_size(&consumer.spec) + keys.len() * 100
+            } else {
+                0
+            };
+            if budget.consumers.is_some_and(|max| count >= max) {
+                issues.refused(
+                    crate::Reason::QuotaExceeded,
+                    "metadata.namespace",
+                    format!(
+                        "namespace {} already has its budget of {} consumers; the newest consumers past it are not served",
+                        meta.namespace,
+                        budget.consumers.unwrap_or_default()
+                    ),
+                );
+            } else if budget.config_bytes.is_some_and(|max| bytes + size > max) {
+                issues.refused(
+                    crate::Reason::QuotaExceeded,
+                    "spec",
+                    format!(
+                        "this consumer needs about {size} bytes of config and namespace {} has {} of its {} bytes left",
+                        meta.namespace,
+                        budget.config_bytes.unwrap_or_default().saturating_sub(bytes),
+                        budget.config_bytes.unwrap_or_default()
+                    ),
+                );
+            } else {
+                *accepted_in.entry(meta.namespace.clone()).or_insert(0) += 1;
+                *section
+                    .bytes_by_namespace
+                    .entry(meta.namespace.clone())
+                    .or_insert(0) += size;
+            }
+        }
         let accepted = issues.is_accepted();
         section
             .statuses
@@ -161,7 +215,7 @@ pub(crate) fn compile_consumers(
             continue;
         }
         for hash in keys {
-            key_owner.insert(hash.clone(), id.clone());
+            key_owner.insert((meta.namespace.clone(), hash.clone()), id.clone());
             section.api_keys.push(ApiKeyEntry {
                 sha256: hash,
                 consumer: id.clone(),

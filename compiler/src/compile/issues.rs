@@ -25,6 +25,11 @@ impl Issues {
             .push((Reason::UnsupportedValue, format!("{field}: {message}")));
     }
 
+    /// Refused for a tenancy rule (host ownership, targets, budgets) with its own reason.
+    pub fn refused(&mut self, reason: Reason, field: &str, message: impl std::fmt::Display) {
+        self.invalid.push((reason, format!("{field}: {message}")));
+    }
+
     pub fn conflicted(&mut self, field: &str, message: impl std::fmt::Display) {
         self.invalid
             .push((Reason::Conflicted, format!("{field}: {message}")));

@@ -3,6 +3,7 @@
 
 mod annotations;
 mod auth;
+mod budgets;
 mod cache;
 mod conflicts;
 mod consumer;
@@ -57,6 +58,9 @@ pub struct Snapshot {
     /// outside its validity period gets a warning condition). The caller supplies it so
     /// that `compile` stays pure; `None` skips those warnings (golden tests).
     pub now_unix_secs: Option<i64>,
+    /// Namespace rules: targets, catch-all routes, budgets ([`crate::tenancy`]). Host
+    /// ownership and consumer scopes always apply.
+    pub tenancy: crate::Tenancy,
 }
 
 /// Compiles a snapshot. Pure and deterministic: the same objects (and `now_unix_secs`) in
@@ -80,12 +84,14 @@ pub fn compile_cached(
     let consumers = cache.consumer_section(snapshot, &secrets);
 
     let mut compiled_routes = Vec::new();
+    let mut route_order = Vec::new();
     let mut route_secrets = Vec::new();
     let mut certificates = std::collections::BTreeMap::new();
-    for route in sorted(&snapshot.routes) {
+    for (order, route) in sorted_with_order(&snapshot.routes) {
         let meta = Meta::of(&route.metadata);
         let mut issues = Issues::default();
-        let compiled = route::compile_route(route, &meta, &policies, &mut issues);
+        let compiled =
+            route::compile_route(route, &meta, &policies, &snapshot.tenancy, &mut issues);
         let client_secret = auth::introspection_secret(route, &meta, &secrets, &mut issues);
         let route_tls =
             tls::compile_route_tls(route, &meta, &secrets, snapshot.now_unix_secs, &mut issues);
@@ -95,6 +101,7 @@ pub fn compile_cached(
         }
         certificates.extend(route_tls.certificate);
         route_secrets.extend(client_secret);
+        route_order.push((order, route.spec.share_hosts_with.as_slice()));
         compiled_routes.push((meta, compiled, issues));
     }
     // Ingresses and HTTPRoutes: routes derived from them go through the same steps.
@@ -118,11 +125,12 @@ pub fn compile_cached(
         &mut derived_routes,
     );
     let first_derived = compiled_routes.len();
-    for derived in &derived_routes {
+    for (i, derived) in derived_routes.iter().enumerate() {
         let route = &derived.route;
         let meta = Meta::of(&route.metadata);
         let mut issues = Issues::default();
-        let compiled = route::compile_route(route, &meta, &policies, &mut issues);
+        let compiled =
+            route::compile_route(route, &meta, &policies, &snapshot.tenancy, &mut issues);
         let client_secret = auth::introspection_secret(route, &meta, &secrets, &mut issues);
         let tls_meta = match &derived.tls_namespace {
             Some(namespace) => Meta {
@@ -145,8 +153,22 @@ pub fn compile_cached(
         }
         certificates.extend(route_tls.certificate);
         route_secrets.extend(client_secret);
+        // After every ApiRoute in input order; ownership goes by creation time first.
+        route_order.push((
+            snapshot.routes.len() + i,
+            route.spec.share_hosts_with.as_slice(),
+        ));
         compiled_routes.push((meta, compiled, issues));
     }
+    // Tenancy before conflicts (Ingresses and HTTPRoutes included): a route refused on another namespace's host must not
+    // count as a conflict winner, and the owner's routes never change.
+    mark_host_refusals(&mut compiled_routes, &route_order, &snapshot.tenancy);
+    budgets::mark_route_budgets(
+        &mut compiled_routes,
+        &route_order,
+        &snapshot.tenancy.budgets,
+        &consumers.bytes_by_namespace,
+    );
     conflicts::mark_conflicts(&mut compiled_routes);
     tls::mark_tls_conflicts(&mut compiled_routes);
     let derived_compiled = compiled_routes.split_off(first_derived);
@@ -215,6 +237,54 @@ pub fn compile_cached(
     let at = statuses.partition_point(|s| s.kind < ObjectKind::ConsumerCredential);
     statuses.splice(at..at, consumers.statuses.iter().cloned());
     (config, statuses)
+}
+
+/// Applies [`crate::tenancy::decide_hosts`] to the routes that are otherwise accepted.
+fn mark_host_refusals(
+    routes: &mut [(Meta, Option<crate::config::RouteConfig>, Issues)],
+    order: &[(usize, &[String])],
+    tenancy: &crate::Tenancy,
+) {
+    let mut claims = Vec::new();
+    let mut positions = Vec::new();
+    for (i, ((meta, compiled, issues), (input_order, share))) in
+        routes.iter().zip(order).enumerate()
+    {
+        let Some(route) = compiled.as_ref().filter(|_| issues.is_accepted()) else {
+            continue;
+        };
+        claims.push(crate::tenancy::HostClaim {
+            namespace: &meta.namespace,
+            created: meta.created.map(|t| t.as_second()),
+            order: *input_order,
+            hosts: &route.hosts,
+            share_with: share,
+        });
+        positions.push(i);
+    }
+    let verdicts = crate::tenancy::decide_hosts(&claims, tenancy);
+    drop(claims);
+    for (i, verdict) in positions.into_iter().zip(verdicts) {
+        if let Err(refusal) = verdict {
+            routes[i].2.refused(
+                crate::Reason::HostNotAllowed,
+                "spec.hosts",
+                refusal.message(),
+            );
+        }
+    }
+}
+
+/// [`sorted`], with each object's position in the input (file order in standalone mode,
+/// which decides host ownership there).
+fn sorted_with_order<K: kube_meta::HasMeta>(objects: &[Arc<K>]) -> Vec<(usize, &K)> {
+    let mut refs: Vec<(usize, &K)> = objects.iter().map(|o| &**o).enumerate().collect();
+    refs.sort_by(|(_, a), (_, b)| {
+        let (ma, mb) = (a.meta(), b.meta());
+        (ma.namespace.as_deref(), ma.name.as_deref())
+            .cmp(&(mb.namespace.as_deref(), mb.name.as_deref()))
+    });
+    refs
 }
 
 /// Objects sorted by namespace and name, so that input order never changes the output.

@@ -119,9 +119,18 @@ pub(crate) fn compile_route(
     route: &ApiRoute,
     meta: &Meta,
     policies: &PolicyIndex,
+    tenancy: &crate::Tenancy,
     issues: &mut Issues,
 ) -> Option<RouteConfig> {
     let spec = &route.spec;
+    for (i, ns) in spec.share_hosts_with.iter().enumerate() {
+        if !crate::tenancy::valid_namespace(ns) {
+            issues.invalid(
+                &format!("spec.shareHostsWith[{i}]"),
+                format!("{ns:?} is not a namespace name"),
+            );
+        }
+    }
 
     let mut hosts = Vec::new();
     for (i, host) in spec.hosts.iter().enumerate() {
@@ -232,7 +241,7 @@ pub(crate) fn compile_route(
         );
     }
 
-    let upstream = compile_upstream(route, meta, issues);
+    let upstream = compile_upstream(route, meta, tenancy, issues);
     let authentication = compile_authentication(route, issues);
     let authorization = compile_authorization(route, issues);
     let ip_restriction = compile_ip_restriction(route, issues);
@@ -425,7 +434,12 @@ fn valid_port_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-fn compile_upstream(route: &ApiRoute, meta: &Meta, issues: &mut Issues) -> Option<UpstreamConfig> {
+fn compile_upstream(
+    route: &ApiRoute,
+    meta: &Meta,
+    tenancy: &crate::Tenancy,
+    issues: &mut Issues,
+) -> Option<UpstreamConfig> {
     let upstream = &route.spec.upstream;
     let timeouts = upstream.timeouts.clone().unwrap_or_default();
     let connect = duration_field(
@@ -497,11 +511,27 @@ fn compile_upstream(route: &ApiRoute, meta: &Meta, issues: &mut Issues) -> Optio
             _ => Err("set exactly one of url and service".to_string()),
         };
         match resolved {
-            Ok((url, service)) => targets.push(TargetConfig {
-                url,
-                weight,
-                service,
-            }),
+            Ok((url, service)) => {
+                let host = url
+                    .split_once("://")
+                    .map_or("", |(_, rest)| rest)
+                    .rsplit_once(':')
+                    .map_or("", |(host, _)| host);
+                match crate::tenancy::internal_target(host, tenancy) {
+                    Some(what) => issues.refused(
+                        crate::Reason::TargetNotAllowed,
+                        &field,
+                        format!(
+                            "{host} is {what}, which the gateway does not forward to (it would reach the gateway or its node); the operator allows it only with --allow-loopback-targets"
+                        ),
+                    ),
+                    None => targets.push(TargetConfig {
+                        url,
+                        weight,
+                        service,
+                    }),
+                }
+            }
             Err(e) => issues.invalid(&field, e),
         }
     }
@@ -535,6 +565,7 @@ fn compile_upstream(route: &ApiRoute, meta: &Meta, issues: &mut Issues) -> Optio
         retries: retries.min(MAX_RETRIES),
         direct_response,
         tls: None,
+        refuse_internal_addresses: tenancy.refuse_internal_targets,
     })
 }
 
@@ -597,7 +628,16 @@ fn compile_validation(route: &ApiRoute, issues: &mut Issues) -> Option<Validatio
         }
     }
     if let Some(schema) = &v.json_schema {
-        if let Err(e) = jsonschema::validator_for(schema) {
+        let depth = crate::tenancy::json_depth(schema);
+        if depth > crate::tenancy::MAX_JSON_DEPTH {
+            issues.invalid(
+                "spec.requestValidation.jsonSchema",
+                format!(
+                    "is nested {depth} levels deep; at most {} are allowed",
+                    crate::tenancy::MAX_JSON_DEPTH
+                ),
+            );
+        } else if let Err(e) = jsonschema::validator_for(schema) {
             issues.invalid(
                 "spec.requestValidation.jsonSchema",
                 format!("does not compile: {e}"),

@@ -328,9 +328,9 @@ pub(crate) fn compile_route_tls(
 /// served consistently (the handshake happens before the route is known): the later route
 /// in (namespace, name) order is refused, naming the first.
 pub(crate) fn mark_tls_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issues)]) {
-    let mut owners: BTreeMap<String, (String, RouteTlsConfig)> = BTreeMap::new();
+    let mut owners: BTreeMap<String, (String, String, RouteTlsConfig)> = BTreeMap::new();
     for (meta, compiled, issues) in routes.iter_mut() {
-        let Some(route) = compiled.as_ref() else {
+        let Some(route) = compiled.as_ref().filter(|_| issues.is_accepted()) else {
             continue;
         };
         let Some(tls) = &route.tls else { continue };
@@ -339,10 +339,15 @@ pub(crate) fn mark_tls_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issue
         tls_key.redirect_http = false;
         let mut conflict = None;
         for host in &route.hosts {
-            if let Some((owner, settings)) = owners.get(host) {
+            if let Some((owner, owner_namespace, settings)) = owners.get(host) {
                 if *settings != tls_key {
                     conflict = Some(format!(
-                        "host {host:?} is already terminated by {owner} with a different certificate, minVersion or clientAuth"
+                        "host {host:?} is already terminated by {} with a different certificate, minVersion or clientAuth",
+                        if *owner_namespace == meta.namespace {
+                            owner.as_str()
+                        } else {
+                            "a route of another namespace"
+                        }
                     ));
                     break;
                 }
@@ -355,9 +360,9 @@ pub(crate) fn mark_tls_conflicts(routes: &mut [(Meta, Option<RouteConfig>, Issue
             }
             None => {
                 for host in &route.hosts {
-                    owners
-                        .entry(host.clone())
-                        .or_insert_with(|| (meta.describe(), tls_key.clone()));
+                    owners.entry(host.clone()).or_insert_with(|| {
+                        (meta.describe(), meta.namespace.clone(), tls_key.clone())
+                    });
                 }
             }
         }

@@ -95,6 +95,7 @@ impl CompiledIntrospection {
         &self,
         token: &str,
         keys: &KeyStore,
+        scope: &super::api_key::ConsumerScope,
     ) -> Result<Arc<Principal>, IntrospectionError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::Malformed.into());
@@ -138,7 +139,7 @@ impl CompiledIntrospection {
             // A disabled consumer's client: its tokens stop working like its keys do.
             return Err(TokenError::UnknownConsumer.into());
         }
-        let consumer = client_id.and_then(|c| keys.consumer_by_client_id(c));
+        let consumer = client_id.and_then(|c| keys.consumer_by_client_id(scope, c));
         let principal = Arc::new(Principal {
             consumer,
             subject: answer

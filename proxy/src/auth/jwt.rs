@@ -111,7 +111,7 @@ pub struct CompiledJwt {
     require_iat: bool,
     max_lifetime_secs: Option<u64>,
     skew_secs: u64,
-    namespace: String,
+    scope: super::api_key::ConsumerScope,
     cache: TtlCache<Principal>,
     clock: SharedClock,
 }
@@ -223,7 +223,11 @@ pub fn parse_compact<'t>(
 }
 
 impl CompiledJwt {
-    pub fn new(config: &JwtConfig, namespace: &str, runtime: &AuthRuntime) -> Self {
+    pub fn new(
+        config: &JwtConfig,
+        scope: super::api_key::ConsumerScope,
+        runtime: &AuthRuntime,
+    ) -> Self {
         let issuers = config
             .issuers
             .iter()
@@ -254,7 +258,7 @@ impl CompiledJwt {
             require_iat: config.claims_to_verify.iter().any(|c| c == "iat"),
             max_lifetime_secs: config.maximum_expiration_secs,
             skew_secs: config.clock_skew_secs,
-            namespace: namespace.to_string(),
+            scope,
             cache: TtlCache::new(TOKEN_CACHE_CAPACITY),
             clock: runtime.clock.clone(),
         }
@@ -293,7 +297,7 @@ impl CompiledJwt {
                     .and_then(Value::as_str)
                     .map(str::to_string)
             };
-            selector.and_then(|s| keys.jwt_key(&s))
+            selector.and_then(|s| keys.jwt_key(&self.scope, &s))
         } else {
             None
         };
@@ -385,7 +389,7 @@ impl CompiledJwt {
                     .and_then(Value::as_str)
                     .ok_or(TokenError::UnknownConsumer)?;
                 consumer = Some(
-                    keys.consumer_by_name(&self.namespace, name)
+                    keys.consumer_by_name(&self.scope, name)
                         .ok_or(TokenError::UnknownConsumer)?,
                 );
             }

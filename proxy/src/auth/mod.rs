@@ -36,7 +36,9 @@ use http::request::Parts;
 use http::{header, HeaderValue, StatusCode};
 use portcullis_compiler::config::{AuthMethodConfig, AuthenticationConfig, SecretConfig};
 
-pub use api_key::{Consumer, KeyStore, KeyStoreError, ANONYMOUS, DEFAULT_API_KEY_HEADER};
+pub use api_key::{
+    Consumer, ConsumerScope, KeyStore, KeyStoreError, ANONYMOUS, DEFAULT_API_KEY_HEADER,
+};
 pub use authorize::authorize;
 pub use identity::{AuthContext, CredentialType, Identity, Principal};
 
@@ -227,6 +229,8 @@ impl AuthRuntime {
 
 pub struct CompiledAuth {
     config: AuthenticationConfig,
+    /// Whose consumers authenticate here: the route's namespace and the ones it names.
+    scope: ConsumerScope,
     api_key: Option<ApiKeySource>,
     // Boxed: each is hundreds of bytes, a route uses few of them, and the compiled routes
     // are kept in one vector (at 10k routes, ~11 MB of mostly empty space otherwise).
@@ -310,6 +314,7 @@ impl CompiledAuth {
         runtime: &AuthRuntime,
     ) -> Self {
         let has = |m| config.methods.contains(&m);
+        let scope = ConsumerScope::new(namespace, &config.consumer_namespaces);
         let secret = secrets
             .introspection_secrets
             .iter()
@@ -321,7 +326,7 @@ impl CompiledAuth {
                 .jwt
                 .as_ref()
                 .filter(|_| has(AuthMethodConfig::Jwt))
-                .map(|j| Box::new(CompiledJwt::new(j, namespace, runtime))),
+                .map(|j| Box::new(CompiledJwt::new(j, scope.clone(), runtime))),
             introspection: config
                 .oauth2_introspection
                 .as_ref()
@@ -333,6 +338,7 @@ impl CompiledAuth {
                 .filter(|_| has(AuthMethodConfig::ForwardAuth))
                 .map(|f| Box::new(CompiledForwardAuth::new(f, runtime))),
             mutual_tls: has(AuthMethodConfig::MutualTls),
+            scope,
             config: config.clone(),
         }
     }
@@ -403,7 +409,7 @@ impl CompiledAuth {
         let Some(peer) = crate::tls::connection(parts).and_then(|c| c.peer.as_ref()) else {
             return Attempt::Absent;
         };
-        Attempt::Done(match store.mtls.lookup(peer) {
+        Attempt::Done(match store.mtls_lookup(&self.scope, peer) {
             Some(consumer) => Ok(AuthContext {
                 identity: Identity::Consumer(consumer),
                 credential: Some(CredentialType::MutualTls),
@@ -421,7 +427,7 @@ impl CompiledAuth {
         let Some(key) = source.find(parts) else {
             return Attempt::Absent;
         };
-        Attempt::Done(match store.lookup(&key) {
+        Attempt::Done(match store.lookup(&self.scope, &key) {
             Some(consumer) => Ok(AuthContext {
                 identity: Identity::Consumer(consumer),
                 credential: Some(CredentialType::ApiKey),
@@ -467,7 +473,7 @@ impl CompiledAuth {
             (false, false) => match &self.introspection {
                 Some(introspection) => Attempt::Done(
                     introspection
-                        .introspect(token, store)
+                        .introspect(token, store, &self.scope)
                         .await
                         .map(|p| context(CredentialType::OAuth2, p))
                         .map_err(AuthError::from),

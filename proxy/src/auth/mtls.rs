@@ -79,9 +79,10 @@ fn find(claims: Option<&Vec<Claim>>, peer: &PeerCertificate) -> Option<usize> {
 }
 
 impl MtlsIndex {
-    pub fn build(consumers: &[ConsumerConfig]) -> Self {
+    /// From consumers with their positions in the key store (one namespace's).
+    pub fn build(consumers: &[(usize, &ConsumerConfig)]) -> Self {
         let mut index = MtlsIndex::default();
-        for (i, c) in consumers.iter().enumerate() {
+        for &(i, c) in consumers {
             let Some(mtls) = &c.mtls else { continue };
             let cas: Option<Arc<[String]>> = (!mtls.ca_fingerprints_sha256.is_empty())
                 .then(|| mtls.ca_fingerprints_sha256.as_slice().into());

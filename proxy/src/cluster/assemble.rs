@@ -67,6 +67,7 @@ fn shard(
         count,
         generation,
         content: annotations.get(delivery::CONTENT_ANNOTATION).cloned(),
+        signature: annotations.get(delivery::SIGNATURE_ANNOTATION).cloned(),
         payload: payload.0.clone(),
     })
 }
@@ -122,12 +123,34 @@ pub fn decide(
     loaded: Option<&str>,
     loaded_secret: Option<&str>,
 ) -> Decision {
+    decide_signed(config, secret, loaded, loaded_secret, None)
+}
+
+/// [`decide`], loading only a config signed with `key` when there is one
+/// ([`delivery::verify_signature`]). An unsigned or badly signed complete config is
+/// [`Decision::Corrupt`]: the loaded config keeps serving.
+pub fn decide_signed(
+    config: &[Shard],
+    secret: &[Shard],
+    loaded: Option<&str>,
+    loaded_secret: Option<&str>,
+    key: Option<&[u8]>,
+) -> Decision {
     let generation = match delivery::current_generation(config, secret) {
         Ok(generation) => generation,
         Err(e) => return Decision::Waiting(e),
     };
     if loaded == Some(generation.as_str()) {
         return Decision::Unchanged;
+    }
+    if let Some(key) = key {
+        match delivery::verify_signature(config, secret, &generation, key) {
+            Ok(()) => {}
+            Err(e @ (DeliveryError::Missing(_) | DeliveryError::Incomplete { .. })) => {
+                return Decision::Waiting(e)
+            }
+            Err(e) => return Decision::Corrupt(e),
+        }
     }
     match delivery::decode_reusing(config, secret, loaded_secret) {
         Ok(decoded) => Decision::Load(Box::new(decoded)),

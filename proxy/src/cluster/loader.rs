@@ -84,6 +84,7 @@ fn fingerprint(cms: &[Arc<ConfigMap>], secrets: &[Arc<Secret>]) -> Fingerprint {
 pub(super) async fn run(
     client: kube::Client,
     namespace: String,
+    key_secret: Option<String>,
     handle: ConfigHandle,
     swapped: Arc<Notify>,
 ) {
@@ -98,12 +99,32 @@ pub(super) async fn run(
     .backoff(RetryBackoff::default())
     .reflect(cm_writer)
     .map(|event| event.err().map(|e| ("ConfigMaps", e)));
-    let secrets = watcher(Api::<Secret>::namespaced(client, &namespace), config())
-        .backoff(RetryBackoff::default())
-        .reflect(secret_writer)
-        .map(|event| event.err().map(|e| ("Secrets", e)));
-    let events = futures_util::stream::select(cms, secrets);
+    let secrets = watcher(
+        Api::<Secret>::namespaced(client.clone(), &namespace),
+        config(),
+    )
+    .backoff(RetryBackoff::default())
+    .reflect(secret_writer)
+    .map(|event| event.err().map(|e| ("Secrets", e)));
+    // The signing key, watched like the shards: a proxy that starts before the operator
+    // created it loads the first config as soon as both are there.
+    let (key_store, key_writer) = reflector::store::<Secret>();
+    let key_name = key_secret.clone().unwrap_or_default();
+    let keys = watcher(
+        Api::<Secret>::namespaced(client, &namespace),
+        watcher::Config::default().fields(&format!("metadata.name={key_name}")),
+    )
+    .backoff(RetryBackoff::default())
+    .reflect(key_writer)
+    .map(|event| event.err().map(|e| ("the config key Secret", e)));
+    let keys: futures_util::stream::BoxStream<'static, _> = if key_secret.is_some() {
+        Box::pin(keys)
+    } else {
+        Box::pin(futures_util::stream::empty())
+    };
+    let events = futures_util::stream::select(futures_util::stream::select(cms, secrets), keys);
     tokio::pin!(events);
+    let key_store = key_secret.as_ref().map(|_| key_store);
     let mut last: Option<Fingerprint> = None;
     tracing::info!(%namespace, %selector, "watching the config ConfigMaps and Secrets");
     while let Some(event) = events.next().await {
@@ -112,24 +133,58 @@ pub(super) async fn run(
             tracing::warn!(%namespace, error = %error, "watching {what} failed; retrying");
             continue;
         }
-        reconcile(&cm_store, &secret_store, &handle, &swapped, &mut last).await;
+        reconcile(
+            &cm_store,
+            &secret_store,
+            key_store.as_ref(),
+            &handle,
+            &swapped,
+            &mut last,
+        )
+        .await;
     }
+}
+
+/// What the key Secret holds: `Some(None)` while it is missing (nothing can load then).
+fn signing_key(key_store: Option<&Store<Secret>>) -> Option<Option<Arc<[u8]>>> {
+    let store = key_store?;
+    Some(store.state().first().and_then(|secret| {
+        let data = secret.data.as_ref()?.get(delivery::KEY_SECRET_KEY)?;
+        (!data.0.is_empty()).then(|| Arc::from(data.0.as_slice()))
+    }))
 }
 
 async fn reconcile(
     cm_store: &Store<ConfigMap>,
     secret_store: &Store<Secret>,
+    key_store: Option<&Store<Secret>>,
     handle: &ConfigHandle,
     swapped: &Notify,
     last: &mut Option<Fingerprint>,
 ) {
     let cms = cm_store.state();
     let secrets = secret_store.state();
-    let fp = fingerprint(&cms, &secrets);
+    let keys = key_store.map(Store::state).unwrap_or_default();
+    let mut fp = fingerprint(&cms, &secrets);
+    fp.extend(keys.iter().map(|k| {
+        (
+            "KeySecret",
+            k.name_any(),
+            k.resource_version().unwrap_or_default(),
+        )
+    }));
     if last.as_ref() == Some(&fp) {
         return;
     }
     *last = Some(fp);
+    let key = match signing_key(key_store) {
+        None => Verification::Unsigned,
+        Some(Some(key)) => Verification::Key(key),
+        Some(None) => {
+            tracing::warn!("the config signing key Secret is missing or empty; no config can be loaded until the operator creates it");
+            return;
+        }
+    };
     let registry = handle.endpoint_registry();
     if handle.loaded_generation().is_none()
         && registry.is_enabled()
@@ -137,9 +192,16 @@ async fn reconcile(
     {
         tracing::warn!("Services and endpoints not listed yet; loading the config anyway");
     }
-    if load(cms, secrets, handle.clone()).await == Loaded::Swapped {
+    if load_verified(cms, secrets, handle.clone(), key).await == Loaded::Swapped {
         swapped.notify_one();
     }
+}
+
+/// Whether configs must be signed, and with which key.
+#[derive(Clone)]
+pub enum Verification {
+    Unsigned,
+    Key(Arc<[u8]>),
 }
 
 /// What [`load`] did.
@@ -165,11 +227,25 @@ pub async fn load(
     secrets: Vec<Arc<Secret>>,
     handle: ConfigHandle,
 ) -> Loaded {
+    load_verified(cms, secrets, handle, Verification::Unsigned).await
+}
+
+/// [`load`], verifying the config's signature first when `verification` has a key.
+pub async fn load_verified(
+    cms: Vec<Arc<ConfigMap>>,
+    secrets: Vec<Arc<Secret>>,
+    handle: ConfigHandle,
+    verification: Verification,
+) -> Loaded {
     let (done, result) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("config-load".into())
         .spawn(move || {
-            let _ = done.send(load_blocking(&cms, &secrets, &handle));
+            let key = match &verification {
+                Verification::Unsigned => None,
+                Verification::Key(key) => Some(&**key),
+            };
+            let _ = done.send(load_blocking(&cms, &secrets, &handle, key));
         });
     if let Err(error) = spawned {
         tracing::error!(%error, "cannot start the config load thread");
@@ -198,16 +274,22 @@ async fn release_freed_memory() {
     drop(std::hint::black_box(Vec::<u8>::with_capacity(8 << 20)));
 }
 
-fn load_blocking(cms: &[Arc<ConfigMap>], secrets: &[Arc<Secret>], handle: &ConfigHandle) -> Loaded {
+fn load_blocking(
+    cms: &[Arc<ConfigMap>],
+    secrets: &[Arc<Secret>],
+    handle: &ConfigHandle,
+    key: Option<&[u8]>,
+) -> Loaded {
     let config_shards = shards(cms, assemble::configmap_shard);
     let secret_shards = shards(secrets, assemble::secret_shard);
     let loaded = handle.loaded_generation();
     let loaded_secret = handle.loaded_secret_content();
-    let decision = assemble::decide(
+    let decision = assemble::decide_signed(
         &config_shards,
         &secret_shards,
         loaded.as_deref(),
         loaded_secret.as_deref(),
+        key,
     );
     let decoded = match decision {
         Decision::Load(decoded) => decoded,

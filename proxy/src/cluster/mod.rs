@@ -42,7 +42,7 @@
 pub mod assemble;
 pub mod endpoints;
 mod loader;
-pub use loader::{load, Loaded};
+pub use loader::{load, load_verified, Loaded, Verification};
 mod reporter;
 
 use std::sync::Arc;
@@ -65,6 +65,10 @@ pub struct ClusterOptions {
     pub report_interval: Duration,
     /// Where Service targets' endpoints come from ([`endpoints`]).
     pub endpoints: endpoints::Source,
+    /// The Secret (in `namespace`) with the operator's config signing key: only configs
+    /// signed with it load. `None` loads unsigned configs (tests of other behaviour only;
+    /// the `--kube` command line always verifies).
+    pub config_key_secret: Option<String>,
 }
 
 /// The running watch and reporter tasks.
@@ -94,6 +98,7 @@ pub fn start(client: kube::Client, handle: ConfigHandle, options: ClusterOptions
     let loader = tokio::spawn(loader::run(
         client.clone(),
         options.namespace.clone(),
+        options.config_key_secret.clone(),
         handle.clone(),
         swapped.clone(),
     ));

@@ -43,6 +43,7 @@ pub fn route(id: &str, kind: PathKind, path: &str, targets: &[&Upstream]) -> Rou
         strip_path: false,
         rewrite_prefix: None,
         upstream: UpstreamConfig {
+            refuse_internal_addresses: false,
             targets: targets
                 .iter()
                 .map(|u| TargetConfig {
