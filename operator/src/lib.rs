@@ -6,6 +6,7 @@ pub mod backlog;
 pub mod events;
 pub mod leader;
 pub mod metrics;
+pub mod owner;
 pub mod publish;
 pub mod reconcile;
 pub mod server;

@@ -12,6 +12,7 @@ use kube::Client;
 use portcullis_operator::events::EventSink;
 use portcullis_operator::leader::{Elector, LeaderConfig};
 use portcullis_operator::metrics::{ErrorLabels, Metrics};
+use portcullis_operator::owner;
 use portcullis_operator::reconcile::{Reconciler, RETRY_AFTER};
 use portcullis_operator::server::{self, AdminState};
 use portcullis_operator::watch::{self, Trigger};
@@ -65,6 +66,11 @@ struct Args {
     /// marks invalid objects Accepted=False).
     #[arg(long)]
     webhook_fail_closed: bool,
+    /// ConfigMap (in --namespace) that owns what the operator creates there: the config
+    /// shards, the webhook certificate Secret and the leader Lease. Deleting it (the Helm
+    /// chart's, on `helm uninstall`) lets the garbage collector delete them.
+    #[arg(long)]
+    owner_configmap: Option<String>,
 }
 
 fn identity(args: &Args) -> String {
@@ -109,6 +115,10 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
+    let owner = match &args.owner_configmap {
+        Some(name) => Some(owner::resolve(&client, &args.namespace, name).await?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let trigger = Arc::new(Trigger::default());
     let stores = watch::start(&client, &args.namespace, trigger.clone());
@@ -121,7 +131,13 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(admin = %admin_addr, identity = %identity, "operator starting");
 
     if let Some(addr) = args.webhook_listen {
-        let cert = webhook::serving_cert(&client, &args.namespace, &args.webhook_hosts).await?;
+        let cert = webhook::serving_cert(
+            &client,
+            &args.namespace,
+            &args.webhook_hosts,
+            owner.as_ref(),
+        )
+        .await?;
         let state = Arc::new(WebhookState {
             stores: stores.clone(),
         });
@@ -139,7 +155,10 @@ async fn main() -> anyhow::Result<()> {
 
     let elector = Arc::new(Elector::new(
         client.clone(),
-        LeaderConfig::new(&args.namespace, &identity),
+        LeaderConfig {
+            owner: owner.clone(),
+            ..LeaderConfig::new(&args.namespace, &identity)
+        },
     ));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -161,7 +180,8 @@ async fn main() -> anyhow::Result<()> {
         stores.clone(),
         metrics.clone(),
         trigger.clone(),
-    );
+    )
+    .with_owner(owner.clone());
     let debounce = Duration::from_millis(args.debounce_ms);
     let resync = Duration::from_secs(args.resync_seconds.max(1));
 

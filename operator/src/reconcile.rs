@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::{Client, Resource, ResourceExt};
@@ -51,6 +52,8 @@ struct Compiled {
 pub struct Reconciler {
     client: Client,
     namespace: String,
+    /// Owner of the published shards ([`crate::owner`]).
+    owner: Option<OwnerReference>,
     stores: Stores,
     metrics: Arc<Metrics>,
     trigger: Arc<Trigger>,
@@ -136,6 +139,7 @@ impl Reconciler {
         Self {
             client,
             namespace: namespace.to_string(),
+            owner: None,
             stores,
             metrics,
             trigger,
@@ -149,6 +153,12 @@ impl Reconciler {
             last_encoded: None,
             compile_cache: CompileCache::default(),
         }
+    }
+
+    /// Publishes the shards with an ownerReference to `owner` ([`crate::owner`]).
+    pub fn with_owner(mut self, owner: Option<OwnerReference>) -> Self {
+        self.owner = owner;
+        self
     }
 
     /// Plans for the status writer: the newest one wins.
@@ -256,7 +266,13 @@ impl Reconciler {
                 Ok(encoded) => {
                     let started = Instant::now();
                     self.publishing.send_replace(true);
-                    let published = publish::publish(&self.client, &self.namespace, &encoded).await;
+                    let published = publish::publish(
+                        &self.client,
+                        &self.namespace,
+                        &encoded,
+                        self.owner.as_ref(),
+                    )
+                    .await;
                     self.publishing.send_replace(false);
                     published?;
                     self.metrics

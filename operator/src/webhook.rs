@@ -197,6 +197,7 @@ pub async fn serving_cert(
     client: &Client,
     namespace: &str,
     hosts: &[String],
+    owner: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
 ) -> Result<ServingCert, WebhookError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     for _ in 0..3 {
@@ -211,7 +212,7 @@ pub async fn serving_cert(
             }
         }
         let generated = generate(hosts)?;
-        let secret = Secret {
+        let mut secret = Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(CERT_SECRET_NAME.into()),
                 namespace: Some(namespace.into()),
@@ -233,6 +234,7 @@ pub async fn serving_cert(
             ),
             ..Default::default()
         };
+        crate::owner::attach(&mut secret.metadata, owner);
         match api.create(&PostParams::default(), &secret).await {
             Ok(_) => return Ok(generated),
             // Another replica won the race: read theirs.
