@@ -139,10 +139,17 @@ async fn grant_proxy_rbac(admin: &kube::Client) {
         verbs: verbs.iter().map(|s| s.to_string()).collect(),
         ..PolicyRule::default()
     };
+    // The config objects by name only: no other Secret of the namespace is readable.
+    let shard_names = (0..delivery::MAX_SHARDS)
+        .map(delivery::object_name)
+        .collect::<Vec<_>>();
     let role = Role {
         metadata: meta("portcullis-proxy"),
         rules: Some(vec![
-            rule(&[""], &["configmaps", "secrets"], &["get", "list", "watch"]),
+            PolicyRule {
+                resource_names: Some(shard_names),
+                ..rule(&[""], &["configmaps", "secrets"], &["get", "list", "watch"])
+            },
             rule(
                 &["coordination.k8s.io"],
                 &["leases"],
