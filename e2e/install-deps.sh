@@ -16,6 +16,17 @@ PACKAGES=(
   "node nodejs"
   "nginx nginx"
   "haproxy haproxy"
+  # The real single-node Kubernetes (e2e/node/): container runtime, CNI plugins, image
+  # builder, the static busybox and gcc for the images, kube-proxy's tools.
+  "containerd containerd"
+  "runc runc"
+  "/usr/lib/cni/bridge containernetworking-plugins"
+  "buildah buildah"
+  "iptables iptables"
+  "conntrack conntrack"
+  "/bin/busybox busybox-static"
+  "gcc gcc"
+  "bc bc"
 )
 
 missing=()
