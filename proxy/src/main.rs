@@ -220,6 +220,7 @@ fn run_kube(args: Args) -> anyhow::Result<ExitCode> {
                 namespace: args.namespace.clone(),
                 replica,
                 report_interval: args.report_interval,
+                owner: cluster::pod_owner(),
             },
         );
         wait_for_signal().await;

@@ -349,6 +349,7 @@ async fn cluster_mode_against_a_real_api_server() {
             namespace: NS.into(),
             replica: REPLICA.into(),
             report_interval: Duration::from_secs(1),
+            owner: None,
         },
     );
     let http = client();

@@ -40,12 +40,13 @@ mod reporter;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::server::ConfigHandle;
 
-pub use reporter::{lease_name, replica_id};
+pub use reporter::{lease_name, pod_owner, replica_id};
 
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -55,6 +56,10 @@ pub struct ClusterOptions {
     pub replica: String,
     /// How often the report is renewed (it is also sent right after each config swap).
     pub report_interval: Duration,
+    /// Owner of the report Lease: the replica's Pod ([`pod_owner`]), so that the Lease goes
+    /// with the Pod even when the replica cannot remove it itself (killed, or its RBAC
+    /// already gone during `helm uninstall`).
+    pub owner: Option<OwnerReference>,
 }
 
 /// The running watch and reporter tasks.
