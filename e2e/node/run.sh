@@ -60,16 +60,30 @@ finish() {
   node_log "node run finished in $(( $(date +%s) - T0 ))s (status $status)"
   exit $status
 }
+# bash runs a trap only once the foreground command has returned: up.sh and COMMAND run in the
+# background and are waited for, so that a signal (a CI timeout's SIGTERM) tears down at once.
+child=
+interrupted() {
+  status=130
+  [[ -n $child ]] && kill -TERM "$child" 2>/dev/null && wait "$child" 2>/dev/null
+  exit 130
+}
 trap finish EXIT
-trap 'status=130; exit 130' INT TERM
+trap interrupted INT TERM
+in_background() {
+  "$@" &
+  child=$!
+  local rc=0
+  wait "$child" || rc=$?
+  child=
+  return $rc
+}
 
-"$HERE/up.sh" "$RUN_DIR" "$NODE_BINS" "${IMAGES[@]}"
+in_background "$HERE/up.sh" "$RUN_DIR" "$NODE_BINS" "${IMAGES[@]}"
 # shellcheck disable=SC1091
 . "$RUN_DIR/env"
 APP_VERSION=$(awk -F'"' '/^appVersion:/{print $2}' "$ROOT/charts/portcullis/Chart.yaml")
 export PORTCULLIS_IMAGE_REPOSITORY=localhost/portcullis PORTCULLIS_IMAGE_TAG=$APP_VERSION
 export PORTCULLIS_BUSYBOX_IMAGE=localhost/portcullis/busybox:1 PORTCULLIS_CHART=$ROOT/charts/portcullis
-set +e
-"$@"
-status=$?
-set -e
+status=0
+in_background "$@" || status=$?
