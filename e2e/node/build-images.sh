@@ -30,7 +30,9 @@ APP_VERSION=$(awk -F'"' '/^appVersion:/{print $2}' "$ROOT/charts/portcullis/Char
 [[ -n $APP_VERSION ]] || node_die "no appVersion in charts/portcullis/Chart.yaml"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-images.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+# buildah keeps a blob cache in /var/lib/containers whatever --root says: gone with us if we made it.
+[[ -e /var/lib/containers ]] && own_cache= || own_cache=/var/lib/containers
+trap 'rm -rf "$WORK" $own_cache' EXIT
 BUILDAH=(buildah --root "$WORK/storage" --runroot "$WORK/run" --storage-driver vfs)
 
 # name, tag, hash, rootfs dir, buildah config args...: commits and writes $OUT/name-hash.tar

@@ -16,5 +16,9 @@ NODE_SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_
   kernel/keys/root_maxkeys kernel/keys/root_maxbytes net/ipv4/ip_forward
   net/ipv4/conf/all/route_localnet net/bridge/bridge-nf-call-iptables)
 
+# Directories the kubelet (device plugins) and containerd's CNI (its lock) create outside the
+# run folder whatever their configuration says: removed by teardown when up.sh created them.
+HOST_DIRS=(/var/lib/kubelet /etc/cni)
+
 node_log() { printf '[node %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 node_die() { node_log "ERROR: $*"; exit 1; }

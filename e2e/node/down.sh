@@ -85,6 +85,9 @@ if [[ -f $R/sysctl.orig ]]; then
 fi
 # State the kubelet, containerd and libcni keep outside RUN_DIR.
 rm -rf /var/log/pods /var/log/containers /var/lib/cni
+created=()
+[[ -f $R/host-dirs.created ]] && mapfile -t created <"$R/host-dirs.created"
+for d in "${created[@]}"; do [[ -n $d ]] && rm -rf "$d"; done
 pgrep -x containerd >/dev/null || rm -rf /run/containerd
 # Pod cgroups (empty now), deepest first.
 for h in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
@@ -110,7 +113,9 @@ for ipt in iptables ip6tables iptables-legacy ip6tables-legacy; do
   done
 done
 c=$(find /sys/fs/cgroup -maxdepth 2 -type d -name kubepods 2>/dev/null); [[ -n $c ]] && left+=("cgroups: $c")
-for d in /var/log/pods /var/log/containers /var/lib/cni /run/containerd; do [[ -e $d ]] && left+=("$d"); done
+for d in /var/log/pods /var/log/containers /var/lib/cni /run/containerd "${created[@]}"; do
+  [[ -n $d && -e $d ]] && left+=("$d")
+done
 if ((${#left[@]})); then
   node_log "teardown left behind:"; printf '  %s\n' "${left[@]}" >&2
   exit 1

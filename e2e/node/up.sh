@@ -94,6 +94,7 @@ lap "pki"
 
 # --- network: the bridge (created here so the API server and the kubelet can bind to it),
 # the service range routed onto it, and the guard rules, all before any component starts.
+for d in "${HOST_DIRS[@]}"; do [[ -e $d ]] || echo "$d"; done >"$R/host-dirs.created"
 for k in "${NODE_SYSCTLS[@]}"; do
   [[ -e /proc/sys/$k ]] && echo "$k=$(cat "/proc/sys/$k")"
 done >"$R/sysctl.orig"
