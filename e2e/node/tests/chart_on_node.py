@@ -39,7 +39,6 @@ IMAGE_VALUES = {
 BUSYBOX = os.environ["PORTCULLIS_BUSYBOX_IMAGE"]
 CTR = os.environ["PORTCULLIS_NODE_CTR"].split()
 T0 = time.monotonic()
-TIMES: list[tuple[str, float]] = []
 
 
 class Failed(Exception):
