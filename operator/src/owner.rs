@@ -70,6 +70,7 @@ pub fn attach(meta: &mut ObjectMeta, owner: Option<&OwnerReference>) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn owner(uid: &str) -> OwnerReference {
