@@ -19,6 +19,17 @@ PACKAGES=(
   # Endpoint tests (e2e/tests/endpoints.rs, ingress.rs): a bridge of the test's own carries
   # the pod addresses (the API server refuses loopback endpoints). Needs root (CAP_NET_ADMIN).
   "ip iproute2"
+  # The real single-node Kubernetes (e2e/node/): container runtime, CNI plugins, image
+  # builder, the static busybox and gcc for the images, kube-proxy's tools.
+  "containerd containerd"
+  "runc runc"
+  "/usr/lib/cni/bridge containernetworking-plugins"
+  "buildah buildah"
+  "iptables iptables"
+  "conntrack conntrack"
+  "/bin/busybox busybox-static"
+  "gcc gcc"
+  "bc bc"
 )
 
 missing=()

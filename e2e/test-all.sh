@@ -35,3 +35,9 @@ cargo test -p libinjectionrs --locked
 # next to the kube-apiserver cache, so later runs on this machine rebuild only our crates.
 echo "== fuzz smoke runs"
 FUZZ_TARGET_DIR="${FUZZ_TARGET_DIR:-${PORTCULLIS_CACHE:-/var/cache/portcullis}/fuzz-target}" ./fuzz/smoke.sh
+
+# The Helm chart on a real single-node Kubernetes (e2e/node/README.md): kubelet, kube-proxy,
+# containerd and the control plane on this machine, the images built FROM scratch from the
+# release binaries. The first run builds the node binaries (cached) and the release binaries.
+echo "== chart on a real node (helm install, webhook, rolling upgrade under load, failover, RBAC, uninstall)"
+./e2e/node/chart-test.sh

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::Client;
@@ -21,6 +21,8 @@ pub struct LeaderConfig {
     pub identity: String,
     pub lease_duration: Duration,
     pub retry_period: Duration,
+    /// Owner of the Lease when this replica creates it ([`crate::owner`]).
+    pub owner: Option<OwnerReference>,
 }
 
 impl LeaderConfig {
@@ -30,6 +32,7 @@ impl LeaderConfig {
             identity: identity.to_string(),
             lease_duration: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
+            owner: None,
         }
     }
 }
@@ -82,7 +85,7 @@ impl Elector {
     async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
         let current = self.api.get_opt(LEASE_NAME).await?;
         let Some(mut lease) = current else {
-            let lease = Lease {
+            let mut lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(LEASE_NAME.into()),
                     namespace: Some(self.config.namespace.clone()),
@@ -90,6 +93,7 @@ impl Elector {
                 },
                 spec: Some(self.spec(None, 0)),
             };
+            crate::owner::attach(&mut lease.metadata, self.config.owner.as_ref());
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),

@@ -10,6 +10,7 @@ pub mod lenient;
 pub mod logs;
 pub mod metrics;
 pub mod outputs;
+pub mod owner;
 pub mod publish;
 pub mod reconcile;
 pub mod server;

@@ -14,6 +14,7 @@ use portcullis_operator::events::EventSink;
 use portcullis_operator::gateway_status::GatewayStatusWriter;
 use portcullis_operator::leader::{Elector, LeaderConfig};
 use portcullis_operator::metrics::{ErrorLabels, Metrics};
+use portcullis_operator::owner;
 use portcullis_operator::reconcile::{Reconciler, RETRY_AFTER};
 use portcullis_operator::server::{self, AdminState};
 use portcullis_operator::watch::{self, Trigger};
@@ -98,6 +99,11 @@ struct Args {
     /// (repeatable; `NAMESPACE:unlimited` for none).
     #[arg(long = "namespace-budget-override", value_parser = parse_override)]
     namespace_budget_overrides: Vec<(String, Budget)>,
+    /// ConfigMap (in --namespace) that owns what the operator creates there: the config
+    /// shards, the webhook certificate Secret and the leader Lease. Deleting it (the Helm
+    /// chart's, on `helm uninstall`) lets the garbage collector delete them.
+    #[arg(long)]
+    owner_configmap: Option<String>,
 }
 
 fn parse_budget(text: &str) -> Result<Budget, String> {
@@ -178,6 +184,10 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
+    let owner = match &args.owner_configmap {
+        Some(name) => Some(owner::resolve(&client, &args.namespace, name).await?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
     let trigger = Arc::new(Trigger::default());
     let gateway_api = match args.gateway_api {
@@ -200,7 +210,13 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(admin = %admin_addr, identity = %identity, "operator starting");
 
     if let Some(addr) = args.webhook_listen {
-        let cert = webhook::serving_cert(&client, &args.namespace, &args.webhook_hosts).await?;
+        let cert = webhook::serving_cert(
+            &client,
+            &args.namespace,
+            &args.webhook_hosts,
+            owner.as_ref(),
+        )
+        .await?;
         let state = Arc::new(WebhookState {
             stores: stores.clone(),
         });
@@ -218,7 +234,10 @@ async fn main() -> anyhow::Result<()> {
 
     let elector = Arc::new(Elector::new(
         client.clone(),
-        LeaderConfig::new(&args.namespace, &identity),
+        LeaderConfig {
+            owner: owner.clone(),
+            ..LeaderConfig::new(&args.namespace, &identity)
+        },
     ));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -242,7 +261,8 @@ async fn main() -> anyhow::Result<()> {
         tenancy(&args),
         metrics.clone(),
         trigger.clone(),
-    );
+    )
+    .with_owner(owner.clone());
     let debounce = Duration::from_millis(args.debounce_ms);
     let mut failures = portcullis_operator::logs::Limiter::default();
     let resync = Duration::from_secs(args.resync_seconds.max(1));

@@ -36,6 +36,7 @@ pub async fn ensure_key(
     client: &Client,
     namespace: &str,
     store: &Store<Secret>,
+    owner: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
 ) -> Result<Vec<u8>, KeyError> {
     if let Some(key) = store.state().first().and_then(|s| key_of(s)) {
         return Ok(key);
@@ -45,7 +46,7 @@ pub async fn ensure_key(
         return key_of(&existing).ok_or(KeyError::Empty);
     }
     let key: [u8; 32] = rand::random();
-    let secret = Secret {
+    let mut secret = Secret {
         metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
             name: Some(KEY_SECRET_NAME.to_string()),
             namespace: Some(namespace.to_string()),
@@ -62,6 +63,8 @@ pub async fn ensure_key(
         type_: Some("Opaque".to_string()),
         ..Default::default()
     };
+    // Owned like the shards, so that `helm uninstall` takes the key with it.
+    crate::owner::attach(&mut secret.metadata, owner);
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => {
             tracing::info!(secret = KEY_SECRET_NAME, "created the config signing key");

@@ -3,6 +3,7 @@
 
 use futures_util::future::try_join_all;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::Client;
 use portcullis_compiler::delivery::{Encoded, Shard, CONFIG_LABEL, SHARD_ANNOTATION};
@@ -20,10 +21,11 @@ pub enum PublishError {
 }
 
 /// The shard's object (as [`Shard::config_map`] / [`Shard::secret`] build it) in the
-/// operator's namespace, labelled as managed by it.
-fn owned<K: kube::Resource>(mut object: K, namespace: &str) -> K {
+/// operator's namespace, labelled as managed by it and owned by `owner` (see [`crate::owner`]).
+fn owned<K: kube::Resource>(mut object: K, namespace: &str, owner: Option<&OwnerReference>) -> K {
     let meta = object.meta_mut();
     meta.namespace = Some(namespace.to_string());
+    crate::owner::attach(meta, owner);
     meta.labels.get_or_insert_with(Default::default).insert(
         "app.kubernetes.io/managed-by".to_string(),
         FIELD_MANAGER.to_string(),
@@ -38,11 +40,12 @@ pub async fn publish(
     client: &Client,
     namespace: &str,
     encoded: &Encoded,
+    owner: Option<&OwnerReference>,
 ) -> Result<(), PublishError> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     try_join_all(encoded.secret_shards.iter().map(|shard| {
-        let object = owned(shard.secret(), namespace);
+        let object = owned(shard.secret(), namespace, owner);
         let (secrets, params) = (&secrets, &params);
         async move {
             secrets
@@ -57,7 +60,7 @@ pub async fn publish(
     .await?;
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     try_join_all(encoded.config_shards.iter().map(|shard| {
-        let object = owned(shard.config_map(), namespace);
+        let object = owned(shard.config_map(), namespace, owner);
         let (maps, params) = (&maps, &params);
         async move {
             maps.patch(&shard.object_name(), params, &Patch::Apply(&object))

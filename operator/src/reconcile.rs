@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::{Client, Resource, ResourceExt};
@@ -54,6 +55,8 @@ struct Compiled {
 pub struct Reconciler {
     client: Client,
     namespace: String,
+    /// Owner of the published shards ([`crate::owner`]).
+    owner: Option<OwnerReference>,
     stores: Stores,
     /// What the operator writes (to repair), and the undecodable objects.
     owned: Owned,
@@ -151,6 +154,7 @@ impl Reconciler {
         Self {
             client,
             namespace: namespace.to_string(),
+            owner: None,
             stores,
             owned,
             tenancy,
@@ -169,6 +173,12 @@ impl Reconciler {
             last_encoded: None,
             compile_cache: CompileCache::default(),
         }
+    }
+
+    /// Publishes the shards with an ownerReference to `owner` ([`crate::owner`]).
+    pub fn with_owner(mut self, owner: Option<OwnerReference>) -> Self {
+        self.owner = owner;
+        self
     }
 
     /// Plans for the status writer: the newest one wins.
@@ -195,8 +205,13 @@ impl Reconciler {
         // Take the flags before reading the stores: a change after this point sets them again.
         let inputs_changed = self.trigger.take_inputs_changed();
         let outputs_changed = self.trigger.take_outputs_changed();
-        let key =
-            crate::outputs::ensure_key(&self.client, &self.namespace, &self.owned.key).await?;
+        let key = crate::outputs::ensure_key(
+            &self.client,
+            &self.namespace,
+            &self.owned.key,
+            self.owner.as_ref(),
+        )
+        .await?;
         if self.key.as_ref().is_some_and(|old| *old != key) {
             // A new key (someone deleted the Secret): sign and publish afresh.
             tracing::warn!("the config signing key changed; publishing the config signed with it");
@@ -298,7 +313,13 @@ impl Reconciler {
                     }
                     let started = Instant::now();
                     self.publishing.send_replace(true);
-                    let published = publish::publish(&self.client, &self.namespace, &encoded).await;
+                    let published = publish::publish(
+                        &self.client,
+                        &self.namespace,
+                        &encoded,
+                        self.owner.as_ref(),
+                    )
+                    .await;
                     self.publishing.send_replace(false);
                     published?;
                     self.metrics
@@ -372,7 +393,8 @@ impl Reconciler {
         );
         self.metrics.config_repairs.inc();
         self.publishing.send_replace(true);
-        let published = publish::publish(&self.client, &self.namespace, &encoded).await;
+        let published =
+            publish::publish(&self.client, &self.namespace, &encoded, self.owner.as_ref()).await;
         self.publishing.send_replace(false);
         published?;
         Ok(())

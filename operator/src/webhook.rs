@@ -230,6 +230,7 @@ pub async fn serving_cert(
     client: &Client,
     namespace: &str,
     hosts: &[String],
+    owner: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
 ) -> Result<ServingCert, WebhookError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     for _ in 0..3 {
@@ -244,7 +245,7 @@ pub async fn serving_cert(
             }
         }
         let generated = generate(hosts)?;
-        let secret = Secret {
+        let mut secret = Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(CERT_SECRET_NAME.into()),
                 namespace: Some(namespace.into()),
@@ -266,6 +267,7 @@ pub async fn serving_cert(
             ),
             ..Default::default()
         };
+        crate::owner::attach(&mut secret.metadata, owner);
         match api.create(&PostParams::default(), &secret).await {
             Ok(_) => return Ok(generated),
             // Another replica won the race: read theirs.

@@ -226,6 +226,7 @@ fn run_kube(args: Args) -> anyhow::Result<ExitCode> {
                 report_interval: args.report_interval,
                 endpoints: args.endpoints_source,
                 config_key_secret: Some(portcullis_compiler::delivery::KEY_SECRET_NAME.to_string()),
+                owner: cluster::pod_owner(),
             },
         );
         wait_for_signal().await;

@@ -139,10 +139,17 @@ async fn grant_proxy_rbac(admin: &kube::Client) {
         verbs: verbs.iter().map(|s| s.to_string()).collect(),
         ..PolicyRule::default()
     };
+    // The config objects by name only: no other Secret of the namespace is readable.
+    let shard_names = (0..delivery::MAX_SHARDS)
+        .map(delivery::object_name)
+        .collect::<Vec<_>>();
     let role = Role {
         metadata: meta("portcullis-proxy"),
         rules: Some(vec![
-            rule(&[""], &["configmaps", "secrets"], &["get", "list", "watch"]),
+            PolicyRule {
+                resource_names: Some(shard_names),
+                ..rule(&[""], &["configmaps", "secrets"], &["get", "list", "watch"])
+            },
             rule(
                 &["coordination.k8s.io"],
                 &["leases"],
@@ -345,6 +352,7 @@ async fn cluster_mode_against_a_real_api_server() {
             endpoints: portcullis_proxy::cluster::endpoints::Source::Off,
             // Delivery mechanics only: signatures are tested by the e2e tenancy tests.
             config_key_secret: None,
+            owner: None,
         },
     );
     let http = client();
@@ -440,6 +448,49 @@ async fn cluster_mode_against_a_real_api_server() {
         wait_report(&leases, |r| r.generation.as_deref() == Some("g5")).await;
     } else {
         eprintln!("external cluster: API server outage and restart not exercised");
+    }
+
+    // A config whose Secret half spans several shards: the proxy starts watching shards 1.. by
+    // name as shard 0 announces them, and loads the config once all are there.
+    let mut big = gateway("g6");
+    for i in 0..60_000u32 {
+        big.secrets.api_keys.push(ApiKeyEntry {
+            sha256: portcullis_compiler::hash_api_key(format!("key-{i}").as_bytes()),
+            consumer: "default/alice".into(),
+        });
+    }
+    let big = with_consumer(big);
+    let g6 = delivery::encode(&big).unwrap();
+    assert!(
+        g6.secret_shards.len() >= 3,
+        "{} Secret shards",
+        g6.secret_shards.len()
+    );
+    writer.secret_half(&g6.secret_shards).await;
+    writer.config_half(&g6.config_shards).await;
+    wait_serving(&http, &proxy, "g6", WAIT).await;
+    wait_report(&leases, |r| r.generation.as_deref() == Some("g6")).await;
+
+    // The proxy's Role names the shard objects: any other Secret of the namespace is refused
+    // (the local environment gives the proxy its own ServiceAccount token).
+    if local.is_some() {
+        apply(
+            &writer.secrets,
+            &Secret {
+                metadata: meta("not-for-the-proxy"),
+                ..Secret::default()
+            },
+        )
+        .await;
+        let as_proxy: Api<Secret> = Api::namespaced(client_from(&proxy_config).await, NS);
+        match as_proxy.get("not-for-the-proxy").await {
+            Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),
+            other => panic!("the proxy read another Secret: {other:?}"),
+        }
+        assert!(
+            as_proxy.list(&Default::default()).await.is_err(),
+            "the proxy listed Secrets"
+        );
     }
 
     // Graceful shutdown removes the report at once.

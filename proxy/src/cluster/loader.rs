@@ -1,4 +1,4 @@
-//! Watches the labelled ConfigMaps and Secrets and loads complete configs.
+//! Watches the config ConfigMaps and Secrets (by name) and loads complete configs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +81,77 @@ fn fingerprint(cms: &[Arc<ConfigMap>], secrets: &[Arc<Secret>]) -> Fingerprint {
     fp
 }
 
+/// Objects of one kind, watched one name at a time (`portcullis-config`, `portcullis-config-1`,
+/// …): a watch with the field selector `metadata.name=NAME` is the only kind of watch RBAC can
+/// restrict to named objects, so the proxy's Role names exactly the shard objects
+/// (`resourceNames`) and cannot read any other Secret or ConfigMap of its namespace. Shard 0 is
+/// always watched; shard `i` from the moment an object's shard annotation says the config
+/// has more than `i` shards (at most [`delivery::MAX_SHARDS`] watches; kept once started).
+struct NamedWatches<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
+    api: Api<K>,
+    stores: Vec<Store<K>>,
+    what: &'static str,
+}
+
+type WatchEvents = futures_util::stream::BoxStream<'static, Option<(&'static str, watcher::Error)>>;
+
+impl<K> NamedWatches<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    fn new(api: Api<K>, what: &'static str) -> Self {
+        NamedWatches {
+            api,
+            stores: Vec::new(),
+            what,
+        }
+    }
+
+    /// Starts the watches of shards `stores.len()..count` into `events`.
+    fn grow(&mut self, count: usize, events: &mut futures_util::stream::SelectAll<WatchEvents>) {
+        let what = self.what;
+        while self.stores.len() < count.min(delivery::MAX_SHARDS) {
+            let name = delivery::object_name(self.stores.len());
+            let (store, writer) = reflector::store::<K>();
+            let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+            events.push(
+                watcher(self.api.clone(), config)
+                    .backoff(RetryBackoff::default())
+                    .reflect(writer)
+                    .map(move |event| event.err().map(|e| (what, e)))
+                    .boxed(),
+            );
+            self.stores.push(store);
+        }
+    }
+
+    fn state(&self) -> Vec<Arc<K>> {
+        self.stores.iter().flat_map(|s| s.state()).collect()
+    }
+}
+
+/// The largest shard count the objects announce (their `INDEX/COUNT` annotation).
+fn announced_count<K: kube::Resource>(objects: &[Arc<K>]) -> usize {
+    objects
+        .iter()
+        .filter_map(|o| {
+            o.meta()
+                .annotations
+                .as_ref()?
+                .get(delivery::SHARD_ANNOTATION)
+        })
+        .filter_map(|a| Shard::parse_annotation(a).ok())
+        .map(|(_, count)| count)
+        .max()
+        .unwrap_or(1)
+}
+
 pub(super) async fn run(
     client: kube::Client,
     namespace: String,
@@ -88,54 +159,44 @@ pub(super) async fn run(
     handle: ConfigHandle,
     swapped: Arc<Notify>,
 ) {
-    let selector = format!("{}=true", delivery::CONFIG_LABEL);
-    let config = || watcher::Config::default().labels(&selector);
-    let (cm_store, cm_writer) = reflector::store::<ConfigMap>();
-    let (secret_store, secret_writer) = reflector::store::<Secret>();
-    let cms = watcher(
-        Api::<ConfigMap>::namespaced(client.clone(), &namespace),
-        config(),
-    )
-    .backoff(RetryBackoff::default())
-    .reflect(cm_writer)
-    .map(|event| event.err().map(|e| ("ConfigMaps", e)));
-    let secrets = watcher(
-        Api::<Secret>::namespaced(client.clone(), &namespace),
-        config(),
-    )
-    .backoff(RetryBackoff::default())
-    .reflect(secret_writer)
-    .map(|event| event.err().map(|e| ("Secrets", e)));
-    // The signing key, watched like the shards: a proxy that starts before the operator
-    // created it loads the first config as soon as both are there.
-    let (key_store, key_writer) = reflector::store::<Secret>();
-    let key_name = key_secret.clone().unwrap_or_default();
-    let keys = watcher(
-        Api::<Secret>::namespaced(client, &namespace),
-        watcher::Config::default().fields(&format!("metadata.name={key_name}")),
-    )
-    .backoff(RetryBackoff::default())
-    .reflect(key_writer)
-    .map(|event| event.err().map(|e| ("the config key Secret", e)));
-    let keys: futures_util::stream::BoxStream<'static, _> = if key_secret.is_some() {
-        Box::pin(keys)
-    } else {
-        Box::pin(futures_util::stream::empty())
-    };
-    let events = futures_util::stream::select(futures_util::stream::select(cms, secrets), keys);
-    tokio::pin!(events);
-    let key_store = key_secret.as_ref().map(|_| key_store);
+    let mut cms =
+        NamedWatches::<ConfigMap>::new(Api::namespaced(client.clone(), &namespace), "ConfigMaps");
+    let mut secrets =
+        NamedWatches::<Secret>::new(Api::namespaced(client.clone(), &namespace), "Secrets");
+    let mut events = futures_util::stream::SelectAll::<WatchEvents>::new();
+    cms.grow(1, &mut events);
+    secrets.grow(1, &mut events);
+    // The signing key, watched by name like the shards (the proxy's Role names it too): a
+    // proxy that starts before the operator created it loads the first config as soon as
+    // both are there.
+    let key_store = key_secret.as_ref().map(|name| {
+        let (store, writer) = reflector::store::<Secret>();
+        events.push(
+            watcher(
+                Api::<Secret>::namespaced(client, &namespace),
+                watcher::Config::default().fields(&format!("metadata.name={name}")),
+            )
+            .backoff(RetryBackoff::default())
+            .reflect(writer)
+            .map(|event| event.err().map(|e| ("the config key Secret", e)))
+            .boxed(),
+        );
+        store
+    });
     let mut last: Option<Fingerprint> = None;
-    tracing::info!(%namespace, %selector, "watching the config ConfigMaps and Secrets");
+    tracing::info!(%namespace, name = delivery::OBJECT_NAME, "watching the config ConfigMaps and Secrets");
     while let Some(event) = events.next().await {
         if let Some((what, error)) = event {
             // The watcher retries by itself; serving goes on with the loaded config.
             tracing::warn!(%namespace, error = %error, "watching {what} failed; retrying");
             continue;
         }
+        let (cm_state, secret_state) = (cms.state(), secrets.state());
+        cms.grow(announced_count(&cm_state), &mut events);
+        secrets.grow(announced_count(&secret_state), &mut events);
         reconcile(
-            &cm_store,
-            &secret_store,
+            cm_state,
+            secret_state,
             key_store.as_ref(),
             &handle,
             &swapped,
@@ -155,15 +216,13 @@ fn signing_key(key_store: Option<&Store<Secret>>) -> Option<Option<Arc<[u8]>>> {
 }
 
 async fn reconcile(
-    cm_store: &Store<ConfigMap>,
-    secret_store: &Store<Secret>,
+    cms: Vec<Arc<ConfigMap>>,
+    secrets: Vec<Arc<Secret>>,
     key_store: Option<&Store<Secret>>,
     handle: &ConfigHandle,
     swapped: &Notify,
     last: &mut Option<Fingerprint>,
 ) {
-    let cms = cm_store.state();
-    let secrets = secret_store.state();
     let keys = key_store.map(Store::state).unwrap_or_default();
     let mut fp = fingerprint(&cms, &secrets);
     fp.extend(keys.iter().map(|k| {
@@ -335,7 +394,7 @@ fn shards<K>(
         .filter_map(|o| match shard(o) {
             Ok(s) => Some(s),
             Err(error) => {
-                tracing::warn!(%error, "ignoring a labelled object that is not a valid config shard");
+                tracing::warn!(%error, "ignoring a config object that is not a valid shard");
                 None
             }
         })

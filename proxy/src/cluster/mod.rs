@@ -12,12 +12,18 @@
 //!   report failures are logged and retried at the next interval.
 //!
 //! RBAC the proxy needs, in its own namespace (the Helm chart's Role for the proxy
-//! ServiceAccount):
+//! ServiceAccount): the config objects by name only, one name per possible shard
+//! ([`portcullis_compiler::delivery::MAX_SHARDS`]; the loader watches each by name, which is
+//! what lets RBAC name them), so no other Secret or ConfigMap of the namespace is readable:
 //!
 //! ```yaml
 //! rules:
 //!   - apiGroups: [""]
 //!     resources: [configmaps, secrets]
+//!     resourceNames: [portcullis-config, portcullis-config-1, portcullis-config-2, portcullis-config-3,
+//!       portcullis-config-4, portcullis-config-5, portcullis-config-6, portcullis-config-7,
+//!       portcullis-config-8, portcullis-config-9, portcullis-config-10, portcullis-config-11,
+//!       portcullis-config-12, portcullis-config-13, portcullis-config-14, portcullis-config-15]
 //!     verbs: [get, list, watch]
 //!   - apiGroups: [coordination.k8s.io]
 //!     resources: [leases]
@@ -48,12 +54,13 @@ mod reporter;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::server::ConfigHandle;
 
-pub use reporter::{lease_name, replica_id};
+pub use reporter::{lease_name, pod_owner, replica_id};
 
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -69,6 +76,10 @@ pub struct ClusterOptions {
     /// signed with it load. `None` loads unsigned configs (tests of other behaviour only;
     /// the `--kube` command line always verifies).
     pub config_key_secret: Option<String>,
+    /// Owner of the report Lease: the replica's Pod ([`pod_owner`]), so that the Lease goes
+    /// with the Pod even when the replica cannot remove it itself (killed, or its RBAC
+    /// already gone during `helm uninstall`).
+    pub owner: Option<OwnerReference>,
 }
 
 /// The running watch and reporter tasks.

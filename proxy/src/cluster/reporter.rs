@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
@@ -38,6 +38,20 @@ enum ReportError {
 }
 
 /// `--replica-id`, else `$POD_NAME`, else `HOSTNAME-PID`; made into a valid object name.
+/// The ownerReference to this replica's Pod, from `$POD_NAME` and `$POD_UID` (the downward
+/// API, as the Helm chart sets them); `None` outside a pod.
+pub fn pod_owner() -> Option<OwnerReference> {
+    let var = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
+    Some(OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: var("POD_NAME")?,
+        uid: var("POD_UID")?,
+        controller: None,
+        block_owner_deletion: None,
+    })
+}
+
 pub fn replica_id(flag: Option<&str>) -> String {
     let raw = flag
         .map(str::to_string)
@@ -115,10 +129,12 @@ pub(super) async fn run(
             started_at: started_at.clone(),
             routes: handle.route_counters(),
         };
-        let written =
-            tokio::time::timeout(WRITE_TIMEOUT, publish(&api, &name, &mut cached, &report))
-                .await
-                .unwrap_or(Err(ReportError::Timeout(WRITE_TIMEOUT)));
+        let written = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            publish(&api, &name, &mut cached, &report, options.owner.as_ref()),
+        )
+        .await
+        .unwrap_or(Err(ReportError::Timeout(WRITE_TIMEOUT)));
         match written {
             Ok(()) => {
                 tracing::debug!(lease = %name, generation = ?report.generation, "report written")
@@ -174,6 +190,7 @@ async fn publish(
     name: &str,
     cached: &mut Option<Lease>,
     report: &ProxyReport,
+    owner: Option<&OwnerReference>,
 ) -> Result<(), ReportError> {
     let now = MicroTime(Timestamp::now());
     if let Some(mut lease) = cached.take() {
@@ -204,6 +221,7 @@ async fn publish(
                 spec: None,
             };
             fill(&mut lease, name, report, &now)?;
+            lease.metadata.owner_references = owner.cloned().map(|o| vec![o]);
             api.create(&PostParams::default(), &lease).await?
         }
     };
