@@ -150,6 +150,10 @@ async fn grant_proxy_rbac(admin: &kube::Client) {
                 resource_names: Some(shard_names),
                 ..rule(&[""], &["configmaps", "secrets"], &["get", "list", "watch"])
             },
+            PolicyRule {
+                resource_names: Some(vec![delivery::KEY_SECRET_NAME.to_string()]),
+                ..rule(&[""], &["secrets"], &["get", "list", "watch"])
+            },
             rule(
                 &["coordination.k8s.io"],
                 &["leases"],

@@ -14,7 +14,8 @@
 //! RBAC the proxy needs, in its own namespace (the Helm chart's Role for the proxy
 //! ServiceAccount): the config objects by name only, one name per possible shard
 //! ([`portcullis_compiler::delivery::MAX_SHARDS`]; the loader watches each by name, which is
-//! what lets RBAC name them), so no other Secret or ConfigMap of the namespace is readable:
+//! what lets RBAC name them), and the operator's config signing key, so no other Secret or
+//! ConfigMap of the namespace is readable:
 //!
 //! ```yaml
 //! rules:
@@ -24,6 +25,10 @@
 //!       portcullis-config-4, portcullis-config-5, portcullis-config-6, portcullis-config-7,
 //!       portcullis-config-8, portcullis-config-9, portcullis-config-10, portcullis-config-11,
 //!       portcullis-config-12, portcullis-config-13, portcullis-config-14, portcullis-config-15]
+//!     verbs: [get, list, watch]
+//!   - apiGroups: [""]
+//!     resources: [secrets]
+//!     resourceNames: [portcullis-config-key]
 //!     verbs: [get, list, watch]
 //!   - apiGroups: [coordination.k8s.io]
 //!     resources: [leases]
