@@ -1,0 +1,262 @@
+//! W3C Trace Context (`traceparent`, `tracestate`): continue the client's trace or start one,
+//! and hand the upstream our span as its parent.
+//!
+//! A malformed `traceparent` is treated as absent (the spec's "restart the trace"); its
+//! `tracestate` is then dropped too, since it belongs to the trace being discarded. The
+//! sampled flag of a valid parent is kept as it is: whoever started the trace decided.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const HEX: &[u8; 16] = b"0123456789abcdef";
+/// `tracestate` is at most 32 list members of at most 256 bytes each, plus commas.
+const MAX_TRACESTATE: usize = 32 * 257;
+
+/// How new traces (no valid parent) are sampled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TraceOptions {
+    /// Propagate trace context at all (`--no-trace-context` turns it off).
+    pub propagate: bool,
+    /// Share of new traces marked sampled, 0.0 ..= 1.0.
+    pub sample_ratio: f64,
+}
+
+impl Default for TraceOptions {
+    fn default() -> Self {
+        TraceOptions {
+            propagate: true,
+            sample_ratio: 0.0,
+        }
+    }
+}
+
+/// The trace of one request as the proxy continues it.
+#[derive(Clone, Debug)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    /// The caller's span, when it sent a valid `traceparent`.
+    pub parent_span_id: Option<[u8; 8]>,
+    /// The proxy's span for this request: the upstream's parent.
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+    /// Forwarded unchanged when the parent was valid.
+    pub tracestate: Option<HeaderValue>,
+}
+
+impl TraceContext {
+    /// Continues a valid incoming `traceparent`, or starts a trace.
+    pub fn from_headers(headers: &HeaderMap, options: &TraceOptions) -> Self {
+        let span_id = random_span_id();
+        if let Some((trace_id, parent, flags)) = headers
+            .get(TRACEPARENT)
+            .and_then(|v| parse_traceparent(v.as_bytes()))
+        {
+            let tracestate = headers
+                .get(TRACESTATE)
+                .filter(|v| v.len() <= MAX_TRACESTATE)
+                .cloned();
+            return TraceContext {
+                trace_id,
+                parent_span_id: Some(parent),
+                span_id,
+                sampled: flags & 1 == 1,
+                tracestate,
+            };
+        }
+        let sampled = options.sample_ratio > 0.0
+            && (options.sample_ratio >= 1.0 || rand::random::<f64>() < options.sample_ratio);
+        TraceContext {
+            trace_id: random_trace_id(),
+            parent_span_id: None,
+            span_id,
+            sampled,
+            tracestate: None,
+        }
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        hex_string(&self.trace_id)
+    }
+
+    /// The trace id as 32 hex digits on the stack (the audit line needs no allocation).
+    pub fn trace_id_buf(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        write_hex(&self.trace_id, &mut out);
+        out
+    }
+
+    /// `traceparent` for the upstream: same trace, the proxy's span as parent.
+    pub fn traceparent(&self) -> HeaderValue {
+        let mut out = [0u8; 55];
+        out[..3].copy_from_slice(b"00-");
+        write_hex(&self.trace_id, &mut out[3..35]);
+        out[35] = b'-';
+        write_hex(&self.span_id, &mut out[36..52]);
+        out[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        // Hex digits and dashes are always a valid header value.
+        HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// Replaces whatever trace headers the client sent with the proxy's.
+    pub fn apply_upstream(&self, headers: &mut HeaderMap) {
+        headers.insert(TRACEPARENT, self.traceparent());
+        match &self.tracestate {
+            Some(state) => {
+                headers.insert(TRACESTATE, state.clone());
+            }
+            None => {
+                headers.remove(TRACESTATE);
+            }
+        }
+    }
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>` (future versions: the same prefix, more after a dash).
+pub fn parse_traceparent(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
+    if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    let version = parse_hex::<1>(&value[0..2])?[0];
+    // Version ff is invalid; version 00 has exactly 55 bytes; later ones may append fields.
+    if version == 0xff || (version == 0 && value.len() != 55) {
+        return None;
+    }
+    if version != 0 && value.len() > 55 && value[55] != b'-' {
+        return None;
+    }
+    let trace_id = parse_hex::<16>(&value[3..35])?;
+    let span_id = parse_hex::<8>(&value[36..52])?;
+    let flags = parse_hex::<1>(&value[53..55])?[0];
+    if trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
+    }
+    Some((trace_id, span_id, flags))
+}
+
+fn parse_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        // Upper case is invalid in traceparent.
+        _ => None,
+    };
+    let mut out = [0u8; N];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = digit(text[2 * i])? << 4 | digit(text[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+fn write_hex(bytes: &[u8], out: &mut [u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+}
+
+pub fn hex_string(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    write_hex(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn random_trace_id() -> [u8; 16] {
+    loop {
+        let id: [u8; 16] = rand::random();
+        if id != [0; 16] {
+            return id;
+        }
+    }
+}
+
+pub fn random_span_id() -> [u8; 8] {
+    loop {
+        let id: [u8; 8] = rand::random();
+        if id != [0; 8] {
+            return id;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn continues_a_valid_parent_with_a_new_span() {
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_static(PARENT));
+        headers.insert(TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
+        let t = TraceContext::from_headers(&headers, &TraceOptions::default());
+        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(t.sampled);
+        let out = t.traceparent();
+        let out = out.to_str().unwrap();
+        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(out.ends_with("-01"));
+        assert_ne!(&out[36..52], "00f067aa0ba902b7");
+        let mut up = HeaderMap::new();
+        t.apply_upstream(&mut up);
+        assert_eq!(up.get(TRACESTATE).unwrap(), "congo=t61rcWkgMzE");
+    }
+
+    #[test]
+    fn unsampled_parent_stays_unsampled() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+        );
+        let options = TraceOptions {
+            propagate: true,
+            sample_ratio: 1.0,
+        };
+        let t = TraceContext::from_headers(&headers, &options);
+        assert!(!t.sampled);
+        assert!(t.traceparent().to_str().unwrap().ends_with("-00"));
+    }
+
+    #[test]
+    fn malformed_parents_restart_the_trace() {
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert!(parse_traceparent(bad.as_bytes()).is_none(), "{bad}");
+        }
+        // A later version may append fields.
+        assert!(parse_traceparent(
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future"
+        )
+        .is_some());
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_static("garbage"));
+        headers.insert(TRACESTATE, HeaderValue::from_static("a=b"));
+        let t = TraceContext::from_headers(&headers, &TraceOptions::default());
+        assert!(t.parent_span_id.is_none() && !t.sampled);
+        assert!(t.tracestate.is_none());
+        assert!(parse_traceparent(t.traceparent().as_bytes()).is_some());
+    }
+
+    #[test]
+    fn new_traces_follow_the_sample_ratio() {
+        let headers = HeaderMap::new();
+        let all = TraceOptions {
+            propagate: true,
+            sample_ratio: 1.0,
+        };
+        assert!(TraceContext::from_headers(&headers, &all).sampled);
+        assert!(!TraceContext::from_headers(&headers, &TraceOptions::default()).sampled);
+    }
+}
