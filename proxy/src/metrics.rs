@@ -53,6 +53,13 @@ pub struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    pub route: String,
+    /// The pipeline step that refused the request (fixed: `waf`, `rate_limit`, …).
+    pub step: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -104,6 +111,7 @@ pub struct Metrics {
     waf_detected: Family<WafLabels, Counter>,
     shed: Counter,
     audit_dropped: Family<ReasonLabels, Counter>,
+    denials: Family<DenialLabels, Counter>,
     upstream_durations: HistogramFamily,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     /// Requests being handled (from head to response head).
@@ -137,6 +145,12 @@ impl Metrics {
         let waf_detected = Family::<WafLabels, Counter>::default();
         let shed = Counter::default();
         let audit_dropped = Family::<ReasonLabels, Counter>::default();
+        let denials = Family::<DenialLabels, Counter>::default();
+        registry.register(
+            "api_denials",
+            "Requests the gateway refused or failed, by route and pipeline step",
+            denials.clone(),
+        );
         let upstream_durations: HistogramFamily = Family::new_with_constructor(duration_histogram);
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         let in_flight = Gauge::default();
@@ -242,6 +256,7 @@ impl Metrics {
             waf_detected,
             shed,
             audit_dropped,
+            denials,
             upstream_durations,
             upstream_errors,
             in_flight,
@@ -332,6 +347,16 @@ impl Metrics {
                     .clone()
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Denials only, like `rate_limited`.
+    pub fn denied(&self, route: &str, step: &'static str) {
+        self.denials
+            .get_or_create(&DenialLabels {
+                route: route.to_string(),
+                step,
+            })
+            .inc();
     }
 
     /// Failures only: building the label set costs nothing on successful requests.

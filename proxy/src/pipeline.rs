@@ -216,6 +216,9 @@ pub async fn handle(
                 route.counters.record(error.enforcement());
             }
             let denial = (error.step(), error.reason());
+            shared
+                .metrics
+                .denied(route.map_or("none", |r| r.config.id.as_str()), denial.0);
             let challenge = match &error {
                 GatewayError::Auth(e) => e.challenge(
                     route
