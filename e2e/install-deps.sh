@@ -16,6 +16,10 @@ PACKAGES=(
   "node nodejs"
   "nginx nginx"
   "haproxy haproxy"
+  # Observability tests: a real Prometheus scrapes the proxy; promtool checks the scrape and
+  # the alert rules (proxy/tests/observability.rs, charts/test-chart.sh).
+  "prometheus prometheus"
+  "promtool prometheus"
 )
 
 missing=()

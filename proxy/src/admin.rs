@@ -137,10 +137,24 @@ fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<ProxyBody> 
                 )
             }
         }
+        // Prometheus asks for OpenMetrics; anything else gets the classic text format.
+        "/metrics"
+            if request
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("application/openmetrics-text")) =>
+        {
+            text(
+                StatusCode::OK,
+                shared.metrics.encode(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        }
         "/metrics" => text(
             StatusCode::OK,
-            shared.metrics.encode(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.encode_text(),
+            "text/plain; version=0.0.4; charset=utf-8",
         ),
         "/config" => {
             let runtime = shared.store.load();

@@ -448,6 +448,13 @@ impl Metrics {
             .inc();
     }
 
+    /// The Prometheus text format 0.0.4, for scrapers and tools that do not ask for
+    /// OpenMetrics (`promtool check metrics`, a plain `curl`): counter families are named with
+    /// their `_total` suffix and `# EOF` is dropped.
+    pub fn encode_text(&self) -> String {
+        openmetrics_to_text(&self.encode())
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
@@ -455,6 +462,33 @@ impl Metrics {
         }
         out
     }
+}
+
+fn openmetrics_to_text(open: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len() + 64 * counters.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 const METHODS: [&str; 8] = [
@@ -497,5 +531,25 @@ impl RouteMetrics {
             duration: OnceLock::new(),
             upstream: OnceLock::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_names_counters_with_total() {
+        let metrics = Metrics::new();
+        metrics.denied("a/b", "waf");
+        let text = metrics.encode_text();
+        assert!(text.contains("# HELP api_denials_total Requests"), "{text}");
+        assert!(text.contains("# TYPE api_denials_total counter"), "{text}");
+        assert!(
+            text.contains("api_denials_total{route=\"a/b\",step=\"waf\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"));
+        assert!(metrics.encode().ends_with("# EOF\n"));
     }
 }
