@@ -264,7 +264,9 @@ pub async fn handle(
         Identity::Anonymous => Some(auth::ANONYMOUS),
         Identity::Unauthenticated | Identity::Principal => None,
     };
-    let trace_hex = outcome.trace.as_ref().map(TraceContext::trace_id_buf);
+    let trace_hex = (keep_decision || shared.audit.enabled())
+        .then(|| outcome.trace.as_ref().map(TraceContext::trace_id_buf))
+        .flatten();
     let trace_id = trace_hex.as_ref().and_then(|b| std::str::from_utf8(b).ok());
     let request_id_str = request_id.to_str().unwrap_or("");
     let path = outcome.path.as_deref().unwrap_or(uri.path());
@@ -298,52 +300,15 @@ pub async fn handle(
         &outcome.trace,
         wall_start,
     ) {
-        let start_ns = crate::otlp::unix_nanos(wall_start);
-        let at = |i: Instant| {
-            start_ns + u64::try_from(i.duration_since(started).as_nanos()).unwrap_or(0)
+        let answered = Answered {
+            method: method.as_str(),
+            path,
+            status,
+            request_id: request_id_str,
+            route: route.map(|r| r.config.id.as_str()),
+            denial,
         };
-        let mut attributes = vec![
-            ("http.request.method", Value::Str(method.as_str().into())),
-            ("url.path", Value::Str(crate::decisions::excerpt(path, 160))),
-            (
-                "http.response.status_code",
-                Value::Int(i64::from(status.as_u16())),
-            ),
-            ("portcullis.request_id", Value::Str(request_id_str.into())),
-        ];
-        if let Some(route) = route {
-            attributes.push(("http.route", Value::Str(route.config.id.clone())));
-        }
-        if let Some((step, reason)) = denial {
-            attributes.push(("portcullis.denied_by", Value::Str(step.into())));
-            attributes.push(("portcullis.reason", Value::Str(reason.into())));
-        }
-        let mut out = Vec::with_capacity(steps.len() + 1);
-        out.push(crate::otlp::Span {
-            trace_id: trace.trace_id,
-            span_id: trace.span_id,
-            parent_span_id: trace.parent_span_id,
-            name: "request",
-            server: true,
-            start_unix_ns: start_ns,
-            end_unix_ns: at(Instant::now()),
-            attributes,
-            error: status.is_server_error(),
-        });
-        for StepSpan(name, from, to, failed) in steps {
-            out.push(crate::otlp::Span {
-                trace_id: trace.trace_id,
-                span_id: crate::trace_context::random_span_id(),
-                parent_span_id: Some(trace.span_id),
-                name,
-                server: false,
-                start_unix_ns: at(from),
-                end_unix_ns: at(to),
-                attributes: Vec::new(),
-                error: failed,
-            });
-        }
-        spans.send(out);
+        spans.send(request_spans(trace, steps, wall_start, started, &answered));
     }
     if shared.audit.enabled() {
         shared.audit.write(&AuditRecord {
@@ -369,6 +334,78 @@ pub async fn handle(
         });
     }
     response
+}
+
+/// What a request's spans say about its answer.
+struct Answered<'a> {
+    method: &'a str,
+    path: &'a str,
+    status: StatusCode,
+    request_id: &'a str,
+    route: Option<&'a str>,
+    denial: Option<(&'static str, &'static str)>,
+}
+
+/// The request's server span and one child span per policy step that ran, on the wall
+/// clock of the request's start plus monotonic offsets.
+fn request_spans(
+    trace: &TraceContext,
+    steps: Vec<StepSpan>,
+    wall_start: SystemTime,
+    started: Instant,
+    answered: &Answered<'_>,
+) -> Vec<crate::otlp::Span> {
+    let start_ns = crate::otlp::unix_nanos(wall_start);
+    let at =
+        |i: Instant| start_ns + u64::try_from(i.duration_since(started).as_nanos()).unwrap_or(0);
+    let mut attributes = vec![
+        ("http.request.method", Value::Str(answered.method.into())),
+        (
+            "url.path",
+            Value::Str(crate::decisions::excerpt(answered.path, 160)),
+        ),
+        (
+            "http.response.status_code",
+            Value::Int(i64::from(answered.status.as_u16())),
+        ),
+        (
+            "portcullis.request_id",
+            Value::Str(answered.request_id.into()),
+        ),
+    ];
+    if let Some(route) = answered.route {
+        attributes.push(("http.route", Value::Str(route.into())));
+    }
+    if let Some((step, reason)) = answered.denial {
+        attributes.push(("portcullis.denied_by", Value::Str(step.into())));
+        attributes.push(("portcullis.reason", Value::Str(reason.into())));
+    }
+    let mut out = Vec::with_capacity(steps.len() + 1);
+    out.push(crate::otlp::Span {
+        trace_id: trace.trace_id,
+        span_id: trace.span_id,
+        parent_span_id: trace.parent_span_id,
+        name: "request",
+        server: true,
+        start_unix_ns: start_ns,
+        end_unix_ns: at(Instant::now()),
+        attributes,
+        error: answered.status.is_server_error(),
+    });
+    for StepSpan(name, from, to, failed) in steps {
+        out.push(crate::otlp::Span {
+            trace_id: trace.trace_id,
+            span_id: crate::trace_context::random_span_id(),
+            parent_span_id: Some(trace.span_id),
+            name,
+            server: false,
+            start_unix_ns: at(from),
+            end_unix_ns: at(to),
+            attributes: Vec::new(),
+            error: failed,
+        });
+    }
+    out
 }
 
 /// Where a request came from and how.
