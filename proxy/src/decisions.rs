@@ -204,7 +204,7 @@ impl DecisionLog {
         }
         !self.allowed.slots.is_empty()
             && self.allowed_sample > 0.0
-            && (self.allowed_sample >= 1.0 || rand::random::<f64>() < self.allowed_sample)
+            && (self.allowed_sample >= 1.0 || crate::trace_context::chance(self.allowed_sample))
     }
 
     pub fn push(&self, record: DecisionRecord) {

@@ -378,11 +378,11 @@ mod tests {
         let record = serde_json::json!({
             "request_id": "abc", "route": "shop/login", "method": "POST", "path": "/login",
             "status": 429, "verdict": "deny", "step": "rate_limit", "reason": "rate_limited",
-            "rate_limit": {"policy": "shop/per-ip", "limit": "5 per 60s", "retry_after_secs": 42}
+            "rate_limit": {"policy": "shop/per-ip", "limit": "5 per 60000ms", "retry_after_secs": 42}
         });
         let text = render(&record);
         assert!(
-            text.contains("RateLimitPolicy shop/per-ip (5 per 60s)"),
+            text.contains("RateLimitPolicy shop/per-ip (5 per 60000ms)"),
             "{text}"
         );
         assert!(text.contains("42s after the decision"), "{text}");

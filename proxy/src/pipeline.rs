@@ -625,7 +625,7 @@ async fn run(
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(header::HOST).cloned());
-    let added = forward_headers::prepare(
+    let mut added = forward_headers::prepare(
         &mut parts.headers,
         &forward_headers::ForwardContext {
             peer: peer_ip,
@@ -644,7 +644,7 @@ async fn run(
     }
     auth_context.apply_upstream(&mut parts.headers);
     if let Some(trace) = &outcome.trace {
-        trace.apply_upstream(&mut parts.headers);
+        trace.apply_upstream(&mut parts.headers, &mut added);
     }
     let rewritten = forward_headers::rewrite_path(
         &parts.uri,

@@ -5,6 +5,8 @@
 //! `tracestate` is then dropped too, since it belongs to the trace being discarded. The
 //! sampled flag of a valid parent is kept as it is: whoever started the trace decided.
 
+use std::cell::Cell;
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -42,6 +44,8 @@ pub struct TraceContext {
     pub sampled: bool,
     /// Forwarded unchanged when the parent was valid.
     pub tracestate: Option<HeaderValue>,
+    /// The client sent trace headers: they are replaced, not forwarded.
+    client_headers: bool,
 }
 
 impl TraceContext {
@@ -62,16 +66,18 @@ impl TraceContext {
                 span_id,
                 sampled: flags & 1 == 1,
                 tracestate,
+                client_headers: true,
             };
         }
         let sampled = options.sample_ratio > 0.0
-            && (options.sample_ratio >= 1.0 || rand::random::<f64>() < options.sample_ratio);
+            && (options.sample_ratio >= 1.0 || chance(options.sample_ratio));
         TraceContext {
             trace_id: random_trace_id(),
             parent_span_id: None,
             span_id,
             sampled,
             tracestate: None,
+            client_headers: headers.contains_key(TRACEPARENT) || headers.contains_key(TRACESTATE),
         }
     }
 
@@ -98,16 +104,21 @@ impl TraceContext {
         HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
-    /// Replaces whatever trace headers the client sent with the proxy's.
-    pub fn apply_upstream(&self, headers: &mut HeaderMap) {
-        headers.insert(TRACEPARENT, self.traceparent());
-        match &self.tracestate {
-            Some(state) => {
-                headers.insert(TRACESTATE, state.clone());
-            }
-            None => {
-                headers.remove(TRACESTATE);
-            }
+    /// Replaces whatever trace headers the client sent with the proxy's: those are removed
+    /// from `headers` and the proxy's go to `added` (the headers this hop appends, which
+    /// cost no map insertion).
+    pub fn apply_upstream(
+        &self,
+        headers: &mut HeaderMap,
+        added: &mut Vec<(HeaderName, HeaderValue)>,
+    ) {
+        if self.client_headers {
+            headers.remove(TRACEPARENT);
+            headers.remove(TRACESTATE);
+        }
+        added.push((TRACEPARENT, self.traceparent()));
+        if let Some(state) = &self.tracestate {
+            added.push((TRACESTATE, state.clone()));
         }
     }
 }
@@ -164,10 +175,36 @@ pub fn hex_string(bytes: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+thread_local! {
+    /// wyrand state, seeded once per thread from the OS-seeded generator: trace and span ids
+    /// must be unique and unpredictable enough to not collide, not secret, and drawing them
+    /// from `rand`'s ChaCha generator cost more than the rest of the trace handling.
+    static STATE: Cell<u64> = Cell::new(rand::random());
+}
+
+/// A fast per-thread 64-bit random number (wyrand).
+pub fn next_u64() -> u64 {
+    STATE.with(|state| {
+        let x = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(x);
+        let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+        (t >> 64) as u64 ^ t as u64
+    })
+}
+
+/// True with probability `ratio` (0 ..= 1).
+pub fn chance(ratio: f64) -> bool {
+    // The top 53 bits as a float in [0, 1).
+    ((next_u64() >> 11) as f64 / (1u64 << 53) as f64) < ratio
+}
+
 fn random_trace_id() -> [u8; 16] {
     loop {
-        let id: [u8; 16] = rand::random();
-        if id != [0; 16] {
+        let (a, b) = (next_u64(), next_u64());
+        if a | b != 0 {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&a.to_be_bytes());
+            id[8..].copy_from_slice(&b.to_be_bytes());
             return id;
         }
     }
@@ -175,9 +212,9 @@ fn random_trace_id() -> [u8; 16] {
 
 pub fn random_span_id() -> [u8; 8] {
     loop {
-        let id: [u8; 8] = rand::random();
-        if id != [0; 8] {
-            return id;
+        let id = next_u64();
+        if id != 0 {
+            return id.to_be_bytes();
         }
     }
 }
@@ -202,9 +239,15 @@ mod tests {
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(out.ends_with("-01"));
         assert_ne!(&out[36..52], "00f067aa0ba902b7");
-        let mut up = HeaderMap::new();
-        t.apply_upstream(&mut up);
-        assert_eq!(up.get(TRACESTATE).unwrap(), "congo=t61rcWkgMzE");
+        let mut up = headers.clone();
+        let mut added = Vec::new();
+        t.apply_upstream(&mut up, &mut added);
+        assert!(up.is_empty(), "the client's trace headers are replaced");
+        assert_eq!(added[0].0, TRACEPARENT);
+        assert_eq!(
+            added[1],
+            (TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"))
+        );
     }
 
     #[test]
@@ -247,6 +290,16 @@ mod tests {
         assert!(t.parent_span_id.is_none() && !t.sampled);
         assert!(t.tracestate.is_none());
         assert!(parse_traceparent(t.traceparent().as_bytes()).is_some());
+    }
+
+    #[test]
+    fn ids_differ_and_chance_follows_the_ratio() {
+        let ids: std::collections::HashSet<[u8; 16]> =
+            (0..1000).map(|_| random_trace_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        let hits = (0..10_000).filter(|_| chance(0.1)).count();
+        assert!((800..1200).contains(&hits), "{hits}");
+        assert!(!(0..1000).any(|_| chance(0.0)));
     }
 
     #[test]
