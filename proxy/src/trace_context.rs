@@ -44,21 +44,39 @@ pub struct TraceContext {
     pub sampled: bool,
     /// Forwarded unchanged when the parent was valid.
     pub tracestate: Option<HeaderValue>,
-    /// The client sent trace headers: they are replaced, not forwarded.
-    client_headers: bool,
+    /// Which trace headers the client sent: they are replaced, not forwarded.
+    sent_parent: bool,
+    sent_state: bool,
 }
 
 impl TraceContext {
     /// Continues a valid incoming `traceparent`, or starts a trace.
     pub fn from_headers(headers: &HeaderMap, options: &TraceOptions) -> Self {
+        // One scan with a length check per field instead of hashed lookups (most requests
+        // carry neither header, and a lookup hashes the name each time).
+        let (mut parent, mut parents, mut state) = (None, 0, None);
+        for (name, value) in headers {
+            match name.as_str().len() {
+                11 if *name == TRACEPARENT => {
+                    parent = Some(value);
+                    parents += 1;
+                }
+                10 if *name == TRACESTATE => state = Some(value),
+                _ => {}
+            }
+        }
         let span_id = random_span_id();
-        if let Some((trace_id, parent, flags)) = headers
-            .get(TRACEPARENT)
-            .and_then(|v| parse_traceparent(v.as_bytes()))
-        {
-            let tracestate = headers
-                .get(TRACESTATE)
+        let (sent_parent, sent_state) = (parent.is_some(), state.is_some());
+        // Several traceparent fields are as invalid as a malformed one.
+        let valid = parent
+            .filter(|_| parents == 1)
+            .and_then(|v| parse_traceparent(v.as_bytes()));
+        if let Some((trace_id, parent, flags)) = valid {
+            // A list split over several fields is forwarded as its first one only if it is
+            // the only one; otherwise it is dropped rather than joined here.
+            let tracestate = state
                 .filter(|v| v.len() <= MAX_TRACESTATE)
+                .filter(|_| headers.get_all(TRACESTATE).iter().count() == 1)
                 .cloned();
             return TraceContext {
                 trace_id,
@@ -66,7 +84,8 @@ impl TraceContext {
                 span_id,
                 sampled: flags & 1 == 1,
                 tracestate,
-                client_headers: true,
+                sent_parent,
+                sent_state,
             };
         }
         let sampled = options.sample_ratio > 0.0
@@ -77,7 +96,8 @@ impl TraceContext {
             span_id,
             sampled,
             tracestate: None,
-            client_headers: headers.contains_key(TRACEPARENT) || headers.contains_key(TRACESTATE),
+            sent_parent,
+            sent_state,
         }
     }
 
@@ -112,8 +132,10 @@ impl TraceContext {
         headers: &mut HeaderMap,
         added: &mut Vec<(HeaderName, HeaderValue)>,
     ) {
-        if self.client_headers {
+        if self.sent_parent {
             headers.remove(TRACEPARENT);
+        }
+        if self.sent_state {
             headers.remove(TRACESTATE);
         }
         added.push((TRACEPARENT, self.traceparent()));
@@ -162,10 +184,20 @@ fn parse_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// Two hex digits per byte value: one lookup per byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    table
+};
+
 fn write_hex(bytes: &[u8], out: &mut [u8]) {
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 
@@ -290,6 +322,21 @@ mod tests {
         assert!(t.parent_span_id.is_none() && !t.sampled);
         assert!(t.tracestate.is_none());
         assert!(parse_traceparent(t.traceparent().as_bytes()).is_some());
+    }
+
+    #[test]
+    fn two_traceparents_restart_the_trace() {
+        let mut headers = HeaderMap::new();
+        headers.append(TRACEPARENT, HeaderValue::from_static(PARENT));
+        headers.append(
+            TRACEPARENT,
+            HeaderValue::from_static("00-11111111111111111111111111111111-00f067aa0ba902b7-01"),
+        );
+        let t = TraceContext::from_headers(&headers, &TraceOptions::default());
+        assert!(t.parent_span_id.is_none());
+        let mut added = Vec::new();
+        t.apply_upstream(&mut headers, &mut added);
+        assert!(headers.is_empty() && added.len() == 1);
     }
 
     #[test]
