@@ -124,23 +124,22 @@ impl TraceContext {
         HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
-    /// Replaces whatever trace headers the client sent with the proxy's: those are removed
-    /// from `headers` and the proxy's go to `added` (the headers this hop appends, which
-    /// cost no map insertion).
+    /// Replaces whatever trace headers the client sent with the proxy's. A client's
+    /// `traceparent` is overwritten in place (one hashed insert, no removal); without one the
+    /// proxy's goes to `added`, the headers this hop appends. A valid parent's `tracestate`
+    /// stays where it is; a restarted trace's is removed.
     pub fn apply_upstream(
         &self,
         headers: &mut HeaderMap,
         added: &mut Vec<(HeaderName, HeaderValue)>,
     ) {
         if self.sent_parent {
-            headers.remove(TRACEPARENT);
+            headers.insert(TRACEPARENT, self.traceparent());
+        } else {
+            added.push((TRACEPARENT, self.traceparent()));
         }
-        if self.sent_state {
+        if self.sent_state && self.tracestate.is_none() {
             headers.remove(TRACESTATE);
-        }
-        added.push((TRACEPARENT, self.traceparent()));
-        if let Some(state) = &self.tracestate {
-            added.push((TRACESTATE, state.clone()));
         }
     }
 }
@@ -274,12 +273,10 @@ mod tests {
         let mut up = headers.clone();
         let mut added = Vec::new();
         t.apply_upstream(&mut up, &mut added);
-        assert!(up.is_empty(), "the client's trace headers are replaced");
-        assert_eq!(added[0].0, TRACEPARENT);
-        assert_eq!(
-            added[1],
-            (TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"))
-        );
+        assert!(added.is_empty(), "replaced in place");
+        assert_eq!(up.get(TRACEPARENT).unwrap(), &t.traceparent());
+        assert_eq!(up.get(TRACESTATE).unwrap(), "congo=t61rcWkgMzE");
+        assert_eq!(up.len(), 2);
     }
 
     #[test]
@@ -336,7 +333,9 @@ mod tests {
         assert!(t.parent_span_id.is_none());
         let mut added = Vec::new();
         t.apply_upstream(&mut headers, &mut added);
-        assert!(headers.is_empty() && added.len() == 1);
+        assert!(added.is_empty());
+        assert_eq!(headers.get_all(TRACEPARENT).iter().count(), 1);
+        assert_eq!(headers[TRACEPARENT], t.traceparent());
     }
 
     #[test]
