@@ -166,21 +166,31 @@ pub fn parse_traceparent(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     Some((trace_id, span_id, flags))
 }
 
+/// The value of a lower-case hex digit, 0xff for anything else (upper case is invalid in
+/// traceparent).
+const UNHEX: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[HEX[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
 fn parse_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     if text.len() != 2 * N {
         return None;
     }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        // Upper case is invalid in traceparent.
-        _ => None,
-    };
     let mut out = [0u8; N];
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = digit(text[2 * i])? << 4 | digit(text[2 * i + 1])?;
+    let mut bad = 0u8;
+    for (slot, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let (high, low) = (UNHEX[usize::from(pair[0])], UNHEX[usize::from(pair[1])]);
+        bad |= high | low;
+        *slot = high << 4 | (low & 0xf);
     }
-    Some(out)
+    // Any invalid digit set the high bits.
+    (bad & 0xf0 == 0).then_some(out)
 }
 
 /// Two hex digits per byte value: one lookup per byte.
