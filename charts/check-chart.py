@@ -9,6 +9,7 @@ found; the last line is "chart: N passed, M failed" and the exit code is 1 when 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import subprocess
@@ -818,6 +819,35 @@ def _():
                     for line in (r.stdout + r.stderr).splitlines() if "alertname:" in line})
     expect(set(unmet) == ALERTS, f"only {unmet} noticed the raised thresholds")
     return f"fails as it should, for {', '.join(unmet)}"
+
+
+@check("files/alerts.rules.yaml as shipped: promtool check rules and the same unit test (its thresholds are the chart defaults)")
+def _():
+    d = Path(tempfile.mkdtemp(prefix="portcullis-rules-file-"))
+    shutil.copy(CHART / "files" / "alerts.rules.yaml", d / "rules.yaml")
+    shutil.copy(CHART / "tests" / "alerts-test.yaml", d / "alerts-test.yaml")
+    checked = promtool("check", "rules", "rules.yaml", cwd=d)
+    tested = promtool("test", "rules", "alerts-test.yaml", cwd=d)
+    shutil.rmtree(d, ignore_errors=True)
+    expect(checked.returncode == 0, checked.stdout + checked.stderr)
+    expect(tested.returncode == 0, tested.stdout + tested.stderr)
+    rendered = {r["alert"]: r["expr"] for g in one(RENDERED["all-on"], "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
+    shipped = {r["alert"]: r["expr"] for g in yaml.safe_load((CHART / "files" / "alerts.rules.yaml").read_text())["groups"] for r in g["rules"]}
+    expect(rendered == shipped, "the PrometheusRule with default thresholds differs from files/alerts.rules.yaml")
+    return "the rendered PrometheusRule equals the file at default thresholds"
+
+
+@check("Grafana dashboard ConfigMap: files/grafana-dashboard.json verbatim, with the sidecar label")
+def _():
+    cms = [o for o in RENDERED["all-on"] if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+    expect(len(cms) == 1, f"{len(cms)} dashboard ConfigMaps")
+    cm = cms[0]
+    expect(cm["metadata"]["labels"].get("grafana_dashboard") == "1", f"labels {cm['metadata']['labels']}")
+    shipped = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    expect(json.loads(cm["data"]["portcullis.json"]) == shipped, "ConfigMap content differs from the file")
+    default = [o for o in RENDERED["default"] if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+    expect(not default, "dashboard ConfigMap rendered with default values")
+    return f"{len(shipped['panels'])} panels"
 
 
 shutil.rmtree(WORK, ignore_errors=True)

@@ -30,6 +30,10 @@ PACKAGES=(
   "/bin/busybox busybox-static"
   "gcc gcc"
   "bc bc"
+  # Observability tests: a real Prometheus scrapes the proxy; promtool checks the scrape and
+  # the alert rules (proxy/tests/observability.rs, charts/test-chart.sh).
+  "prometheus prometheus"
+  "promtool prometheus"
 )
 
 missing=()

@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz` (process is up), `/readyz` (a config is loaded),
-//! `/metrics` (Prometheus text) and `/config` (generation and a summary, never secrets).
+//! `/metrics` (Prometheus text), `/config` (generation and a summary, never secrets) and
+//! `/decisions/<request-id>`, `/decisions?route=&step=&limit=` (decision records).
 //!
 //! Its connections have a timeout of their own, fixed because nothing legitimate talks to it
 //! slowly (probes, scrapers, an operator's curl): a connection on which no request has been
@@ -136,10 +137,24 @@ fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<ProxyBody> 
                 )
             }
         }
+        // Prometheus asks for OpenMetrics; anything else gets the classic text format.
+        "/metrics"
+            if request
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("application/openmetrics-text")) =>
+        {
+            text(
+                StatusCode::OK,
+                shared.metrics.encode(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        }
         "/metrics" => text(
             StatusCode::OK,
-            shared.metrics.encode(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.encode_text(),
+            "text/plain; version=0.0.4; charset=utf-8",
         ),
         "/config" => {
             let runtime = shared.store.load();
@@ -152,8 +167,99 @@ fn respond(shared: &Shared, request: &Request<Incoming>) -> Response<ProxyBody> 
             });
             text(StatusCode::OK, summary.to_string(), "application/json")
         }
-        _ => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+        "/decisions" => {
+            let query = Query::parse(request.uri().query().unwrap_or(""));
+            let records =
+                shared
+                    .decisions
+                    .latest(query.route.as_deref(), query.step.as_deref(), query.limit);
+            let records: Vec<&crate::decisions::DecisionRecord> =
+                records.iter().map(|r| &**r).collect();
+            let body = serde_json::to_vec(&serde_json::json!({ "decisions": records }))
+                .unwrap_or_default();
+            text(StatusCode::OK, body, "application/json")
+        }
+        path => match path.strip_prefix("/decisions/") {
+            Some(id) => match shared.decisions.find(id) {
+                Some(record) => text(
+                    StatusCode::OK,
+                    serde_json::to_vec(&*record).unwrap_or_default(),
+                    "application/json",
+                ),
+                None => {
+                    let id = if crate::request_id::is_valid(id.as_bytes()) {
+                        id
+                    } else {
+                        ""
+                    };
+                    let body = serde_json::json!({
+                        "error": "no decision record for this request id (unknown, evicted, or served by another replica)",
+                        "request_id": id,
+                    });
+                    text(StatusCode::NOT_FOUND, body.to_string(), "application/json")
+                }
+            },
+            None => text(StatusCode::NOT_FOUND, "not found\n", "text/plain"),
+        },
     }
+}
+
+/// `GET /decisions` filters.
+struct Query {
+    route: Option<String>,
+    step: Option<String>,
+    limit: usize,
+}
+
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 1000;
+
+impl Query {
+    fn parse(query: &str) -> Self {
+        let mut out = Query {
+            route: None,
+            step: None,
+            limit: DEFAULT_LIMIT,
+        };
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value);
+            match key {
+                "route" if !value.is_empty() => out.route = Some(value),
+                "step" if !value.is_empty() => out.step = Some(value),
+                "limit" => {
+                    out.limit = value
+                        .parse()
+                        .map_or(DEFAULT_LIMIT, |n: usize| n.min(MAX_LIMIT))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn text(
@@ -167,4 +273,21 @@ fn text(
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decision_queries() {
+        let q = Query::parse("route=shop%2Forders&step=waf&limit=5");
+        assert_eq!(q.route.as_deref(), Some("shop/orders"));
+        assert_eq!(q.step.as_deref(), Some("waf"));
+        assert_eq!(q.limit, 5);
+        let q = Query::parse("limit=999999&x=%");
+        assert_eq!(q.limit, MAX_LIMIT);
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%41b"), "Ab");
+    }
 }

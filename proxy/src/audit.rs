@@ -1,17 +1,19 @@
 //! The audit log: one JSON object per request on stdout or in a file (`--audit-file`,
 //! reopened on SIGHUP for log rotation).
 //!
-//! Lines are handed to a writer thread through a bounded channel so request handling never
-//! blocks on the output; if the writer falls behind, or the output fails (a full disk),
-//! lines are dropped and counted (`api_audit_lines_dropped_total`) rather than stalling
-//! traffic or ending the process. Only the path is logged (never the query, which may carry credentials),
-//! and never header values.
+//! Lines are handed to a writer thread through a bounded queue so request handling never
+//! blocks on the output. When the writer falls behind, allowed requests' lines are dropped
+//! first: they may fill only three quarters of the queue, and denials' lines the rest, so a
+//! denial is lost only once the queue is full of lines that could not be written. A failed
+//! write (a full disk, a closed pipe) loses its batch. Both are counted in
+//! `api_audit_dropped_total{reason}` and never stall traffic or end the process. Only the
+//! path is logged (never the query, which may carry credentials), and never header values.
 
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
@@ -19,12 +21,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-const QUEUE: usize = 65_536;
+/// Lines the queue holds by default (`--audit-queue`).
+pub const DEFAULT_QUEUE: usize = 65_536;
 
 #[derive(Serialize)]
 pub struct AuditRecord<'a> {
     pub timestamp: String,
     pub request_id: &'a str,
+    /// W3C trace id of the request (continued or started by the proxy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
+    /// The replica that served it: its admin listener holds the decision record.
+    pub replica: &'a str,
     pub client_ip: IpAddr,
     pub consumer: Option<&'a str>,
     pub route: Option<&'a str>,
@@ -65,9 +73,20 @@ pub enum AuditSink {
 pub struct Audit {
     sink: AuditSink,
     sender: Option<SyncSender<Vec<u8>>>,
-    /// Lines lost: the writer was behind, or the output failed.
-    dropped: Counter,
+    /// Lines in the queue, and how many of them allowed lines may occupy.
+    queued: Arc<AtomicUsize>,
+    allowed_limit: usize,
+    counters: AuditCounters,
     reopen: Arc<AtomicBool>,
+}
+
+/// Where lost lines are counted (`api_audit_dropped_total{reason}`).
+#[derive(Clone, Default)]
+pub struct AuditCounters {
+    /// The writer was behind and the queue had no room.
+    pub queue_full: Counter,
+    /// The output failed (full disk, unwritable file, closed pipe).
+    pub write_failed: Counter,
 }
 
 /// Asks the audit writer to reopen its file (log rotation); cheap to clone.
@@ -94,6 +113,7 @@ fn write_loop(
     mut out: Box<dyn Write + Send>,
     path: Option<PathBuf>,
     reopen: Arc<AtomicBool>,
+    queued: Arc<AtomicUsize>,
     dropped: Counter,
 ) {
     let mut batch = Vec::with_capacity(64 * 1024);
@@ -111,6 +131,7 @@ fn write_loop(
                 Err(_) => break,
             }
         }
+        queued.fetch_sub(lines as usize, Ordering::Relaxed);
         if reopen.swap(false, Ordering::Relaxed) {
             if let Some(path) = &path {
                 match open_append(path) {
@@ -132,8 +153,11 @@ fn write_loop(
 }
 
 impl Audit {
-    /// Starts the writer for `sink`. Fails only when an audit file cannot be opened.
-    pub fn new(sink: AuditSink, dropped: Counter) -> std::io::Result<Self> {
+    /// Starts the writer for `sink` with a queue of `queue` lines. Fails only when an audit
+    /// file cannot be opened.
+    pub fn new(sink: AuditSink, queue: usize, counters: AuditCounters) -> std::io::Result<Self> {
+        let queue = queue.max(4);
+        let queued = Arc::new(AtomicUsize::new(0));
         let reopen = Arc::new(AtomicBool::new(false));
         let output: Option<(Box<dyn Write + Send>, Option<PathBuf>)> = match &sink {
             AuditSink::Stdout => Some((Box::new(std::io::stdout()), None)),
@@ -142,11 +166,12 @@ impl Audit {
         };
         let sender = match output {
             Some((out, path)) => {
-                let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
-                let (reopen, dropped) = (reopen.clone(), dropped.clone());
+                let (tx, rx) = sync_channel::<Vec<u8>>(queue);
+                let (reopen, dropped) = (reopen.clone(), counters.write_failed.clone());
+                let queued = queued.clone();
                 let spawned = std::thread::Builder::new()
                     .name("audit-writer".into())
-                    .spawn(move || write_loop(rx, out, path, reopen, dropped));
+                    .spawn(move || write_loop(rx, out, path, reopen, queued, dropped));
                 match spawned {
                     Ok(_) => Some(tx),
                     Err(e) => {
@@ -160,7 +185,9 @@ impl Audit {
         Ok(Audit {
             sink,
             sender,
-            dropped,
+            queued,
+            allowed_limit: queue - queue / 4,
+            counters,
             reopen,
         })
     }
@@ -182,8 +209,14 @@ impl Audit {
         match &self.sink {
             AuditSink::Stdout | AuditSink::File(_) => {
                 if let Some(sender) = &self.sender {
-                    if let Err(TrySendError::Full(_)) = sender.try_send(line) {
-                        let dropped = self.dropped.inc() + 1;
+                    let denial = record.decision == "deny";
+                    // Allowed lines stop at the soft limit; denials may use the whole queue.
+                    let before = self.queued.fetch_add(1, Ordering::Relaxed);
+                    let admitted =
+                        (denial || before < self.allowed_limit) && sender.try_send(line).is_ok();
+                    if !admitted {
+                        self.queued.fetch_sub(1, Ordering::Relaxed);
+                        let dropped = self.counters.queue_full.inc() + 1;
                         if dropped.is_power_of_two() {
                             tracing::warn!(dropped, "audit writer is behind; lines dropped");
                         }

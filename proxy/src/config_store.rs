@@ -57,6 +57,25 @@ pub enum ConfigError {
     SecretHalfGone,
 }
 
+impl ConfigError {
+    /// The failing part of the config, for `api_config_reloads_total{reason}`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConfigError::Router(_) => "router",
+            ConfigError::Keys(_) => "keys",
+            ConfigError::RateLimit(_) => "rate_limit",
+            ConfigError::Target { .. } => "upstream_target",
+            ConfigError::Schema { .. } => "validation_schema",
+            ConfigError::Cors { .. } => "cors",
+            ConfigError::Waf(_) => "waf",
+            ConfigError::ResponseHeaders { .. } => "response_headers",
+            ConfigError::Tls(_) => "tls",
+            ConfigError::RequestHeaders { .. } => "request_headers",
+            ConfigError::SecretHalfGone => "secret_half",
+        }
+    }
+}
+
 pub struct CompiledRoute {
     pub config: RouteConfig,
     pub upstream: Upstream,

@@ -174,7 +174,8 @@ pub type Added = Vec<(HeaderName, HeaderValue)>;
 pub fn prepare(headers: &mut HeaderMap, ctx: &ForwardContext<'_>) -> Added {
     remove_marked(headers, HOP | CLIENT_IDENTITY, true);
     // `Host` is left in place: the upstream client writes the target's own and skips it.
-    let mut added = Added::with_capacity(8);
+    // Room for the trace headers the pipeline appends (traceparent, tracestate).
+    let mut added = Added::with_capacity(10);
 
     let peer = ip_value(ctx.peer);
     let forwarded_for = if ctx.peer_trusted {

@@ -1,4 +1,5 @@
-//! `portcullis-proxy`: standalone mode (`--manifests`), `--check`, and cluster mode (`--kube`).
+//! `portcullis-proxy`: standalone mode (`--manifests`), `--check`, cluster mode (`--kube`),
+//! and `explain <request-id>` (why a request got its answer, from a replica's admin listener).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 use portcullis_proxy::{cluster, standalone, AuditSink, ProxyOptions, ProxyServer};
 
@@ -21,7 +22,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     version,
     about = "Portcullis API gateway data plane"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Manifest files or directories (*.yaml, *.yml; directories are not recursed).
     #[arg(long, num_args = 1.., value_name = "DIR_OR_FILE")]
     manifests: Vec<PathBuf>,
@@ -45,7 +49,8 @@ struct Args {
     /// Namespace of the operator's config objects and of this replica's report Lease.
     #[arg(long, default_value = "portcullis-system")]
     namespace: String,
-    /// Replica id for the report Lease (default: $POD_NAME, else HOSTNAME-PID).
+    /// Replica id for the report Lease, audit lines and decision records (default:
+    /// $POD_NAME, else HOSTNAME-PID).
     #[arg(long)]
     replica_id: Option<String>,
     /// How often the replica reports its generation and counters (e.g. 5s).
@@ -95,9 +100,81 @@ struct Args {
     /// one client's concurrency).
     #[arg(long, default_value_t = portcullis_proxy::overload::DEFAULT_HTTP2_MAX_STREAMS)]
     http2_max_streams: u32,
+    /// Audit lines queued for the writer; when full, lines are dropped (allowed requests'
+    /// first) and counted in api_audit_dropped_total, and requests never wait.
+    #[arg(long, default_value_t = portcullis_proxy::audit::DEFAULT_QUEUE, value_name = "LINES")]
+    audit_queue: usize,
+    /// Denials kept for GET /decisions and `explain` (allowed requests: a quarter of it,
+    /// sampled); 0 turns decision records off.
+    #[arg(long, default_value_t = portcullis_proxy::decisions::DEFAULT_CAPACITY, value_name = "N")]
+    decision_buffer: usize,
+    /// Share of allowed requests recorded in the decision buffer (0 to 1).
+    #[arg(long, default_value_t = portcullis_proxy::decisions::DEFAULT_ALLOWED_SAMPLE, value_name = "RATIO", value_parser = parse_ratio)]
+    decision_sample_allowed: f64,
+    /// Do not read or send W3C traceparent/tracestate (no trace ids in audit lines).
+    #[arg(long)]
+    no_trace_context: bool,
+    /// Share of new traces (requests without a valid traceparent) marked sampled (0 to 1).
+    /// A caller's sampled flag is always kept.
+    #[arg(long, default_value_t = 0.0, value_name = "RATIO", value_parser = parse_ratio)]
+    trace_sample_ratio: f64,
+    /// Export spans of sampled traces to this OTLP/HTTP endpoint (protobuf), e.g.
+    /// http://otel-collector:4318/v1/traces. Off by default.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Explain why a request was allowed or denied, from the decision record kept by the
+    /// replica that served it (its id is the `replica` field of the audit line).
+    Explain {
+        /// The request id (X-Request-ID of the response, `request_id` of the audit line).
+        request_id: String,
+        /// Admin listener of the replica that served the request.
+        #[arg(long, default_value = "http://127.0.0.1:9901", value_name = "URL")]
+        admin: String,
+        /// Print the record as JSON instead of the explanation.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{text:?} is not a ratio between 0 and 1")),
+    }
+}
+
+/// `explain`: exit 0 with the explanation, 1 when the record is not there or unreachable.
+fn explain(request_id: &str, admin: &str, json: bool) -> ExitCode {
+    match portcullis_proxy::explain::fetch(admin, request_id) {
+        Ok(record) => {
+            if json {
+                println!("{record:#}");
+            } else {
+                print!("{}", portcullis_proxy::explain::render(&record));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portcullis-proxy explain: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Command::Explain {
+        request_id,
+        admin,
+        json,
+    }) = &args.command
+    {
+        return explain(request_id, admin, *json);
+    }
     tracing_subscriber::fmt()
         .json()
         .with_writer(std::io::stderr)
@@ -106,7 +183,6 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let args = Args::parse();
     match run(args) {
         Ok(code) => code,
         Err(e) => {
@@ -153,6 +229,15 @@ fn proxy_options(args: &Args) -> ProxyOptions {
         } else {
             AuditSink::Stdout
         },
+        replica_id: cluster::replica_id(args.replica_id.as_deref()),
+        audit_queue: args.audit_queue,
+        decision_capacity: args.decision_buffer,
+        decision_allowed_sample: args.decision_sample_allowed,
+        trace: portcullis_proxy::trace_context::TraceOptions {
+            propagate: !args.no_trace_context,
+            sample_ratio: args.trace_sample_ratio,
+        },
+        otlp_endpoint: args.otlp_endpoint.clone(),
         ..ProxyOptions::default()
     }
 }

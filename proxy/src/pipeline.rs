@@ -4,7 +4,8 @@
 //!  1. connection: global and per-IP connection limits (`connection_limits`), HTTP/1.1 +
 //!     HTTP/2, header-read and idle timeouts (in `server`); TLS termination with per-host
 //!     certificates and client authentication (`tls`), checked against the route in step 3.
-//!  2. request id (`request_id`); W3C trace context: not yet.
+//!  2. request id (`request_id`); W3C trace context (`trace_context`): continued or started,
+//!     handed to the upstream with the proxy's span as parent.
 //!     The request line and framing headers are checked and the path normalised
 //!     (`request_target`): method case, target form, `Host`, `Transfer-Encoding`,
 //!     underscore header names.
@@ -26,13 +27,15 @@
 //!     ready endpoints, `endpoints`).
 //! 11. response: upstream 5xx sanitizing, header add/remove, security headers, CORS,
 //!     `X-Request-ID` (`response_headers`, `cors`); gateway errors as JSON (`errors`).
-//! 12. audit line (`audit`) and metrics (`metrics`) for every request.
+//! 12. audit line (`audit`) and metrics (`metrics`) for every request; a decision record
+//!     (`decisions`) for every denial and a sample of the rest; spans of sampled traces
+//!     (`otlp`), one per policy step that ran.
 //!
 //! Every step fails closed: an error returns a [`GatewayError`] and nothing is forwarded.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::request::Parts;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -45,10 +48,13 @@ use crate::auth::{self, Identity};
 use crate::body::{full, ProxyBody};
 use crate::client_body::{BodyLimits, BufferBudget, ClientBody, ClientFault, FaultKind};
 use crate::config_store::{CompiledRoute, ConfigStore, RuntimeConfig};
+use crate::decisions::{DecisionLog, DecisionRecord, RateLimitEvidence};
 use crate::errors::{json_error, GatewayError, UPSTREAM_ERROR_MESSAGE};
 use crate::metrics::Metrics;
+use crate::otlp::{SpanExporter, Value};
 use crate::ratelimit::{self, RateLimitHeaders};
 use crate::router::{request_host, RequestView};
+use crate::trace_context::{TraceContext, TraceOptions};
 use crate::upstream::UpstreamError;
 use crate::{
     client_ip, cors, forward_headers, ip_filter, request_id, request_target, response_headers,
@@ -74,6 +80,13 @@ pub struct Shared {
     pub body_budget: Arc<BufferBudget>,
     /// Requests in flight, across the process (load shedding).
     pub in_flight: Arc<crate::overload::InFlightLimit>,
+    /// Recent decisions for `GET /decisions` and `explain`.
+    pub decisions: DecisionLog,
+    pub trace: TraceOptions,
+    /// This replica's id (audit lines, decision records, span resource).
+    pub replica: Arc<str>,
+    /// OTLP span export, when `--otlp-endpoint` is set.
+    pub spans: Option<SpanExporter>,
 }
 
 /// What the audit line and metrics need to know about a request once it is answered.
@@ -86,6 +99,32 @@ struct Outcome {
     waf: crate::waf::WafState,
     /// The normalised path, when it differs from the request's (for the audit line).
     path: Option<Box<str>>,
+    trace: Option<TraceContext>,
+    /// Policy steps that ran, for the spans of a sampled trace (`None`: not recording).
+    steps: Option<Vec<StepSpan>>,
+}
+
+/// One policy step's span: name, start, end, whether it stopped the request.
+struct StepSpan(&'static str, Instant, Instant, bool);
+
+impl Outcome {
+    /// The start of a step, when spans are being recorded (no clock read otherwise).
+    fn clock(&self) -> Option<Instant> {
+        self.steps.as_ref().map(|_| Instant::now())
+    }
+
+    /// Records a step that ran (if recording) and passes its result through.
+    fn step<T, E>(
+        &mut self,
+        name: &'static str,
+        started: Option<Instant>,
+        result: Result<T, E>,
+    ) -> Result<T, E> {
+        if let (Some(steps), Some(started)) = (&mut self.steps, started) {
+            steps.push(StepSpan(name, started, Instant::now(), result.is_err()));
+        }
+        result
+    }
 }
 
 pub async fn handle(
@@ -104,8 +143,15 @@ pub async fn handle(
     let method = parts.method.clone();
     let uri = parts.uri.clone();
     let origin = parts.headers.get(header::ORIGIN).cloned();
-    // 2. request id
+    // 2. request id and trace context
     let request_id = request_id::assign(&parts.headers);
+    let trace = shared
+        .trace
+        .propagate
+        .then(|| TraceContext::from_headers(&parts.headers, &shared.trace));
+    let recording = shared.spans.is_some() && trace.as_ref().is_some_and(|t| t.sampled);
+    let wall_start = recording.then(SystemTime::now);
+    shared.metrics.in_flight.inc();
     let peer_ip = peer.ip().to_canonical();
     let client_ip = client_ip::resolve(peer_ip, &parts.headers, &shared.trusted_proxies);
 
@@ -117,6 +163,8 @@ pub async fn handle(
         rate_limit: None,
         waf: Default::default(),
         path: None,
+        trace,
+        steps: recording.then(Vec::new),
     };
     let result = run(
         shared,
@@ -135,6 +183,8 @@ pub async fn handle(
     .await;
     let route = outcome.route.and_then(|i| runtime.routes.get(i));
     let mut limited_by = None;
+    let keep_decision = shared.decisions.wants(result.is_err());
+    let mut message = None;
     let (mut response, denial) = match result {
         Ok(response) => {
             if let Some(route) = route {
@@ -150,12 +200,27 @@ pub async fn handle(
                 if let (ratelimit::RateLimitError::Exceeded(_), Some(route)) = (e, route) {
                     shared.metrics.rate_limited(&route.config.id, e.policy());
                 }
-                limited_by = Some((e.policy().to_string(), e.limit().map(str::to_string)));
+                let retry = match e {
+                    ratelimit::RateLimitError::Exceeded(x) => Some(x.retry_after_secs.max(1)),
+                    _ => None,
+                };
+                limited_by = Some((e.policy().to_string(), e.limit().map(str::to_string), retry));
+            }
+            if let (GatewayError::Upstream(e), Some(route)) = (&error, route) {
+                if let Some(kind) = e.kind() {
+                    shared.metrics.upstream_error(&route.config.id, kind);
+                }
+            }
+            if keep_decision {
+                message = Some(error.to_string());
             }
             if let Some(route) = route {
                 route.counters.record(error.enforcement());
             }
             let denial = (error.step(), error.reason());
+            shared
+                .metrics
+                .denied(route.map_or("none", |r| r.config.id.as_str()), denial.0);
             let challenge = match &error {
                 GatewayError::Auth(e) => e.challenge(
                     route
@@ -195,20 +260,69 @@ pub async fn handle(
     shared
         .metrics
         .record(route_metrics, &method, status, elapsed);
-    if shared.audit.enabled() {
-        let consumer = match outcome.identity {
-            Identity::Consumer(i) => runtime.keys.consumer(i).map(|c| c.id.as_str()),
-            Identity::Anonymous => Some(auth::ANONYMOUS),
-            Identity::Unauthenticated | Identity::Principal => None,
+    shared.metrics.in_flight.dec();
+    let consumer = || match outcome.identity {
+        Identity::Consumer(i) => runtime.keys.consumer(i).map(|c| c.id.as_str()),
+        Identity::Anonymous => Some(auth::ANONYMOUS),
+        Identity::Unauthenticated | Identity::Principal => None,
+    };
+    let trace_hex = (keep_decision || shared.audit.enabled())
+        .then(|| outcome.trace.as_ref().map(TraceContext::trace_id_buf))
+        .flatten();
+    let trace_id = trace_hex.as_ref().and_then(|b| std::str::from_utf8(b).ok());
+    let request_id_str = request_id.to_str().unwrap_or("");
+    let path = outcome.path.as_deref().unwrap_or(uri.path());
+    if keep_decision {
+        let mut record = DecisionRecord::new(
+            request_id_str,
+            trace_id.map(str::to_string),
+            shared.replica.clone(),
+            &runtime.generation,
+            method.as_str(),
+            path,
+            status.as_u16(),
+            denial.is_some(),
+        );
+        record.route = route.map(|r| r.config.id.clone());
+        record.consumer = consumer().map(str::to_string);
+        record.step = denial.map(|d| d.0);
+        record.reason = denial.map(|d| d.1);
+        record.message = message;
+        record.rate_limit = limited_by.as_ref().map(|l| RateLimitEvidence {
+            policy: l.0.clone(),
+            limit: l.1.clone(),
+            retry_after_secs: l.2,
+        });
+        record.waf = outcome.waf.evidence();
+        shared.decisions.push(record);
+    }
+    if let (Some(spans), Some(steps), Some(trace), Some(wall_start)) = (
+        &shared.spans,
+        outcome.steps.take(),
+        &outcome.trace,
+        wall_start,
+    ) {
+        let answered = Answered {
+            method: method.as_str(),
+            path,
+            status,
+            request_id: request_id_str,
+            route: route.map(|r| r.config.id.as_str()),
+            denial,
         };
+        spans.send(request_spans(trace, steps, wall_start, started, &answered));
+    }
+    if shared.audit.enabled() {
         shared.audit.write(&AuditRecord {
             timestamp: timestamp(),
-            request_id: request_id.to_str().unwrap_or(""),
+            request_id: request_id_str,
+            trace_id,
+            replica: &shared.replica,
             client_ip,
-            consumer,
+            consumer: consumer(),
             route: route.map(|r| r.config.id.as_str()),
             method: method.as_str(),
-            path: outcome.path.as_deref().unwrap_or(uri.path()),
+            path,
             status: status.as_u16(),
             latency_ms: elapsed.as_secs_f64() * 1000.0,
             upstream_latency_ms: outcome.upstream_latency_ms,
@@ -222,6 +336,78 @@ pub async fn handle(
         });
     }
     response
+}
+
+/// What a request's spans say about its answer.
+struct Answered<'a> {
+    method: &'a str,
+    path: &'a str,
+    status: StatusCode,
+    request_id: &'a str,
+    route: Option<&'a str>,
+    denial: Option<(&'static str, &'static str)>,
+}
+
+/// The request's server span and one child span per policy step that ran, on the wall
+/// clock of the request's start plus monotonic offsets.
+fn request_spans(
+    trace: &TraceContext,
+    steps: Vec<StepSpan>,
+    wall_start: SystemTime,
+    started: Instant,
+    answered: &Answered<'_>,
+) -> Vec<crate::otlp::Span> {
+    let start_ns = crate::otlp::unix_nanos(wall_start);
+    let at =
+        |i: Instant| start_ns + u64::try_from(i.duration_since(started).as_nanos()).unwrap_or(0);
+    let mut attributes = vec![
+        ("http.request.method", Value::Str(answered.method.into())),
+        (
+            "url.path",
+            Value::Str(crate::decisions::excerpt(answered.path, 160)),
+        ),
+        (
+            "http.response.status_code",
+            Value::Int(i64::from(answered.status.as_u16())),
+        ),
+        (
+            "portcullis.request_id",
+            Value::Str(answered.request_id.into()),
+        ),
+    ];
+    if let Some(route) = answered.route {
+        attributes.push(("http.route", Value::Str(route.into())));
+    }
+    if let Some((step, reason)) = answered.denial {
+        attributes.push(("portcullis.denied_by", Value::Str(step.into())));
+        attributes.push(("portcullis.reason", Value::Str(reason.into())));
+    }
+    let mut out = Vec::with_capacity(steps.len() + 1);
+    out.push(crate::otlp::Span {
+        trace_id: trace.trace_id,
+        span_id: trace.span_id,
+        parent_span_id: trace.parent_span_id,
+        name: "request",
+        server: true,
+        start_unix_ns: start_ns,
+        end_unix_ns: at(Instant::now()),
+        attributes,
+        error: answered.status.is_server_error(),
+    });
+    for StepSpan(name, from, to, failed) in steps {
+        out.push(crate::otlp::Span {
+            trace_id: trace.trace_id,
+            span_id: crate::trace_context::random_span_id(),
+            parent_span_id: Some(trace.span_id),
+            name,
+            server: false,
+            start_unix_ns: at(from),
+            end_unix_ns: at(to),
+            attributes: Vec::new(),
+            error: failed,
+        });
+    }
+    out
 }
 
 /// Where a request came from and how.
@@ -303,10 +489,16 @@ async fn run(
 
     // 4. client IP filter
     if let Some(restriction) = &config.ip_restriction {
-        ip_filter::check(restriction, client_ip)?;
+        let t = outcome.clock();
+        outcome.step(
+            "ip_restriction",
+            t,
+            ip_filter::check(restriction, client_ip),
+        )?;
     }
 
     // 5. pre-authentication rate limits
+    let t = outcome.clock();
     let pre_auth = ratelimit::pre_auth(
         &shared.limiter,
         runtime,
@@ -315,11 +507,19 @@ async fn run(
         &parts,
         &mut outcome.rate_limit,
     )
-    .await?;
+    .await;
+    // Recorded only where a limit ran (a route's own or its namespace's global policies).
+    let pre_auth = if outcome.rate_limit.is_none() && pre_auth.is_ok() {
+        pre_auth?
+    } else {
+        outcome.step("rate_limit.pre_auth", t, pre_auth)?
+    };
 
     // 6. WAF on the request line, headers and cookies
     if let Some(waf) = &route.waf {
-        crate::waf::check_head(waf, &parts, client_ip, &mut outcome.waf)?;
+        let t = outcome.clock();
+        let checked = crate::waf::check_head(waf, &parts, client_ip, &mut outcome.waf);
+        outcome.step("waf.head", t, checked)?;
     }
 
     // CORS preflight: answered by the gateway, before authentication.
@@ -334,15 +534,20 @@ async fn run(
     if let Some(auth) = &route.auth {
         // Boxed (here and for the body checks below): identity-provider calls make these
         // futures large, and routes that do not use them should not carry their size.
-        auth_context = Box::pin(auth.authenticate(&runtime.keys, &mut parts)).await?;
+        let t = outcome.clock();
+        let authenticated = Box::pin(auth.authenticate(&runtime.keys, &mut parts)).await;
+        auth_context = outcome.step("authentication", t, authenticated)?;
         outcome.identity = auth_context.identity;
     }
     if let Some(authorization) = &config.authorization {
-        auth::authorize(authorization, &runtime.keys, &auth_context)?;
+        let t = outcome.clock();
+        let authorized = auth::authorize(authorization, &runtime.keys, &auth_context);
+        outcome.step("authorization", t, authorized)?;
     }
 
     // 8. per-consumer rate limits and quotas
-    ratelimit::post_auth(
+    let t = outcome.clock();
+    let post_auth = ratelimit::post_auth(
         &shared.limiter,
         runtime,
         found.route,
@@ -358,7 +563,12 @@ async fn run(
         pre_auth,
         &mut outcome.rate_limit,
     )
-    .await?;
+    .await;
+    if outcome.rate_limit.is_none() && post_auth.is_ok() {
+        post_auth?
+    } else {
+        outcome.step("rate_limit.post_auth", t, post_auth)?
+    };
 
     // 9. request validation
     let has_body = validate::has_body(&parts, &body);
@@ -370,15 +580,23 @@ async fn run(
     };
     let body = match &route.validation {
         Some(validation) => {
-            validation.check_head(&parts, has_body)?;
-            Box::pin(validation.check_body(body, has_body, &fault, &shared.body_budget)).await?
+            let t = outcome.clock();
+            let checked = match validation.check_head(&parts, has_body) {
+                Ok(()) => {
+                    Box::pin(validation.check_body(body, has_body, &fault, &shared.body_budget))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            outcome.step("validation", t, checked)?
         }
         None => body,
     };
     // 9. WAF on the body
     let body = match &route.waf {
         Some(waf) if has_body => {
-            Box::pin(crate::waf::check_body(
+            let t = outcome.clock();
+            let checked = Box::pin(crate::waf::check_body(
                 waf,
                 &parts,
                 client_ip,
@@ -387,7 +605,8 @@ async fn run(
                 &shared.body_budget,
                 &mut outcome.waf,
             ))
-            .await?
+            .await;
+            outcome.step("waf.body", t, checked)?
         }
         _ => body,
     };
@@ -416,7 +635,7 @@ async fn run(
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(header::HOST).cloned());
-    let added = forward_headers::prepare(
+    let mut added = forward_headers::prepare(
         &mut parts.headers,
         &forward_headers::ForwardContext {
             peer: peer_ip,
@@ -436,6 +655,9 @@ async fn run(
     auth_context.apply_upstream(&mut parts.headers);
     if let Some(modifier) = &route.request_headers {
         modifier.apply(&mut parts.headers);
+    }
+    if let Some(trace) = &outcome.trace {
+        trace.apply_upstream(&mut parts.headers, &mut added);
     }
     let rewritten = match &config.rewrite_path {
         Some(full) => forward_headers::replace_path(&parts.uri, full),
@@ -457,9 +679,22 @@ async fn run(
         .upstream
         .forward(parts, &added, body, client_ip, replayable, &fault)
         .await;
-    outcome.upstream_latency_ms = outcome
-        .upstream_started
-        .map(|s| s.elapsed().as_secs_f64() * 1000.0);
+    let upstream_started = outcome.upstream_started.unwrap_or_else(Instant::now);
+    let upstream_elapsed = upstream_started.elapsed();
+    outcome.upstream_latency_ms = Some(upstream_elapsed.as_secs_f64() * 1000.0);
+    if result.is_ok() {
+        shared
+            .metrics
+            .upstream_latency(&route.metrics, upstream_elapsed);
+    }
+    if let Some(steps) = &mut outcome.steps {
+        steps.push(StepSpan(
+            "upstream",
+            upstream_started,
+            Instant::now(),
+            result.is_err(),
+        ));
+    }
     let response = match result {
         Ok(response) => response,
         Err(e) => return Err(client_fault(&fault).unwrap_or(e.into())),

@@ -70,6 +70,18 @@ pub struct ProxyOptions {
     pub max_in_flight: Option<usize>,
     /// Concurrent streams per HTTP/2 connection.
     pub http2_max_concurrent_streams: u32,
+    /// This replica's id in audit lines and decision records.
+    pub replica_id: String,
+    /// Lines the audit queue holds before lines are dropped.
+    pub audit_queue: usize,
+    /// Denials the decision buffer holds (0: no decision records).
+    pub decision_capacity: usize,
+    /// Share of allowed requests recorded in the decision buffer.
+    pub decision_allowed_sample: f64,
+    /// W3C trace context propagation and sampling of new traces.
+    pub trace: crate::trace_context::TraceOptions,
+    /// OTLP/HTTP traces endpoint (`http://host:4318/v1/traces`); `None`: no export.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for ProxyOptions {
@@ -95,6 +107,12 @@ impl Default for ProxyOptions {
             max_buffered_body_bytes: crate::client_body::DEFAULT_BUFFER_BUDGET,
             max_in_flight: None,
             http2_max_concurrent_streams: crate::overload::DEFAULT_HTTP2_MAX_STREAMS,
+            replica_id: "local".into(),
+            audit_queue: crate::audit::DEFAULT_QUEUE,
+            decision_capacity: crate::decisions::DEFAULT_CAPACITY,
+            decision_allowed_sample: crate::decisions::DEFAULT_ALLOWED_SAMPLE,
+            trace: crate::trace_context::TraceOptions::default(),
+            otlp_endpoint: None,
         }
     }
 }
@@ -112,6 +130,8 @@ pub enum StartError {
     Auth(#[from] crate::auth::AuthRuntimeError),
     #[error("cannot open the audit file: {0}")]
     Audit(std::io::Error),
+    #[error(transparent)]
+    Otlp(#[from] crate::otlp::OtlpConfigError),
 }
 
 pub struct ProxyServer;
@@ -141,12 +161,17 @@ impl ProxyServer {
         );
         let counters = CounterRegistry::default();
         let loaded = initial.is_some();
+        let metrics = Metrics::new();
         let runtime = RuntimeConfig::build(
             &initial.unwrap_or_else(GatewayConfig::empty),
             &clients,
             &limiter,
             &counters,
-        )?;
+        )
+        .inspect_err(|e| metrics.config_failed(e.kind()))?;
+        if loaded {
+            metrics.config_loaded(&runtime.generation);
+        }
         // Binds and reports the bound address (port 0 becomes a real port).
         let bind = |addr: SocketAddr| async move {
             let listener = TcpListener::bind(addr)
@@ -161,10 +186,31 @@ impl ProxyServer {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        let metrics = Metrics::new();
-        let audit = Audit::new(options.audit.clone(), metrics.audit_dropped())
-            .map_err(StartError::Audit)?;
+        let audit = Audit::new(
+            options.audit.clone(),
+            options.audit_queue,
+            metrics.audit_counters(),
+        )
+        .map_err(StartError::Audit)?;
+        let decisions = crate::decisions::DecisionLog::new(
+            options.decision_capacity,
+            options.decision_allowed_sample,
+            metrics.decision_gauges(),
+        );
+        let spans = match &options.otlp_endpoint {
+            Some(endpoint) => Some(crate::otlp::SpanExporter::start(
+                endpoint,
+                &options.replica_id,
+                &metrics,
+            )?),
+            None => None,
+        };
+        let tracker = Arc::new(ConnTracker::new(metrics.open_connections.clone()));
         let shared = Arc::new(Shared {
+            decisions,
+            trace: options.trace,
+            replica: options.replica_id.as_str().into(),
+            spans,
             store: ConfigStore::new(runtime, loaded),
             counters,
             metrics,
@@ -184,7 +230,6 @@ impl ProxyServer {
             None => None,
         };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let tracker = Arc::new(ConnTracker::default());
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(accept_loop(
             listener,
@@ -265,7 +310,9 @@ impl RunningProxy {
             &self.shared.clients,
             &self.shared.limiter,
             &self.shared.counters,
-        )?;
+        )
+        .inspect_err(|e| self.shared.metrics.config_failed(e.kind()))?;
+        self.shared.metrics.config_loaded(&runtime.generation);
         self.shared.store.store(runtime);
         tracing::info!(generation = %config.generation, routes = config.routes.len(), "config loaded");
         Ok(())
@@ -354,9 +401,17 @@ impl ConfigHandle {
             &shared.clients,
             &shared.limiter,
             &shared.counters,
-        )?;
+        )
+        .inspect_err(|e| shared.metrics.config_failed(e.kind()))?;
+        shared.metrics.config_loaded(&runtime.generation);
         shared.store.store(runtime);
         Ok(())
+    }
+
+    /// Counts a reload that failed before a config could be built (`reason`: a fixed word
+    /// such as `manifests` or `delivery`).
+    pub fn reload_failed(&self, reason: &'static str) {
+        self.shared.metrics.config_failed(reason);
     }
 
     /// The content digest of the loaded config's delivered Secret half, if any.
@@ -386,18 +441,27 @@ impl ConfigHandle {
     }
 }
 
-/// Counts open connections so shutdown can wait for them.
-#[derive(Default)]
+/// Counts open connections so shutdown can wait for them (and `api_connections_open`).
 struct ConnTracker {
     count: AtomicUsize,
     idle: Notify,
+    gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 struct ConnGuard(Arc<ConnTracker>);
 
 impl ConnTracker {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        ConnTracker {
+            count: AtomicUsize::new(0),
+            idle: Notify::new(),
+            gauge,
+        }
+    }
+
     fn enter(self: &Arc<Self>) -> ConnGuard {
         self.count.fetch_add(1, Ordering::AcqRel);
+        self.gauge.inc();
         ConnGuard(self.clone())
     }
 
@@ -416,6 +480,7 @@ impl ConnTracker {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        self.0.gauge.dec();
         if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }

@@ -187,6 +187,7 @@ pub fn watch(
                     }
                 }
                 Ok(Err(e)) => {
+                    handle.reload_failed("manifests");
                     tracing::error!(error = %e, "reload failed; keeping the last good config")
                 }
                 Err(e) => tracing::error!(error = %e, "reload task failed"),

@@ -64,6 +64,18 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The `kind` label of `api_upstream_errors_total`; `None` for the client's own fault.
+    pub fn kind(&self) -> Option<&'static str> {
+        match self {
+            UpstreamError::Connect => Some("connect"),
+            UpstreamError::Timeout => Some("timeout"),
+            UpstreamError::Failed => Some("failed"),
+            UpstreamError::NoTargets => Some("no_targets"),
+            UpstreamError::NoEndpoints(_) => Some("no_endpoints"),
+            UpstreamError::BodyTooLarge => None,
+        }
+    }
+
     pub fn reason(&self) -> &'static str {
         match self {
             UpstreamError::Connect => "upstream_connect_failed",

@@ -306,7 +306,7 @@ impl WafState {
                         group: f.group.as_str(),
                         target: &f.target,
                         score: f.score,
-                        excerpt: &f.excerpt,
+                        excerpt: redacted(&f.target, &f.excerpt),
                     })
                     .collect(),
                 body_inspected_bytes: e.body_inspected,
@@ -316,10 +316,70 @@ impl WafState {
         (!entries.is_empty()).then_some(entries)
     }
 
+    /// The evidence for a decision record: every policy that found something.
+    pub fn evidence(&self) -> Vec<crate::decisions::WafEvidence> {
+        self.evaluations
+            .iter()
+            .filter(|(_, e, _, _)| !e.findings.is_empty())
+            .map(
+                |(policy, e, decision, mode)| crate::decisions::WafEvidence {
+                    policy: policy.clone(),
+                    mode: match mode {
+                        Mode::Block => "Block",
+                        Mode::Detect => "Detect",
+                    },
+                    score: e.score,
+                    blocked: *decision != Decision::Allow,
+                    findings: e
+                        .findings
+                        .iter()
+                        .map(|f| crate::decisions::FindingEvidence {
+                            rule_id: f.rule_id,
+                            group: f.group.as_str(),
+                            target: f.target.clone(),
+                            score: f.score,
+                            excerpt: redacted(&f.target, &f.excerpt).to_string(),
+                            message: f.message,
+                        })
+                        .collect(),
+                },
+            )
+            .collect()
+    }
+
     /// Rule ids of the blocking evaluation (audit `rule_ids`).
     pub fn rule_ids(&self) -> Option<Vec<u32>> {
         let (_, e, _, _) = self.evaluations.get(self.blocked_by?)?;
         Some(e.rule_ids())
+    }
+}
+
+/// Names of targets that carry credentials (API keys, tokens, sessions, passwords): their
+/// excerpts never leave the process, in the audit line or a decision record.
+const CREDENTIAL_WORDS: [&str; 9] = [
+    "auth",
+    "key",
+    "token",
+    "secret",
+    "session",
+    "passw",
+    "cookie",
+    "sig",
+    "credential",
+];
+
+/// The excerpt to show for a finding on `target`: `[redacted]` for cookies and for headers,
+/// query or form fields whose name looks like a credential.
+pub fn redacted<'a>(target: &str, excerpt: &'a str) -> &'a str {
+    let (kind, name) = target.split_once(':').unwrap_or((target, ""));
+    if kind.eq_ignore_ascii_case("Cookie") {
+        return "[redacted]";
+    }
+    let name = name.to_ascii_lowercase();
+    if CREDENTIAL_WORDS.iter().any(|w| name.contains(w)) {
+        "[redacted]"
+    } else {
+        excerpt
     }
 }
 

@@ -201,7 +201,7 @@ fn an_audit_file_on_a_full_disk_costs_lines_not_requests() {
         let metrics = request(proxy.admin, "/metrics").unwrap();
         let dropped = metrics
             .lines()
-            .find_map(|l| l.strip_prefix("api_audit_lines_dropped_total "))
+            .find_map(|l| l.strip_prefix("api_audit_dropped_total{reason=\"write_failed\"} "))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
         if dropped == 50 {

@@ -358,6 +358,7 @@ fn load_blocking(
             return Loaded::Kept;
         }
         Decision::Corrupt(reason) => {
+            handle.reload_failed("delivery");
             tracing::warn!(%reason, loaded = ?loaded, "config objects cannot be decoded; keeping the last good config");
             return Loaded::Kept;
         }

@@ -1,0 +1,371 @@
+//! W3C Trace Context (`traceparent`, `tracestate`): continue the client's trace or start one,
+//! and hand the upstream our span as its parent.
+//!
+//! A malformed `traceparent` is treated as absent (the spec's "restart the trace"); its
+//! `tracestate` is then dropped too, since it belongs to the trace being discarded. The
+//! sampled flag of a valid parent is kept as it is: whoever started the trace decided.
+
+use std::cell::Cell;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const HEX: &[u8; 16] = b"0123456789abcdef";
+/// `tracestate` is at most 32 list members of at most 256 bytes each, plus commas.
+const MAX_TRACESTATE: usize = 32 * 257;
+
+/// How new traces (no valid parent) are sampled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TraceOptions {
+    /// Propagate trace context at all (`--no-trace-context` turns it off).
+    pub propagate: bool,
+    /// Share of new traces marked sampled, 0.0 ..= 1.0.
+    pub sample_ratio: f64,
+}
+
+impl Default for TraceOptions {
+    fn default() -> Self {
+        TraceOptions {
+            propagate: true,
+            sample_ratio: 0.0,
+        }
+    }
+}
+
+/// The trace of one request as the proxy continues it.
+#[derive(Clone, Debug)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    /// The caller's span, when it sent a valid `traceparent`.
+    pub parent_span_id: Option<[u8; 8]>,
+    /// The proxy's span for this request: the upstream's parent.
+    pub span_id: [u8; 8],
+    pub sampled: bool,
+    /// Forwarded unchanged when the parent was valid.
+    pub tracestate: Option<HeaderValue>,
+    /// Which trace headers the client sent: they are replaced, not forwarded.
+    sent_parent: bool,
+    sent_state: bool,
+}
+
+impl TraceContext {
+    /// Continues a valid incoming `traceparent`, or starts a trace.
+    pub fn from_headers(headers: &HeaderMap, options: &TraceOptions) -> Self {
+        // One scan with a length check per field instead of hashed lookups (most requests
+        // carry neither header, and a lookup hashes the name each time).
+        let (mut parent, mut parents, mut state) = (None, 0, None);
+        for (name, value) in headers {
+            match name.as_str().len() {
+                11 if *name == TRACEPARENT => {
+                    parent = Some(value);
+                    parents += 1;
+                }
+                10 if *name == TRACESTATE => state = Some(value),
+                _ => {}
+            }
+        }
+        let span_id = random_span_id();
+        let (sent_parent, sent_state) = (parent.is_some(), state.is_some());
+        // Several traceparent fields are as invalid as a malformed one.
+        let valid = parent
+            .filter(|_| parents == 1)
+            .and_then(|v| parse_traceparent(v.as_bytes()));
+        if let Some((trace_id, parent, flags)) = valid {
+            // A list split over several fields is forwarded as its first one only if it is
+            // the only one; otherwise it is dropped rather than joined here.
+            let tracestate = state
+                .filter(|v| v.len() <= MAX_TRACESTATE)
+                .filter(|_| headers.get_all(TRACESTATE).iter().count() == 1)
+                .cloned();
+            return TraceContext {
+                trace_id,
+                parent_span_id: Some(parent),
+                span_id,
+                sampled: flags & 1 == 1,
+                tracestate,
+                sent_parent,
+                sent_state,
+            };
+        }
+        let sampled = options.sample_ratio > 0.0
+            && (options.sample_ratio >= 1.0 || chance(options.sample_ratio));
+        TraceContext {
+            trace_id: random_trace_id(),
+            parent_span_id: None,
+            span_id,
+            sampled,
+            tracestate: None,
+            sent_parent,
+            sent_state,
+        }
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        hex_string(&self.trace_id)
+    }
+
+    /// The trace id as 32 hex digits on the stack (the audit line needs no allocation).
+    pub fn trace_id_buf(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        write_hex(&self.trace_id, &mut out);
+        out
+    }
+
+    /// `traceparent` for the upstream: same trace, the proxy's span as parent.
+    pub fn traceparent(&self) -> HeaderValue {
+        let mut out = [0u8; 55];
+        out[..3].copy_from_slice(b"00-");
+        write_hex(&self.trace_id, &mut out[3..35]);
+        out[35] = b'-';
+        write_hex(&self.span_id, &mut out[36..52]);
+        out[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
+        // Hex digits and dashes are always a valid header value.
+        HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// Replaces whatever trace headers the client sent with the proxy's. A client's
+    /// `traceparent` is overwritten in place (one hashed insert, no removal); without one the
+    /// proxy's goes to `added`, the headers this hop appends. A valid parent's `tracestate`
+    /// stays where it is; a restarted trace's is removed.
+    pub fn apply_upstream(
+        &self,
+        headers: &mut HeaderMap,
+        added: &mut Vec<(HeaderName, HeaderValue)>,
+    ) {
+        if self.sent_parent {
+            headers.insert(TRACEPARENT, self.traceparent());
+        } else {
+            added.push((TRACEPARENT, self.traceparent()));
+        }
+        if self.sent_state && self.tracestate.is_none() {
+            headers.remove(TRACESTATE);
+        }
+    }
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>` (future versions: the same prefix, more after a dash).
+pub fn parse_traceparent(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
+    if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    let version = parse_hex::<1>(&value[0..2])?[0];
+    // Version ff is invalid; version 00 has exactly 55 bytes; later ones may append fields.
+    if version == 0xff || (version == 0 && value.len() != 55) {
+        return None;
+    }
+    if version != 0 && value.len() > 55 && value[55] != b'-' {
+        return None;
+    }
+    let trace_id = parse_hex::<16>(&value[3..35])?;
+    let span_id = parse_hex::<8>(&value[36..52])?;
+    let flags = parse_hex::<1>(&value[53..55])?[0];
+    if trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
+    }
+    Some((trace_id, span_id, flags))
+}
+
+/// The value of a lower-case hex digit, 0xff for anything else (upper case is invalid in
+/// traceparent).
+const UNHEX: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[HEX[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+fn parse_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    let mut bad = 0u8;
+    for (slot, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let (high, low) = (UNHEX[usize::from(pair[0])], UNHEX[usize::from(pair[1])]);
+        bad |= high | low;
+        *slot = high << 4 | (low & 0xf);
+    }
+    // Any invalid digit set the high bits.
+    (bad & 0xf0 == 0).then_some(out)
+}
+
+/// Two hex digits per byte value: one lookup per byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    table
+};
+
+fn write_hex(bytes: &[u8], out: &mut [u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
+    }
+}
+
+pub fn hex_string(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    write_hex(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+thread_local! {
+    /// wyrand state, seeded once per thread from the OS-seeded generator: trace and span ids
+    /// must be unique and unpredictable enough to not collide, not secret, and drawing them
+    /// from `rand`'s ChaCha generator cost more than the rest of the trace handling.
+    static STATE: Cell<u64> = Cell::new(rand::random());
+}
+
+/// A fast per-thread 64-bit random number (wyrand).
+pub fn next_u64() -> u64 {
+    STATE.with(|state| {
+        let x = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(x);
+        let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+        (t >> 64) as u64 ^ t as u64
+    })
+}
+
+/// True with probability `ratio` (0 ..= 1).
+pub fn chance(ratio: f64) -> bool {
+    // The top 53 bits as a float in [0, 1).
+    ((next_u64() >> 11) as f64 / (1u64 << 53) as f64) < ratio
+}
+
+fn random_trace_id() -> [u8; 16] {
+    loop {
+        let (a, b) = (next_u64(), next_u64());
+        if a | b != 0 {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&a.to_be_bytes());
+            id[8..].copy_from_slice(&b.to_be_bytes());
+            return id;
+        }
+    }
+}
+
+pub fn random_span_id() -> [u8; 8] {
+    loop {
+        let id = next_u64();
+        if id != 0 {
+            return id.to_be_bytes();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn continues_a_valid_parent_with_a_new_span() {
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_static(PARENT));
+        headers.insert(TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
+        let t = TraceContext::from_headers(&headers, &TraceOptions::default());
+        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(t.sampled);
+        let out = t.traceparent();
+        let out = out.to_str().unwrap();
+        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(out.ends_with("-01"));
+        assert_ne!(&out[36..52], "00f067aa0ba902b7");
+        let mut up = headers.clone();
+        let mut added = Vec::new();
+        t.apply_upstream(&mut up, &mut added);
+        assert!(added.is_empty(), "replaced in place");
+        assert_eq!(up.get(TRACEPARENT).unwrap(), &t.traceparent());
+        assert_eq!(up.get(TRACESTATE).unwrap(), "congo=t61rcWkgMzE");
+        assert_eq!(up.len(), 2);
+    }
+
+    #[test]
+    fn unsampled_parent_stays_unsampled() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+        );
+        let options = TraceOptions {
+            propagate: true,
+            sample_ratio: 1.0,
+        };
+        let t = TraceContext::from_headers(&headers, &options);
+        assert!(!t.sampled);
+        assert!(t.traceparent().to_str().unwrap().ends_with("-00"));
+    }
+
+    #[test]
+    fn malformed_parents_restart_the_trace() {
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert!(parse_traceparent(bad.as_bytes()).is_none(), "{bad}");
+        }
+        // A later version may append fields.
+        assert!(parse_traceparent(
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future"
+        )
+        .is_some());
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_static("garbage"));
+        headers.insert(TRACESTATE, HeaderValue::from_static("a=b"));
+        let t = TraceContext::from_headers(&headers, &TraceOptions::default());
+        assert!(t.parent_span_id.is_none() && !t.sampled);
+        assert!(t.tracestate.is_none());
+        assert!(parse_traceparent(t.traceparent().as_bytes()).is_some());
+    }
+
+    #[test]
+    fn two_traceparents_restart_the_trace() {
+        let mut headers = HeaderMap::new();
+        headers.append(TRACEPARENT, HeaderValue::from_static(PARENT));
+        headers.append(
+            TRACEPARENT,
+            HeaderValue::from_static("00-11111111111111111111111111111111-00f067aa0ba902b7-01"),
+        );
+        let t = TraceContext::from_headers(&headers, &TraceOptions::default());
+        assert!(t.parent_span_id.is_none());
+        let mut added = Vec::new();
+        t.apply_upstream(&mut headers, &mut added);
+        assert!(added.is_empty());
+        assert_eq!(headers.get_all(TRACEPARENT).iter().count(), 1);
+        assert_eq!(headers[TRACEPARENT], t.traceparent());
+    }
+
+    #[test]
+    fn ids_differ_and_chance_follows_the_ratio() {
+        let ids: std::collections::HashSet<[u8; 16]> =
+            (0..1000).map(|_| random_trace_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        let hits = (0..10_000).filter(|_| chance(0.1)).count();
+        assert!((800..1200).contains(&hits), "{hits}");
+        assert!(!(0..1000).any(|_| chance(0.0)));
+    }
+
+    #[test]
+    fn new_traces_follow_the_sample_ratio() {
+        let headers = HeaderMap::new();
+        let all = TraceOptions {
+            propagate: true,
+            sample_ratio: 1.0,
+        };
+        assert!(TraceContext::from_headers(&headers, &all).sampled);
+        assert!(!TraceContext::from_headers(&headers, &TraceOptions::default()).sampled);
+    }
+}
