@@ -160,6 +160,10 @@ fn crs_regression_corpus_detection_and_false_positives() {
         ("REQUEST-932-APPLICATION-ATTACK-RCE", 0.85),
         ("REQUEST-933-APPLICATION-ATTACK-PHP", 0.80),
         ("REQUEST-944-APPLICATION-ATTACK-JAVA", 0.80),
+        // Covered by the groups CRS has no file of its own for (issue #26): LDAP (921200) in
+        // 921, Node.js and template injection in 934.
+        ("REQUEST-921-PROTOCOL-ATTACK", 0.60),
+        ("REQUEST-934-APPLICATION-ATTACK-GENERIC", 0.55),
     ];
     let mut failures = Vec::new();
     for (category, floor) in floors {
