@@ -1,8 +1,9 @@
 //! The WAF's XML reader (`Collector::xml`): element text and attribute values.
 //!
 //! Properties beyond "no panic": no more values than `maxArgs` are kept; each one came
-//! from the document (its raw length fits in it); valid UTF-8 text without tags or
-//! encodings is one value, trimmed.
+//! from the document (its raw length fits in it); a document that is not well formed is a
+//! parse error and is also inspected whole (one `Body` target); valid UTF-8 text without
+//! tags or encodings is one value, trimmed.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -16,13 +17,15 @@ const LIMITS: ParseLimits = ParseLimits {
 
 fuzz_target!(|data: &[u8]| {
     let mut c = Collector::new(&LIMITS);
-    c.xml(data);
-    assert!(c.targets.len() <= LIMITS.max_args);
+    c.xml(data, false);
+    let malformed = c.issues.body_parse_error.is_some();
+    assert!(c.targets.len() <= LIMITS.max_args + usize::from(malformed));
     // Lossy decoding turns a bad byte into three: the raw value can grow up to that.
     for t in &c.targets {
-        assert_eq!(t.kind, Kind::Arg);
+        assert!(t.kind == Kind::Arg || (t.kind == Kind::Body && malformed), "{t:?}");
         assert!(t.raw_len <= data.len() * 3, "{t:?}");
     }
+    assert!(c.targets.iter().filter(|t| t.kind == Kind::Body).count() <= 1);
     if let Ok(text) = std::str::from_utf8(data) {
         let plain = !text.contains(['<', '>', '%', '+', '&', '"', '\''])
             && text.is_ascii()
