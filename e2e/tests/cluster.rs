@@ -17,28 +17,7 @@ struct Proxy {
 }
 
 fn start_proxy(cluster: &Cluster, name: &str) -> Proxy {
-    let (port, admin) = (free_port(), free_port());
-    let args = vec![
-        "--kube".to_string(),
-        "--namespace".into(),
-        SYSTEM.into(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--admin-listen".into(),
-        format!("127.0.0.1:{admin}"),
-        "--replica-id".into(),
-        name.into(),
-        "--no-audit".into(),
-        "--report-interval".into(),
-        "1s".into(),
-    ];
-    let process = Process::spawn(
-        name,
-        &binary("portcullis-proxy"),
-        &args,
-        &cluster.kubeconfig("proxy"),
-        &cluster.state,
-    );
+    let (process, port, admin) = spawn_proxy(cluster, name, &[]);
     Proxy {
         process,
         port,
