@@ -215,7 +215,9 @@ pub struct Timeouts {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Retries {
-    /// Extra attempts for idempotent methods on connect failure, 502 or 503.
+    /// Extra attempts, on another target where there is one, for idempotent requests without
+    /// a body: on connect failure, on a connection closed or reset before the response head,
+    /// and on 502 or 503.
     pub attempts: u32,
 }
 

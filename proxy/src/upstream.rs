@@ -38,6 +38,7 @@ use crate::client_body::ClientFault;
 use crate::endpoints::{EndpointGap, EndpointRegistry};
 use crate::monotonic::now_ms;
 use crate::tls::upstream_tls::UpstreamTlsError;
+use crate::upstream_h1::ExchangeError;
 use crate::upstream_pool::{self, ConnPool, Connector, HttpsConnector, PoolKey, PoolRegistry};
 use crate::upstream_timeouts::{self, ReadTimeoutBody};
 
@@ -672,6 +673,19 @@ impl Upstream {
                     if matches!(e, upstream_pool::SendError::Connect(_)) {
                         tracing::debug!(target = %target.url, error = %e, "upstream connect failed");
                         last_error = UpstreamError::Connect;
+                        continue;
+                    }
+                    // A connection closed or reset before the response head, as when a pod
+                    // exits at SIGTERM before its endpoint is gone: the request is replayable
+                    // (idempotent, no body), so another target gets it, as nginx does.
+                    if matches!(
+                        e,
+                        upstream_pool::SendError::Request(
+                            ExchangeError::Closed | ExchangeError::Io(_)
+                        )
+                    ) {
+                        tracing::debug!(target = %target.url, error = %e, "upstream closed before answering");
+                        last_error = UpstreamError::Failed;
                         continue;
                     }
                     tracing::debug!(target = %target.url, error = %e, "upstream request failed");

@@ -1,7 +1,11 @@
 #![allow(clippy::unwrap_used)]
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
 
 use common::*;
 use portcullis_compiler::config::{LoadBalancing, PathKind, TargetConfig};
@@ -148,6 +152,70 @@ async fn connect_failure_is_retried_on_another_target() {
     for _ in 0..6 {
         assert_eq!(send(&c, proxy.local_addr(), get("/")).await.status, 200);
     }
+}
+
+/// Accepts connections, reads each request head and closes without answering (like a pod
+/// that exits at SIGTERM while its endpoint is still listed); counts the requests.
+async fn closes_without_answering() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                // closed here, before any response byte
+            });
+        }
+    });
+    (format!("http://{addr}"), hits)
+}
+
+#[tokio::test]
+async fn a_connection_closed_before_the_response_is_retried_for_idempotent_requests_only() {
+    let (closing, closed_hits) = closes_without_answering().await;
+    let good = upstream("good", Behaviour::Echo).await;
+    let mut r = route("r", PathKind::Prefix, "/", &[&good]);
+    r.upstream.targets.insert(
+        0,
+        TargetConfig {
+            url: closing,
+            weight: 1,
+            service: None,
+        },
+    );
+    r.upstream.retries = 1;
+    let proxy = start(config(vec![r])).await;
+    let c = client();
+    // A POST with a body may have had effects: the closed exchange is its answer (502). (Before
+    // the GETs: five failures in a row would eject the closing target.)
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let before = good.hits();
+        let reply = send(&c, proxy.local_addr(), get("/").method("POST").body(b"x")).await;
+        if reply.status == 502 {
+            assert_eq!(good.hits(), before, "a POST was replayed on another target");
+        }
+        statuses.push(reply.status.as_u16());
+    }
+    assert!(statuses.contains(&502), "no POST reached the closing target: {statuses:?}");
+    // Round robin alternates: every other GET lands on the closing target and is retried.
+    let before = closed_hits.load(Ordering::SeqCst);
+    for _ in 0..4 {
+        assert_eq!(send(&c, proxy.local_addr(), get("/")).await.status, 200);
+    }
+    assert!(closed_hits.load(Ordering::SeqCst) > before, "no GET reached the closing target");
 }
 
 #[tokio::test]

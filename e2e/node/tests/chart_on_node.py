@@ -503,6 +503,245 @@ def _():
     return f"PROXIES: {' -> '.join(seen)}"
 
 
+# ---- an ingress controller on the node: Ingress, per-pod endpoints, rolling updates ----------
+WEB_HOST = "web.example.com"
+
+
+def web_deployment(version: str, on_term: str) -> str:
+    """3 busybox httpd pods answering with their pod name and version. on_term: `ignore` keeps
+    serving through the grace period (a pod that drains), `exit` stops at once on SIGTERM (an
+    app without a drain period: the gap a gateway must cover with endpoints and retries)."""
+    trap = "trap '' TERM" if on_term == "ignore" else 'trap "kill $pid; exit 0" TERM'
+    script = (f"mkdir -p /tmp/www/web && echo \"$(hostname) {version}\" > /tmp/www/web/index.html"
+              f" && httpd -f -p 8080 -h /tmp/www & pid=$!; {trap}; while true; do wait; done")
+    return f"""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {APP_NS}}}
+spec:
+  replicas: 3
+  strategy: {{rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 8
+      containers:
+      - name: httpd
+        image: {BUSYBOX}
+        imagePullPolicy: Never
+        command: [/bin/sh, -c, {json.dumps(script)}]
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe: {{httpGet: {{path: /web/index.html, port: 8080}}, periodSeconds: 1}}
+"""
+
+
+WEB = f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {APP_NS}}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: web, port: 80, targetPort: http}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: web, namespace: {APP_NS}}}
+spec:
+  ingressClassName: portcullis
+  rules:
+  - host: {WEB_HOST}
+    http:
+      paths:
+      - {{path: /web, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: elsewhere, namespace: {APP_NS}}}
+spec:
+  ingressClassName: another-controller
+  rules:
+  - host: other.example.com
+    http:
+      paths:
+      - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: WafPolicy
+metadata: {{name: strict, namespace: {APP_NS}}}
+spec:
+  mode: Block
+"""
+
+SQLI = "/web/index.html?id=1%27%20OR%20%271%27%3D%271"
+
+
+def web(path: str = "/web/index.html", host: str = WEB_HOST, timeout: float = 5) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(STATE["proxy_ip"], 80, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def web_pods() -> dict[str, str]:
+    """Ready web pods: name -> pod IP."""
+    items = kget("pods", "-n", APP_NS, "-l", "app=web")["items"]
+    return {p["metadata"]["name"]: p["status"].get("podIP", "") for p in items if ready(p)}
+
+
+def spread(n: int) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _ in range(n):
+        s, b = web()
+        expect(s == 200, f"GET /web/index.html: {s} {b[:120]!r}")
+        pod = b.decode().split()[0]
+        counts[pod] = counts.get(pod, 0) + 1
+    return counts
+
+
+@step("Ingress: an unchanged Ingress of class portcullis serves through the proxy Service (status.loadBalancer set); one of another class is ignored")
+def _():
+    out = apply(web_deployment("v1", "ignore") + "---" + WEB)
+    expect(out.returncode == 0, out.stderr)
+    kubectl("rollout", "status", "-n", APP_NS, "deployment/web", "--timeout=90s")
+    _, served = wait_for("the Ingress served", 60, lambda: (r := web()) and r[0] == 200 and r)
+    expect(served.decode().split()[0] in web_pods(), f"answer from an unknown pod: {served!r}")
+    ing = wait_for("Ingress status.loadBalancer", 30,
+                   lambda: kget("ingress", "-n", APP_NS, "web").get("status", {}).get("loadBalancer", {}).get("ingress"))
+    expect(ing == [{"ip": STATE["proxy_ip"]}], f"status.loadBalancer.ingress {ing}, proxy Service {STATE['proxy_ip']}")
+    s, b = web("/", host="other.example.com")
+    expect(s == 404, f"the other class's Ingress is served: {s} {b[:120]!r}")
+    other = kget("ingress", "-n", APP_NS, "elsewhere")
+    expect(not other.get("status", {}).get("loadBalancer", {}).get("ingress"), f"status written on another class's Ingress: {other.get('status')}")
+    s, _ = web(SQLI)
+    expect(s == 200, f"an SQL injection before the WAF annotation: {s}")
+    return f"200 from {served.decode().strip()!r}; status.loadBalancer {ing}; other class: 404, no status"
+
+
+@step("Ingress: adding the annotation portcullis.dev/waf-policy blocks an SQL injection; clean requests pass")
+def _():
+    kubectl("annotate", "ingress", "-n", APP_NS, "web", "portcullis.dev/waf-policy=strict")
+    s, b = wait_for("the SQL injection blocked", 30, lambda: (r := web(SQLI)) and r[0] == 403 and r)
+    body = json.loads(b)
+    expect(body.get("request_id") or body.get("requestId"), f"403 without a request id: {body}")
+    for _ in range(10):
+        expect(web()[0] == 200, "a clean request after the annotation")
+        expect(web(SQLI)[0] == 403, "an SQL injection after the annotation")
+    return f"403 {b[:160].decode(errors='replace')}"
+
+
+@step("endpoints, not the virtual IP: RoundRobin spreads new connections evenly over the 3 pods; ConsistentHash keeps one client on one pod")
+def _():
+    pods_now = web_pods()
+    expect(len(pods_now) == 3, f"ready web pods {pods_now}")
+    counts = spread(300)
+    # RoundRobin per pod over 2 proxy replicas: each pod gets its third within 20 % (80..120 of
+    # 300). kube-proxy's random pick would need luck to stay there and could never do the next part.
+    expect(set(counts) == set(pods_now), f"answers from {counts}, pods {sorted(pods_now)}")
+    expect(all(80 <= c <= 120 for c in counts.values()), f"uneven spread {counts}")
+    kubectl("annotate", "ingress", "-n", APP_NS, "web", "portcullis.dev/load-balancing=ConsistentHash")
+    # the client (this host, through kube-proxy) has one address: one pod answers it, on both replicas
+    wait_for("one pod answering this client", 30, lambda: len(spread(20)) == 1)
+    hashed = spread(100)
+    expect(len(hashed) == 1, f"ConsistentHash spread one client over {hashed}")
+    kubectl("annotate", "ingress", "-n", APP_NS, "web", "portcullis.dev/load-balancing-")
+    wait_for("RoundRobin again", 30, lambda: len(spread(12)) == 3)
+    return f"RoundRobin 300 requests: {sorted(counts.values())}; ConsistentHash 100 requests: {hashed}"
+
+
+class WebLoad:
+    """Requests on new connections through the proxy Service, each recording which pod answered
+    and when it was sent."""
+
+    def __init__(self, workers: int = 2):
+        self.answers: list[tuple[float, str]] = []
+        self.failed: list[str] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(workers)]
+
+    def run(self):
+        while not self.stop.is_set():
+            sent = time.monotonic()
+            try:
+                s, b = web(timeout=10)
+                good, why = s == 200, f"{s} {b[:100]!r}"
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                good, why = False, f"{type(e).__name__}: {e}"
+            with self.lock:
+                if good:
+                    self.answers.append((sent, b.decode().strip()))
+                else:
+                    self.failed.append(f"{sent - T0:.1f}s {why}")
+            time.sleep(0.005)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+
+@step("a deleted pod (still serving through its grace period) gets no request sent more than 1 s after its delete")
+def _():
+    victim = sorted(web_pods())[0]
+    with WebLoad() as load:
+        time.sleep(1)
+        t = time.monotonic()
+        kubectl("delete", "pod", "-n", APP_NS, victim, "--wait=false")
+        took = time.monotonic() - t
+        time.sleep(4)
+    to_victim = [sent for sent, who in load.answers if who.split()[0] == victim]
+    expect(to_victim, "the victim answered nothing before its delete: the load did not reach it")
+    last = max(to_victim) - t
+    expect(last < 1.0, f"a request sent {last:.2f}s after the delete still reached the deleted pod")
+    expect(not load.failed, f"{len(load.failed)} failed: {load.failed[:5]}")
+    kubectl("rollout", "status", "-n", APP_NS, "deployment/web", "--timeout=90s")
+    return (f"last request to {victim} sent {last * 1000:.0f} ms after the delete (kubectl took {took * 1000:.0f} ms); "
+            f"{len(load.answers)} requests, 0 failed")
+
+
+def old_web_pods_stopped() -> bool:
+    for p in kget("pods", "-n", APP_NS, "-l", "app=web")["items"]:
+        if p["metadata"].get("deletionTimestamp") is None:
+            continue
+        if any("terminated" not in c.get("state", {}) for c in p.get("status", {}).get("containerStatuses", [])):
+            return False
+    return True
+
+
+@step("rolling updates under a steady stream through the Ingress: 0 failed requests, also when the old pods exit at SIGTERM")
+def _():
+    results = []
+    kubectl("annotate", "ingress", "-n", APP_NS, "web", "portcullis.dev/retries=2")
+    time.sleep(2)
+    for version, on_term in (("v2", "exit"), ("v3", "exit")):
+        with WebLoad() as load:
+            time.sleep(1)
+            out = apply(web_deployment(version, on_term))
+            expect(out.returncode == 0, out.stderr)
+            kubectl("rollout", "status", "-n", APP_NS, "deployment/web", "--timeout=120s")
+            # the old pods' containers stopped (kubelet 1.20 deletes the Pod object itself up to a
+            # minute later): every failure their exit could cause has happened by now
+            wait_for("the old pods stopped", 60, old_web_pods_stopped)
+            time.sleep(2)
+        versions = [who.split()[1] for _, who in load.answers]
+        expect(not load.failed, f"{version}: {len(load.failed)} failed of {len(load.answers) + len(load.failed)}: {load.failed[:5]}")
+        expect(versions and versions[-1] == version, f"{version}: the last answers came from {versions[-3:]}")
+        expect(len(load.answers) > 100, f"{version}: only {len(load.answers)} requests")
+        old = "v1" if version == "v2" else "v2"
+        results.append(f"{old}->{version} ({'old pods drain' if old == 'v1' else 'old pods exit at SIGTERM'}): "
+                       f"{len(load.answers)} requests, 0 failed")
+    return "; ".join(results)
+
+
 def can_i(sa: str, *args: str) -> bool:
     out = kubectl("auth", "can-i", f"--as=system:serviceaccount:{NS}:{sa}", *args, check=False)
     return out.stdout.strip() == "yes"
