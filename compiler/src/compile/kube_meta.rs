@@ -1,5 +1,6 @@
 //! Object metadata shared by the compile steps: who an object is, and the one order in
 //! which objects are compiled (namespace, then name) so that input order never matters.
+
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
