@@ -328,7 +328,7 @@ pub fn internal_target(host: &str, tenancy: &Tenancy) -> Option<&'static str> {
 pub(crate) fn consumer_namespaces(
     listed: &[String],
     route: &portcullis_crds::ApiRoute,
-    issues: &mut crate::compile::Issues,
+    issues: &mut crate::compile::issues::Issues,
 ) -> Vec<String> {
     let own = route.metadata.namespace.as_deref().unwrap_or("default");
     let mut out = Vec::new();

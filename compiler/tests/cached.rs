@@ -10,15 +10,15 @@ use k8s_openapi::ByteString;
 use portcullis_compiler::{compile, compile_cached, manifests, CompileCache, Snapshot};
 
 fn inputs() -> Vec<(String, Snapshot)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/golden");
     let mut inputs: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".in.yaml"))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .map(|p| {
             let mut snapshot = Snapshot::default();
             let text = std::fs::read_to_string(&p).unwrap();
-            manifests::parse_into(&mut snapshot, "in.yaml", &text);
+            manifests::parse_into(&mut snapshot, "scenario.yaml", &text);
             (p.display().to_string(), snapshot)
         })
         .collect();

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::Resource;
+use portcullis_crds::ObjectStatusFields;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -50,4 +52,58 @@ impl EventSink {
             self.metrics.events_dropped.inc();
         }
     }
+}
+
+/// Queues Events for the conditions whose status changed.
+pub fn record_transitions<K>(
+    events: &EventSink,
+    live: &K,
+    current: Option<&ObjectStatusFields>,
+    desired: &ObjectStatusFields,
+) where
+    K: Resource<DynamicType = ()>,
+{
+    let was = |type_: &str| {
+        current
+            .and_then(|c| c.conditions.iter().find(|x| x.type_ == type_))
+            .map(|c| c.status.clone())
+    };
+    for condition in &desired.conditions {
+        if was(&condition.type_).as_deref() == Some(condition.status.as_str()) {
+            continue;
+        }
+        let first_time = was(&condition.type_).is_none();
+        let ok = condition.status == "True";
+        // Quiet on a healthy first sighting; loud on every problem and every change.
+        if first_time && ok && condition.type_ != "Programmed" {
+            continue;
+        }
+        let event = Event {
+            type_: if ok {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: if ok {
+                condition.type_.clone()
+            } else {
+                format!("Not{}", condition.type_)
+            },
+            note: Some(truncate(&condition.message, 1000)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        events.send(event, live.object_ref(&()));
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }

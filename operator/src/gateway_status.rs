@@ -28,8 +28,8 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::events::EventSink;
+use crate::plan::Plan;
 use crate::watch::Stores;
-use crate::writer::Plan;
 
 /// How often statuses are compared even without a new plan (the proxy Service's address
 /// may have changed).

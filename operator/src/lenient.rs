@@ -20,6 +20,8 @@ use kube::Resource;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 
+use crate::trigger::Trigger;
+
 /// An object as listed or watched: its metadata always, the typed object if it decodes.
 #[derive(Debug, Clone)]
 pub struct Lenient<K> {
@@ -88,11 +90,11 @@ type Entries = BTreeMap<(String, String, String), Poisoned>;
 pub struct Quarantine {
     inner: Arc<Mutex<Entries>>,
     /// Woken on every change: the reconciler writes the statuses.
-    trigger: Arc<crate::watch::Trigger>,
+    trigger: Arc<Trigger>,
 }
 
 impl Quarantine {
-    pub fn new(trigger: Arc<crate::watch::Trigger>) -> Self {
+    pub fn new(trigger: Arc<Trigger>) -> Self {
         Quarantine {
             inner: Default::default(),
             trigger,

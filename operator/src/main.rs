@@ -11,15 +11,15 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::Client;
 use portcullis_compiler::tenancy::{Budget, Budgets, Tenancy};
 use portcullis_operator::events::EventSink;
-use portcullis_operator::gateway_status::GatewayStatusWriter;
 use portcullis_operator::leader::{Elector, LeaderConfig};
-use portcullis_operator::metrics::{ErrorLabels, Metrics};
+use portcullis_operator::leadership::Leadership;
+use portcullis_operator::metrics::Metrics;
 use portcullis_operator::owner;
-use portcullis_operator::reconcile::{Reconciler, RETRY_AFTER};
+use portcullis_operator::reconcile::Reconciler;
 use portcullis_operator::server::{self, AdminState};
-use portcullis_operator::watch::{self, Trigger};
+use portcullis_operator::trigger::Trigger;
+use portcullis_operator::watch;
 use portcullis_operator::webhook::{self, Endpoint, WebhookState};
-use portcullis_operator::writer::{StatusWriter, WriterContext};
 
 // glibc's malloc spent a third of a 100k-consumer compile in its own bookkeeping
 // (consolidating and unlinking chunks); mimalloc, the proxy's allocator, halves compile and
@@ -232,15 +232,15 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let elector = Arc::new(Elector::new(
-        client.clone(),
-        LeaderConfig {
-            owner: owner.clone(),
-            ..LeaderConfig::new(&args.namespace, &identity)
-        },
-    ));
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
+    let elector = (!args.no_leader_election).then(|| {
+        Arc::new(Elector::new(
+            client.clone(),
+            LeaderConfig {
+                owner: owner.clone(),
+                ..LeaderConfig::new(&args.namespace, &identity)
+            },
+        ))
+    });
 
     stores.wait_ready().await;
     admin.ready.store(true, Ordering::Relaxed);
@@ -253,7 +253,7 @@ async fn main() -> anyhow::Result<()> {
         },
     );
     let events = EventSink::spawn(recorder, metrics.clone());
-    let mut reconciler = Reconciler::new(
+    let reconciler = Reconciler::new(
         client.clone(),
         &args.namespace,
         stores.clone(),
@@ -262,98 +262,20 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
         trigger.clone(),
     )
-    .with_owner(owner.clone());
-    let debounce = Duration::from_millis(args.debounce_ms);
-    let mut failures = portcullis_operator::logs::Limiter::default();
-    let resync = Duration::from_secs(args.resync_seconds.max(1));
-
-    // Leadership terms: a replica that loses the lease (say, the API server was away for
-    // longer than the lease) stops acting and competes again, instead of exiting.
-    loop {
-        if !args.no_leader_election {
-            tokio::select! {
-                () = elector.acquire() => {}
-                () = &mut shutdown => return Ok(()),
-            }
-        }
-        metrics.leader.set(1);
-        // Another leader may have published in between: publish afresh this term.
-        reconciler.start_term();
-        // Status writes run beside the reconcile loop, only while this replica leads.
-        let writer = tokio::spawn(
-            StatusWriter::new(WriterContext {
-                client: client.clone(),
-                stores: stores.clone(),
-                metrics: metrics.clone(),
-                events: events.clone(),
-            })
-            .run(reconciler.plans(), reconciler.publishing()),
-        );
-        let gateway_writer = tokio::spawn(
-            GatewayStatusWriter::new(
-                client.clone(),
-                stores.clone(),
-                events.clone(),
-                (args.namespace.clone(), args.proxy_service.clone()),
-            )
-            .run(reconciler.plans()),
-        );
-        let lost = {
-            let elector = elector.clone();
-            let enabled = !args.no_leader_election;
-            async move {
-                if enabled {
-                    elector.hold().await
-                } else {
-                    std::future::pending().await
-                }
-            }
-        };
-        tokio::pin!(lost);
-        loop {
-            metrics.reconciles.inc();
-            if let Err(e) = reconciler.reconcile().await {
-                metrics
-                    .errors
-                    .get_or_create(&ErrorLabels {
-                        reason: e.reason().into(),
-                    })
-                    .inc();
-                if let Some(suppressed) = failures.allow(&e.to_string()) {
-                    tracing::warn!(error = %e, suppressed, "reconcile failed; retrying");
-                }
-                // Level-triggered: the next pass redoes everything, so retry soon.
-                let trigger = trigger.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(RETRY_AFTER).await;
-                    trigger.wake();
-                });
-            }
-            tokio::select! {
-                () = trigger.notified() => {
-                    // Batch the burst that usually follows one change.
-                    tokio::time::sleep(debounce).await;
-                }
-                () = tokio::time::sleep(resync) => {}
-                error = &mut lost => {
-                    writer.abort();
-                    gateway_writer.abort();
-                    metrics.leader.set(0);
-                    tracing::warn!(%error, "stepped down; competing for the lease again");
-                    break;
-                }
-                () = &mut shutdown => {
-                    tracing::info!("shutting down");
-                    writer.abort();
-                    gateway_writer.abort();
-                    if !args.no_leader_election {
-                        elector.release().await;
-                    }
-                    return Ok(());
-                }
-            }
-        }
-    }
+    .with_owner(owner);
+    let leadership = Leadership {
+        client,
+        stores,
+        metrics,
+        events,
+        trigger,
+        elector,
+        proxy_service: (args.namespace.clone(), args.proxy_service.clone()),
+        debounce: Duration::from_millis(args.debounce_ms),
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+    };
+    leadership.run(reconciler, shutdown_signal()).await;
+    Ok(())
 }
 
 async fn shutdown_signal() {

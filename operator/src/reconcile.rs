@@ -11,16 +11,16 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
-use kube::{Client, Resource, ResourceExt};
-use portcullis_compiler::report::{ProxyReport, REPORT_ANNOTATION};
+use kube::{Client, Resource};
 use portcullis_compiler::{compile_cached, delivery, CompileCache, ObjectStatus, Snapshot};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
+use crate::plan::{self, classify_reports, Plan, Target};
 use crate::publish;
 use crate::status::Published;
-use crate::watch::{Owned, Stores, Trigger};
-use crate::writer::{self, Plan, Target};
+use crate::trigger::Trigger;
+use crate::watch::{Owned, Stores};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -85,52 +85,6 @@ pub struct Reconciler {
     /// What the last compile keeps for the next: a route change does not compile the
     /// 100,000 consumers again. Moved into the compile task and back.
     compile_cache: CompileCache,
-}
-
-/// A replica that stopped reporting is still counted (as not ready) for this long, then its
-/// Lease is deleted: long enough to see a crash in `kubectl get`, short enough that a scaled
-/// down Deployment stops showing ghosts.
-pub const FORGET_AFTER_SECONDS: i64 = 300;
-
-/// Proxy reports by freshness.
-#[derive(Debug, Default)]
-pub struct Replicas {
-    /// Renewed within their lease duration.
-    pub live: Vec<ProxyReport>,
-    /// Every replica still counted: live plus recently expired.
-    pub known: Vec<ProxyReport>,
-    /// Lease names expired for longer than [`FORGET_AFTER_SECONDS`].
-    pub forgotten: Vec<String>,
-}
-
-pub fn classify_reports(leases: &[Arc<Lease>], now: Timestamp) -> Replicas {
-    let mut replicas = Replicas::default();
-    for lease in leases {
-        let Some(spec) = &lease.spec else { continue };
-        let renewed = spec.renew_time.as_ref().map_or(0, |t| t.0.as_second());
-        let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-        let age = now.as_second() - renewed;
-        if age > duration + FORGET_AFTER_SECONDS {
-            replicas.forgotten.push(lease.name_any());
-            continue;
-        }
-        let Some(report) = lease
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(REPORT_ANNOTATION))
-            .and_then(|text| serde_json::from_str::<ProxyReport>(text).ok())
-        else {
-            continue;
-        };
-        if age <= duration {
-            replicas.live.push(report.clone());
-        }
-        replicas.known.push(report);
-    }
-    replicas.live.sort_by(|a, b| a.replica.cmp(&b.replica));
-    replicas.known.sort_by(|a, b| a.replica.cmp(&b.replica));
-    replicas
 }
 
 /// The cached objects that are not being deleted (shared, not copied).
@@ -274,7 +228,7 @@ impl Reconciler {
                 drop(snapshot);
                 let started = Instant::now();
                 let in_config = published.intern(&config.objects);
-                let (targets, changed) = writer::resolve(
+                let (targets, changed) = plan::resolve(
                     &statuses,
                     &in_config,
                     previous.as_deref().map(Vec::as_slice),

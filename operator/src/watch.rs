@@ -1,4 +1,4 @@
-//! Reflectors for everything the operator reads, and the trigger that wakes the reconciler.
+//! Reflectors for everything the operator reads; they wake the reconciler through [`Trigger`].
 //!
 //! Each watched kind keeps a local store (the reconciler reads only from stores, never from
 //! the API server directly) and wakes the reconciler only when something that matters
@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -25,10 +24,12 @@ use kube::{Client, Resource, ResourceExt};
 use portcullis_crds::gateway::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
 use portcullis_crds::{ApiRoute, ConsumerCredential, RateLimitPolicy, WafPolicy};
 use serde::de::DeserializeOwned;
-use tokio::sync::Notify;
 
 use portcullis_compiler::delivery::{CONFIG_LABEL, KEY_SECRET_NAME};
 use portcullis_compiler::report::REPORT_LABEL;
+
+use crate::lenient::{Lenient, Quarantine};
+use crate::trigger::Trigger;
 
 /// The local view of the cluster.
 #[derive(Clone)]
@@ -84,50 +85,7 @@ pub struct Owned {
     pub config_secrets: Store<Secret>,
     /// The signing key Secret (at most one object).
     pub key: Store<Secret>,
-    pub quarantine: crate::lenient::Quarantine,
-}
-
-/// Wakes the reconciler, and says whether the compiler's inputs changed since it last looked.
-#[derive(Debug, Default)]
-pub struct Trigger {
-    notify: Notify,
-    inputs_changed: AtomicBool,
-    outputs_changed: AtomicBool,
-}
-
-impl Trigger {
-    /// A compiler input (spec, Secret) changed. The store is updated before this is called,
-    /// and [`Trigger::take_inputs_changed`] is called before the stores are read, so no
-    /// change can fall between the two.
-    pub fn inputs_changed(&self) {
-        self.inputs_changed.store(true, Ordering::SeqCst);
-        self.notify.notify_one();
-    }
-
-    /// Only something outside the compiler's inputs changed (a proxy report).
-    pub fn wake(&self) {
-        self.notify.notify_one();
-    }
-
-    /// An object the operator owns changed (perhaps by someone else): check and repair.
-    pub fn outputs_changed(&self) {
-        self.outputs_changed.store(true, Ordering::SeqCst);
-        self.notify.notify_one();
-    }
-
-    /// True if an owned object changed since the last call.
-    pub fn take_outputs_changed(&self) -> bool {
-        self.outputs_changed.swap(false, Ordering::SeqCst)
-    }
-
-    /// True if a compiler input changed since the last call.
-    pub fn take_inputs_changed(&self) -> bool {
-        self.inputs_changed.swap(false, Ordering::SeqCst)
-    }
-
-    pub async fn notified(&self) {
-        self.notify.notified().await;
-    }
+    pub quarantine: Quarantine,
 }
 
 fn spec_fingerprint<K: Resource>(object: &K) -> String {
@@ -260,10 +218,10 @@ async fn watch_events<K>(
 /// Like [`spawn_reflector`] for a kind that tenants write: objects are decoded one by one
 /// ([`crate::lenient`]), so an undecodable one is quarantined instead of failing the list.
 fn spawn_lenient_reflector<K>(
-    api: Api<crate::lenient::Lenient<K>>,
+    api: Api<Lenient<K>>,
     config: watcher::Config,
     trigger: Arc<Trigger>,
-    quarantine: crate::lenient::Quarantine,
+    quarantine: Quarantine,
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -288,7 +246,7 @@ pub fn start(
     gateway_api: bool,
 ) -> (Stores, Owned) {
     let all = watcher::Config::default();
-    let quarantine = crate::lenient::Quarantine::new(trigger.clone());
+    let quarantine = Quarantine::new(trigger.clone());
     let gateway = gateway_api.then(|| GatewayStores {
         classes: spawn_reflector(
             Api::all(client.clone()),

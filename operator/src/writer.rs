@@ -8,33 +8,25 @@
 //! arrives mid-way replaces the queue: writes in flight finish, nothing outdated is started.
 
 use std::collections::HashMap;
-use std::fmt::{self, Debug};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
-use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{self, Store};
-use kube::{Client, Resource, ResourceExt};
-use portcullis_compiler::config::{ObjectKind, ObjectRef};
-use portcullis_compiler::ObjectStatus;
-use portcullis_crds::{
-    ApiRoute, ConsumerCredential, ObjectStatusFields, RateLimitPolicy, WafPolicy, API_VERSION,
-};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use kube::{Client, ResourceExt};
+use portcullis_compiler::config::ObjectKind;
+use portcullis_crds::{ApiRoute, ConsumerCredential, RateLimitPolicy, WafPolicy, API_VERSION};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::backlog::{Backlog, Item, RECENT_MAX};
-use crate::events::EventSink;
+use crate::events::{record_transitions, EventSink};
 use crate::metrics::{ErrorLabels, Metrics};
+use crate::plan::{Key, Plan};
 use crate::publish::FIELD_MANAGER;
-use crate::reconcile::Replicas;
-use crate::status::{self, Desired, Fingerprints, Fleet, ObjectSet, Published};
+use crate::status::{self, Desired, Fingerprints, Fleet};
+use crate::status_kind::StatusKind;
 use crate::watch::Stores;
 
 /// Status writes in flight at once.
@@ -44,271 +36,12 @@ const EVALUATE_CHUNK: usize = 4096;
 /// Longest wait before failed writes are tried again (doubling from 1 s).
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
-/// Everything the desired statuses follow from: the newest compile result and the newest
-/// proxy reports.
-pub struct Plan {
-    /// The compiler's verdict on every object.
-    pub statuses: Arc<Vec<ObjectStatus>>,
-    /// The same objects, resolved once per compile (`targets[i]` is `statuses[i]`).
-    pub targets: Arc<Vec<Target>>,
-    /// Generation of the compiled config, if it was published.
-    pub compiled_generation: Option<String>,
-    /// Positions of the objects whose verdict changed in this compile (empty when more than
-    /// a few thousand did, or when the plan comes from the same compile as the last one).
-    pub changed: Vec<usize>,
-    pub published: Published,
-    pub last_published: Option<String>,
-    pub publish_error: Option<String>,
-    pub replicas: Arc<Replicas>,
-}
-
-impl Plan {
-    fn fleet(&self) -> Fleet<'_> {
-        status::fleet(
-            &self.replicas.live,
-            self.replicas.known.len(),
-            &self.published,
-            self.compiled_generation.as_deref(),
-        )
-    }
-}
-
-/// One compiled object, resolved once per compile so that evaluating a plan allocates
-/// nothing per object.
-pub struct Target {
-    /// The object with its generation; shared with the compiled config's set when in it.
-    object: Arc<ObjectRef>,
-    in_config: bool,
-    store_key: Arc<StoreKey>,
-    /// [`status::verdict_hash`] of the compiled status.
-    verdict: u64,
-}
-
-enum StoreKey {
-    Route(reflector::ObjectRef<ApiRoute>),
-    Consumer(reflector::ObjectRef<ConsumerCredential>),
-    RateLimit(reflector::ObjectRef<RateLimitPolicy>),
-    Waf(reflector::ObjectRef<WafPolicy>),
-    None,
-}
-
-/// Resolves every compiled object (CPU work: run it where compiling runs), reusing what the
-/// previous compile resolved for objects it did not change, and lists the positions of the
-/// objects whose verdict changed (empty for the first compile and for bulk changes).
-///
-/// The compiler sorts its statuses by kind, namespace and name, so the two lists are walked
-/// side by side without a lookup table. (Unsorted input would only cost reuse and report
-/// more changes, never a wrong target.)
-pub fn resolve(
-    statuses: &[ObjectStatus],
-    in_config: &ObjectSet,
-    previous: Option<&[Target]>,
-) -> (Vec<Target>, Vec<usize>) {
-    let mut before = previous.unwrap_or_default().iter().peekable();
-    let mut changed = Vec::new();
-    let mut bulk = previous.is_none();
-    let targets = statuses
-        .iter()
-        .enumerate()
-        .map(|(index, compiled)| {
-            let key = (
-                compiled.kind,
-                compiled.namespace.as_str(),
-                compiled.name.as_str(),
-            );
-            // Skip the previous objects that sort before this one (deleted since).
-            while before
-                .next_if(|t| {
-                    (
-                        t.object.kind,
-                        t.object.namespace.as_str(),
-                        t.object.name.as_str(),
-                    ) < key
-                })
-                .is_some()
-            {}
-            let same = before.next_if(|t| {
-                (
-                    t.object.kind,
-                    t.object.namespace.as_str(),
-                    t.object.name.as_str(),
-                ) == key
-            });
-            let verdict = status::verdict_hash(compiled);
-            let reused = same.filter(|t| t.object.generation == compiled.generation);
-            if same.is_none_or(|t| t.verdict != verdict) && !bulk {
-                changed.push(index);
-                bulk = changed.len() > RECENT_MAX;
-            }
-            let (object, store_key) = match reused {
-                Some(t) => (t.object.clone(), t.store_key.clone()),
-                None => (
-                    Arc::new(ObjectRef {
-                        kind: compiled.kind,
-                        namespace: compiled.namespace.clone(),
-                        name: compiled.name.clone(),
-                        generation: compiled.generation,
-                    }),
-                    Arc::new(StoreKey::of(compiled)),
-                ),
-            };
-            // Share the config set's allocation when it has the object.
-            let shared = in_config.get(&*object).cloned();
-            Target {
-                in_config: shared.is_some(),
-                object: shared.unwrap_or(object),
-                store_key,
-                verdict,
-            }
-        })
-        .collect();
-    if bulk {
-        changed.clear();
-    }
-    (targets, changed)
-}
-
-impl StoreKey {
-    fn of(compiled: &ObjectStatus) -> Self {
-        let (name, namespace) = (compiled.name.as_str(), compiled.namespace.as_str());
-        match compiled.kind {
-            ObjectKind::ApiRoute => StoreKey::Route(store_key(name, namespace)),
-            ObjectKind::ConsumerCredential => StoreKey::Consumer(store_key(name, namespace)),
-            ObjectKind::RateLimitPolicy => StoreKey::RateLimit(store_key(name, namespace)),
-            ObjectKind::WafPolicy => StoreKey::Waf(store_key(name, namespace)),
-            ObjectKind::Secret
-            | ObjectKind::Ingress
-            | ObjectKind::GatewayClass
-            | ObjectKind::Gateway
-            | ObjectKind::HttpRoute => StoreKey::None,
-        }
-    }
-}
-
-fn store_key<K: Resource<DynamicType = ()>>(
-    name: &str,
-    namespace: &str,
-) -> reflector::ObjectRef<K> {
-    reflector::ObjectRef::new(name).within(namespace)
-}
-
-/// An object across plans: kind, namespace and name (not the generation).
-#[derive(Debug, Clone)]
-pub struct Key(Arc<ObjectRef>);
-
-impl Key {
-    fn parts(&self) -> (ObjectKind, &str, &str) {
-        (self.0.kind, &self.0.namespace, &self.0.name)
-    }
-}
-
-impl PartialEq for Key {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for Key {}
-
-impl std::hash::Hash for Key {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.parts().hash(state);
-    }
-}
-
 /// A write we made that the cache may not show yet: if the cache still holds the version we
 /// overwrote, the object is not written again for the same status.
 #[derive(Debug, PartialEq, Eq)]
 struct Written {
     full: u64,
     overwrote: Option<String>,
-}
-
-/// The four kinds that carry a status.
-trait StatusKind:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope>
-    + Clone
-    + DeserializeOwned
-    + Serialize
-    + Debug
-    + Send
-    + Sync
-    + 'static
-{
-    fn store(stores: &Stores) -> &Store<Self>;
-    fn key(target: &StoreKey) -> Option<&reflector::ObjectRef<Self>>;
-    fn common(&self) -> Option<&ObjectStatusFields>;
-    /// (shown, desired) `status.credentials`; only ConsumerCredentials have one.
-    fn credentials(&self) -> Option<(Option<&str>, CredentialSummary<'_>)> {
-        None
-    }
-    /// Routes carry the proxies' enforcement counters.
-    const ENFORCEMENT: bool = false;
-}
-
-impl StatusKind for ApiRoute {
-    fn store(stores: &Stores) -> &Store<Self> {
-        &stores.routes
-    }
-    fn key(target: &StoreKey) -> Option<&reflector::ObjectRef<Self>> {
-        match target {
-            StoreKey::Route(key) => Some(key),
-            _ => None,
-        }
-    }
-    fn common(&self) -> Option<&ObjectStatusFields> {
-        self.status.as_ref()
-    }
-    const ENFORCEMENT: bool = true;
-}
-
-impl StatusKind for ConsumerCredential {
-    fn store(stores: &Stores) -> &Store<Self> {
-        &stores.consumers
-    }
-    fn key(target: &StoreKey) -> Option<&reflector::ObjectRef<Self>> {
-        match target {
-            StoreKey::Consumer(key) => Some(key),
-            _ => None,
-        }
-    }
-    fn common(&self) -> Option<&ObjectStatusFields> {
-        self.status.as_ref().map(|s| &s.common)
-    }
-    fn credentials(&self) -> Option<(Option<&str>, CredentialSummary<'_>)> {
-        let shown = self.status.as_ref().and_then(|s| s.credentials.as_deref());
-        Some((shown, CredentialSummary(self)))
-    }
-}
-
-impl StatusKind for RateLimitPolicy {
-    fn store(stores: &Stores) -> &Store<Self> {
-        &stores.rate_limits
-    }
-    fn key(target: &StoreKey) -> Option<&reflector::ObjectRef<Self>> {
-        match target {
-            StoreKey::RateLimit(key) => Some(key),
-            _ => None,
-        }
-    }
-    fn common(&self) -> Option<&ObjectStatusFields> {
-        self.status.as_ref()
-    }
-}
-
-impl StatusKind for WafPolicy {
-    fn store(stores: &Stores) -> &Store<Self> {
-        &stores.wafs
-    }
-    fn key(target: &StoreKey) -> Option<&reflector::ObjectRef<Self>> {
-        match target {
-            StoreKey::Waf(key) => Some(key),
-            _ => None,
-        }
-    }
-    fn common(&self) -> Option<&ObjectStatusFields> {
-        self.status.as_ref()
-    }
 }
 
 /// The desired status of `live`, borrowed from the plan and the object.
@@ -772,90 +505,6 @@ async fn write_kind<K: StatusKind>(context: &WriterContext, plan: &Plan, index: 
     })
 }
 
-/// Queues Events for the conditions whose status changed.
-fn record_transitions<K>(
-    events: &EventSink,
-    live: &K,
-    current: Option<&ObjectStatusFields>,
-    desired: &ObjectStatusFields,
-) where
-    K: Resource<DynamicType = ()>,
-{
-    let was = |type_: &str| {
-        current
-            .and_then(|c| c.conditions.iter().find(|x| x.type_ == type_))
-            .map(|c| c.status.clone())
-    };
-    for condition in &desired.conditions {
-        if was(&condition.type_).as_deref() == Some(condition.status.as_str()) {
-            continue;
-        }
-        let first_time = was(&condition.type_).is_none();
-        let ok = condition.status == "True";
-        // Quiet on a healthy first sighting; loud on every problem and every change.
-        if first_time && ok && condition.type_ != "Programmed" {
-            continue;
-        }
-        let event = Event {
-            type_: if ok {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            reason: if ok {
-                condition.type_.clone()
-            } else {
-                format!("Not{}", condition.type_)
-            },
-            note: Some(truncate(&condition.message, 1000)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        events.send(event, live.object_ref(&()));
-    }
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}
-
-/// `apiKeys:2,jwt:1`: what `kubectl get consumercredentials` shows.
-struct CredentialSummary<'a>(&'a ConsumerCredential);
-
-impl fmt::Display for CredentialSummary<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let spec = &self.0.spec;
-        let mtls = spec.mtls.as_ref().map_or(0, |m| {
-            m.subjects.len() + m.sans.len() + m.fingerprints_sha256.len()
-        });
-        let parts = [
-            ("apiKeys", spec.api_keys.len()),
-            ("jwt", spec.jwt.len()),
-            ("mtls", mtls),
-            ("oauth2", spec.oauth2_client_ids.len()),
-        ];
-        let mut any = false;
-        for (name, n) in parts.into_iter().filter(|(_, n)| *n > 0) {
-            if any {
-                f.write_str(",")?;
-            }
-            write!(f, "{name}:{n}")?;
-            any = true;
-        }
-        if !any {
-            f.write_str("none")?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -870,6 +519,11 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+    use crate::plan::{resolve, Replicas};
+    use crate::status::Published;
+    use crate::status_kind::CredentialSummary;
+    use kube::runtime::reflector::Store;
+    use kube::Resource;
 
     fn filled<K, T>(objects: &[T]) -> Store<K>
     where
@@ -903,55 +557,6 @@ mod tests {
             "spec": {"groups": ["free"]}
         }))
         .unwrap()
-    }
-
-    #[test]
-    fn resolve_reuses_unchanged_objects_and_lists_changes() {
-        let status = |name: &str, generation, message: &str| ObjectStatus {
-            kind: ObjectKind::ApiRoute,
-            namespace: "shop".into(),
-            name: name.into(),
-            generation: Some(generation),
-            conditions: vec![portcullis_compiler::ConditionOut {
-                type_: "Accepted".into(),
-                status: true,
-                reason: portcullis_compiler::Reason::Accepted,
-                message: message.into(),
-            }],
-            sections: Vec::new(),
-        };
-        let first = [
-            status("a", 1, "ok"),
-            status("b", 1, "ok"),
-            status("c", 1, "ok"),
-            status("e", 1, "ok"),
-        ];
-        let empty = Published::default().intern(&[]);
-        let (before, changed) = resolve(&first, &empty, None);
-        assert!(changed.is_empty(), "the first compile is a bulk change");
-        // b has a new generation, c is gone, d is new, e's verdict changed (a Secret it
-        // references went away), a is as it was.
-        let second = [
-            status("a", 1, "ok"),
-            status("b", 2, "ok"),
-            status("d", 1, "ok"),
-            status("e", 1, "missing"),
-        ];
-        let (after, changed) = resolve(&second, &empty, Some(&before));
-        assert_eq!(changed, [1, 2, 3]);
-        assert!(Arc::ptr_eq(&after[0].object, &before[0].object));
-        assert!(Arc::ptr_eq(&after[3].object, &before[3].object));
-        assert_eq!(after[1].object.generation, Some(2));
-        assert_eq!(after[2].object.name, "d");
-        assert!(after.iter().all(|t| !t.in_config));
-        // Objects in the compiled config share its set's allocations.
-        let objects: Vec<ObjectRef> = after.iter().map(|t| (*t.object).clone()).collect();
-        let set = Published::default().intern(&objects);
-        let (shared, changed) = resolve(&second, &set, Some(&after));
-        assert!(changed.is_empty());
-        assert!(shared
-            .iter()
-            .all(|t| t.in_config && set.iter().any(|o| Arc::ptr_eq(o, &t.object))));
     }
 
     /// A writer over `routes` routes and `consumers` consumers without status, one proxy

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use portcullis_crds::ApiRouteSpec;
 use serde_json::{json, Map, Value};
 
-use super::Issues;
+use super::issues::Issues;
 
 pub(crate) const PREFIX: &str = "portcullis.dev/";
 

@@ -5,38 +5,22 @@
 
 use portcullis_crds::{ApiRoute, AuthMethod};
 
+use super::issues::Issues;
 use super::kube_meta::Meta;
-use super::route::is_token;
 use super::secrets::{SecretIndex, SecretLookup};
-use super::Issues;
+use super::validators::{is_http_url, is_token, JWT_ALGORITHMS};
 use crate::config::{
     AuthMethodConfig, AuthenticationConfig, AuthorizationConfig, ClientSecretEntry,
     ForwardAuthConfig, IntrospectionConfig, JwtConfig, JwtIssuerConfig,
 };
 use crate::units::parse_duration_ms;
 
-/// Algorithms the proxy verifies. `none` is never among them; ES512 is not offered by the
-/// verification backend, so it is refused rather than silently never matching.
-pub(crate) const JWT_ALGORITHMS: [&str; 12] = [
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
-    "ES384", "EdDSA",
-];
 const REGISTERED_TIME_CLAIMS: [&str; 3] = ["exp", "nbf", "iat"];
 const DEFAULT_KEY_CLAIM: &str = "kid";
 const DEFAULT_CLOCK_SKEW_MS: u64 = 30_000;
 const DEFAULT_TIMEOUT_MS: u64 = 2_000;
 const DEFAULT_CLIENT_SECRET_KEY: &str = "secret";
 pub(crate) const DEFAULT_ROLES_CLAIM: &str = "roles";
-
-fn is_http_url(url: &str) -> bool {
-    match url.parse::<http::Uri>() {
-        Ok(uri) => {
-            matches!(uri.scheme_str(), Some("http" | "https"))
-                && uri.host().is_some_and(|h| !h.is_empty())
-        }
-        Err(_) => false,
-    }
-}
 
 /// A duration that may be absent (default) but, when given, must parse; `allow_zero` for
 /// values where 0 means "off".

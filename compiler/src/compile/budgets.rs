@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use super::issues::Issues;
 use super::kube_meta::Meta;
-use super::Issues;
 use crate::config::RouteConfig;
 use crate::tenancy::Budgets;
 use crate::Reason;

@@ -9,7 +9,7 @@ use portcullis_crds::ConsumerCredential;
 
 use super::consumer::{self, ConsumerSection};
 use super::secrets::SecretIndex;
-use super::Snapshot;
+use super::snapshot::Snapshot;
 
 /// What one compile leaves for the next: the consumers' part of the config (~80% of a
 /// compile at 100,000 consumers), reused while the snapshot's consumers and the Secrets
@@ -20,7 +20,7 @@ use super::Snapshot;
 /// cache holds its own references, so a remembered address cannot be reused by another
 /// object. An object with a new `Arc` (a status write, a re-list) is then compared by what
 /// the compiler reads of it: a consumer's spec, namespace, name, generation and creation
-/// time; a Secret's data. The output is exactly [`super::compile`]'s either way.
+/// time; a Secret's data. The output is exactly `compile`'s either way.
 #[derive(Debug, Default)]
 pub struct CompileCache {
     consumers: Option<CachedConsumers>,
@@ -78,7 +78,7 @@ impl CompileCache {
             return cached.section.clone();
         }
         let section = Arc::new(consumer::compile_consumers(
-            &super::sorted(&snapshot.consumers),
+            &super::kube_meta::sorted(&snapshot.consumers),
             secrets,
             &snapshot.tenancy.budgets,
         ));

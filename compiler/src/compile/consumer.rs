@@ -6,10 +6,10 @@ use base64::Engine;
 use portcullis_crds::ConsumerCredential;
 use sha2::{Digest, Sha256};
 
-use super::auth::JWT_ALGORITHMS;
+use super::issues::Issues;
 use super::kube_meta::Meta;
 use super::secrets::{SecretIndex, SecretLookup};
-use super::Issues;
+use super::validators::JWT_ALGORITHMS;
 use crate::config::{
     ApiKeyEntry, ConsumerConfig, JwtPublicKeyConfig, JwtSecretEntry, ObjectKind, ObjectRef,
 };
@@ -25,7 +25,7 @@ pub fn hash_api_key(key: &[u8]) -> String {
 }
 
 /// Everything the consumers put into a config. It depends on the consumers and the Secrets
-/// alone, which is what lets [`super::CompileCache`] keep it while only routes or policies
+/// alone, which is what lets `CompileCache` keep it while only routes or policies
 /// change (100,000 consumers are ~80% of a whole compile).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ConsumerSection {
@@ -256,14 +256,14 @@ pub(crate) fn compile_consumers(
         .statuses
         .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let mut hasher = Sha256::new();
-    super::hash_json(&mut hasher, &section.consumers);
-    super::hash_json(&mut hasher, &section.api_keys);
-    super::hash_json(&mut hasher, &section.jwt_secrets);
+    super::generation::hash_json(&mut hasher, &section.consumers);
+    super::generation::hash_json(&mut hasher, &section.api_keys);
+    super::generation::hash_json(&mut hasher, &section.jwt_secrets);
     if !section.disabled_oauth2_client_ids.is_empty() {
         // Only when present, so generations of configs without disabled clients stay put.
-        super::hash_json(&mut hasher, &section.disabled_oauth2_client_ids);
+        super::generation::hash_json(&mut hasher, &section.disabled_oauth2_client_ids);
     }
-    super::hash_json(&mut hasher, &section.objects);
+    super::generation::hash_json(&mut hasher, &section.objects);
     section.digest = hasher.finalize().into();
     section
 }

@@ -6,8 +6,8 @@
 
 use portcullis_crds::{ApiRoute, ApiRouteSpec, DirectResponse, Upstream};
 
+use super::issues::Issues;
 use super::kube_meta::Meta;
-use super::Issues;
 use crate::config::{
     HeaderMatch, ObjectKind, RedirectConfig, RequestHeadersConfig, RouteConfig, TargetConfig,
 };

@@ -30,9 +30,10 @@ use portcullis_crds::{ApiRouteSpec, NameValue, PathMatch, PathMatchType, RouteTl
 
 use super::annotations::{self, On};
 use super::derived::{no_backend_upstream, DerivedRoute, Section, Sources};
+use super::issues::Issues;
 use super::kube_meta::Meta;
-use super::route::{is_token, service_target};
-use super::Issues;
+use super::route::service_target;
+use super::validators::is_token;
 use crate::config::{HeaderMatch, ObjectKind, RedirectConfig, RequestHeadersConfig, TargetConfig};
 use crate::{ConditionOut, Reason, SectionStatus};
 

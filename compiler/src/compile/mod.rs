@@ -9,59 +9,30 @@ mod conflicts;
 mod consumer;
 mod derived;
 pub mod gateway;
+mod generation;
 pub mod ingress;
-mod issues;
+pub(crate) mod issues;
+mod kube_meta;
 mod policy;
 mod rate_limit;
 mod route;
 mod secrets;
+mod snapshot;
 mod tls;
+mod validators;
 mod waf;
 
-use std::sync::Arc;
-
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use kube_meta::Meta;
-use portcullis_crds::gateway::{Gateway, GatewayClass, HTTPRoute, ReferenceGrant};
-use portcullis_crds::{ApiRoute, ConsumerCredential, RateLimitPolicy, WafPolicy};
 use sha2::{Digest, Sha256};
 
 use crate::config::{GatewayConfig, ObjectKind};
 use crate::ObjectStatus;
+use generation::{generation_of, hash_json};
+use issues::Issues;
+use kube_meta::{sorted, sorted_with_order, Meta};
+
 pub use cache::CompileCache;
 pub use consumer::hash_api_key;
-pub(crate) use issues::Issues;
-
-/// Everything the compiler reads: the four kinds plus the Secrets they reference.
-///
-/// Objects are shared (`Arc`), as in kube's reflector stores: the operator hands the compiler
-/// its cached objects without copying them (a deep copy of 110,000 objects took 0.3-0.9 s of
-/// every compile).
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    pub routes: Vec<Arc<ApiRoute>>,
-    pub consumers: Vec<Arc<ConsumerCredential>>,
-    pub rate_limit_policies: Vec<Arc<RateLimitPolicy>>,
-    pub waf_policies: Vec<Arc<WafPolicy>>,
-    pub secrets: Vec<Arc<Secret>>,
-    /// Ingresses and IngressClasses: the Ingresses of a Portcullis class compile into routes.
-    pub ingresses: Vec<Arc<Ingress>>,
-    pub ingress_classes: Vec<Arc<IngressClass>>,
-    /// Gateway API objects: HTTPRoutes attached to Gateways of a Portcullis GatewayClass
-    /// compile into routes.
-    pub gateway_classes: Vec<Arc<GatewayClass>>,
-    pub gateways: Vec<Arc<Gateway>>,
-    pub http_routes: Vec<Arc<HTTPRoute>>,
-    pub reference_grants: Vec<Arc<ReferenceGrant>>,
-    /// Seconds since the epoch at which time-dependent statuses are judged (a certificate
-    /// outside its validity period gets a warning condition). The caller supplies it so
-    /// that `compile` stays pure; `None` skips those warnings (golden tests).
-    pub now_unix_secs: Option<i64>,
-    /// Namespace rules: targets, catch-all routes, budgets ([`crate::tenancy`]). Host
-    /// ownership and consumer scopes always apply.
-    pub tenancy: crate::Tenancy,
-}
+pub use snapshot::Snapshot;
 
 /// Compiles a snapshot. Pure and deterministic: the same objects (and `now_unix_secs`) in
 /// any order give the same config, statuses and generation id. The time only decides
@@ -271,136 +242,6 @@ fn mark_host_refusals(
                 "spec.hosts",
                 refusal.message(),
             );
-        }
-    }
-}
-
-/// [`sorted`], with each object's position in the input (file order in standalone mode,
-/// which decides host ownership there).
-fn sorted_with_order<K: kube_meta::HasMeta>(objects: &[Arc<K>]) -> Vec<(usize, &K)> {
-    let mut refs: Vec<(usize, &K)> = objects.iter().map(|o| &**o).enumerate().collect();
-    refs.sort_by(|(_, a), (_, b)| {
-        let (ma, mb) = (a.meta(), b.meta());
-        (ma.namespace.as_deref(), ma.name.as_deref())
-            .cmp(&(mb.namespace.as_deref(), mb.name.as_deref()))
-    });
-    refs
-}
-
-/// Objects sorted by namespace and name, so that input order never changes the output.
-fn sorted<K: kube_meta::HasMeta>(objects: &[Arc<K>]) -> Vec<&K> {
-    let mut refs: Vec<&K> = objects.iter().map(|o| &**o).collect();
-    refs.sort_by(|a, b| {
-        let (ma, mb) = (a.meta(), b.meta());
-        (ma.namespace.as_deref(), ma.name.as_deref())
-            .cmp(&(mb.namespace.as_deref(), mb.name.as_deref()))
-    });
-    refs
-}
-
-/// The first 16 hex digits of the SHA-256 of the config's parts: the canonical JSON of each,
-/// except the consumers' part, which enters as its own digest (computed once per consumer
-/// change, not once per compile). Called before the consumers' part joins `config`.
-fn generation_of(config: &GatewayConfig, consumers: &[u8; 32]) -> String {
-    let mut hasher = Sha256::new();
-    hash_json(&mut hasher, &config.routes);
-    hasher.update(consumers);
-    hash_json(&mut hasher, &config.objects);
-    hash_json(&mut hasher, &config.secrets);
-    // Only when present, so configs without policies keep their generation ids.
-    if !config.rate_limit_policies.is_empty() {
-        hash_json(&mut hasher, &config.rate_limit_policies);
-    }
-    if !config.tls_certificates.is_empty() {
-        hash_json(&mut hasher, &config.tls_certificates);
-    }
-    if !config.waf_policies.is_empty() {
-        hash_json(&mut hasher, &config.waf_policies);
-    }
-    let digest = hasher.finalize();
-    hex::encode(&digest[..8])
-}
-
-/// Streams a part's JSON into the hash: at 100k consumers it is tens of MB that need not
-/// exist. Serializing plain data into a hasher cannot fail; an error would only hash less.
-fn hash_json(hasher: &mut Sha256, part: &impl serde::Serialize) {
-    let _ = serde_json::to_writer(hasher, part);
-}
-
-/// Object metadata helpers shared by the compile steps.
-mod kube_meta {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
-    use crate::config::{ObjectKind, ObjectRef};
-
-    pub trait HasMeta {
-        fn meta(&self) -> &ObjectMeta;
-    }
-
-    macro_rules! has_meta {
-        ($($t:ty),*) => {$(impl HasMeta for $t {
-            fn meta(&self) -> &ObjectMeta { &self.metadata }
-        })*};
-    }
-    has_meta!(
-        portcullis_crds::ApiRoute,
-        portcullis_crds::ConsumerCredential,
-        portcullis_crds::RateLimitPolicy,
-        portcullis_crds::WafPolicy,
-        k8s_openapi::api::networking::v1::Ingress,
-        k8s_openapi::api::networking::v1::IngressClass,
-        portcullis_crds::gateway::GatewayClass,
-        portcullis_crds::gateway::Gateway,
-        portcullis_crds::gateway::HTTPRoute
-    );
-
-    /// Namespace, name, generation and creation time of one object.
-    #[derive(Debug, Clone)]
-    pub struct Meta {
-        pub namespace: String,
-        pub name: String,
-        pub generation: Option<i64>,
-        /// `None` in standalone mode. Older objects win conflicts. Kept as a timestamp:
-        /// formatting it for every object cost more than the rest of a consumer's metadata.
-        pub created: Option<k8s_openapi::jiff::Timestamp>,
-    }
-
-    impl Meta {
-        pub fn of(meta: &ObjectMeta) -> Self {
-            Meta {
-                namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
-                name: meta.name.clone().unwrap_or_default(),
-                generation: meta.generation,
-                created: meta.creation_timestamp.as_ref().map(|t| t.0),
-            }
-        }
-
-        pub fn id(&self) -> String {
-            format!("{}/{}", self.namespace, self.name)
-        }
-
-        /// The object a route comes from, for messages: `ApiRoute ns/name`, or the Ingress
-        /// or HTTPRoute a derived route (`ingress:NAME:...`) was made from.
-        pub fn describe(&self) -> String {
-            let mut parts = self.name.splitn(3, ':');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some("ingress"), Some(name), Some(_)) => {
-                    format!("Ingress {}/{name}", self.namespace)
-                }
-                (Some("httproute"), Some(name), Some(_)) => {
-                    format!("HTTPRoute {}/{name}", self.namespace)
-                }
-                _ => format!("ApiRoute {}", self.id()),
-            }
-        }
-
-        pub fn object_ref(&self, kind: ObjectKind) -> ObjectRef {
-            ObjectRef {
-                kind,
-                namespace: self.namespace.clone(),
-                name: self.name.clone(),
-                generation: self.generation,
-            }
         }
     }
 }

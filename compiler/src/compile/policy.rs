@@ -4,12 +4,14 @@ use std::collections::BTreeSet;
 
 use portcullis_crds::{BackendType, RateLimitKey, RateLimitPolicy, WafPolicy};
 
+use super::issues::Issues;
+use super::kube_meta::sorted;
 use super::kube_meta::Meta;
 use super::rate_limit::{compile_rate_limit, RateLimitIndex};
-use super::route::one_line_regex_error;
 use super::secrets::SecretIndex;
+use super::snapshot::Snapshot;
+use super::validators::{is_token, one_line_regex_error, parse_cidr};
 use super::waf::{compile_waf, WafIndex};
-use super::{sorted, Issues};
 use crate::config::{GatewayConfig, ObjectKind, RedisPasswordEntry};
 use crate::units::{parse_duration_ms, parse_size_bytes};
 use crate::ObjectStatus;
@@ -22,7 +24,7 @@ pub(crate) struct PolicyIndex {
 }
 
 pub(crate) fn compile_policies(
-    snapshot: &super::Snapshot,
+    snapshot: &Snapshot,
     secrets: &SecretIndex<'_>,
     config: &mut GatewayConfig,
     statuses: &mut Vec<ObjectStatus>,
@@ -104,11 +106,7 @@ fn validate_rate_limit(policy: &RateLimitPolicy, issues: &mut Issues) {
             issues.invalid("spec.quota.requests", "must be at least 1");
         }
     }
-    if spec.key == Some(RateLimitKey::Header)
-        && spec
-            .header
-            .as_deref()
-            .is_none_or(|h| !super::route::is_token(h))
+    if spec.key == Some(RateLimitKey::Header) && spec.header.as_deref().is_none_or(|h| !is_token(h))
     {
         issues.invalid(
             "spec.header",
@@ -156,7 +154,7 @@ fn validate_waf(policy: &WafPolicy, issues: &mut Issues) {
         issues.invalid("spec.anomalyThreshold", "must be at least 1");
     }
     for (i, method) in spec.allowed_methods.iter().enumerate() {
-        if !super::route::is_token(method) {
+        if !is_token(method) {
             issues.invalid(
                 &format!("spec.allowedMethods[{i}]"),
                 format!("{method:?} is not a method"),
@@ -209,7 +207,7 @@ fn validate_waf(policy: &WafPolicy, issues: &mut Issues) {
             }
             portcullis_crds::RuleOperator::IpMatch => {
                 for part in rule.value.split(',').map(str::trim) {
-                    if super::route::parse_cidr(part).is_none() {
+                    if parse_cidr(part).is_none() {
                         issues.invalid(
                             &format!("{field}.value"),
                             format!("{part:?} is not an IP or CIDR"),
@@ -246,7 +244,7 @@ fn valid_waf_target(target: &str) -> bool {
         return true;
     }
     match target.split_once(':') {
-        Some(("Header", name)) => super::route::is_token(name),
+        Some(("Header", name)) => is_token(name),
         Some(("Query" | "Args" | "Cookie" | "Json", name)) => !name.is_empty(),
         _ => false,
     }

@@ -11,9 +11,9 @@ use portcullis_crds::{
     BackendType, OnBackendFailure, QuotaPeriod, RateLimitAlgorithm, RateLimitKey, RateLimitPolicy,
 };
 
+use super::issues::Issues;
 use super::kube_meta::Meta;
 use super::secrets::{SecretIndex, SecretLookup};
-use super::Issues;
 use crate::config::{
     LimitConfig, OnBackendFailureConfig, QuotaConfig, QuotaPeriodConfig, RateLimitAlgorithmConfig,
     RateLimitBackendConfig, RateLimitKeyConfig, RateLimitPolicyConfig, TierConfig,

@@ -1,14 +1,16 @@
 //! ApiRoute → one `RouteConfig`, or the reasons it cannot be served.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use ipnet::IpNet;
 use portcullis_crds::{ApiRoute, EncodedSlashes, PathMatchType};
 
+use super::issues::Issues;
 use super::kube_meta::Meta;
 use super::policy::PolicyIndex;
-use super::Issues;
+use super::validators::{
+    is_token, one_line_regex_error, parse_cidr, valid_header_value, valid_host,
+};
 use crate::config::{
     AuthenticationConfig, AuthorizationConfig, CorsConfig, DirectResponseConfig, HeaderMatch,
     IpRestrictionConfig, LoadBalancing, PathKind, PathNormalizationConfig, PathRule,
@@ -23,54 +25,6 @@ pub(crate) const DEFAULT_SEND_TIMEOUT_MS: u64 = 30_000;
 const MAX_RETRIES: u32 = 10;
 const MAX_WEIGHT: u32 = 10_000;
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
-
-/// RFC 9110 token characters: header names and methods.
-pub(crate) fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// An IP address or CIDR; a bare address becomes a /32 or /128.
-pub(crate) fn parse_cidr(text: &str) -> Option<IpNet> {
-    text.parse::<IpNet>()
-        .ok()
-        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
-        .map(|net| net.trunc())
-}
-
-/// The regex crate's errors draw a caret diagram over several lines; conditions are one line.
-pub(crate) fn one_line_regex_error(e: &regex::Error) -> String {
-    let text = e.to_string();
-    text.lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("error: "))
-        .unwrap_or(text.as_str())
-        .to_string()
-}
-
-fn valid_header_value(s: &str) -> bool {
-    s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
-}
-
-/// A DNS host name, optionally `*.` + a name with at least two labels.
-fn valid_host(host: &str) -> bool {
-    let name = host.strip_prefix("*.").unwrap_or(host);
-    if host.starts_with("*.") && !name.contains('.') {
-        return false;
-    }
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
 
 fn normalize_prefix(value: &str) -> String {
     let trimmed = value.trim_end_matches('/');

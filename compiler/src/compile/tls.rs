@@ -12,9 +12,9 @@ use portcullis_crds::{ApiRoute, AuthMethod, ClientAuthMode, ConsumerCredential};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::issues::Issues;
 use super::kube_meta::Meta;
 use super::secrets::{SecretIndex, SecretLookup};
-use super::Issues;
 use crate::config::{
     certificate_validity_problem, normalize_fingerprint, parse_dn, CertificateValidity,
     ClientAuthConfig, ClientAuthModeConfig, MtlsConfig, RouteConfig, RouteTlsConfig,

@@ -11,8 +11,8 @@ use portcullis_crds::{
     OversizeAction, RuleAction, RuleGroup, RuleOperator, Transform, WafMode, WafPolicy,
 };
 
+use super::issues::Issues;
 use super::kube_meta::Meta;
-use super::Issues;
 use crate::config::{
     WafCustomRuleConfig, WafExclusionConfig, WafLimitsConfig, WafModeConfig,
     WafOversizeActionConfig, WafPolicyConfig,
