@@ -56,6 +56,7 @@ use crate::ratelimit::{self, RateLimitHeaders};
 use crate::router::{request_host, RequestView};
 use crate::trace_context::{TraceContext, TraceOptions};
 use crate::upstream::UpstreamError;
+use crate::upstream_h1::Hop;
 use crate::{
     client_ip, cors, forward_headers, ip_filter, request_id, request_target, response_headers,
     validate,
@@ -635,7 +636,7 @@ async fn run(
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(header::HOST).cloned());
-    let mut added = forward_headers::prepare(
+    let added = forward_headers::prepare(
         &mut parts.headers,
         &forward_headers::ForwardContext {
             peer: peer_ip,
@@ -656,9 +657,10 @@ async fn run(
     if let Some(modifier) = &route.request_headers {
         modifier.apply(&mut parts.headers);
     }
-    if let Some(trace) = &outcome.trace {
-        trace.apply_upstream(&mut parts.headers, &mut added);
-    }
+    let traceparent = outcome.trace.as_ref().map(|trace| {
+        trace.apply_upstream(&mut parts.headers);
+        trace.traceparent()
+    });
     let rewritten = match &config.rewrite_path {
         Some(full) => forward_headers::replace_path(&parts.uri, full),
         None => forward_headers::rewrite_path(
@@ -677,7 +679,17 @@ async fn run(
     outcome.upstream_started = Some(Instant::now());
     let result = route
         .upstream
-        .forward(parts, &added, body, client_ip, replayable, &fault)
+        .forward(
+            parts,
+            Hop {
+                added: &added,
+                traceparent: traceparent.as_ref(),
+            },
+            body,
+            client_ip,
+            replayable,
+            &fault,
+        )
         .await;
     let upstream_started = outcome.upstream_started.unwrap_or_else(Instant::now);
     let upstream_elapsed = upstream_started.elapsed();

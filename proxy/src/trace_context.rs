@@ -44,8 +44,7 @@ pub struct TraceContext {
     pub sampled: bool,
     /// Forwarded unchanged when the parent was valid.
     pub tracestate: Option<HeaderValue>,
-    /// Which trace headers the client sent: they are replaced, not forwarded.
-    sent_parent: bool,
+    /// The client sent `tracestate`: a restarted trace's is removed.
     sent_state: bool,
 }
 
@@ -66,7 +65,7 @@ impl TraceContext {
             }
         }
         let span_id = random_span_id();
-        let (sent_parent, sent_state) = (parent.is_some(), state.is_some());
+        let sent_state = state.is_some();
         // Several traceparent fields are as invalid as a malformed one.
         let valid = parent
             .filter(|_| parents == 1)
@@ -84,7 +83,6 @@ impl TraceContext {
                 span_id,
                 sampled: flags & 1 == 1,
                 tracestate,
-                sent_parent,
                 sent_state,
             };
         }
@@ -96,7 +94,6 @@ impl TraceContext {
             span_id,
             sampled,
             tracestate: None,
-            sent_parent,
             sent_state,
         }
     }
@@ -112,32 +109,22 @@ impl TraceContext {
         out
     }
 
-    /// `traceparent` for the upstream: same trace, the proxy's span as parent.
-    pub fn traceparent(&self) -> HeaderValue {
+    /// `traceparent` for the upstream: same trace, the proxy's span as parent. The upstream
+    /// encoder writes these bytes as they are (`upstream_h1::Hop`).
+    pub fn traceparent(&self) -> [u8; 55] {
         let mut out = [0u8; 55];
         out[..3].copy_from_slice(b"00-");
         write_hex(&self.trace_id, &mut out[3..35]);
         out[35] = b'-';
         write_hex(&self.span_id, &mut out[36..52]);
         out[52..].copy_from_slice(if self.sampled { b"-01" } else { b"-00" });
-        // Hex digits and dashes are always a valid header value.
-        HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+        out
     }
 
-    /// Replaces whatever trace headers the client sent with the proxy's. A client's
-    /// `traceparent` is overwritten in place (one hashed insert, no removal); without one the
-    /// proxy's goes to `added`, the headers this hop appends. A valid parent's `tracestate`
-    /// stays where it is; a restarted trace's is removed.
-    pub fn apply_upstream(
-        &self,
-        headers: &mut HeaderMap,
-        added: &mut Vec<(HeaderName, HeaderValue)>,
-    ) {
-        if self.sent_parent {
-            headers.insert(TRACEPARENT, self.traceparent());
-        } else {
-            added.push((TRACEPARENT, self.traceparent()));
-        }
+    /// Removes a restarted trace's `tracestate` from the client's fields (a valid parent's
+    /// stays where it is). The client's `traceparent` fields stay in the map too: the upstream
+    /// encoder skips them and writes [`Self::traceparent`] instead.
+    pub fn apply_upstream(&self, headers: &mut HeaderMap) {
         if self.sent_state && self.tracestate.is_none() {
             headers.remove(TRACESTATE);
         }
@@ -276,17 +263,14 @@ mod tests {
         assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(t.sampled);
         let out = t.traceparent();
-        let out = out.to_str().unwrap();
+        let out = std::str::from_utf8(&out).unwrap();
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(out.ends_with("-01"));
         assert_ne!(&out[36..52], "00f067aa0ba902b7");
         let mut up = headers.clone();
-        let mut added = Vec::new();
-        t.apply_upstream(&mut up, &mut added);
-        assert!(added.is_empty(), "replaced in place");
-        assert_eq!(up.get(TRACEPARENT).unwrap(), &t.traceparent());
+        t.apply_upstream(&mut up);
         assert_eq!(up.get(TRACESTATE).unwrap(), "congo=t61rcWkgMzE");
-        assert_eq!(up.len(), 2);
+        assert_eq!(up.len(), 2, "the encoder, not the map, replaces traceparent");
     }
 
     #[test]
@@ -302,7 +286,7 @@ mod tests {
         };
         let t = TraceContext::from_headers(&headers, &options);
         assert!(!t.sampled);
-        assert!(t.traceparent().to_str().unwrap().ends_with("-00"));
+        assert!(t.traceparent().ends_with(b"-00"));
     }
 
     #[test]
@@ -328,7 +312,9 @@ mod tests {
         let t = TraceContext::from_headers(&headers, &TraceOptions::default());
         assert!(t.parent_span_id.is_none() && !t.sampled);
         assert!(t.tracestate.is_none());
-        assert!(parse_traceparent(t.traceparent().as_bytes()).is_some());
+        assert!(parse_traceparent(&t.traceparent()).is_some());
+        t.apply_upstream(&mut headers);
+        assert!(headers.get(TRACESTATE).is_none(), "a restarted trace's tracestate");
     }
 
     #[test]
@@ -341,11 +327,7 @@ mod tests {
         );
         let t = TraceContext::from_headers(&headers, &TraceOptions::default());
         assert!(t.parent_span_id.is_none());
-        let mut added = Vec::new();
-        t.apply_upstream(&mut headers, &mut added);
-        assert!(added.is_empty());
-        assert_eq!(headers.get_all(TRACEPARENT).iter().count(), 1);
-        assert_eq!(headers[TRACEPARENT], t.traceparent());
+        assert_ne!(&t.traceparent()[3..35], b"4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
     #[test]

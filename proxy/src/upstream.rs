@@ -28,7 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderName, HeaderValue, Response, StatusCode, Uri};
+use http::{HeaderValue, Response, StatusCode, Uri};
 use portcullis_compiler::config::{
     DirectResponseConfig, LoadBalancing, ServiceBackendConfig, UpstreamConfig, UpstreamTlsConfig,
 };
@@ -38,7 +38,7 @@ use crate::client_body::ClientFault;
 use crate::endpoints::{EndpointGap, EndpointRegistry};
 use crate::monotonic::now_ms;
 use crate::tls::upstream_tls::UpstreamTlsError;
-use crate::upstream_h1::ExchangeError;
+use crate::upstream_h1::{ExchangeError, Hop};
 use crate::upstream_pool::{self, ConnPool, Connector, HttpsConnector, PoolKey, PoolRegistry};
 use crate::upstream_timeouts::{self, ReadTimeoutBody};
 
@@ -595,13 +595,13 @@ impl Upstream {
     }
 
     /// Sends the request. `parts.uri` holds the origin-form path and query to forward;
-    /// `added` the headers this hop adds. `replayable` allows retries (idempotent method,
+    /// `hop` what this hop adds. `replayable` allows retries (idempotent method,
     /// no body). A failure while `client_fault` holds a fault was the client's (its body
     /// stalled, broke or was too large): it is not charged to the target's health.
     pub async fn forward(
         &self,
         mut parts: Parts,
-        added: &[(HeaderName, HeaderValue)],
+        hop: Hop<'_>,
         body: ProxyBody,
         client_ip: IpAddr,
         replayable: bool,
@@ -656,7 +656,7 @@ impl Upstream {
                 attempt_body,
                 self.send_timeout,
                 self.read_timeout,
-                |body| pool.send(parts, added, body),
+                |body| pool.send(parts, hop, body),
             );
             let outcome = sent.await;
             if outcome.as_ref().map_or(true, Result::is_err) && client_fault.get().is_some() {

@@ -234,15 +234,15 @@ impl H1Conn {
     }
 
     /// Sends one request and reads the response head. `parts.uri` holds the origin-form
-    /// target, `added` the headers this hop adds, `host` the upstream's `Host`.
+    /// target, `hop` what this hop adds, `host` the upstream's `Host`.
     pub async fn exchange(
         &mut self,
         parts: &Parts,
-        added: &[(HeaderName, HeaderValue)],
+        hop: Hop<'_>,
         body: ProxyBody,
         host: &HeaderValue,
     ) -> Result<ResponseHead, Failure> {
-        let sent = self.send_request(parts, added, body, host).await;
+        let sent = self.send_request(parts, hop, body, host).await;
         let mut received = false;
         let result = match sent {
             Ok(()) => {
@@ -260,7 +260,7 @@ impl H1Conn {
     async fn send_request(
         &mut self,
         parts: &Parts,
-        added: &[(HeaderName, HeaderValue)],
+        hop: Hop<'_>,
         mut body: ProxyBody,
         host: &HeaderValue,
     ) -> Result<(), ExchangeError> {
@@ -281,7 +281,7 @@ impl H1Conn {
         };
         self.wbuf.clear();
         self.wpos = 0;
-        encode_head(&mut self.wbuf, parts, added, host, framing);
+        encode_head(&mut self.wbuf, parts, hop, host, framing);
         if matches!(framing, RequestFraming::None | RequestFraming::Length(0)) {
             self.write_buffered().await?;
             poll_fn(|cx| self.io.poll_flush(cx)).await?;
@@ -385,10 +385,20 @@ impl H1Conn {
     }
 }
 
+/// What this hop sends besides the client's fields.
+#[derive(Clone, Copy, Default)]
+pub struct Hop<'a> {
+    /// Fields this hop adds (forwarding, identity, request id, configured headers).
+    pub added: &'a [(HeaderName, HeaderValue)],
+    /// The proxy's `traceparent`, written straight into the head: it replaces any the client
+    /// sent, which the encoder skips (cheaper than a `HeaderValue` and a map insert).
+    pub traceparent: Option<&'a [u8; 55]>,
+}
+
 fn encode_head(
     buf: &mut Vec<u8>,
     parts: &Parts,
-    added: &[(HeaderName, HeaderValue)],
+    hop: Hop<'_>,
     host: &HeaderValue,
     framing: RequestFraming,
 ) {
@@ -404,13 +414,19 @@ fn encode_head(
             || name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
             || crate::forward_headers::is_replaced(name)
+            || (hop.traceparent.is_some() && name == crate::trace_context::TRACEPARENT)
         {
             continue;
         }
         encode_field(buf, name, value);
     }
-    for (name, value) in added {
+    for (name, value) in hop.added {
         encode_field(buf, name, value);
+    }
+    if let Some(traceparent) = hop.traceparent {
+        buf.extend_from_slice(b"traceparent: ");
+        buf.extend_from_slice(traceparent);
+        buf.extend_from_slice(b"\r\n");
     }
     match framing {
         RequestFraming::None => {}
@@ -931,7 +947,11 @@ mod tests {
             HeaderName::from_static("x-forwarded-for"),
             HeaderValue::from_static("10.0.0.1"),
         )];
-        encode_head(&mut buf, &parts, &added, &host, RequestFraming::Length(12));
+        let hop = Hop {
+            added: &added,
+            traceparent: None,
+        };
+        encode_head(&mut buf, &parts, hop, &host, RequestFraming::Length(12));
         assert_eq!(
             String::from_utf8(buf).unwrap(),
             "POST /a?b=1 HTTP/1.1\r\nhost: up:8080\r\nx-one: 1\r\nx-one: 2\r\n\
@@ -941,6 +961,39 @@ mod tests {
         encode_chunk_size(&mut buf, 0x1a2f);
         encode_chunk_size(&mut buf, 0);
         assert_eq!(buf, b"1a2f\r\n0\r\n");
+    }
+
+    #[test]
+    fn our_traceparent_replaces_every_one_the_client_sent() {
+        let mut request = http::Request::builder()
+            .uri("/")
+            .header("traceparent", "00-11111111111111111111111111111111-2222222222222222-01")
+            .header("x-one", "1")
+            .body(())
+            .unwrap();
+        request.headers_mut().append(
+            "traceparent",
+            HeaderValue::from_static("00-33333333333333333333333333333333-4444444444444444-01"),
+        );
+        let (parts, ()) = request.into_parts();
+        let ours = *b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let host = HeaderValue::from_static("up");
+        let mut buf = Vec::new();
+        let hop = Hop {
+            added: &[],
+            traceparent: Some(&ours),
+        };
+        encode_head(&mut buf, &parts, hop, &host, RequestFraming::None);
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "GET / HTTP/1.1\r\nhost: up\r\nx-one: 1\r\n\
+             traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00\r\n\r\n"
+        );
+        // Trace context off: the client's fields go through untouched.
+        let mut buf = Vec::new();
+        encode_head(&mut buf, &parts, Hop::default(), &host, RequestFraming::None);
+        let head = String::from_utf8(buf).unwrap();
+        assert_eq!(head.matches("traceparent: ").count(), 2, "{head}");
     }
 
     /// A body framed as `send_request` frames a chunked request body: each non-empty frame

@@ -23,13 +23,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderName, HeaderValue, Response, Uri};
+use http::{HeaderValue, Response, Uri};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use tower_service::Service;
 
 use crate::body::{BoxError, ProxyBody};
-use crate::upstream_h1::{BodyError, BodyReader, ExchangeError, H1Conn, ResponseHead, UpstreamIo};
+use crate::upstream_h1::{BodyError, BodyReader, ExchangeError, H1Conn, Hop, ResponseHead, UpstreamIo};
 
 /// How long an idle connection is kept for reuse.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -151,19 +151,19 @@ impl ConnPool {
         }
     }
 
-    /// Sends the request (`parts.uri` in origin form, `added` the headers this hop adds) to
+    /// Sends the request (`parts.uri` in origin form, `hop` what this hop adds) to
     /// the target and returns the response whose body hands the connection back to the
     /// pool once read to the end.
     pub async fn send(
         self: &Arc<Self>,
         parts: &Parts,
-        added: &[(HeaderName, HeaderValue)],
+        hop: Hop<'_>,
         body: ProxyBody,
     ) -> Result<Response<PooledBody>, SendError> {
         let body = match self.checkout() {
             Some(mut conn) => {
                 let replayable = body.is_end_stream() && parts.method.is_idempotent();
-                match conn.exchange(parts, added, body, &self.host).await {
+                match conn.exchange(parts, hop, body, &self.host).await {
                     Ok(head) => return Ok(self.wrap(head, conn)),
                     // The upstream closed the idle connection as the request went out: it
                     // cannot have acted on it.
@@ -176,7 +176,7 @@ impl ConnPool {
         // Boxed: connecting (DNS, TCP, TLS handshake) is a large future that only new
         // connections need; kept inline it would grow every request's future.
         let mut conn = Box::pin(self.connect()).await?;
-        match conn.exchange(parts, added, body, &self.host).await {
+        match conn.exchange(parts, hop, body, &self.host).await {
             Ok(head) => Ok(self.wrap(head, conn)),
             Err(failure) => Err(SendError::Request(failure.error)),
         }
