@@ -10,7 +10,7 @@ use regex::bytes::{
 
 use crate::class;
 use crate::config::{Group, Mode, OversizeAction, PolicyConfig, WafError};
-use crate::custom::{compile_custom, CompiledCustom};
+use crate::custom::{compile_custom_rules, CompiledCustom};
 use crate::evaluation::{Decision, Evaluation};
 use crate::parse::ParseLimits;
 use crate::rules::{self, Input, RuleDef};
@@ -97,7 +97,7 @@ impl Engine {
         let pl = config.paranoia_level.clamp(1, 4);
         let rules: Vec<&'static RuleDef> = rules::builtin()
             .iter()
-            .filter(|r| r.pl <= pl && groups.contains(&r.group))
+            .filter(|r| r.check.pl <= pl && groups.contains(&r.check.group))
             .collect();
         let individual = rules
             .iter()
@@ -110,7 +110,7 @@ impl Engine {
         let mut slot_rules: Vec<Vec<usize>> = Vec::new();
         for (i, r) in rules.iter().enumerate() {
             let key = (
-                r.group,
+                r.check.group,
                 r.input,
                 r.literals.is_empty(),
                 r.pattern.starts_with('^'),
@@ -198,11 +198,7 @@ impl Engine {
             .start_state(Anchored::No)
             .map_err(|e| WafError::Builtin(e.to_string()))?;
         let min_literal = literals.iter().map(|l| l.len()).min().unwrap_or(usize::MAX);
-        let custom = config
-            .custom_rules
-            .iter()
-            .map(compile_custom)
-            .collect::<Result<Vec<_>, _>>()?;
+        let custom = compile_custom_rules(&config.custom_rules)?;
         let parse_limits = ParseLimits {
             max_args: config.limits.max_args.max(1) as usize,
             max_arg_length: config.limits.max_arg_length.max(1) as usize,

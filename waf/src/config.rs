@@ -1,7 +1,15 @@
 //! A policy in engine terms: rule groups, mode, limits, custom rules and exclusions.
+//!
+//! These types are the WAF's configuration end to end: the WafPolicy CRD uses the enums
+//! (their serde names are the manifest strings), the compiled config serializes them, and
+//! the engine is built from them, so there is one list of groups, operators, transforms
+//! and actions.
+
+use serde::{Deserialize, Serialize};
 
 /// Rule groups, as named in `WafPolicy.spec.ruleGroups`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Group {
     SqlInjection,
     CrossSiteScripting,
@@ -18,7 +26,8 @@ pub enum Group {
     LdapInjection,
     MailHeaderInjection,
     Deserialization,
-    /// The policy's own `customRules`.
+    // The policy's own `customRules`: a finding's group, never named in a manifest.
+    #[serde(skip)]
     Custom,
 }
 
@@ -64,16 +73,20 @@ impl Group {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Mode {
     #[default]
     Block,
-    /// Score, log and count, never block.
+    // Score, log and count, never block. (Plain comments on the variants of these enums:
+    // a doc comment would turn the CRD schema's `enum` into a `oneOf`.)
     Detect,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Operator {
+    #[default]
     Regex,
     Contains,
     BeginsWith,
@@ -83,7 +96,8 @@ pub enum Operator {
     IpMatch,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum TransformKind {
     UrlDecode,
     HtmlEntityDecode,
@@ -94,15 +108,18 @@ pub enum TransformKind {
     Base64Decode,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Action {
-    /// Blocks on its own (in Block mode), whatever the score.
+    // Blocks on its own (in Block mode), whatever the score.
+    #[default]
     Block,
     Score,
     Log,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CustomRule {
     pub id: u32,
     pub description: Option<String>,
@@ -114,7 +131,8 @@ pub struct CustomRule {
     pub score: u32,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Exclusion {
     pub rule_ids: Vec<u32>,
     /// Path prefixes (segment-aligned) the exclusion applies to; empty = all.
@@ -123,19 +141,25 @@ pub struct Exclusion {
     pub targets: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Limits {
     pub max_json_depth: u32,
     pub max_args: u32,
     pub max_arg_length: u32,
     pub inspect_body_bytes: u64,
+    /// Absent in configs written before it existed: those meant `InspectPartial`'s
+    /// behaviour, but a config is rebuilt from the CRDs on every change, so the safe
+    /// default wins.
+    #[serde(default)]
     pub oversize_action: OversizeAction,
 }
 
 /// What a body longer than `inspect_body_bytes` gets: the part past the limit is never
 /// inspected, so by default such a body is refused (ModSecurity's recommended setup does the
 /// same) instead of carrying an attack past the WAF at its end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum OversizeAction {
     #[default]
     Block,
@@ -155,7 +179,7 @@ impl Default for Limits {
 }
 
 /// A policy, in engine terms (the proxy translates the compiled config into this).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyConfig {
     pub mode: Mode,
     pub paranoia_level: u8,
@@ -186,10 +210,8 @@ impl Default for PolicyConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WafError {
-    #[error("custom rule {id}: invalid regex: {message}")]
-    CustomRegex { id: u32, message: String },
-    #[error("custom rule {id}: invalid IP or CIDR {value:?}")]
-    CustomIp { id: u32, value: String },
+    #[error("{0}")]
+    CustomRule(crate::custom::CustomRuleIssue),
     #[error("built-in rule set failed to compile: {0}")]
     Builtin(String),
 }

@@ -1,5 +1,6 @@
 //! The policy's own `customRules`: compiled once, matched against re-collected targets.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use regex::{Regex, RegexBuilder};
@@ -10,6 +11,7 @@ use crate::evaluation::Evaluation;
 use crate::libinjection::detect_sqli;
 use crate::parse::Collector;
 use crate::request::RequestHead;
+use crate::rules::Check;
 use crate::transform;
 
 pub(crate) enum Matcher {
@@ -23,45 +25,170 @@ pub(crate) enum Matcher {
 }
 
 pub(crate) struct CompiledCustom {
+    /// What its findings say: the rule's id and score (0 for `Log`), group `Custom`.
+    pub(crate) check: Check,
     pub(crate) rule: CustomRule,
     pub(crate) matcher: Matcher,
 }
 
-pub(crate) fn compile_custom(rule: &CustomRule) -> Result<CompiledCustom, WafError> {
-    let matcher = match rule.operator {
-        Operator::Regex => Matcher::Regex(
-            RegexBuilder::new(&rule.value)
-                .size_limit(1 << 20)
-                .build()
-                .map_err(|e| WafError::CustomRegex {
-                    id: rule.id,
-                    message: e.to_string(),
-                })?,
-        ),
-        Operator::Contains => Matcher::Contains(rule.value.clone()),
-        Operator::BeginsWith => Matcher::BeginsWith(rule.value.clone()),
-        Operator::Equals => Matcher::Equals(rule.value.clone()),
-        Operator::DetectSqli => Matcher::DetectSqli,
-        Operator::DetectXss => Matcher::DetectXss,
-        Operator::IpMatch => Matcher::IpMatch(
-            rule.value
-                .split(',')
-                .map(str::trim)
-                .map(|p| {
-                    p.parse::<ipnet::IpNet>()
-                        .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
-                        .map_err(|_| WafError::CustomIp {
-                            id: rule.id,
-                            value: p.to_string(),
-                        })
-                })
-                .collect::<Result<_, _>>()?,
-        ),
+/// A problem with one of a policy's custom rules: the WafPolicy's status names it
+/// (`spec.customRules[index].field: message`), and the engine refuses to build with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("customRules[{index}].{field}: {message}")]
+pub struct CustomRuleIssue {
+    /// Position in `customRules`.
+    pub index: usize,
+    /// `id`, `targets` or `value`.
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// Every problem of `rules`, in order (the one validation of custom rules: the compiler
+/// reports these on the WafPolicy, [`Engine::new`] refuses the first).
+pub fn validate_custom_rules(rules: &[CustomRule]) -> Vec<CustomRuleIssue> {
+    let mut issues = Vec::new();
+    let mut ids = HashSet::new();
+    for (index, rule) in rules.iter().enumerate() {
+        check_custom(index, rule, &mut ids, &mut issues);
+    }
+    issues
+}
+
+/// The rule's matcher, or `None` with its problems added to `issues`. `ids` are the ids
+/// of the rules before it.
+fn check_custom(
+    index: usize,
+    rule: &CustomRule,
+    ids: &mut HashSet<u32>,
+    issues: &mut Vec<CustomRuleIssue>,
+) -> Option<Matcher> {
+    let before = issues.len();
+    let mut issue = |field: &'static str, message: String| {
+        issues.push(CustomRuleIssue {
+            index,
+            field,
+            message,
+        })
     };
-    Ok(CompiledCustom {
-        rule: rule.clone(),
-        matcher,
-    })
+    if !ids.insert(rule.id) {
+        issue("id", format!("{} is used twice", rule.id));
+    }
+    if rule.targets.is_empty() {
+        issue("targets", "at least one target is required".to_string());
+    }
+    for target in &rule.targets {
+        if !valid_target(target) {
+            issue(
+                "targets",
+                format!(
+                    "{target:?} is not one of Path, Query, Args, ArgNames, Headers, \
+                     Header:NAME, Cookies, Body, JsonValues"
+                ),
+            );
+        }
+    }
+    let matcher = match rule.operator {
+        Operator::Regex => match RegexBuilder::new(&rule.value).size_limit(1 << 20).build() {
+            Ok(re) => Some(Matcher::Regex(re)),
+            Err(e) => {
+                issue(
+                    "value",
+                    format!("invalid regex: {}", one_line_regex_error(&e)),
+                );
+                None
+            }
+        },
+        Operator::Contains => Some(Matcher::Contains(rule.value.clone())),
+        Operator::BeginsWith => Some(Matcher::BeginsWith(rule.value.clone())),
+        Operator::Equals => Some(Matcher::Equals(rule.value.clone())),
+        Operator::DetectSqli => Some(Matcher::DetectSqli),
+        Operator::DetectXss => Some(Matcher::DetectXss),
+        Operator::IpMatch => {
+            let mut nets = Vec::new();
+            for part in rule.value.split(',').map(str::trim) {
+                match part
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| part.parse::<IpAddr>().map(ipnet::IpNet::from))
+                {
+                    Ok(net) => nets.push(net),
+                    Err(_) => issue("value", format!("{part:?} is not an IP or CIDR")),
+                }
+            }
+            Some(Matcher::IpMatch(nets))
+        }
+    };
+    matcher.filter(|_| issues.len() == before)
+}
+
+/// The regex crate's errors draw a caret diagram over several lines; a status condition
+/// is one line.
+fn one_line_regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("error: "))
+        .unwrap_or(text.as_str())
+        .to_string()
+}
+
+/// Selectors [`selects`] understands.
+fn valid_target(target: &str) -> bool {
+    const PLAIN: [&str; 9] = [
+        "Path",
+        "Query",
+        "Args",
+        "ArgNames",
+        "Headers",
+        "Cookies",
+        "Body",
+        "JsonValues",
+        "Method",
+    ];
+    if PLAIN.contains(&target) {
+        return true;
+    }
+    match target.split_once(':') {
+        Some(("Header", name)) => is_token(name),
+        Some(("Query" | "Args" | "Cookie" | "Json", name)) => !name.is_empty(),
+        _ => false,
+    }
+}
+
+/// An HTTP token (RFC 9110): a header name.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The compiled custom rules of a policy, or its first problem.
+pub(crate) fn compile_custom_rules(rules: &[CustomRule]) -> Result<Vec<CompiledCustom>, WafError> {
+    let mut ids = HashSet::new();
+    let mut issues = Vec::new();
+    let mut compiled = Vec::with_capacity(rules.len());
+    for (index, rule) in rules.iter().enumerate() {
+        match check_custom(index, rule, &mut ids, &mut issues) {
+            Some(matcher) => compiled.push(CompiledCustom {
+                check: Check {
+                    id: rule.id,
+                    group: Group::Custom,
+                    pl: 1,
+                    score: match rule.action {
+                        Action::Log => 0,
+                        Action::Block | Action::Score => rule.score,
+                    },
+                    msg: "custom rule",
+                },
+                rule: rule.clone(),
+                matcher,
+            }),
+            None => break,
+        }
+    }
+    match issues.into_iter().next() {
+        Some(issue) => Err(WafError::CustomRule(issue)),
+        None => Ok(compiled),
+    }
 }
 
 pub(crate) fn custom_matches(m: &Matcher, value: &str, client_ip: Option<IpAddr>) -> bool {
@@ -187,21 +314,8 @@ impl Engine {
                 if !custom_matches(&rule.matcher, &value, req.client_ip) {
                     continue;
                 }
-                let score = match rule.rule.action {
-                    Action::Log => 0,
-                    Action::Block | Action::Score => rule.rule.score,
-                };
                 let before = eval.findings.len();
-                self.record(
-                    eval,
-                    path_norm,
-                    rule.rule.id,
-                    Group::Custom,
-                    label,
-                    score,
-                    &value,
-                    "custom rule",
-                );
+                self.record(eval, path_norm, &rule.check, label, &value);
                 if eval.findings.len() > before && rule.rule.action == Action::Block {
                     eval.forced_block.get_or_insert(rule.rule.id);
                 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use crate::build::Engine;
 use crate::config::Group;
 use crate::custom::selects;
+use crate::rules::Check;
 
 /// One reason a request scored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,18 +109,17 @@ pub(crate) fn path_matches(prefix: &str, path: &str) -> bool {
 }
 
 impl Engine {
-    #[allow(clippy::too_many_arguments)]
+    /// Records a finding of `check` on `target` (`text` is what matched): every finding,
+    /// of a pattern rule, a check written as code or a custom rule, goes through here.
     pub(crate) fn record(
         &self,
         eval: &mut Evaluation,
         path_norm: &str,
-        rule_id: u32,
-        group: Group,
+        check: &Check,
         target: &str,
-        score: u32,
         text: &str,
-        message: &'static str,
     ) {
+        let rule_id = check.id;
         if self.excluded(rule_id, path_norm, target) {
             return;
         }
@@ -134,11 +134,11 @@ impl Engine {
         }
         eval.add(Finding {
             rule_id,
-            group,
+            group: check.group,
             target: target.to_string(),
-            score,
+            score: check.score,
             excerpt: excerpt(text),
-            message,
+            message: check.msg,
         });
     }
 

@@ -19,6 +19,7 @@ use crate::parse::{self, Collector, Kind, Target};
 use crate::request::{
     ascii_lowercase, is_filename_header, lossy_lowercase, normalized_path, RequestHead,
 };
+use crate::rules::code;
 use crate::rules::{self, Input};
 use crate::transform;
 
@@ -76,12 +77,9 @@ impl Engine {
             self.record(
                 &mut eval,
                 &path_norm,
-                911100,
-                Group::ProtocolEnforcement,
+                &code::METHOD_NOT_ALLOWED,
                 "Request",
-                5,
                 req.method,
-                "method not allowed by policy",
             );
         }
         if self.protocol {
@@ -222,49 +220,31 @@ impl Engine {
                 self.record(
                     eval,
                     path_norm,
-                    920380,
-                    Group::ProtocolEnforcement,
+                    &code::TOO_MANY_ARGS,
                     "Args",
-                    5,
                     &format!("more than {} arguments", self.parse_limits.max_args),
-                    "too many arguments (maxArgs)",
                 );
             }
             if let Some(label) = &c.issues.arg_too_long {
                 self.record(
                     eval,
                     path_norm,
-                    920370,
-                    Group::ProtocolEnforcement,
+                    &code::ARG_TOO_LONG,
                     label,
-                    5,
                     &format!("longer than {} bytes", self.parse_limits.max_arg_length),
-                    "argument too long (maxArgLength)",
                 );
             }
             if let Some(depth) = c.issues.json_too_deep {
                 self.record(
                     eval,
                     path_norm,
-                    920390,
-                    Group::ProtocolEnforcement,
+                    &code::JSON_TOO_DEEP,
                     "Body",
-                    5,
                     &format!("depth {depth}"),
-                    "JSON nested too deeply (maxJsonDepth)",
                 );
             }
             if let Some(problem) = c.issues.body_parse_error {
-                self.record(
-                    eval,
-                    path_norm,
-                    920400,
-                    Group::ProtocolEnforcement,
-                    "Body",
-                    5,
-                    problem,
-                    "request body could not be parsed",
-                );
+                self.record(eval, path_norm, &code::BODY_UNPARSABLE, "Body", problem);
             }
         }
         // Values repeat within a request (the keys of an array of objects, enum-like values):
@@ -432,16 +412,7 @@ impl Engine {
                         let rule = self.rules[slot.rules[i]];
                         if rules::applies(rule, t.kind, key) {
                             let excerpt = self.excerpt_of(slot.rules[i], alt);
-                            self.record(
-                                eval,
-                                path_norm,
-                                rule.id,
-                                rule.group,
-                                &label(),
-                                rule.score,
-                                &excerpt,
-                                rule.msg,
-                            );
+                            self.record(eval, path_norm, &rule.check, &label(), &excerpt);
                         }
                     }
                 }
@@ -454,16 +425,7 @@ impl Engine {
                 let rule = self.rules[ri];
                 if rules::applies(rule, t.kind, key) {
                     let excerpt = self.excerpt_of(ri, text);
-                    self.record(
-                        eval,
-                        path_norm,
-                        rule.id,
-                        rule.group,
-                        &label(),
-                        rule.score,
-                        &excerpt,
-                        rule.msg,
-                    );
+                    self.record(eval, path_norm, &rule.check, &label(), &excerpt);
                 }
             }
         }
@@ -485,12 +447,9 @@ impl Engine {
                 self.record(
                     eval,
                     path_norm,
-                    942100,
-                    Group::SqlInjection,
+                    &code::SQLI_LIBINJECTION,
                     &label(),
-                    5,
                     &format!("fingerprint {fp}: {}", excerpt(value)),
-                    "SQL injection (libinjection)",
                 );
             }
         }
@@ -499,12 +458,9 @@ impl Engine {
             self.record(
                 eval,
                 path_norm,
-                941100,
-                Group::CrossSiteScripting,
+                &code::XSS_LIBINJECTION,
                 &label(),
-                5,
                 &excerpt(value),
-                "XSS (libinjection)",
             );
         }
         clean

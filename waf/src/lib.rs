@@ -34,6 +34,7 @@ pub use config::{
     Action, CustomRule, Exclusion, Group, Limits, Mode, Operator, OversizeAction, PolicyConfig,
     TransformKind, WafError,
 };
+pub use custom::{validate_custom_rules, CustomRuleIssue};
 pub use evaluation::{Decision, Evaluation, Finding, EXCERPT_CHARS, MAX_FINDINGS};
 pub use request::RequestHead;
 

@@ -2,9 +2,9 @@
 //! files): what a regex over one value cannot express.
 
 use crate::build::Engine;
-use crate::config::Group;
 use crate::evaluation::Evaluation;
 use crate::request::{ascii_lowercase, lossy_lowercase, RequestHead};
+use crate::rules::code;
 use crate::transform;
 
 /// Dot files and directories (`.git`, `.env`, `.claude/settings.json`) hold configuration
@@ -111,12 +111,9 @@ impl Engine {
             self.record(
                 eval,
                 path_norm,
-                920181,
-                Group::ProtocolEnforcement,
+                &code::CONTENT_LENGTH_AND_TRANSFER_ENCODING,
                 "Header:content-length",
-                5,
                 "content-length with transfer-encoding",
-                "request smuggling: Content-Length and Transfer-Encoding",
             );
         }
         if let Some(cl) = cl {
@@ -126,24 +123,18 @@ impl Engine {
                     self.record(
                         eval,
                         path_norm,
-                        920170,
-                        Group::ProtocolEnforcement,
+                        &code::GET_OR_HEAD_WITH_BODY,
                         "Header:content-length",
-                        5,
                         &text,
-                        "GET or HEAD request with a body",
                     );
                 }
                 Ok(_) => {}
                 Err(_) => self.record(
                     eval,
                     path_norm,
-                    920160,
-                    Group::ProtocolEnforcement,
+                    &code::CONTENT_LENGTH_NOT_A_NUMBER,
                     "Header:content-length",
-                    5,
                     &text,
-                    "Content-Length is not a number",
                 ),
             }
         }
@@ -158,26 +149,14 @@ impl Engine {
                 self.record(
                     eval,
                     path_norm,
-                    920171,
-                    Group::ProtocolEnforcement,
+                    &code::UNKNOWN_TRANSFER_CODING,
                     "Header:transfer-encoding",
-                    5,
                     &text,
-                    "unknown transfer coding",
                 );
             }
         }
         if req.header("host").is_none() {
-            self.record(
-                eval,
-                path_norm,
-                920280,
-                Group::ProtocolEnforcement,
-                "Header:host",
-                3,
-                "",
-                "missing Host header",
-            );
+            self.record(eval, path_norm, &code::MISSING_HOST, "Header:host", "");
         }
         for (name, value) in req.headers {
             let lower = ascii_lowercase(name);
@@ -195,24 +174,18 @@ impl Engine {
                 self.record(
                     eval,
                     path_norm,
-                    920450,
-                    Group::ProtocolEnforcement,
+                    &code::RESTRICTED_HEADER,
                     &format!("Header:{lower}"),
-                    5,
                     name,
-                    "restricted header",
                 );
             }
             if value.contains(&0) {
                 self.record(
                     eval,
                     path_norm,
-                    920274,
-                    Group::ProtocolEnforcement,
+                    &code::NUL_IN_HEADER,
                     &format!("Header:{lower}"),
-                    5,
                     "NUL byte",
-                    "NUL byte in a header",
                 );
             }
         }
@@ -230,12 +203,9 @@ impl Engine {
                 self.record(
                     eval,
                     path_norm,
-                    920470,
-                    Group::ProtocolEnforcement,
+                    &code::MALFORMED_CONTENT_TYPE,
                     "Header:content-type",
-                    5,
                     &ct,
-                    "malformed Content-Type",
                 );
             }
             if let Some(charset) = ct
@@ -257,12 +227,9 @@ impl Engine {
                     self.record(
                         eval,
                         path_norm,
-                        920480,
-                        Group::ProtocolEnforcement,
+                        &code::CHARSET_NOT_ALLOWED,
                         "Header:content-type",
-                        5,
                         charset,
-                        "charset not allowed",
                     );
                 }
             }
@@ -272,36 +239,21 @@ impl Engine {
             self.record(
                 eval,
                 path_norm,
-                920270,
-                Group::ProtocolEnforcement,
+                &code::NUL_IN_REQUEST_LINE,
                 "Request",
-                5,
                 "NUL byte",
-                "NUL byte in the request line",
             );
         }
         if let Some(segment) = hidden_segment(path_norm).filter(|_| self.lfi) {
-            self.record(
-                eval,
-                path_norm,
-                930130,
-                Group::PathTraversal,
-                "Path",
-                5,
-                segment,
-                "access to a hidden file or directory",
-            );
+            self.record(eval, path_norm, &code::HIDDEN_FILE, "Path", segment);
         }
         if restricted_extension(path_norm) {
             self.record(
                 eval,
                 path_norm,
-                920440,
-                Group::ProtocolEnforcement,
+                &code::RESTRICTED_EXTENSION,
                 "Path",
-                5,
                 path_norm,
-                "restricted file extension",
             );
         }
     }

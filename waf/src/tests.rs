@@ -1,14 +1,18 @@
 #![allow(clippy::unwrap_used)]
 
+use std::borrow::Cow;
+
 use aho_corasick::MatchKind;
 
 use crate::build::{build_regex, Engine, SlotMask};
+use crate::class;
 use crate::config::PolicyConfig;
 use crate::evaluation::Evaluation;
 use crate::memo::ShortKey;
-use crate::parse::{Collector, Kind};
+use crate::parse::{Collector, Kind, Target};
 use crate::protocol::hidden_segment;
 use crate::request::RequestHead;
+use crate::rules::{code, Check};
 use crate::{rules, transform};
 
 #[test]
@@ -261,7 +265,10 @@ fn json_in_place_matches_collecting_path() {
 /// engine also tries, must still hold one of its literals in the normalized text.
 #[test]
 fn order_literals_cover_every_order_by_match() {
-    let rule = rules::builtin().iter().find(|r| r.id == 942360).unwrap();
+    let rule = rules::builtin()
+        .iter()
+        .find(|r| r.check.id == 942360)
+        .unwrap();
     let re = build_regex(rule.pattern).unwrap();
     let pieces = [
         "order", "ORDER", "by", " ", "\t", "\n", "\r", "\x0b", "\x0c", "\0", "/*", "*/", "/*!",
@@ -318,4 +325,99 @@ fn order_literals_cover_every_order_by_match() {
         }
     }
     assert!(matched > 1_000, "only {matched} matches");
+}
+
+/// Each rule's examples are found: the pattern matches each, each contains one of the rule's
+/// prefilter literals (a value without one never reaches the pattern), and a whole engine at
+/// PL4 reports the rule on it as a target the rule applies to.
+#[test]
+fn every_rule_has_examples_that_it_finds() {
+    let engine = Engine::new(PolicyConfig {
+        paranoia_level: 4,
+        ..PolicyConfig::default()
+    })
+    .unwrap();
+    let mut problems = Vec::new();
+    for rule in rules::builtin() {
+        let id = rule.check.id;
+        if rule.examples.is_empty() {
+            problems.push(format!("{id}: no examples"));
+        }
+        let pattern = build_regex(rule.pattern).unwrap();
+        for example in rule.examples {
+            if !pattern.is_match(example.as_bytes()) {
+                problems.push(format!("{id}: pattern does not match {example:?}"));
+            }
+            if !rule.literals.is_empty() && !rule.literals.iter().any(|l| example.contains(l)) {
+                problems.push(format!("{id}: {example:?} contains none of its literals"));
+            }
+            let (kind, collection, key) = match rule.header {
+                Some(name) => (Kind::Header, "Header", name),
+                None => [
+                    (Kind::Arg, "Query", "q"),
+                    (Kind::ArgName, "ArgName", ""),
+                    (Kind::Header, "Header", "x-example"),
+                    (Kind::Filename, "Filename", "f"),
+                    (Kind::Path, "Path", ""),
+                    (Kind::Body, "Body", ""),
+                    (Kind::Cookie, "Cookie", "c"),
+                    (Kind::CookieName, "CookieName", ""),
+                ]
+                .into_iter()
+                .find(|(kind, _, _)| rule.scope & kind.bit() != 0)
+                .unwrap(),
+            };
+            let target = Target::in_place(
+                kind,
+                collection,
+                Cow::Borrowed(example),
+                class::of(example.as_bytes()),
+                example.len(),
+            );
+            let mut eval = Evaluation::default();
+            engine.inspect_target(&target, || key, "/", &mut eval, &mut String::new());
+            if !eval.findings.iter().any(|f| f.rule_id == id) {
+                problems.push(format!(
+                    "{id}: the engine does not find it in {example:?} as a {kind:?} (found {:?})",
+                    eval.rule_ids()
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A finding's id names one kind of check: the pattern rules of one id are alternatives of
+/// one check (same group and message), and a code check has an id of its own, except
+/// 930130, CRS's "restricted file access", which is both a pattern rule (named files) and
+/// the code check for any hidden path segment.
+#[test]
+fn check_ids_are_unique() {
+    let mut seen: std::collections::HashMap<u32, &Check> = std::collections::HashMap::new();
+    for rule in rules::builtin() {
+        if let Some(other) = seen.insert(rule.check.id, &rule.check) {
+            assert_eq!(
+                (other.group, other.msg),
+                (rule.check.group, rule.check.msg),
+                "{} is used by two different rules",
+                rule.check.id
+            );
+        }
+    }
+    let mut shared = Vec::new();
+    for check in code::ALL {
+        if let Some(rule) = seen.get(&check.id) {
+            assert_eq!(rule.group, check.group, "{}", check.id);
+            shared.push(check.id);
+        }
+    }
+    assert_eq!(shared, [code::HIDDEN_FILE.id]);
+    let mut code_ids: Vec<u32> = code::ALL.iter().map(|c| c.id).collect();
+    code_ids.sort_unstable();
+    code_ids.dedup();
+    assert_eq!(
+        code_ids.len(),
+        code::ALL.len(),
+        "two code checks share an id"
+    );
 }
