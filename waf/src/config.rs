@@ -178,7 +178,8 @@ impl Default for Limits {
     }
 }
 
-/// A policy, in engine terms (the proxy translates the compiled config into this).
+/// A policy, in engine terms (`WafPolicyConfig::engine_config` in the compiler builds it from
+/// the compiled config).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyConfig {
     pub mode: Mode,

@@ -421,3 +421,87 @@ fn check_ids_are_unique() {
         "two code checks share an id"
     );
 }
+
+/// The one validation of custom rules: what it reports (every problem, in order) is what the
+/// engine refuses to build with (the first one), so a policy the compiler accepted builds.
+#[test]
+fn custom_rule_validation_is_the_engines_own() {
+    use crate::config::{Action, CustomRule, Operator, WafError};
+    use crate::custom::{validate_custom_rules, CustomRuleIssue};
+    let rule = |id: u32, targets: &[&str], operator: Operator, value: &str| CustomRule {
+        id,
+        description: None,
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        operator,
+        value: value.to_string(),
+        transforms: Vec::new(),
+        action: Action::Block,
+        score: 5,
+    };
+    let issue = |index: usize, field: &'static str, message: &str| CustomRuleIssue {
+        index,
+        field,
+        message: message.to_string(),
+    };
+    let bad = vec![
+        rule(1, &["Nowhere"], Operator::Regex, "(unclosed"),
+        rule(1, &["Body"], Operator::IpMatch, "1.2.3.4, nope"),
+        rule(2, &[], Operator::Contains, "x"),
+        rule(3, &["Header:bad name", "Json:"], Operator::Equals, "x"),
+    ];
+    assert_eq!(
+        validate_custom_rules(&bad),
+        [
+            issue(
+                0,
+                "targets",
+                "\"Nowhere\" is not one of Path, Query, Args, ArgNames, Headers, Header:NAME, \
+                 Cookies, Body, JsonValues"
+            ),
+            issue(0, "value", "invalid regex: unclosed group"),
+            issue(1, "id", "1 is used twice"),
+            issue(1, "value", "\"nope\" is not an IP or CIDR"),
+            issue(2, "targets", "at least one target is required"),
+            issue(
+                3,
+                "targets",
+                "\"Header:bad name\" is not one of Path, Query, Args, ArgNames, Headers, \
+                 Header:NAME, Cookies, Body, JsonValues"
+            ),
+            issue(
+                3,
+                "targets",
+                "\"Json:\" is not one of Path, Query, Args, ArgNames, Headers, Header:NAME, \
+                 Cookies, Body, JsonValues"
+            ),
+        ]
+    );
+    for at in 0..bad.len() {
+        let rules = bad[at..].to_vec();
+        let expected = validate_custom_rules(&rules).remove(0);
+        let err = Engine::new(PolicyConfig {
+            custom_rules: rules,
+            ..PolicyConfig::default()
+        })
+        .unwrap_err();
+        match err {
+            WafError::CustomRule(got) => assert_eq!(got, expected, "rules from {at}"),
+            other => panic!("rules from {at}: {other}"),
+        }
+    }
+    let good = vec![
+        rule(
+            1,
+            &["Header:X-Tool", "Args:q", "Json:$.a"],
+            Operator::Regex,
+            "(?i)x",
+        ),
+        rule(2, &["Method"], Operator::IpMatch, "10.0.0.0/8, ::1"),
+    ];
+    assert!(validate_custom_rules(&good).is_empty());
+    Engine::new(PolicyConfig {
+        custom_rules: good,
+        ..PolicyConfig::default()
+    })
+    .unwrap();
+}

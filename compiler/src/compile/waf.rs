@@ -1,11 +1,12 @@
 //! WafPolicy → `WafPolicyConfig`, and which policies apply to a route.
 //!
 //! Field validation lives in `policy.rs` (`validate_waf`), except for custom rules, which the
-//! WAF crate validates (`portcullis_waf::validate_custom_rules`, the engine's own check);
-//! this module fills in defaults, builds the engine once so that a policy the proxy could
-//! not build is refused here, and resolves references, including `global: true` policies, the same way rate limits do: a
-//! route that names a missing or refused policy, or whose namespace has a refused global
-//! policy, is refused rather than served without the protection it asked for.
+//! WAF crate validates (`portcullis_waf::validate_custom_rules`, the engine's own check).
+//! This module fills in defaults and builds the engine once, so that a policy the proxy
+//! could not build is refused here, on that policy. It also resolves references, including
+//! `global: true` policies, the same way rate limits do: a route that names a missing or
+//! refused policy, or whose namespace has a refused global policy, is refused rather than
+//! served without the protection it asked for.
 
 use std::collections::BTreeMap;
 
