@@ -4,6 +4,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::ObjectStatusFields;
 
+// The enums are the WAF engine's own (serde names = manifest strings), so the CRD, the
+// compiled config and the engine share one list of groups, operators, transforms and
+// actions. Re-exported under the names the CRD has always used.
+pub use portcullis_waf::{
+    Action as RuleAction, Group as RuleGroup, Mode as WafMode, Operator as RuleOperator,
+    OversizeAction, TransformKind as Transform,
+};
+
 /// Web application firewall settings, attached to routes or applied namespace-wide.
 #[derive(
     CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema, Default,
@@ -67,34 +75,6 @@ pub struct WafPolicySpec {
     pub exclusions: Vec<Exclusion>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema, Default)]
-pub enum WafMode {
-    #[default]
-    Block,
-    Detect,
-}
-
-#[derive(
-    Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
-)]
-pub enum RuleGroup {
-    SqlInjection,
-    CrossSiteScripting,
-    PathTraversal,
-    CommandInjection,
-    RemoteFileInclusion,
-    PhpInjection,
-    JavaInjection,
-    ProtocolEnforcement,
-    ScannerDetection,
-    NoSqlInjection,
-    TemplateInjection,
-    ServerSideIncludes,
-    LdapInjection,
-    MailHeaderInjection,
-    Deserialization,
-}
-
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct WafLimits {
@@ -111,44 +91,6 @@ pub struct WafLimits {
     /// inspects the first `inspectBodyBytes` and forwards the rest uninspected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oversize_action: Option<OversizeAction>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema, Default)]
-pub enum OversizeAction {
-    #[default]
-    Block,
-    InspectPartial,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema, Default)]
-pub enum RuleOperator {
-    #[default]
-    Regex,
-    Contains,
-    BeginsWith,
-    Equals,
-    DetectSqli,
-    DetectXss,
-    IpMatch,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
-pub enum Transform {
-    UrlDecode,
-    HtmlEntityDecode,
-    Lowercase,
-    CompressWhitespace,
-    RemoveNulls,
-    NormalizePath,
-    Base64Decode,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema, Default)]
-pub enum RuleAction {
-    #[default]
-    Block,
-    Score,
-    Log,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema, Default)]

@@ -17,11 +17,8 @@ use http::request::Parts;
 use http::{header, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
-use portcullis_compiler::config::{WafModeConfig, WafOversizeActionConfig, WafPolicyConfig};
-use portcullis_waf::{
-    Action, CustomRule, Decision, Engine, Evaluation, Exclusion, Group, Limits, Mode, Operator,
-    OversizeAction, PolicyConfig, RequestHead, TransformKind,
-};
+use portcullis_compiler::config::WafPolicyConfig;
+use portcullis_waf::{Decision, Engine, Evaluation, Group, Mode, RequestHead};
 use serde::Serialize;
 
 use crate::body::{BoxError, ProxyBody};
@@ -34,12 +31,6 @@ pub enum WafConfigError {
     Engine {
         policy: String,
         source: portcullis_waf::WafError,
-    },
-    #[error("WafPolicy {policy}: unknown {what} {value:?}")]
-    Unknown {
-        policy: String,
-        what: &'static str,
-        value: String,
     },
     #[error("route {route} names WafPolicy {policy}, which is not in the config")]
     MissingPolicy { route: String, policy: String },
@@ -90,115 +81,8 @@ pub fn build_engines(policies: &[WafPolicyConfig]) -> Result<Engines, WafConfigE
         .collect()
 }
 
-fn unknown(policy: &str, what: &'static str, value: &str) -> WafConfigError {
-    WafConfigError::Unknown {
-        policy: policy.to_string(),
-        what,
-        value: value.to_string(),
-    }
-}
-
 fn build_engine(p: &WafPolicyConfig) -> Result<Engine, WafConfigError> {
-    let groups = p
-        .rule_groups
-        .iter()
-        .map(|g| {
-            Ok(match g.as_str() {
-                "SqlInjection" => Group::SqlInjection,
-                "CrossSiteScripting" => Group::CrossSiteScripting,
-                "PathTraversal" => Group::PathTraversal,
-                "CommandInjection" => Group::CommandInjection,
-                "RemoteFileInclusion" => Group::RemoteFileInclusion,
-                "PhpInjection" => Group::PhpInjection,
-                "JavaInjection" => Group::JavaInjection,
-                "ProtocolEnforcement" => Group::ProtocolEnforcement,
-                "ScannerDetection" => Group::ScannerDetection,
-                "NoSqlInjection" => Group::NoSqlInjection,
-                "TemplateInjection" => Group::TemplateInjection,
-                "ServerSideIncludes" => Group::ServerSideIncludes,
-                "LdapInjection" => Group::LdapInjection,
-                "MailHeaderInjection" => Group::MailHeaderInjection,
-                "Deserialization" => Group::Deserialization,
-                other => return Err(unknown(&p.id, "rule group", other)),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let custom_rules = p
-        .custom_rules
-        .iter()
-        .map(|r| {
-            Ok(CustomRule {
-                id: r.id,
-                description: r.description.clone(),
-                targets: r.targets.clone(),
-                operator: match r.operator.as_str() {
-                    "Regex" => Operator::Regex,
-                    "Contains" => Operator::Contains,
-                    "BeginsWith" => Operator::BeginsWith,
-                    "Equals" => Operator::Equals,
-                    "DetectSqli" => Operator::DetectSqli,
-                    "DetectXss" => Operator::DetectXss,
-                    "IpMatch" => Operator::IpMatch,
-                    other => return Err(unknown(&p.id, "operator", other)),
-                },
-                value: r.value.clone(),
-                transforms: r
-                    .transforms
-                    .iter()
-                    .map(|t| {
-                        Ok(match t.as_str() {
-                            "UrlDecode" => TransformKind::UrlDecode,
-                            "HtmlEntityDecode" => TransformKind::HtmlEntityDecode,
-                            "Lowercase" => TransformKind::Lowercase,
-                            "CompressWhitespace" => TransformKind::CompressWhitespace,
-                            "RemoveNulls" => TransformKind::RemoveNulls,
-                            "NormalizePath" => TransformKind::NormalizePath,
-                            "Base64Decode" => TransformKind::Base64Decode,
-                            other => return Err(unknown(&p.id, "transform", other)),
-                        })
-                    })
-                    .collect::<Result<_, _>>()?,
-                action: match r.action.as_str() {
-                    "Block" => Action::Block,
-                    "Score" => Action::Score,
-                    "Log" => Action::Log,
-                    other => return Err(unknown(&p.id, "action", other)),
-                },
-                score: r.score,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Engine::new(PolicyConfig {
-        mode: match p.mode {
-            WafModeConfig::Block => Mode::Block,
-            WafModeConfig::Detect => Mode::Detect,
-        },
-        paranoia_level: p.paranoia_level,
-        anomaly_threshold: p.anomaly_threshold,
-        groups,
-        allowed_methods: p.allowed_methods.clone(),
-        limits: Limits {
-            max_json_depth: p.limits.max_json_depth,
-            max_args: p.limits.max_args,
-            max_arg_length: p.limits.max_arg_length,
-            inspect_body_bytes: p.limits.inspect_body_bytes,
-            oversize_action: match p.limits.oversize_action {
-                WafOversizeActionConfig::Block => OversizeAction::Block,
-                WafOversizeActionConfig::InspectPartial => OversizeAction::InspectPartial,
-            },
-        },
-        custom_rules,
-        exclusions: p
-            .exclusions
-            .iter()
-            .map(|e| Exclusion {
-                rule_ids: e.rule_ids.clone(),
-                paths: e.paths.clone(),
-                targets: e.targets.clone(),
-            })
-            .collect(),
-    })
-    .map_err(|source| WafConfigError::Engine {
+    Engine::new(p.engine_config()).map_err(|source| WafConfigError::Engine {
         policy: p.id.clone(),
         source,
     })

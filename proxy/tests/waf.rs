@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use portcullis_compiler::config::*;
 use portcullis_proxy::{AuditSink, ProxyOptions};
+use portcullis_waf::{Action, Group, Operator, TransformKind};
 
 fn policy(id: &str, mode: WafModeConfig, oversize: WafOversizeActionConfig) -> WafPolicyConfig {
     WafPolicyConfig {
@@ -18,20 +19,17 @@ fn policy(id: &str, mode: WafModeConfig, oversize: WafOversizeActionConfig) -> W
         mode,
         paranoia_level: 1,
         anomaly_threshold: 5,
-        rule_groups: [
-            "SqlInjection",
-            "CrossSiteScripting",
-            "PathTraversal",
-            "CommandInjection",
-            "RemoteFileInclusion",
-            "PhpInjection",
-            "JavaInjection",
-            "ProtocolEnforcement",
-            "ScannerDetection",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
+        rule_groups: vec![
+            Group::SqlInjection,
+            Group::CrossSiteScripting,
+            Group::PathTraversal,
+            Group::CommandInjection,
+            Group::RemoteFileInclusion,
+            Group::PhpInjection,
+            Group::JavaInjection,
+            Group::ProtocolEnforcement,
+            Group::ScannerDetection,
+        ],
         allowed_methods: vec!["GET".into(), "POST".into()],
         limits: WafLimitsConfig {
             max_json_depth: 16,
@@ -44,10 +42,10 @@ fn policy(id: &str, mode: WafModeConfig, oversize: WafOversizeActionConfig) -> W
             id: 10001,
             description: Some("internal tool marker".into()),
             targets: vec!["Header:X-Tool".into()],
-            operator: "Contains".into(),
+            operator: Operator::Contains,
             value: "forbidden-tool".into(),
-            transforms: vec!["Lowercase".into()],
-            action: "Block".into(),
+            transforms: vec![TransformKind::Lowercase],
+            action: Action::Block,
             score: 5,
         }],
         exclusions: vec![WafExclusionConfig {

@@ -1,7 +1,5 @@
 //! RateLimitPolicy and WafPolicy: validated in full, then compiled (`rate_limit`, `waf`).
 
-use std::collections::BTreeSet;
-
 use portcullis_crds::{BackendType, RateLimitKey, RateLimitPolicy, WafPolicy};
 
 use super::issues::Issues;
@@ -10,7 +8,7 @@ use super::kube_meta::Meta;
 use super::rate_limit::{compile_rate_limit, RateLimitIndex};
 use super::secrets::SecretIndex;
 use super::snapshot::Snapshot;
-use super::validators::{is_token, one_line_regex_error, parse_cidr};
+use super::validators::is_token;
 use super::waf::{compile_waf, WafIndex};
 use crate::config::{GatewayConfig, ObjectKind, RedisPasswordEntry};
 use crate::units::{parse_duration_ms, parse_size_bytes};
@@ -170,54 +168,7 @@ fn validate_waf(policy: &WafPolicy, issues: &mut Issues) {
             issues.invalid("spec.limits.inspectBodyBytes", e);
         }
     }
-    let mut ids = BTreeSet::new();
-    for (i, rule) in spec.custom_rules.iter().enumerate() {
-        let field = format!("spec.customRules[{i}]");
-        if !ids.insert(rule.id) {
-            issues.invalid(&format!("{field}.id"), format!("{} is used twice", rule.id));
-        }
-        if rule.targets.is_empty() {
-            issues.invalid(
-                &format!("{field}.targets"),
-                "at least one target is required",
-            );
-        }
-        for target in &rule.targets {
-            if !valid_waf_target(target) {
-                issues.invalid(
-                    &format!("{field}.targets"),
-                    format!(
-                        "{target:?} is not one of Path, Query, Args, ArgNames, Headers, \
-                         Header:NAME, Cookies, Body, JsonValues"
-                    ),
-                );
-            }
-        }
-        match rule.operator {
-            portcullis_crds::RuleOperator::Regex => {
-                if let Err(e) = regex::RegexBuilder::new(&rule.value)
-                    .size_limit(1 << 20)
-                    .build()
-                {
-                    issues.invalid(
-                        &format!("{field}.value"),
-                        format!("invalid regex: {}", one_line_regex_error(&e)),
-                    );
-                }
-            }
-            portcullis_crds::RuleOperator::IpMatch => {
-                for part in rule.value.split(',').map(str::trim) {
-                    if parse_cidr(part).is_none() {
-                        issues.invalid(
-                            &format!("{field}.value"),
-                            format!("{part:?} is not an IP or CIDR"),
-                        );
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    // Custom rules: `compile_waf`, with the WAF crate's own validation.
     for (i, exclusion) in spec.exclusions.iter().enumerate() {
         if exclusion.rule_ids.is_empty() {
             issues.invalid(
@@ -225,27 +176,5 @@ fn validate_waf(policy: &WafPolicy, issues: &mut Issues) {
                 "at least one rule id is required",
             );
         }
-    }
-}
-
-fn valid_waf_target(target: &str) -> bool {
-    const PLAIN: [&str; 9] = [
-        "Path",
-        "Query",
-        "Args",
-        "ArgNames",
-        "Headers",
-        "Cookies",
-        "Body",
-        "JsonValues",
-        "Method",
-    ];
-    if PLAIN.contains(&target) {
-        return true;
-    }
-    match target.split_once(':') {
-        Some(("Header", name)) => is_token(name),
-        Some(("Query" | "Args" | "Cookie" | "Json", name)) => !name.is_empty(),
-        _ => false,
     }
 }

@@ -1,22 +1,21 @@
 //! WafPolicy → `WafPolicyConfig`, and which policies apply to a route.
 //!
-//! Field validation lives in `policy.rs` (`validate_waf`); this module fills in defaults and
-//! resolves references, including `global: true` policies, the same way rate limits do: a
-//! route that names a missing or refused policy, or whose namespace has a refused global
-//! policy, is refused rather than served without the protection it asked for.
+//! Field validation lives in `policy.rs` (`validate_waf`), except for custom rules, which the
+//! WAF crate validates (`portcullis_waf::validate_custom_rules`, the engine's own check).
+//! This module fills in defaults and builds the engine once, so that a policy the proxy
+//! could not build is refused here, on that policy. It also resolves references, including
+//! `global: true` policies, the same way rate limits do: a route that names a missing or
+//! refused policy, or whose namespace has a refused global policy, is refused rather than
+//! served without the protection it asked for.
 
 use std::collections::BTreeMap;
 
-use portcullis_crds::{
-    OversizeAction, RuleAction, RuleGroup, RuleOperator, Transform, WafMode, WafPolicy,
-};
+use portcullis_crds::WafPolicy;
+use portcullis_waf::{validate_custom_rules, CustomRule, Engine, Exclusion, Group, Limits};
 
 use super::issues::Issues;
 use super::kube_meta::Meta;
-use crate::config::{
-    WafCustomRuleConfig, WafExclusionConfig, WafLimitsConfig, WafModeConfig,
-    WafOversizeActionConfig, WafPolicyConfig,
-};
+use crate::config::WafPolicyConfig;
 use crate::units::parse_size_bytes;
 
 pub(crate) const DEFAULT_PARANOIA_LEVEL: u8 = 1;
@@ -35,44 +34,6 @@ const DEFAULT_CUSTOM_SCORE: u32 = 5;
 pub(crate) struct WafIndex {
     pub policies: BTreeMap<(String, String), (bool, bool)>,
 }
-
-fn group_name(g: RuleGroup) -> &'static str {
-    match g {
-        RuleGroup::SqlInjection => "SqlInjection",
-        RuleGroup::CrossSiteScripting => "CrossSiteScripting",
-        RuleGroup::PathTraversal => "PathTraversal",
-        RuleGroup::CommandInjection => "CommandInjection",
-        RuleGroup::RemoteFileInclusion => "RemoteFileInclusion",
-        RuleGroup::PhpInjection => "PhpInjection",
-        RuleGroup::JavaInjection => "JavaInjection",
-        RuleGroup::ProtocolEnforcement => "ProtocolEnforcement",
-        RuleGroup::ScannerDetection => "ScannerDetection",
-        RuleGroup::NoSqlInjection => "NoSqlInjection",
-        RuleGroup::TemplateInjection => "TemplateInjection",
-        RuleGroup::ServerSideIncludes => "ServerSideIncludes",
-        RuleGroup::LdapInjection => "LdapInjection",
-        RuleGroup::MailHeaderInjection => "MailHeaderInjection",
-        RuleGroup::Deserialization => "Deserialization",
-    }
-}
-
-const ALL_GROUPS: [RuleGroup; 15] = [
-    RuleGroup::SqlInjection,
-    RuleGroup::CrossSiteScripting,
-    RuleGroup::PathTraversal,
-    RuleGroup::CommandInjection,
-    RuleGroup::RemoteFileInclusion,
-    RuleGroup::PhpInjection,
-    RuleGroup::JavaInjection,
-    RuleGroup::ProtocolEnforcement,
-    RuleGroup::ScannerDetection,
-    RuleGroup::NoSqlInjection,
-    RuleGroup::TemplateInjection,
-    RuleGroup::ServerSideIncludes,
-    RuleGroup::LdapInjection,
-    RuleGroup::MailHeaderInjection,
-    RuleGroup::Deserialization,
-];
 
 /// Builds the config of a policy that `policy::validate_waf` accepted so far.
 pub(crate) fn compile_waf(
@@ -101,98 +62,74 @@ pub(crate) fn compile_waf(
             issues.invalid(&format!("spec.limits.{field}"), "must be at least 1");
         }
     }
-    let mut groups: Vec<RuleGroup> = if spec.rule_groups.is_empty() {
-        ALL_GROUPS.to_vec()
+    let mut groups: Vec<Group> = if spec.rule_groups.is_empty() {
+        Group::BUILTIN.to_vec()
     } else {
         spec.rule_groups.clone()
     };
     groups.sort();
     groups.dedup();
+    let custom_rules: Vec<CustomRule> = spec
+        .custom_rules
+        .iter()
+        .map(|r| CustomRule {
+            id: r.id,
+            description: r.description.clone(),
+            targets: r.targets.clone(),
+            operator: r.operator,
+            value: r.value.clone(),
+            transforms: r.transforms.clone(),
+            action: r.action,
+            score: r.score.unwrap_or(DEFAULT_CUSTOM_SCORE),
+        })
+        .collect();
+    for issue in validate_custom_rules(&custom_rules) {
+        issues.invalid(
+            &format!("spec.customRules[{}].{}", issue.index, issue.field),
+            issue.message,
+        );
+    }
     if !issues.is_accepted() {
         return None;
     }
-    Some(WafPolicyConfig {
+    let config = WafPolicyConfig {
         id: meta.id(),
         namespace: meta.namespace.clone(),
         global: spec.global.unwrap_or(false),
-        mode: match spec.mode.unwrap_or_default() {
-            WafMode::Block => WafModeConfig::Block,
-            WafMode::Detect => WafModeConfig::Detect,
-        },
+        mode: spec.mode.unwrap_or_default(),
         paranoia_level: spec.paranoia_level.unwrap_or(DEFAULT_PARANOIA_LEVEL),
         anomaly_threshold: spec.anomaly_threshold.unwrap_or(DEFAULT_ANOMALY_THRESHOLD),
-        rule_groups: groups
-            .into_iter()
-            .map(|g| group_name(g).to_string())
-            .collect(),
+        rule_groups: groups,
         allowed_methods: spec
             .allowed_methods
             .iter()
             .map(|m| m.to_ascii_uppercase())
             .collect(),
-        limits: WafLimitsConfig {
+        limits: Limits {
             max_json_depth: limits.max_json_depth.unwrap_or(DEFAULT_MAX_JSON_DEPTH),
             max_args: limits.max_args.unwrap_or(DEFAULT_MAX_ARGS),
             max_arg_length: limits.max_arg_length.unwrap_or(DEFAULT_MAX_ARG_LENGTH),
             inspect_body_bytes,
-            oversize_action: match limits.oversize_action.unwrap_or_default() {
-                OversizeAction::Block => WafOversizeActionConfig::Block,
-                OversizeAction::InspectPartial => WafOversizeActionConfig::InspectPartial,
-            },
+            oversize_action: limits.oversize_action.unwrap_or_default(),
         },
-        custom_rules: spec
-            .custom_rules
-            .iter()
-            .map(|r| WafCustomRuleConfig {
-                id: r.id,
-                description: r.description.clone(),
-                targets: r.targets.clone(),
-                operator: match r.operator {
-                    RuleOperator::Regex => "Regex",
-                    RuleOperator::Contains => "Contains",
-                    RuleOperator::BeginsWith => "BeginsWith",
-                    RuleOperator::Equals => "Equals",
-                    RuleOperator::DetectSqli => "DetectSqli",
-                    RuleOperator::DetectXss => "DetectXss",
-                    RuleOperator::IpMatch => "IpMatch",
-                }
-                .to_string(),
-                value: r.value.clone(),
-                transforms: r
-                    .transforms
-                    .iter()
-                    .map(|t| {
-                        match t {
-                            Transform::UrlDecode => "UrlDecode",
-                            Transform::HtmlEntityDecode => "HtmlEntityDecode",
-                            Transform::Lowercase => "Lowercase",
-                            Transform::CompressWhitespace => "CompressWhitespace",
-                            Transform::RemoveNulls => "RemoveNulls",
-                            Transform::NormalizePath => "NormalizePath",
-                            Transform::Base64Decode => "Base64Decode",
-                        }
-                        .to_string()
-                    })
-                    .collect(),
-                action: match r.action {
-                    RuleAction::Block => "Block",
-                    RuleAction::Score => "Score",
-                    RuleAction::Log => "Log",
-                }
-                .to_string(),
-                score: r.score.unwrap_or(DEFAULT_CUSTOM_SCORE),
-            })
-            .collect(),
+        custom_rules,
         exclusions: spec
             .exclusions
             .iter()
-            .map(|e| WafExclusionConfig {
+            .map(|e| Exclusion {
                 rule_ids: e.rule_ids.clone(),
                 paths: e.paths.clone(),
                 targets: e.targets.clone(),
             })
             .collect(),
-    })
+    };
+    // The proxy builds exactly this; whatever it would refuse is refused here, on the
+    // policy, instead of failing the whole config load.
+    if let Err(e) = Engine::new(config.engine_config()) {
+        issues.invalid("spec", format!("the WAF engine cannot be built: {e}"));
+        return None;
+    }
+    Some(config)
 }
 
 /// The WafPolicy ids that apply to a route: its own `wafPolicy`, then the accepted global

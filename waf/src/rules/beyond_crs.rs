@@ -28,6 +28,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "NoSQL injection: MongoDB operator as a key in JSON text",
             &["$"],
             r#"["']\$(?:ne|eq|gte?|lte?|n?in|regex|where|exists|expr|function|accumulator|elemmatch|x?or|and|nor|not|jsonschema|lookup|unionwith|graphlookup|size|all|mod|type|text)["']\s*:"#,
+            &[r#""$ne":"#],
         ),
         rule(
             935110,
@@ -38,6 +39,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "NoSQL injection: aggregation stage or JavaScript operator as a key",
             &["$"],
             r"(?:^|\[)\$(?:lookup|unionwith|graphlookup|merge|out|function|accumulator|where)(?:\]|$)",
+            &["$where"],
         ),
         rule(
             935120,
@@ -48,6 +50,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "NoSQL injection: string closed, then server-side JavaScript",
             &["'", "\""],
             r#"['"]\s*(?:;|\|\||&&)\s*(?:return\b|while\s*\(|for\s*\(|sleep\s*\(|this\.|db\.|var\s|let\s|const\s|function\b|if\s*\(|\d+\s*===?\s*\d+|['"]\w*['"]\s*===?)|['"]\w*['"]\s*===?\s*['"]\w*$"#,
+            &["'; if("],
         ),
         rule(
             935130,
@@ -58,6 +61,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "NoSQL injection: $where with JavaScript",
             &["$where"],
             r"\$where\b.{0,40}?(?:function|sleep|this\.|return|==|\bdb\.)|\bthis\.\w+\.(?:match|length)\b.{0,30}?(?:\|\||&&)",
+            &["$where]=sleep"],
         ),
         // ---------------------------------------------------------------- 9352 template injection
         rule(
@@ -69,6 +73,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Template injection: arithmetic probe inside template delimiters",
             &["{{", "${", "#{", "*{", "<%", "@(", "{%"],
             r#"(?:\{\{|\$\{\{?|#\{|\*\{|<%=?|@\(|\{%)\s*\d+\s*\*\s*['"]?\d+['"]?\s*(?:\}|%>|\))"#,
+            &["{{7*7}"],
         ),
         rule(
             935210,
@@ -79,6 +84,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Template injection: Python object graph walked from a template",
             &["__"],
             r"(?:\{\{|\{%|\$\{)[^}]{0,300}?__(?:class|mro|subclasses|globals|builtins|import|init|base|bases|getattribute|dict)__",
+            &["${__import__"],
         ),
         rule(
             935211,
@@ -89,6 +95,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Template injection: template engine internals",
             &["{{", "${"],
             r"\{\{-?\s*(?:config|self|request|lipsum|cycler|joiner|namespace|range|url_for|get_flashed_messages|_self|app)\b\s*[.\[|}(]|\$\{\s*(?:self|lipsum|cycler|joiner|__import__)\b|\{\{#with\s+['\x22]s['\x22]\s+as\s+\|string\|",
+            &["{{app."],
         ),
         rule(
             935220,
@@ -99,6 +106,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Template injection: Twig filter callback to a PHP function",
             &["|", "registerundefinedfiltercallback"],
             r#"registerundefinedfiltercallback|\|\s*(?:filter|map|sort|reduce)\s*\(\s*['"](?:system|exec|passthru|shell_exec|popen|proc_open|assert)['"]"#,
+            &["|map('system'"],
         ),
         rule(
             935230,
@@ -109,6 +117,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Template injection: Freemarker or Velocity object construction",
             &["freemarker", "?new", "#set", "$class", ".getclass"],
             r"freemarker\.template\.utility\.(?:execute|objectconstructor|jythonruntime)|\?new\s*\(|#set\s*\(\s*\$\w+\s*=\s*\$?\w*\.?(?:class|getclass)|\$class\.(?:inspect|forname|type)\b|\.getclass\(\)\s*\.\s*(?:forname|getclassloader|getprotectiondomain|getmethod)",
+            &["$class.inspect"],
         ),
         rule(
             935240,
@@ -119,6 +128,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Template injection: expression language reaching Java",
             &["${", "#{", "*{", "[("],
             r"(?:[$#*]\{|\[\()[^}]{0,100}?(?:\bt\s*\(\s*java\.|\bruntime\s*\.\s*(?:exec|getruntime)\s*\(|\.getruntime\s*\(|pagecontext\.|applicationscope|sessionscope\b|requestscope\b|initparam\b|\.getclass\s*\(|\bnew\s+java\.|@java\.)",
+            &["${t(java."],
         ),
         rule(
             935250,
@@ -129,6 +139,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Template injection: ERB, EJS or Mako code block",
             &["<%", "{{="],
             r"<%=?-?\s*(?:system\b|exec\b|eval\b|`|file\.|io\.|%x|open3|kernel\.|process\.|require\b|global\.|spawn|import\s+os|\w+\.popen)|\{\{=\s*(?:global|process|require)\b",
+            &["<%= `"],
         ),
         rule(
             935260,
@@ -144,6 +155,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
                 "global.process",
             ],
             r#"constructor\s*\.\s*constructor\b|\bprocess\s*\.\s*mainmodule\b|require\s*\(\s*['"]child_process['"]\s*\)|\bglobal\s*\.\s*process\b"#,
+            &["global.process"],
         ),
         rule(
             935280,
@@ -160,6 +172,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
                 "xyqktkrfrlvoqyqkx",
             ],
             r#"\bprocess\s*(?:\.\s*(?:mainmodule|binding|dlopen|kill|exit|cwd|argv|getuid|setuid)\b|\[)|\brequire\s*(?:\.\s*main\b|\[|\(\s*['"](?:child_process|fs|net|vm|os|http)['"])|\.constructor\s*\.\s*_load\b|__js_function|xyqktkrfrlvoqyqkx"#,
+            &["process["],
         ),
         rule(
             935281,
@@ -170,6 +183,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Server-side JavaScript: environment or module exports",
             &["process", "module"],
             r"\bprocess\s*\.\s*env\b|\bmodule\s*\.\s*exports\s*=",
+            &["process.env"],
         ),
         rule(
             935270,
@@ -180,6 +194,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Template injection: Smarty tag running PHP",
             &["{php}", "{system", "smarty_internal"],
             r"\{php\}|\{system\s*\(|smarty_internal_\w+::",
+            &["{php}"],
         ),
         // ---------------------------------------------------------------- 9353 SSI / ESI
         rule(
@@ -191,6 +206,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Server-side include directive",
             &["<!--"],
             r"<!--\s*#\s*(?:exec|include|echo|printenv|config|set|fsize|flastmod|if|elif|else|endif)\b",
+            &["<!--#if"],
         ),
         rule(
             935310,
@@ -201,6 +217,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Edge-side include tag",
             &["<esi:"],
             r"<esi:(?:include|vars|debug|inline|choose|when|otherwise|remove|try|attempt|except|comment|assign|eval)\b",
+            &["<esi:vars"],
         ),
         // ---------------------------------------------------------------- 9354 LDAP injection
         // A well-formed filter (its first parenthesis opens) is what LDAP tools legitimately
@@ -215,6 +232,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "LDAP injection: filter closed and a new filter opened",
             &[")"],
             r"^[^()]*\)+\s*(?:[|&!]\s*)?\(+\s*(?:[|&!]|[a-z][\w.-]*\s*[~<>]?=)|^[^()]*\*\s*\)\s*(?:\)|\(|$)|\*\s*\(\s*\)\s*\||\(\s*(?:objectclass|uid|cn|sn|mail|userpassword|password|samaccountname|memberof|givenname|ou|dc)\s*=\s*\*\s*\)",
+            &["*))"],
         ),
         // ---------------------------------------------------------------- 9355 mail headers
         decoded(rule(
@@ -226,6 +244,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Mail header injection: a one-line field followed by a header",
             &[],
             r"(?i)^[^\s:]{1,254}[\r\n]+[ \t]*(?:bcc|cc|to|from|reply-to|sender|return-path|subject|x-mailer|mime-version|content-transfer-encoding)[ \t]*:",
+            &["Hello\r\nBcc:"],
         )),
         decoded(rule(
             935510,
@@ -236,6 +255,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Mail header injection: address header after a line break",
             &[],
             r"(?i)[\r\n][ \t]*(?:bcc|cc|to|from|reply-to|sender|return-path)[ \t]*:[^\r\n]*@",
+            &["\nBcc: a@"],
         )),
         // ---------------------------------------------------------------- 9356 deserialization / EL
         rule(
@@ -247,6 +267,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             ".NET BinaryFormatter payload (base64)",
             &["aaeaaad/////"],
             r"\baaeaaad/{5}",
+            &["aaeaaad/////"],
         ),
         rule(
             935610,
@@ -278,6 +299,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
                 "psobject",
             ],
             r"jdbcrowsetimpl|(?:classpath|filesystem)xmlapplicationcontext|templatesimpl|invokertransformer|chainedtransformer|annotationinvocationhandler|objectdataprovider|assemblyinstaller|windowsidentity|typeconfusedelegate|textformattingrunproperties|activitysurrogateselector|jdk\.nashorn\.internal|unmarshaller\.base64data|java\.beans\.(?:xmldecoder|eventhandler)|xbean\.naming|jndidatasource|com\.sun\.jndi|sun\.rmi\.|\bpsobject\b",
+            &["jdbcrowsetimpl"],
         ),
         rule(
             935620,
@@ -288,6 +310,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Polymorphic JSON type with a Java class name",
             &["@type"],
             r#"["']@type["']\s*:\s*["'](?:com|org|java|javax|sun|jdk|net|ch|oracle|ibm|bsh)\."#,
+            &[r#""@type":"com."#],
         ),
         rule(
             935630,
@@ -298,6 +321,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "YAML tag that constructs a Python or Ruby object",
             &["!!python/", "!ruby/"],
             r"!!python/(?:object|name|module)|!ruby/(?:object|hash|struct|marshal|class)\b",
+            &["!ruby/hash"],
         ),
         rule(
             935640,
@@ -308,6 +332,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Serialized Python pickle or Node.js function",
             &["gasv", "gawv", "_$$nd_func$$_"],
             r"^g(?:as|aw)v[a-z0-9+/]{8,}|_\$\$nd_func\$\$_",
+            &["_$$nd_func$$_"],
         ),
         rule(
             935650,
@@ -318,6 +343,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "OGNL expression",
             &["#_memberaccess", "#context", "xwork.", "@java.", "ognl"],
             r"#_memberaccess|#context\s*\[|xwork\.methodaccessor|@java\.lang\.\w+@|ognlcontext|#(?:application|session|request)\s*\[\s*['\x22]",
+            &["#context["],
         ),
         rule(
             935660,
@@ -328,6 +354,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Spring expression reaching a Java type",
             &["java.", "javax."],
             r"\bt\s*\(\s*javax?\.[\w.]+\s*\)",
+            &["t(java.lang.system)"],
         ),
         // ---------------------------------------------------------------- 9309 traversal additions
         rule(
@@ -339,6 +366,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Path traversal: IIS %u-encoded or Unicode look-alike dot or slash",
             &["%u", "..", "∕", "∖", "／", "＼", "．"],
             r"%u(?:002e|2215|2216|ff0e|ff0f|ff3c|2044|2024|2025|fe68|ef00)|\.\.(?:\xe2\x88[\x95\x96]|\xef\xbc[\x8f\xbc])|(?:\xe2\x88[\x95\x96]|\xef\xbc[\x8f\xbc])\.\.|(?:\xef\xbc\x8e){2}",
+            &["\u{2216}.."],
         ),
         rule(
             930910,
@@ -349,6 +377,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Windows UNC share path",
             &["\\\\"],
             r"^\\\\[\w.-]+\\[\w$.-]+",
+            &[r#"\\127.0.0.1\c$"#],
         ),
         rule(
             930920,
@@ -368,6 +397,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
                 "gcloud",
             ],
             r"(?:^|[\\/\s=:;'\x22])(?:\.?[\\/])?(?:etc[\\/]+(?:kubernetes|rancher)[\\/]|var[\\/]+(?:run[\\/]+secrets|lib[\\/]+kubelet)[\\/]|[\w.~-]*[\\/]?\.kube[\\/]+config|[\w.~-]*[\\/]?\.docker[\\/]+config\.json|[\w.~-]*[\\/]?\.git-credentials|[\w.~-]*[\\/]?\.config[\\/]+gcloud[\\/])",
+            &["/etc/kubernetes/"],
         ),
         // ---------------------------------------------------------------- 9329 command injection additions
         decoded(rule(
@@ -379,6 +409,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Unix command after a line break",
             &[],
             r"[\r\n][ \t]*(?:id|whoami|uname|ls|pwd|ifconfig|hostname|cat\s+/|(?:/usr)?/bin/\w+|curl\s|wget\s|nc\s|bash\b|sh\s+-|sleep\s+\d|ping\s+-)(?:[ \t]|$)",
+            &["\nid"],
         )),
         rule(
             932910,
@@ -389,6 +420,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Unix path written with glob wildcards",
             &["?", "*"],
             r"(?:^|[\s;|&`(])/[a-z]*[?*][a-z?*]*/[a-z]*[?*][a-z?*]*",
+            &["/**/*"],
         ),
         rule(
             932920,
@@ -399,6 +431,7 @@ pub(super) fn rules() -> Vec<RuleDef> {
             "Unix shell re-invoked through $0",
             &["$0"],
             r"(?:^|[;&|`(]|\$\()\s*\$0\s+-c\b",
+            &[";$0 -c"],
         ),
     ]
 }
