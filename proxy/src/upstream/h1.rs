@@ -759,7 +759,7 @@ impl BodyReader {
                 }
                 // Looked for within the bound only, for the same reason as chunk lines.
                 let window = &buf[..available.min(MAX_TRAILERS)];
-                if let Some(end) = window.windows(4).position(|w| w == b"\r\n\r\n") {
+                if let Some(end) = memchr::memmem::find(window, b"\r\n\r\n") {
                     self.state = BodyState::Done;
                     return BodyStep::End(end + 4);
                 }
