@@ -451,7 +451,7 @@ impl Default for CleanMemo<'_> {
 
 impl<'a> CleanMemo<'a> {
     fn slot(kind: Kind, value: &str) -> usize {
-        let mut h = Fnv::default();
+        let mut h = FxHasher::default();
         h.write(value.as_bytes());
         h.write_usize(kind.bit().into());
         // FxHash leaves short keys poorly spread in any few bits: finish with MurmurHash3's
@@ -478,14 +478,14 @@ impl<'a> CleanMemo<'a> {
     }
 }
 
-/// A word-at-a-time multiplicative hash (FxHash's) for the per-request memo of clean
-/// values: short keys, no adversarial concern (a collision costs a comparison, and the set
-/// is bounded by the request's values). FNV-1a, one multiplication per byte, cost more
-/// than the inspection it saved on short JSON values.
+/// FxHash (rustc's hasher: one rotate, xor and multiplication per 8-byte word) for the
+/// per-request memo of clean values: short keys, no adversarial concern (a collision costs
+/// a comparison, and the set is bounded by the request's values). FNV-1a, one
+/// multiplication per byte, cost more than the inspection it saved on short JSON values.
 #[derive(Default)]
-struct Fnv(u64);
+struct FxHasher(u64);
 
-impl Fnv {
+impl FxHasher {
     const K: u64 = 0x517c_c1b7_2722_0a95;
 
     fn mix(&mut self, word: u64) {
@@ -493,7 +493,7 @@ impl Fnv {
     }
 }
 
-impl Hasher for Fnv {
+impl Hasher for FxHasher {
     fn write(&mut self, bytes: &[u8]) {
         let mut chunks = bytes.chunks_exact(8);
         for chunk in &mut chunks {
@@ -983,7 +983,7 @@ impl Engine {
         // depend on the name. A handful of values (a request head) rarely repeats: the memo
         // only pays for itself on bodies with many values.
         let use_memo = c.targets.len() >= MEMO_MIN_TARGETS;
-        let mut clean: HashSet<(Kind, &str), BuildHasherDefault<Fnv>> = if use_memo {
+        let mut clean: HashSet<(Kind, &str), BuildHasherDefault<FxHasher>> = if use_memo {
             HashSet::with_capacity_and_hasher(c.targets.len(), BuildHasherDefault::default())
         } else {
             HashSet::default()
