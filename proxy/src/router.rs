@@ -351,7 +351,12 @@ pub fn form_decode(input: &str) -> Cow<'_, str> {
         return percent_decode_str(input).decode_utf8_lossy();
     }
     let spaced = input.replace('+', " ");
-    Cow::Owned(percent_decode_str(&spaced).decode_utf8_lossy().into_owned())
+    // One allocation when there is no `%XX` to decode: the spaced copy is the answer.
+    let decoded = match percent_decode_str(&spaced).decode_utf8_lossy() {
+        Cow::Owned(decoded) => Some(decoded),
+        Cow::Borrowed(_) => None,
+    };
+    Cow::Owned(decoded.unwrap_or(spaced))
 }
 
 /// The routing host: authority (HTTP/2, absolute-form) or `Host`, without port and
