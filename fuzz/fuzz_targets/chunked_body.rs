@@ -1,4 +1,4 @@
-//! The upstream response body decoder (`upstream_h1::decode_body`, the state machine the
+//! The upstream response body decoder (`upstream::h1::decode_body`, the state machine the
 //! connection reader drives), above all its chunked decoding.
 //!
 //! Input: a framing byte (chunked mostly; a length; until close), a split byte, then the
@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_proxy::upstream_h1::{decode_body, ResponseFraming};
+use portcullis_proxy::upstream::h1::{decode_body, ResponseFraming};
 
 fn outcome(framing: ResponseFraming, reads: &[&[u8]]) -> Result<(Vec<u8>, usize), String> {
     decode_body(framing, reads).map_err(|e| format!("{e:?}"))

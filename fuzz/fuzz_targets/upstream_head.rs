@@ -1,4 +1,4 @@
-//! The upstream HTTP/1 response head parser (`upstream_h1::parse_head`): what an upstream,
+//! The upstream HTTP/1 response head parser (`upstream::h1::parse_head`): what an upstream,
 //! or whoever sits between us and it, sends back.
 //!
 //! Input: one flag byte (bit 0: the request was `HEAD`), then the bytes read so far.
@@ -13,7 +13,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use portcullis_proxy::forward_headers::is_hop_by_hop;
-use portcullis_proxy::upstream_h1::{parse_head, ResponseFraming, ResponseHead};
+use portcullis_proxy::upstream::h1::{parse_head, ResponseFraming, ResponseHead};
 
 fn summary(head: &Option<ResponseHead>) -> Option<String> {
     head.as_ref().map(|h| {

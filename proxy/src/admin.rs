@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use crate::body::{full, ProxyBody};
 use crate::monotonic::now_ms;
 use crate::pipeline::Shared;
+use crate::router::form_decode;
 
 /// The longest a connection stays open without a request being answered: from its start
 /// or the previous response to the next complete head, HTTP/1 or HTTP/2.
@@ -223,7 +224,7 @@ impl Query {
         };
         for pair in query.split('&') {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decode(value);
+            let value = form_decode(value).into_owned();
             match key {
                 "route" if !value.is_empty() => out.route = Some(value),
                 "step" if !value.is_empty() => out.step = Some(value),
@@ -237,29 +238,6 @@ impl Query {
         }
         out
     }
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn text(
@@ -287,7 +265,7 @@ mod tests {
         assert_eq!(q.limit, 5);
         let q = Query::parse("limit=999999&x=%");
         assert_eq!(q.limit, MAX_LIMIT);
-        assert_eq!(percent_decode("a%2"), "a%2");
-        assert_eq!(percent_decode("%41b"), "Ab");
+        assert_eq!(form_decode("a%2"), "a%2");
+        assert_eq!(form_decode("%41b"), "Ab");
     }
 }

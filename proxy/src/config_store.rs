@@ -188,10 +188,10 @@ impl RuntimeConfig {
     pub fn build(
         config: &GatewayConfig,
         pool: &ClientPool,
-        limiter: &Backends,
+        rate_limit_backends: &Backends,
         counters: &CounterRegistry,
     ) -> Result<Self, ConfigError> {
-        Self::build_owned(config.clone(), pool, limiter, counters)
+        Self::build_owned(config.clone(), pool, rate_limit_backends, counters)
     }
 
     /// Builds from a config it consumes: routes move into the runtime instead of being
@@ -201,10 +201,10 @@ impl RuntimeConfig {
     pub fn build_owned(
         config: GatewayConfig,
         pool: &ClientPool,
-        limiter: &Backends,
+        rate_limit_backends: &Backends,
         counters: &CounterRegistry,
     ) -> Result<Self, ConfigError> {
-        Self::build_parts(config, None, None, pool, limiter, counters)
+        Self::build_parts(config, None, None, pool, rate_limit_backends, counters)
     }
 
     /// Builds from a config delivered through the cluster ([`portcullis_compiler::delivery::decode_reusing`]
@@ -214,7 +214,7 @@ impl RuntimeConfig {
         &self,
         decoded: Decoded,
         pool: &ClientPool,
-        limiter: &Backends,
+        rate_limit_backends: &Backends,
         counters: &CounterRegistry,
     ) -> Result<Self, ConfigError> {
         let Decoded {
@@ -226,7 +226,14 @@ impl RuntimeConfig {
             Some(half) => {
                 config.consumers = half.consumers;
                 config.secrets = half.secrets;
-                Self::build_parts(config, secret_content, None, pool, limiter, counters)
+                Self::build_parts(
+                    config,
+                    secret_content,
+                    None,
+                    pool,
+                    rate_limit_backends,
+                    counters,
+                )
             }
             None => {
                 let kept = self
@@ -237,7 +244,7 @@ impl RuntimeConfig {
                 config.secrets = (*kept.secrets).clone();
                 let content = Some(kept.content.clone());
                 let keys = Some(kept.keys.clone());
-                Self::build_parts(config, content, keys, pool, limiter, counters)
+                Self::build_parts(config, content, keys, pool, rate_limit_backends, counters)
             }
         }
     }
@@ -252,7 +259,7 @@ impl RuntimeConfig {
         secret_content: Option<String>,
         keys: Option<Arc<KeyStore>>,
         pool: &ClientPool,
-        limiter: &Backends,
+        rate_limit_backends: &Backends,
         counters: &CounterRegistry,
     ) -> Result<Self, ConfigError> {
         // Only the operator needs the object list (for status).
@@ -268,7 +275,7 @@ impl RuntimeConfig {
         let route_counters = counters.for_routes(config.routes.iter().map(|r| r.id.as_str()));
         let engines = crate::waf::build_engines(&config.waf_policies)?;
         let router = Router::build(&config.routes)?;
-        let rate_limits = RateLimits::build(&config, limiter)?;
+        let rate_limits = RateLimits::build(&config, rate_limit_backends)?;
         let tls = crate::tls::TlsRuntime::build(&config)?;
         // Sized exactly: collecting through a `Result` grows by doubling (16,384 slots of
         // ~1.6 KB for 10k routes), and a swap holds the old and the new routes at once.
@@ -361,15 +368,25 @@ mod tests {
     #[test]
     fn a_reload_with_the_same_secret_half_shares_the_key_index() {
         let pool = ClientPool::new(crate::auth::AuthRuntime::new(&Default::default()).unwrap());
-        let limiter = Backends::new(None);
+        let rate_limit_backends = Backends::new(None);
         let counters = CounterRegistry::default();
-        let empty =
-            RuntimeConfig::build(&GatewayConfig::default(), &pool, &limiter, &counters).unwrap();
+        let empty = RuntimeConfig::build(
+            &GatewayConfig::default(),
+            &pool,
+            &rate_limit_backends,
+            &counters,
+        )
+        .unwrap();
         assert_eq!(empty.secret_content(), None);
 
         let g1 = config("g1", &["key-number-one", "key-number-two"]);
         let first = empty
-            .build_delivered(decoded(&g1, Some(&empty)), &pool, &limiter, &counters)
+            .build_delivered(
+                decoded(&g1, Some(&empty)),
+                &pool,
+                &rate_limit_backends,
+                &counters,
+            )
             .unwrap();
         assert!(first.secret_content().is_some());
         assert_eq!(
@@ -389,7 +406,7 @@ mod tests {
         let skipped = decoded(&g2, Some(&first));
         assert!(skipped.secret.is_none());
         let second = first
-            .build_delivered(skipped, &pool, &limiter, &counters)
+            .build_delivered(skipped, &pool, &rate_limit_backends, &counters)
             .unwrap();
         assert_eq!(second.generation, "g2");
         assert!(Arc::ptr_eq(&first.keys, &second.keys));
@@ -398,7 +415,12 @@ mod tests {
         // A key revoked: decoded and indexed again.
         let g3 = config("g3", &["key-number-one"]);
         let third = second
-            .build_delivered(decoded(&g3, Some(&second)), &pool, &limiter, &counters)
+            .build_delivered(
+                decoded(&g3, Some(&second)),
+                &pool,
+                &rate_limit_backends,
+                &counters,
+            )
             .unwrap();
         assert!(!Arc::ptr_eq(&second.keys, &third.keys));
         assert_eq!(
@@ -419,7 +441,7 @@ mod tests {
         // A skipped half that the loaded runtime does not have is refused, not guessed.
         let stale = decoded(&g2, Some(&second));
         assert!(matches!(
-            third.build_delivered(stale, &pool, &limiter, &counters),
+            third.build_delivered(stale, &pool, &rate_limit_backends, &counters),
             Err(ConfigError::SecretHalfGone)
         ));
     }

@@ -12,8 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
+use http::StatusCode;
+use portcullis_waf::{Decision, Mode};
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
+
+use crate::ratelimit::RateLimitError;
+use crate::waf::{redacted, WafState};
 
 /// Records kept by default (denials; allowed requests get a quarter of it).
 pub const DEFAULT_CAPACITY: usize = 10_000;
@@ -88,38 +93,94 @@ pub struct FindingEvidence {
     pub message: &'static str,
 }
 
+/// What a request's decision record and spans say about the answer it got.
+pub struct Answered<'a> {
+    pub request_id: &'a str,
+    pub method: &'a str,
+    /// The normalised path when it differs from the request's.
+    pub path: &'a str,
+    pub status: StatusCode,
+    pub route: Option<&'a str>,
+    /// The step that stopped the request and why, for a denial.
+    pub denial: Option<(&'static str, &'static str)>,
+}
+
 impl DecisionRecord {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        request_id: &str,
+        answered: &Answered<'_>,
         trace_id: Option<String>,
         replica: Arc<str>,
         generation: &str,
-        method: &str,
-        path: &str,
-        status: u16,
-        denied: bool,
     ) -> Self {
         DecisionRecord {
-            request_id: request_id.to_string(),
+            request_id: answered.request_id.to_string(),
             trace_id,
             timestamp: crate::audit::timestamp(),
             replica,
             generation: generation.to_string(),
-            route: None,
+            route: answered.route.map(str::to_string),
             consumer: None,
-            method: method.to_string(),
-            path: excerpt(path, PATH_CHARS),
-            status,
-            verdict: if denied { "deny" } else { "allow" },
-            step: None,
-            reason: None,
+            method: answered.method.to_string(),
+            path: excerpt(answered.path, PATH_CHARS),
+            status: answered.status.as_u16(),
+            verdict: if answered.denial.is_some() {
+                "deny"
+            } else {
+                "allow"
+            },
+            step: answered.denial.map(|d| d.0),
+            reason: answered.denial.map(|d| d.1),
             message: None,
             rate_limit: None,
             waf: Vec::new(),
             seq: 0,
         }
     }
+}
+
+impl RateLimitEvidence {
+    /// The policy and limit that refused a request, and the `Retry-After` it was given.
+    pub fn of(error: &RateLimitError) -> Self {
+        RateLimitEvidence {
+            policy: error.policy().to_string(),
+            limit: error.limit().map(str::to_string),
+            retry_after_secs: match error {
+                RateLimitError::Exceeded(x) => Some(x.retry_after_secs.max(1)),
+                RateLimitError::Unavailable { .. } | RateLimitError::DuplicateKeyHeader { .. } => {
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// The WAF evidence for a decision record: every policy that found something.
+pub fn waf_evidence(state: &WafState) -> Vec<WafEvidence> {
+    state
+        .evaluations()
+        .filter(|(_, e, _, _)| !e.findings.is_empty())
+        .map(|(policy, e, decision, mode)| WafEvidence {
+            policy: policy.to_string(),
+            mode: match mode {
+                Mode::Block => "Block",
+                Mode::Detect => "Detect",
+            },
+            score: e.score,
+            blocked: decision != Decision::Allow,
+            findings: e
+                .findings
+                .iter()
+                .map(|f| FindingEvidence {
+                    rule_id: f.rule_id,
+                    group: f.group.as_str(),
+                    target: f.target.clone(),
+                    score: f.score,
+                    excerpt: redacted(&f.target, &f.excerpt).to_string(),
+                    message: f.message,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// At most `max` characters of `text`, control characters and quotes escaped, `…` when cut.
@@ -261,10 +322,15 @@ mod tests {
     }
 
     fn record(id: &str, denied: bool, route: &str) -> DecisionRecord {
-        let mut r = DecisionRecord::new(id, None, "r1".into(), "g1", "GET", "/a", 403, denied);
-        r.route = Some(route.into());
-        r.step = denied.then_some("waf");
-        r
+        let answered = Answered {
+            request_id: id,
+            method: "GET",
+            path: "/a",
+            status: StatusCode::FORBIDDEN,
+            route: Some(route),
+            denial: denied.then_some(("waf", "waf_blocked")),
+        };
+        DecisionRecord::new(&answered, None, "r1".into(), "g1")
     }
 
     #[test]

@@ -1,14 +1,20 @@
-//! The one place that turns a denial or a failure into an HTTP response.
+//! The one place that turns a denial or a failure into an HTTP response: its status, its
+//! JSON body, and the headers a denial owes the client (`WWW-Authenticate` on a 401,
+//! `Retry-After` and `RateLimit-*` on a 429).
 //!
 //! Every gateway-generated response is `{"error": "<message>", "request_id": "<id>"}` with
 //! `content-type: application/json`. Messages are fixed strings chosen here, so internal
 //! details (addresses, OS errors, regexes) never reach a client.
+//!
+//! Policy steps know nothing of this module: each returns its own error type, and the
+//! `From` conversions below make it a [`GatewayError`].
 
 use http::{header, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
 use crate::auth::AuthError;
 use crate::body::{full, ProxyBody};
+use crate::client_body::FaultKind;
 use crate::cors::CorsError;
 use crate::counters::Enforcement;
 use crate::ip_filter::IpDenied;
@@ -36,14 +42,27 @@ pub enum GatewayError {
     RateLimit(#[from] RateLimitError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsRouteError),
+    /// Never `WafError::Client`: the conversion below makes that `ClientBody`.
     #[error(transparent)]
-    Waf(#[from] WafError),
+    Waf(WafError),
     /// The request line or framing headers (method, target, Host, Transfer-Encoding, path).
     #[error(transparent)]
     Request(#[from] crate::request_target::RequestError),
     /// The client's body failed: timeout, too slow, malformed, or no buffer room.
     #[error(transparent)]
-    ClientBody(crate::client_body::FaultKind),
+    ClientBody(FaultKind),
+}
+
+impl From<WafError> for GatewayError {
+    /// A body that failed while the WAF read it is answered as the client's fault, exactly
+    /// as when validation or the upstream reads it.
+    fn from(error: WafError) -> Self {
+        match error {
+            WafError::Client(FaultKind::TooLarge) => UpstreamError::BodyTooLarge.into(),
+            WafError::Client(kind) => GatewayError::ClientBody(kind),
+            other => GatewayError::Waf(other),
+        }
+    }
 }
 
 impl GatewayError {
@@ -78,7 +97,13 @@ impl GatewayError {
                 RateLimitError::DuplicateKeyHeader { .. } => StatusCode::BAD_REQUEST,
             },
             GatewayError::Tls(e) => e.status(),
-            GatewayError::Waf(e) => e.status(),
+            GatewayError::Waf(e) => match e {
+                WafError::Blocked => StatusCode::FORBIDDEN,
+                WafError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+                WafError::Unreadable => StatusCode::BAD_REQUEST,
+                WafError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                WafError::Client(kind) => kind.status(),
+            },
             GatewayError::Request(e) => e.status(),
             GatewayError::ClientBody(kind) => kind.status(),
         }
@@ -148,7 +173,9 @@ impl GatewayError {
         }
     }
 
-    pub fn into_response(self, request_id: &HeaderValue) -> Response<ProxyBody> {
+    /// The client's answer. `bearer`: the route's authentication takes bearer tokens, so
+    /// a 401 challenges with `Bearer` rather than the API-key scheme.
+    pub fn into_response(self, request_id: &HeaderValue, bearer: bool) -> Response<ProxyBody> {
         let status = self.status();
         let details = match &self {
             GatewayError::Validation(ValidationError::Schema(pointers)) => {
@@ -157,8 +184,24 @@ impl GatewayError {
             _ => None,
         };
         let mut response = json_error(status, &self.to_string(), details, request_id);
-        if let GatewayError::RateLimit(e) = &self {
-            e.apply_headers(response.headers_mut());
+        let headers = response.headers_mut();
+        match &self {
+            GatewayError::Auth(e) => {
+                if let Some(challenge) = e.challenge(bearer) {
+                    headers.insert(header::WWW_AUTHENTICATE, challenge);
+                }
+            }
+            // `Retry-After` always on 429; `RateLimit-*` when the policy wants them.
+            GatewayError::RateLimit(RateLimitError::Exceeded(e)) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(e.retry_after_secs.max(1)),
+                );
+                if let Some(limits) = &e.headers {
+                    limits.apply(headers);
+                }
+            }
+            _ => {}
         }
         response
     }

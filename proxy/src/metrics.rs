@@ -8,12 +8,17 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
+use portcullis_waf::{Group, Mode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::errors::GatewayError;
+use crate::ratelimit::RateLimitError;
+use crate::waf::WafState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -446,6 +451,42 @@ impl Metrics {
                 rule_group: rule_group.to_string(),
             })
             .inc();
+    }
+
+    /// The WAF outcome of one request: blocked requests by rule group, and Detect-mode
+    /// requests that would have been blocked.
+    pub fn waf_outcome(&self, route: &str, state: &WafState) {
+        if let Some(group) = state.blocking_group() {
+            self.waf_blocked(route, group);
+            return;
+        }
+        for (_, eval, _, mode) in state.evaluations() {
+            if mode == Mode::Detect && !eval.findings.is_empty() {
+                let group = eval.main_group().map_or("custom", Group::as_str);
+                self.waf_detected(route, group);
+            }
+        }
+    }
+
+    /// Every counter a refused request counts in: `api_denials_total` always, and the
+    /// step's own counter (authentication failures, rate limiting, upstream errors) when a
+    /// route matched.
+    pub fn refused(&self, route: Option<&str>, error: &GatewayError) {
+        if let Some(route) = route {
+            match error {
+                GatewayError::Auth(e) => self.auth_failure(route, e.reason()),
+                GatewayError::RateLimit(e @ RateLimitError::Exceeded(_)) => {
+                    self.rate_limited(route, e.policy())
+                }
+                GatewayError::Upstream(e) => {
+                    if let Some(kind) = e.kind() {
+                        self.upstream_error(route, kind);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.denied(route.unwrap_or("none"), error.step());
     }
 
     /// The Prometheus text format 0.0.4, for scrapers and tools that do not ask for

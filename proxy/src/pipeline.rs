@@ -24,7 +24,7 @@
 //!     (`client_body`).
 //! 10. a redirect (`redirect`, Gateway API `RequestRedirect`), the route's direct response,
 //!     or the upstream (`forward_headers`, `request_headers`, `upstream`: a Service target's
-//!     ready endpoints, `endpoints`).
+//!     ready endpoints, `upstream::endpoints`).
 //! 11. response: upstream 5xx sanitizing, header add/remove, security headers, CORS,
 //!     `X-Request-ID` (`response_headers`, `cors`); gateway errors as JSON (`errors`).
 //! 12. audit line (`audit`) and metrics (`metrics`) for every request; a decision record
@@ -32,8 +32,12 @@
 //!     (`otlp`), one per policy step that ran.
 //!
 //! Every step fails closed: an error returns a [`GatewayError`] and nothing is forwarded.
+//! Steps are leaves: each takes its compiled policy and the fields of the request's
+//! [`RequestContext`] it needs, returns its own error (made a `GatewayError`, and later a
+//! response, in `errors`), and knows nothing of metrics, audit or decision records, which
+//! [`handle`] writes once the request is answered.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -48,15 +52,16 @@ use crate::auth::{self, Identity};
 use crate::body::{full, ProxyBody};
 use crate::client_body::{BodyLimits, BufferBudget, ClientBody, ClientFault, FaultKind};
 use crate::config_store::{CompiledRoute, ConfigStore, RuntimeConfig};
-use crate::decisions::{DecisionLog, DecisionRecord, RateLimitEvidence};
+use crate::context::{RequestContext, StepSpan};
+use crate::decisions::{Answered, DecisionLog, DecisionRecord, RateLimitEvidence};
 use crate::errors::{json_error, GatewayError, UPSTREAM_ERROR_MESSAGE};
 use crate::metrics::Metrics;
 use crate::otlp::{SpanExporter, Value};
-use crate::ratelimit::{self, RateLimitHeaders};
+use crate::ratelimit;
 use crate::router::{request_host, RequestView};
 use crate::trace_context::{TraceContext, TraceOptions};
+use crate::upstream::h1::Hop;
 use crate::upstream::UpstreamError;
-use crate::upstream_h1::Hop;
 use crate::{
     client_ip, cors, forward_headers, ip_filter, request_id, request_target, response_headers,
     validate,
@@ -71,7 +76,8 @@ pub struct Shared {
     pub audit: Audit,
     pub trusted_proxies: Vec<IpNet>,
     pub clients: crate::upstream::ClientPool,
-    pub limiter: ratelimit::Backends,
+    /// Rate-limit counters and Redis connections; outlive config swaps.
+    pub rate_limit_backends: ratelimit::Backends,
     /// Port of the TLS listener, for HTTP→HTTPS redirects.
     pub https_port: Option<u16>,
     /// Keep header names with `_` (nginx's `underscores_in_headers on`).
@@ -88,44 +94,6 @@ pub struct Shared {
     pub replica: Arc<str>,
     /// OTLP span export, when `--otlp-endpoint` is set.
     pub spans: Option<SpanExporter>,
-}
-
-/// What the audit line and metrics need to know about a request once it is answered.
-struct Outcome {
-    route: Option<usize>,
-    identity: Identity,
-    upstream_started: Option<Instant>,
-    upstream_latency_ms: Option<f64>,
-    rate_limit: Option<RateLimitHeaders>,
-    waf: crate::waf::WafState,
-    /// The normalised path, when it differs from the request's (for the audit line).
-    path: Option<Box<str>>,
-    trace: Option<TraceContext>,
-    /// Policy steps that ran, for the spans of a sampled trace (`None`: not recording).
-    steps: Option<Vec<StepSpan>>,
-}
-
-/// One policy step's span: name, start, end, whether it stopped the request.
-struct StepSpan(&'static str, Instant, Instant, bool);
-
-impl Outcome {
-    /// The start of a step, when spans are being recorded (no clock read otherwise).
-    fn clock(&self) -> Option<Instant> {
-        self.steps.as_ref().map(|_| Instant::now())
-    }
-
-    /// Records a step that ran (if recording) and passes its result through.
-    fn step<T, E>(
-        &mut self,
-        name: &'static str,
-        started: Option<Instant>,
-        result: Result<T, E>,
-    ) -> Result<T, E> {
-        if let (Some(steps), Some(started)) = (&mut self.steps, started) {
-            steps.push(StepSpan(name, started, Instant::now(), result.is_err()));
-        }
-        result
-    }
 }
 
 pub async fn handle(
@@ -154,38 +122,27 @@ pub async fn handle(
     let wall_start = recording.then(SystemTime::now);
     shared.metrics.in_flight.inc();
     let peer_ip = peer.ip().to_canonical();
-    let client_ip = client_ip::resolve(peer_ip, &parts.headers, &shared.trusted_proxies);
-
-    let mut outcome = Outcome {
+    let mut ctx = RequestContext {
+        request_id,
+        peer_ip,
+        client_ip: client_ip::resolve(peer_ip, &parts.headers, &shared.trusted_proxies),
+        local_port,
+        tls: on_tls,
+        trace,
         route: None,
         identity: Identity::Unauthenticated,
-        upstream_started: None,
-        upstream_latency_ms: None,
         rate_limit: None,
         waf: Default::default(),
         path: None,
-        trace,
+        upstream_latency_ms: None,
         steps: recording.then(Vec::new),
     };
-    let result = run(
-        shared,
-        &runtime,
-        parts,
-        body,
-        Connection {
-            peer_ip,
-            client_ip,
-            local_port,
-            tls: on_tls,
-        },
-        &request_id,
-        &mut outcome,
-    )
-    .await;
-    let route = outcome.route.and_then(|i| runtime.routes.get(i));
-    let mut limited_by = None;
+    let result = run(shared, &runtime, parts, body, &mut ctx).await;
+    let route = ctx.route.and_then(|i| runtime.routes.get(i));
+    let route_id = route.map(|r| r.config.id.as_str());
     let keep_decision = shared.decisions.wants(result.is_err());
     let mut message = None;
+    let mut limited_by = None;
     let (mut response, denial) = match result {
         Ok(response) => {
             if let Some(route) = route {
@@ -194,23 +151,9 @@ pub async fn handle(
             (response, None)
         }
         Err(error) => {
-            if let (GatewayError::Auth(e), Some(route)) = (&error, route) {
-                shared.metrics.auth_failure(&route.config.id, e.reason());
-            }
+            shared.metrics.refused(route_id, &error);
             if let GatewayError::RateLimit(e) = &error {
-                if let (ratelimit::RateLimitError::Exceeded(_), Some(route)) = (e, route) {
-                    shared.metrics.rate_limited(&route.config.id, e.policy());
-                }
-                let retry = match e {
-                    ratelimit::RateLimitError::Exceeded(x) => Some(x.retry_after_secs.max(1)),
-                    _ => None,
-                };
-                limited_by = Some((e.policy().to_string(), e.limit().map(str::to_string), retry));
-            }
-            if let (GatewayError::Upstream(e), Some(route)) = (&error, route) {
-                if let Some(kind) = e.kind() {
-                    shared.metrics.upstream_error(&route.config.id, kind);
-                }
+                limited_by = Some(RateLimitEvidence::of(e));
             }
             if keep_decision {
                 message = Some(error.to_string());
@@ -219,29 +162,15 @@ pub async fn handle(
                 route.counters.record(error.enforcement());
             }
             let denial = (error.step(), error.reason());
-            shared
-                .metrics
-                .denied(route.map_or("none", |r| r.config.id.as_str()), denial.0);
-            let challenge = match &error {
-                GatewayError::Auth(e) => e.challenge(
-                    route
-                        .and_then(|r| r.auth.as_ref())
-                        .is_some_and(|a| a.uses_bearer()),
-                ),
-                _ => None,
-            };
-            let mut response = error.into_response(&request_id);
-            if let Some(challenge) = challenge {
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, challenge);
-            }
-            (response, Some(denial))
+            let bearer = route
+                .and_then(|r| r.auth.as_ref())
+                .is_some_and(|a| a.uses_bearer());
+            (error.into_response(&ctx.request_id, bearer), Some(denial))
         }
     };
 
-    if let Some(route) = route {
-        crate::waf::observe(&shared.metrics, &route.config.id, &outcome.waf);
+    if let Some(route_id) = route_id {
+        shared.metrics.waf_outcome(route_id, &ctx.waf);
     }
 
     // 11. response policy applies to upstream answers and gateway errors alike.
@@ -251,10 +180,10 @@ pub async fn handle(
             cors.apply_actual(origin.as_ref(), response.headers_mut());
         }
     }
-    response_headers::set_request_id(response.headers_mut(), &request_id);
-    ratelimit::headers::apply(outcome.rate_limit.as_ref(), response.headers_mut());
+    response_headers::set_request_id(response.headers_mut(), &ctx.request_id);
+    ratelimit::headers::apply(ctx.rate_limit.as_ref(), response.headers_mut());
 
-    // 12. metrics and audit.
+    // 12. metrics, decision record, spans and audit.
     let status = response.status();
     let elapsed = started.elapsed();
     let route_metrics = route.map_or(&shared.metrics.unmatched, |r| &r.metrics);
@@ -262,91 +191,65 @@ pub async fn handle(
         .metrics
         .record(route_metrics, &method, status, elapsed);
     shared.metrics.in_flight.dec();
-    let consumer = || match outcome.identity {
+    let consumer = || match ctx.identity {
         Identity::Consumer(i) => runtime.keys.consumer(i).map(|c| c.id.as_str()),
         Identity::Anonymous => Some(auth::ANONYMOUS),
         Identity::Unauthenticated | Identity::Principal => None,
     };
     let trace_hex = (keep_decision || shared.audit.enabled())
-        .then(|| outcome.trace.as_ref().map(TraceContext::trace_id_buf))
+        .then(|| ctx.trace.as_ref().map(TraceContext::trace_id_buf))
         .flatten();
     let trace_id = trace_hex.as_ref().and_then(|b| std::str::from_utf8(b).ok());
-    let request_id_str = request_id.to_str().unwrap_or("");
-    let path = outcome.path.as_deref().unwrap_or(uri.path());
+    let answered = Answered {
+        request_id: ctx.request_id.to_str().unwrap_or(""),
+        method: method.as_str(),
+        path: ctx.path.as_deref().unwrap_or(uri.path()),
+        status,
+        route: route_id,
+        denial,
+    };
     if keep_decision {
         let mut record = DecisionRecord::new(
-            request_id_str,
+            &answered,
             trace_id.map(str::to_string),
             shared.replica.clone(),
             &runtime.generation,
-            method.as_str(),
-            path,
-            status.as_u16(),
-            denial.is_some(),
         );
-        record.route = route.map(|r| r.config.id.clone());
         record.consumer = consumer().map(str::to_string);
-        record.step = denial.map(|d| d.0);
-        record.reason = denial.map(|d| d.1);
         record.message = message;
-        record.rate_limit = limited_by.as_ref().map(|l| RateLimitEvidence {
-            policy: l.0.clone(),
-            limit: l.1.clone(),
-            retry_after_secs: l.2,
-        });
-        record.waf = outcome.waf.evidence();
+        record.rate_limit = limited_by.clone();
+        record.waf = crate::decisions::waf_evidence(&ctx.waf);
         shared.decisions.push(record);
     }
-    if let (Some(spans), Some(steps), Some(trace), Some(wall_start)) = (
-        &shared.spans,
-        outcome.steps.take(),
-        &outcome.trace,
-        wall_start,
-    ) {
-        let answered = Answered {
-            method: method.as_str(),
-            path,
-            status,
-            request_id: request_id_str,
-            route: route.map(|r| r.config.id.as_str()),
-            denial,
-        };
+    if let (Some(spans), Some(steps), Some(trace), Some(wall_start)) =
+        (&shared.spans, ctx.steps.take(), &ctx.trace, wall_start)
+    {
         spans.send(request_spans(trace, steps, wall_start, started, &answered));
     }
     if shared.audit.enabled() {
         shared.audit.write(&AuditRecord {
             timestamp: timestamp(),
-            request_id: request_id_str,
+            request_id: answered.request_id,
             trace_id,
             replica: &shared.replica,
-            client_ip,
+            client_ip: ctx.client_ip,
             consumer: consumer(),
-            route: route.map(|r| r.config.id.as_str()),
+            route: route_id,
             method: method.as_str(),
-            path,
+            path: answered.path,
             status: status.as_u16(),
             latency_ms: elapsed.as_secs_f64() * 1000.0,
-            upstream_latency_ms: outcome.upstream_latency_ms,
+            upstream_latency_ms: ctx.upstream_latency_ms,
             decision: if denial.is_some() { "deny" } else { "allow" },
             step: denial.map(|d| d.0),
             reason: denial.map(|d| d.1),
-            policy: limited_by.as_ref().map(|l| l.0.as_str()),
-            limit: limited_by.as_ref().and_then(|l| l.1.as_deref()),
-            waf: outcome.waf.audit(),
-            rule_ids: outcome.waf.rule_ids(),
+            policy: limited_by.as_ref().map(|l| l.policy.as_str()),
+            limit: limited_by.as_ref().and_then(|l| l.limit.as_deref()),
+            waf: ctx.waf.audit(),
+            rule_ids: ctx.waf.rule_ids(),
         });
     }
     response
-}
-
-/// What a request's spans say about its answer.
-struct Answered<'a> {
-    method: &'a str,
-    path: &'a str,
-    status: StatusCode,
-    request_id: &'a str,
-    route: Option<&'a str>,
-    denial: Option<(&'static str, &'static str)>,
 }
 
 /// The request's server span and one child span per policy step that ran, on the wall
@@ -411,33 +314,22 @@ fn request_spans(
     out
 }
 
-/// Where a request came from and how.
-struct Connection<'a> {
-    peer_ip: IpAddr,
-    client_ip: IpAddr,
-    local_port: &'a HeaderValue,
-    tls: bool,
-}
-
+/// Steps 2 to 11, in order: the first error stops the request.
 async fn run(
     shared: &Shared,
     runtime: &Arc<RuntimeConfig>,
     mut parts: Parts,
     body: Incoming,
-    connection: Connection<'_>,
-    request_id: &HeaderValue,
-    outcome: &mut Outcome,
+    ctx: &mut RequestContext<'_>,
 ) -> Result<Response<ProxyBody>, GatewayError> {
-    let Connection {
-        peer_ip, client_ip, ..
-    } = connection;
+    let client_ip = ctx.client_ip;
     // 2. the request line and framing; the path in normal form.
     let target = request_target::check(&mut parts, shared.allow_underscores_in_headers)?;
     let raw_path: Option<Box<str>> = match &target.changed {
         Some(normal) => {
             let raw = parts.uri.path().into();
             parts.uri = request_target::with_path(&parts.uri, normal);
-            outcome.path = Some(normal.as_str().into());
+            ctx.path = Some(normal.as_str().into());
             Some(raw)
         }
         None => None,
@@ -469,7 +361,7 @@ async fn run(
     };
     let found = found.ok_or(GatewayError::NoRoute)?;
     drop(host);
-    outcome.route = Some(found.route);
+    ctx.route = Some(found.route);
     let route: &CompiledRoute = &runtime.routes[found.route];
     let config = &route.config;
     let rewrites = config.strip_path || config.rewrite_prefix.is_some();
@@ -481,7 +373,7 @@ async fn run(
         rewrites,
     )? {
         parts.uri = request_target::with_path(&parts.uri, &unmerged);
-        outcome.path = Some(unmerged.into());
+        ctx.path = Some(unmerged.into());
     }
     // 1. (after the match) the connection's TLS policy must be the route's; HTTP → HTTPS.
     if let Some(redirect) = crate::tls::check_route(config, &parts, shared.https_port)? {
@@ -490,8 +382,8 @@ async fn run(
 
     // 4. client IP filter
     if let Some(restriction) = &config.ip_restriction {
-        let t = outcome.clock();
-        outcome.step(
+        let t = ctx.clock();
+        ctx.step(
             "ip_restriction",
             t,
             ip_filter::check(restriction, client_ip),
@@ -499,28 +391,32 @@ async fn run(
     }
 
     // 5. pre-authentication rate limits
-    let t = outcome.clock();
-    let pre_auth = ratelimit::pre_auth(
-        &shared.limiter,
-        runtime,
-        found.route,
+    let limited = ratelimit::LimitedRequest {
+        route: found.route,
+        route_id: &config.id,
         client_ip,
-        &parts,
-        &mut outcome.rate_limit,
+        parts: &parts,
+    };
+    let t = ctx.clock();
+    let pre_auth = ratelimit::pre_auth(
+        &shared.rate_limit_backends,
+        &runtime.rate_limits,
+        &limited,
+        &mut ctx.rate_limit,
     )
     .await;
     // Recorded only where a limit ran (a route's own or its namespace's global policies).
-    let pre_auth = if outcome.rate_limit.is_none() && pre_auth.is_ok() {
+    let pre_auth = if ctx.rate_limit.is_none() && pre_auth.is_ok() {
         pre_auth?
     } else {
-        outcome.step("rate_limit.pre_auth", t, pre_auth)?
+        ctx.step("rate_limit.pre_auth", t, pre_auth)?
     };
 
     // 6. WAF on the request line, headers and cookies
     if let Some(waf) = &route.waf {
-        let t = outcome.clock();
-        let checked = crate::waf::check_head(waf, &parts, client_ip, &mut outcome.waf);
-        outcome.step("waf.head", t, checked)?;
+        let t = ctx.clock();
+        let checked = crate::waf::check_head(waf, &parts, client_ip, &mut ctx.waf);
+        ctx.step("waf.head", t, checked)?;
     }
 
     // CORS preflight: answered by the gateway, before authentication.
@@ -535,40 +431,51 @@ async fn run(
     if let Some(auth) = &route.auth {
         // Boxed (here and for the body checks below): identity-provider calls make these
         // futures large, and routes that do not use them should not carry their size.
-        let t = outcome.clock();
+        let t = ctx.clock();
         let authenticated = Box::pin(auth.authenticate(&runtime.keys, &mut parts)).await;
-        auth_context = outcome.step("authentication", t, authenticated)?;
-        outcome.identity = auth_context.identity;
+        auth_context = ctx.step("authentication", t, authenticated)?;
+        ctx.identity = auth_context.identity;
     }
     if let Some(authorization) = &config.authorization {
-        let t = outcome.clock();
+        let t = ctx.clock();
         let authorized = auth::authorize(authorization, &runtime.keys, &auth_context);
-        outcome.step("authorization", t, authorized)?;
+        ctx.step("authorization", t, authorized)?;
     }
 
     // 8. per-consumer rate limits and quotas
-    let t = outcome.clock();
-    let post_auth = ratelimit::post_auth(
-        &shared.limiter,
-        runtime,
-        found.route,
+    let limited = ratelimit::LimitedRequest {
+        route: found.route,
+        route_id: &config.id,
         client_ip,
-        &parts,
-        outcome.identity,
-        auth_context.credential,
-        auth_context
+        parts: &parts,
+    };
+    let caller = ratelimit::Caller {
+        identity: ctx.identity,
+        consumer: match ctx.identity {
+            Identity::Consumer(i) => runtime.keys.consumer(i),
+            Identity::Principal | Identity::Anonymous | Identity::Unauthenticated => None,
+        },
+        credential: auth_context.credential,
+        subject: auth_context
             .principal
             .as_ref()
             .and_then(|p| p.subject.as_ref())
             .and_then(|s| s.to_str().ok()),
+    };
+    let t = ctx.clock();
+    let post_auth = ratelimit::post_auth(
+        &shared.rate_limit_backends,
+        &runtime.rate_limits,
+        &limited,
+        &caller,
         pre_auth,
-        &mut outcome.rate_limit,
+        &mut ctx.rate_limit,
     )
     .await;
-    if outcome.rate_limit.is_none() && post_auth.is_ok() {
+    if ctx.rate_limit.is_none() && post_auth.is_ok() {
         post_auth?
     } else {
-        outcome.step("rate_limit.post_auth", t, post_auth)?
+        ctx.step("rate_limit.post_auth", t, post_auth)?
     };
 
     // 9. request validation
@@ -581,7 +488,7 @@ async fn run(
     };
     let body = match &route.validation {
         Some(validation) => {
-            let t = outcome.clock();
+            let t = ctx.clock();
             let checked = match validation.check_head(&parts, has_body) {
                 Ok(()) => {
                     Box::pin(validation.check_body(body, has_body, &fault, &shared.body_budget))
@@ -589,14 +496,14 @@ async fn run(
                 }
                 Err(e) => Err(e),
             };
-            outcome.step("validation", t, checked)?
+            ctx.step("validation", t, checked)?
         }
         None => body,
     };
     // 9. WAF on the body
     let body = match &route.waf {
         Some(waf) if has_body => {
-            let t = outcome.clock();
+            let t = ctx.clock();
             let checked = Box::pin(crate::waf::check_body(
                 waf,
                 &parts,
@@ -604,17 +511,17 @@ async fn run(
                 body,
                 &fault,
                 &shared.body_budget,
-                &mut outcome.waf,
+                &mut ctx.waf,
             ))
             .await;
-            outcome.step("waf.body", t, checked)?
+            ctx.step("waf.body", t, checked)?
         }
         _ => body,
     };
 
     // 10. upstream: a redirect, the direct response, or forwarding
     if let Some(redirect) = &config.redirect {
-        let tls = connection.tls;
+        let tls = ctx.tls;
         if let Some(response) =
             crate::redirect::respond(redirect, &parts, found.matched_prefix, tls)
         {
@@ -639,15 +546,15 @@ async fn run(
     let added = forward_headers::prepare(
         &mut parts.headers,
         &forward_headers::ForwardContext {
-            peer: peer_ip,
-            peer_trusted: client_ip::is_trusted(peer_ip, &shared.trusted_proxies),
+            peer: ctx.peer_ip,
+            peer_trusted: client_ip::is_trusted(ctx.peer_ip, &shared.trusted_proxies),
             client_ip,
-            request_id,
+            request_id: &ctx.request_id,
             original_host,
-            identity: outcome.identity,
+            identity: ctx.identity,
             keys: &runtime.keys,
-            tls: connection.tls,
-            local_port: connection.local_port,
+            tls: ctx.tls,
+            local_port: ctx.local_port,
         },
     );
     if parts.version == http::Version::HTTP_2 {
@@ -657,7 +564,7 @@ async fn run(
     if let Some(modifier) = &route.request_headers {
         modifier.apply(&mut parts.headers);
     }
-    let traceparent = outcome.trace.as_ref().map(|trace| {
+    let traceparent = ctx.trace.as_ref().map(|trace| {
         trace.apply_upstream(&mut parts.headers);
         trace.traceparent()
     });
@@ -676,7 +583,7 @@ async fn run(
     parts.uri = Uri::from_parts(uri_parts).unwrap_or_default();
     let replayable = !has_body && is_idempotent(&parts.method);
 
-    outcome.upstream_started = Some(Instant::now());
+    let upstream_started = Instant::now();
     let result = route
         .upstream
         .forward(
@@ -691,15 +598,14 @@ async fn run(
             &fault,
         )
         .await;
-    let upstream_started = outcome.upstream_started.unwrap_or_else(Instant::now);
     let upstream_elapsed = upstream_started.elapsed();
-    outcome.upstream_latency_ms = Some(upstream_elapsed.as_secs_f64() * 1000.0);
+    ctx.upstream_latency_ms = Some(upstream_elapsed.as_secs_f64() * 1000.0);
     if result.is_ok() {
         shared
             .metrics
             .upstream_latency(&route.metrics, upstream_elapsed);
     }
-    if let Some(steps) = &mut outcome.steps {
+    if let Some(steps) = &mut ctx.steps {
         steps.push(StepSpan(
             "upstream",
             upstream_started,
@@ -720,7 +626,7 @@ async fn run(
     let (mut head, body) = response.into_parts();
     response_headers::strip_upstream_hop_by_hop(&mut head.headers);
     if config.sanitize_upstream_errors && head.status.is_server_error() {
-        let mut sanitized = json_error(head.status, UPSTREAM_ERROR_MESSAGE, None, request_id);
+        let mut sanitized = json_error(head.status, UPSTREAM_ERROR_MESSAGE, None, &ctx.request_id);
         for name in ["content-length", "content-type", "content-encoding"] {
             head.headers.remove(name);
         }

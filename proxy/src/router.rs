@@ -38,6 +38,7 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 
 use http::{HeaderMap, HeaderName, Method};
+use percent_encoding::percent_decode_str;
 use portcullis_compiler::config::{PathKind, RouteConfig};
 use regex::Regex;
 
@@ -338,41 +339,24 @@ pub fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (Cow<'_, str>, C
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(name), percent_decode(value))
+            (form_decode(name), form_decode(value))
         })
 }
 
-pub fn percent_decode(input: &str) -> Cow<'_, str> {
-    if !input.bytes().any(|b| b == b'%' || b == b'+') {
-        return Cow::Borrowed(input);
+/// One `application/x-www-form-urlencoded` component: `+` is a space, `%XX` a byte (a `%`
+/// without two hex digits stays as it is), invalid UTF-8 replaced. Borrowed when there is
+/// nothing to decode.
+pub fn form_decode(input: &str) -> Cow<'_, str> {
+    if !input.contains('+') {
+        return percent_decode_str(input).decode_utf8_lossy();
     }
-    let bytes = input.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex_val(bytes[i + 1]), hex_val(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
-}
-
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    let spaced = input.replace('+', " ");
+    // One allocation when there is no `%XX` to decode: the spaced copy is the answer.
+    let decoded = match percent_decode_str(&spaced).decode_utf8_lossy() {
+        Cow::Owned(decoded) => Some(decoded),
+        Cow::Borrowed(_) => None,
+    };
+    Cow::Owned(decoded.unwrap_or(spaced))
 }
 
 /// The routing host: authority (HTTP/2, absolute-form) or `Host`, without port and
@@ -425,7 +409,7 @@ mod tests {
         assert_eq!(pairs[1], ("b".into(), "x y z".into()));
         assert_eq!(pairs[2], ("c".into(), "".into()));
         assert_eq!(pairs[3], ("bad".into(), "%zz".into()));
-        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(form_decode("%4"), "%4");
     }
 
     #[test]

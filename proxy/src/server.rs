@@ -155,7 +155,7 @@ impl ProxyServer {
         initial: Option<GatewayConfig>,
     ) -> Result<RunningProxy, StartError> {
         let clients = ClientPool::new(crate::auth::AuthRuntime::new(&options.auth)?);
-        let limiter = crate::ratelimit::Backends::with_capacity(
+        let rate_limit_backends = crate::ratelimit::Backends::with_capacity(
             options.rate_limit_clock.clone(),
             options.rate_limit_counters_per_policy,
         );
@@ -165,7 +165,7 @@ impl ProxyServer {
         let runtime = RuntimeConfig::build(
             &initial.unwrap_or_else(GatewayConfig::empty),
             &clients,
-            &limiter,
+            &rate_limit_backends,
             &counters,
         )
         .inspect_err(|e| metrics.config_failed(e.kind()))?;
@@ -217,7 +217,7 @@ impl ProxyServer {
             audit,
             trusted_proxies: options.trusted_proxies.clone(),
             clients,
-            limiter,
+            rate_limit_backends,
             https_port: tls_listener.as_ref().map(|(_, a)| a.port()),
             allow_underscores_in_headers: options.allow_underscores_in_headers,
             body_limits: options.body_limits,
@@ -308,7 +308,7 @@ impl RunningProxy {
         let runtime = RuntimeConfig::build(
             config,
             &self.shared.clients,
-            &self.shared.limiter,
+            &self.shared.rate_limit_backends,
             &self.shared.counters,
         )
         .inspect_err(|e| self.shared.metrics.config_failed(e.kind()))?;
@@ -361,7 +361,7 @@ pub struct ConfigHandle {
 
 impl ConfigHandle {
     /// The Service endpoints the upstreams of every config resolve against.
-    pub fn endpoint_registry(&self) -> Arc<crate::endpoints::EndpointRegistry> {
+    pub fn endpoint_registry(&self) -> Arc<crate::upstream::endpoints::EndpointRegistry> {
         self.shared.clients.endpoints.clone()
     }
 
@@ -372,16 +372,16 @@ impl ConfigHandle {
     /// Like [`ConfigHandle::swap_config`], consuming the config: nothing of it is copied, and
     /// what the runtime does not need is freed before the rest is built (cluster mode).
     pub fn swap_config_owned(&self, config: GatewayConfig) -> Result<(), ConfigError> {
-        self.build_and_swap(|_, clients, limiter, counters| {
-            RuntimeConfig::build_owned(config, clients, limiter, counters)
+        self.build_and_swap(|_, clients, rate_limit_backends, counters| {
+            RuntimeConfig::build_owned(config, clients, rate_limit_backends, counters)
         })
     }
 
     /// Builds and swaps in a config delivered through the cluster, reusing the loaded
     /// config's consumers and keys when its Secret half was skipped as unchanged.
     pub fn swap_delivered(&self, decoded: Decoded) -> Result<(), ConfigError> {
-        self.build_and_swap(|loaded, clients, limiter, counters| {
-            loaded.build_delivered(decoded, clients, limiter, counters)
+        self.build_and_swap(|loaded, clients, rate_limit_backends, counters| {
+            loaded.build_delivered(decoded, clients, rate_limit_backends, counters)
         })
     }
 
@@ -399,7 +399,7 @@ impl ConfigHandle {
         let runtime = build(
             &shared.store.load(),
             &shared.clients,
-            &shared.limiter,
+            &shared.rate_limit_backends,
             &shared.counters,
         )
         .inspect_err(|e| shared.metrics.config_failed(e.kind()))?;
@@ -551,32 +551,33 @@ async fn accept_loop(
             tokio::spawn(async move {
                 match crate::tls::acceptor::accept(stream, &shared, handshake_timeout).await {
                     Ok((stream, info)) => {
-                        serve_connection(
-                            stream,
-                            (peer, local_port),
-                            shared,
-                            builder,
-                            timeouts,
-                            shutdown,
-                            (guard, permit),
-                            Some(Arc::new(info)),
-                        )
-                        .await
+                        let accepted = AcceptedConnection {
+                            peer,
+                            local_port,
+                            tls: Some(Arc::new(info)),
+                            _held: (guard, permit),
+                        };
+                        serve_connection(stream, accepted, shared, builder, timeouts, shutdown)
+                            .await
                     }
                     Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 }
             });
             continue;
         }
+        let accepted = AcceptedConnection {
+            peer,
+            local_port,
+            tls: None,
+            _held: (guard, permit),
+        };
         tokio::spawn(serve_connection(
             stream,
-            (peer, local_port),
+            accepted,
             shared.clone(),
             builder.clone(),
             Timeouts::from(&*options),
             shutdown.clone(),
-            (guard, permit),
-            None,
         ));
     }
 }
@@ -647,19 +648,33 @@ impl From<&ProxyOptions> for Timeouts {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the listener knows about one connection it accepted and admitted.
+struct AcceptedConnection {
+    peer: SocketAddr,
+    /// The listener's port, as `X-Forwarded-Port` gives it.
+    local_port: &'static str,
+    /// The handshake's outcome on the TLS listener.
+    tls: Option<Arc<crate::tls::ConnectionTls>>,
+    /// Held until the connection ends: its place in the tracker and the connection limits.
+    _held: (ConnGuard, ConnectionPermit),
+}
+
 async fn serve_connection<S>(
     stream: S,
-    (peer, local_port): (SocketAddr, &'static str),
+    accepted: AcceptedConnection,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
-    _guard: (ConnGuard, ConnectionPermit),
-    tls: Option<Arc<crate::tls::ConnectionTls>>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let AcceptedConnection {
+        peer,
+        local_port,
+        tls,
+        _held,
+    } = accepted;
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),
         last_ms: AtomicU64::new(now_ms()),

@@ -110,7 +110,7 @@ impl TraceContext {
     }
 
     /// `traceparent` for the upstream: same trace, the proxy's span as parent. The upstream
-    /// encoder writes these bytes as they are (`upstream_h1::Hop`).
+    /// encoder writes these bytes as they are (`upstream::h1::Hop`).
     pub fn traceparent(&self) -> [u8; 55] {
         let mut out = [0u8; 55];
         out[..3].copy_from_slice(b"00-");
@@ -270,7 +270,11 @@ mod tests {
         let mut up = headers.clone();
         t.apply_upstream(&mut up);
         assert_eq!(up.get(TRACESTATE).unwrap(), "congo=t61rcWkgMzE");
-        assert_eq!(up.len(), 2, "the encoder, not the map, replaces traceparent");
+        assert_eq!(
+            up.len(),
+            2,
+            "the encoder, not the map, replaces traceparent"
+        );
     }
 
     #[test]
@@ -314,7 +318,10 @@ mod tests {
         assert!(t.tracestate.is_none());
         assert!(parse_traceparent(&t.traceparent()).is_some());
         t.apply_upstream(&mut headers);
-        assert!(headers.get(TRACESTATE).is_none(), "a restarted trace's tracestate");
+        assert!(
+            headers.get(TRACESTATE).is_none(),
+            "a restarted trace's tracestate"
+        );
     }
 
     #[test]

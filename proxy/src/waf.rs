@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use http::header;
 use http::request::Parts;
-use http::{header, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use portcullis_compiler::config::WafPolicyConfig;
@@ -23,7 +23,6 @@ use serde::Serialize;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::client_body::{BufferBudget, ClientFault, FaultKind, Reservation};
-use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WafConfigError {
@@ -36,7 +35,7 @@ pub enum WafConfigError {
     MissingPolicy { route: String, policy: String },
 }
 
-/// Why the WAF stopped a request.
+/// Why the WAF stopped a request. The status each answers with is chosen in `errors`.
 #[derive(Debug, thiserror::Error)]
 pub enum WafError {
     #[error("request blocked by the web application firewall")]
@@ -49,24 +48,21 @@ pub enum WafError {
     /// Longer than a policy inspects (`inspectBodyBytes`), with `oversizeAction: Block`.
     #[error("request body is larger than the web application firewall inspects")]
     BodyTooLarge,
+    /// The client's body failed while it was read for inspection (a timeout, a stall, the
+    /// streamed size limit, no buffer room): the client's fault, not a finding, and
+    /// answered as such.
+    #[error(transparent)]
+    Client(FaultKind),
 }
 
 impl WafError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            WafError::Blocked => StatusCode::FORBIDDEN,
-            WafError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            WafError::Unreadable => StatusCode::BAD_REQUEST,
-            WafError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        }
-    }
-
     pub fn reason(&self) -> &'static str {
         match self {
             WafError::Blocked => "waf_blocked",
             WafError::MethodNotAllowed => "method_not_allowed",
             WafError::Unreadable => "waf_body_unreadable",
             WafError::BodyTooLarge => "waf_body_too_large",
+            WafError::Client(kind) => kind.reason(),
         }
     }
 }
@@ -158,8 +154,8 @@ impl WafState {
         Ok(())
     }
 
-    /// The rule group for the `api_waf_blocked_total` label.
-    fn blocking_group(&self) -> Option<&'static str> {
+    /// The rule group for the `api_waf_blocked_total` label, when a policy blocked.
+    pub fn blocking_group(&self) -> Option<&'static str> {
         let (_, eval, decision, _) = self.evaluations.get(self.blocked_by?)?;
         Some(match decision {
             Decision::MethodNotAllowed => "method",
@@ -200,35 +196,11 @@ impl WafState {
         (!entries.is_empty()).then_some(entries)
     }
 
-    /// The evidence for a decision record: every policy that found something.
-    pub fn evidence(&self) -> Vec<crate::decisions::WafEvidence> {
+    /// Every policy's evaluation so far: its id, what it found, its decision, its mode.
+    pub fn evaluations(&self) -> impl Iterator<Item = (&str, &Evaluation, Decision, Mode)> {
         self.evaluations
             .iter()
-            .filter(|(_, e, _, _)| !e.findings.is_empty())
-            .map(
-                |(policy, e, decision, mode)| crate::decisions::WafEvidence {
-                    policy: policy.clone(),
-                    mode: match mode {
-                        Mode::Block => "Block",
-                        Mode::Detect => "Detect",
-                    },
-                    score: e.score,
-                    blocked: *decision != Decision::Allow,
-                    findings: e
-                        .findings
-                        .iter()
-                        .map(|f| crate::decisions::FindingEvidence {
-                            rule_id: f.rule_id,
-                            group: f.group.as_str(),
-                            target: f.target.clone(),
-                            score: f.score,
-                            excerpt: redacted(&f.target, &f.excerpt).to_string(),
-                            message: f.message,
-                        })
-                        .collect(),
-                },
-            )
-            .collect()
+            .map(|(policy, e, decision, mode)| (policy.as_str(), e, *decision, *mode))
     }
 
     /// Rule ids of the blocking evaluation (audit `rule_ids`).
@@ -387,7 +359,7 @@ pub async fn check_body(
     fault: &Arc<ClientFault>,
     budget: &Arc<BufferBudget>,
     state: &mut WafState,
-) -> Result<ProxyBody, crate::errors::GatewayError> {
+) -> Result<ProxyBody, WafError> {
     let mut prefix = Prefix::Empty;
     let mut reservation = budget.reservation();
     let mut pending: Option<Frame<Bytes>> = None;
@@ -409,7 +381,7 @@ pub async fn check_body(
                 Ok(data) => {
                     if !reservation.grow(data.len()) {
                         fault.set(FaultKind::Busy);
-                        return Err(crate::errors::GatewayError::ClientBody(FaultKind::Busy));
+                        return Err(WafError::Client(FaultKind::Busy));
                     }
                     prefix.push(data);
                     ended = body.is_end_stream();
@@ -422,16 +394,13 @@ pub async fn check_body(
             },
             // The streamed size limit (validation) fails the body: that is a 413, not an
             // inspection problem; likewise a client that stalls or breaks its framing.
-            Some(Err(_)) if fault.get() == Some(FaultKind::TooLarge) => {
-                return Err(crate::upstream::UpstreamError::BodyTooLarge.into())
+            Some(Err(_)) => {
+                return Err(match fault.get() {
+                    Some(kind) => WafError::Client(kind),
+                    // Fail closed: a body we cannot read is a body we cannot inspect.
+                    None => WafError::Unreadable,
+                });
             }
-            Some(Err(_)) if fault.get().is_some() => {
-                return Err(crate::errors::GatewayError::ClientBody(
-                    fault.get().unwrap_or(FaultKind::Broken),
-                ))
-            }
-            // Fail closed: a body we cannot read is a body we cannot inspect.
-            Some(Err(_)) => return Err(WafError::Unreadable.into()),
         }
     }
     let prefix = prefix.freeze();
@@ -456,7 +425,7 @@ pub async fn check_body(
     // An attack found in the inspected part says more than the size: 403 first.
     state.decide()?;
     if oversize_refused {
-        return Err(WafError::BodyTooLarge.into());
+        return Err(WafError::BodyTooLarge);
     }
     Ok(PrefixedBody {
         prefix: (!prefix.is_empty()).then_some(prefix),
@@ -465,21 +434,6 @@ pub async fn check_body(
         _reservation: reservation,
     }
     .boxed())
-}
-
-/// Metrics for the WAF outcome of one request: blocked requests by rule group, and
-/// Detect-mode requests that would have been blocked.
-pub fn observe(metrics: &Metrics, route: &str, state: &WafState) {
-    if let Some(group) = state.blocking_group() {
-        metrics.waf_blocked(route, group);
-        return;
-    }
-    for (_, eval, _, mode) in &state.evaluations {
-        if *mode == Mode::Detect && !eval.findings.is_empty() {
-            let group = eval.main_group().map_or("custom", Group::as_str);
-            metrics.waf_detected(route, group);
-        }
-    }
 }
 
 /// The buffered prefix, then any trailers frame read while buffering, then the rest.

@@ -1,4 +1,4 @@
-//! Batched Redis decisions (`ratelimit::redis_pipe`): requests queued while the connection
+//! Batched Redis decisions (`ratelimit::redis::pipe`): requests queued while the connection
 //! is busy share its next `EVALSHA`. Against a real Redis: many
 //! concurrent requests are each decided exactly (the right counters, the right numbers, a
 //! denial charging nothing), a Redis that stalls or dies mid-batch answers every request

@@ -209,13 +209,19 @@ async fn a_connection_closed_before_the_response_is_retried_for_idempotent_reque
         }
         statuses.push(reply.status.as_u16());
     }
-    assert!(statuses.contains(&502), "no POST reached the closing target: {statuses:?}");
+    assert!(
+        statuses.contains(&502),
+        "no POST reached the closing target: {statuses:?}"
+    );
     // Round robin alternates: every other GET lands on the closing target and is retried.
     let before = closed_hits.load(Ordering::SeqCst);
     for _ in 0..4 {
         assert_eq!(send(&c, proxy.local_addr(), get("/")).await.status, 200);
     }
-    assert!(closed_hits.load(Ordering::SeqCst) > before, "no GET reached the closing target");
+    assert!(
+        closed_hits.load(Ordering::SeqCst) > before,
+        "no GET reached the closing target"
+    );
 }
 
 #[tokio::test]

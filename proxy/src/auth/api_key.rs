@@ -373,7 +373,7 @@ impl ApiKeySource {
             .split('&')
             .filter(|pair| {
                 let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
-                crate::router::percent_decode(name) != param.as_str()
+                crate::router::form_decode(name) != param.as_str()
             })
             .collect();
         let path = parts.uri.path();

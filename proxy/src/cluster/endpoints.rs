@@ -25,7 +25,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use crate::endpoints::{EndpointGroup, EndpointRegistry, ServiceKey, ServicePort};
+use crate::upstream::endpoints::{EndpointGroup, EndpointRegistry, ServiceKey, ServicePort};
 
 /// Label on an EndpointSlice naming its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

@@ -1,6 +1,6 @@
 //! The limiting algorithms as pure functions of (rule, stored state, now).
 //!
-//! The Redis Lua script (`redis.rs`) implements the same arithmetic; both store three
+//! The Redis Lua script (`redis/decide.lua`) implements the same arithmetic; both store three
 //! numbers per counter (`a`, `b`, `c`) so the two stay easy to compare.
 //!
 //! - **FixedWindow**: `a` = window index, `b` = count. Exact per window; up to 2× the limit

@@ -33,7 +33,6 @@ pub mod headers;
 pub mod keys;
 pub mod local;
 pub mod redis;
-pub mod redis_pipe;
 mod resp;
 
 use std::collections::HashMap;
@@ -42,15 +41,14 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName};
 use portcullis_compiler::config::{
     LimitConfig, OnBackendFailureConfig, QuotaConfig, QuotaPeriodConfig, RateLimitAlgorithmConfig,
     RateLimitBackendConfig, RateLimitKeyConfig,
 };
 use portcullis_compiler::GatewayConfig;
 
-use crate::auth::{CredentialType, Identity, DEFAULT_API_KEY_HEADER};
-use crate::config_store::RuntimeConfig;
+use crate::auth::{Consumer, CredentialType, Identity, DEFAULT_API_KEY_HEADER};
 use crate::router::query_pairs;
 use algorithms::{Kind, Rule, Verdict, Verdicts};
 use clock::{Clock, SystemClock};
@@ -117,19 +115,6 @@ impl RateLimitError {
         match self {
             RateLimitError::Exceeded(e) => Some(&e.limit),
             RateLimitError::Unavailable { .. } | RateLimitError::DuplicateKeyHeader { .. } => None,
-        }
-    }
-
-    /// `Retry-After` always on 429; `RateLimit-*` when the policy wants them.
-    pub fn apply_headers(&self, out: &mut HeaderMap) {
-        if let RateLimitError::Exceeded(e) = self {
-            out.insert(
-                http::header::RETRY_AFTER,
-                HeaderValue::from(e.retry_after_secs.max(1)),
-            );
-            if let Some(h) = &e.headers {
-                h.apply(out);
-            }
         }
     }
 }
@@ -396,19 +381,36 @@ pub struct PreAuth {
     api_key: Option<[u8; 16]>,
 }
 
+/// The request facts a rate-limit step keys on (both steps read the same ones).
+pub struct LimitedRequest<'a> {
+    /// The route's index in the config generation the limits were built from.
+    pub route: usize,
+    pub route_id: &'a str,
+    pub client_ip: IpAddr,
+    pub parts: &'a Parts,
+}
+
+/// Who step 7 said the caller is: what step 8 keys Consumer and ApiKey policies by.
+pub struct Caller<'a> {
+    pub identity: Identity,
+    /// The consumer behind `Identity::Consumer`, looked up by the caller.
+    pub consumer: Option<&'a Consumer>,
+    pub credential: Option<CredentialType>,
+    /// The token subject of a principal without a ConsumerCredential.
+    pub subject: Option<&'a str>,
+}
+
 /// Step 5: limits keyed by client IP, header, route or globally.
 pub async fn pre_auth(
     backends: &Backends,
-    runtime: &RuntimeConfig,
-    route: usize,
-    client_ip: IpAddr,
-    parts: &Parts,
+    limits: &RateLimits,
+    request: &LimitedRequest<'_>,
     granted: &mut Option<RateLimitHeaders>,
 ) -> Result<PreAuth, RateLimitError> {
-    let limits = &runtime.rate_limits;
-    let Some(rp) = limits.routes.get(route) else {
+    let Some(rp) = limits.routes.get(request.route) else {
         return Ok(PreAuth::default());
     };
+    let parts = request.parts;
     let api_key = rp.api_key.as_ref().and_then(|(header, query)| {
         let from_header = parts
             .headers
@@ -425,8 +427,8 @@ pub async fn pre_auth(
     });
     if !rp.pre.is_empty() {
         let ctx = KeyContext {
-            route_id: &runtime.routes[route].config.id,
-            client_ip,
+            route_id: request.route_id,
+            client_ip: request.client_ip,
             headers: &parts.headers,
             consumer: None,
             groups: &[],
@@ -444,43 +446,41 @@ pub async fn pre_auth(
 }
 
 /// Step 8: limits keyed by consumer or API key, tiers by consumer group.
-#[allow(clippy::too_many_arguments)]
 pub async fn post_auth(
     backends: &Backends,
-    runtime: &RuntimeConfig,
-    route: usize,
-    client_ip: IpAddr,
-    parts: &Parts,
-    identity: Identity,
-    credential: Option<CredentialType>,
-    subject: Option<&str>,
+    limits: &RateLimits,
+    request: &LimitedRequest<'_>,
+    caller: &Caller<'_>,
     pre: PreAuth,
     granted: &mut Option<RateLimitHeaders>,
 ) -> Result<(), RateLimitError> {
-    let limits = &runtime.rate_limits;
-    let Some(rp) = limits.routes.get(route).filter(|rp| !rp.post.is_empty()) else {
+    let Some(rp) = limits
+        .routes
+        .get(request.route)
+        .filter(|rp| !rp.post.is_empty())
+    else {
         return Ok(());
     };
-    let consumer = match identity {
-        Identity::Consumer(i) => runtime.keys.consumer(i),
+    let consumer = match caller.identity {
+        Identity::Consumer(_) => caller.consumer,
         Identity::Principal | Identity::Anonymous | Identity::Unauthenticated => None,
     };
     // A token from an external issuer without a ConsumerCredential is limited by its subject.
-    let consumer_key = match (consumer, identity) {
+    let consumer_key = match (consumer, caller.identity) {
         (Some(c), _) => Some(c.id.as_str()),
-        (None, Identity::Principal) => subject,
+        (None, Identity::Principal) => caller.subject,
         (None, _) => None,
     };
     let ctx = KeyContext {
-        route_id: &runtime.routes[route].config.id,
-        client_ip,
-        headers: &parts.headers,
+        route_id: request.route_id,
+        client_ip: request.client_ip,
+        headers: &request.parts.headers,
         consumer: consumer_key,
         groups: consumer.map_or(&[], |c| c.groups.as_slice()),
         // Only a key that authenticated this request; any other is the client's word.
         api_key: pre
             .api_key
-            .filter(|_| credential == Some(CredentialType::ApiKey)),
+            .filter(|_| caller.credential == Some(CredentialType::ApiKey)),
     };
     if rp.post_local {
         return decide_local(backends, limits, &rp.post, &ctx, granted);

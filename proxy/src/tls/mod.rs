@@ -1,5 +1,5 @@
 //! TLS (docs/architecture.md, pipeline step 1): termination on `--tls-listen`, per-host certificates and client
-//! authentication, and TLS to upstreams.
+//! authentication. TLS to upstreams is `crate::upstream::tls`.
 //!
 //! - [`sni`]: per config generation, the certificates by host and one rustls `ServerConfig`
 //!   per distinct TLS policy (minimum version + client authentication), published with the
@@ -9,7 +9,6 @@
 //!   handshakes see a swapped certificate at once; open connections keep theirs.
 //! - [`client_auth`]: the verified client certificate (subject, SANs, fingerprint) that
 //!   MutualTls authentication maps to a consumer.
-//! - [`upstream_tls`]: verification of `https://` targets.
 //! - [`check_route`]: after routing, a request must have arrived on a connection whose
 //!   handshake applied the matched route's TLS policy (421 otherwise), and plain-HTTP requests
 //!   are redirected or refused as the route says.
@@ -17,7 +16,6 @@
 pub mod acceptor;
 pub mod client_auth;
 pub mod sni;
-pub mod upstream_tls;
 
 use std::sync::Arc;
 

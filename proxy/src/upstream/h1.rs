@@ -775,7 +775,7 @@ impl BodyReader {
                 }
                 // Looked for within the bound only, for the same reason as chunk lines.
                 let window = &buf[..available.min(MAX_TRAILERS)];
-                if let Some(end) = window.windows(4).position(|w| w == b"\r\n\r\n") {
+                if let Some(end) = memchr::memmem::find(window, b"\r\n\r\n") {
                     self.state = BodyState::Done;
                     return BodyStep::End(end + 4);
                 }
@@ -967,7 +967,10 @@ mod tests {
     fn our_traceparent_replaces_every_one_the_client_sent() {
         let mut request = http::Request::builder()
             .uri("/")
-            .header("traceparent", "00-11111111111111111111111111111111-2222222222222222-01")
+            .header(
+                "traceparent",
+                "00-11111111111111111111111111111111-2222222222222222-01",
+            )
             .header("x-one", "1")
             .body(())
             .unwrap();
@@ -991,7 +994,13 @@ mod tests {
         );
         // Trace context off: the client's fields go through untouched.
         let mut buf = Vec::new();
-        encode_head(&mut buf, &parts, Hop::default(), &host, RequestFraming::None);
+        encode_head(
+            &mut buf,
+            &parts,
+            Hop::default(),
+            &host,
+            RequestFraming::None,
+        );
         let head = String::from_utf8(buf).unwrap();
         assert_eq!(head.matches("traceparent: ").count(), 2, "{head}");
     }

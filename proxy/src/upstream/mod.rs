@@ -11,14 +11,20 @@
 //! - **Retries** happen only when the caller says the request is replayable (idempotent
 //!   method and no body), on connect failure or a 502/503 answer, preferring untried targets.
 //! - **Timeouts**: connect (in the connector) and read (until response headers arrive).
-//!   Send and read timeouts follow nginx: see [`crate::upstream_timeouts`].
+//!   Send and read timeouts follow nginx: see [`timeouts`].
 //!
 //! Health and balancer state live with the compiled config, so a config swap starts fresh.
+
+pub mod endpoints;
+pub mod h1;
+pub mod pool;
+pub mod timeouts;
+pub mod tls;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -35,12 +41,12 @@ use portcullis_compiler::config::{
 
 use crate::body::{empty, ProxyBody};
 use crate::client_body::ClientFault;
-use crate::endpoints::{EndpointGap, EndpointRegistry};
 use crate::monotonic::now_ms;
-use crate::tls::upstream_tls::UpstreamTlsError;
-use crate::upstream_h1::{ExchangeError, Hop};
-use crate::upstream_pool::{self, ConnPool, Connector, HttpsConnector, PoolKey, PoolRegistry};
-use crate::upstream_timeouts::{self, ReadTimeoutBody};
+use endpoints::{EndpointGap, EndpointRegistry, Resolver, Subscriber};
+use h1::{ExchangeError, Hop};
+use pool::{ConnPool, Connector, HttpsConnector, PoolKey, PoolRegistry};
+use timeouts::ReadTimeoutBody;
+use tls::UpstreamTlsError;
 
 pub const EJECT_AFTER_FAILURES: u32 = 5;
 pub const EJECT_FOR: Duration = Duration::from_secs(10);
@@ -128,10 +134,7 @@ impl ClientPool {
     ) -> Result<TargetFactory, UpstreamTlsError> {
         Ok(TargetFactory {
             pools: self.pools.clone(),
-            plain: Connector::Plain(upstream_pool::plain_connector(
-                connect_timeout_ms,
-                refuse_internal,
-            )),
+            plain: Connector::Plain(pool::plain_connector(connect_timeout_ms, refuse_internal)),
             tls: match tls {
                 Some(tls) => Some(Connector::Tls(self.tls_connector(
                     connect_timeout_ms,
@@ -158,9 +161,9 @@ impl ClientPool {
         if let Some(connector) = connectors.get(&key) {
             return Ok(connector.clone());
         }
-        let connector = crate::tls::upstream_tls::connector(
+        let connector = tls::connector(
             tls,
-            upstream_pool::plain_connector(connect_timeout_ms, refuse_internal),
+            pool::plain_connector(connect_timeout_ms, refuse_internal),
         )?;
         connectors.insert(key, connector.clone());
         Ok(connector)
@@ -277,9 +280,7 @@ impl TargetFactory {
         } else {
             self.plain.clone()
         };
-        let host = host
-            .cloned()
-            .unwrap_or_else(|| upstream_pool::host_header(&dial));
+        let host = host.cloned().unwrap_or_else(|| pool::host_header(&dial));
         let key = PoolKey {
             dial: dial.to_string(),
             settings: format!("{} {:?}", self.settings, host),
@@ -306,23 +307,23 @@ enum Backend {
 }
 
 /// The targets of an upstream with Service targets, swapped whole when the Service's
-/// endpoints change ([`crate::endpoints`]). Requests load the current set without a lock.
+/// endpoints change ([`endpoints`]). Requests load the current set without a lock.
 pub struct TargetsCell {
     current: ArcSwap<TargetSet>,
     backends: Vec<Backend>,
     factory: TargetFactory,
 }
 
-type Resolver<'a> = dyn Fn(&ServiceBackendConfig) -> Result<Vec<SocketAddr>, EndpointGap> + 'a;
-
-impl TargetsCell {
+impl Subscriber for TargetsCell {
     /// Rebuilds the set from the Services' current endpoints. Targets whose address and
     /// weight are unchanged are kept, with their in-flight counts and passive health.
-    pub(crate) fn rebuild(&self, resolve: &Resolver<'_>) {
+    fn rebuild(&self, resolve: &Resolver<'_>) {
         let set = self.build(resolve, Some(&self.current.load()));
         self.current.store(Arc::new(set));
     }
+}
 
+impl TargetsCell {
     fn build(&self, resolve: &Resolver<'_>, previous: Option<&TargetSet>) -> TargetSet {
         let mut gap = None;
         // Per backend: its weight, its endpoints before weighting (with the Host they are
@@ -520,7 +521,7 @@ impl Upstream {
             match &t.service {
                 Some(service) if pool.endpoints.is_enabled() => {
                     resolves_services = true;
-                    let host = upstream_pool::host_header(&build_uri(
+                    let host = pool::host_header(&build_uri(
                         &scheme,
                         &authority,
                         &PathAndQuery::from_static("/"),
@@ -652,12 +653,10 @@ impl Upstream {
             };
             target.in_flight.fetch_add(1, Ordering::Relaxed);
             let _guard = InFlight(&target.in_flight);
-            let sent = upstream_timeouts::exchange(
-                attempt_body,
-                self.send_timeout,
-                self.read_timeout,
-                |body| pool.send(parts, hop, body),
-            );
+            let sent =
+                timeouts::exchange(attempt_body, self.send_timeout, self.read_timeout, |body| {
+                    pool.send(parts, hop, body)
+                });
             let outcome = sent.await;
             if outcome.as_ref().map_or(true, Result::is_err) && client_fault.get().is_some() {
                 return Err(UpstreamError::Failed);
@@ -670,7 +669,7 @@ impl Upstream {
                 }
                 Ok(Err(e)) => {
                     target.record_failure();
-                    if matches!(e, upstream_pool::SendError::Connect(_)) {
+                    if matches!(e, pool::SendError::Connect(_)) {
                         tracing::debug!(target = %target.url, error = %e, "upstream connect failed");
                         last_error = UpstreamError::Connect;
                         continue;
@@ -680,9 +679,7 @@ impl Upstream {
                     // (idempotent, no body), so another target gets it, as nginx does.
                     if matches!(
                         e,
-                        upstream_pool::SendError::Request(
-                            ExchangeError::Closed | ExchangeError::Io(_)
-                        )
+                        pool::SendError::Request(ExchangeError::Closed | ExchangeError::Io(_))
                     ) {
                         tracing::debug!(target = %target.url, error = %e, "upstream closed before answering");
                         last_error = UpstreamError::Failed;

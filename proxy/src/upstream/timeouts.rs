@@ -21,7 +21,7 @@ use tokio::time::Sleep;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::monotonic::now_ms;
-use crate::upstream_pool::PooledBody;
+use crate::upstream::pool::PooledBody;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TimeoutKind {

@@ -2,7 +2,7 @@
 //! round trip, atomically, with the Redis server's clock.
 //!
 //! - A single Redis is reached through our own pipelined connection
-//!   ([`super::redis_pipe`]): the decisions of all requests queued since it last wrote go
+//!   ([`pipe`]): the decisions of all requests queued since it last wrote go
 //!   out in one `EVALSHA`, each still decided alone, atomically and in order inside the
 //!   script. A cluster goes through the `redis` crate's cluster connection, one request per
 //!   call (different requests' keys live in different slots), over node connections whose
@@ -34,16 +34,17 @@ use redis::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+pub mod connecting;
+pub mod pipe;
+pub mod script;
+
 use super::algorithms::{Kind, Rule, Verdict, Verdicts};
 use super::keys::RedisKeys;
-use super::redis_pipe::{Pipe, Setup, Values};
 use super::resp;
-
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-pub enum RedisError {
-    #[error("rate-limit backend unavailable")]
-    Unavailable,
-}
+pub use connecting::RedisError;
+use connecting::{BACKOFF_MAX, BACKOFF_START, CONNECT_TIMEOUT};
+use pipe::{Pipe, Setup, Values};
+use script::{pack_rule, SCRIPT};
 
 /// How to reach one Redis deployment; equal settings share one connection across reloads.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -63,160 +64,6 @@ pub struct RedisBackend {
     runtime: tokio::runtime::Handle,
     script: Script,
 }
-
-/// Connecting: how long one attempt may take, and the backoff between failed ones (single
-/// Redis and cluster alike).
-pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-pub(super) const BACKOFF_START: Duration = Duration::from_millis(50);
-pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(2);
-
-/// KEYS[i] is a counter; ARGV[i] its rule: four little-endian f64 (algorithm code as in
-/// [`Kind::script_code`], limit, period in ms, burst). The last ARGV says how the counters
-/// split into requests: two bytes (big-endian count) per request, in order. Each request is
-/// decided as if alone, in order: its counters are written only when every one of them
-/// admits. A key is read with one `GET` and written with one `SET` per call, whatever the
-/// number of requests counting on it: the requests in between see each other's counts in
-/// the script, and the last write is the one a `SET` per request would have left. Returns
-/// 4 integers per counter: admitted (0/1), remaining, reset (ms), retry after (ms). Mirrors
-/// `algorithms.rs`.
-///
-/// What it costs Redis (callgrind, per call): every `redis.call` costs a few thousand
-/// instructions and every decimal string turned into a number (`tonumber`, i.e. `strtod`)
-/// about two thousand, which dwarf the arithmetic. Hence rules arrive packed (no `tonumber`),
-/// a counter is one string of three packed numbers read with `GET` and written with one
-/// `SET … PX` (a hash needed `HMGET`, `HSET`, `PEXPIRE` and decimal formatting), and `TIME`
-/// is parsed once.
-pub const SCRIPT: &str = r#"
-local t = redis.call('TIME')
-local sec, usec = tonumber(t[1]), tonumber(t[2])
-local floor, ceil, max = math.floor, math.ceil, math.max
-local pack, unpack, byte = struct.pack, struct.unpack, string.byte
-local now = sec * 1000 + floor(usec / 1000)
-local now_us = sec * 1000000 + usec
-local sizes = ARGV[#KEYS + 1]
-local out = {}
-local writes = {}
--- Each key is read once and written once per call, however many requests of the batch
--- count on it (a limited client's requests share their key): `seen` holds a key's value
--- as the requests decided so far left it (false: absent), `ttls` the expiry of its last
--- write, `dirty` the keys to write back, in first-write order.
-local seen, ttls, dirty = {}, {}, {}
-local k = 0
-for r = 1, #sizes, 2 do
-  local n = byte(sizes, r) * 256 + byte(sizes, r + 1)
-  local all = true
-  for j = 1, n do
-    local i = k + j
-    local kind, limit, period, burst = unpack('<dddd', ARGV[i])
-    local raw = seen[KEYS[i]]
-    if raw == nil then
-      raw = redis.call('GET', KEYS[i])
-      seen[KEYS[i]] = raw
-    end
-    local a, b, c = nil, 0, 0
-    if raw then a, b, c = unpack('<ddd', raw) end
-    local ok, remaining, reset, retry, na, nb, nc, ttl
-    if kind == 1 then
-      local w = floor(now / period)
-      local e = now - w * period
-      local cur, prev = 0, 0
-      if a == w then cur = b; prev = c elseif a == w - 1 then prev = b end
-      local weighted = prev * (period - e)
-      ok = weighted + (cur + 1) * period <= limit * period
-      local counted = cur
-      if ok then counted = cur + 1 end
-      remaining = max(limit - ceil((weighted + counted * period) / period), 0)
-      local to_end = period - e
-      if counted > 0 then reset = to_end + period elseif prev > 0 then reset = to_end else reset = 0 end
-      if ok then
-        retry = 0
-      elseif cur < limit and prev > 0 then
-        local free = floor((limit - cur - 1) * period / prev)
-        retry = max(max(period - free, 0) - e, 1)
-      else
-        local free = floor((limit - 1) * period / max(cur, 1))
-        retry = to_end + max(period - free, 0)
-      end
-      na = w; nb = cur + 1; nc = prev; ttl = 2 * period
-    elseif kind == 2 then
-      local interval = max(floor(period * 1000 / limit), 1)
-      local tolerance = interval * burst
-      local tat = now_us
-      if a and a > now_us then tat = a end
-      local new_tat = tat + interval
-      ok = new_tat - now_us <= tolerance
-      if ok then
-        remaining = floor((tolerance - (new_tat - now_us)) / interval)
-        reset = ceil((new_tat - now_us) / 1000); retry = 0
-      else
-        remaining = 0
-        reset = ceil((tat - now_us) / 1000)
-        retry = ceil((new_tat - tolerance - now_us) / 1000)
-      end
-      na = new_tat; nb = 0; nc = 0; ttl = ceil((new_tat - now_us) / 1000) + 1000
-    else
-      local w, wend
-      if kind == 3 then
-        w = floor(now / period); wend = (w + 1) * period
-      elseif kind == 4 then
-        w = floor(now / 86400000); wend = (w + 1) * 86400000
-      else
-        local function days_from_civil(y, m, d)
-          if m <= 2 then y = y - 1 end
-          local era = floor(y / 400)
-          local yoe = y - era * 400
-          local mp = (m + 9) % 12
-          local doy = floor((153 * mp + 2) / 5) + d - 1
-          local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
-          return era * 146097 + doe - 719468
-        end
-        local z = floor(now / 86400000) + 719468
-        local era = floor(z / 146097)
-        local doe = z - era * 146097
-        local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
-        local y = yoe + era * 400
-        local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
-        local mp = floor((5 * doy + 2) / 153)
-        local m
-        if mp < 10 then m = mp + 3 else m = mp - 9 end
-        if m <= 2 then y = y + 1 end
-        w = y * 12 + m - 1
-        local ny, nm = y, m + 1
-        if nm > 12 then ny = y + 1; nm = 1 end
-        wend = days_from_civil(ny, nm, 1) * 86400000
-      end
-      local cur = 0
-      if a == w then cur = b end
-      reset = wend - now
-      ok = cur < limit
-      remaining = max(limit - cur - 1, 0)
-      if ok then retry = 0 else retry = reset end
-      na = w; nb = cur + 1; nc = 0; ttl = reset + 1000
-    end
-    local o = (i - 1) * 4
-    if ok then out[o + 1] = 1 else out[o + 1] = 0; all = false end
-    out[o + 2] = remaining; out[o + 3] = reset; out[o + 4] = retry
-    -- Packed, not formatted: a number passed to redis.call is written with 17 significant
-    -- digits (exact for these integers), but formatting costs more than the packing.
-    writes[j] = pack('<ddd', na, nb, nc)
-    writes[n + j] = max(floor(ttl), 1)
-  end
-  if all then
-    for j = 1, n do
-      local key = KEYS[k + j]
-      if not ttls[key] then dirty[#dirty + 1] = key end
-      seen[key] = writes[j]
-      ttls[key] = writes[n + j]
-    end
-  end
-  k = k + n
-end
-for d = 1, #dirty do
-  local key = dirty[d]
-  redis.call('SET', key, seen[key], 'PX', ttls[key])
-end
-return out
-"#;
 
 impl RedisBackend {
     /// Must be called inside a tokio runtime; starts connecting in the background.
@@ -519,21 +366,4 @@ async fn eval<C: redis::aio::ConnectionLike>(
         }
         other => other,
     }
-}
-
-/// A rule as the script reads it: `struct.unpack('<dddd', …)`. Limits and periods pass
-/// through a Lua number either way, so f64 loses nothing the script could use.
-pub(super) fn pack_rule(rule: &Rule) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    #[allow(clippy::cast_precision_loss)]
-    let fields = [
-        rule.kind.script_code(),
-        rule.limit as f64,
-        rule.period_ms as f64,
-        rule.burst as f64,
-    ];
-    for (chunk, v) in out.chunks_exact_mut(8).zip(fields) {
-        chunk.copy_from_slice(&v.to_le_bytes());
-    }
-    out
 }

@@ -34,10 +34,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use super::algorithms::Rule;
-use super::keys::RedisKeys;
-use super::redis::{pack_rule, RedisError, BACKOFF_MAX, BACKOFF_START, CONNECT_TIMEOUT};
-use super::resp::{self, Reply};
+use super::connecting::{RedisError, BACKOFF_MAX, BACKOFF_START, CONNECT_TIMEOUT};
+use super::script::pack_rule;
+use crate::ratelimit::algorithms::Rule;
+use crate::ratelimit::keys::RedisKeys;
+use crate::ratelimit::resp::{self, Reply};
 
 /// The numbers of one request's counters, 4 each, as the script returns them.
 pub type Values = SmallVec<[i64; 16]>;

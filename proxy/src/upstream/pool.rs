@@ -7,7 +7,7 @@
 //! request went to the generic client).
 //!
 //! - Connections are HTTP/1.1, each driven inline by the request using it
-//!   ([`crate::upstream_h1`]).
+//!   ([`crate::upstream::h1`]).
 //! - A connection returns to the pool when its response body has been read to the end; a
 //!   body dropped early closes it (HTTP/1 cannot abandon a response and stay in sync).
 //! - Idle connections are reused newest first, dropped after [`IDLE_TIMEOUT`] and capped
@@ -29,7 +29,9 @@ use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use tower_service::Service;
 
 use crate::body::{BoxError, ProxyBody};
-use crate::upstream_h1::{BodyError, BodyReader, ExchangeError, H1Conn, Hop, ResponseHead, UpstreamIo};
+use crate::upstream::h1::{
+    BodyError, BodyReader, ExchangeError, H1Conn, Hop, ResponseHead, UpstreamIo,
+};
 
 /// How long an idle connection is kept for reuse.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::upstream_pool::HttpConnector;
+use super::pool::HttpConnector;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use portcullis_compiler::config::UpstreamTlsConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -74,7 +74,7 @@ impl ServerCertVerifier for NoVerification {
 }
 
 fn client_config(tls: &UpstreamTlsConfig) -> Result<rustls::ClientConfig, UpstreamTlsError> {
-    let provider = super::provider();
+    let provider = crate::tls::provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let config = if tls.insecure_skip_verify {

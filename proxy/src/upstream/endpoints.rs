@@ -7,7 +7,7 @@
 //!
 //! The registry holds what the watches saw and, per Service, the upstreams that use it
 //! (weakly). A change of one Service's endpoints rebuilds only those upstreams' target sets
-//! and swaps them in ([`crate::upstream::TargetsCell`]): no config is reloaded and no route
+//! and swaps them in ([`Subscriber`], an upstream's target set): no config is reloaded and no route
 //! recompiled. The request path never touches the registry or its lock; it loads the
 //! upstream's current set through an `ArcSwap`.
 //!
@@ -22,10 +22,17 @@ use std::time::Duration;
 use portcullis_compiler::config::ServiceBackendConfig;
 use tokio::sync::watch;
 
-use crate::upstream::TargetsCell;
-
 /// `namespace`, `name` of a Service.
 pub type ServiceKey = (String, String);
+
+/// The ready addresses of a Service port, as an endpoint change hands them to subscribers.
+pub type Resolver<'a> = dyn Fn(&ServiceBackendConfig) -> Result<Vec<SocketAddr>, EndpointGap> + 'a;
+
+/// What an endpoint change rebuilds: an upstream's target set. A trait, so this registry
+/// needs nothing from the upstream that subscribes to it.
+pub trait Subscriber: Send + Sync {
+    fn rebuild(&self, resolve: &Resolver<'_>);
+}
 
 /// One Service port: its name (`""` when unnamed) and number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +83,7 @@ struct State {
     services: HashMap<ServiceKey, Vec<ServicePort>>,
     /// Endpoint groups by Service, then by the object they came from (slice name).
     endpoints: HashMap<ServiceKey, BTreeMap<String, Vec<EndpointGroup>>>,
-    subscribers: HashMap<ServiceKey, Vec<Weak<TargetsCell>>>,
+    subscribers: HashMap<ServiceKey, Vec<Weak<dyn Subscriber>>>,
     /// Kinds whose watch has listed once (Services, and EndpointSlices or Endpoints).
     listed: Vec<&'static str>,
 }
@@ -115,10 +122,11 @@ impl View<'_> {
     }
 
     /// Registers `cell` to be rebuilt when `key`'s Service or endpoints change.
-    pub fn subscribe(&mut self, key: ServiceKey, cell: &Arc<TargetsCell>) {
+    pub fn subscribe<S: Subscriber + 'static>(&mut self, key: ServiceKey, cell: &Arc<S>) {
         let list = self.state.subscribers.entry(key).or_default();
         list.retain(|w| w.strong_count() > 0);
-        list.push(Arc::downgrade(cell));
+        let weak: Weak<dyn Subscriber> = Arc::<S>::downgrade(cell);
+        list.push(weak);
     }
 }
 
@@ -271,15 +279,15 @@ fn changed_keys<V: PartialEq>(
 
 /// Rebuilds the target sets of the upstreams that use these Services (each once).
 fn rebuild(state: &mut State, keys: &[ServiceKey]) {
-    let mut cells: Vec<Arc<TargetsCell>> = Vec::new();
+    let mut cells: Vec<Arc<dyn Subscriber>> = Vec::new();
     for key in keys {
         if let Some(list) = state.subscribers.get_mut(key) {
             list.retain(|w| w.strong_count() > 0);
             cells.extend(list.iter().filter_map(Weak::upgrade));
         }
     }
-    cells.sort_by_key(|c| Arc::as_ptr(c) as usize);
-    cells.dedup_by_key(|c| Arc::as_ptr(c) as usize);
+    cells.sort_by_key(|c| Arc::as_ptr(c).cast::<()>() as usize);
+    cells.dedup_by_key(|c| Arc::as_ptr(c).cast::<()>() as usize);
     for cell in cells {
         cell.rebuild(&|backend| resolve(state, backend));
     }
