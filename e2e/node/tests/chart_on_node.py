@@ -711,10 +711,18 @@ def _():
 
 
 def old_web_pods_stopped() -> bool:
+    """Every deleted web pod has stopped: its containers show terminated, or its
+    deletionTimestamp (the delete plus the grace period, when the kubelet kills what is left)
+    passed 2 s ago (kubelet 1.20 may report the end only when it removes the Pod)."""
+    from datetime import datetime
+    now = time.time()
     for p in kget("pods", "-n", APP_NS, "-l", "app=web")["items"]:
-        if p["metadata"].get("deletionTimestamp") is None:
+        deleted = p["metadata"].get("deletionTimestamp")
+        if deleted is None:
             continue
-        if any("terminated" not in c.get("state", {}) for c in p.get("status", {}).get("containerStatuses", [])):
+        killed_by = datetime.fromisoformat(deleted.replace("Z", "+00:00")).timestamp() + 2
+        running = any("terminated" not in c.get("state", {}) for c in p.get("status", {}).get("containerStatuses", []))
+        if running and now < killed_by:
             return False
     return True
 
