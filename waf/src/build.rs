@@ -10,10 +10,10 @@ use regex::bytes::{
 
 use crate::class;
 use crate::config::{Group, Mode, OversizeAction, PolicyConfig, WafError};
-use crate::custom::{compile_custom_rules, CompiledCustom};
+use crate::custom::{compile_custom_rules, CustomRules};
 use crate::evaluation::{Decision, Evaluation};
 use crate::parse::ParseLimits;
-use crate::rules::{self, Input, RuleDef};
+use crate::rules::{self, Check, Input, RuleDef};
 
 pub(crate) struct Slot {
     pub(crate) group: Group,
@@ -58,7 +58,7 @@ pub struct Engine {
     pub(crate) xss: bool,
     pub(crate) lfi: bool,
     pub(crate) protocol: bool,
-    pub(crate) custom: Vec<CompiledCustom>,
+    pub(crate) custom: CustomRules,
     pub(crate) parse_limits: ParseLimits,
 }
 
@@ -69,6 +69,20 @@ impl std::fmt::Debug for Engine {
             .field("literals", &self.literals.len())
             .field("custom", &self.custom.len())
             .finish()
+    }
+}
+
+impl Engine {
+    /// [`Evaluation::record`] under this policy's exclusions.
+    pub(crate) fn record(
+        &self,
+        eval: &mut Evaluation,
+        path_norm: &str,
+        check: &Check,
+        target: &str,
+        text: &str,
+    ) {
+        eval.record(&self.config.exclusions, path_norm, check, target, text);
     }
 }
 

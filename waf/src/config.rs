@@ -212,7 +212,19 @@ impl Default for PolicyConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum WafError {
     #[error("{0}")]
-    CustomRule(crate::custom::CustomRuleIssue),
+    CustomRule(CustomRuleIssue),
     #[error("built-in rule set failed to compile: {0}")]
     Builtin(String),
+}
+
+/// A problem with one of a policy's custom rules: the WafPolicy's status names it
+/// (`spec.customRules[index].field: message`), and the engine refuses to build with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("customRules[{index}].{field}: {message}")]
+pub struct CustomRuleIssue {
+    /// Position in `customRules`.
+    pub index: usize,
+    /// `id`, `targets` or `value`.
+    pub field: &'static str,
+    pub message: String,
 }

@@ -5,13 +5,15 @@ use std::net::IpAddr;
 
 use regex::{Regex, RegexBuilder};
 
-use crate::build::Engine;
-use crate::config::{Action, CustomRule, Group, Operator, TransformKind, WafError};
+use crate::config::{
+    Action, CustomRule, CustomRuleIssue, Exclusion, Group, Operator, TransformKind, WafError,
+};
 use crate::evaluation::Evaluation;
 use crate::libinjection::detect_sqli;
-use crate::parse::Collector;
+use crate::parse::{Collector, ParseLimits};
 use crate::request::RequestHead;
 use crate::rules::Check;
+use crate::selectors::selects;
 use crate::transform;
 
 pub(crate) enum Matcher {
@@ -29,18 +31,6 @@ pub(crate) struct CompiledCustom {
     pub(crate) check: Check,
     pub(crate) rule: CustomRule,
     pub(crate) matcher: Matcher,
-}
-
-/// A problem with one of a policy's custom rules: the WafPolicy's status names it
-/// (`spec.customRules[index].field: message`), and the engine refuses to build with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("customRules[{index}].{field}: {message}")]
-pub struct CustomRuleIssue {
-    /// Position in `customRules`.
-    pub index: usize,
-    /// `id`, `targets` or `value`.
-    pub field: &'static str,
-    pub message: String,
 }
 
 /// Every problem of `rules`, in order (the one validation of custom rules: the compiler
@@ -162,7 +152,7 @@ fn is_token(s: &str) -> bool {
 }
 
 /// The compiled custom rules of a policy, or its first problem.
-pub(crate) fn compile_custom_rules(rules: &[CustomRule]) -> Result<Vec<CompiledCustom>, WafError> {
+pub(crate) fn compile_custom_rules(rules: &[CustomRule]) -> Result<CustomRules, WafError> {
     let mut ids = HashSet::new();
     let mut issues = Vec::new();
     let mut compiled = Vec::with_capacity(rules.len());
@@ -187,7 +177,7 @@ pub(crate) fn compile_custom_rules(rules: &[CustomRule]) -> Result<Vec<CompiledC
     }
     match issues.into_iter().next() {
         Some(issue) => Err(WafError::CustomRule(issue)),
-        None => Ok(compiled),
+        None => Ok(CustomRules(compiled)),
     }
 }
 
@@ -234,46 +224,33 @@ pub(crate) fn apply_transforms(value: &str, transforms: &[TransformKind]) -> Str
     v
 }
 
-/// Custom-rule target selectors (docs/waf.md): `Path`, `Method`, `Query`, `Args`, `ArgNames`,
-/// `Headers`, `Header:NAME`, `Cookies`, `Cookie:NAME`, `Body`, `JsonValues`, `Json:PATH`,
-/// `Query:NAME`, `Args:NAME`.
-pub(crate) fn selects(selector: &str, label: &str) -> bool {
-    let (collection, key) = label.split_once(':').unwrap_or((label, ""));
-    match selector {
-        "Path" | "Method" | "Body" => label == selector,
-        "Query" => collection == "Query",
-        "Args" => matches!(collection, "Query" | "Form" | "Json" | "Multipart" | "Xml"),
-        "ArgNames" => matches!(collection, "ArgName" | "JsonKey"),
-        "Headers" => collection == "Header",
-        "Cookies" => collection == "Cookie",
-        "JsonValues" => collection == "Json",
-        _ => match selector.split_once(':') {
-            Some(("Header", name)) => collection == "Header" && key.eq_ignore_ascii_case(name),
-            Some(("Args", name)) => {
-                matches!(collection, "Query" | "Form" | "Json" | "Multipart") && key == name
-            }
-            Some((c, name)) => c == collection && key == name,
-            None => false,
-        },
-    }
-}
+/// A policy's custom rules, compiled once per config.
+#[derive(Default)]
+pub(crate) struct CustomRules(pub(crate) Vec<CompiledCustom>);
 
-impl Engine {
-    pub(crate) fn run_custom(
+impl CustomRules {
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run(
         &self,
+        limits: &ParseLimits,
+        exclusions: &[Exclusion],
         req: &RequestHead<'_>,
         path_norm: &str,
         body: Option<&[u8]>,
         eval: &mut Evaluation,
         head: bool,
     ) {
-        if self.custom.is_empty() {
+        if self.0.is_empty() {
             return;
         }
         // The custom rule targets are re-collected here (custom rules are few, and keeping
         // them separate keeps the built-in hot path free of per-target selector checks).
         let mut values: Vec<(String, String)> = Vec::new();
-        let mut c = Collector::new(&self.parse_limits);
+        let mut c = Collector::new(limits);
         if head {
             values.push(("Method".into(), req.method.to_string()));
             values.push(("Path".into(), path_norm.to_string()));
@@ -305,7 +282,7 @@ impl Engine {
         for t in &c.targets {
             values.push((t.label(&c.keys), t.value.to_string()));
         }
-        for rule in &self.custom {
+        for rule in &self.0 {
             for (label, value) in &values {
                 if !rule.rule.targets.iter().any(|sel| selects(sel, label)) {
                     continue;
@@ -315,7 +292,7 @@ impl Engine {
                     continue;
                 }
                 let before = eval.findings.len();
-                self.record(eval, path_norm, &rule.check, label, &value);
+                eval.record(exclusions, path_norm, &rule.check, label, &value);
                 if eval.findings.len() > before && rule.rule.action == Action::Block {
                     eval.forced_block.get_or_insert(rule.rule.id);
                 }

@@ -3,10 +3,9 @@
 
 use std::collections::HashMap;
 
-use crate::build::Engine;
-use crate::config::Group;
-use crate::custom::selects;
+use crate::config::{Exclusion, Group};
 use crate::rules::Check;
+use crate::selectors::{path_matches, target_matches};
 
 /// One reason a request scored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,46 +92,32 @@ pub(crate) fn excerpt(text: &str) -> String {
     out
 }
 
-/// Exclusion target: an exact label (`Query:q`), a collection (`Query`, `Headers`), or a
-/// custom-rule style selector.
-pub(crate) fn target_matches(selector: &str, label: &str) -> bool {
-    selector == label || selects(selector, label) || label.split(':').next() == Some(selector)
-}
-
-pub(crate) fn path_matches(prefix: &str, path: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    prefix.is_empty()
-        || path == prefix
-        || path
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('/'))
-}
-
-impl Engine {
-    /// Records a finding of `check` on `target` (`text` is what matched): every finding,
-    /// of a pattern rule, a check written as code or a custom rule, goes through here.
+impl Evaluation {
+    /// Records a finding of `check` on `target` (`text` is what matched) unless one of
+    /// `exclusions` covers it: every finding, of a pattern rule, a check written as code or
+    /// a custom rule, goes through here.
     pub(crate) fn record(
-        &self,
-        eval: &mut Evaluation,
+        &mut self,
+        exclusions: &[Exclusion],
         path_norm: &str,
         check: &Check,
         target: &str,
         text: &str,
     ) {
         let rule_id = check.id;
-        if self.excluded(rule_id, path_norm, target) {
+        if excluded(exclusions, rule_id, path_norm, target) {
             return;
         }
         // One finding per rule and target: repeating a payload must not inflate the score
         // past what one occurrence says, and the audit line stays short.
-        if eval
+        if self
             .findings
             .iter()
             .any(|f| f.rule_id == rule_id && f.target == target)
         {
             return;
         }
-        eval.add(Finding {
+        self.add(Finding {
             rule_id,
             group: check.group,
             target: target.to_string(),
@@ -141,12 +126,12 @@ impl Engine {
             message: check.msg,
         });
     }
+}
 
-    pub(crate) fn excluded(&self, rule_id: u32, path_norm: &str, target: &str) -> bool {
-        self.config.exclusions.iter().any(|e| {
-            e.rule_ids.contains(&rule_id)
-                && (e.paths.is_empty() || e.paths.iter().any(|p| path_matches(p, path_norm)))
-                && (e.targets.is_empty() || e.targets.iter().any(|t| target_matches(t, target)))
-        })
-    }
+fn excluded(exclusions: &[Exclusion], rule_id: u32, path_norm: &str, target: &str) -> bool {
+    exclusions.iter().any(|e| {
+        e.rule_ids.contains(&rule_id)
+            && (e.paths.is_empty() || e.paths.iter().any(|p| path_matches(p, path_norm)))
+            && (e.targets.is_empty() || e.targets.iter().any(|t| target_matches(t, target)))
+    })
 }

@@ -164,6 +164,26 @@ impl Engine {
         self.run_custom(req, &path_norm, Some(body), eval, false);
     }
 
+    /// The policy's custom rules over the head (`head`) or the body.
+    fn run_custom(
+        &self,
+        req: &RequestHead<'_>,
+        path_norm: &str,
+        body: Option<&[u8]>,
+        eval: &mut Evaluation,
+        head: bool,
+    ) {
+        self.custom.run(
+            &self.parse_limits,
+            &self.config.exclusions,
+            req,
+            path_norm,
+            body,
+            eval,
+            head,
+        );
+    }
+
     /// Head and body in one call (tests, benchmarks, offline scoring).
     pub fn inspect(&self, req: &RequestHead<'_>, body: &[u8]) -> Evaluation {
         let mut eval = self.inspect_head(req);

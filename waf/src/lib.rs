@@ -27,14 +27,15 @@ pub mod parse;
 mod protocol;
 mod request;
 pub mod rules;
+mod selectors;
 pub mod transform;
 
 pub use build::Engine;
 pub use config::{
-    Action, CustomRule, Exclusion, Group, Limits, Mode, Operator, OversizeAction, PolicyConfig,
-    TransformKind, WafError,
+    Action, CustomRule, CustomRuleIssue, Exclusion, Group, Limits, Mode, Operator, OversizeAction,
+    PolicyConfig, TransformKind, WafError,
 };
-pub use custom::{validate_custom_rules, CustomRuleIssue};
+pub use custom::validate_custom_rules;
 pub use evaluation::{Decision, Evaluation, Finding, EXCERPT_CHARS, MAX_FINDINGS};
 pub use request::RequestHead;
 

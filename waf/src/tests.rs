@@ -426,8 +426,9 @@ fn check_ids_are_unique() {
 /// engine refuses to build with (the first one), so a policy the compiler accepted builds.
 #[test]
 fn custom_rule_validation_is_the_engines_own() {
+    use crate::config::CustomRuleIssue;
     use crate::config::{Action, CustomRule, Operator, WafError};
-    use crate::custom::{validate_custom_rules, CustomRuleIssue};
+    use crate::custom::validate_custom_rules;
     let rule = |id: u32, targets: &[&str], operator: Operator, value: &str| CustomRule {
         id,
         description: None,
@@ -504,4 +505,64 @@ fn custom_rule_validation_is_the_engines_own() {
         ..PolicyConfig::default()
     })
     .unwrap();
+}
+
+/// Every check written as code has an example, and each example is flagged by its check.
+#[test]
+fn each_code_check_flags_its_examples() {
+    use crate::config::{Limits, PolicyConfig};
+    let (max_json_depth, max_args, max_arg_length) = code::EXAMPLE_LIMITS;
+    let config = PolicyConfig {
+        allowed_methods: code::EXAMPLE_ALLOWED_METHODS
+            .iter()
+            .map(|m| m.to_string())
+            .collect(),
+        limits: Limits {
+            max_json_depth,
+            max_args,
+            max_arg_length,
+            ..Limits::default()
+        },
+        ..PolicyConfig::default()
+    };
+    let engine = Engine::new(config).expect("the example policy builds");
+    for check in code::ALL {
+        assert!(
+            code::EXAMPLES.iter().any(|e| e.check.id == check.id),
+            "check {} ({}) has no example",
+            check.id,
+            check.msg
+        );
+    }
+    for e in &code::EXAMPLES {
+        let req = RequestHead {
+            method: e.method,
+            uri: e.uri,
+            headers: e.headers,
+            client_ip: None,
+        };
+        let eval = engine.inspect(&req, e.body);
+        assert!(
+            eval.findings.iter().any(|f| f.rule_id == e.check.id),
+            "example of {} ({}) not flagged: {} {} → {:?}",
+            e.check.id,
+            e.check.msg,
+            e.method,
+            e.uri,
+            eval.rule_ids()
+        );
+    }
+    // The same policy flags none of them on a plain request.
+    let headers: [(&str, &[u8]); 2] = [
+        ("Host", b"api.example.com"),
+        ("Content-Type", b"application/json"),
+    ];
+    let clean = RequestHead {
+        method: "POST",
+        uri: "/orders?page=2",
+        headers: &headers,
+        client_ip: None,
+    };
+    let eval = engine.inspect(&clean, br#"{"sku":"A-1","qty":2}"#);
+    assert!(eval.findings.is_empty(), "{:?}", eval.rule_ids());
 }

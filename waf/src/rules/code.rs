@@ -126,3 +126,163 @@ pub const ALL: [&Check; 19] = [
     &XSS_LIBINJECTION,
     &SQLI_LIBINJECTION,
 ];
+
+/// A request that one check written as code must flag: the example inputs of these checks,
+/// as the pattern rules carry theirs. Evaluated under [`EXAMPLE_LIMITS`] and
+/// [`EXAMPLE_ALLOWED_METHODS`] (so the limit checks have small limits to exceed).
+#[derive(Debug, Clone, Copy)]
+pub struct Example {
+    pub check: &'static Check,
+    pub method: &'static str,
+    pub uri: &'static str,
+    pub headers: &'static [(&'static str, &'static [u8])],
+    pub body: &'static [u8],
+}
+
+/// `maxJsonDepth`, `maxArgs`, `maxArgLength` the examples run under.
+pub const EXAMPLE_LIMITS: (u32, u32, u32) = (4, 8, 64);
+pub const EXAMPLE_ALLOWED_METHODS: [&str; 3] = ["GET", "POST", "HEAD"];
+
+const HOST: (&str, &[u8]) = ("Host", b"api.example.com");
+const JSON: (&str, &[u8]) = ("Content-Type", b"application/json");
+
+const fn example(
+    check: &'static Check,
+    method: &'static str,
+    uri: &'static str,
+    headers: &'static [(&'static str, &'static [u8])],
+    body: &'static [u8],
+) -> Example {
+    Example {
+        check,
+        method,
+        uri,
+        headers,
+        body,
+    }
+}
+
+/// At least one example per entry of [`ALL`] (checked by a test).
+pub const EXAMPLES: [Example; 21] = [
+    example(&METHOD_NOT_ALLOWED, "TRACE", "/", &[HOST], b""),
+    example(
+        &CONTENT_LENGTH_NOT_A_NUMBER,
+        "POST",
+        "/",
+        &[HOST, ("Content-Length", b"12a")],
+        b"",
+    ),
+    example(
+        &GET_OR_HEAD_WITH_BODY,
+        "GET",
+        "/",
+        &[HOST, ("Content-Length", b"5")],
+        b"",
+    ),
+    example(
+        &UNKNOWN_TRANSFER_CODING,
+        "POST",
+        "/",
+        &[HOST, ("Transfer-Encoding", b"chunked, xchunked")],
+        b"",
+    ),
+    example(
+        &CONTENT_LENGTH_AND_TRANSFER_ENCODING,
+        "POST",
+        "/",
+        &[
+            HOST,
+            ("Content-Length", b"4"),
+            ("Transfer-Encoding", b"chunked"),
+        ],
+        b"",
+    ),
+    example(&NUL_IN_REQUEST_LINE, "GET", "/a%00.txt", &[HOST], b""),
+    example(&NUL_IN_REQUEST_LINE, "GET", "/a?f=x%2500y", &[HOST], b""),
+    example(
+        &NUL_IN_HEADER,
+        "GET",
+        "/",
+        &[HOST, ("X-Note", b"a\0b")],
+        b"",
+    ),
+    example(&MISSING_HOST, "GET", "/", &[], b""),
+    example(
+        &ARG_TOO_LONG,
+        "GET",
+        "/?q=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        &[HOST],
+        b"",
+    ),
+    example(
+        &TOO_MANY_ARGS,
+        "GET",
+        "/?a=1&b=2&c=3&d=4&e=5&f=6&g=7&h=8&i=9",
+        &[HOST],
+        b"",
+    ),
+    example(
+        &JSON_TOO_DEEP,
+        "POST",
+        "/",
+        &[HOST, JSON],
+        b"{\"a\":{\"b\":{\"c\":{\"d\":{\"e\":1}}}}}",
+    ),
+    example(
+        &BODY_UNPARSABLE,
+        "POST",
+        "/",
+        &[HOST, JSON],
+        b"{\"a\": 1,,}",
+    ),
+    example(
+        &BODY_UNPARSABLE,
+        "POST",
+        "/",
+        &[HOST, ("Content-Type", b"multipart/form-data")],
+        b"--x\r\n\r\n",
+    ),
+    example(
+        &RESTRICTED_EXTENSION,
+        "GET",
+        "/backup/db.sqlite",
+        &[HOST],
+        b"",
+    ),
+    example(
+        &RESTRICTED_HEADER,
+        "POST",
+        "/",
+        &[HOST, ("X-HTTP-Method-Override", b"DELETE")],
+        b"",
+    ),
+    example(
+        &MALFORMED_CONTENT_TYPE,
+        "POST",
+        "/",
+        &[HOST, ("Content-Type", b"text html")],
+        b"",
+    ),
+    example(
+        &CHARSET_NOT_ALLOWED,
+        "POST",
+        "/",
+        &[HOST, ("Content-Type", b"text/plain; charset=utf-7")],
+        b"",
+    ),
+    example(&HIDDEN_FILE, "GET", "/app/.git/config", &[HOST], b""),
+    example(
+        &XSS_LIBINJECTION,
+        "GET",
+        "/?c=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E",
+        &[HOST],
+        b"",
+    ),
+    example(
+        &SQLI_LIBINJECTION,
+        "GET",
+        "/?id=1%27%20OR%20%271%27%3D%271",
+        &[HOST],
+        b"",
+    ),
+];
