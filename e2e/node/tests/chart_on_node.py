@@ -376,29 +376,34 @@ def _():
 
 
 class Load:
-    """Steady requests with the key through the Service, each on a new connection."""
+    """Steady requests on new connections until stopped. `send()` returns (good, what): the
+    answer's text when good, why not otherwise. Good answers are kept with the time they were
+    sent, failures with the time and the reason."""
 
-    def __init__(self, ip: str, workers: int = 2, pause: float = 0.02):
-        self.ip, self.pause = ip, pause
-        self.ok = 0
+    def __init__(self, send, workers: int = 2, pause: float = 0.02):
+        self.send, self.pause = send, pause
+        self.answers: list[tuple[float, str]] = []
         self.failed: list[str] = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(workers)]
 
+    @property
+    def ok(self) -> int:
+        return len(self.answers)
+
     def run(self):
         while not self.stop.is_set():
+            sent = time.monotonic()
             try:
-                s, b = request(self.ip, "/orders/index.html", KEY, timeout=10)
-                good = s == 200 and b == b"orders-v1\n"
-                why = f"{s} {b[:80]!r}"
+                good, what = self.send()
             except Exception as e:  # noqa: BLE001 - every failure counts
-                good, why = False, f"{type(e).__name__}: {e}"
+                good, what = False, f"{type(e).__name__}: {e}"
             with self.lock:
                 if good:
-                    self.ok += 1
+                    self.answers.append((sent, what))
                 else:
-                    self.failed.append(f"{time.monotonic() - T0:.1f}s {why}")
+                    self.failed.append(f"{sent - T0:.1f}s {what}")
             time.sleep(self.pause)
 
     def __enter__(self):
@@ -412,11 +417,17 @@ class Load:
             t.join()
 
 
+def orders_v1(ip: str):
+    """The keyed route of the chart's steps: good is 200 with the v1 page."""
+    s, b = request(ip, "/orders/index.html", KEY, timeout=10)
+    return s == 200 and b == b"orders-v1\n", f"{s} {b[:80]!r}"
+
+
 @step("helm upgrade changing a proxy setting under a steady request stream through the Service: 0 failed requests across the rolling update")
 def _():
     before = {p["metadata"]["name"] for p in pods("proxy")}
     values = {**IMAGE_VALUES, "proxy": {"maxInFlight": 5000}}
-    with Load(STATE["proxy_ip"]) as load:
+    with Load(lambda: orders_v1(STATE["proxy_ip"])) as load:
         time.sleep(3)
         with helm_config() as cfg:
             rel = cfg.upgrade(CHART, RELEASE, values, namespace=NS, wait="watcher", timeout=300)
@@ -654,47 +665,17 @@ def _():
     return f"RoundRobin 300 requests: {sorted(counts.values())}; ConsistentHash 100 requests: {hashed}"
 
 
-class WebLoad:
-    """Requests on new connections through the proxy Service, each recording which pod answered
-    and when it was sent."""
-
-    def __init__(self, workers: int = 2):
-        self.answers: list[tuple[float, str]] = []
-        self.failed: list[str] = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(workers)]
-
-    def run(self):
-        while not self.stop.is_set():
-            sent = time.monotonic()
-            try:
-                s, b = web(timeout=10)
-                good, why = s == 200, f"{s} {b[:100]!r}"
-            except Exception as e:  # noqa: BLE001 - every failure counts
-                good, why = False, f"{type(e).__name__}: {e}"
-            with self.lock:
-                if good:
-                    self.answers.append((sent, b.decode().strip()))
-                else:
-                    self.failed.append(f"{sent - T0:.1f}s {why}")
-            time.sleep(0.005)
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join()
+def web_answer():
+    """The web Deployment through the proxy Service: good is 200; the answer names the pod
+    (and its version)."""
+    s, b = web(timeout=10)
+    return (True, b.decode().strip()) if s == 200 else (False, f"{s} {b[:100]!r}")
 
 
 @step("a deleted pod (still serving through its grace period) gets no request sent more than 1 s after its delete")
 def _():
     victim = sorted(web_pods())[0]
-    with WebLoad() as load:
+    with Load(web_answer, pause=0.005) as load:
         time.sleep(1)
         t = time.monotonic()
         kubectl("delete", "pod", "-n", APP_NS, victim, "--wait=false")
@@ -733,7 +714,7 @@ def _():
     kubectl("annotate", "ingress", "-n", APP_NS, "web", "portcullis.dev/retries=2")
     time.sleep(2)
     for version, on_term in (("v2", "exit"), ("v3", "exit")):
-        with WebLoad() as load:
+        with Load(web_answer, pause=0.005) as load:
             time.sleep(1)
             out = apply(web_deployment(version, on_term))
             expect(out.returncode == 0, out.stderr)
