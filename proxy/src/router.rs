@@ -37,10 +37,14 @@ use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
 use http::{HeaderMap, HeaderName, Method};
 use percent_encoding::percent_decode_str;
 use portcullis_compiler::config::{PathKind, RouteConfig};
 use regex::Regex;
+
+mod path_index;
+use path_index::PathIndex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -111,17 +115,31 @@ pub struct RouteMatch {
     pub matched_prefix: Option<usize>,
 }
 
+/// The (route, path rule) pairs of one host class in rank order, indexed by path when
+/// there are more than a few.
+struct Ranked {
+    entries: Vec<Entry>,
+    index: Option<PathIndex>,
+}
+
+impl Ranked {
+    fn new(entries: Vec<Entry>) -> Ranked {
+        let index = PathIndex::build(&entries);
+        Ranked { entries, index }
+    }
+}
+
 /// The routes of one exact host or wildcard, and the namespaces they belong to.
 struct HostEntries {
-    entries: Vec<Entry>,
+    ranked: Ranked,
     namespaces: Box<[Box<str>]>,
 }
 
 pub struct Router {
-    exact: HashMap<Box<str>, HostEntries>,
+    exact: HashMap<Box<str>, HostEntries, RandomState>,
     /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<Box<str>, HostEntries>,
-    any: Vec<Entry>,
+    wildcard: HashMap<Box<str>, HostEntries, RandomState>,
+    any: Ranked,
     criteria: Vec<Criteria>,
 }
 
@@ -213,7 +231,7 @@ impl Router {
             namespaces.sort();
             namespaces.dedup();
             HostEntries {
-                entries,
+                ranked: Ranked::new(entries),
                 namespaces: namespaces.into(),
             }
         };
@@ -228,7 +246,7 @@ impl Router {
         Ok(Router {
             exact,
             wildcard,
-            any: sorted(any),
+            any: Ranked::new(sorted(any)),
             criteria,
         })
     }
@@ -237,14 +255,14 @@ impl Router {
         // The namespaces that may answer for this host, once it turns out to be owned.
         let mut owners: Option<&[Box<str>]> = None;
         if let Some(host) = self.exact.get(req.host) {
-            if let Some(found) = self.first_match(&host.entries, req, None) {
+            if let Some(found) = self.first_match(&host.ranked, req, None) {
                 return Some(found);
             }
             owners = Some(&host.namespaces);
         }
         if let Some((_, suffix)) = req.host.split_once('.') {
             if let Some(wildcard) = self.wildcard.get(suffix) {
-                if let Some(found) = self.first_match(&wildcard.entries, req, owners) {
+                if let Some(found) = self.first_match(&wildcard.ranked, req, owners) {
                     return Some(found);
                 }
                 owners = owners.or(Some(&wildcard.namespaces));
@@ -255,11 +273,11 @@ impl Router {
 
     fn first_match(
         &self,
-        entries: &[Entry],
+        ranked: &Ranked,
         req: &RequestView<'_>,
         owners: Option<&[Box<str>]>,
     ) -> Option<RouteMatch> {
-        entries.iter().find_map(|entry| {
+        let try_entry = |entry: &Entry| {
             if let Some(owners) = owners {
                 let namespace = &self.criteria[entry.route].namespace;
                 if !owners.contains(namespace) {
@@ -273,7 +291,25 @@ impl Router {
                     route: entry.route,
                     matched_prefix,
                 })
-        })
+        };
+        match &ranked.index {
+            Some(index) => index.find(req.path, |position| {
+                ranked.entries.get(position).and_then(try_entry)
+            }),
+            None => ranked.entries.iter().find_map(try_entry),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Router {
+    /// The same router scanning every class (the reference the index is tested against).
+    fn without_index(mut self) -> Router {
+        self.any.index = None;
+        for host in self.exact.values_mut().chain(self.wildcard.values_mut()) {
+            host.ranked.index = None;
+        }
+        self
     }
 }
 
@@ -467,5 +503,106 @@ mod tests {
         assert_eq!(found(&router, "elsewhere.test", "/any"), Some(2));
         // A host under ten-a's wildcard: ten-b's catch-all does not answer for it.
         assert_eq!(found(&router, "x.example.com", "/b-fallback"), Some(1));
+    }
+
+    /// Random route sets (hosts, wildcards, exact and prefix paths over a small vocabulary so
+    /// that they overlap, regexes, methods, headers) and random requests: the index finds
+    /// exactly what scanning the ranked entries finds.
+    #[test]
+    fn the_path_index_finds_what_a_scan_finds() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let segments = ["api", "v1", "v2", "users", "a", "b", "x.json", ""];
+        let hosts = ["a.example.com", "b.example.com", "*.example.com", "c.test"];
+        let path = |next: &mut dyn FnMut(usize) -> usize| {
+            let mut p = String::new();
+            for _ in 0..next(5) {
+                p.push('/');
+                p.push_str(segments[next(segments.len())]);
+            }
+            if p.is_empty() || next(6) == 0 {
+                p.push('/');
+            }
+            p
+        };
+        let mut checked = 0;
+        for round in 0..60 {
+            let count = [3, 9, 40, 200][round % 4];
+            let routes: Vec<RouteConfig> = (0..count)
+                .map(|i| {
+                    let mut r = route(["ns-a", "ns-b"][next(2)], &format!("r{i}"), &[], "/");
+                    r.hosts = (0..next(3))
+                        .map(|_| hosts[next(hosts.len())].to_string())
+                        .collect();
+                    r.hosts.dedup();
+                    let rules = 1 + next(2);
+                    r.paths = (0..rules)
+                        .map(|_| {
+                            let value = path(&mut next);
+                            let (kind, value) = match next(10) {
+                                0..=3 => (PathKind::Exact, value),
+                                4..=8 => (PathKind::Prefix, value),
+                                _ => (PathKind::Regex, format!("{}(/.*)?", regex::escape(&value))),
+                            };
+                            serde_json::from_value(
+                                serde_json::json!({"kind": kind, "value": value}),
+                            )
+                            .unwrap()
+                        })
+                        .collect();
+                    if next(3) == 0 {
+                        r.methods = vec!["GET".into()];
+                    }
+                    if next(4) == 0 {
+                        r.headers = vec![serde_json::from_value(
+                            serde_json::json!({"name": "x-v", "value": "1"}),
+                        )
+                        .unwrap()];
+                    }
+                    r
+                })
+                .collect();
+            let indexed = Router::build(&routes).unwrap();
+            let scanned = Router::build(&routes).unwrap().without_index();
+            for _ in 0..300 {
+                let host = [
+                    "a.example.com",
+                    "b.example.com",
+                    "z.example.com",
+                    "c.test",
+                    "other",
+                ][next(5)];
+                let p = path(&mut next);
+                let mut headers = HeaderMap::new();
+                if next(2) == 0 {
+                    headers.insert("x-v", "1".parse().unwrap());
+                }
+                let method = [Method::GET, Method::POST][next(2)].clone();
+                let req = RequestView {
+                    host,
+                    path: &p,
+                    query: None,
+                    method: &method,
+                    headers: &headers,
+                };
+                assert_eq!(
+                    indexed.find(&req),
+                    scanned.find(&req),
+                    "{host} {p} of {count} routes"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 18_000);
+        // The large sets were indexed at all.
+        let big: Vec<RouteConfig> = (0..20)
+            .map(|i| route("n", &format!("r{i}"), &[], &format!("/p{i}")))
+            .collect();
+        assert!(Router::build(&big).unwrap().any.index.is_some());
     }
 }
