@@ -21,9 +21,10 @@
 //! often as the policy's timeout allows; the timeout ends the call with
 //! [`RedisError::Unavailable`] and the policy's `onBackendFailure` applies.
 
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{ready, Context, Poll};
 
 use arc_swap::ArcSwapOption;
@@ -37,10 +38,13 @@ use redis::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::connecting::{RedisError, BACKOFF_MAX, BACKOFF_START, CONNECT_TIMEOUT};
-use super::pipe::Values;
+use super::pipe::{Values, MAX_BATCH};
 use super::script::{pack_rule, SCRIPT};
+use super::slot;
 use super::RedisSettings;
 use crate::ratelimit::algorithms::Rule;
 use crate::ratelimit::keys::RedisKeys;
@@ -57,6 +61,37 @@ pub struct Cluster {
     settings: RedisSettings,
     conn: ArcSwapOption<ClusterConnection<BoundedConnection>>,
     script: Script,
+    runtime: tokio::runtime::Handle,
+    /// The slots with a call under way, and the requests waiting for that slot's next call
+    /// (`None`: none yet).
+    busy: Mutex<HashMap<u16, Option<Batch>>>,
+}
+
+/// Requests for one slot that go out together in one call.
+#[derive(Default)]
+struct Batch {
+    /// Every request's keys, back to back; `ends[i]` ends key `i`.
+    keys: Vec<u8>,
+    ends: Vec<usize>,
+    rules: Vec<[u8; 32]>,
+    waiters: Vec<Waiter>,
+    /// The last request's deadline: the call may take until then.
+    deadline: Option<Instant>,
+}
+
+struct Waiter {
+    reply: oneshot::Sender<Values>,
+    counters: usize,
+}
+
+/// What a request does with its slot.
+enum Role {
+    /// No call under way for the slot: the request makes its own call, and then passes the
+    /// slot on to the requests that queued meanwhile.
+    Lead,
+    /// A call under way: the request waits for the slot's next call (made when the one
+    /// under way ends, or at once when [`MAX_BATCH`] requests are waiting).
+    Join(oneshot::Receiver<Values>),
 }
 
 impl Cluster {
@@ -66,6 +101,8 @@ impl Cluster {
             settings,
             conn: ArcSwapOption::empty(),
             script: Script::new(SCRIPT),
+            runtime: runtime.clone(),
+            busy: Mutex::new(HashMap::new()),
         });
         runtime.spawn(connect_in_background(Arc::downgrade(&cluster)));
         cluster
@@ -95,15 +132,81 @@ impl Cluster {
             .await
     }
 
-    /// One request's call, its keys in one slot (the hash tag, `keys.rs`). One buffer for
-    /// the whole command (the crate's `ScriptInvocation` allocates per argument).
-    pub async fn decide(&self, keys: &RedisKeys, rules: &[Rule]) -> Result<Values, RedisError> {
-        let Some(conn) = self.conn.load_full() else {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u16, Option<Batch>>> {
+        // Nothing panics while the lock is held, but a poisoned map is still sound.
+        self.busy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides one request's counters (`keys[i]` counted by `rules[i]`, all in one slot:
+    /// the hash tag, `keys.rs`): in its own call when its slot is idle, else in the slot's
+    /// next call together with the other requests that arrive meanwhile.
+    pub async fn decide(
+        self: &Arc<Self>,
+        keys: &RedisKeys,
+        rules: &[Rule],
+    ) -> Result<Values, RedisError> {
+        let deadline = Instant::now() + self.settings.timeout;
+        if self.conn.load().is_none()
+            || keys.len() != rules.len()
+            || u16::try_from(rules.len()).is_err()
+        {
+            return Err(RedisError::Unavailable);
+        }
+        let Some(first) = keys.iter().next() else {
             return Err(RedisError::Unavailable);
         };
-        let Ok(size) = u16::try_from(rules.len()) else {
-            return Err(RedisError::Unavailable);
+        let slot = slot::slot(first);
+        let role = {
+            let mut busy = self.lock();
+            match busy.get_mut(&slot) {
+                None => {
+                    busy.insert(slot, None);
+                    Role::Lead
+                }
+                Some(next) => {
+                    let batch = next.get_or_insert_with(Batch::default);
+                    let (reply, answer) = oneshot::channel();
+                    batch.push(keys, rules, reply, deadline);
+                    if batch.waiters.len() >= MAX_BATCH {
+                        // Full: it goes out now, beside the call under way, rather than
+                        // make a burst wait for call after call.
+                        if let Some(full) = next.take() {
+                            drop(busy);
+                            let this = Arc::clone(self);
+                            self.runtime
+                                .spawn(async move { this.call_batch(full).await });
+                        }
+                    }
+                    Role::Join(answer)
+                }
+            }
         };
+        match role {
+            Role::Lead => {
+                // Passes the slot on however this call ends, its caller gone included.
+                let _turn = Turn {
+                    cluster: self,
+                    slot,
+                };
+                self.call_alone(keys, rules, deadline).await
+            }
+            Role::Join(answer) => match tokio::time::timeout_at(deadline, answer).await {
+                Ok(Ok(values)) => Ok(values),
+                // Its call failed (the sender dropped) or did not end in time.
+                Ok(Err(_)) | Err(_) => Err(RedisError::Unavailable),
+            },
+        }
+    }
+
+    /// One request's call. One buffer for the whole command (the crate's
+    /// `ScriptInvocation` allocates per argument).
+    async fn call_alone(
+        &self,
+        keys: &RedisKeys,
+        rules: &[Rule],
+        deadline: Instant,
+    ) -> Result<Values, RedisError> {
+        let size = u16::try_from(rules.len()).map_err(|_| RedisError::Unavailable)?;
         let mut cmd = Cmd::with_capacity(4 + 2 * rules.len(), 96 + 160 * rules.len());
         cmd.arg("EVALSHA")
             .arg(self.script.get_hash())
@@ -115,18 +218,152 @@ impl Cluster {
             cmd.arg(&pack_rule(rule)[..]);
         }
         cmd.arg(&size.to_be_bytes()[..]);
+        self.call(&cmd, deadline).await.map(Values::from_vec)
+    }
+
+    async fn call(&self, cmd: &Cmd, deadline: Instant) -> Result<Vec<i64>, RedisError> {
+        let Some(conn) = self.conn.load_full() else {
+            return Err(RedisError::Unavailable);
+        };
         let call = async {
             let mut c = (*conn).clone();
-            eval(&mut c, &self.script, &cmd).await
+            eval(&mut c, &self.script, cmd).await
         };
-        match tokio::time::timeout(self.settings.timeout, call).await {
-            Ok(Ok(values)) => Ok(Values::from_vec(values)),
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(Ok(values)) => Ok(values),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "rate-limit Redis cluster call failed");
                 Err(RedisError::Unavailable)
             }
             Err(_) => Err(RedisError::Unavailable),
         }
+    }
+
+    /// A slot's call ended: the requests queued meanwhile go out in the next one, from a
+    /// task of their own; with none, the slot is idle again.
+    fn pass_on(self: &Arc<Self>, slot: u16) {
+        let mut busy = self.lock();
+        match busy.get_mut(&slot).and_then(Option::take) {
+            Some(batch) => {
+                drop(busy);
+                self.runtime
+                    .spawn(Arc::clone(self).run_batches(slot, batch));
+            }
+            None => {
+                busy.remove(&slot);
+            }
+        }
+    }
+
+    /// Sends a slot's batches one after the other until none is waiting.
+    async fn run_batches(self: Arc<Self>, slot: u16, mut batch: Batch) {
+        loop {
+            self.call_batch(batch).await;
+            let mut busy = self.lock();
+            match busy.get_mut(&slot).and_then(Option::take) {
+                Some(next) => batch = next,
+                None => {
+                    busy.remove(&slot);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One call for every request of `batch` still waiting (one whose caller gave up is
+    /// left out: it must not be counted), each decided alone and in order by the script.
+    /// On failure every request's sender is dropped: `Unavailable`.
+    async fn call_batch(&self, batch: Batch) {
+        let Some(deadline) = batch.deadline else {
+            return;
+        };
+        let mut cmd = Cmd::with_capacity(
+            4 + 2 * batch.rules.len(),
+            96 + batch.keys.len() + 48 * batch.rules.len(),
+        );
+        let mut live = Vec::with_capacity(batch.waiters.len());
+        let mut sizes = Vec::with_capacity(2 * batch.waiters.len());
+        let (mut first, mut counters) = (0, 0);
+        let mut spans = Vec::with_capacity(batch.waiters.len());
+        for w in batch.waiters {
+            let span = first..first + w.counters;
+            first += w.counters;
+            if w.reply.is_closed() {
+                continue;
+            }
+            counters += w.counters;
+            // At most u16::MAX counters per request: checked in `decide`.
+            sizes.extend_from_slice(&u16::try_from(w.counters).unwrap_or(0).to_be_bytes());
+            spans.push(span);
+            live.push(w);
+        }
+        if live.is_empty() {
+            return;
+        }
+        cmd.arg("EVALSHA").arg(self.script.get_hash()).arg(counters);
+        for span in &spans {
+            for i in span.clone() {
+                let start = if i == 0 { 0 } else { batch.ends[i - 1] };
+                cmd.arg(&batch.keys[start..batch.ends[i]]);
+            }
+        }
+        for span in &spans {
+            for rule in &batch.rules[span.clone()] {
+                cmd.arg(&rule[..]);
+            }
+        }
+        cmd.arg(&sizes[..]);
+        let Ok(values) = self.call(&cmd, deadline).await else {
+            return;
+        };
+        if values.len() != counters * 4 {
+            tracing::warn!(
+                len = values.len(),
+                expected = counters * 4,
+                "unexpected rate-limit script reply"
+            );
+            return;
+        }
+        let mut at = 0;
+        for w in live {
+            let n = w.counters * 4;
+            // A request that gave up meanwhile is simply not told.
+            let _ = w.reply.send(Values::from_slice(&values[at..at + n]));
+            at += n;
+        }
+    }
+}
+
+impl Batch {
+    fn push(
+        &mut self,
+        keys: &RedisKeys,
+        rules: &[Rule],
+        reply: oneshot::Sender<Values>,
+        deadline: Instant,
+    ) {
+        for key in keys.iter() {
+            self.keys.extend_from_slice(key);
+            self.ends.push(self.keys.len());
+        }
+        self.rules.extend(rules.iter().map(pack_rule));
+        self.waiters.push(Waiter {
+            reply,
+            counters: rules.len(),
+        });
+        self.deadline = Some(deadline);
+    }
+}
+
+/// A slot's turn: dropped when its call ends (or its caller gives up), it passes the slot on.
+struct Turn<'a> {
+    cluster: &'a Arc<Cluster>,
+    slot: u16,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.cluster.pass_on(self.slot);
     }
 }
 

@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod connecting;
 pub mod pipe;
 pub mod script;
+pub mod slot;
 
 use super::algorithms::{Kind, Rule, Verdict, Verdicts};
 use super::keys::RedisKeys;
