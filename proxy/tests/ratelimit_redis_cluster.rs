@@ -67,6 +67,9 @@ fn client_tag(client: usize) -> String {
 
 const LIMIT: u64 = 100;
 
+/// A request's client, and the remaining count its admission saw (`None`: denied).
+type Outcome = (usize, Option<u64>);
+
 async fn connected(b: &Arc<RedisBackend>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let rules = [fixed(1_000_000)];
@@ -114,7 +117,7 @@ async fn a_live_resharding_keeps_every_limit_exact() {
     // Traffic: four workers, round robin over the clients, until the resharding is done
     // and every client has had more requests than its limit.
     let done = Arc::new(AtomicBool::new(false));
-    let outcomes: Arc<Mutex<Vec<(usize, Option<u64>)>>> = Arc::default();
+    let outcomes: Arc<Mutex<Vec<Outcome>>> = Arc::default();
     let failures = Arc::new(Mutex::new(0u64));
     let workers: Vec<_> = (0..4)
         .map(|w| {
@@ -351,7 +354,7 @@ async fn a_killed_master_is_replaced_without_a_restart_and_limits_stay_within_bo
         .collect();
     let victims = on_victim.iter().filter(|&&v| v).count();
     assert!(
-        victims >= 4 && victims < CLIENTS,
+        (4..CLIENTS).contains(&victims),
         "{victims} of {CLIENTS} clients on the victim"
     );
 

@@ -1,20 +1,27 @@
-//! The rate limiter's calls to a Redis Cluster: one request per `EVALSHA`, through the
-//! `redis` crate's cluster client.
+//! The rate limiter's calls to a Redis Cluster, through the `redis` crate's cluster client,
+//! with the requests of one slot batched.
 //!
 //! Why the crate's client and not a pipe per node like the single Redis's ([`super::pipe`]):
 //! a cluster under change answers `MOVED` (a slot moved for good: refresh the slot map),
 //! `ASK` (a slot being migrated: this one call goes to the importing node, after `ASKING`),
 //! `TRYAGAIN` (a multi-key call on a slot half migrated) and `CLUSTERDOWN` (a slot without a
 //! master until a replica is promoted), and a failed master's connection must be given up
-//! for its promoted replica. The crate handles all of these, each request on its own, and
-//! our tests prove it against a live resharding and a killed master
-//! (`proxy/tests/ratelimit_redis_cluster.rs`). Batching several requests into one call, as
-//! the single Redis's pipe does, cannot be done with declared keys: Redis refuses a script
-//! whose `KEYS` span slots (`CROSSSLOT`), and requests of different clients live in
-//! different slots. Only undeclared keys (`allow-cross-slot-keys`, Redis 7) would allow it,
-//! and then a migrating slot fails the whole batch with an error that names no slot to
-//! follow — the redirections above would be ours to rebuild per request. So a cluster
-//! call carries one request; the crate pipelines the calls on one connection per node.
+//! for its promoted replica. The crate follows all of these for each call, and our tests
+//! prove it against a live resharding and a killed master
+//! (`proxy/tests/ratelimit_redis_cluster.rs`).
+//!
+//! Batching: one script call may only declare keys of one slot (Redis refuses others with
+//! `CROSSSLOT`), so calls are batched per slot, not per node: requests that arrive for a
+//! slot while a call for it is under way wait for the slot's next call, which carries them
+//! all (each still decided alone and in order by the script), made as soon as the call
+//! under way ends, or at once when [`MAX_BATCH`] requests wait. A slot is one client of
+//! one policy (the hash tag, `keys.rs`) or the few that share its slot, so what is shared is
+//! a busy client's burst — a flood is the case that loads Redis most — while requests of
+//! different clients remain one call each, pipelined on one connection per node by the
+//! crate. Per-node batches would need the script to reach keys it does not declare
+//! (`allow-cross-slot-keys`, Redis 7): a migrating slot then fails the whole batch with an
+//! error that names no node to follow, and the redirections above would be ours to rebuild
+//! per request.
 //!
 //! Retries: every redirection or wait (`TRYAGAIN`, `CLUSTERDOWN`) is retried after a few
 //! milliseconds (the crate's default waits 1.28 s at least, past any policy's timeout), as

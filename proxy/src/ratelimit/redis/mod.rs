@@ -4,9 +4,10 @@
 //! - A single Redis is reached through our own pipelined connection
 //!   ([`pipe`]): the decisions of all requests queued since it last wrote go
 //!   out in one `EVALSHA`, each still decided alone, atomically and in order inside the
-//!   script. A cluster goes through the `redis` crate's cluster connection ([`cluster`]), one
-//!   request per call (different requests' keys live in different slots), following
-//!   `MOVED`, `ASK`, `TRYAGAIN` and failovers within the policy's timeout.
+//!   script. A cluster goes through the `redis` crate's cluster connection ([`cluster`]),
+//!   following `MOVED`, `ASK`, `TRYAGAIN` and failovers within the policy's timeout; the
+//!   requests of one slot queued while a call for it is under way share its next call
+//!   (different requests' keys usually live in different slots).
 //! - `EVALSHA`, falling back to the script's text on `NOSCRIPT`, so a restarted or
 //!   failed-over Redis needs no proxy restart.
 //! - Connecting happens in the background with exponential backoff; until connected, and
