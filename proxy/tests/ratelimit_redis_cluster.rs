@@ -440,11 +440,13 @@ async fn a_killed_master_is_replaced_without_a_restart_and_limits_stay_within_bo
         slowest < Duration::from_millis(TIMEOUT_MS + 700),
         "slowest answer {slowest:?}"
     );
-    // 503 only between the kill and the recovery (plus the requests already under way).
+    // 503 only between the kill and the recovery (plus the requests already under way, and
+    // half a second for the other nodes to see the cluster `ok` again).
     for a in answers.iter().filter(|a| a.status == 503) {
         assert!(
-            a.at + a.took > killed_at && a.at <= recovered_at,
-            "503 outside the failover"
+            a.at + a.took > killed_at && a.at <= recovered_at + Duration::from_millis(500),
+            "503 outside the failover: {:?} after the kill",
+            a.at.saturating_duration_since(killed_at)
         );
     }
     assert!(unavailable > 0, "the failover went unnoticed");
