@@ -492,9 +492,10 @@ async fn a_killed_master_is_replaced_without_a_restart_and_limits_stay_within_bo
         answers.len(),
         recovered_at - killed_at
     );
-    // The bound: a decision lost with the master (admitted, not yet replicated) or counted
-    // twice (executed, its answer lost with the master, retried on the promoted replica)
-    // is one in flight at the kill: at most the requests in flight.
+    // The bound: a decision lost with the master (admitted, not yet replicated), or counted
+    // without its request being told (executed and replicated, its answer lost with the
+    // master: a 503, or a retry on the promoted replica counting it again), was in flight
+    // at the kill: at most the requests in flight.
     let in_flight = (WORKERS * AT_ONCE) as u64;
     assert!(
         wrongly_admitted <= in_flight,
