@@ -6,6 +6,8 @@
 //! connection no config uses any more is closed.
 #![allow(clippy::unwrap_used)]
 mod common;
+#[path = "support/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
@@ -18,6 +20,7 @@ use common::*;
 use futures_util::future::join_all;
 use portcullis_compiler::config::*;
 use portcullis_proxy::ratelimit::{Backends, RateLimits};
+use redis_cluster::RedisCluster;
 use redis_server::{free_port, RedisServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis-proxy");
@@ -284,50 +287,11 @@ async fn redis_failure_modes_and_recovery_without_restart() {
     assert!(redis.cli(&["keys", "pcl:*"]).contains("default/deny"));
 }
 
-/// Three cluster-enabled servers joined into one cluster with every slot assigned.
-fn cluster() -> Option<Vec<RedisServer>> {
-    let nodes: Vec<RedisServer> = (0..3)
-        .map(|_| {
-            RedisServer::start_with(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "5000",
-            ])
-        })
-        .collect::<Option<_>>()?;
-    let addrs: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.port))
-        .collect();
-    let created = Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .unwrap();
-    assert!(
-        created.status.success(),
-        "redis-cli --cluster create: {}",
-        String::from_utf8_lossy(&created.stdout)
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for node in &nodes {
-        while !node.cli(&["cluster", "info"]).contains("cluster_state:ok") {
-            assert!(Instant::now() < deadline, "cluster did not converge");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    Some(nodes)
-}
-
 #[test]
 fn cluster_backed_limits_are_exact_per_client_across_nodes() {
-    let Some(nodes) = cluster() else {
-        return;
-    };
+    // Three masters, no replicas.
+    let cluster = RedisCluster::start(3, 0, 5000);
+    let nodes = &cluster.nodes;
     let urls: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.url())).collect();
     let urls = urls.join(", ");
     let dir = std::env::temp_dir().join(format!("portcullis-rlc-{}", std::process::id()));
@@ -356,7 +320,7 @@ fn cluster_backed_limits_are_exact_per_client_across_nodes() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    for node in &nodes {
+    for node in nodes {
         node.cli(&["flushall"]);
     }
 
@@ -379,7 +343,7 @@ fn cluster_backed_limits_are_exact_per_client_across_nodes() {
         "counters spread over the cluster's nodes: {holding:?}"
     );
     // Every counter key carries a hash tag.
-    for node in &nodes {
+    for node in nodes {
         for key in node.cli(&["--scan"]).lines() {
             assert!(key.starts_with("pcl:{") && key.contains("}:v2:"), "{key}");
         }

@@ -4,10 +4,10 @@
 //! - A single Redis is reached through our own pipelined connection
 //!   ([`pipe`]): the decisions of all requests queued since it last wrote go
 //!   out in one `EVALSHA`, each still decided alone, atomically and in order inside the
-//!   script. A cluster goes through the `redis` crate's cluster connection, one request per
-//!   call (different requests' keys live in different slots), over node connections whose
-//!   replies are bounded by our parser's limits ([`Bounded`]): the crate's parser keeps
-//!   whatever a reply claims.
+//!   script. A cluster goes through the `redis` crate's cluster connection ([`cluster`]),
+//!   following `MOVED`, `ASK`, `TRYAGAIN` and failovers within the policy's timeout; the
+//!   requests of one slot queued while a call for it is under way share its next call
+//!   (different requests' keys usually live in different slots).
 //! - `EVALSHA`, falling back to the script's text on `NOSCRIPT`, so a restarted or
 //!   failed-over Redis needs no proxy restart.
 //! - Connecting happens in the background with exponential backoff; until connected, and
@@ -16,35 +16,21 @@
 //! - Time comes from `TIME` inside the script, so proxies with skewed clocks agree on windows
 //!   (calendar quotas included).
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-use futures_util::FutureExt;
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::cluster::ClusterClientBuilder;
-use redis::cluster_async::{ClusterConnection, Connect};
-use redis::{
-    AsyncConnectionConfig, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisFuture, Script,
-    Value,
-};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-
+pub mod cluster;
 pub mod connecting;
 pub mod pipe;
 pub mod script;
+pub mod slot;
 
 use super::algorithms::{Kind, Rule, Verdict, Verdicts};
 use super::keys::RedisKeys;
-use super::resp;
+use cluster::Cluster;
 pub use connecting::RedisError;
-use connecting::{BACKOFF_MAX, BACKOFF_START, CONNECT_TIMEOUT};
-use pipe::{Pipe, Setup, Values};
-use script::{pack_rule, SCRIPT};
+use pipe::{Pipe, Setup};
+use script::SCRIPT;
 
 /// How to reach one Redis deployment; equal settings share one connection across reloads.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -59,36 +45,29 @@ pub struct RedisBackend {
     settings: RedisSettings,
     /// A single Redis: its connection. `None` for a cluster.
     pipe: Option<Arc<Pipe>>,
-    /// A cluster: its connection once made.
-    cluster: ArcSwapOption<ClusterConnection<BoundedConnection>>,
-    runtime: tokio::runtime::Handle,
-    script: Script,
+    /// A cluster (`None` for a single Redis).
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl RedisBackend {
     /// Must be called inside a tokio runtime; starts connecting in the background.
     pub fn new(settings: RedisSettings, runtime: tokio::runtime::Handle) -> Arc<Self> {
-        let script = Script::new(SCRIPT);
-        let pipe = (!settings.cluster).then(|| {
+        let (pipe, cluster) = if settings.cluster {
+            (None, Some(Cluster::start(settings.clone(), &runtime)))
+        } else {
             let setup = Setup {
                 url: settings.urls.first().cloned().unwrap_or_default(),
                 password: settings.password.clone(),
                 script: SCRIPT,
-                sha: script.get_hash().to_owned(),
+                sha: redis::Script::new(SCRIPT).get_hash().to_owned(),
             };
-            Pipe::start(setup, &runtime)
-        });
-        let backend = Arc::new(RedisBackend {
+            (Some(Pipe::start(setup, &runtime)), None)
+        };
+        Arc::new(RedisBackend {
             settings,
             pipe,
-            cluster: ArcSwapOption::empty(),
-            runtime,
-            script,
-        });
-        if backend.pipe.is_none() {
-            backend.start_connecting();
-        }
-        backend
+            cluster,
+        })
     }
 
     pub fn settings(&self) -> &RedisSettings {
@@ -104,48 +83,6 @@ impl RedisBackend {
         self.pipe.as_ref().map_or((0, 0), |p| p.pending())
     }
 
-    /// A cluster: connects in the background, with backoff, until connected or until no
-    /// config holds this backend any more.
-    fn start_connecting(self: &Arc<Self>) {
-        let backend = Arc::downgrade(self);
-        self.runtime.spawn(async move {
-            let mut delay = BACKOFF_START;
-            loop {
-                let Some(this) = backend.upgrade() else {
-                    return;
-                };
-                match tokio::time::timeout(CONNECT_TIMEOUT, this.connect_cluster()).await {
-                    Ok(Ok(conn)) => {
-                        this.cluster.store(Some(Arc::new(conn)));
-                        tracing::info!(urls = ?this.settings.urls, "rate-limit Redis cluster connected");
-                        return;
-                    }
-                    Ok(Err(e)) => tracing::warn!(error = %e, urls = ?this.settings.urls, "rate-limit Redis cluster connect failed; retrying"),
-                    Err(_) => tracing::warn!(urls = ?this.settings.urls, "rate-limit Redis cluster connect timed out; retrying"),
-                }
-                drop(this);
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(BACKOFF_MAX);
-            }
-        });
-    }
-
-    async fn connect_cluster(&self) -> redis::RedisResult<ClusterConnection<BoundedConnection>> {
-        let s = &self.settings;
-        let mut builder = ClusterClientBuilder::new(s.urls.clone())
-            .connection_timeout(CONNECT_TIMEOUT)
-            .response_timeout(s.timeout)
-            .retries(1);
-        if let Some(p) = &s.password {
-            builder = builder.password(p.clone());
-        }
-        // The generic connection is the crate's way to supply node connections (`Connect`).
-        builder
-            .build()?
-            .get_async_generic_connection::<BoundedConnection>()
-            .await
-    }
-
     /// Decides `rules` (each with its Redis key) in one script call, shared with other
     /// requests' decisions on a single Redis. On any failure or timeout: `Unavailable`,
     /// never waiting longer than the timeout.
@@ -155,9 +92,10 @@ impl RedisBackend {
         rules: &[Rule],
         verdicts: &mut Verdicts,
     ) -> Result<bool, RedisError> {
-        let values = match &self.pipe {
-            Some(pipe) => pipe.decide(keys, rules, self.settings.timeout).await?,
-            None => self.call_cluster(keys, rules).await?,
+        let values = match (&self.pipe, &self.cluster) {
+            (Some(pipe), _) => pipe.decide(keys, rules, self.settings.timeout).await?,
+            (None, Some(cluster)) => cluster.decide(keys, rules).await?,
+            (None, None) => return Err(RedisError::Unavailable),
         };
         if values.len() != rules.len() * 4 {
             tracing::warn!(len = values.len(), "unexpected rate-limit script reply");
@@ -183,40 +121,6 @@ impl RedisBackend {
         }
         Ok(all)
     }
-
-    /// A cluster's call: one request, its keys in one slot. One buffer for the whole
-    /// command (the crate's `ScriptInvocation` allocates per argument).
-    async fn call_cluster(&self, keys: &RedisKeys, rules: &[Rule]) -> Result<Values, RedisError> {
-        let Some(conn) = self.cluster.load_full() else {
-            return Err(RedisError::Unavailable);
-        };
-        let Ok(size) = u16::try_from(rules.len()) else {
-            return Err(RedisError::Unavailable);
-        };
-        let mut cmd = Cmd::with_capacity(4 + 2 * rules.len(), 96 + 160 * rules.len());
-        cmd.arg("EVALSHA")
-            .arg(self.script.get_hash())
-            .arg(keys.len());
-        for key in keys.iter() {
-            cmd.arg(key);
-        }
-        for rule in rules {
-            cmd.arg(&pack_rule(rule)[..]);
-        }
-        cmd.arg(&size.to_be_bytes()[..]);
-        let call = async {
-            let mut c = (*conn).clone();
-            eval(&mut c, &self.script, &cmd).await
-        };
-        match tokio::time::timeout(self.settings.timeout, call).await {
-            Ok(Ok(values)) => Ok(Values::from_vec(values)),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "rate-limit Redis call failed");
-                Err(RedisError::Unavailable)
-            }
-            Err(_) => Err(RedisError::Unavailable),
-        }
-    }
 }
 
 impl Drop for RedisBackend {
@@ -224,146 +128,5 @@ impl Drop for RedisBackend {
         if let Some(pipe) = &self.pipe {
             pipe.close();
         }
-    }
-}
-
-/// A cluster node's connection: the crate's multiplexed connection over a [`Bounded`]
-/// socket.
-#[derive(Clone)]
-pub struct BoundedConnection(MultiplexedConnection);
-
-impl ConnectionLike for BoundedConnection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        self.0.req_packed_command(cmd)
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        self.0.req_packed_commands(cmd, offset, count)
-    }
-
-    fn get_db(&self) -> i64 {
-        self.0.get_db()
-    }
-}
-
-impl Connect for BoundedConnection {
-    fn connect_with_config<'a, T>(info: T, config: AsyncConnectionConfig) -> RedisFuture<'a, Self>
-    where
-        T: IntoConnectionInfo + Send + 'a,
-    {
-        async move {
-            let mut info = info.into_connection_info()?;
-            // What [`Bounded`] checks: RESP2, as our own connection speaks.
-            info.redis.protocol = redis::ProtocolVersion::RESP2;
-            // The compiler admits `redis://` URLs only, and the cluster names nodes by
-            // host and port.
-            let ConnectionAddr::Tcp(host, port) = &info.addr else {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::InvalidClientConfig,
-                    "unsupported Redis cluster node address (only TCP)",
-                )));
-            };
-            let stream =
-                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), *port)))
-                    .await
-                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-            stream.set_nodelay(true)?;
-            let (conn, driver) =
-                MultiplexedConnection::new_with_config(&info.redis, Bounded::new(stream), config)
-                    .await?;
-            // Ends when the connection's last handle is dropped or the socket fails.
-            tokio::spawn(driver);
-            Ok(BoundedConnection(conn))
-        }
-        .boxed()
-    }
-}
-
-/// A socket whose replies are checked as they arrive, with the limits of our own RESP
-/// parser ([`resp::parse`]): an array header above [`resp::MAX_ELEMENTS`] (`*1000000000`),
-/// nesting too deep, or a reply not complete within [`resp::MAX_REPLY`] fails the
-/// connection at once, before the crate's parser (which keeps whatever a reply claims)
-/// has more than that. Costs a copy of the bytes of the reply under way, never more than
-/// [`resp::MAX_REPLY`]: cluster replies are a few dozen bytes.
-struct Bounded {
-    inner: TcpStream,
-    /// The reply under way, from its first byte.
-    reply: Vec<u8>,
-    ints: Vec<i64>,
-}
-
-impl Bounded {
-    fn new(inner: TcpStream) -> Self {
-        Bounded {
-            inner,
-            reply: Vec::new(),
-            ints: Vec::new(),
-        }
-    }
-
-    /// Takes in bytes the crate is about to read; an error when they break a limit.
-    fn check(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.reply.extend_from_slice(bytes);
-        let mut at = 0;
-        loop {
-            match resp::parse(&self.reply[at..], &mut self.ints) {
-                Ok(Some((_, len))) => at += len,
-                Ok(None) => break,
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-            }
-        }
-        self.reply.drain(..at);
-        Ok(())
-    }
-}
-
-impl AsyncRead for Bounded {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        Poll::Ready(this.check(&buf.filled()[before..]))
-    }
-}
-
-impl AsyncWrite for Bounded {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-/// `EVALSHA`; on `NOSCRIPT` (a restarted or failed-over Redis) loads the script and retries.
-async fn eval<C: redis::aio::ConnectionLike>(
-    conn: &mut C,
-    script: &Script,
-    cmd: &Cmd,
-) -> redis::RedisResult<Vec<i64>> {
-    match cmd.query_async(conn).await {
-        Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
-            script.load_async(conn).await?;
-            cmd.query_async(conn).await
-        }
-        other => other,
     }
 }
