@@ -8,10 +8,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::io::BufReader;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use portcullis_e2e::*;
@@ -141,46 +139,6 @@ fn step(cluster: &Cluster, i: u32, tag: &str, changes: &Mutex<Changes>) {
     }
 }
 
-/// Every status of a steady route the API server sent on a watch: (name, object).
-fn watch_steady(cluster: &Cluster) -> (std::process::Child, Arc<Mutex<Vec<(String, Value)>>>) {
-    let mut child = Command::new("kubectl")
-        .args([
-            "get",
-            "apiroutes",
-            "-n",
-            NS,
-            "--watch",
-            "--output-watch-events",
-            "-o",
-            "json",
-        ])
-        .env("KUBECONFIG", cluster.kubeconfig("admin"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let stdout = child.stdout.take().unwrap();
-    let record = seen.clone();
-    std::thread::spawn(move || {
-        let events = serde_json::Deserializer::from_reader(BufReader::new(stdout)).into_iter();
-        for event in events {
-            let Ok(event) = event else { return };
-            let event: Value = event;
-            let object = event["object"].clone();
-            let name = object["metadata"]["name"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            if STEADY.contains(&name.as_str()) {
-                record.lock().unwrap().push((name, object));
-            }
-        }
-    });
-    (child, seen)
-}
-
 fn conditions(object: &Value) -> Vec<(String, String, String)> {
     object["status"]["conditions"]
         .as_array()
@@ -240,11 +198,11 @@ fn leader_killed_under_a_stream_of_changes_loses_nothing_and_flaps_nothing() {
             (n.to_string(), conditions(&object))
         })
         .collect();
-    let (mut watcher, seen) = watch_steady(&cluster);
+    let watch = cluster.watch("apiroutes", NS);
 
-    let changes = Arc::new(Mutex::new(Changes::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let phase = Arc::new(Mutex::new("before"));
+    let changes = Mutex::new(Changes::default());
+    let stop = AtomicBool::new(false);
+    let phase = Mutex::new("before");
     let (takeover, stopped) = std::thread::scope(|scope| {
         let stream = scope.spawn(|| {
             let mut i = 0;
@@ -321,9 +279,14 @@ fn leader_killed_under_a_stream_of_changes_loses_nothing_and_flaps_nothing() {
     }
     // Let the new leader's status writes land, then stop recording.
     std::thread::sleep(Duration::from_secs(2));
-    let _ = watcher.kill();
-    let _ = watcher.wait();
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let seen: Vec<(String, Value)> = watch
+        .stop()
+        .into_iter()
+        .filter_map(|object| {
+            let name = object["metadata"]["name"].as_str()?.to_string();
+            STEADY.contains(&name.as_str()).then_some((name, object))
+        })
+        .collect();
     // (Requests change the routes' enforcement counters, hence their status: only now.)
     for name in STEADY {
         assert_eq!(

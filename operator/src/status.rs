@@ -181,8 +181,17 @@ pub fn programmed<'a>(
     fleet: &Fleet,
     publish_error: Option<&'a str>,
 ) -> Programmed<'a> {
-    let live = fleet.running.len() as u32;
-    let total = fleet.known.max(live);
+    let running = fleet.running.len() as u32;
+    let total = fleet.known.max(running);
+    // A replica that has not loaded any config yet is not ready, so it serves nothing: it
+    // shows in the total but does not hold Programmed back (else every object in the
+    // cluster would flap to Pending and back whenever a replica starts).
+    let live = running
+        - fleet
+            .running
+            .iter()
+            .filter(|running| matches!(running, Running::Unloaded))
+            .count() as u32;
     let ready = fleet
         .running
         .iter()
@@ -623,6 +632,30 @@ mod tests {
             None,
         );
         assert!(p.status && p.ready == 1 && p.total == 2, "{p:?}");
+        // A starting replica (nothing loaded) shows in the total, not in the verdict.
+        let starting = [
+            replica("a", "g2"),
+            ProxyReport {
+                generation: None,
+                ..replica("b", "x")
+            },
+        ];
+        let p = programmed(
+            &object(2),
+            true,
+            true,
+            &fleet(&starting, 2, &published, None),
+            None,
+        );
+        assert!(p.status && p.ready == 1 && p.total == 2, "{p:?}");
+        let p = programmed(
+            &object(2),
+            true,
+            true,
+            &fleet(&starting[1..], 1, &published, None),
+            None,
+        );
+        assert_eq!(p.reason, "NoProxies");
         // A live replica behind is named in the message.
         let p = programmed(
             &object(2),
@@ -694,7 +727,7 @@ mod tests {
         // Not held: the status was not True, or was for another generation of the object.
         assert!(!judge(&unknown, &was("False", 2)).status);
         assert!(!judge(&unknown, &was("True", 1)).status);
-        // Not held: a replica runs a config we know lacks this generation, or none at all.
+        // Not held: a replica runs a config we know lacks this generation.
         let mut published_old = published.clone();
         let g1 = published_old.intern(&[object(1)]);
         published_old.record("g1", g1);
@@ -708,12 +741,14 @@ mod tests {
         )
         .held(Some(2), Some(&was("True", 2)));
         assert!(!p.status, "{p:?}");
+        // A starting replica (nothing loaded) changes nothing.
         let mut unloaded = fleet_of(&["g-old"]);
         unloaded.push(ProxyReport {
             generation: None,
             ..replica("r9", "x")
         });
-        assert!(!judge(&unloaded, &was("True", 2)).status);
+        let p = judge(&unloaded, &was("True", 2));
+        assert!(p.status && p.total == 2, "{p:?}");
     }
 
     fn compiled() -> ObjectStatus {
