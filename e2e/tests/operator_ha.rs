@@ -112,7 +112,7 @@ fn step(cluster: &Cluster, i: u32, tag: &str, changes: &Mutex<Changes>) {
         changes.stream_body = Some(body);
         changes.stream_updates += 1;
     }
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         let name = format!("churn-{tag}-{i}");
         let body = format!("{name}-body");
         if cluster.apply(&route(&name, &body)).is_ok() {

@@ -13,9 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Owne
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
-use portcullis_compiler::report::{
-    ProxyReport, LEASE_DURATION_SECONDS, LEASE_PREFIX, REPORT_ANNOTATION, REPORT_LABEL,
-};
+use portcullis_compiler::report::{ProxyReport, LEASE_PREFIX, REPORT_ANNOTATION, REPORT_LABEL};
 use tokio::sync::{watch, Notify};
 
 use super::ClusterOptions;
@@ -166,7 +164,7 @@ pub(super) async fn run(
 
 /// How long the operator counts a silent replica as live: three report intervals, at least
 /// 5 s, so that one slow write (a loaded API server) does not drop a live replica. The default 5 s interval gives
-/// [`LEASE_DURATION_SECONDS`].
+/// [`portcullis_compiler::report::LEASE_DURATION_SECONDS`].
 fn lease_seconds(report_interval: Duration) -> i32 {
     let millis = report_interval.as_millis().saturating_mul(3);
     i32::try_from(millis.div_ceil(1000))
@@ -252,6 +250,8 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use portcullis_compiler::report::LEASE_DURATION_SECONDS;
+
     use super::*;
 
     #[test]
