@@ -73,32 +73,21 @@ fn kubectl_ok(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> bool {
     cluster.kubectl(args, stdin).status.success()
 }
 
-/// `Programmed` of the object's current generation, with the object.
-fn programmed_now(cluster: &Cluster, name: &str) -> Option<(bool, Value)> {
-    let object = cluster.get("apiroutes", NS, name)?;
-    let generation = object["metadata"]["generation"].as_i64();
-    let condition = object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Programmed")?
-        .clone();
-    let current = condition["observedGeneration"].as_i64() == generation;
-    Some((current && condition["status"] == "True", object))
-}
-
 /// What the change stream did: the last body of `stream`, and the churn routes that exist or
 /// were deleted (name → body).
 #[derive(Default)]
 struct Changes {
     stream_body: Option<String>,
     stream_updates: u32,
+    /// Changes made (updates, creates, deletes) by phase: before, during and after the kill.
+    by_phase: BTreeMap<&'static str, u32>,
     alive: BTreeMap<String, String>,
     deleted: Vec<String>,
 }
 
 /// One step of the change stream: update `stream`; every 5th step create a route, and delete
 /// the one created two rounds before.
-fn step(cluster: &Cluster, i: u32, tag: &str, changes: &Mutex<Changes>) {
+fn step(cluster: &Cluster, i: u32, tag: &'static str, changes: &Mutex<Changes>) {
     let body = format!("{tag}-{i}");
     let patch = format!(r#"{{"spec":{{"upstream":{{"directResponse":{{"body":"{body}"}}}}}}}}"#);
     if kubectl_ok(
@@ -111,12 +100,15 @@ fn step(cluster: &Cluster, i: u32, tag: &str, changes: &Mutex<Changes>) {
         let mut changes = changes.lock().unwrap();
         changes.stream_body = Some(body);
         changes.stream_updates += 1;
+        *changes.by_phase.entry(tag).or_default() += 1;
     }
     if i.is_multiple_of(5) {
         let name = format!("churn-{tag}-{i}");
         let body = format!("{name}-body");
         if cluster.apply(&route(&name, &body)).is_ok() {
-            changes.lock().unwrap().alive.insert(name, body);
+            let mut changes = changes.lock().unwrap();
+            changes.alive.insert(name, body);
+            *changes.by_phase.entry(tag).or_default() += 1;
         }
         // Delete an older one, if any.
         let victim = {
@@ -134,6 +126,7 @@ fn step(cluster: &Cluster, i: u32, tag: &str, changes: &Mutex<Changes>) {
                 let mut changes = changes.lock().unwrap();
                 changes.alive.remove(&victim);
                 changes.deleted.push(victim);
+                *changes.by_phase.entry(tag).or_default() += 1;
             }
         }
     }
@@ -237,12 +230,21 @@ fn leader_killed_under_a_stream_of_changes_loses_nothing_and_flaps_nothing() {
         last.starts_with("after-"),
         "the stream went on after the takeover: {last}"
     );
+    for phase in ["before", "during", "after"] {
+        assert!(
+            changes.by_phase.get(phase).is_some_and(|n| *n > 5),
+            "changes {phase} the kill: {:?}",
+            changes.by_phase
+        );
+    }
     assert!(
         changes
-            .deleted
-            .iter()
-            .any(|d| d.contains("-during-") || d.contains("-after-")),
-        "routes were deleted during and after the kill: {:?}",
+            .alive
+            .keys()
+            .chain(&changes.deleted)
+            .any(|name| name.contains("-during-")),
+        "a route created while nobody led: {:?} {:?}",
+        changes.alive,
         changes.deleted
     );
     // The last change of the stream: served and Programmed with its generation.
@@ -269,8 +271,14 @@ fn leader_killed_under_a_stream_of_changes_loses_nothing_and_flaps_nothing() {
         wait_for(&format!("{name} served"), Duration::from_secs(15), || {
             (http(port, "GET", &format!("/{name}"), &[])? == (200, body.clone())).then_some(())
         });
-        let (programmed, object) = programmed_now(&cluster, name).unwrap();
-        assert!(programmed, "{name}: {object}");
+        cluster.wait_condition(
+            "apiroutes",
+            NS,
+            name,
+            "Programmed",
+            "True",
+            Duration::from_secs(15),
+        );
     }
     for name in &changes.deleted {
         wait_for(&format!("{name} gone"), Duration::from_secs(15), || {
@@ -311,12 +319,13 @@ fn leader_killed_under_a_stream_of_changes_loses_nothing_and_flaps_nothing() {
     }
     println!(
         "takeover (SIGKILL → operator-b holds the lease, {LEASE_SECONDS} s lease, 1 s retry): \
-         {takeover:?}; stream: {} updates, {} routes created, {} deleted; last change \
+         {takeover:?}; stream: {} updates, {} routes created, {} deleted (changes by phase: {:?}); last change \
          Programmed {settled:?} after the stream stopped; steady routes: {writes} writes \
          after the initial list, {} with changed conditions",
         changes.stream_updates,
         changes.alive.len() + changes.deleted.len(),
         changes.deleted.len(),
+        changes.by_phase,
         flaps.len()
     );
     assert!(
