@@ -369,12 +369,23 @@ def _():
     expect("--no-leader-election" not in c["containers"][0]["args"], "leader election off by default")
     env = {e["name"]: e for e in c["containers"][0]["env"]}
     expect(env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", "identity from POD_NAME")
+    args = c["containers"][0]["args"]
+    for flag in ("--lease-duration-seconds=10", "--lease-retry-seconds=2", "--forget-replicas-after-seconds=300"):
+        expect(flag in args, f"{flag} not in {args}")
+    short = pod_spec(deployment(objects(render({"operator": {"leaseDurationSeconds": 4, "leaseRetrySeconds": 1}})), "operator"))
+    expect("--lease-duration-seconds=4" in short["containers"][0]["args"], "leaseDurationSeconds passed")
     single = pod_spec(deployment(RENDERED["single-operator"], "operator"))["containers"][0]
     expect("--no-leader-election" in single["args"], "single replica without election")
+    expect(not any(a.startswith("--lease-") for a in single["args"]), "no lease flags without election")
+    try:
+        render({"operator": {"leaseDurationSeconds": 4, "leaseRetrySeconds": 4}})
+        raise AssertionError("a lease renewed no more often than it lasts rendered")
+    except helm.HelmError as e:
+        retry = reason(e)
     try:
         render({"operator": {"replicas": 2, "leaderElection": False}})
     except helm.HelmError as e:
-        return f"2 replicas without election refused: {reason(e)}"
+        return f"2 replicas without election refused: {reason(e)}; retry >= duration refused: {retry}"
     raise AssertionError("two replicas without leader election rendered")
 
 

@@ -12,7 +12,8 @@ pub const REPORT_LABEL: &str = "portcullis.dev/proxy-report";
 pub const REPORT_ANNOTATION: &str = "portcullis.dev/report";
 /// Name prefix of report Leases: `portcullis-proxy-REPLICA`.
 pub const LEASE_PREFIX: &str = "portcullis-proxy-";
-/// A replica whose Lease was not renewed for this long is considered gone.
+/// A replica whose Lease was not renewed for this long is considered gone: three report
+/// intervals, this with the default 5 s (the replica writes its own into its Lease).
 pub const LEASE_DURATION_SECONDS: i32 = 15;
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]

@@ -507,9 +507,11 @@ pub fn spawn_proxy(cluster: &Cluster, name: &str, extra: &[&str]) -> (Process, u
         "--replica-id".into(),
         name.into(),
         "--no-audit".into(),
-        "--report-interval".into(),
-        "1s".into(),
     ];
+    // `extra` may set its own interval (a flag given twice is an error).
+    if !extra.contains(&"--report-interval") {
+        args.extend(["--report-interval".into(), "1s".into()]);
+    }
     args.extend(extra.iter().map(|a| a.to_string()));
     let process = Process::spawn(
         name,
@@ -539,4 +541,126 @@ pub fn spawn_operator(cluster: &Cluster, name: &str, extra: &[&str]) -> Process 
         &cluster.kubeconfig("operator"),
         &cluster.state,
     )
+}
+
+/// A `redis-server` on a free loopback port, without persistence; killed on drop. A missing
+/// `redis-server` fails the test (e2e/install-deps.sh installs it).
+pub struct Redis {
+    pub port: u16,
+    child: Child,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is missing: run e2e/install-deps.sh");
+        let redis = Redis { port, child };
+        wait_for("redis-server", Duration::from_secs(10), || {
+            (redis.command(&["PING"])? == "+PONG").then_some(())
+        });
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// One command in RESP; the first line of the reply (`None` when unreachable).
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            if stream.read(&mut byte).ok()? == 0 {
+                return None;
+            }
+            reply.push(byte[0]);
+        }
+        Some(String::from_utf8_lossy(&reply).trim_end().to_string())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kubectl get --watch` of one kind in one namespace, recording every version of every
+/// object the API server sends (the initial list included) until [`Watch::stop`].
+pub struct Watch {
+    child: Child,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Cluster {
+    pub fn watch(&self, resource: &str, namespace: &str) -> Watch {
+        let mut child = Command::new("kubectl")
+            .args([
+                "get",
+                resource,
+                "-n",
+                namespace,
+                "--watch",
+                "--output-watch-events",
+                "-o",
+                "json",
+            ])
+            .env("KUBECONFIG", self.kubeconfig("admin"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let record = seen.clone();
+        std::thread::spawn(move || {
+            let events = serde_json::Deserializer::from_reader(std::io::BufReader::new(stdout))
+                .into_iter::<Value>();
+            for event in events {
+                let Ok(mut event) = event else { return };
+                record.lock().unwrap().push(event["object"].take());
+            }
+        });
+        Watch { child, seen }
+    }
+}
+
+impl Watch {
+    /// Stops watching; every object version seen, in order.
+    pub fn stop(mut self) -> Vec<Value> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

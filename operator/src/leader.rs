@@ -49,7 +49,8 @@ fn expired(lease: &Lease, now: Timestamp) -> bool {
         return true;
     };
     let duration = i64::from(spec.lease_duration_seconds.unwrap_or(10));
-    renew.as_second() + duration < now.as_second()
+    // Milliseconds, not whole seconds: a standby takes over up to a second sooner.
+    renew.as_millisecond() + duration * 1000 < now.as_millisecond()
 }
 
 fn holder(lease: &Lease) -> Option<&str> {

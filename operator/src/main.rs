@@ -46,6 +46,17 @@ struct Args {
     /// Act without leader election (only for a single replica).
     #[arg(long)]
     no_leader_election: bool,
+    /// Leader lease duration: a follower takes over at most this long after the leader
+    /// stopped renewing (a killed leader; a stopped one releases the lease at once).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=3600))]
+    lease_duration_seconds: u32,
+    /// How often the leader renews the lease and a follower tries to take it.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    lease_retry_seconds: u32,
+    /// A proxy replica that stopped reporting (killed without a goodbye) still counts in
+    /// `status.proxies` total, as not ready, for this long after its report expired.
+    #[arg(long, default_value_t = 300)]
+    forget_replicas_after_seconds: u64,
     /// Quiet period that batches bursts of changes into one compile.
     #[arg(long, default_value_t = 100)]
     debounce_ms: u64,
@@ -179,6 +190,14 @@ async fn main() -> anyhow::Result<()> {
     // Exactly one rustls provider in the process; a second install attempt is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
+    if args.lease_retry_seconds >= args.lease_duration_seconds {
+        // A leader renewing less often than its lease lasts would lose it between renewals.
+        anyhow::bail!(
+            "--lease-retry-seconds ({}) must be shorter than --lease-duration-seconds ({})",
+            args.lease_retry_seconds,
+            args.lease_duration_seconds
+        );
+    }
     let identity = identity(&args);
 
     let client = Client::try_default()
@@ -237,6 +256,8 @@ async fn main() -> anyhow::Result<()> {
             client.clone(),
             LeaderConfig {
                 owner: owner.clone(),
+                lease_duration: Duration::from_secs(args.lease_duration_seconds.into()),
+                retry_period: Duration::from_secs(args.lease_retry_seconds.into()),
                 ..LeaderConfig::new(&args.namespace, &identity)
             },
         ))
@@ -262,7 +283,8 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
         trigger.clone(),
     )
-    .with_owner(owner);
+    .with_owner(owner)
+    .with_forget_after(Duration::from_secs(args.forget_replicas_after_seconds));
     let leadership = Leadership {
         client,
         stores,

@@ -188,9 +188,10 @@ impl std::hash::Hash for Key {
     }
 }
 
-/// A replica that stopped reporting is still counted (as not ready) for this long, then its
-/// Lease is deleted: long enough to see a crash in `kubectl get`, short enough that a scaled
-/// down Deployment stops showing ghosts.
+/// By default a replica that stopped reporting is still counted (as not ready) for this long
+/// past its lease duration, then its Lease is deleted: long enough to see a crash in
+/// `kubectl get`, short enough that a scaled down Deployment stops showing ghosts. The
+/// operator's `--forget-replicas-after` sets it.
 pub const FORGET_AFTER_SECONDS: i64 = 300;
 
 /// Proxy reports by freshness.
@@ -200,18 +201,22 @@ pub struct Replicas {
     pub live: Vec<ProxyReport>,
     /// Every replica still counted: live plus recently expired.
     pub known: Vec<ProxyReport>,
-    /// Lease names expired for longer than [`FORGET_AFTER_SECONDS`].
+    /// Lease names expired for longer than `forget_after_seconds`.
     pub forgotten: Vec<String>,
 }
 
-pub fn classify_reports(leases: &[Arc<Lease>], now: Timestamp) -> Replicas {
+pub fn classify_reports(
+    leases: &[Arc<Lease>],
+    now: Timestamp,
+    forget_after_seconds: i64,
+) -> Replicas {
     let mut replicas = Replicas::default();
     for lease in leases {
         let Some(spec) = &lease.spec else { continue };
         let renewed = spec.renew_time.as_ref().map_or(0, |t| t.0.as_second());
         let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
         let age = now.as_second() - renewed;
-        if age > duration + FORGET_AFTER_SECONDS {
+        if age > duration + forget_after_seconds {
             replicas.forgotten.push(lease.name_any());
             continue;
         }

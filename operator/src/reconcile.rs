@@ -85,6 +85,8 @@ pub struct Reconciler {
     /// What the last compile keeps for the next: a route change does not compile the
     /// 100,000 consumers again. Moved into the compile task and back.
     compile_cache: CompileCache,
+    /// Past its lease duration, a silent replica still counts this long ([`plan::FORGET_AFTER_SECONDS`]).
+    forget_after_seconds: i64,
 }
 
 /// The cached objects that are not being deleted (shared, not copied).
@@ -126,7 +128,14 @@ impl Reconciler {
             last_targets: None,
             last_encoded: None,
             compile_cache: CompileCache::default(),
+            forget_after_seconds: plan::FORGET_AFTER_SECONDS,
         }
+    }
+
+    /// How long a replica that stopped reporting still counts, past its lease duration.
+    pub fn with_forget_after(mut self, after: Duration) -> Self {
+        self.forget_after_seconds = i64::try_from(after.as_secs()).unwrap_or(i64::MAX);
+        self
     }
 
     /// Publishes the shards with an ownerReference to `owner` ([`crate::owner`]).
@@ -187,7 +196,11 @@ impl Reconciler {
         if outputs_changed && self.compiled.is_some() && self.last_published == published_before {
             self.repair_outputs().await?;
         }
-        let replicas = classify_reports(&self.stores.reports.state(), Timestamp::now());
+        let replicas = classify_reports(
+            &self.stores.reports.state(),
+            Timestamp::now(),
+            self.forget_after_seconds,
+        );
         self.metrics.proxies_live.set(replicas.live.len() as i64);
         self.forget(&replicas.forgotten).await;
         let Some(compiled) = &mut self.compiled else {

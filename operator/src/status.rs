@@ -85,6 +85,11 @@ pub struct Programmed<'a> {
     pub reason: &'static str,
     pub ready: u32,
     pub total: u32,
+    /// Replicas whose reports are fresh.
+    pub live: u32,
+    /// Live replicas on a config this operator does not remember (one published by the
+    /// previous leader, or before a restart): whether it has the object is unknown.
+    pub unknown: u32,
     /// Why the config cannot be published (reason `ConfigTooLarge`).
     pub error: Option<&'a str>,
 }
@@ -104,11 +109,22 @@ impl fmt::Display for ProgrammedMessage<'_, '_> {
             "Invalid" => f.write_str("not accepted: see the Accepted condition"),
             "ConfigTooLarge" => f.write_str(p.error.unwrap_or_default()),
             "NoProxies" => f.write_str("no live proxy replica reports a loaded config"),
-            "Pending" => write!(
-                f,
-                "enforced by {}/{} proxy replicas; waiting for the rest to load it",
-                p.ready, p.total
-            ),
+            "Pending" => {
+                let behind = p.live.saturating_sub(p.ready);
+                write!(
+                    f,
+                    "enforced by {}/{} proxy replicas; {behind} live {} a config without \
+                     this generation (waiting for {} to load it)",
+                    p.ready,
+                    p.total,
+                    if behind == 1 {
+                        "replica runs"
+                    } else {
+                        "replicas run"
+                    },
+                    if behind == 1 { "it" } else { "them" },
+                )
+            }
             _ => write!(f, "enforced by {}/{} proxy replicas", p.ready, p.total),
         }
     }
@@ -122,8 +138,10 @@ pub enum Running<'a> {
     Current,
     /// An older published config.
     Older(&'a ObjectSet),
-    /// A config we do not remember (e.g. from before this operator started).
+    /// A config we do not remember (e.g. published by the previous leader).
     Unknown,
+    /// No config loaded yet (a replica starting).
+    Unloaded,
 }
 
 /// The proxy replicas as [`programmed`] sees them, resolved once per plan.
@@ -148,7 +166,7 @@ pub fn fleet<'a>(
             .map(|r| match r.generation.as_deref() {
                 Some(g) if Some(g) == current => Running::Current,
                 Some(g) => published.set(g).map_or(Running::Unknown, Running::Older),
-                None => Running::Unknown,
+                None => Running::Unloaded,
             })
             .collect(),
         known: known as u32,
@@ -163,16 +181,30 @@ pub fn programmed<'a>(
     fleet: &Fleet,
     publish_error: Option<&'a str>,
 ) -> Programmed<'a> {
-    let live = fleet.running.len() as u32;
-    let total = fleet.known.max(live);
+    let running = fleet.running.len() as u32;
+    let total = fleet.known.max(running);
+    // A replica that has not loaded any config yet is not ready, so it serves nothing: it
+    // shows in the total but does not hold Programmed back (else every object in the
+    // cluster would flap to Pending and back whenever a replica starts).
+    let live = running
+        - fleet
+            .running
+            .iter()
+            .filter(|running| matches!(running, Running::Unloaded))
+            .count() as u32;
     let ready = fleet
         .running
         .iter()
         .filter(|running| match running {
             Running::Current => in_config,
             Running::Older(set) => set.contains(object),
-            Running::Unknown => false,
+            Running::Unknown | Running::Unloaded => false,
         })
+        .count() as u32;
+    let unknown = fleet
+        .running
+        .iter()
+        .filter(|running| matches!(running, Running::Unknown))
         .count() as u32;
     let (status, reason) = if !(accepted && in_config) {
         (false, "Invalid")
@@ -191,7 +223,43 @@ pub fn programmed<'a>(
         reason,
         ready,
         total,
+        live,
+        unknown,
         error: publish_error,
+    }
+}
+
+impl Programmed<'_> {
+    /// Keeps `Programmed=True` of the object's current generation while the only replicas
+    /// not known to run it are on configs this operator does not remember. After a leader
+    /// change the new leader knows none of the configs its predecessor published: judging
+    /// them unready would turn every unchanged object `Pending` for the second it takes the
+    /// proxies to load the new leader's config (and back), i.e. two status writes per object
+    /// and a flapping condition. The predecessor wrote that verdict knowing the config, and
+    /// the replicas load the new leader's config (which settles it) within a report interval.
+    pub fn held(self, generation: Option<i64>, current: Option<&ObjectStatusFields>) -> Self {
+        let only_unknown =
+            self.reason == "Pending" && self.unknown > 0 && self.ready + self.unknown == self.live;
+        let Some(current) = current.filter(|_| only_unknown) else {
+            return self;
+        };
+        let was_programmed = current.observed_generation == generation
+            && current.conditions.iter().any(|c| {
+                c.type_ == "Programmed"
+                    && c.status == "True"
+                    && c.reason == "Programmed"
+                    && c.observed_generation == generation
+            });
+        match (&current.proxies, was_programmed) {
+            (Some(proxies), true) => Programmed {
+                status: true,
+                reason: "Programmed",
+                ready: proxies.ready,
+                total: proxies.total,
+                ..self
+            },
+            _ => self,
+        }
     }
 }
 
@@ -564,6 +632,123 @@ mod tests {
             None,
         );
         assert!(p.status && p.ready == 1 && p.total == 2, "{p:?}");
+        // A starting replica (nothing loaded) shows in the total, not in the verdict.
+        let starting = [
+            replica("a", "g2"),
+            ProxyReport {
+                generation: None,
+                ..replica("b", "x")
+            },
+        ];
+        let p = programmed(
+            &object(2),
+            true,
+            true,
+            &fleet(&starting, 2, &published, None),
+            None,
+        );
+        assert!(p.status && p.ready == 1 && p.total == 2, "{p:?}");
+        let p = programmed(
+            &object(2),
+            true,
+            true,
+            &fleet(&starting[1..], 1, &published, None),
+            None,
+        );
+        assert_eq!(p.reason, "NoProxies");
+        // A live replica behind is named in the message.
+        let p = programmed(
+            &object(2),
+            true,
+            true,
+            &fleet(&one_old, 3, &published, None),
+            None,
+        );
+        assert_eq!(
+            p.message().to_string(),
+            "enforced by 1/3 proxy replicas; 1 live replica runs a config without this \
+             generation (waiting for it to load it)"
+        );
+    }
+
+    #[test]
+    fn a_new_leader_keeps_programmed_while_replicas_run_its_predecessors_config() {
+        let mut published = Published::default();
+        let g2 = published.intern(&[object(2)]);
+        published.record("g2", g2);
+        // "g-old" was published by the previous leader: this operator does not know it.
+        let fleet_of = |generations: &[&str]| {
+            let replicas: Vec<ProxyReport> = generations
+                .iter()
+                .enumerate()
+                .map(|(i, g)| replica(&format!("r{i}"), g))
+                .collect();
+            replicas
+        };
+        let was = |status: &str, generation: i64| ObjectStatusFields {
+            observed_generation: Some(generation),
+            conditions: vec![Condition {
+                type_: "Programmed".into(),
+                status: status.into(),
+                reason: if status == "True" {
+                    "Programmed"
+                } else {
+                    "Pending"
+                }
+                .into(),
+                message: String::new(),
+                observed_generation: Some(generation),
+                last_transition_time: Some("T".into()),
+            }],
+            proxies: Some(ProxiesStatus {
+                ready: 2,
+                total: 2,
+                summary: "2/2".into(),
+                config_generation: Some("g-old".into()),
+            }),
+            enforcement: None,
+        };
+        let judge = |replicas: &[ProxyReport], current: &ObjectStatusFields| {
+            programmed(
+                &object(2),
+                true,
+                true,
+                &fleet(replicas, replicas.len(), &published, None),
+                None,
+            )
+            .held(Some(2), Some(current))
+        };
+        let unknown = fleet_of(&["g-old", "g2"]);
+        let p = judge(&unknown, &was("True", 2));
+        assert!(
+            p.status && p.reason == "Programmed" && p.ready == 2,
+            "{p:?}"
+        );
+        // Not held: the status was not True, or was for another generation of the object.
+        assert!(!judge(&unknown, &was("False", 2)).status);
+        assert!(!judge(&unknown, &was("True", 1)).status);
+        // Not held: a replica runs a config we know lacks this generation.
+        let mut published_old = published.clone();
+        let g1 = published_old.intern(&[object(1)]);
+        published_old.record("g1", g1);
+        let behind = fleet_of(&["g-old", "g1"]);
+        let p = programmed(
+            &object(2),
+            true,
+            true,
+            &fleet(&behind, 2, &published_old, None),
+            None,
+        )
+        .held(Some(2), Some(&was("True", 2)));
+        assert!(!p.status, "{p:?}");
+        // A starting replica (nothing loaded) changes nothing.
+        let mut unloaded = fleet_of(&["g-old"]);
+        unloaded.push(ProxyReport {
+            generation: None,
+            ..replica("r9", "x")
+        });
+        let p = judge(&unloaded, &was("True", 2));
+        assert!(p.status && p.total == 2, "{p:?}");
     }
 
     fn compiled() -> ObjectStatus {
@@ -587,6 +772,8 @@ mod tests {
         reason: "Programmed",
         ready: 1,
         total: 1,
+        live: 1,
+        unknown: 0,
         error: None,
     };
 
@@ -628,7 +815,8 @@ mod tests {
         );
         assert_eq!(
             programmed_condition.message,
-            "enforced by 0/1 proxy replicas; waiting for the rest to load it"
+            "enforced by 0/1 proxy replicas; 1 live replica runs a config without this \
+             generation (waiting for it to load it)"
         );
         let accepted = third
             .conditions
@@ -678,6 +866,8 @@ mod tests {
             reason: "Pending",
             ready: 0,
             total: 2,
+            live: 0,
+            unknown: 0,
             ..READY
         };
         let too_large = Programmed {

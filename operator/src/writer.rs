@@ -60,7 +60,8 @@ fn desired<'a, K: StatusKind>(
         target.in_config,
         fleet,
         plan.publish_error.as_deref(),
-    );
+    )
+    .held(object.generation, live.common());
     let current = live.common();
     let enforcement = K::ENFORCEMENT.then(|| {
         status::enforcement(

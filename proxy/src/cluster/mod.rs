@@ -35,7 +35,7 @@
 //!     verbs: [get, create, update, delete]
 //! ```
 //! (`delete` only lets a replica remove its report on graceful shutdown; without it the
-//! Lease simply expires after `LEASE_DURATION_SECONDS`.)
+//! Lease simply expires after three report intervals, 15 s by default.)
 //!
 //! To resolve `service:` targets to endpoints ([`endpoints`]; `--endpoints-source off`
 //! needs none of it), read-only access cluster-wide (a ClusterRole):

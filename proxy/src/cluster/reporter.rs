@@ -13,9 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Owne
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams};
 use kube::Api;
-use portcullis_compiler::report::{
-    ProxyReport, LEASE_DURATION_SECONDS, LEASE_PREFIX, REPORT_ANNOTATION, REPORT_LABEL,
-};
+use portcullis_compiler::report::{ProxyReport, LEASE_PREFIX, REPORT_ANNOTATION, REPORT_LABEL};
 use tokio::sync::{watch, Notify};
 
 use super::ClusterOptions;
@@ -113,6 +111,7 @@ pub(super) async fn run(
     let name = lease_name(&options.replica);
     let started_at = Timestamp::now().to_string();
     let mut cached: Option<Lease> = None;
+    let lease_seconds = lease_seconds(options.report_interval);
     let mut ticker = tokio::time::interval(options.report_interval.max(Duration::from_millis(100)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -131,7 +130,14 @@ pub(super) async fn run(
         };
         let written = tokio::time::timeout(
             WRITE_TIMEOUT,
-            publish(&api, &name, &mut cached, &report, options.owner.as_ref()),
+            publish(
+                &api,
+                &name,
+                &mut cached,
+                &report,
+                options.owner.as_ref(),
+                lease_seconds,
+            ),
         )
         .await
         .unwrap_or(Err(ReportError::Timeout(WRITE_TIMEOUT)));
@@ -156,11 +162,22 @@ pub(super) async fn run(
     }
 }
 
+/// How long the operator counts a silent replica as live: three report intervals, at least
+/// 5 s, so that one slow write (a loaded API server) does not drop a live replica. The default 5 s interval gives
+/// [`portcullis_compiler::report::LEASE_DURATION_SECONDS`].
+fn lease_seconds(report_interval: Duration) -> i32 {
+    let millis = report_interval.as_millis().saturating_mul(3);
+    i32::try_from(millis.div_ceil(1000))
+        .unwrap_or(i32::MAX)
+        .max(5)
+}
+
 fn fill(
     lease: &mut Lease,
     name: &str,
     report: &ProxyReport,
     now: &MicroTime,
+    lease_seconds: i32,
 ) -> Result<(), ReportError> {
     let meta = &mut lease.metadata;
     meta.name = Some(name.to_string());
@@ -173,7 +190,7 @@ fn fill(
     );
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     spec.holder_identity = Some(report.replica.clone());
-    spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
+    spec.lease_duration_seconds = Some(lease_seconds);
     spec.renew_time = Some(now.clone());
     if spec.acquire_time.is_none() {
         spec.acquire_time = Some(now.clone());
@@ -191,10 +208,11 @@ async fn publish(
     cached: &mut Option<Lease>,
     report: &ProxyReport,
     owner: Option<&OwnerReference>,
+    lease_seconds: i32,
 ) -> Result<(), ReportError> {
     let now = MicroTime(Timestamp::now());
     if let Some(mut lease) = cached.take() {
-        fill(&mut lease, name, report, &now)?;
+        fill(&mut lease, name, report, &now, lease_seconds)?;
         match api.replace(name, &PostParams::default(), &lease).await {
             Ok(written) => {
                 *cached = Some(written);
@@ -212,7 +230,7 @@ async fn publish(
     }
     let written = match api.get_opt(name).await? {
         Some(mut lease) => {
-            fill(&mut lease, name, report, &now)?;
+            fill(&mut lease, name, report, &now, lease_seconds)?;
             api.replace(name, &PostParams::default(), &lease).await?
         }
         None => {
@@ -220,7 +238,7 @@ async fn publish(
                 metadata: ObjectMeta::default(),
                 spec: None,
             };
-            fill(&mut lease, name, report, &now)?;
+            fill(&mut lease, name, report, &now, lease_seconds)?;
             lease.metadata.owner_references = owner.cloned().map(|o| vec![o]);
             api.create(&PostParams::default(), &lease).await?
         }
@@ -232,6 +250,8 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use portcullis_compiler::report::LEASE_DURATION_SECONDS;
+
     use super::*;
 
     #[test]
@@ -241,6 +261,17 @@ mod tests {
         assert_eq!(replica_id(Some("pod-1")), "pod-1");
         let long = "a".repeat(400);
         assert_eq!(lease_name(&sanitize(&long)).len(), 253);
+    }
+
+    #[test]
+    fn a_report_lasts_three_intervals() {
+        assert_eq!(
+            lease_seconds(Duration::from_secs(5)),
+            LEASE_DURATION_SECONDS
+        );
+        assert_eq!(lease_seconds(Duration::from_secs(2)), 6);
+        assert_eq!(lease_seconds(Duration::from_millis(2500)), 8);
+        assert_eq!(lease_seconds(Duration::from_millis(100)), 5);
     }
 
     #[test]
@@ -260,6 +291,7 @@ mod tests {
             "portcullis-proxy-r1",
             &report,
             &MicroTime(Timestamp::now()),
+            LEASE_DURATION_SECONDS,
         )
         .unwrap();
         let spec = lease.spec.unwrap();
