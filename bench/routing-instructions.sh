@@ -39,7 +39,7 @@ with open(out, "w") as f:
         f.write(f"""---
 apiVersion: portcullis.dev/v1alpha1
 kind: ApiRoute
-metadata: {{name: route-{i}, namespace: team-{i % 20}}}
+metadata: {{name: route-{i}, namespace: team-0}}
 spec:
   hosts: [api.example.com]
   paths: [{{type: Prefix, value: /svc-{i}/v1}}]

@@ -22,10 +22,11 @@ type Positions = Box<[u32]>;
 
 pub(super) struct PathIndex {
     exact: HashMap<Box<str>, Positions, RandomState>,
+    /// The lengths of the exact paths: a path of another length is not hashed.
+    exact_lengths: Lengths,
     prefix: HashMap<Box<str>, Positions, RandomState>,
-    /// Bit `n` set when some prefix (other than `/`) has `n` bytes: other lengths are not
-    /// hashed.
-    prefix_lengths: Box<[u64]>,
+    /// The lengths of the prefixes other than `/`.
+    prefix_lengths: Lengths,
     /// `Prefix: /`, which matches every path.
     root: Positions,
     regex: Positions,
@@ -53,20 +54,16 @@ impl PathIndex {
                 PathMatcher::Regex(_) => regex.push(position),
             }
         }
-        let longest = prefix.keys().map(|p| p.len()).max().unwrap_or(0);
-        let mut prefix_lengths = vec![0u64; longest / 64 + 1].into_boxed_slice();
-        for p in prefix.keys() {
-            prefix_lengths[p.len() / 64] |= 1 << (p.len() % 64);
-        }
         let owned = |map: HashMap<&str, Vec<u32>>| -> HashMap<Box<str>, Positions, RandomState> {
             map.into_iter()
                 .map(|(k, v)| (Box::from(k), v.into_boxed_slice()))
                 .collect()
         };
         Some(PathIndex {
+            exact_lengths: Lengths::of(exact.keys()),
             exact: owned(exact),
+            prefix_lengths: Lengths::of(prefix.keys()),
             prefix: owned(prefix),
-            prefix_lengths,
             root: root.into_boxed_slice(),
             regex: regex.into_boxed_slice(),
         })
@@ -80,22 +77,23 @@ impl PathIndex {
         mut try_at: impl FnMut(usize) -> Option<T>,
     ) -> Option<T> {
         let mut first = |positions: &[u32]| positions.iter().find_map(|&p| try_at(p as usize));
-        if !self.exact.is_empty() {
+        if self.exact_lengths.has(path.len()) {
             if let Some(found) = self.exact.get(path).and_then(|ps| first(ps)) {
                 return Some(found);
             }
         }
-        if !self.prefix.is_empty() {
+        if !self.prefix_lengths.is_empty() {
             // A prefix matches the whole path or the part before one of its `/`.
             let bytes = path.as_bytes();
             let mut end = bytes.len();
             loop {
-                if self.has_prefix_of_length(end) {
+                if self.prefix_lengths.has(end) {
                     if let Some(found) = self.prefix.get(&path[..end]).and_then(|ps| first(ps)) {
                         return Some(found);
                     }
                 }
-                match memchr::memrchr(b'/', &bytes[..end]) {
+                // Paths are short: a plain loop beats memrchr's set-up here.
+                match bytes[..end].iter().rposition(|&b| b == b'/') {
                     Some(slash) if slash > 0 => end = slash,
                     _ => break,
                 }
@@ -103,9 +101,28 @@ impl PathIndex {
         }
         first(&self.root).or_else(|| first(&self.regex))
     }
+}
 
-    fn has_prefix_of_length(&self, len: usize) -> bool {
-        self.prefix_lengths
+/// A set of string lengths, one bit each: whether any key of a map has a length, before
+/// hashing a candidate of that length.
+struct Lengths(Box<[u64]>);
+
+impl Lengths {
+    fn of<'a>(keys: impl Iterator<Item = &'a &'a str> + Clone) -> Lengths {
+        let longest = keys.clone().map(|k| k.len()).max();
+        let mut bits = vec![0u64; longest.map_or(0, |l| l / 64 + 1)].into_boxed_slice();
+        for k in keys {
+            bits[k.len() / 64] |= 1 << (k.len() % 64);
+        }
+        Lengths(bits)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn has(&self, len: usize) -> bool {
+        self.0
             .get(len / 64)
             .is_some_and(|word| word >> (len % 64) & 1 == 1)
     }
