@@ -19,6 +19,7 @@ LOAD_CPU=${LOAD_CPU:-1}
 PORTCULLIS_BIN=${PORTCULLIS_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis-proxy}
 require_tools "apt-get install valgrind nginx wrk curl" valgrind callgrind_control nginx wrk curl
 [[ -x $PORTCULLIS_BIN ]] || (cd "$ROOT" && cargo build --release --locked -p portcullis-proxy --bin portcullis-proxy >&2)
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 die() { printf '[routing-instr] error: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=bench/nginx.sh
 source "$ROOT/bench/nginx.sh"
