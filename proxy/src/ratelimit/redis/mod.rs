@@ -32,11 +32,14 @@ use redis::{
     Value,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 pub mod connecting;
+pub mod handshake;
+pub mod node_context;
 pub mod pipe;
 pub mod script;
+pub mod sentinel;
+pub mod transport;
 
 use super::algorithms::{Kind, Rule, Verdict, Verdicts};
 use super::keys::RedisKeys;
@@ -45,14 +48,42 @@ pub use connecting::RedisError;
 use connecting::{BACKOFF_MAX, BACKOFF_START, CONNECT_TIMEOUT};
 use pipe::{Pipe, Setup, Values};
 use script::{pack_rule, SCRIPT};
+pub use sentinel::SentinelSettings;
+use transport::Connector;
+pub use transport::RedisTls;
 
 /// How to reach one Redis deployment; equal settings share one connection across reloads.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct RedisSettings {
+    /// One Redis, or a cluster's seeds; empty with `sentinel`.
     pub urls: Vec<String>,
     pub cluster: bool,
+    /// ACL user sent with the password.
+    pub username: Option<String>,
     pub password: Option<String>,
+    /// A master found through these sentinels.
+    pub sentinel: Option<SentinelSettings>,
+    /// TLS material; TLS is used whenever this is set or a URL is `rediss://`.
+    pub tls: Option<RedisTls>,
     pub timeout: Duration,
+}
+
+impl RedisSettings {
+    /// TCP or TLS. A `rediss://` URL without material still gets TLS (system roots):
+    /// never clear text where TLS was asked for.
+    fn connector(&self) -> Connector {
+        let sentinel_urls = self.sentinel.iter().flat_map(|s| s.urls.iter());
+        let rediss = self
+            .urls
+            .iter()
+            .chain(sentinel_urls)
+            .any(|u| u.starts_with("rediss://"));
+        match (&self.tls, rediss) {
+            (Some(tls), _) => Connector::tls(tls),
+            (None, true) => Connector::tls(&RedisTls::default()),
+            (None, false) => Connector::plain(),
+        }
+    }
 }
 
 pub struct RedisBackend {
@@ -61,6 +92,8 @@ pub struct RedisBackend {
     pipe: Option<Arc<Pipe>>,
     /// A cluster: its connection once made.
     cluster: ArcSwapOption<ClusterConnection<BoundedConnection>>,
+    /// A cluster: how its node connections connect, for as long as the backend lives.
+    nodes: Arc<node_context::NodeContext>,
     runtime: tokio::runtime::Handle,
     script: Script,
 }
@@ -70,16 +103,29 @@ impl RedisBackend {
     pub fn new(settings: RedisSettings, runtime: tokio::runtime::Handle) -> Arc<Self> {
         let script = Script::new(SCRIPT);
         let pipe = (!settings.cluster).then(|| {
+            let url = match &settings.sentinel {
+                Some(s) => format!("sentinel master {:?}", s.master_name),
+                None => settings.urls.first().cloned().unwrap_or_default(),
+            };
             let setup = Setup {
-                url: settings.urls.first().cloned().unwrap_or_default(),
+                url,
+                sentinel: settings.sentinel.clone(),
+                connector: settings.connector(),
+                username: settings.username.clone(),
                 password: settings.password.clone(),
                 script: SCRIPT,
                 sha: script.get_hash().to_owned(),
             };
             Pipe::start(setup, &runtime)
         });
+        let nodes = Arc::new(node_context::NodeContext {
+            connector: settings.connector(),
+            username: settings.username.clone(),
+            password: settings.password.clone(),
+        });
         let backend = Arc::new(RedisBackend {
             settings,
+            nodes,
             pipe,
             cluster: ArcSwapOption::empty(),
             runtime,
@@ -132,13 +178,16 @@ impl RedisBackend {
 
     async fn connect_cluster(&self) -> redis::RedisResult<ClusterConnection<BoundedConnection>> {
         let s = &self.settings;
-        let mut builder = ClusterClientBuilder::new(s.urls.clone())
+        // TLS and credentials are the node connections' ([`node_context`]).
+        let seeds = s.urls.iter().map(|u| match u.strip_prefix("rediss://") {
+            Some(rest) => format!("redis://{rest}"),
+            None => u.clone(),
+        });
+        let builder = ClusterClientBuilder::new(seeds)
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(s.timeout)
-            .retries(1);
-        if let Some(p) = &s.password {
-            builder = builder.password(p.clone());
-        }
+            .retries(1)
+            .username(node_context::register(&self.nodes));
         // The generic connection is the crate's way to supply node connections (`Connect`).
         builder
             .build()?
@@ -260,19 +309,28 @@ impl Connect for BoundedConnection {
             let mut info = info.into_connection_info()?;
             // What [`Bounded`] checks: RESP2, as our own connection speaks.
             info.redis.protocol = redis::ProtocolVersion::RESP2;
-            // The compiler admits `redis://` URLs only, and the cluster names nodes by
-            // host and port.
+            let context = node_context::lookup(info.redis.username.as_deref())
+                .map_err(|e| redis::RedisError::from((redis::ErrorKind::ClientError, e)))?;
+            let plain = Connector::plain();
+            let connector = match &context {
+                Some(c) => {
+                    info.redis.username = c.username.clone();
+                    info.redis.password = c.password.clone();
+                    &c.connector
+                }
+                None => &plain,
+            };
+            // The cluster names nodes by host and port.
             let ConnectionAddr::Tcp(host, port) = &info.addr else {
                 return Err(redis::RedisError::from((
                     redis::ErrorKind::InvalidClientConfig,
                     "unsupported Redis cluster node address (only TCP)",
                 )));
             };
-            let stream =
-                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), *port)))
-                    .await
-                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-            stream.set_nodelay(true)?;
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(host, *port))
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+                .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?;
             let (conn, driver) =
                 MultiplexedConnection::new_with_config(&info.redis, Bounded::new(stream), config)
                     .await?;
@@ -291,14 +349,14 @@ impl Connect for BoundedConnection {
 /// has more than that. Costs a copy of the bytes of the reply under way, never more than
 /// [`resp::MAX_REPLY`]: cluster replies are a few dozen bytes.
 struct Bounded {
-    inner: TcpStream,
+    inner: transport::Stream,
     /// The reply under way, from its first byte.
     reply: Vec<u8>,
     ints: Vec<i64>,
 }
 
 impl Bounded {
-    fn new(inner: TcpStream) -> Self {
+    fn new(inner: transport::Stream) -> Self {
         Bounded {
             inner,
             reply: Vec::new(),

@@ -27,15 +27,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use redis::{ConnectionAddr, IntoConnectionInfo};
 use smallvec::SmallVec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::connecting::{RedisError, BACKOFF_MAX, BACKOFF_START, CONNECT_TIMEOUT};
+use super::handshake::{exchange, put_auth, HandshakeError};
 use super::script::pack_rule;
+use super::sentinel::{is_master, master_address, SentinelError, SentinelSettings};
+use super::transport::{host_port, parse_url, Connector, TransportError, Wire};
 use crate::ratelimit::algorithms::Rule;
 use crate::ratelimit::keys::RedisKeys;
 use crate::ratelimit::resp::{self, Reply};
@@ -55,16 +55,20 @@ pub const STALL_RESET: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 enum PipeError {
-    #[error("invalid Redis URL: {0}")]
-    Url(#[from] redis::RedisError),
-    #[error("unsupported Redis address (only redis:// over TCP): {0}")]
-    Unsupported(String),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Sentinel(#[from] SentinelError),
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error("{0}:{1} is not a master (ROLE); the sentinels are asked again")]
+    NotMaster(String, u16),
+    #[error("the master answered READONLY (demoted); reconnecting")]
+    ReadOnly,
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error(transparent)]
     Protocol(#[from] resp::ProtocolError),
-    #[error("Redis refused the connection set-up: {0}")]
-    Refused(String),
     #[error("Redis closed the connection")]
     Closed,
     #[error("Redis answered nothing for {0:?} while calls were in flight")]
@@ -75,7 +79,14 @@ enum PipeError {
 
 /// What the connection needs to (re)connect.
 pub struct Setup {
+    /// The Redis; with `sentinel`, a name for logs only.
     pub url: String,
+    /// When set, the master is asked of these sentinels at every connect.
+    pub sentinel: Option<SentinelSettings>,
+    /// TCP or TLS, for the sentinels and the Redis alike.
+    pub connector: Connector,
+    /// ACL user, with the password; overrides a user in the URL.
+    pub username: Option<String>,
     /// From the policy's Secret; overrides a password in the URL.
     pub password: Option<String>,
     pub script: &'static str,
@@ -220,13 +231,19 @@ impl Pipe {
     /// Connects, serves until the connection fails, and again, with backoff, until closed.
     async fn run(self: Arc<Self>, setup: Setup) {
         let mut delay = BACKOFF_START;
+        // Asking the sentinels first may take one more round trip per sentinel.
+        let connect_timeout = if setup.sentinel.is_some() {
+            CONNECT_TIMEOUT * 2
+        } else {
+            CONNECT_TIMEOUT
+        };
         while !self.closed() {
-            match tokio::time::timeout(CONNECT_TIMEOUT, connect(&setup)).await {
-                Ok(Ok(stream)) => {
+            match tokio::time::timeout(connect_timeout, connect(&setup)).await {
+                Ok(Ok(wire)) => {
                     self.lock().up = true;
                     tracing::info!(url = %setup.url, "rate-limit Redis connected");
                     delay = BACKOFF_START;
-                    let outcome = self.serve(&stream, &setup).await;
+                    let outcome = self.serve(wire, &setup).await;
                     self.go_down();
                     match outcome {
                         Ok(()) => return,
@@ -269,9 +286,9 @@ impl Pipe {
 
     /// Writes queued calls and hands out replies until the connection fails (or the pipe is
     /// closed: `Ok`). What is in flight when it returns fails with it.
-    async fn serve(&self, stream: &TcpStream, setup: &Setup) -> Result<(), PipeError> {
+    async fn serve(&self, wire: Wire, setup: &Setup) -> Result<(), PipeError> {
         let mut session = Session {
-            stream,
+            wire,
             setup,
             out: Vec::with_capacity(16 << 10),
             written: 0,
@@ -295,14 +312,10 @@ impl Pipe {
             if session.in_flight.is_empty() {
                 answered_at = Instant::now();
             }
-            let interest = if session.flushed() {
-                Interest::READABLE
-            } else {
-                Interest::READABLE | Interest::WRITABLE
-            };
+            let flushed = session.flushed();
             tokio::select! {
                 biased;
-                ready = stream.ready(interest) => {
+                ready = session.wire.ready(!flushed) => {
                     if ready?.is_readable() {
                         let read = session.read_replies()?;
                         if read.answered {
@@ -315,7 +328,7 @@ impl Pipe {
                         }
                     }
                 }
-                () = self.wake.notified(), if session.flushed() => {}
+                () = self.wake.notified(), if flushed => {}
                 _ = tick.tick() => {
                     if !session.in_flight.is_empty() && answered_at.elapsed() > STALL_RESET {
                         return Err(PipeError::Stalled(STALL_RESET));
@@ -341,7 +354,7 @@ struct Read {
 /// One connection's calls: the bytes not yet written, the replies not yet complete, and the
 /// calls waiting for them, in order.
 struct Session<'a> {
-    stream: &'a TcpStream,
+    wire: Wire,
     setup: &'a Setup,
     out: Vec<u8>,
     /// How much of `out` the socket has taken.
@@ -360,8 +373,9 @@ impl Session<'_> {
 
     /// Writes what the socket takes without waiting.
     fn flush(&mut self) -> io::Result<()> {
+        self.wire.send_pending()?;
         while !self.flushed() {
-            match self.stream.try_write(&self.out[self.written..]) {
+            match self.wire.try_write(&self.out[self.written..]) {
                 Ok(n) => self.written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
@@ -431,7 +445,7 @@ impl Session<'_> {
             if self.input.capacity() - self.input.len() < 4096 {
                 self.input.reserve(16 << 10);
             }
-            match self.stream.try_read_buf(&mut self.input) {
+            match self.wire.try_read_buf(&mut self.input) {
                 Ok(0) => return Err(PipeError::Closed),
                 Ok(n) => taken += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(read),
@@ -446,6 +460,10 @@ impl Session<'_> {
                     Reply::Ints => answer(sent.waiters, &self.ints),
                     Reply::Error(text) => {
                         let text = &self.input[at + text.start..at + text.end];
+                        if text.starts_with(b"READONLY") {
+                            // A demoted master: this connection can only fail from now on.
+                            return Err(PipeError::ReadOnly);
+                        }
                         if text.starts_with(b"NOSCRIPT") && !sent.retried {
                             // The script is cached again by this `EVAL`.
                             let script = self.setup.script.as_bytes();
@@ -492,55 +510,48 @@ fn answer(waiters: Vec<Waiter>, ints: &[i64]) {
     }
 }
 
-/// Opens the connection (the compiler admits `redis://` URLs only) and sets it up: `AUTH`,
-/// `SELECT`, and `SCRIPT LOAD` so that the first calls find the script.
-async fn connect(setup: &Setup) -> Result<TcpStream, PipeError> {
-    let info = setup.url.as_str().into_connection_info()?;
-    let mut stream = match &info.addr {
-        ConnectionAddr::Tcp(host, port) => TcpStream::connect((host.as_str(), *port)).await?,
-        other => return Err(PipeError::Unsupported(format!("{other}"))),
+/// Opens the connection (to the master the sentinels name, with a sentinel) and sets it
+/// up: `AUTH`, `SELECT`, `ROLE` (a sentinel's master must be one) and `SCRIPT LOAD` so that
+/// the first calls find the script.
+async fn connect(setup: &Setup) -> Result<Wire, PipeError> {
+    // A sentinel's master has no URL: its credentials are the policy's, its database 0.
+    let (info, (host, port)) = match &setup.sentinel {
+        Some(sentinel) => (
+            redis::RedisConnectionInfo::default(),
+            master_address(sentinel, &setup.connector).await?,
+        ),
+        None => {
+            let (info, _) = parse_url(&setup.url)?;
+            let (host, port) = host_port(&info)?;
+            let address = (host.to_owned(), port);
+            (info.redis, address)
+        }
     };
-    stream.set_nodelay(true)?;
+    let mut stream = setup.connector.connect(&host, port).await?;
     let mut out = Vec::new();
-    let mut replies = 0;
-    if let Some(password) = setup.password.as_ref().or(info.redis.password.as_ref()) {
-        match &info.redis.username {
-            Some(user) => {
-                resp::put_command(&mut out, &[b"AUTH", user.as_bytes(), password.as_bytes()])
-            }
-            None => resp::put_command(&mut out, &[b"AUTH", password.as_bytes()]),
-        }
-        replies += 1;
+    let mut count = 0;
+    if let Some(password) = setup.password.as_ref().or(info.password.as_ref()) {
+        let user = setup.username.as_ref().or(info.username.as_ref());
+        put_auth(&mut out, user.map(String::as_str), password);
+        count += 1;
     }
-    if info.redis.db != 0 {
-        let db = itoa::Buffer::new().format(info.redis.db).to_owned();
+    if info.db != 0 {
+        let db = itoa::Buffer::new().format(info.db).to_owned();
         resp::put_command(&mut out, &[b"SELECT", db.as_bytes()]);
-        replies += 1;
+        count += 1;
     }
+    let role_at = setup.sentinel.is_some().then(|| {
+        resp::put_command(&mut out, &[b"ROLE"]);
+        count += 1;
+        count - 1
+    });
     resp::put_command(&mut out, &[b"SCRIPT", b"LOAD", setup.script.as_bytes()]);
-    replies += 1;
-    stream.write_all(&out).await?;
-    let mut input = BytesMut::with_capacity(4096);
-    let mut ints = Vec::new();
-    while replies > 0 {
-        match resp::parse(&input, &mut ints)? {
-            Some((reply, len)) => {
-                if let Reply::Error(text) = reply {
-                    let text = String::from_utf8_lossy(&input[text]).into_owned();
-                    return Err(PipeError::Refused(text));
-                }
-                input.advance(len);
-                replies -= 1;
-            }
-            None => {
-                if stream.read_buf(&mut input).await? == 0 {
-                    return Err(PipeError::Closed);
-                }
-            }
+    count += 1;
+    let values = exchange(&mut stream, &out, count).await?;
+    if let Some(at) = role_at {
+        if !values.get(at).is_some_and(is_master) {
+            return Err(PipeError::NotMaster(host, port));
         }
     }
-    if !input.is_empty() {
-        return Err(PipeError::Unexpected);
-    }
-    Ok(stream)
+    Ok(stream.into_wire())
 }
