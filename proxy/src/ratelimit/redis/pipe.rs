@@ -50,6 +50,8 @@ pub const MAX_BATCH: usize = 64;
 const MAX_QUEUED: usize = 16_384;
 /// Requests sent and not yet answered beyond which nothing more is sent until answers come.
 const MAX_UNANSWERED: usize = 16_384;
+/// The longest pause between connect attempts through sentinels.
+const SENTINEL_BACKOFF_MAX: Duration = Duration::from_millis(250);
 /// No answer for this long while calls are in flight: the connection is given up.
 pub const STALL_RESET: Duration = Duration::from_secs(3);
 
@@ -237,6 +239,13 @@ impl Pipe {
         } else {
             CONNECT_TIMEOUT
         };
+        // During a failover the sentinels name the dead master until they promote another:
+        // asking them often is cheap and bounds how long after the promotion we follow.
+        let backoff_max = if setup.sentinel.is_some() {
+            SENTINEL_BACKOFF_MAX
+        } else {
+            BACKOFF_MAX
+        };
         while !self.closed() {
             match tokio::time::timeout(connect_timeout, connect(&setup)).await {
                 Ok(Ok(wire)) => {
@@ -266,7 +275,7 @@ impl Pipe {
                 () = tokio::time::sleep(delay) => {}
                 () = self.wake.notified() => {}
             }
-            delay = (delay * 2).min(BACKOFF_MAX);
+            delay = (delay * 2).min(backoff_max);
         }
         self.go_down();
     }
