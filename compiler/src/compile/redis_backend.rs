@@ -211,7 +211,7 @@ fn tls_material(
         if let Some(pem) = secret_value(&r.name, CA_KEY, field, meta, secrets, issues) {
             match validate_ca_bundle(&pem) {
                 Ok(text) => entry.ca_pem = Some(text),
-                Err(e) => issues.invalid_ref(field, format!("Secret {}: {e}", r.name)),
+                Err(e) => issues.invalid_ref_blocking(field, format!("Secret {}: {e}", r.name)),
             }
         }
     }
@@ -231,7 +231,7 @@ fn tls_material(
                     entry.client_cert_pem = Some(c);
                     entry.client_key_pem = Some(k);
                 }
-                Err(e) => issues.invalid_ref(field, format!("Secret {}: {e}", r.name)),
+                Err(e) => issues.invalid_ref_blocking(field, format!("Secret {}: {e}", r.name)),
             }
         }
     }
