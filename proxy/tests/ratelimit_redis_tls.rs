@@ -288,8 +288,20 @@ async fn client_certificate_required_by_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_user_and_password() {
     let redis = RedisServer::start().unwrap();
+    // Exactly the rights docs/rate-limiting.md tells users to grant.
     let ok = redis.cli(&[
-        "acl", "setuser", "limiter", "on", ">s3cret-pass", "~pcl:*", "+@all",
+        "acl",
+        "setuser",
+        "limiter",
+        "on",
+        ">s3cret-pass",
+        "~pcl:*",
+        "+evalsha",
+        "+eval",
+        "+script|load",
+        "+get",
+        "+set",
+        "+time",
     ]);
     assert_eq!(ok.trim(), "OK");
     let url = redis.url();
