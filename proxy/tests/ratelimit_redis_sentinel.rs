@@ -10,7 +10,7 @@ mod common;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,7 @@ fn cli(port: u16, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn sentinel(dir: &PathBuf, master_port: u16) -> Sentinel {
+fn sentinel(dir: &Path, master_port: u16) -> Sentinel {
     let port = free_port();
     let conf = dir.join(format!("sentinel-{port}.conf"));
     std::fs::write(
@@ -68,7 +68,10 @@ fn sentinel(dir: &PathBuf, master_port: u16) -> Sentinel {
     let s = Sentinel { child, port };
     let deadline = Instant::now() + Duration::from_secs(10);
     while cli(port, &["ping"]).trim() != "PONG" {
-        assert!(Instant::now() < deadline, "sentinel on {port} did not start");
+        assert!(
+            Instant::now() < deadline,
+            "sentinel on {port} did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     s
@@ -119,12 +122,8 @@ fn role(port: u16) -> String {
 async fn sentinel_failover_followed_and_limits_exact_again() {
     let mut master = RedisServer::start().unwrap();
     let master_port = master.port;
-    let replica = RedisServer::start_with(&[
-        "--replicaof",
-        "127.0.0.1",
-        &master_port.to_string(),
-    ])
-    .unwrap();
+    let replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &master_port.to_string()]).unwrap();
     let dir = std::env::temp_dir().join(format!(
         "portcullis-sentinel-{}-{}",
         std::process::id(),
@@ -138,14 +137,15 @@ async fn sentinel_failover_followed_and_limits_exact_again() {
         let ready = sentinels.iter().all(|s| {
             let replicas = cli(s.port, &["sentinel", "replicas", MASTER]);
             let peers = cli(s.port, &["sentinel", "sentinels", MASTER]);
-            replicas.contains(&replica.port.to_string())
-                && peers.matches("127.0.0.1").count() >= 2
+            replicas.contains(&replica.port.to_string()) && peers.matches("127.0.0.1").count() >= 2
         });
-        if ready && cli(replica.port, &["info", "replication"]).contains("master_link_status:up")
-        {
+        if ready && cli(replica.port, &["info", "replication"]).contains("master_link_status:up") {
             break;
         }
-        assert!(Instant::now() < deadline, "sentinels never saw the replica and each other");
+        assert!(
+            Instant::now() < deadline,
+            "sentinels never saw the replica and each other"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -162,7 +162,10 @@ async fn sentinel_failover_followed_and_limits_exact_again() {
     // Connected through the sentinels to the master.
     let deadline = Instant::now() + Duration::from_secs(10);
     while send(&c, addr, get("/")).await.status != 200 {
-        assert!(Instant::now() < deadline, "never connected through the sentinels");
+        assert!(
+            Instant::now() < deadline,
+            "never connected through the sentinels"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let mut admitted = 1u64;

@@ -139,7 +139,10 @@ async fn admitted_once_connected(addr: SocketAddr, path: &str, total: usize) -> 
             break;
         }
         assert_eq!(status, 503, "{path}: {status}");
-        assert!(Instant::now() < deadline, "{path}: never connected to Redis");
+        assert!(
+            Instant::now() < deadline,
+            "{path}: never connected to Redis"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let mut admitted = 1;
@@ -168,7 +171,11 @@ async fn statuses(addr: SocketAddr, path: &str, n: usize) -> Vec<(u16, usize)> {
 }
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("portcullis-{name}-{}-{}", std::process::id(), free_port()))
+    std::env::temp_dir().join(format!(
+        "portcullis-{name}-{}-{}",
+        std::process::id(),
+        free_port()
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,10 +185,18 @@ async fn rediss_exact_with_the_right_ca_and_refused_otherwise() {
     // Only the IP: `rediss://localhost:…` reaches the same server under a name it lacks.
     let server_cert = ca.server(&["127.0.0.1"], false);
     let dir = temp_dir("redis-tls");
-    let redis = tls_redis(&server_cert.chain_pem, &server_cert.key_pem, &ca, false, &dir);
+    let redis = tls_redis(
+        &server_cert.chain_pem,
+        &server_cert.key_pem,
+        &ca,
+        false,
+        &dir,
+    );
     // A second server whose certificate expired in 2021.
     let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
     params.not_before = rcgen::date_time_ymd(2020, 1, 1);
     params.not_after = rcgen::date_time_ymd(2021, 1, 1);
     let expired_cert = ca.client_with(params);
@@ -239,9 +254,18 @@ async fn rediss_exact_with_the_right_ca_and_refused_otherwise() {
     };
     let port = redis.tls_port;
     for (reason, expected) in [
-        (connect(Some(&other_ca), "127.0.0.1", port).await, "UnknownIssuer"),
-        (connect(Some(&ca), "localhost", port).await, "not valid for name"),
-        (connect(Some(&ca), "127.0.0.1", expired.tls_port).await, "xpired"),
+        (
+            connect(Some(&other_ca), "127.0.0.1", port).await,
+            "UnknownIssuer",
+        ),
+        (
+            connect(Some(&ca), "localhost", port).await,
+            "not valid for name",
+        ),
+        (
+            connect(Some(&ca), "127.0.0.1", expired.tls_port).await,
+            "xpired",
+        ),
         (connect(None, "127.0.0.1", port).await, "UnknownIssuer"),
     ] {
         println!("refused: {reason}");
@@ -250,7 +274,10 @@ async fn rediss_exact_with_the_right_ca_and_refused_otherwise() {
     assert_eq!(connect(Some(&ca), "127.0.0.1", port).await, "connected");
     // Nothing but the good policy's counters ever reached either server.
     let keys = redis.server.cli(&["keys", "pcl:*"]);
-    assert!(!keys.contains("wrong") && !keys.contains("systemroots"), "{keys}");
+    assert!(
+        !keys.contains("wrong") && !keys.contains("systemroots"),
+        "{keys}"
+    );
     assert!(expired.server.cli(&["keys", "pcl:*"]).trim().is_empty());
     drop(proxy);
     drop((redis, expired));
@@ -264,7 +291,13 @@ async fn client_certificate_required_by_redis() {
     let server_cert = ca.server(&["127.0.0.1"], false);
     let client_cert = ca.client("rate-limiter", "portcullis", &[], false);
     let dir = temp_dir("redis-mtls");
-    let redis = tls_redis(&server_cert.chain_pem, &server_cert.key_pem, &ca, true, &dir);
+    let redis = tls_redis(
+        &server_cert.chain_pem,
+        &server_cert.key_pem,
+        &ca,
+        true,
+        &dir,
+    );
     let url = format!("rediss://127.0.0.1:{}", redis.tls_port);
     let mut cfg = gateway(vec![
         policy("default/withcert", &url, 3, None),

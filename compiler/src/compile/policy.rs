@@ -44,10 +44,13 @@ pub(crate) fn compile_policies(
                 });
             }
             if let Some(password) = redis.sentinel_password {
-                config.secrets.redis_sentinel_passwords.push(RedisPasswordEntry {
-                    policy: policy.clone(),
-                    password,
-                });
+                config
+                    .secrets
+                    .redis_sentinel_passwords
+                    .push(RedisPasswordEntry {
+                        policy: policy.clone(),
+                        password,
+                    });
             }
             if let Some(tls) = redis.tls {
                 config.secrets.redis_tls.push(RedisTlsEntry {

@@ -22,7 +22,6 @@ use crate::config::{
 };
 use crate::units::parse_duration_ms;
 
-
 /// What the route compiler needs to know about each RateLimitPolicy.
 #[derive(Debug, Default)]
 pub(crate) struct RateLimitIndex {

@@ -49,7 +49,10 @@ pub(crate) fn validate_shape(redis: &RedisBackend, issues: &mut Issues) {
         ),
     }
     let field_urls = [
-        ("spec.backend.redis.url", redis.url.iter().collect::<Vec<_>>()),
+        (
+            "spec.backend.redis.url",
+            redis.url.iter().collect::<Vec<_>>(),
+        ),
         (
             "spec.backend.redis.clusterUrls",
             redis.cluster_urls.iter().collect(),
@@ -62,13 +65,19 @@ pub(crate) fn validate_shape(redis: &RedisBackend, issues: &mut Issues) {
     for (field, urls) in field_urls {
         for url in urls {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                issues.invalid(field, format!("{url:?} must start with redis:// or rediss://"));
+                issues.invalid(
+                    field,
+                    format!("{url:?} must start with redis:// or rediss://"),
+                );
             }
         }
     }
     if let Some(sentinel) = &redis.sentinel {
         if sentinel.master_name.trim().is_empty() {
-            issues.invalid("spec.backend.redis.sentinel.masterName", "must not be empty");
+            issues.invalid(
+                "spec.backend.redis.sentinel.masterName",
+                "must not be empty",
+            );
         }
         if sentinel.urls.is_empty() {
             issues.invalid(
@@ -190,7 +199,10 @@ fn tls_material(
 ) -> Option<RedisTlsEntry> {
     if !tls {
         for (set, field) in [
-            (redis.ca_secret_ref.is_some(), "spec.backend.redis.caSecretRef"),
+            (
+                redis.ca_secret_ref.is_some(),
+                "spec.backend.redis.caSecretRef",
+            ),
             (
                 redis.client_cert_secret_ref.is_some(),
                 "spec.backend.redis.clientCertSecretRef",

@@ -108,13 +108,14 @@ impl Connector {
     }
 
     pub async fn connect(&self, host: &str, port: u16) -> Result<Stream, TransportError> {
-        let tcp = TcpStream::connect((host, port))
-            .await
-            .map_err(|error| TransportError::Connect {
-                host: host.to_owned(),
-                port,
-                error,
-            })?;
+        let tcp =
+            TcpStream::connect((host, port))
+                .await
+                .map_err(|error| TransportError::Connect {
+                    host: host.to_owned(),
+                    port,
+                    error,
+                })?;
         // Small calls, answered at once: no Nagle delay.
         tcp.set_nodelay(true)
             .map_err(|error| TransportError::Connect {
@@ -125,17 +126,20 @@ impl Connector {
         let Some(tls) = &self.tls else {
             return Ok(Stream::Tcp(tcp));
         };
-        let connector = tls.as_ref().map_err(|e| TransportError::TlsSettings(e.clone()))?;
+        let connector = tls
+            .as_ref()
+            .map_err(|e| TransportError::TlsSettings(e.clone()))?;
         let name = ServerName::try_from(host.to_owned())
             .map_err(|_| TransportError::ServerName(host.to_owned()))?;
-        let stream = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|error| TransportError::Handshake {
-                host: host.to_owned(),
-                port,
-                error,
-            })?;
+        let stream =
+            connector
+                .connect(name, tcp)
+                .await
+                .map_err(|error| TransportError::Handshake {
+                    host: host.to_owned(),
+                    port,
+                    error,
+                })?;
         Ok(Stream::Tls(Box::new(stream)))
     }
 }
