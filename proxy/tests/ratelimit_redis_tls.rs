@@ -370,3 +370,138 @@ async fn acl_user_and_password() {
     let log = redis.cli(&["acl", "log"]);
     assert!(log.contains("limiter") && log.contains("auth"), "{log}");
 }
+
+/// A Redis Cluster behind `rediss://` (`tls-cluster yes`: the nodes name each other's TLS
+/// ports): every node connection the cluster client makes is TLS with the policy's CA, and
+/// limits are exact per client across nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_cluster_nodes_all_over_tls() {
+    let ca = Ca::new("redis cluster CA");
+    let server_cert = ca.server(&["127.0.0.1"], false);
+    let dir = temp_dir("redis-tls-cluster");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = write(&dir, "server.crt", &server_cert.chain_pem);
+    let key = write(&dir, "server.key", &server_cert.key_pem);
+    let ca_file = write(&dir, "ca.crt", &ca.pem());
+    let nodes: Vec<(RedisServer, u16)> = (0..3)
+        .map(|_| {
+            let tls_port = free_port();
+            let port = tls_port.to_string();
+            let server = RedisServer::start_with(&[
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca_file,
+                "--tls-auth-clients",
+                "no",
+                "--tls-cluster",
+                "yes",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            ])
+            .unwrap();
+            (server, tls_port)
+        })
+        .collect();
+    // Created through the plain ports (the test's own view); the bus and the slots the
+    // nodes announce to TLS clients are TLS.
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|(n, _)| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let created = std::process::Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "redis-cli --cluster create: {}",
+        String::from_utf8_lossy(&created.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (node, _) in &nodes {
+        while !node.cli(&["cluster", "info"]).contains("cluster_state:ok") {
+            assert!(Instant::now() < deadline, "cluster did not converge");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let mut p = policy("default/tenants", "rediss://unused", 5, None);
+    p.key = RateLimitKeyConfig::Header;
+    p.header = Some("x-tenant".into());
+    p.backend = RateLimitBackendConfig::Redis {
+        urls: nodes
+            .iter()
+            .map(|(_, tls_port)| format!("rediss://127.0.0.1:{tls_port}"))
+            .collect(),
+        cluster: true,
+        timeout_ms: 500,
+        has_password: false,
+        username: None,
+        sentinel: None,
+        tls: true,
+    };
+    let mut cfg = gateway(vec![p]);
+    cfg.secrets.redis_tls = vec![tls_entry("default/tenants", Some(&ca), None)];
+    let proxy = start(cfg).await;
+    let addr = proxy.local_addr();
+    let c = client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while send(&c, addr, get("/tenants").header("x-tenant", "warm-up"))
+        .await
+        .status
+        != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never decided through the TLS cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for t in 0..12 {
+        let name = format!("tenant-{t}");
+        let mut answers = Vec::new();
+        for _ in 0..7 {
+            let r = send(&c, addr, get("/tenants").header("x-tenant", &name)).await;
+            answers.push(r.status.as_u16());
+        }
+        assert_eq!(answers, [200, 200, 200, 200, 200, 429, 429], "{name}");
+    }
+    let holding: Vec<usize> = nodes
+        .iter()
+        .map(|(n, _)| n.cli(&["dbsize"]).trim().parse().unwrap_or(0))
+        .collect();
+    assert!(
+        holding.iter().filter(|&&keys| keys > 0).count() >= 2,
+        "counters spread over the cluster's nodes: {holding:?}"
+    );
+    // The proxy's connections came in on the nodes' TLS ports (`laddr`), and at least one
+    // per node: the slots the nodes announce to a TLS client are their TLS ports.
+    for (node, tls_port) in &nodes {
+        let clients = node.cli(&["client", "list"]);
+        let proxy_side: Vec<&str> = clients
+            .lines()
+            .filter(|l| !l.contains("cmd=client|list"))
+            .collect();
+        assert!(!proxy_side.is_empty(), "no proxy connection on {tls_port}");
+        for line in proxy_side {
+            assert!(
+                line.contains(&format!("laddr=127.0.0.1:{tls_port} ")),
+                "{line}"
+            );
+        }
+    }
+    drop(proxy);
+    drop(nodes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
