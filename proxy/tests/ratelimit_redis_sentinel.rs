@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::tls::Ca;
 use common::*;
 use portcullis_compiler::config::*;
 use redis_server::{free_port, RedisServer};
@@ -24,7 +25,57 @@ const TIMEOUT_MS: u64 = 200;
 
 struct Sentinel {
     child: Child,
+    /// Plain port: the test's own view.
     port: u16,
+    /// What the proxy is given: the TLS port with TLS, else `port`.
+    url_port: u16,
+}
+
+/// Certificate files shared by every process of a TLS deployment.
+struct TlsFiles {
+    ca: Ca,
+    cert: String,
+    key: String,
+    ca_file: String,
+}
+
+impl TlsFiles {
+    fn new(dir: &Path) -> Self {
+        let ca = Ca::new("sentinel test CA");
+        let server = ca.server(&["127.0.0.1"], false);
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.to_string_lossy().into_owned()
+        };
+        TlsFiles {
+            cert: write("server.crt", &server.chain_pem),
+            key: write("server.key", &server.key_pem),
+            ca_file: write("ca.crt", &ca.pem()),
+            ca,
+        }
+    }
+
+    /// `redis-server` arguments: a TLS port besides the plain one, replication over TLS.
+    fn args(&self, tls_port: u16) -> Vec<String> {
+        [
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &self.cert,
+            "--tls-key-file",
+            &self.key,
+            "--tls-ca-cert-file",
+            &self.ca_file,
+            "--tls-auth-clients",
+            "no",
+            "--tls-replication",
+            "yes",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
 }
 
 impl Drop for Sentinel {
@@ -43,13 +94,21 @@ fn cli(port: u16, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn sentinel(dir: &Path, master_port: u16) -> Sentinel {
+fn sentinel(dir: &Path, master_port: u16, tls: Option<&TlsFiles>) -> Sentinel {
     let port = free_port();
+    let url_port = if tls.is_some() { free_port() } else { port };
+    let tls_conf = tls.map_or(String::new(), |t| {
+        format!(
+            "tls-port {url_port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+             tls-auth-clients no\ntls-replication yes\n",
+            t.cert, t.key, t.ca_file
+        )
+    });
     let conf = dir.join(format!("sentinel-{port}.conf"));
     std::fs::write(
         &conf,
         format!(
-            "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+            "port {port}\nbind 127.0.0.1\ndir {dir}\n{tls_conf}\
              sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n\
              sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n\
              sentinel failover-timeout {MASTER} 3000\n\
@@ -65,7 +124,11 @@ fn sentinel(dir: &Path, master_port: u16) -> Sentinel {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let s = Sentinel { child, port };
+    let s = Sentinel {
+        child,
+        port,
+        url_port,
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     while cli(port, &["ping"]).trim() != "PONG" {
         assert!(
@@ -77,7 +140,8 @@ fn sentinel(dir: &Path, master_port: u16) -> Sentinel {
     s
 }
 
-fn policy(sentinels: &[Sentinel], limit: u64) -> RateLimitPolicyConfig {
+fn policy(sentinels: &[Sentinel], limit: u64, tls: bool) -> RateLimitPolicyConfig {
+    let scheme = if tls { "rediss" } else { "redis" };
     RateLimitPolicyConfig {
         id: "default/limited".into(),
         namespace: "default".into(),
@@ -102,11 +166,11 @@ fn policy(sentinels: &[Sentinel], limit: u64) -> RateLimitPolicyConfig {
                 master_name: MASTER.into(),
                 urls: sentinels
                     .iter()
-                    .map(|s| format!("redis://127.0.0.1:{}", s.port))
+                    .map(|s| format!("{scheme}://127.0.0.1:{}", s.url_port))
                     .collect(),
                 has_password: false,
             }),
-            tls: false,
+            tls,
         },
         on_backend_failure: OnBackendFailureConfig::Deny,
         response_headers: true,
@@ -120,24 +184,52 @@ fn role(port: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_followed_and_limits_exact_again() {
-    let mut master = RedisServer::start().unwrap();
-    let master_port = master.port;
-    let replica =
-        RedisServer::start_with(&["--replicaof", "127.0.0.1", &master_port.to_string()]).unwrap();
+    failover(false).await;
+}
+
+/// The same over TLS: `rediss://` sentinels, which name the master's and the replica's TLS
+/// ports (`tls-replication yes`); the proxy reaches sentinels and master with the CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_over_tls_failover_followed() {
+    failover(true).await;
+}
+
+async fn failover(tls: bool) {
     let dir = std::env::temp_dir().join(format!(
         "portcullis-sentinel-{}-{}",
         std::process::id(),
         free_port()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let sentinels: Vec<Sentinel> = (0..3).map(|_| sentinel(&dir, master_port)).collect();
+    let files = tls.then(|| TlsFiles::new(&dir));
+    let (master_tls, replica_tls) = (free_port(), free_port());
+    let args_of = |tls_port: u16| files.as_ref().map_or(Vec::new(), |f| f.args(tls_port));
+    let master_args = args_of(master_tls);
+    let mut master =
+        RedisServer::start_with(&master_args.iter().map(String::as_str).collect::<Vec<_>>())
+            .unwrap();
+    // What the sentinels and the replica know the master by.
+    let master_port = if tls { master_tls } else { master.port };
+    let mut replica_args = args_of(replica_tls);
+    replica_args.extend([
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        master_port.to_string(),
+    ]);
+    let replica =
+        RedisServer::start_with(&replica_args.iter().map(String::as_str).collect::<Vec<_>>())
+            .unwrap();
+    let replica_seen = if tls { replica_tls } else { replica.port };
+    let sentinels: Vec<Sentinel> = (0..3)
+        .map(|_| sentinel(&dir, master_port, files.as_ref()))
+        .collect();
     // The sentinels know the replica and each other (quorum 2 needs them talking).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ready = sentinels.iter().all(|s| {
             let replicas = cli(s.port, &["sentinel", "replicas", MASTER]);
             let peers = cli(s.port, &["sentinel", "sentinels", MASTER]);
-            replicas.contains(&replica.port.to_string()) && peers.matches("127.0.0.1").count() >= 2
+            replicas.contains(&replica_seen.to_string()) && peers.matches("127.0.0.1").count() >= 2
         });
         if ready && cli(replica.port, &["info", "replication"]).contains("master_link_status:up") {
             break;
@@ -154,7 +246,15 @@ async fn sentinel_failover_followed_and_limits_exact_again() {
     r.upstream.direct_response = Some(direct(200, "ok"));
     r.rate_limit_policies = vec!["default/limited".into()];
     let mut cfg = config(vec![r]);
-    cfg.rate_limit_policies = vec![policy(&sentinels, limit)];
+    cfg.rate_limit_policies = vec![policy(&sentinels, limit, tls)];
+    if let Some(f) = &files {
+        cfg.secrets.redis_tls = vec![RedisTlsEntry {
+            policy: "default/limited".into(),
+            ca_pem: Some(f.ca.pem()),
+            client_cert_pem: None,
+            client_key_pem: None,
+        }];
+    }
     let proxy = start(cfg).await;
     let addr = proxy.local_addr();
     let c = client();
@@ -215,7 +315,7 @@ async fn sentinel_failover_followed_and_limits_exact_again() {
     let over = admitted.saturating_sub(limit);
     let under = limit.saturating_sub(admitted);
     println!(
-        "sentinel failover: master killed; replica promoted after {promoted_at:?} \
+        "sentinel failover (tls: {tls}): master killed; replica promoted after {promoted_at:?} \
          (down-after {DOWN_AFTER_MS} ms); proxy followed after {followed_at:?} \
          ({:?} after the promotion); wrongly refused (503, Deny) {refused}; \
          wrongly admitted {over} (counts lost with the old master); admitted {admitted} \
