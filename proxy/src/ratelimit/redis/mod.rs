@@ -10,6 +10,10 @@
 //!   whatever a reply claims.
 //! - `EVALSHA`, falling back to the script's text on `NOSCRIPT`, so a restarted or
 //!   failed-over Redis needs no proxy restart.
+//! - How a connection is made is [`transport`] (TCP, or TLS for `rediss://`, for the pipe
+//!   and the cluster's node connections alike, [`node_context`]), [`handshake`] (`AUTH`
+//!   with the ACL user, `SELECT`, `SCRIPT LOAD`) and, for a Sentinel-managed Redis,
+//!   [`sentinel`] (the master asked of the sentinels at every connect).
 //! - Connecting happens in the background with exponential backoff; until connected, and
 //!   whenever a call exceeds the hard timeout, the caller gets [`RedisError::Unavailable`]
 //!   at once and applies the policy's `onBackendFailure`.

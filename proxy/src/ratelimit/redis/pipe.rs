@@ -19,6 +19,10 @@
 //! connection that has answered nothing for [`STALL_RESET`] while calls were in flight (a
 //! peer gone without a reset). On `NOSCRIPT` (scripts flushed) a call is sent again as
 //! `EVAL`, which also caches the script for the calls after it.
+//!
+//! The connection is TCP or TLS ([`Wire`]); through Sentinel, the master is asked of the
+//! sentinels at every connect and a `READONLY` answer (a demoted master) drops the
+//! connection so that the next connect finds the new one.
 
 use std::collections::VecDeque;
 use std::io;
