@@ -184,17 +184,26 @@ fn role(port: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_followed_and_limits_exact_again() {
-    failover(false).await;
+    failover(false, true).await;
+}
+
+/// `SENTINEL FAILOVER`: the old master stays up (the sentinels demote it only when they next
+/// look at it, up to 10 s later). The proxy drops its connection to it when a sentinel
+/// announces `+switch-master`, and the next connect finds the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_manual_failover_demoted_master_left() {
+    failover(false, false).await;
 }
 
 /// The same over TLS: `rediss://` sentinels, which name the master's and the replica's TLS
 /// ports (`tls-replication yes`); the proxy reaches sentinels and master with the CA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_over_tls_failover_followed() {
-    failover(true).await;
+    failover(true, true).await;
 }
 
-async fn failover(tls: bool) {
+/// `kill`: SIGKILL the master; else a manual failover that leaves it running.
+async fn failover(tls: bool, kill: bool) {
     let dir = std::env::temp_dir().join(format!(
         "portcullis-sentinel-{}-{}",
         std::process::id(),
@@ -241,7 +250,9 @@ async fn failover(tls: bool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let limit = 400;
+    // A manual failover leaves no gap to count through: a larger limit, never reached
+    // during it.
+    let limit = if kill { 400 } else { 1500 };
     let mut r = route("default/limited", PathKind::Prefix, "/", &[]);
     r.upstream.direct_response = Some(direct(200, "ok"));
     r.rate_limit_policies = vec!["default/limited".into()];
@@ -276,6 +287,13 @@ async fn failover(tls: bool) {
     let keys = master.cli(&["keys", "pcl:*"]);
     assert!(keys.contains("default/limited"), "{keys}");
 
+    if !kill {
+        manual_failover(&sentinels, &master, &replica, addr, admitted, limit).await;
+        drop(proxy);
+        drop(sentinels);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     // SIGKILL the master while requests keep coming, one every ~2 ms.
     let killed = Instant::now();
     master.kill();
@@ -339,4 +357,78 @@ async fn failover(tls: bool) {
     drop(sentinels);
     drop(replica);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The manual failover's part of [`failover`]: requests keep coming while the sentinels
+/// promote the replica and demote the master; then the new master decides and the limit is
+/// exact again, up to the counts the old master took after the promotion (lost when it
+/// resyncs as a replica).
+async fn manual_failover(
+    sentinels: &[Sentinel],
+    master: &RedisServer,
+    replica: &RedisServer,
+    addr: std::net::SocketAddr,
+    mut admitted: u64,
+    limit: u64,
+) {
+    let c = client();
+    let started = Instant::now();
+    assert_eq!(
+        cli(sentinels[0].port, &["sentinel", "failover", MASTER]).trim(),
+        "OK"
+    );
+    let mut refused = 0u64;
+    let mut promoted_at = None;
+    // Admitted once the replica was seen promoted: what the old master may still count.
+    let mut admitted_after_promotion = 0u64;
+    // Until the proxy's connection is on the new master and gone from the old one.
+    let deciding = |n: &RedisServer| n.cli(&["client", "list"]).contains("cmd=evalsha");
+    while !(deciding(replica) && !deciding(master)) {
+        if promoted_at.is_none() && role(replica.port) == "master" {
+            promoted_at = Some(started.elapsed());
+        }
+        match send(&c, addr, get("/")).await.status.as_u16() {
+            200 => {
+                admitted += 1;
+                if promoted_at.is_some() {
+                    admitted_after_promotion += 1;
+                }
+            }
+            503 => refused += 1,
+            other => panic!("unexpected status {other} during the failover"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no switch to the new master within 30 s"
+        );
+    }
+    let switched_at = started.elapsed();
+    let old_role = role(master.port);
+    let mut limited = 0;
+    for _ in 0..(limit + 50) {
+        match send(&c, addr, get("/")).await.status.as_u16() {
+            200 => admitted += 1,
+            429 => limited += 1,
+            other => panic!("unexpected status {other} after the failover"),
+        }
+    }
+    let over = admitted.saturating_sub(limit);
+    println!(
+        "sentinel manual failover: replica promoted after {promoted_at:?}; proxy deciding on \
+         the new master after {switched_at:?} (old master's role then: {old_role}); wrongly \
+         refused (503, Deny) {refused}; wrongly admitted {over} (counted by the old master \
+         after the promotion, lost); admitted {admitted} of {limit}; limited afterwards \
+         {limited}"
+    );
+    assert_eq!(role(replica.port), "master");
+    assert!(admitted >= limit, "under-admitted: {admitted} of {limit}");
+    // What the old master counted between the promotion and the announcement (about a
+    // second) is lost when it resyncs as a replica: at most the requests admitted in that
+    // window (plus the one that may have crossed the promotion before it was seen).
+    println!("admitted after the promotion, before the switch: {admitted_after_promotion}");
+    assert!(
+        over <= admitted_after_promotion + 1,
+        "over-admitted {over}, admitted after the promotion {admitted_after_promotion}"
+    );
+    assert!(limited >= 1, "never limited again");
 }

@@ -26,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use super::connecting::{RedisError, BACKOFF_MAX, BACKOFF_START, CONNECT_TIMEOUT};
 use super::handshake::{exchange, put_auth, HandshakeError};
 use super::script::pack_rule;
-use super::sentinel::{is_master, master_address, SentinelError, SentinelSettings};
+use super::sentinel::{is_master, master_address, watch_switches, SentinelError, SentinelSettings};
 use super::transport::{host_port, parse_url, Connector, TransportError, Wire};
 use crate::ratelimit::algorithms::Rule;
 use crate::ratelimit::keys::RedisKeys;
@@ -71,6 +71,8 @@ enum PipeError {
     NotMaster(String, u16),
     #[error("the master answered READONLY (demoted); reconnecting")]
     ReadOnly,
+    #[error("a sentinel announced a new master; reconnecting")]
+    Switched,
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error(transparent)]
@@ -105,6 +107,10 @@ pub struct Pipe {
     wake: Notify,
     closed: AtomicBool,
     unanswered: AtomicUsize,
+    /// Through Sentinel: `+switch-master` announcements for this master so far; a connection
+    /// made before the latest one is dropped ([`Pipe::switches`] wakes it).
+    switches: AtomicU64,
+    switched: Notify,
 }
 
 #[derive(Default)]
@@ -151,7 +157,23 @@ impl Pipe {
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             unanswered: AtomicUsize::new(0),
+            switches: AtomicU64::new(0),
+            switched: Notify::new(),
         });
+        if let Some(sentinel) = &setup.sentinel {
+            let (stop, switched) = (Arc::downgrade(&pipe), Arc::downgrade(&pipe));
+            runtime.spawn(watch_switches(
+                sentinel.clone(),
+                setup.connector.clone(),
+                move || stop.upgrade().is_none_or(|p| p.closed()),
+                move || {
+                    if let Some(p) = switched.upgrade() {
+                        p.switches.fetch_add(1, Ordering::AcqRel);
+                        p.switched.notify_waiters();
+                    }
+                },
+            ));
+        }
         runtime.spawn(pipe.clone().run(setup));
         pipe
     }
@@ -251,12 +273,14 @@ impl Pipe {
             BACKOFF_MAX
         };
         while !self.closed() {
+            // Announcements before the sentinels are asked are followed by this connect.
+            let switches = self.switches.load(Ordering::Acquire);
             match tokio::time::timeout(connect_timeout, connect(&setup)).await {
                 Ok(Ok(wire)) => {
                     self.lock().up = true;
                     tracing::info!(url = %setup.url, "rate-limit Redis connected");
                     delay = BACKOFF_START;
-                    let outcome = self.serve(wire, &setup).await;
+                    let outcome = self.serve(wire, &setup, switches).await;
                     self.go_down();
                     match outcome {
                         Ok(()) => return,
@@ -299,7 +323,7 @@ impl Pipe {
 
     /// Writes queued calls and hands out replies until the connection fails (or the pipe is
     /// closed: `Ok`). What is in flight when it returns fails with it.
-    async fn serve(&self, wire: Wire, setup: &Setup) -> Result<(), PipeError> {
+    async fn serve(&self, wire: Wire, setup: &Setup, switches: u64) -> Result<(), PipeError> {
         let mut session = Session {
             wire,
             setup,
@@ -316,6 +340,9 @@ impl Pipe {
         loop {
             if self.closed() {
                 return Ok(());
+            }
+            if self.switches.load(Ordering::Acquire) != switches {
+                return Err(PipeError::Switched);
             }
             if session.unanswered < MAX_UNANSWERED {
                 session.take_batches(self);
@@ -342,6 +369,7 @@ impl Pipe {
                     }
                 }
                 () = self.wake.notified(), if flushed => {}
+                () = self.switched.notified() => {}
                 _ = tick.tick() => {
                     if !session.in_flight.is_empty() && answered_at.elapsed() > STALL_RESET {
                         return Err(PipeError::Stalled(STALL_RESET));

@@ -4,13 +4,18 @@
 //! master it has not yet noticed is gone or demoted).
 //!
 //! Following a failover: the master's address is asked again on every reconnect, and the
-//! single-Redis connection drops itself when the master it holds answers `READONLY` (it
-//! was demoted) or dies. No `+switch-master` subscription: a failover that the connection
-//! never notices is one whose old master still accepts writes, and nothing then is wrong
-//! until it stops doing so.
+//! connection is dropped (so the next connect asks again) when
+//! - it breaks (a dead master),
+//! - the master answers `READONLY` (it was demoted),
+//! - a sentinel announces `+switch-master` for this master ([`watch_switches`]: subscribed
+//!   on one sentinel at a time). This matters for an old master that is still up: the
+//!   sentinels demote it only when they next look at it (up to ten seconds later), and
+//!   whatever it counts until then is lost when it resyncs as a replica.
 
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 
 use super::handshake::{exchange, put_auth, HandshakeError};
@@ -112,5 +117,90 @@ pub fn is_master(role: &redis::Value) -> bool {
             Some(redis::Value::BulkString(b)) if b == b"master"
         ),
         _ => false,
+    }
+}
+
+/// Subscribes to `+switch-master` on the sentinels, one at a time (the next one when the
+/// connection fails), and calls `switched` for each announcement about this master, until
+/// `stop` says so (checked at least every second).
+pub async fn watch_switches(
+    settings: SentinelSettings,
+    connector: Connector,
+    stop: impl Fn() -> bool,
+    switched: impl Fn(),
+) {
+    let mut failures = 0u32;
+    while !stop() {
+        for url in &settings.urls {
+            if stop() {
+                return;
+            }
+            match listen(url, &settings, &connector, &stop, &switched).await {
+                Ok(()) => return,
+                Err(e) => {
+                    failures += 1;
+                    // Every sentinel down is also every failover unseen: say so, not too often.
+                    if failures % 20 == 1 {
+                        tracing::warn!(error = %e, sentinel = %url, "rate-limit Sentinel subscription lost; trying the next sentinel");
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// One sentinel's subscription: `Ok` when stopped, an error when the connection fails.
+async fn listen(
+    url: &str,
+    settings: &SentinelSettings,
+    connector: &Connector,
+    stop: &impl Fn() -> bool,
+    switched: &impl Fn(),
+) -> Result<(), AskError> {
+    let (info, _) = parse_url(url)?;
+    let (host, port) = host_port(&info)?;
+    let mut stream = timeout(PER_SENTINEL, connector.connect(host, port))
+        .await
+        .map_err(|_| AskError::Reply("connect timed out".into()))??;
+    let mut out = Vec::new();
+    let mut count = 1;
+    if let Some(password) = settings.password.as_ref().or(info.redis.password.as_ref()) {
+        put_auth(&mut out, info.redis.username.as_deref(), password);
+        count += 1;
+    }
+    resp::put_command(&mut out, &[b"SUBSCRIBE", b"+switch-master"]);
+    timeout(PER_SENTINEL, exchange(&mut stream, &out, count))
+        .await
+        .map_err(|_| AskError::Reply("SUBSCRIBE timed out".into()))??;
+    let prefix = format!("{} ", settings.master_name);
+    let mut input = BytesMut::with_capacity(1024);
+    let mut ints = Vec::new();
+    loop {
+        if stop() {
+            return Ok(());
+        }
+        while let Some((_, len)) = resp::parse(&input, &mut ints).map_err(HandshakeError::from)? {
+            let message = redis::parse_redis_value(&input[..len]);
+            input.advance(len);
+            // `message`, the channel, "<name> <old ip> <old port> <new ip> <new port>".
+            if let Ok(redis::Value::Array(parts)) = message {
+                if let Some(redis::Value::BulkString(text)) = parts.get(2) {
+                    if text.starts_with(prefix.as_bytes()) {
+                        tracing::info!(
+                            master = %settings.master_name,
+                            switch = %String::from_utf8_lossy(text),
+                            "rate-limit Sentinel announced a new master; reconnecting"
+                        );
+                        switched();
+                    }
+                }
+            }
+        }
+        match timeout(Duration::from_secs(1), stream.read_buf(&mut input)).await {
+            Ok(Ok(0)) => return Err(AskError::Handshake(HandshakeError::Closed)),
+            Ok(Ok(_)) | Err(_) => {}
+            Ok(Err(e)) => return Err(AskError::Handshake(HandshakeError::Io(e))),
+        }
     }
 }
