@@ -383,7 +383,7 @@ async fn manual_failover(
     let mut admitted_after_promotion = 0u64;
     // Until the proxy's connection is on the new master and gone from the old one.
     let deciding = |n: &RedisServer| n.cli(&["client", "list"]).contains("cmd=evalsha");
-    while !(deciding(replica) && !deciding(master)) {
+    while !deciding(replica) || deciding(master) {
         if promoted_at.is_none() && role(replica.port) == "master" {
             promoted_at = Some(started.elapsed());
         }
