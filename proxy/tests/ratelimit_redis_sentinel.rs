@@ -19,6 +19,22 @@ use common::*;
 use portcullis_compiler::config::*;
 use redis_server::{free_port, RedisServer};
 
+/// A directory of the test's files, removed when dropped (also when the test fails).
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 const MASTER: &str = "limits";
 const DOWN_AFTER_MS: u64 = 1000;
 const TIMEOUT_MS: u64 = 200;
@@ -204,12 +220,12 @@ async fn sentinel_over_tls_failover_followed() {
 
 /// `kill`: SIGKILL the master; else a manual failover that leaves it running.
 async fn failover(tls: bool, kill: bool) {
-    let dir = std::env::temp_dir().join(format!(
+    let dir = TempDir(std::env::temp_dir().join(format!(
         "portcullis-sentinel-{}-{}",
         std::process::id(),
         free_port()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    )));
+    std::fs::create_dir_all(&*dir).unwrap();
     let files = tls.then(|| TlsFiles::new(&dir));
     let (master_tls, replica_tls) = (free_port(), free_port());
     let args_of = |tls_port: u16| files.as_ref().map_or(Vec::new(), |f| f.args(tls_port));
@@ -291,7 +307,6 @@ async fn failover(tls: bool, kill: bool) {
         manual_failover(&sentinels, &master, &replica, addr, admitted, limit).await;
         drop(proxy);
         drop(sentinels);
-        let _ = std::fs::remove_dir_all(&dir);
         return;
     }
     // SIGKILL the master while requests keep coming, one every ~2 ms.
@@ -356,7 +371,6 @@ async fn failover(tls: bool, kill: bool) {
     drop(proxy);
     drop(sentinels);
     drop(replica);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The manual failover's part of [`failover`]: requests keep coming while the sentinels

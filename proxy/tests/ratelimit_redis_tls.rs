@@ -170,12 +170,28 @@ async fn statuses(addr: SocketAddr, path: &str, n: usize) -> Vec<(u16, usize)> {
     counts
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!(
+fn temp_dir(name: &str) -> TempDir {
+    TempDir(std::env::temp_dir().join(format!(
         "portcullis-{name}-{}-{}",
         std::process::id(),
         free_port()
-    ))
+    )))
+}
+
+/// A directory of the test's files, removed when dropped (also when the test fails).
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,8 +297,6 @@ async fn rediss_exact_with_the_right_ca_and_refused_otherwise() {
     assert!(expired.server.cli(&["keys", "pcl:*"]).trim().is_empty());
     drop(proxy);
     drop((redis, expired));
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&expired_dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,7 +329,6 @@ async fn client_certificate_required_by_redis() {
     assert_eq!(counts, vec![(503, 20)]);
     drop(proxy);
     drop(redis);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,7 +392,7 @@ async fn rediss_cluster_nodes_all_over_tls() {
     let ca = Ca::new("redis cluster CA");
     let server_cert = ca.server(&["127.0.0.1"], false);
     let dir = temp_dir("redis-tls-cluster");
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&*dir).unwrap();
     let cert = write(&dir, "server.crt", &server_cert.chain_pem);
     let key = write(&dir, "server.key", &server_cert.key_pem);
     let ca_file = write(&dir, "ca.crt", &ca.pem());
@@ -503,5 +516,4 @@ async fn rediss_cluster_nodes_all_over_tls() {
     }
     drop(proxy);
     drop(nodes);
-    let _ = std::fs::remove_dir_all(&dir);
 }
