@@ -744,7 +744,7 @@ BAD_VALUES = [
     ({"proxy": {"service": {"type": "Ingress"}}}, "/proxy/service/type"),
     ({"proxy": {"replicaCount": 3}}, "replicaCount"),
     ({"proxy": {"adminPort": 70000}}, "/proxy/adminPort"),
-    ({"redis": {"externalUrl": "rediss://secure:6380"}}, "/redis/externalUrl"),
+    ({"redis": {"externalUrl": "http://redis:6379"}}, "/redis/externalUrl"),
 ]
 
 

@@ -56,6 +56,12 @@ pub struct SecretConfig {
     /// Redis passwords of rate-limit backends, by policy id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redis_passwords: Vec<RedisPasswordEntry>,
+    /// Passwords of the Redis Sentinels of rate-limit backends, by policy id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redis_sentinel_passwords: Vec<RedisPasswordEntry>,
+    /// TLS material (CA, client certificate) of `rediss://` rate-limit backends, by policy id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redis_tls: Vec<RedisTlsEntry>,
     /// HMAC keys of consumers (JWT HS*).
     #[serde(default)]
     pub jwt_secrets: Vec<JwtSecretEntry>,
@@ -441,6 +447,21 @@ pub struct RedisPasswordEntry {
     pub password: String,
 }
 
+/// What a `rediss://` backend trusts and presents; absent fields: the system roots, no
+/// client certificate.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisTlsEntry {
+    /// `namespace/name` of the RateLimitPolicy.
+    pub policy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_pem: Option<String>,
+}
+
 /// One accepted RateLimitPolicy, durations in milliseconds.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -545,7 +566,27 @@ pub enum RateLimitBackendConfig {
         timeout_ms: u64,
         /// The password is in `SecretConfig::redis_passwords` under this policy's id.
         has_password: bool,
+        /// ACL user sent with the password.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        /// The master is found through these sentinels (`urls` is then empty).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sentinel: Option<RedisSentinelConfig>,
+        /// `rediss://`: TLS to every node (and sentinel); material in
+        /// `SecretConfig::redis_tls` under this policy's id, if any.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        tls: bool,
     },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSentinelConfig {
+    pub master_name: String,
+    /// `redis://` or `rediss://` URLs of the sentinels.
+    pub urls: Vec<String>,
+    /// The sentinels' password is in `SecretConfig::redis_sentinel_passwords`.
+    pub has_password: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

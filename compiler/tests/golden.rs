@@ -192,6 +192,8 @@ scenarios!(
     ratelimit_route_plain,
     ratelimit_route_users,
     ratelimit_route_victim,
+    ratelimit_redis_tls_sentinel,
+    ratelimit_redis_invalid_backends,
     tenancy_bad_consumer_namespace,
     tenancy_consumer_namespaces,
     tenancy_host_ownership,

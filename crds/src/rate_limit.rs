@@ -2,7 +2,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{ObjectStatusFields, SecretKeyRef};
+use crate::{ObjectStatusFields, SecretKeyRef, SecretRef};
 
 /// Rate limits and quotas, attached to routes or applied namespace-wide.
 #[derive(
@@ -140,14 +140,45 @@ pub struct RateLimitBackend {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisBackend {
+    /// One Redis: `redis://host:port[/db]`, or `rediss://` for TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Seed nodes of a Redis Cluster (`redis://` or `rediss://`, all alike).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cluster_urls: Vec<String>,
+    /// A master found through Redis Sentinel; excludes `url` and `clusterUrls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<RedisSentinel>,
+    /// ACL user sent with the password (`AUTH username password`); default the `default`
+    /// user (`AUTH password`). Needs `passwordSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Key default `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
+    /// With `rediss://`: the CA that signs the servers' certificates, key `ca.crt` of this
+    /// Secret. Without it the system's trusted roots are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretRef>,
+    /// With `rediss://`: a client certificate (a `kubernetes.io/tls` Secret, keys `tls.crt`
+    /// and `tls.key`) for servers that require one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret_ref: Option<SecretRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSentinel {
+    /// The master's name in the sentinels' configuration.
+    pub master_name: String,
+    /// Sentinels, `redis://host:port` or `rediss://host:port` (then the master is reached
+    /// over TLS too, with the backend's `caSecretRef` and `clientCertSecretRef`).
+    pub urls: Vec<String>,
+    /// The sentinels' own password (`requirepass` of the sentinels), key default `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema, Default)]

@@ -95,6 +95,9 @@ async fn hostile_redis_is_bounded(cluster: bool) {
             cluster,
             timeout_ms: 100,
             has_password: false,
+            username: None,
+            sentinel: None,
+            tls: false,
         };
         let mut cfg = config(vec![
             direct_route("default/limited", "/limited", &["default/shared"]),

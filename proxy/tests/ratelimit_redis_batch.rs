@@ -29,6 +29,7 @@ fn backend_at(url: String, password: Option<&str>, timeout: Duration) -> Arc<Red
             cluster: false,
             password: password.map(str::to_owned),
             timeout,
+            ..Default::default()
         },
         tokio::runtime::Handle::current(),
     )

@@ -46,6 +46,7 @@ fn cluster_backend(cluster: &RedisCluster, timeout: Duration) -> Arc<RedisBacken
             cluster: true,
             password: None,
             timeout,
+            ..Default::default()
         },
         tokio::runtime::Handle::current(),
     )
@@ -293,6 +294,9 @@ fn header_policy(urls: Vec<String>, limit: u64, timeout_ms: u64) -> RateLimitPol
             cluster: true,
             timeout_ms,
             has_password: false,
+            username: None,
+            sentinel: None,
+            tls: false,
         },
         on_backend_failure: OnBackendFailureConfig::Deny,
         response_headers: true,

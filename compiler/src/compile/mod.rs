@@ -15,6 +15,7 @@ pub(crate) mod issues;
 mod kube_meta;
 mod policy;
 mod rate_limit;
+mod redis_backend;
 mod route;
 mod secrets;
 mod snapshot;

@@ -6,11 +6,12 @@ use super::issues::Issues;
 use super::kube_meta::sorted;
 use super::kube_meta::Meta;
 use super::rate_limit::{compile_rate_limit, RateLimitIndex};
+use super::redis_backend::validate_shape;
 use super::secrets::SecretIndex;
 use super::snapshot::Snapshot;
 use super::validators::is_token;
 use super::waf::{compile_waf, WafIndex};
-use crate::config::{GatewayConfig, ObjectKind, RedisPasswordEntry};
+use crate::config::{GatewayConfig, ObjectKind, RedisPasswordEntry, RedisTlsEntry};
 use crate::units::{parse_duration_ms, parse_size_bytes};
 use crate::ObjectStatus;
 
@@ -34,11 +35,27 @@ pub(crate) fn compile_policies(
         validate_rate_limit(policy, &mut issues);
         let compiled = compile_rate_limit(policy, &meta, secrets, &mut issues);
         let accepted = issues.is_accepted();
-        if let (true, Some((compiled, password))) = (accepted, compiled) {
-            if let Some(password) = password {
+        if let (true, Some((compiled, redis))) = (accepted, compiled) {
+            let policy = &compiled.id;
+            if let Some(password) = redis.password {
                 config.secrets.redis_passwords.push(RedisPasswordEntry {
-                    policy: compiled.id.clone(),
+                    policy: policy.clone(),
                     password,
+                });
+            }
+            if let Some(password) = redis.sentinel_password {
+                config
+                    .secrets
+                    .redis_sentinel_passwords
+                    .push(RedisPasswordEntry {
+                        policy: policy.clone(),
+                        password,
+                    });
+            }
+            if let Some(tls) = redis.tls {
+                config.secrets.redis_tls.push(RedisTlsEntry {
+                    policy: policy.clone(),
+                    ..tls
                 });
             }
             config
@@ -115,24 +132,7 @@ fn validate_rate_limit(policy: &RateLimitPolicy, issues: &mut Issues) {
         if backend.type_ == BackendType::Redis {
             match &backend.redis {
                 None => issues.invalid("spec.backend.redis", "required with type: Redis"),
-                Some(redis) => {
-                    if redis.url.is_none() && redis.cluster_urls.is_empty() {
-                        issues.invalid("spec.backend.redis", "set url or clusterUrls");
-                    }
-                    for url in redis.url.iter().chain(redis.cluster_urls.iter()) {
-                        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                            issues.invalid(
-                                "spec.backend.redis.url",
-                                format!("{url:?} must start with redis:// or rediss://"),
-                            );
-                        }
-                    }
-                    if let Some(timeout) = &redis.timeout {
-                        if let Err(e) = parse_duration_ms(timeout) {
-                            issues.invalid("spec.backend.redis.timeout", e);
-                        }
-                    }
-                }
+                Some(redis) => validate_shape(redis, issues),
             }
         }
     }

@@ -2,8 +2,8 @@
 //!
 //! Field validation shared with the earlier "validate only" stage lives in `policy.rs`;
 //! this module adds what only matters once policies are enforced: key/tier combinations,
-//! the Redis password from a Secret (it goes to the Secret half, never the ConfigMap half)
-//! and the route → policy resolution, including `global: true` policies.
+//! the Redis backend (`redis_backend`: its secrets go to the Secret half, never the
+//! ConfigMap half) and the route → policy resolution, including `global: true` policies.
 
 use std::collections::BTreeMap;
 
@@ -13,18 +13,14 @@ use portcullis_crds::{
 
 use super::issues::Issues;
 use super::kube_meta::Meta;
-use super::secrets::{SecretIndex, SecretLookup};
+use super::redis_backend::{compile_redis_backend, RedisSecrets};
+use super::secrets::SecretIndex;
 use crate::config::{
     LimitConfig, OnBackendFailureConfig, QuotaConfig, QuotaPeriodConfig, RateLimitAlgorithmConfig,
     RateLimitBackendConfig, RateLimitKeyConfig, RateLimitPolicyConfig, TierConfig,
     DEFAULT_IPV6_PREFIX_LENGTH,
 };
 use crate::units::parse_duration_ms;
-
-pub(crate) const DEFAULT_REDIS_TIMEOUT_MS: u64 = 50;
-/// A Redis round trip that may take longer than this is no longer a rate limiter but an
-/// outage amplifier; users who need more should fix the network.
-const MAX_REDIS_TIMEOUT_MS: u64 = 5_000;
 
 /// What the route compiler needs to know about each RateLimitPolicy.
 #[derive(Debug, Default)]
@@ -75,7 +71,7 @@ pub(crate) fn compile_rate_limit(
     meta: &Meta,
     secrets: &SecretIndex<'_>,
     issues: &mut Issues,
-) -> Option<(RateLimitPolicyConfig, Option<String>)> {
+) -> Option<(RateLimitPolicyConfig, RedisSecrets)> {
     let spec = &policy.spec;
     let key = key_of(spec.key);
     if key.is_pre_auth() && !spec.tiers.is_empty() {
@@ -96,76 +92,13 @@ pub(crate) fn compile_rate_limit(
             limits: limits_of(&format!("spec.tiers[{i}].limits"), &t.limits, issues),
         })
         .collect();
-    let mut password = None;
+    let mut redis_secrets = RedisSecrets::default();
     let backend = match &spec.backend {
         Some(b) if b.type_ == BackendType::Redis => {
             let redis = b.redis.as_ref()?;
-            let cluster = !redis.cluster_urls.is_empty();
-            if cluster && redis.url.is_some() {
-                issues.invalid("spec.backend.redis", "set url or clusterUrls, not both");
-            }
-            let urls: Vec<String> = if cluster {
-                redis.cluster_urls.clone()
-            } else {
-                redis.url.iter().cloned().collect()
-            };
-            for url in &urls {
-                if url.starts_with("rediss://") {
-                    issues.unsupported(
-                        "spec.backend.redis.url",
-                        "rediss:// (TLS to Redis) is not implemented by this version; the policy is refused rather than sent in clear text",
-                    );
-                }
-            }
-            let timeout_ms = match redis.timeout.as_deref().map(parse_duration_ms) {
-                None => DEFAULT_REDIS_TIMEOUT_MS,
-                Some(Ok(ms)) if (1..=MAX_REDIS_TIMEOUT_MS).contains(&ms) => ms,
-                Some(Ok(_)) => {
-                    issues.invalid("spec.backend.redis.timeout", "must be between 1ms and 5s");
-                    DEFAULT_REDIS_TIMEOUT_MS
-                }
-                // Reported by `policy::validate_rate_limit`.
-                Some(Err(_)) => DEFAULT_REDIS_TIMEOUT_MS,
-            };
-            if let Some(r) = &redis.password_secret_ref {
-                let key = r.key.as_deref().unwrap_or("password");
-                let field = "spec.backend.redis.passwordSecretRef";
-                match secrets.get(&meta.namespace, &r.name, key) {
-                    SecretLookup::Found(bytes) => match String::from_utf8(bytes) {
-                        Ok(p) if !p.is_empty() => password = Some(p),
-                        _ => issues.invalid_ref(
-                            field,
-                            format!(
-                                "Secret {} key {key} is not a non-empty UTF-8 password",
-                                r.name
-                            ),
-                        ),
-                    },
-                    SecretLookup::SecretMissing => issues.unresolved(
-                        field,
-                        format!("Secret {}/{} not found", meta.namespace, r.name),
-                        true,
-                    ),
-                    SecretLookup::KeyMissing => issues.unresolved(
-                        field,
-                        format!("Secret {}/{} has no key {key}", meta.namespace, r.name),
-                        true,
-                    ),
-                }
-                // Without its password the backend could never authenticate: refuse now.
-                if password.is_none() {
-                    issues.invalid(
-                        field,
-                        "the Redis password is required to enforce this policy",
-                    );
-                }
-            }
-            RateLimitBackendConfig::Redis {
-                urls,
-                cluster,
-                timeout_ms,
-                has_password: password.is_some(),
-            }
+            let (backend, found) = compile_redis_backend(redis, meta, secrets, issues);
+            redis_secrets = found;
+            backend
         }
         _ => RateLimitBackendConfig::Local,
     };
@@ -209,7 +142,7 @@ pub(crate) fn compile_rate_limit(
         response_headers: spec.response_headers.unwrap_or(true),
         ipv6_prefix_length,
     };
-    Some((config, password))
+    Some((config, redis_secrets))
 }
 
 /// The policy ids that apply to a route: its own references in order, then the accepted

@@ -44,7 +44,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName};
 use portcullis_compiler::config::{
     LimitConfig, OnBackendFailureConfig, QuotaConfig, QuotaPeriodConfig, RateLimitAlgorithmConfig,
-    RateLimitBackendConfig, RateLimitKeyConfig,
+    RateLimitBackendConfig, RateLimitKeyConfig, RedisPasswordEntry,
 };
 use portcullis_compiler::GatewayConfig;
 
@@ -55,7 +55,7 @@ use clock::{Clock, SystemClock};
 pub use headers::RateLimitHeaders;
 use keys::{Material, RedisKeys};
 use local::{Check, LocalStore, Partition};
-use redis::{RedisBackend, RedisSettings};
+use redis::{RedisBackend, RedisSettings, RedisTls, SentinelSettings};
 pub use resp::{ProtocolError as RespProtocolError, Reply as RespReply};
 use smallvec::SmallVec;
 
@@ -295,18 +295,41 @@ impl RateLimits {
                     urls,
                     cluster,
                     timeout_ms,
+                    username,
+                    sentinel,
+                    tls,
                     ..
                 } => {
-                    let password = config
-                        .secrets
-                        .redis_passwords
-                        .iter()
-                        .find(|e| e.policy == p.id)
-                        .map(|e| e.password.clone());
+                    let secrets = &config.secrets;
+                    let password_in = |entries: &[RedisPasswordEntry]| {
+                        entries
+                            .iter()
+                            .find(|e| e.policy == p.id)
+                            .map(|e| e.password.clone())
+                    };
+                    let tls = tls.then(|| {
+                        secrets
+                            .redis_tls
+                            .iter()
+                            .find(|e| e.policy == p.id)
+                            .map(|e| RedisTls {
+                                ca_pem: e.ca_pem.clone(),
+                                client_cert_pem: e.client_cert_pem.clone(),
+                                client_key_pem: e.client_key_pem.clone(),
+                            })
+                            .unwrap_or_default()
+                    });
                     let settings = RedisSettings {
                         urls: urls.clone(),
                         cluster: *cluster,
-                        password,
+                        username: username.clone(),
+                        password: password_in(&secrets.redis_passwords),
+                        sentinel: sentinel.as_ref().map(|s| SentinelSettings {
+                            master_name: s.master_name.clone(),
+                            urls: s.urls.clone(),
+                            password: password_in(&secrets.redis_sentinel_passwords),
+                        }),
+                        tls,
                         timeout: Duration::from_millis(*timeout_ms),
                     };
                     (backends.redis(settings), true, *cluster)

@@ -44,14 +44,15 @@ use redis::{
     Value,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::connecting::{RedisError, BACKOFF_MAX, BACKOFF_START, CONNECT_TIMEOUT};
+use super::node_context;
 use super::pipe::{Values, MAX_BATCH};
 use super::script::{pack_rule, SCRIPT};
 use super::slot;
+use super::transport::{self, Connector};
 use super::RedisSettings;
 use crate::ratelimit::algorithms::Rule;
 use crate::ratelimit::keys::RedisKeys;
@@ -66,6 +67,8 @@ const RETRY_WAIT_MAX_MS: u64 = 25;
 /// A Redis Cluster, connected in the background.
 pub struct Cluster {
     settings: RedisSettings,
+    /// How its node connections connect, registered for as long as the cluster lives.
+    nodes: Arc<node_context::NodeContext>,
     conn: ArcSwapOption<ClusterConnection<BoundedConnection>>,
     script: Script,
     runtime: tokio::runtime::Handle,
@@ -104,8 +107,14 @@ enum Role {
 impl Cluster {
     /// Starts connecting on `runtime`, with backoff, until connected or dropped.
     pub fn start(settings: RedisSettings, runtime: &tokio::runtime::Handle) -> Arc<Cluster> {
+        let nodes = Arc::new(node_context::NodeContext {
+            connector: settings.connector(),
+            username: settings.username.clone(),
+            password: settings.password.clone(),
+        });
         let cluster = Arc::new(Cluster {
             settings,
+            nodes,
             conn: ArcSwapOption::empty(),
             script: Script::new(SCRIPT),
             runtime: runtime.clone(),
@@ -120,7 +129,12 @@ impl Cluster {
         let timeout_ms = u64::try_from(s.timeout.as_millis()).unwrap_or(u64::MAX);
         // Enough retries to fill the timeout with the shortest waits; the timeout ends them.
         let retries = u32::try_from((timeout_ms / RETRY_WAIT_MIN_MS).clamp(4, 1000)).unwrap_or(4);
-        let mut builder = ClusterClientBuilder::new(s.urls.clone())
+        // TLS and credentials are the node connections' ([`node_context`]).
+        let seeds = s.urls.iter().map(|u| match u.strip_prefix("rediss://") {
+            Some(rest) => format!("redis://{rest}"),
+            None => u.clone(),
+        });
+        let builder = ClusterClientBuilder::new(seeds)
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(s.timeout)
             .retries(retries)
@@ -128,10 +142,8 @@ impl Cluster {
             .max_retry_wait(RETRY_WAIT_MAX_MS)
             // Base 1: every wait is drawn from [min, max] (a base of 2 would overflow the
             // crate's `base^retry` after 64 retries).
-            .retry_wait_formula(RETRY_WAIT_MAX_MS, 1);
-        if let Some(p) = &s.password {
-            builder = builder.password(p.clone());
-        }
+            .retry_wait_formula(RETRY_WAIT_MAX_MS, 1)
+            .username(node_context::register(&self.nodes));
         // The generic connection is the crate's way to supply node connections (`Connect`).
         builder
             .build()?
@@ -448,19 +460,28 @@ impl Connect for BoundedConnection {
             let mut info = info.into_connection_info()?;
             // What [`Bounded`] checks: RESP2, as our own connection speaks.
             info.redis.protocol = redis::ProtocolVersion::RESP2;
-            // The compiler admits `redis://` URLs only, and the cluster names nodes by
-            // host and port.
+            let context = node_context::lookup(info.redis.username.as_deref())
+                .map_err(|e| redis::RedisError::from((redis::ErrorKind::ClientError, e)))?;
+            let plain = Connector::plain();
+            let connector = match &context {
+                Some(c) => {
+                    info.redis.username = c.username.clone();
+                    info.redis.password = c.password.clone();
+                    &c.connector
+                }
+                None => &plain,
+            };
+            // The cluster names nodes by host and port.
             let ConnectionAddr::Tcp(host, port) = &info.addr else {
                 return Err(redis::RedisError::from((
                     redis::ErrorKind::InvalidClientConfig,
                     "unsupported Redis cluster node address (only TCP)",
                 )));
             };
-            let stream =
-                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), *port)))
-                    .await
-                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-            stream.set_nodelay(true)?;
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(host, *port))
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+                .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?;
             let (conn, driver) =
                 MultiplexedConnection::new_with_config(&info.redis, Bounded::new(stream), config)
                     .await?;
@@ -479,14 +500,14 @@ impl Connect for BoundedConnection {
 /// has more than that. Costs a copy of the bytes of the reply under way, never more than
 /// [`resp::MAX_REPLY`]: cluster replies are a few dozen bytes.
 struct Bounded {
-    inner: TcpStream,
+    inner: transport::Stream,
     /// The reply under way, from its first byte.
     reply: Vec<u8>,
     ints: Vec<i64>,
 }
 
 impl Bounded {
-    fn new(inner: TcpStream) -> Self {
+    fn new(inner: transport::Stream) -> Self {
         Bounded {
             inner,
             reply: Vec::new(),

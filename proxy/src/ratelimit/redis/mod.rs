@@ -10,6 +10,10 @@
 //!   (different requests' keys usually live in different slots).
 //! - `EVALSHA`, falling back to the script's text on `NOSCRIPT`, so a restarted or
 //!   failed-over Redis needs no proxy restart.
+//! - How a connection is made is [`transport`] (TCP, or TLS for `rediss://`, for the pipe
+//!   and the cluster's node connections alike, [`node_context`]), [`handshake`] (`AUTH`
+//!   with the ACL user, `SELECT`, `SCRIPT LOAD`) and, for a Sentinel-managed Redis,
+//!   [`sentinel`] (the master asked of the sentinels at every connect).
 //! - Connecting happens in the background with exponential backoff; until connected, and
 //!   whenever a call exceeds the hard timeout, the caller gets [`RedisError::Unavailable`]
 //!   at once and applies the policy's `onBackendFailure`.
@@ -21,9 +25,13 @@ use std::time::Duration;
 
 pub mod cluster;
 pub mod connecting;
+pub mod handshake;
+pub mod node_context;
 pub mod pipe;
 pub mod script;
+pub mod sentinel;
 pub mod slot;
+pub mod transport;
 
 use super::algorithms::{Kind, Rule, Verdict, Verdicts};
 use super::keys::RedisKeys;
@@ -31,14 +39,42 @@ use cluster::Cluster;
 pub use connecting::RedisError;
 use pipe::{Pipe, Setup};
 use script::SCRIPT;
+pub use sentinel::SentinelSettings;
+use transport::Connector;
+pub use transport::RedisTls;
 
 /// How to reach one Redis deployment; equal settings share one connection across reloads.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct RedisSettings {
+    /// One Redis, or a cluster's seeds; empty with `sentinel`.
     pub urls: Vec<String>,
     pub cluster: bool,
+    /// ACL user sent with the password.
+    pub username: Option<String>,
     pub password: Option<String>,
+    /// A master found through these sentinels.
+    pub sentinel: Option<SentinelSettings>,
+    /// TLS material; TLS is used whenever this is set or a URL is `rediss://`.
+    pub tls: Option<RedisTls>,
     pub timeout: Duration,
+}
+
+impl RedisSettings {
+    /// TCP or TLS. A `rediss://` URL without material still gets TLS (system roots):
+    /// never clear text where TLS was asked for.
+    pub(crate) fn connector(&self) -> Connector {
+        let sentinel_urls = self.sentinel.iter().flat_map(|s| s.urls.iter());
+        let rediss = self
+            .urls
+            .iter()
+            .chain(sentinel_urls)
+            .any(|u| u.starts_with("rediss://"));
+        match (&self.tls, rediss) {
+            (Some(tls), _) => Connector::tls(tls),
+            (None, true) => Connector::tls(&RedisTls::default()),
+            (None, false) => Connector::plain(),
+        }
+    }
 }
 
 pub struct RedisBackend {
@@ -55,8 +91,15 @@ impl RedisBackend {
         let (pipe, cluster) = if settings.cluster {
             (None, Some(Cluster::start(settings.clone(), &runtime)))
         } else {
+            let url = match &settings.sentinel {
+                Some(s) => format!("sentinel master {:?}", s.master_name),
+                None => settings.urls.first().cloned().unwrap_or_default(),
+            };
             let setup = Setup {
-                url: settings.urls.first().cloned().unwrap_or_default(),
+                url,
+                sentinel: settings.sentinel.clone(),
+                connector: settings.connector(),
+                username: settings.username.clone(),
                 password: settings.password.clone(),
                 script: SCRIPT,
                 sha: redis::Script::new(SCRIPT).get_hash().to_owned(),

@@ -19,23 +19,27 @@
 //! connection that has answered nothing for [`STALL_RESET`] while calls were in flight (a
 //! peer gone without a reset). On `NOSCRIPT` (scripts flushed) a call is sent again as
 //! `EVAL`, which also caches the script for the calls after it.
+//!
+//! The connection is TCP or TLS ([`Wire`]); through Sentinel, the master is asked of the
+//! sentinels at every connect and a `READONLY` answer (a demoted master) drops the
+//! connection so that the next connect finds the new one.
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use redis::{ConnectionAddr, IntoConnectionInfo};
 use smallvec::SmallVec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::connecting::{RedisError, BACKOFF_MAX, BACKOFF_START, CONNECT_TIMEOUT};
+use super::handshake::{exchange, put_auth, HandshakeError};
 use super::script::pack_rule;
+use super::sentinel::{is_master, master_address, watch_switches, SentinelError, SentinelSettings};
+use super::transport::{host_port, parse_url, Connector, TransportError, Wire};
 use crate::ratelimit::algorithms::Rule;
 use crate::ratelimit::keys::RedisKeys;
 use crate::ratelimit::resp::{self, Reply};
@@ -50,21 +54,29 @@ pub const MAX_BATCH: usize = 64;
 const MAX_QUEUED: usize = 16_384;
 /// Requests sent and not yet answered beyond which nothing more is sent until answers come.
 const MAX_UNANSWERED: usize = 16_384;
+/// The longest pause between connect attempts through sentinels.
+const SENTINEL_BACKOFF_MAX: Duration = Duration::from_millis(250);
 /// No answer for this long while calls are in flight: the connection is given up.
 pub const STALL_RESET: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 enum PipeError {
-    #[error("invalid Redis URL: {0}")]
-    Url(#[from] redis::RedisError),
-    #[error("unsupported Redis address (only redis:// over TCP): {0}")]
-    Unsupported(String),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Sentinel(#[from] SentinelError),
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error("{0}:{1} is not a master (ROLE); the sentinels are asked again")]
+    NotMaster(String, u16),
+    #[error("the master answered READONLY (demoted); reconnecting")]
+    ReadOnly,
+    #[error("a sentinel announced a new master; reconnecting")]
+    Switched,
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error(transparent)]
     Protocol(#[from] resp::ProtocolError),
-    #[error("Redis refused the connection set-up: {0}")]
-    Refused(String),
     #[error("Redis closed the connection")]
     Closed,
     #[error("Redis answered nothing for {0:?} while calls were in flight")]
@@ -75,7 +87,14 @@ enum PipeError {
 
 /// What the connection needs to (re)connect.
 pub struct Setup {
+    /// The Redis; with `sentinel`, a name for logs only.
     pub url: String,
+    /// When set, the master is asked of these sentinels at every connect.
+    pub sentinel: Option<SentinelSettings>,
+    /// TCP or TLS, for the sentinels and the Redis alike.
+    pub connector: Connector,
+    /// ACL user, with the password; overrides a user in the URL.
+    pub username: Option<String>,
     /// From the policy's Secret; overrides a password in the URL.
     pub password: Option<String>,
     pub script: &'static str,
@@ -88,6 +107,13 @@ pub struct Pipe {
     wake: Notify,
     closed: AtomicBool,
     unanswered: AtomicUsize,
+    /// Through Sentinel: `+switch-master` announcements for this master so far; a connection
+    /// made before the latest one is dropped ([`Pipe::switches`] wakes it) unless it is to
+    /// the master announced.
+    switches: AtomicU64,
+    /// The master of the latest announcement.
+    announced: Mutex<Option<(String, u16)>>,
+    switched: Notify,
 }
 
 #[derive(Default)]
@@ -134,7 +160,25 @@ impl Pipe {
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             unanswered: AtomicUsize::new(0),
+            switches: AtomicU64::new(0),
+            announced: Mutex::new(None),
+            switched: Notify::new(),
         });
+        if let Some(sentinel) = &setup.sentinel {
+            let (stop, switched) = (Arc::downgrade(&pipe), Arc::downgrade(&pipe));
+            runtime.spawn(watch_switches(
+                sentinel.clone(),
+                setup.connector.clone(),
+                move || stop.upgrade().is_none_or(|p| p.closed()),
+                move |master| {
+                    if let Some(p) = switched.upgrade() {
+                        *p.announced.lock().unwrap_or_else(PoisonError::into_inner) = master;
+                        p.switches.fetch_add(1, Ordering::AcqRel);
+                        p.switched.notify_waiters();
+                    }
+                },
+            ));
+        }
         runtime.spawn(pipe.clone().run(setup));
         pipe
     }
@@ -220,13 +264,28 @@ impl Pipe {
     /// Connects, serves until the connection fails, and again, with backoff, until closed.
     async fn run(self: Arc<Self>, setup: Setup) {
         let mut delay = BACKOFF_START;
+        // Asking the sentinels first may take one more round trip per sentinel.
+        let connect_timeout = if setup.sentinel.is_some() {
+            CONNECT_TIMEOUT * 2
+        } else {
+            CONNECT_TIMEOUT
+        };
+        // During a failover the sentinels name the dead master until they promote another:
+        // asking them often is cheap and bounds how long after the promotion we follow.
+        let backoff_max = if setup.sentinel.is_some() {
+            SENTINEL_BACKOFF_MAX
+        } else {
+            BACKOFF_MAX
+        };
         while !self.closed() {
-            match tokio::time::timeout(CONNECT_TIMEOUT, connect(&setup)).await {
-                Ok(Ok(stream)) => {
+            // Announcements before the sentinels are asked are followed by this connect.
+            let switches = self.switches.load(Ordering::Acquire);
+            match tokio::time::timeout(connect_timeout, connect(&setup)).await {
+                Ok(Ok((wire, address))) => {
                     self.lock().up = true;
                     tracing::info!(url = %setup.url, "rate-limit Redis connected");
                     delay = BACKOFF_START;
-                    let outcome = self.serve(&stream, &setup).await;
+                    let outcome = self.serve(wire, &setup, switches, &address).await;
                     self.go_down();
                     match outcome {
                         Ok(()) => return,
@@ -249,7 +308,7 @@ impl Pipe {
                 () = tokio::time::sleep(delay) => {}
                 () = self.wake.notified() => {}
             }
-            delay = (delay * 2).min(BACKOFF_MAX);
+            delay = (delay * 2).min(backoff_max);
         }
         self.go_down();
     }
@@ -269,9 +328,15 @@ impl Pipe {
 
     /// Writes queued calls and hands out replies until the connection fails (or the pipe is
     /// closed: `Ok`). What is in flight when it returns fails with it.
-    async fn serve(&self, stream: &TcpStream, setup: &Setup) -> Result<(), PipeError> {
+    async fn serve(
+        &self,
+        wire: Wire,
+        setup: &Setup,
+        mut switches: u64,
+        address: &(String, u16),
+    ) -> Result<(), PipeError> {
         let mut session = Session {
-            stream,
+            wire,
             setup,
             out: Vec::with_capacity(16 << 10),
             written: 0,
@@ -287,6 +352,21 @@ impl Pipe {
             if self.closed() {
                 return Ok(());
             }
+            let announced = self.switches.load(Ordering::Acquire);
+            if announced != switches {
+                // Asked of the sentinels after the promotion, this connection may already be
+                // to the master announced: dropping it would only refuse requests.
+                let to_it = self
+                    .announced
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .as_ref()
+                    == Some(address);
+                if !to_it {
+                    return Err(PipeError::Switched);
+                }
+                switches = announced;
+            }
             if session.unanswered < MAX_UNANSWERED {
                 session.take_batches(self);
             }
@@ -295,14 +375,10 @@ impl Pipe {
             if session.in_flight.is_empty() {
                 answered_at = Instant::now();
             }
-            let interest = if session.flushed() {
-                Interest::READABLE
-            } else {
-                Interest::READABLE | Interest::WRITABLE
-            };
+            let flushed = session.flushed();
             tokio::select! {
                 biased;
-                ready = stream.ready(interest) => {
+                ready = session.wire.ready(!flushed) => {
                     if ready?.is_readable() {
                         let read = session.read_replies()?;
                         if read.answered {
@@ -315,7 +391,8 @@ impl Pipe {
                         }
                     }
                 }
-                () = self.wake.notified(), if session.flushed() => {}
+                () = self.wake.notified(), if flushed => {}
+                () = self.switched.notified() => {}
                 _ = tick.tick() => {
                     if !session.in_flight.is_empty() && answered_at.elapsed() > STALL_RESET {
                         return Err(PipeError::Stalled(STALL_RESET));
@@ -341,7 +418,7 @@ struct Read {
 /// One connection's calls: the bytes not yet written, the replies not yet complete, and the
 /// calls waiting for them, in order.
 struct Session<'a> {
-    stream: &'a TcpStream,
+    wire: Wire,
     setup: &'a Setup,
     out: Vec<u8>,
     /// How much of `out` the socket has taken.
@@ -360,8 +437,9 @@ impl Session<'_> {
 
     /// Writes what the socket takes without waiting.
     fn flush(&mut self) -> io::Result<()> {
+        self.wire.send_pending()?;
         while !self.flushed() {
-            match self.stream.try_write(&self.out[self.written..]) {
+            match self.wire.try_write(&self.out[self.written..]) {
                 Ok(n) => self.written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
@@ -431,7 +509,7 @@ impl Session<'_> {
             if self.input.capacity() - self.input.len() < 4096 {
                 self.input.reserve(16 << 10);
             }
-            match self.stream.try_read_buf(&mut self.input) {
+            match self.wire.try_read_buf(&mut self.input) {
                 Ok(0) => return Err(PipeError::Closed),
                 Ok(n) => taken += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(read),
@@ -446,6 +524,10 @@ impl Session<'_> {
                     Reply::Ints => answer(sent.waiters, &self.ints),
                     Reply::Error(text) => {
                         let text = &self.input[at + text.start..at + text.end];
+                        if text.starts_with(b"READONLY") {
+                            // A demoted master: this connection can only fail from now on.
+                            return Err(PipeError::ReadOnly);
+                        }
                         if text.starts_with(b"NOSCRIPT") && !sent.retried {
                             // The script is cached again by this `EVAL`.
                             let script = self.setup.script.as_bytes();
@@ -492,55 +574,49 @@ fn answer(waiters: Vec<Waiter>, ints: &[i64]) {
     }
 }
 
-/// Opens the connection (the compiler admits `redis://` URLs only) and sets it up: `AUTH`,
-/// `SELECT`, and `SCRIPT LOAD` so that the first calls find the script.
-async fn connect(setup: &Setup) -> Result<TcpStream, PipeError> {
-    let info = setup.url.as_str().into_connection_info()?;
-    let mut stream = match &info.addr {
-        ConnectionAddr::Tcp(host, port) => TcpStream::connect((host.as_str(), *port)).await?,
-        other => return Err(PipeError::Unsupported(format!("{other}"))),
+/// Opens the connection (to the master the sentinels name, with a sentinel) and sets it
+/// up: `AUTH`, `SELECT`, `ROLE` (a sentinel's master must be one) and `SCRIPT LOAD` so that
+/// the first calls find the script.
+/// A connection set up for the script, and the address it went to.
+async fn connect(setup: &Setup) -> Result<(Wire, (String, u16)), PipeError> {
+    // A sentinel's master has no URL: its credentials are the policy's, its database 0.
+    let (info, (host, port)) = match &setup.sentinel {
+        Some(sentinel) => (
+            redis::RedisConnectionInfo::default(),
+            master_address(sentinel, &setup.connector).await?,
+        ),
+        None => {
+            let (info, _) = parse_url(&setup.url)?;
+            let (host, port) = host_port(&info)?;
+            let address = (host.to_owned(), port);
+            (info.redis, address)
+        }
     };
-    stream.set_nodelay(true)?;
+    let mut stream = setup.connector.connect(&host, port).await?;
     let mut out = Vec::new();
-    let mut replies = 0;
-    if let Some(password) = setup.password.as_ref().or(info.redis.password.as_ref()) {
-        match &info.redis.username {
-            Some(user) => {
-                resp::put_command(&mut out, &[b"AUTH", user.as_bytes(), password.as_bytes()])
-            }
-            None => resp::put_command(&mut out, &[b"AUTH", password.as_bytes()]),
-        }
-        replies += 1;
+    let mut count = 0;
+    if let Some(password) = setup.password.as_ref().or(info.password.as_ref()) {
+        let user = setup.username.as_ref().or(info.username.as_ref());
+        put_auth(&mut out, user.map(String::as_str), password);
+        count += 1;
     }
-    if info.redis.db != 0 {
-        let db = itoa::Buffer::new().format(info.redis.db).to_owned();
+    if info.db != 0 {
+        let db = itoa::Buffer::new().format(info.db).to_owned();
         resp::put_command(&mut out, &[b"SELECT", db.as_bytes()]);
-        replies += 1;
+        count += 1;
     }
+    let role_at = setup.sentinel.is_some().then(|| {
+        resp::put_command(&mut out, &[b"ROLE"]);
+        count += 1;
+        count - 1
+    });
     resp::put_command(&mut out, &[b"SCRIPT", b"LOAD", setup.script.as_bytes()]);
-    replies += 1;
-    stream.write_all(&out).await?;
-    let mut input = BytesMut::with_capacity(4096);
-    let mut ints = Vec::new();
-    while replies > 0 {
-        match resp::parse(&input, &mut ints)? {
-            Some((reply, len)) => {
-                if let Reply::Error(text) = reply {
-                    let text = String::from_utf8_lossy(&input[text]).into_owned();
-                    return Err(PipeError::Refused(text));
-                }
-                input.advance(len);
-                replies -= 1;
-            }
-            None => {
-                if stream.read_buf(&mut input).await? == 0 {
-                    return Err(PipeError::Closed);
-                }
-            }
+    count += 1;
+    let values = exchange(&mut stream, &out, count).await?;
+    if let Some(at) = role_at {
+        if !values.get(at).is_some_and(is_master) {
+            return Err(PipeError::NotMaster(host, port));
         }
     }
-    if !input.is_empty() {
-        return Err(PipeError::Unexpected);
-    }
-    Ok(stream)
+    Ok((stream.into_wire(), (host, port)))
 }
