@@ -25,6 +25,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const LOOKUPS: usize = 200_000;
 
+/// (host, path) of each request.
+type Requests = Vec<(String, String)>;
+
 fn route(i: usize, shape: &str) -> serde_json::Value {
     let hosts = match shape {
         "one-host" => json!(["api.example.com"]),
@@ -38,7 +41,7 @@ fn route(i: usize, shape: &str) -> serde_json::Value {
     };
     let mut paths = vec![json!({"type": "Prefix", "value": format!("/svc-{i}/v1")})];
     let mut methods = json!([]);
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         paths.push(json!({"type": "Exact", "value": format!("/status/{i}")}));
         methods = json!(["GET", "POST"]);
     }
@@ -80,7 +83,7 @@ fn router(n: usize, shape: &str) -> anyhow::Result<Router> {
 /// (`hot` = false: a bigger set then also has a bigger working set in the caches), or over
 /// 10 routes spread over the set (`hot`: the same working set at every size, so only the
 /// lookup's own growth shows).
-fn requests(n: usize, shape: &str, hot: bool) -> Vec<(String, String)> {
+fn requests(n: usize, shape: &str, hot: bool) -> Requests {
     (0..1024)
         .map(|k| {
             let i = if hot {
@@ -93,7 +96,7 @@ fn requests(n: usize, shape: &str, hot: bool) -> Vec<(String, String)> {
                 "spread" => format!("api-{}.example.com", i % 500),
                 _ => "any.example.org".to_string(),
             };
-            let path = if k % 4 == 3 && i % 5 == 0 {
+            let path = if k % 4 == 3 && i.is_multiple_of(5) {
                 format!("/status/{i}")
             } else {
                 format!("/svc-{i}/v1/items/{k}")
@@ -138,7 +141,7 @@ fn main() -> anyhow::Result<()> {
         ("spread", true),
         ("no-host", false),
     ] {
-        let sets: Vec<(usize, Router, Vec<(String, String)>)> = sizes
+        let sets: Vec<(usize, Router, Requests)> = sizes
             .iter()
             .map(|&n| Ok((n, router(n, shape)?, requests(n, shape, hot))))
             .collect::<anyhow::Result<_>>()?;
