@@ -3,7 +3,7 @@
 #   direct      the upstream itself (nginx #1, `return 200 "ok\n"`)
 #   nginx       nginx #2 `proxy_pass` to the upstream with upstream keep-alive
 #   haproxy     HAProxy (one thread) to the upstream with server-side keep-alive
-#               (`http-reuse always`); skipped with a note when haproxy is not installed
+#               (`http-reuse always`)
 #   portcullis  portcullis-proxy routing `/` to the upstream (one ApiRoute)
 # Each proxy is pinned to PROXY_CPU, wrk and the upstream to LOAD_CPU. Rounds are
 # interleaved (the target order rotates every round); we report medians per target and the
@@ -54,6 +54,7 @@ as_root() { if [[ $EUID -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; th
 ensure_tools() {
     local missing=()
     command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
     command -v wrk >/dev/null || missing+=(wrk)
     command -v curl >/dev/null || missing+=(curl)
     command -v taskset >/dev/null || missing+=(util-linux)
@@ -177,11 +178,7 @@ fi
 
 TARGETS=(direct nginx portcullis)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
-if [[ -x $HAPROXY ]]; then
-    TARGETS=(direct nginx haproxy portcullis)
-else
-    log "haproxy is not installed (apt-get install haproxy): no HAProxy numbers in this run"
-fi
+[[ -x $HAPROXY ]] && TARGETS=(direct nginx haproxy portcullis)
 PORTCULLIS_AUDIT="n/a"
 HELP=""
 if [[ $SKIP_PORTCULLIS == 1 ]]; then
