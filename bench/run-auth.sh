@@ -13,6 +13,12 @@
 #                         is tried first and decides. An estimate of a true AND (API key check
 #                         + warm RS256 check on every request) is derived from the per-request
 #                         costs and printed next to it.
+#   plain-json            a 1 KiB JSON POST (bench/waf-body.py) to the plain route
+#   full-get              issue #23's full stack: JWT RS256 (warm token: verified-token cache),
+#                         a local rate limit with its RateLimit-* headers (never reached), WAF
+#                         PL1 (blocking); compared with plain, per proxy core
+#   full-json             the same 1 KiB JSON POST through the full stack plus a JSON Schema
+#                         and a JSON depth limit; compared with plain-json, per proxy core
 # Rounds are interleaved (the scenario order rotates every round); we report medians per
 # scenario and ratios to plain. See bench/README.md and docs/benchmarks.md.
 #
@@ -45,7 +51,7 @@ KEEP_TMP=${KEEP_TMP:-0}
 RELEASE_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 PORTCULLIS_BIN=${PORTCULLIS_BIN:-}
 AUTH_TOKENS_BIN=${AUTH_TOKENS_BIN:-}
-ALL_SCENARIOS=(plain apikey hs256-warm hs256-cold rs256-warm rs256-cold es256-warm es256-cold stack-warm)
+ALL_SCENARIOS=(plain apikey hs256-warm hs256-cold rs256-warm rs256-cold es256-warm es256-cold stack-warm plain-json full-get full-json)
 read -r -a SCENARIOS <<<"${SCENARIOS:-${ALL_SCENARIOS[*]}}"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -301,6 +307,38 @@ EOM
         route "jwt-$alg" "$alg" "  authentication: {methods: [Jwt], jwt: {consumerKeys: true, keyClaim: kid, algorithms: [${alg^^}]}}"
     done
     route stack stack "  authentication: {methods: [ApiKey, Jwt], apiKey: {header: X-API-Key}, jwt: {consumerKeys: true, keyClaim: kid, algorithms: [RS256]}}"
+    FULL="  authentication: {methods: [Jwt], jwt: {consumerKeys: true, keyClaim: kid, algorithms: [RS256]}}
+  rateLimitPolicies: [full]
+  wafPolicy: pl1"
+    route full full "$FULL"
+    route full-json full-json "$FULL
+  requestValidation:
+    allowedContentTypes: [application/json]
+    maxJsonDepth: 8
+    jsonSchema:
+      type: object
+      required: [order_id, customer, items]
+      properties:
+        order_id: {type: integer}
+        customer: {type: object, required: [name, email], properties: {name: {type: string}, email: {type: string}}}
+        note: {type: string, maxLength: 500}
+        items: {type: array, maxItems: 100, items: {type: object, required: [sku, qty], properties: {sku: {type: string}, qty: {type: integer, minimum: 1}, price: {type: number}, title: {type: string}}}}"
+    cat <<EOM
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: full, namespace: bench}
+spec:
+  key: ClientIp
+  limits: [{requests: 1000000000, period: 1s}]
+  responseHeaders: true
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: WafPolicy
+metadata: {name: pl1, namespace: bench}
+spec:
+  paranoiaLevel: 1
+EOM
 } >"$M/bench.yaml"
 
 "$PORTCULLIS_BIN" --manifests "$M" --check >"$TMP/check.log" 2>&1 ||
@@ -327,6 +365,24 @@ for s in "${SCENARIOS[@]}"; do
     esac
 done
 if [[ -n ${SPATH[stack-warm]:-} ]]; then SPATH[stack-warm]=/stack; SHDR1[stack-warm]="X-API-Key: $API_KEY"; fi
+# The JSON POST scenarios send bench/waf-body.py's 1 KiB order (wrk script post.lua).
+declare -A SPOST
+for s in "${SCENARIOS[@]}"; do
+    SPOST[$s]=""
+    case $s in
+        plain-json) SPATH[$s]=/plain; SPOST[$s]=1 ;;
+        full-get) SPATH[$s]=/full; SHDR2[$s]="Authorization: Bearer ${WARM_TOKEN[rs256]}" ;;
+        full-json) SPATH[$s]=/full-json; SPOST[$s]=1; SHDR2[$s]="Authorization: Bearer ${WARM_TOKEN[rs256]}" ;;
+    esac
+done
+python3 "$ROOT/bench/waf-body.py" "$TMP/body.json"
+cat >"$TMP/post.lua" <<EOL
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("$TMP/body.json", "r")
+wrk.body = f:read("*a")
+f:close()
+EOL
 
 cat >"$TMP/cold.lua" <<'EOL'
 -- Walks a file of tokens: thread t of T sends tokens start+t, start+t+T, ... (wrapping only
@@ -357,11 +413,12 @@ for s in "${SCENARIOS[@]}"; do
     [[ -n ${SHDR1[$s]} ]] && hdr+=(-H "${SHDR1[$s]}")
     [[ -n ${SHDR2[$s]} ]] && hdr+=(-H "${SHDR2[$s]}")
     [[ -n ${SFILE[$s]} ]] && hdr=(-H "Authorization: Bearer $(tail -n1 "${SFILE[$s]}")")
+    [[ -n ${SPOST[$s]} ]] && hdr+=(-H "Content-Type: application/json" --data-binary "@$TMP/body.json")
     body=$(curl -s --max-time 2 "${hdr[@]}" "$BASE${SPATH[$s]}" || true)
     [[ $body == ok ]] || { tail -n 20 "$TMP/portcullis.log" >&2; die "$s: $BASE${SPATH[$s]} returned '$body', expected the upstream's 'ok'"; }
 done
 # ... and fail closed without a credential (proves the route really authenticates).
-for p in apikey hs256 rs256 es256 stack; do
+for p in apikey hs256 rs256 es256 stack full full-json; do
     code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$BASE/$p" || true)
     [[ $code == 401 ]] || die "/$p answered $code without credentials (expected 401): auth not enforced"
 done
@@ -398,6 +455,7 @@ run_wrk() { # scenario duration outfile
     else
         [[ -n ${SHDR1[$s]} ]] && args+=(-H "${SHDR1[$s]}")
         [[ -n ${SHDR2[$s]} ]] && args+=(-H "${SHDR2[$s]}")
+        [[ -n ${SPOST[$s]} ]] && args+=(-s "$TMP/post.lua")
         args+=("$BASE${SPATH[$s]}")
     fi
     taskset -c "$LOAD_CPU" "$WRK" -t"$THREADS" -c"$CONNECTIONS" -d"$2" --latency "${args[@]}" >"$3" 2>&1 &
@@ -509,6 +567,19 @@ if [[ -n ${M_RPS[stack-warm]:-} ]]; then
         SUMMARY+=",\"and_estimate\":{\"ratio_to_plain\":$ert}"
     fi
 fi
+# Issue #23's full-stack targets, per proxy core (req/s ÷ proxy CPU share), each against
+# plain proxying of the same request in the same run.
+per_core() { awk -v r="${M_RPS[$1]}" -v c="${M_PCPU[$1]}" 'BEGIN { printf "%.1f", (c > 0 ? r * 100 / c : 0) }'; }
+for pair in "full-get plain 0.85" "full-json plain-json 0.6"; do
+    read -r full base target <<<"$pair"
+    [[ -n ${M_RPS[$full]:-} && -n ${M_RPS[$base]:-} ]] || continue
+    fr=$(ratio "$(per_core "$full")" "$(per_core "$base")")
+    verdict=FAIL
+    awk -v r="$fr" -v t="$target" 'BEGIN { exit !(r >= t) }' && verdict=PASS
+    echo
+    echo "Target (issue #23): $full ≥ ×$target of $base per proxy core: ×$fr ($(per_core "$full") against $(per_core "$base") req/s per core) → **$verdict**."
+    SUMMARY+=",\"${full//-/_}_per_core_ratio\":$fr"
+done
 for s in "${SCENARIOS[@]}"; do
     [[ -n ${SFILE[$s]} ]] || continue
     if ((COLD_POS[$s] > COLD_TOKENS)); then
