@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Draws a bench/run-http.sh results file (JSON lines) as an SVG: requests per second per
-proxy core, and p99 latency, for each target, as medians with the rounds' range.
+"""Draws a benchmark results file (JSON lines of bench/run-http.sh, run-auth.sh or run-h2.sh)
+as an SVG: requests per second per proxy core, and p99 latency where the run has it, per
+target or scenario, as medians with the rounds' range.
 
     bench/chart.py bench/results/http-STAMP.jsonl docs/bench-http.svg
 
@@ -12,6 +13,7 @@ import sys
 from html import escape
 
 COLORS = {"nginx": "#4e79a7", "haproxy": "#59a14f", "portcullis": "#e15759", "direct": "#bab0ac"}
+PALETTE = ["#e15759", "#f28e2b", "#76b7b2", "#4e79a7", "#59a14f", "#edc948", "#b07aa1", "#9c755f"]
 
 
 def load(path):
@@ -20,7 +22,12 @@ def load(path):
         for line in f:
             rec = json.loads(line)
             if rec.get("type") == "run":
-                runs.setdefault(rec["target"], []).append(rec)
+                name = rec.get("target") or rec.get("scenario")
+                if name == "direct":
+                    continue
+                if rec.get("rps_per_proxy_cpu") is None and rec.get("proxy_cpu_pct"):
+                    rec["rps_per_proxy_cpu"] = rec["rps"] * 100 / rec["proxy_cpu_pct"]
+                runs.setdefault(name, []).append(rec)
             elif rec.get("type") == "meta":
                 meta = rec
     return runs, meta
@@ -33,9 +40,9 @@ def panel(x0, title, unit, rows, width=320, bar_h=26):
     for i, (label, med, low, high) in enumerate(rows):
         y = 44 + i * (bar_h + 14)
         w = width * med / top
-        color = COLORS.get(label, "#999")
+        color = COLORS.get(label, PALETTE[i % len(PALETTE)])
         out.append(f'<text x="{x0}" y="{y + bar_h * 0.7:.0f}" font-size="13">{escape(label)}</text>')
-        bx = x0 + 90
+        bx = x0 + 100
         out.append(f'<rect x="{bx}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{color}"/>')
         lx, hx = bx + width * low / top, bx + width * high / top
         mid = y + bar_h / 2
@@ -53,21 +60,22 @@ def main():
     runs, meta = load(sys.argv[1])
     if not runs:
         sys.exit(f"no runs in {sys.argv[1]}")
-    order = [t for t in ("nginx", "haproxy", "portcullis") if t in runs]
+    known = [t for t in ("nginx", "haproxy", "portcullis") if t in runs]
+    order = known or list(runs)
 
     def stat(target, key):
         values = [r[key] for r in runs[target] if r.get(key) is not None]
         return statistics.median(values), min(values), max(values)
 
     per_core = [(t, *stat(t, "rps_per_proxy_cpu")) for t in order]
-    p99 = [(t, *stat(t, "p99_ms")) for t in order]
     height = 60 + len(order) * 40 + 40
     body = panel(10, "requests per second per proxy core (higher is better)", "req/s", per_core)
-    body += panel(600, "p99 latency at saturation (lower is better)", "ms", p99)
+    if all(r.get("p99_ms") is not None for t in order for r in runs[t]):
+        p99 = [(t, *stat(t, "p99_ms")) for t in order]
+        body += panel(600, "p99 latency at saturation (lower is better)", "ms", p99)
     note = (
-        f"bench/run-http.sh {meta.get('timestamp', '')}: {meta.get('rounds', '?')} interleaved rounds of "
-        f"{meta.get('duration', '?')}, wrk -c{meta.get('connections', '?')}; median bars, "
-        "whiskers = range of the rounds; each proxy pinned to one core."
+        f"{sys.argv[1].rsplit('/', 1)[-1]}: {len(next(iter(runs.values())))} interleaved rounds; "
+        "median bars, whiskers = range of the rounds; the proxy pinned to one core."
     )
     body.append(f'<text x="10" y="{height - 12}" font-size="11" fill="#555">{escape(note)}</text>')
     svg = [
