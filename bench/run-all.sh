@@ -12,7 +12,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CHART_DIR=${CHART_DIR:-$ROOT/docs}
-RESULTS=$ROOT/bench/results
+RESULTS=${RESULTS_DIR:-$ROOT/bench/results}
+export RESULTS_DIR=$RESULTS
 cd "$ROOT"
 cargo build --release --locked -p portcullis-proxy --bin portcullis-proxy \
     -p portcullis-bench --bin routing --bin auth-tokens >&2
