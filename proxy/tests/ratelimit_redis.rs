@@ -144,36 +144,17 @@ fn redis_policy(
     limit: u64,
     timeout_ms: u64,
 ) -> RateLimitPolicyConfig {
-    RateLimitPolicyConfig {
-        id: id.into(),
-        namespace: "default".into(),
-        global: false,
-        key: RateLimitKeyConfig::Route,
-        header: None,
-        algorithm: RateLimitAlgorithmConfig::FixedWindow,
-        limits: vec![LimitConfig {
-            requests: limit,
-            period_ms: 3_600_000,
-            burst: None,
-        }],
-        tiers: vec![],
-        quota: Some(QuotaConfig {
-            requests: 1_000_000,
-            period: QuotaPeriodConfig::Day,
-        }),
-        backend: RateLimitBackendConfig::Redis {
-            urls: vec![url.into()],
-            cluster: false,
-            timeout_ms,
-            has_password: false,
-            username: None,
-            sentinel: None,
-            tls: false,
-        },
-        on_backend_failure: mode,
-        response_headers: true,
-        ipv6_prefix_length: 64,
-    }
+    let mut p = redis_limit_policy(
+        id,
+        limit,
+        redis_backend(vec![url.into()], false, timeout_ms),
+    );
+    p.quota = Some(QuotaConfig {
+        requests: 1_000_000,
+        period: QuotaPeriodConfig::Day,
+    });
+    p.on_backend_failure = mode;
+    p
 }
 
 /// `/deny`, `/allow` and `/fallback`, each limited to 5 per hour by a Redis policy with

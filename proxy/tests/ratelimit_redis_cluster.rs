@@ -275,33 +275,14 @@ async fn concurrent_requests_for_one_slot_share_calls_and_stay_exact() {
 }
 
 fn header_policy(urls: Vec<String>, limit: u64, timeout_ms: u64) -> RateLimitPolicyConfig {
-    RateLimitPolicyConfig {
-        id: "default/per-client".into(),
-        namespace: "default".into(),
-        global: false,
-        key: RateLimitKeyConfig::Header,
-        header: Some("x-client".into()),
-        algorithm: RateLimitAlgorithmConfig::FixedWindow,
-        limits: vec![LimitConfig {
-            requests: limit,
-            period_ms: 3_600_000,
-            burst: None,
-        }],
-        tiers: vec![],
-        quota: None,
-        backend: RateLimitBackendConfig::Redis {
-            urls,
-            cluster: true,
-            timeout_ms,
-            has_password: false,
-            username: None,
-            sentinel: None,
-            tls: false,
-        },
-        on_backend_failure: OnBackendFailureConfig::Deny,
-        response_headers: true,
-        ipv6_prefix_length: 64,
-    }
+    let mut p = redis_limit_policy(
+        "default/per-client",
+        limit,
+        redis_backend(urls, true, timeout_ms),
+    );
+    p.key = RateLimitKeyConfig::Header;
+    p.header = Some("x-client".into());
+    p
 }
 
 /// One request through the proxy during the failover.

@@ -158,40 +158,23 @@ fn sentinel(dir: &Path, master_port: u16, tls: Option<&TlsFiles>) -> Sentinel {
 
 fn policy(sentinels: &[Sentinel], limit: u64, tls: bool) -> RateLimitPolicyConfig {
     let scheme = if tls { "rediss" } else { "redis" };
-    RateLimitPolicyConfig {
-        id: "default/limited".into(),
-        namespace: "default".into(),
-        global: false,
-        key: RateLimitKeyConfig::Route,
-        header: None,
-        algorithm: RateLimitAlgorithmConfig::FixedWindow,
-        limits: vec![LimitConfig {
-            requests: limit,
-            period_ms: 3_600_000,
-            burst: None,
-        }],
-        tiers: vec![],
-        quota: None,
-        backend: RateLimitBackendConfig::Redis {
-            urls: vec![],
-            cluster: false,
-            timeout_ms: TIMEOUT_MS,
+    let backend = RateLimitBackendConfig::Redis {
+        urls: vec![],
+        cluster: false,
+        timeout_ms: TIMEOUT_MS,
+        has_password: false,
+        username: None,
+        sentinel: Some(RedisSentinelConfig {
+            master_name: MASTER.into(),
+            urls: sentinels
+                .iter()
+                .map(|s| format!("{scheme}://127.0.0.1:{}", s.url_port))
+                .collect(),
             has_password: false,
-            username: None,
-            sentinel: Some(RedisSentinelConfig {
-                master_name: MASTER.into(),
-                urls: sentinels
-                    .iter()
-                    .map(|s| format!("{scheme}://127.0.0.1:{}", s.url_port))
-                    .collect(),
-                has_password: false,
-            }),
-            tls,
-        },
-        on_backend_failure: OnBackendFailureConfig::Deny,
-        response_headers: true,
-        ipv6_prefix_length: 64,
-    }
+        }),
+        tls,
+    };
+    redis_limit_policy("default/limited", limit, backend)
 }
 
 fn role(port: u16) -> String {

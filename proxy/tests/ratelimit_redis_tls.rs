@@ -73,33 +73,11 @@ fn tls_redis(
 }
 
 fn policy(id: &str, url: &str, limit: u64, username: Option<&str>) -> RateLimitPolicyConfig {
-    RateLimitPolicyConfig {
-        id: id.into(),
-        namespace: "default".into(),
-        global: false,
-        key: RateLimitKeyConfig::Route,
-        header: None,
-        algorithm: RateLimitAlgorithmConfig::FixedWindow,
-        limits: vec![LimitConfig {
-            requests: limit,
-            period_ms: 3_600_000,
-            burst: None,
-        }],
-        tiers: vec![],
-        quota: None,
-        backend: RateLimitBackendConfig::Redis {
-            urls: vec![url.into()],
-            cluster: false,
-            timeout_ms: 200,
-            has_password: false,
-            username: username.map(str::to_owned),
-            sentinel: None,
-            tls: url.starts_with("rediss://"),
-        },
-        on_backend_failure: OnBackendFailureConfig::Deny,
-        response_headers: true,
-        ipv6_prefix_length: 64,
+    let mut backend = redis_backend(vec![url.into()], false, 200);
+    if let RateLimitBackendConfig::Redis { username: user, .. } = &mut backend {
+        *user = username.map(str::to_owned);
     }
+    redis_limit_policy(id, limit, backend)
 }
 
 /// One route `/{name}` per policy `default/{name}`.

@@ -319,3 +319,47 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
     }
     check()
 }
+
+/// The Redis tests' policy: `limit` requests an hour per route, fixed window, no quota,
+/// `Deny` when the backend fails, response headers on, over `backend`; each test adjusts
+/// what it is about.
+pub fn redis_limit_policy(
+    id: &str,
+    limit: u64,
+    backend: RateLimitBackendConfig,
+) -> RateLimitPolicyConfig {
+    RateLimitPolicyConfig {
+        id: id.into(),
+        namespace: "default".into(),
+        global: false,
+        key: RateLimitKeyConfig::Route,
+        header: None,
+        algorithm: RateLimitAlgorithmConfig::FixedWindow,
+        limits: vec![LimitConfig {
+            requests: limit,
+            period_ms: 3_600_000,
+            burst: None,
+        }],
+        tiers: vec![],
+        quota: None,
+        backend,
+        on_backend_failure: OnBackendFailureConfig::Deny,
+        response_headers: true,
+        ipv6_prefix_length: 64,
+    }
+}
+
+/// A Redis backend at `urls` (a cluster's seeds when `cluster`), TLS for `rediss://`, no
+/// credentials, no Sentinel.
+pub fn redis_backend(urls: Vec<String>, cluster: bool, timeout_ms: u64) -> RateLimitBackendConfig {
+    let tls = urls.iter().any(|u| u.starts_with("rediss://"));
+    RateLimitBackendConfig::Redis {
+        urls,
+        cluster,
+        timeout_ms,
+        has_password: false,
+        username: None,
+        sentinel: None,
+        tls,
+    }
+}
