@@ -64,3 +64,29 @@ median() {
         if (NR == 0) { print "nan"; exit }
         if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
+
+# tls_bench_manifests DIR CERT KEY UPSTREAM_PORT: a kubernetes.io/tls Secret from CERT and KEY
+# and one ApiRoute for host bench.test serving it, proxying / to 127.0.0.1:UPSTREAM_PORT
+# (the TLS benchmarks' set-up).
+tls_bench_manifests() {
+    mkdir -p "$1"
+    {
+        echo "apiVersion: v1"
+        echo "kind: Secret"
+        echo "metadata: {name: bench-tls, namespace: default}"
+        echo "type: kubernetes.io/tls"
+        echo "stringData:"
+        echo "  tls.crt: |"; sed 's/^/    /' "$2"
+        echo "  tls.key: |"; sed 's/^/    /' "$3"
+        echo "---"
+        echo "apiVersion: portcullis.dev/v1alpha1"
+        echo "kind: ApiRoute"
+        echo "metadata: {name: bench, namespace: default}"
+        echo "spec:"
+        echo "  hosts: [bench.test]"
+        echo "  paths: [{type: Prefix, value: /}]"
+        echo "  upstream: {targets: [{url: \"http://127.0.0.1:$4\"}]}"
+        echo "  tls: {secretName: bench-tls}"
+        echo "  securityHeaders: false"
+    } >"$1/bench.yaml"
+}

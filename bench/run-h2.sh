@@ -49,26 +49,7 @@ UP=$(free_port); PLAIN=$(free_port); TLS=$(free_port); ADMIN=$(free_port)
 write_upstream_conf "$TMP/upstream" "$UP"
 start_nginx upstream "$TMP/upstream" "$LOAD_CPU"
 
-mkdir -p "$TMP/manifests"
-{
-    echo "apiVersion: v1"
-    echo "kind: Secret"
-    echo "metadata: {name: bench-tls, namespace: default}"
-    echo "type: kubernetes.io/tls"
-    echo "stringData:"
-    echo "  tls.crt: |"; sed 's/^/    /' "$TMP/tls.crt"
-    echo "  tls.key: |"; sed 's/^/    /' "$TMP/tls.key"
-    echo "---"
-    echo "apiVersion: portcullis.dev/v1alpha1"
-    echo "kind: ApiRoute"
-    echo "metadata: {name: bench, namespace: default}"
-    echo "spec:"
-    echo "  hosts: [bench.test]"
-    echo "  paths: [{type: Prefix, value: /}]"
-    echo "  upstream: {targets: [{url: \"http://127.0.0.1:$UP\"}]}"
-    echo "  tls: {secretName: bench-tls}"
-    echo "  securityHeaders: false"
-} >"$TMP/manifests/bench.yaml"
+tls_bench_manifests "$TMP/manifests" "$TMP/tls.crt" "$TMP/tls.key" "$UP"
 taskset -c "$PROXY_CPU" "$PORTCULLIS_BIN" --manifests "$TMP/manifests" --workers 1 --no-audit \
     --listen "127.0.0.1:$PLAIN" --tls-listen "127.0.0.1:$TLS" --admin-listen "127.0.0.1:$ADMIN" \
     >/dev/null 2>"$TMP/portcullis.log" &

@@ -113,26 +113,7 @@ PIDS+=($!)
 taskset -c "$PROXY_CPU" "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" &
 PIDS+=($!)
 
-mkdir -p "$TMP/manifests"
-{
-    echo "apiVersion: v1"
-    echo "kind: Secret"
-    echo "metadata: {name: bench-tls, namespace: default}"
-    echo "type: kubernetes.io/tls"
-    echo "stringData:"
-    echo "  tls.crt: |"; sed 's/^/    /' "$TMP/tls.crt"
-    echo "  tls.key: |"; sed 's/^/    /' "$TMP/tls.key"
-    echo "---"
-    echo "apiVersion: portcullis.dev/v1alpha1"
-    echo "kind: ApiRoute"
-    echo "metadata: {name: bench, namespace: default}"
-    echo "spec:"
-    echo "  hosts: [bench.test]"
-    echo "  paths: [{type: Prefix, value: /}]"
-    echo "  upstream: {targets: [{url: \"http://127.0.0.1:$UP\"}]}"
-    echo "  tls: {secretName: bench-tls}"
-    echo "  securityHeaders: false"
-} >"$TMP/manifests/bench.yaml"
+tls_bench_manifests "$TMP/manifests" "$TMP/tls.crt" "$TMP/tls.key" "$UP"
 taskset -c "$PROXY_CPU" "$PORTCULLIS_BIN" --manifests "$TMP/manifests" --workers 1 --no-audit \
     --listen "127.0.0.1:$PC_PLAIN" --tls-listen "127.0.0.1:$PC" --admin-listen "127.0.0.1:$PC_ADMIN" \
     >/dev/null 2>"$TMP/portcullis.log" &
