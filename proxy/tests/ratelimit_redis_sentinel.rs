@@ -17,23 +17,7 @@ use std::time::{Duration, Instant};
 use common::tls::Ca;
 use common::*;
 use portcullis_compiler::config::*;
-use redis_server::{free_port, RedisServer};
-
-/// A directory of the test's files, removed when dropped (also when the test fails).
-struct TempDir(std::path::PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use redis_server::{free_port, temp_dir, RedisServer};
 
 const MASTER: &str = "limits";
 const DOWN_AFTER_MS: u64 = 1000;
@@ -203,11 +187,7 @@ async fn sentinel_over_tls_failover_followed() {
 
 /// `kill`: SIGKILL the master; else a manual failover that leaves it running.
 async fn failover(tls: bool, kill: bool) {
-    let dir = TempDir(std::env::temp_dir().join(format!(
-        "portcullis-sentinel-{}-{}",
-        std::process::id(),
-        free_port()
-    )));
+    let dir = temp_dir("sentinel");
     std::fs::create_dir_all(&*dir).unwrap();
     let files = tls.then(|| TlsFiles::new(&dir));
     let (master_tls, replica_tls) = (free_port(), free_port());

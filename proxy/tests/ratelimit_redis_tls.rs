@@ -27,7 +27,7 @@ use portcullis_compiler::config::*;
 use portcullis_proxy::ratelimit::redis::transport::Connector;
 use portcullis_proxy::ratelimit::redis::RedisTls;
 use rcgen::{CertificateParams, DnType};
-use redis_server::{free_port, RedisServer};
+use redis_server::{free_port, temp_dir, RedisServer};
 
 /// A `redis-server` with a TLS port besides its plain one.
 struct TlsRedis {
@@ -146,30 +146,6 @@ async fn statuses(addr: SocketAddr, path: &str, n: usize) -> Vec<(u16, usize)> {
         tokio::time::sleep(Duration::from_millis(1000 / n as u64)).await;
     }
     counts
-}
-
-fn temp_dir(name: &str) -> TempDir {
-    TempDir(std::env::temp_dir().join(format!(
-        "portcullis-{name}-{}-{}",
-        std::process::id(),
-        free_port()
-    )))
-}
-
-/// A directory of the test's files, removed when dropped (also when the test fails).
-struct TempDir(std::path::PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
