@@ -149,6 +149,12 @@ pub struct Fleet<'a> {
     pub running: Vec<Running<'a>>,
     /// Live plus recently expired replicas.
     pub known: u32,
+    /// Live replicas with a config loaded: a replica that has loaded none yet serves
+    /// nothing, so it shows in the total but does not hold `Programmed` back (else every
+    /// object in the cluster would flap to Pending and back whenever a replica starts).
+    pub loaded: u32,
+    /// Live replicas on a config this operator does not remember.
+    pub unknown: u32,
 }
 
 /// `live` are the replicas whose reports are fresh; `known` counts those plus replicas that
@@ -160,15 +166,19 @@ pub fn fleet<'a>(
     published: &'a Published,
     current: Option<&str>,
 ) -> Fleet<'a> {
+    let running: Vec<Running<'a>> = live
+        .iter()
+        .map(|r| match r.generation.as_deref() {
+            Some(g) if Some(g) == current => Running::Current,
+            Some(g) => published.set(g).map_or(Running::Unknown, Running::Older),
+            None => Running::Unloaded,
+        })
+        .collect();
+    let count = |kind: fn(&Running) -> bool| running.iter().filter(|r| kind(r)).count() as u32;
     Fleet {
-        running: live
-            .iter()
-            .map(|r| match r.generation.as_deref() {
-                Some(g) if Some(g) == current => Running::Current,
-                Some(g) => published.set(g).map_or(Running::Unknown, Running::Older),
-                None => Running::Unloaded,
-            })
-            .collect(),
+        loaded: count(|r| !matches!(r, Running::Unloaded)),
+        unknown: count(|r| matches!(r, Running::Unknown)),
+        running,
         known: known as u32,
     }
 }
@@ -181,17 +191,8 @@ pub fn programmed<'a>(
     fleet: &Fleet,
     publish_error: Option<&'a str>,
 ) -> Programmed<'a> {
-    let running = fleet.running.len() as u32;
-    let total = fleet.known.max(running);
-    // A replica that has not loaded any config yet is not ready, so it serves nothing: it
-    // shows in the total but does not hold Programmed back (else every object in the
-    // cluster would flap to Pending and back whenever a replica starts).
-    let live = running
-        - fleet
-            .running
-            .iter()
-            .filter(|running| matches!(running, Running::Unloaded))
-            .count() as u32;
+    let total = fleet.known.max(fleet.running.len() as u32);
+    let live = fleet.loaded;
     let ready = fleet
         .running
         .iter()
@@ -200,11 +201,6 @@ pub fn programmed<'a>(
             Running::Older(set) => set.contains(object),
             Running::Unknown | Running::Unloaded => false,
         })
-        .count() as u32;
-    let unknown = fleet
-        .running
-        .iter()
-        .filter(|running| matches!(running, Running::Unknown))
         .count() as u32;
     let (status, reason) = if !(accepted && in_config) {
         (false, "Invalid")
@@ -224,7 +220,7 @@ pub fn programmed<'a>(
         ready,
         total,
         live,
-        unknown,
+        unknown: fleet.unknown,
         error: publish_error,
     }
 }
