@@ -523,24 +523,27 @@ pub fn spawn_proxy(cluster: &Cluster, name: &str, extra: &[&str]) -> (Process, u
     (process, port, admin)
 }
 
-/// The operator as its ServiceAccount, without the webhook.
-pub fn spawn_operator(cluster: &Cluster, name: &str, extra: &[&str]) -> Process {
+/// The operator as its ServiceAccount in `portcullis-system`, with `extra` flags: the
+/// process and its admin port.
+pub fn spawn_operator(cluster: &Cluster, name: &str, extra: &[&str]) -> (Process, u16) {
+    let admin = free_port();
     let mut args = vec![
         "--namespace".to_string(),
         "portcullis-system".into(),
         "--admin-listen".into(),
-        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{admin}"),
         "--identity".into(),
         name.into(),
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
-    Process::spawn(
+    let process = Process::spawn(
         name,
         &binary("portcullis-operator"),
         &args,
         &cluster.kubeconfig("operator"),
         &cluster.state,
-    )
+    );
+    (process, admin)
 }
 
 /// A `redis-server` on a free loopback port, without persistence; killed on drop. A missing

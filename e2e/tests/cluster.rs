@@ -26,33 +26,23 @@ fn start_proxy(cluster: &Cluster, name: &str) -> Proxy {
 }
 
 fn start_operator(cluster: &Cluster, name: &str, webhook: bool) -> (Process, u16) {
-    let admin = free_port();
-    let mut args = vec![
-        "--namespace".to_string(),
-        SYSTEM.into(),
-        "--admin-listen".into(),
-        format!("127.0.0.1:{admin}"),
-        "--identity".into(),
-        name.into(),
-    ];
-    if webhook {
-        let port = free_port();
-        args.extend([
-            "--webhook-listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--webhook-url".into(),
-            format!("https://127.0.0.1:{port}"),
-            "--webhook-fail-closed".into(),
-        ]);
+    if !webhook {
+        return spawn_operator(cluster, name, &[]);
     }
-    let process = Process::spawn(
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
+    spawn_operator(
+        cluster,
         name,
-        &binary("portcullis-operator"),
-        &args,
-        &cluster.kubeconfig("operator"),
-        &cluster.state,
-    );
-    (process, admin)
+        &[
+            "--webhook-listen",
+            &listen,
+            "--webhook-url",
+            &url,
+            "--webhook-fail-closed",
+        ],
+    )
 }
 
 fn route(body: &str, path: &str) -> String {

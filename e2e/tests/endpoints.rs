@@ -89,7 +89,7 @@ fn service_targets_follow_ready_endpoints_within_a_second() {
         bridge.addresses[2],
     ];
 
-    let _operator = spawn_operator(&cluster, "operator", &[]);
+    let (_operator, _) = spawn_operator(&cluster, "operator", &[]);
     let (_proxy, proxy_port, admin) = spawn_proxy(&cluster, "proxy", &[]);
 
     cluster
@@ -256,7 +256,7 @@ fn no_request_fails_while_endpoints_roll() {
         bridge.addresses[1],
         bridge.addresses[2],
     ];
-    let _operator = spawn_operator(&cluster, "operator", &[]);
+    let (_operator, _) = spawn_operator(&cluster, "operator", &[]);
     let (_proxy, proxy_port, _) = spawn_proxy(&cluster, "proxy", &[]);
     cluster
         .apply(&format!(

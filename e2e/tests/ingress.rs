@@ -78,7 +78,7 @@ fn ingress_of_our_class_is_served_and_gains_a_waf_by_annotation() {
     let bridge = Bridge::create("in", 1);
     let web = Echo::start(bridge.addresses[0], "web");
     let other = Echo::start(bridge.addresses[0], "other");
-    let _operator = spawn_operator(&cluster, "operator", &[]);
+    let (_operator, _) = spawn_operator(&cluster, "operator", &[]);
     let (_proxy, port, _) = spawn_proxy(&cluster, "proxy", &[]);
     cluster.apply(PROXY_SERVICE).unwrap();
     cluster
@@ -251,7 +251,7 @@ fn httproute_on_our_gateway_serves_with_filters_and_weights() {
     let v1 = Echo::start(bridge.addresses[0], "v1");
     let v2 = Echo::start(bridge.addresses[1], "v2");
     let ledger = Echo::start(bridge.addresses[2], "ledger");
-    let _operator = spawn_operator(&cluster, "operator", &[]);
+    let (_operator, _) = spawn_operator(&cluster, "operator", &[]);
     let (_proxy, port, _) = spawn_proxy(&cluster, "proxy", &[]);
     cluster.apply(PROXY_SERVICE).unwrap();
     cluster
@@ -464,7 +464,7 @@ fn ingress_tls_terminates_with_the_listed_secret() {
         String::from_utf8_lossy(&out.stderr)
     );
     let tls_port = free_port();
-    let _operator = spawn_operator(&cluster, "operator", &[]);
+    let (_operator, _) = spawn_operator(&cluster, "operator", &[]);
     let (_proxy, port, _) = spawn_proxy(
         &cluster,
         "proxy",

@@ -36,32 +36,19 @@ spec:
 
 /// An operator process with a short lease: (process, admin port).
 fn operator(cluster: &Cluster, name: &str) -> (Process, u16) {
-    let admin = free_port();
-    let args: Vec<String> = [
-        "--namespace",
-        SYSTEM,
-        "--identity",
+    let lease = LEASE_SECONDS.to_string();
+    spawn_operator(
+        cluster,
         name,
-        "--admin-listen",
-        &format!("127.0.0.1:{admin}"),
-        "--lease-duration-seconds",
-        &LEASE_SECONDS.to_string(),
-        "--lease-retry-seconds",
-        "1",
-        "--resync-seconds",
-        "1",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    let process = Process::spawn(
-        name,
-        &binary("portcullis-operator"),
-        &args,
-        &cluster.kubeconfig("operator"),
-        &cluster.state,
-    );
-    (process, admin)
+        &[
+            "--lease-duration-seconds",
+            &lease,
+            "--lease-retry-seconds",
+            "1",
+            "--resync-seconds",
+            "1",
+        ],
+    )
 }
 
 fn holder(cluster: &Cluster) -> Option<String> {

@@ -124,7 +124,7 @@ fn eight_replicas_share_a_redis_limit_and_status_follows_the_fleet() {
         return;
     };
     let redis = Redis::start();
-    let _operator = spawn_operator(
+    let (_operator, _) = spawn_operator(
         &cluster,
         "operator-fleet",
         &[

@@ -27,27 +27,6 @@ fn start_proxy(cluster: &Cluster, name: &str) -> Proxy {
     }
 }
 
-fn start_operator(cluster: &Cluster, name: &str, extra: &[&str]) -> (Process, u16) {
-    let admin = free_port();
-    let mut args = vec![
-        "--namespace".to_string(),
-        SYSTEM.into(),
-        "--admin-listen".into(),
-        format!("127.0.0.1:{admin}"),
-        "--identity".into(),
-        name.into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let process = Process::spawn(
-        name,
-        &binary("portcullis-operator"),
-        &args,
-        &cluster.kubeconfig("operator"),
-        &cluster.state,
-    );
-    (process, admin)
-}
-
 /// Namespaces ten-a and ten-b, each tenant bound to the tenant role in its own.
 fn tenants(cluster: &Cluster) {
     for (user, ns) in [("tenant-a", "ten-a"), ("tenant-b", "ten-b")] {
@@ -156,7 +135,7 @@ fn tenants_cannot_use_each_others_consumers_hosts_or_the_gateway_itself() {
     };
     tenants(&cluster);
     // No --allow-loopback-targets: the production default.
-    let (mut operator, operator_admin) = start_operator(&cluster, "operator-1", &[]);
+    let (mut operator, operator_admin) = spawn_operator(&cluster, "operator-1", &[]);
     let proxies = [
         start_proxy(&cluster, "proxy-a"),
         start_proxy(&cluster, "proxy-b"),
@@ -526,7 +505,7 @@ spec:
             proxy.process.name
         );
     }
-    let _operator = start_operator(&cluster, "operator-2", &[]);
+    let _operator = spawn_operator(&cluster, "operator-2", &[]);
     wait_for(
         "the operator's config back",
         Duration::from_secs(20),
@@ -554,7 +533,7 @@ fn poisoned_objects_and_a_flood_do_not_stop_other_tenants() {
         "--namespace-budget",
         "routes=20,consumers=20,configBytes=1Mi",
     ];
-    let (mut operator, _) = start_operator(&cluster, "operator-1", &budget);
+    let (mut operator, _) = spawn_operator(&cluster, "operator-1", &budget);
     let _proxy = start_proxy(&cluster, "proxy-a");
 
     // Poisoned objects of ten-a, stored as they would have been before the CRD had bounds:
@@ -650,7 +629,7 @@ spec:
     // programmed within seconds.
     operator.signal("-TERM");
     let _ = operator.child.wait();
-    let (_operator, _) = start_operator(&cluster, "operator-2", &budget);
+    let (_operator, _) = spawn_operator(&cluster, "operator-2", &budget);
     let started = Instant::now();
     cluster
         .apply_as(
