@@ -90,3 +90,42 @@ tls_bench_manifests() {
         echo "  securityHeaders: false"
     } >"$1/bench.yaml"
 }
+
+# callgrind_proxy NAME MANIFESTS PATH HEADER [PROXY ARGS...]: the proxy (standalone MANIFESTS,
+# one worker, --no-audit, ARGS) under callgrind pinned to PROXY_CPU; GET PATH with HEADER (if
+# not empty) from wrk -t1 -c$CONNS on LOAD_CPU: 2 s unmeasured warm-up, counters zeroed, a run
+# of DURATION, counters dumped. Prints "NAME REQUESTS INSTRUCTIONS_PER_REQUEST". Needs TMP,
+# PIDS (make_tmp), PORTCULLIS_BIN, CONNS, DURATION, PROXY_CPU, LOAD_CPU.
+callgrind_proxy() {
+    local name=$1 manifests=$2 path=$3 header=$4 port admin pid reqs total f
+    shift 4
+    local headers=()
+    [[ -n $header ]] && headers=(-H "$header")
+    port=$(free_port)
+    admin=$(free_port)
+    taskset -c "$PROXY_CPU" valgrind --tool=callgrind "--callgrind-out-file=$TMP/cg.%p.out" \
+        "$PORTCULLIS_BIN" --manifests "$manifests" --listen "127.0.0.1:$port" \
+        --admin-listen "127.0.0.1:$admin" --no-audit --workers 1 "$@" >/dev/null 2>"$TMP/$name.log" &
+    pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 1 1200); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "${headers[@]}" "http://127.0.0.1:$port$path") == 200 ]] && break
+        sleep 0.2
+    done
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" "${headers[@]}" -d2s "http://127.0.0.1:$port$path" >/dev/null 2>&1 || true
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" "${headers[@]}" -d"$DURATION" "http://127.0.0.1:$port$path" \
+        >"$TMP/wrk-$name.txt" 2>&1 || true
+    reqs=$(awk '/requests in/ { print $1 }' "$TMP/wrk-$name.txt")
+    if grep -q Non-2xx "$TMP/wrk-$name.txt" || [[ -z $reqs ]]; then
+        echo "callgrind_proxy: $name: non-2xx responses or no requests" >&2
+        return 1
+    fi
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    sleep 1
+    f=$(ls -t "$TMP"/cg."$pid".out.* | head -1)
+    total=$(awk '/^(summary|totals):/ { print $2; exit }' "$f")
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    echo "$name $reqs $((total / reqs))"
+}

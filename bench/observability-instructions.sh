@@ -42,33 +42,9 @@ spec:
 YAML
 
 measure() { # NAME HEADER ARGS...
-    local name=$1 header=$2 port admin pid reqs total f
+    local name=$1 header=$2
     shift 2
-    port=$(free_port)
-    admin=$(free_port)
-    taskset -c "$PROXY_CPU" valgrind --tool=callgrind "--callgrind-out-file=$TMP/cg.%p.out" \
-        "$PORTCULLIS_BIN" --manifests "$TMP/m" --listen "127.0.0.1:$port" \
-        --admin-listen "127.0.0.1:$admin" --no-audit --workers 1 "$@" >/dev/null 2>"$TMP/$name.log" &
-    pid=$!
-    PIDS+=("$pid")
-    for _ in $(seq 1 600); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/") == 200 ]] && break
-        sleep 0.2
-    done
-    local wrk_args=(-t1 -c"$CONNS")
-    [[ -n $header ]] && wrk_args+=(-H "$header")
-    taskset -c "$LOAD_CPU" wrk "${wrk_args[@]}" -d2s "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
-    callgrind_control -z "$pid" >/dev/null 2>&1
-    taskset -c "$LOAD_CPU" wrk "${wrk_args[@]}" -d"$DURATION" "http://127.0.0.1:$port/" >"$TMP/wrk-$name.txt" 2>&1 || true
-    reqs=$(awk '/requests in/ { print $1 }' "$TMP/wrk-$name.txt")
-    grep -q Non-2xx "$TMP/wrk-$name.txt" && die "$name: non-2xx responses"
-    callgrind_control -d "$pid" >/dev/null 2>&1
-    sleep 1
-    f=$(ls -t "$TMP"/cg."$pid".out.* | head -1)
-    total=$(awk '/^(summary|totals):/ { print $2; exit }' "$f")
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    echo "$name $reqs $((total / reqs))"
+    callgrind_proxy "$name" "$TMP/m" / "$header" "$@"
 }
 
 PARENT="traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"

@@ -52,33 +52,8 @@ PY
 }
 
 measure() { # N
-    local n=$1 port admin pid reqs total f path
-    manifests "$TMP/m$n" "$n"
-    path="/svc-$((n / 2 + 1))/v1/items"
-    port=$(free_port)
-    admin=$(free_port)
-    taskset -c "$PROXY_CPU" valgrind --tool=callgrind "--callgrind-out-file=$TMP/cg.%p.out" \
-        "$PORTCULLIS_BIN" --manifests "$TMP/m$n" --listen "127.0.0.1:$port" \
-        --admin-listen "127.0.0.1:$admin" --no-audit --workers 1 >/dev/null 2>"$TMP/$n.log" &
-    pid=$!
-    PIDS+=("$pid")
-    for _ in $(seq 1 1200); do
-        [[ $(curl -s -o /dev/null -w '%{http_code}' -H 'Host: api.example.com' "http://127.0.0.1:$port$path") == 200 ]] && break
-        sleep 0.2
-    done
-    local wrk_args=(-t1 -c"$CONNS" -H "Host: api.example.com")
-    taskset -c "$LOAD_CPU" wrk "${wrk_args[@]}" -d2s "http://127.0.0.1:$port$path" >/dev/null 2>&1 || true
-    callgrind_control -z "$pid" >/dev/null 2>&1
-    taskset -c "$LOAD_CPU" wrk "${wrk_args[@]}" -d"$DURATION" "http://127.0.0.1:$port$path" >"$TMP/wrk-$n.txt" 2>&1 || true
-    reqs=$(awk '/requests in/ { print $1 }' "$TMP/wrk-$n.txt")
-    grep -q Non-2xx "$TMP/wrk-$n.txt" && die "$n routes: non-2xx responses"
-    callgrind_control -d "$pid" >/dev/null 2>&1
-    sleep 1
-    f=$(ls -t "$TMP"/cg."$pid".out.* | head -1)
-    total=$(awk '/^(summary|totals):/ { print $2; exit }' "$f")
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    echo "$n $reqs $((total / reqs))"
+    manifests "$TMP/m$1" "$1"
+    callgrind_proxy "$1" "$TMP/m$1" "/svc-$(($1 / 2 + 1))/v1/items" "Host: api.example.com"
 }
 
 echo "| routes on the host | requests | proxy instructions per request | vs the first |"
